@@ -1,0 +1,1 @@
+"""The ``medlossy`` command line."""

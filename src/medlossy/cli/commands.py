@@ -1,0 +1,160 @@
+"""One thin function per command: check arguments, call the library, print the result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from medlossy.compression import Target, compress_volume
+from medlossy.decompression import decompress_to_file, read_store
+from medlossy.errors import MedlossyError
+from medlossy.io import read_volume
+from medlossy.metrics import ErrorTally, data_range_for
+from medlossy.store import SliceStore, stored_bytes
+from medlossy.volume import Volume
+
+
+def _say(arguments: argparse.Namespace, text: str) -> None:
+    if not getattr(arguments, "quiet", False):
+        print(text, file=sys.stderr)
+
+
+def _refuse_existing(path: str, force: bool) -> None:
+    if Path(path).exists() and not force:
+        raise MedlossyError(path, "already exists (use --force to replace it)")
+
+
+def _target(arguments: argparse.Namespace) -> Target:
+    if arguments.lossless:
+        return Target("lossless")
+    if arguments.psnr is not None:
+        return Target("psnr", arguments.psnr)
+    if arguments.ratio <= 1:
+        raise MedlossyError(None, f"--ratio must be greater than 1 for lossy compression "
+                                  f"(got {arguments.ratio:g}); use --lossless for exact storage")
+    return Target("ratio", arguments.ratio, arguments.allocation)
+
+
+def compress(arguments: argparse.Namespace) -> None:
+    target = _target(arguments)
+    _refuse_existing(arguments.output, arguments.force)
+    modality = "OTHER" if arguments.modality == "auto" else arguments.modality
+    volume = read_volume(arguments.input, modality, lazy=True)
+    attributes = compress_volume(volume, arguments.output, target, codec_name=arguments.codec,
+                                 data_range=arguments.data_range, workers=arguments.workers,
+                                 show_progress=not arguments.quiet, source=arguments.input)
+    achieved = attributes["achieved"]
+    psnr = "inf (lossless)" if achieved["psnr_db"] is None else f"{achieved['psnr_db']:.2f} dB"
+    _say(arguments, f"{arguments.output}: x{achieved['ratio']:.3f}, {achieved['stored_bytes']} "
+                    f"bytes, PSNR {psnr}, max error {achieved['max_abs_error']:g}")
+    if not achieved["target_reached"]:
+        _say(arguments, f"note: target {attributes['target']} not reached: see "
+                        "`medlossy info` (the codec cannot give that many bytes, or lossless "
+                        "already fits the budget)")
+
+
+def decompress(arguments: argparse.Namespace) -> None:
+    _refuse_existing(arguments.output, arguments.force)
+    volume = decompress_to_file(arguments.store, arguments.output, workers=arguments.workers)
+    _say(arguments, f"{arguments.output}: {volume.shape} {volume.array.dtype}")
+
+
+def _info_document(path: str) -> dict:
+    store = SliceStore(path)
+    attributes = store.attributes
+    geometry, achieved = attributes["geometry"], attributes["achieved"]
+    return {
+        "store": str(path),
+        "shape": geometry["shape"],
+        "spacing": geometry["spacing"],
+        "orientation": geometry["orientation"],
+        "axial_axis": geometry["axial_axis"],
+        "dtype": attributes["intensity"]["original_dtype"],
+        "modality": attributes["modality"],
+        "codec": attributes["codec"],
+        "target": attributes["target"],
+        "achieved": achieved,
+        "bytes_on_disk": stored_bytes(store.path),
+        "intensity": attributes["intensity"],
+        "source": attributes["source"].get("file"),
+        "software": attributes["software"],
+        "created": attributes["created"],
+    }
+
+
+def info(arguments: argparse.Namespace) -> None:
+    document = _info_document(arguments.store)
+    if arguments.json:
+        print(json.dumps(document, indent=2))
+        return
+    achieved = document["achieved"]
+    psnr = "inf (lossless)" if achieved["psnr_db"] is None else f"{achieved['psnr_db']:.2f} dB"
+    met = "met" if achieved["target_reached"] else "NOT met"
+    rows = [
+        ("source", document["source"]),
+        ("shape", " x ".join(map(str, document["shape"]))),
+        ("spacing (mm)", " x ".join(f"{s:g}" for s in document["spacing"])),
+        ("orientation", document["orientation"]),
+        ("dtype / modality", f"{np.dtype(document['dtype']).name} / {document['modality']}"),
+        ("codec", f"{document['codec']['name']} {document['codec']['wavelet']}"),
+        ("target", ", ".join(f"{k}={v}" for k, v in document["target"].items())),
+        ("achieved ratio", f"x{achieved['ratio']:.3f} ({met})"),
+        ("stored bytes", f"{achieved['stored_bytes']} (raw 16-bit: {achieved['raw_bytes']})"),
+        ("bits per voxel", f"{achieved['bits_per_voxel']:.4f}"),
+        (f"PSNR (r={achieved['data_range']:g})", psnr),
+        ("MSE / max abs error", f"{achieved['mse']:g} / {achieved['max_abs_error']:g}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+def verify(arguments: argparse.Namespace) -> None:
+    store = SliceStore(arguments.store)
+    bad = store.verify()
+    if bad:
+        raise MedlossyError(arguments.store, f"{len(bad)} corrupt or missing slice(s): "
+                                             f"{', '.join(map(str, bad[:20]))}")
+    print(f"{arguments.store}: all {store.slices} slices match their checksums")
+
+
+def _load(path: str) -> Volume:
+    if Path(path).is_dir() and (Path(path) / ".zattrs").exists():
+        return read_store(path)
+    return read_volume(path)
+
+
+def psnr(arguments: argparse.Namespace) -> None:
+    reference, test = _load(arguments.reference), _load(arguments.test)
+    if reference.shape != test.shape:
+        raise MedlossyError(arguments.test, f"shape {test.shape} differs from the reference's "
+                                            f"{reference.shape}")
+    low, high = float(np.min(reference.array)), float(np.max(reference.array))
+    peak = data_range_for(arguments.modality, low, high, arguments.data_range)
+    tally = ErrorTally()
+    tally.add(np.asarray(reference.array), np.asarray(test.array))
+    value = tally.psnr(peak)
+    document = {"psnr_db": None if value == float("inf") else value, "data_range": peak,
+                "mse": tally.mse, "max_abs_error": tally.max_abs_error}
+    if arguments.json:
+        print(json.dumps(document, indent=2))
+        return
+    if arguments.modality != "CT" and arguments.data_range is None:
+        print(f"note: r = max - min of the reference ({peak:g}); pass --range with the "
+              "dataset's range to match the study", file=sys.stderr)
+    shown = "inf (identical)" if document["psnr_db"] is None else f"{value:.3f} dB"
+    print(f"PSNR {shown} (r={peak:g}), MSE {tally.mse:.6g}, max abs error "
+          f"{tally.max_abs_error:g}")
+
+
+def data_demo(arguments: argparse.Namespace) -> None:
+    from medlossy.data.demo import prepare_demo
+
+    datasets = prepare_demo(Path(arguments.out), cache=arguments.cache,
+                            show_progress=not arguments.quiet)
+    for dataset in datasets:
+        print(dataset)

@@ -1,0 +1,118 @@
+"""Parse the command line and dispatch to one thin function per command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from medlossy import __version__
+from medlossy.cli import commands
+from medlossy.codecs import codec_names
+from medlossy.errors import MedlossyError
+
+EXIT_BAD_INPUT = 2
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes/threads to use (default: all cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medlossy",
+        description="Lossy compression of 3D CT/MR at exact ratios, and what it costs.")
+    parser.add_argument("--version", action="version", version=f"medlossy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    compress = sub.add_parser("compress", help="compress a volume into a store",
+                              description="Compress a NIfTI/NRRD file or DICOM series folder "
+                                          "into a Zarr store of JPEG 2000 slices.")
+    compress.add_argument("input", help=".nii, .nii.gz, .nrrd, or a folder of DICOM files")
+    compress.add_argument("output", help="store to create (a directory, e.g. ct_r20.zarr)")
+    target = compress.add_mutually_exclusive_group(required=True)
+    target.add_argument("--ratio", type=_positive_float,
+                        help="raw 16-bit bytes / stored bytes, e.g. 20")
+    target.add_argument("--psnr", type=_positive_float, help="target PSNR in dB (study's)")
+    target.add_argument("--lossless", action="store_true", help="bit-exact")
+    compress.add_argument("--allocation", choices=("psnr", "equal"), default="psnr",
+                          help="spread bytes for equal distortion per slice (default) or give "
+                               "every slice the same ratio")
+    compress.add_argument("--modality", choices=("auto", "CT", "MR", "OTHER"), default="auto",
+                          help="decides the PSNR peak (CT: 4096); auto recognises HU")
+    compress.add_argument("--range", dest="data_range", type=_positive_float,
+                          help="PSNR peak r for MR/other (dataset max - min)")
+    compress.add_argument("--codec", choices=codec_names(), default="jpeg2k")
+    compress.add_argument("--force", action="store_true", help="replace an existing output")
+    _add_common(compress)
+    compress.set_defaults(handler=commands.compress)
+
+    decompress = sub.add_parser("decompress", help="decode a store to NIfTI or NRRD")
+    decompress.add_argument("store")
+    decompress.add_argument("output", help=".nii, .nii.gz or .nrrd")
+    decompress.add_argument("--force", action="store_true", help="replace an existing output")
+    _add_common(decompress)
+    decompress.set_defaults(handler=commands.decompress)
+
+    info = sub.add_parser("info", help="what a store holds and what it cost")
+    info.add_argument("store")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(handler=commands.info)
+
+    verify = sub.add_parser("verify", help="check every slice of a store against its CRC-32")
+    verify.add_argument("store")
+    verify.set_defaults(handler=commands.verify)
+
+    psnr = sub.add_parser("psnr", help="PSNR (and MSE, max error) of a volume against another")
+    psnr.add_argument("reference")
+    psnr.add_argument("test", help="a volume file or a medlossy store")
+    psnr.add_argument("--modality", choices=("CT", "MR", "OTHER"), default="CT",
+                      help="CT uses r = 4096; others need --range or use the reference's span")
+    psnr.add_argument("--range", dest="data_range", type=_positive_float,
+                      help="PSNR peak r (MR: max - min over the dataset)")
+    psnr.add_argument("--json", action="store_true", help="machine-readable output")
+    psnr.set_defaults(handler=commands.psnr)
+
+    data = sub.add_parser("data", help="example data")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    demo = data_sub.add_parser("demo", help="real CT/MR from the TotalSegmentator archive on "
+                                            "PyPI, laid out as nnU-Net raw datasets")
+    demo.add_argument("--out", default="demo-data", help="where to write the datasets")
+    demo.add_argument("--cache", default=None,
+                      help="download cache (default: ~/.cache/medlossy)")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(handler=commands.data_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    try:
+        arguments.handler(arguments)
+    except MedlossyError as error:
+        print(f"medlossy: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValueError as error:
+        print(f"medlossy: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("medlossy: interrupted; no partial output was left", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""JPEG 2000 (OpenJPEG): pylibjpeg-openjpeg encodes, imagecodecs decodes.
+
+Why two bindings (measured here, see BENCHMARKS.md and shared/CODECS.md):
+- pylibjpeg-openjpeg's encoder takes a compression ratio or a PSNR per quality layer and the
+  declared bit depth, which is what exact-ratio rate control needs. imagecodecs' encoder only
+  takes a PSNR-like ``level`` and glymur writes only files, of uint8/uint16 only.
+- imagecodecs' decoder releases the GIL (threads scale) and is what stock zarr uses to read the
+  store, so decoding with it tests exactly what other tools will see.
+pylibjpeg-openjpeg's encoder is not thread-safe (it segfaulted from two threads): callers
+parallelise encodes with processes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import imagecodecs
+import numpy as np
+import openjpeg
+from imagecodecs.numcodecs import Jpeg2k as Jpeg2kStoreCodec
+from openjpeg.utils import encode_array
+
+from medlossy.codecs.base import Setting, SliceCodec, register
+
+#: Every slice is declared 16 bits deep, so OpenJPEG's ratio counts against 16-bit raw bytes,
+#: as medlossy's ratio does (12-bit declarations would inflate ratios by 4/3).
+BITS_STORED = 16
+#: pylibjpeg-openjpeg always uses 6 resolutions: OpenJPEG needs 2**5 pixels per side.
+MIN_SIDE = 32
+_PEAK_16 = 2.0**BITS_STORED - 1
+_COM_MARKER = b"\xff\x64"
+_SOT_MARKER = b"\xff\x90"
+
+
+def strip_comment(codestream: bytes) -> bytes:
+    """Drop COM segments ("Created by OpenJPEG ...", 39 bytes) from the main header.
+
+    No binding exposes OpenJPEG's option to omit them; at x100 on a 122x101 slice they would
+    take a sixth of the budget. The main header is a flat list of length-prefixed segments
+    (ISO 15444-1 A.1), so removing one leaves a valid codestream.
+    """
+    head, position = bytearray(codestream[:2]), 2
+    while position + 4 <= len(codestream):
+        marker = codestream[position : position + 2]
+        if marker == _SOT_MARKER:
+            break
+        end = position + 2 + int.from_bytes(codestream[position + 2 : position + 4], "big")
+        if marker != _COM_MARKER:
+            head += codestream[position:end]
+        position = end
+    return bytes(head) + codestream[position:]
+
+
+@register
+class Jpeg2kCodec(SliceCodec):
+    """JPEG 2000 Part 1: 9/7 irreversible wavelet for lossy, 5/3 reversible for lossless."""
+
+    name = "jpeg2k"
+    # OpenJPEG PSNR targets (peak 65535): 30 dB is far below any useful image, 130 dB is
+    # beyond what the 9/7 wavelet reaches on 16-bit data.
+    quality_range = (30.0, 130.0)
+
+    def encode(self, image: np.ndarray, setting: Setting) -> bytes:
+        if image.ndim != 2 or min(image.shape) < MIN_SIDE:
+            raise ValueError(f"JPEG 2000 slices must be 2D and at least {MIN_SIDE}x{MIN_SIDE} "
+                             f"pixels, got {image.shape}")
+        image = np.ascontiguousarray(image)
+        if setting.mode == "lossless":
+            stream = encode_array(image, bits_stored=BITS_STORED)
+        elif setting.mode == "ratio":
+            stream = encode_array(image, bits_stored=BITS_STORED,
+                                  compression_ratios=[max(setting.value, 1.0)])
+        else:
+            stream = encode_array(image, bits_stored=BITS_STORED,
+                                  signal_noise_ratios=[setting.value])
+        return strip_comment(stream)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        return imagecodecs.jpeg2k_decode(data)
+
+    def store_codec(self) -> Jpeg2kStoreCodec:
+        return Jpeg2kStoreCodec()
+
+    def describe(self, setting: Setting) -> dict:
+        lossless = setting.mode == "lossless"
+        return {
+            "name": self.name,
+            "standard": "ISO/IEC 15444-1 (JPEG 2000 Part 1), raw codestream per axial slice",
+            "encoder": f"OpenJPEG via pylibjpeg-openjpeg {openjpeg.__version__}",
+            "wavelet": "5/3 reversible" if lossless else "9/7 irreversible",
+            "resolutions": 6,
+            "code_block": [64, 64],
+            "quality_layers": 1,
+            "progression": "LRCP",
+            "bits_stored": BITS_STORED,
+        }
+
+    def quality_for_psnr(self, psnr_db: float, data_range: float) -> float:
+        # OpenJPEG's PSNR is against the declared 16-bit peak; ours against ``data_range``.
+        return psnr_db + 20.0 * math.log10(_PEAK_16 / data_range)

@@ -1,0 +1,89 @@
+"""Encode every slice of a volume, in worker processes when more than one core is asked for.
+
+Processes, not threads: pylibjpeg-openjpeg's encoder crashes when called from two threads.
+The slices live in a memory-mapped temporary file that workers map read-only, so a volume is
+held once however many workers there are (no per-task copies, no shared-memory bookkeeping).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from medlossy.codecs.base import Setting, SliceCodec, get_codec
+
+_worker: tuple[SliceCodec, np.ndarray] | None = None
+
+
+def _start_worker(codec_name: str, path: str, shape: tuple[int, ...], dtype: str) -> None:
+    global _worker
+    _worker = (get_codec(codec_name), np.memmap(path, dtype=dtype, mode="r", shape=shape))
+
+
+def _encode_in_worker(task: tuple[int, Setting]) -> bytes:
+    assert _worker is not None, "worker not initialised"
+    codec, slices = _worker
+    index, setting = task
+    return codec.encode(np.asarray(slices[index]), setting)
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class SliceEncoder:
+    """Holds a slice-major (slices, rows, columns) array of codes and encodes it on demand."""
+
+    def __init__(self, codec: SliceCodec, slices: np.ndarray, workers: int,
+                 executor: ProcessPoolExecutor | None) -> None:
+        self.codec = codec
+        self.slices = slices
+        self.workers = workers
+        self._executor = executor
+
+    def encode_all(self, setting: Setting, *, label: str = "encode",
+                   show_progress: bool = False) -> list[bytes]:
+        """Codestreams of every slice, in slice order."""
+        count = self.slices.shape[0]
+        if self._executor is None:
+            results = (self.codec.encode(np.asarray(self.slices[i]), setting)
+                       for i in range(count))
+        else:
+            chunk = max(1, count // (self.workers * 8))
+            results = self._executor.map(_encode_in_worker,
+                                         [(i, setting) for i in range(count)], chunksize=chunk)
+        return list(tqdm(results, total=count, desc=label, unit="slice", leave=False,
+                         disable=not show_progress))
+
+
+@contextmanager
+def slice_encoder(codec: SliceCodec, shape: tuple[int, int, int], dtype: str,
+                  workers: int | None = None) -> Iterator[SliceEncoder]:
+    """Yield an encoder whose ``slices`` array the caller fills before encoding.
+
+    With one worker the array is plain memory; with more it is a temporary memory-mapped file.
+    """
+    workers = max(1, min(workers or default_workers(), shape[0]))
+    if workers == 1:
+        yield SliceEncoder(codec, np.empty(shape, dtype=dtype), 1, None)
+        return
+    with tempfile.TemporaryDirectory(prefix="medlossy-") as scratch:
+        path = str(Path(scratch) / "slices.raw")
+        slices = np.memmap(path, dtype=dtype, mode="w+", shape=shape)
+        # forkserver: workers never inherit the threads of the parent (zarr runs an event loop).
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() \
+            else "spawn"
+        with ProcessPoolExecutor(max_workers=workers,
+                                 mp_context=multiprocessing.get_context(method),
+                                 initializer=_start_worker,
+                                 initargs=(codec.name, path, shape, dtype)) as executor:
+            yield SliceEncoder(codec, slices, workers, executor)
+        del slices

@@ -1,0 +1,314 @@
+"""Compress a volume into a store at a target ratio, PSNR or losslessly, and decompress it.
+
+Data flow: stream the volume slab by slab (validate, plan the 16-bit mapping, fill the slice
+buffer) -> encode every slice, searching the codec setting that meets the target -> decode and
+measure the error against the source, slab by slab -> write the store under a temporary name
+and rename it into place.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from medlossy import __version__
+from medlossy.atomic import atomic_output
+from medlossy.codecs import Setting, SliceCodec, get_codec
+from medlossy.codecs.intensity import CodeMapping, plan_mapping
+from medlossy.codecs.pool import SliceEncoder, default_workers, slice_encoder
+from medlossy.errors import MedlossyError
+from medlossy.metrics import (
+    ErrorTally,
+    bits_per_voxel,
+    data_range_for,
+    raw_bytes,
+)
+from medlossy.ratecontrol import solve_budget
+from medlossy.store.slice_store import (
+    FORMAT_VERSION,
+    StoreLayout,
+    crc32,
+    render_metadata,
+    rewrite_attributes,
+    stored_bytes,
+    write_store,
+)
+from medlossy.volume import Volume
+
+#: A ratio is met when the whole store is within this fraction of the target.
+RATIO_TOLERANCE = 0.01
+#: The search aims tighter, so that the metadata written afterwards cannot tip it over.
+SEARCH_TOLERANCE = 0.004
+_PSNR_TOLERANCE_DB = 0.1
+_DB_PER_DOUBLING = 6.02  # bytes roughly double per 6 dB (one bit per sample)
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to aim for.
+
+    ``mode``: "ratio" (value = raw 16-bit bytes / stored bytes), "psnr" (value in dB, the
+    study's definition) or "lossless". ``allocation`` (ratio mode): "psnr" spreads bytes so
+    every slice gets the same distortion target; "equal" gives every slice the same ratio.
+    """
+
+    mode: Literal["ratio", "psnr", "lossless"]
+    value: float = 0.0
+    allocation: Literal["psnr", "equal"] = "psnr"
+
+    def __post_init__(self) -> None:
+        if self.mode == "ratio" and not self.value > 1.0:
+            raise ValueError(f"a lossy ratio must be greater than 1, got {self.value:g}")
+        if self.mode == "psnr" and not self.value > 0.0:
+            raise ValueError(f"a PSNR target must be positive, got {self.value:g}")
+        if self.allocation not in ("psnr", "equal"):
+            raise ValueError(f"allocation must be 'psnr' or 'equal', got {self.allocation!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"mode": self.mode}
+        if self.mode != "lossless":
+            document["value"] = self.value
+        if self.mode == "ratio":
+            document["allocation"] = self.allocation
+        return document
+
+
+@dataclass(frozen=True)
+class _Scan:
+    low: float
+    high: float
+    dtype: np.dtype
+    all_integral: bool
+
+
+def _scan(volume: Volume, source: str) -> _Scan:
+    """One streaming pass: reject what cannot be compressed, collect the value range."""
+    if len(volume.shape) != 3:
+        raise MedlossyError(source, f"expected a 3D volume, got shape {volume.shape}")
+    if min(volume.shape) == 0:
+        raise MedlossyError(source, f"empty volume, shape {volume.shape}")
+    low, high, all_integral, dtype = math.inf, -math.inf, True, None
+    for _, slab in _read_slabs(volume, source):
+        dtype = slab.dtype
+        if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+                or dtype == np.bool_):
+            raise MedlossyError(source, f"unsupported voxel type {dtype}")
+        if np.issubdtype(dtype, np.floating):
+            if not np.isfinite(slab).all():
+                raise MedlossyError(source, "contains NaN or infinite values")
+            all_integral = all_integral and bool(np.all(slab == np.round(slab)))
+        low, high = min(low, float(slab.min())), max(high, float(slab.max()))
+    return _Scan(low, high, np.dtype(dtype), all_integral)
+
+
+def _read_slabs(volume: Volume, source: str):
+    try:
+        yield from volume.slabs()
+    except _READ_ERRORS as error:
+        raise MedlossyError(source, f"truncated or corrupt voxel data ({error})") from None
+
+
+def looks_like_ct(low: float, high: float) -> bool:
+    """Air near -1000 HU and nothing far beyond the 12-bit HU range: Hounsfield units."""
+    return -3100 <= low <= -600 and high <= 4096 * 4
+
+
+class _Measurer:
+    """Total stored bytes of a candidate set of codestreams, metadata included."""
+
+    def __init__(self, layout: StoreLayout, codec: SliceCodec, attributes: dict) -> None:
+        self.layout, self.codec, self.attributes = layout, codec, attributes
+        # The achieved block is written last; reserve room for it with a typical rendering.
+        placeholder = _achieved_block(10**9, 10**8, (512, 512, 512), ErrorTally(1.0, 3, 1.0),
+                                      4096.0, True, 12, 123.456)
+        self.reserve = len(str(placeholder)) + 16
+
+    def total(self, streams: list[bytes]) -> int:
+        attributes = {**self.attributes, "chunk_crc32": [crc32(s) for s in streams]}
+        metadata = render_metadata(self.layout, self.codec, attributes)
+        return sum(map(len, streams)) + sum(map(len, metadata.values())) + self.reserve
+
+
+def _round(value: float, digits: int = 6) -> float | None:
+    if not math.isfinite(value):
+        return None
+    return float(f"{value:.{digits}g}")
+
+
+def _achieved_block(stored: int, raw: int, shape: tuple[int, ...], tally: ErrorTally,
+                    data_range: float, reached: bool, passes: int, seconds: float) -> dict:
+    return {
+        "stored_bytes": stored,
+        "raw_bytes": raw,
+        "ratio": _round(raw / stored),
+        "bits_per_voxel": _round(bits_per_voxel(shape, stored)),
+        "psnr_db": _round(tally.psnr(data_range)),
+        "data_range": _round(data_range),
+        "mse": _round(tally.mse),
+        "max_abs_error": _round(tally.max_abs_error),
+        "target_reached": reached,
+        "encode_passes": passes,
+        "encode_seconds": _round(seconds, 4),
+    }
+
+
+def _measure_errors(volume: Volume, source: str, streams: list[bytes], codec: SliceCodec,
+                    mapping: CodeMapping, workers: int) -> ErrorTally:
+    """Decode every codestream and compare with the source, slab by slab."""
+    tally = ErrorTally()
+    with ThreadPoolExecutor(max_workers=workers) as threads:  # imagecodecs releases the GIL
+        for start, slab in _read_slabs(volume, source):
+            decoded = list(threads.map(codec.decode, streams[start : start + len(slab)]))
+            tally.add(slab, mapping.to_values(np.stack(decoded)))
+    return tally
+
+
+@dataclass(frozen=True)
+class _Found:
+    setting: Setting
+    streams: list[bytes]
+    reached: bool
+
+
+def _search(encode, encoder: SliceEncoder, measurer: _Measurer, target: Target, raw: int,
+            data_range: float) -> _Found:
+    """Encode until the target is met; ``encode(setting)`` encodes the whole volume once."""
+    codec = encoder.codec
+    if target.mode == "lossless":
+        return _Found(Setting("lossless"), encode(Setting("lossless")), True)
+    if target.mode == "psnr":
+        return _search_psnr(encode, encoder, target, data_range)
+    budget = int(raw / target.value)
+    if target.allocation == "psnr":
+        def measure(knob: float):
+            streams = encode(Setting("quality", knob))
+            return measurer.total(streams), streams
+        outcome = solve_budget(measure, budget, codec.quality_range,
+                               start=codec.quality_for_psnr(50.0, 4096.0),
+                               slope=math.log(2) / _DB_PER_DOUBLING, tolerance=SEARCH_TOLERANCE)
+        setting = Setting("quality", outcome.best.knob)
+    else:
+        # The knob -log(per-slice ratio) grows with bytes.
+        def measure(knob: float):
+            streams = encode(Setting("ratio", math.exp(-knob)))
+            return measurer.total(streams), streams
+        outcome = solve_budget(measure, budget, (-math.log(1e5), 0.0),
+                               start=-math.log(target.value), slope=1.0,
+                               tolerance=SEARCH_TOLERANCE)
+        setting = Setting("ratio", math.exp(-outcome.best.knob))
+    best = outcome.best
+    if best.total_bytes < budget * (1.0 - RATIO_TOLERANCE):
+        # Even the best lossy quality is under budget (x2 on some CT): if lossless fits too,
+        # it is both exact and smaller, so store that and report the ratio achieved.
+        lossless = encode(Setting("lossless"))
+        if measurer.total(lossless) <= budget * (1.0 + RATIO_TOLERANCE):
+            return _Found(Setting("lossless"), lossless, False)
+    reached = abs(best.total_bytes / budget - 1.0) <= RATIO_TOLERANCE
+    return _Found(setting, best.payload, reached)
+
+
+def _search_psnr(encode, encoder: SliceEncoder, target: Target, data_range: float):
+    """Aim the codec's PSNR knob, then correct it by the PSNR actually measured on the codes."""
+    codec = encoder.codec
+    knob = codec.quality_for_psnr(target.value, data_range)
+    streams: list[bytes] = []
+    achieved = -math.inf
+    for _ in range(4):
+        streams = encode(Setting("quality", knob))
+        tally = ErrorTally()
+        for index, stream in enumerate(streams):
+            tally.add(encoder.slices[index], codec.decode(stream))
+        achieved = tally.psnr(data_range)
+        if achieved >= target.value and achieved - target.value <= _PSNR_TOLERANCE_DB:
+            break
+        knob = min(max(knob + (target.value - achieved) + 0.02, codec.quality_range[0]),
+                   codec.quality_range[1])
+    return _Found(Setting("quality", knob), streams,
+                  achieved >= target.value - _PSNR_TOLERANCE_DB)
+
+
+def compress_volume(volume: Volume, output: str | Path, target: Target, *,
+                    codec_name: str = "jpeg2k", data_range: float | None = None,
+                    workers: int | None = None, show_progress: bool = False,
+                    source: str = "<volume>") -> dict[str, Any]:
+    """Compress ``volume`` into the store ``output``; returns the store's medlossy attributes.
+
+    ``data_range`` is the PSNR peak (default: 4096 for CT, the volume's max - min otherwise;
+    pass the dataset-wide range for MR). ``source`` names the input in error messages.
+    """
+    codec = get_codec(codec_name)
+    scan = _scan(volume, source)
+    if volume.modality == "OTHER" and looks_like_ct(scan.low, scan.high):
+        volume.modality = "CT"
+    mapping = plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral)
+    peak = data_range_for(volume.modality, scan.low, scan.high, data_range)
+    rows, columns = volume.slice_shape()
+    if min(rows, columns) < 32:
+        raise MedlossyError(source, f"axial slices are {rows}x{columns}; JPEG 2000 here needs "
+                                    "at least 32x32")
+    layout = StoreLayout(volume.shape[volume.axial_axis], rows, columns, mapping)
+    raw = raw_bytes(volume.shape)
+    attributes: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "software": f"medlossy {__version__}",
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "source": {"file": Path(source).name, **{k: v for k, v in volume.header.items()}},
+        "modality": volume.modality,
+        "geometry": {
+            "shape": list(volume.shape),
+            "axial_axis": volume.axial_axis,
+            "affine": [[_round(v, 9) for v in row] for row in volume.affine.tolist()],
+            "spacing": [_round(v, 9) for v in volume.spacing],
+            "orientation": volume.orientation,
+        },
+        "intensity": mapping.to_dict(),
+        "target": target.to_dict(),
+    }
+    workers = workers or default_workers()
+    started = time.perf_counter()
+    passes = 0
+    with slice_encoder(codec, (layout.slices, rows, columns), mapping.code_dtype,
+                       workers) as encoder:
+        for start, slab in _read_slabs(volume, source):
+            encoder.slices[start : start + len(slab)] = mapping.to_codes(slab)
+
+        def encode(setting: Setting) -> list[bytes]:
+            nonlocal passes
+            passes += 1
+            return encoder.encode_all(setting, label=f"{Path(source).name} pass {passes}",
+                                      show_progress=show_progress)
+
+        measurer = _Measurer(layout, codec, {**attributes, "codec": codec.describe(
+            Setting("lossless" if target.mode == "lossless" else "quality"))})
+        found = _search(encode, encoder, measurer, target, raw, peak)
+    seconds = time.perf_counter() - started
+    tally = _measure_errors(volume, source, found.streams, codec, mapping, workers)
+    attributes["codec"] = {**codec.describe(found.setting), "setting": {
+        "mode": found.setting.mode, "value": _round(found.setting.value, 8)}}
+    attributes["chunk_crc32"] = [crc32(s) for s in found.streams]
+
+    def achieved(stored: int) -> dict:
+        reached = found.reached
+        if target.mode == "ratio":
+            reached = abs(raw / stored / target.value - 1.0) <= RATIO_TOLERANCE
+        return _achieved_block(stored, raw, volume.shape, tally, peak, reached, passes, seconds)
+
+    with atomic_output(output) as temporary:
+        attributes["achieved"] = achieved(sum(map(len, found.streams)))
+        write_store(temporary, layout, codec, found.streams, attributes)
+        for _ in range(5):  # the byte count is written inside what it counts: iterate to fit
+            update = achieved(stored_bytes(temporary))
+            if update == attributes["achieved"]:
+                break
+            attributes["achieved"] = update
+            rewrite_attributes(temporary, attributes)
+    return attributes

@@ -1,0 +1,48 @@
+"""Turn a store back into a volume (and a file), every slice checked against its checksum."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from medlossy.atomic import atomic_output
+from medlossy.codecs import get_codec
+from medlossy.codecs.pool import default_workers
+from medlossy.errors import MedlossyError
+from medlossy.io import write_volume
+from medlossy.store import SliceStore
+from medlossy.volume import Volume
+
+
+def read_store(path: str | Path, *, workers: int | None = None) -> Volume:
+    """The decoded volume, in the source's array order, dtype and geometry."""
+    store = SliceStore(path)
+    attributes = store.attributes
+    geometry = attributes["geometry"]
+    codec = get_codec(attributes["codec"]["name"])
+    shape = tuple(geometry["shape"])
+    array = np.empty(shape, dtype=store.mapping.original_dtype)
+    slices_first = np.moveaxis(array, geometry["axial_axis"], 0)
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as threads:
+        decoded = threads.map(lambda index: store.decode_codes(index, codec),
+                              range(store.slices))
+        for index, codes in enumerate(decoded):
+            slices_first[index] = store.mapping.to_values(codes)
+    source = attributes.get("source", {})
+    header = {key: value for key, value in source.items() if key != "file"}
+    return Volume(array, np.asarray(geometry["affine"], dtype=float),
+                  modality=attributes.get("modality", "OTHER"), header=header)
+
+
+def decompress_to_file(store_path: str | Path, output: str | Path, *,
+                       workers: int | None = None) -> Volume:
+    """Decode a store and write it (.nii, .nii.gz or .nrrd), atomically."""
+    volume = read_store(store_path, workers=workers)
+    try:
+        with atomic_output(output) as temporary:
+            write_volume(volume, temporary)
+    except MedlossyError as error:
+        raise MedlossyError(output, error.problem) from None
+    return volume

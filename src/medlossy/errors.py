@@ -1,0 +1,14 @@
+"""The one error type users see: a file and what is wrong with it."""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class MedlossyError(Exception):
+    """Bad input or a failed check, reported as one line: ``<file>: <problem>``."""
+
+    def __init__(self, path: str | PathLike[str] | None, problem: str) -> None:
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(problem if self.path is None else f"{self.path}: {problem}")

@@ -1,0 +1,51 @@
+"""NRRD through pynrrd; geometry converted between NRRD's LPS/RAS spaces and the RAS affine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nrrd
+import numpy as np
+
+from medlossy.errors import MedlossyError
+from medlossy.volume import Volume
+
+SUFFIXES = (".nrrd", ".nhdr")
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+_SPACE_TO_RAS = {
+    "left-posterior-superior": _LPS_TO_RAS,
+    "LPS": _LPS_TO_RAS,
+    "right-anterior-superior": np.eye(3),
+    "RAS": np.eye(3),
+}
+
+
+def read_nrrd(path: Path, modality: str = "OTHER") -> Volume:
+    """Read a 3D NRRD file with a known world space (LPS or RAS)."""
+    if not path.exists():
+        raise MedlossyError(path, "no such file")
+    try:
+        array, header = nrrd.read(str(path))
+    except Exception as error:  # pynrrd raises NRRDError, ValueError, OSError, ...
+        raise MedlossyError(path, f"not a readable NRRD file ({error})") from None
+    to_ras = _SPACE_TO_RAS.get(header.get("space", "left-posterior-superior"))
+    if to_ras is None:
+        raise MedlossyError(path, f"unsupported NRRD space {header.get('space')!r}")
+    affine = np.eye(4)
+    if "space directions" in header:
+        directions = np.asarray(header["space directions"], dtype=float)
+        affine[:3, :3] = to_ras @ directions.T
+    if "space origin" in header:
+        affine[:3, 3] = to_ras @ np.asarray(header["space origin"], dtype=float)
+    return Volume(array, affine, modality=modality, header={"format": "nrrd"})
+
+
+def write_nrrd(volume: Volume, path: Path) -> None:
+    """Write ``volume`` as NRRD in LPS space, gzip-encoded."""
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": (_LPS_TO_RAS @ volume.affine[:3, :3]).T,
+        "space origin": _LPS_TO_RAS @ volume.affine[:3, 3],
+        "encoding": "gzip",
+    }
+    nrrd.write(str(path), volume.array, header, index_order="F")

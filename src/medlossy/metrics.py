@@ -1,0 +1,90 @@
+"""What was lost and what was saved: PSNR as the study defines it, errors, ratio, bits/voxel.
+
+PSNR = 10 log10(r^2 / MSE), MSE over all voxels; r = 4096 for CT, and for MR r = max - min
+measured over the whole dataset (the caller passes it, since one volume cannot know it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+CT_DATA_RANGE = 4096.0
+RAW_BYTES_PER_VOXEL = 2  # the study's ratios count against 16-bit raw storage
+
+
+def data_range_for(modality: str, low: float | None = None, high: float | None = None,
+                   data_range: float | None = None) -> float:
+    """The PSNR peak r: explicit ``data_range`` wins, then 4096 for CT, else ``high - low``."""
+    if data_range is not None:
+        if data_range <= 0:
+            raise ValueError(f"data range must be positive, got {data_range}")
+        return float(data_range)
+    if modality == "CT":
+        return CT_DATA_RANGE
+    if low is None or high is None:
+        raise ValueError(f"{modality} needs a data range (max - min over the dataset)")
+    return float(high - low) or 1.0
+
+
+def psnr_from_mse(mse: float, data_range: float) -> float:
+    """PSNR in dB; infinite when nothing was lost."""
+    return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
+
+
+@dataclass
+class ErrorTally:
+    """Squared and absolute errors summed slice by slice, so no volume-sized temporary exists."""
+
+    squared_error: float = 0.0
+    voxels: int = 0
+    max_abs_error: float = 0.0
+
+    def add(self, reference: np.ndarray, test: np.ndarray) -> None:
+        if reference.shape != test.shape:
+            raise ValueError(f"shapes differ: {reference.shape} vs {test.shape}")
+        difference = reference.astype(np.float64) - test.astype(np.float64)
+        self.squared_error += float(np.dot(difference.ravel(), difference.ravel()))
+        self.voxels += difference.size
+        if difference.size:
+            self.max_abs_error = max(self.max_abs_error, float(np.abs(difference).max()))
+
+    @property
+    def mse(self) -> float:
+        return self.squared_error / self.voxels if self.voxels else 0.0
+
+    def psnr(self, data_range: float) -> float:
+        return psnr_from_mse(self.mse, data_range)
+
+
+def mse(reference: np.ndarray, test: np.ndarray) -> float:
+    tally = ErrorTally()
+    tally.add(reference, test)
+    return tally.mse
+
+
+def max_abs_error(reference: np.ndarray, test: np.ndarray) -> float:
+    tally = ErrorTally()
+    tally.add(reference, test)
+    return tally.max_abs_error
+
+
+def psnr(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
+    """PSNR of ``test`` against ``reference`` with peak ``data_range`` (4096 for CT)."""
+    return psnr_from_mse(mse(reference, test), data_range)
+
+
+def raw_bytes(shape: tuple[int, ...]) -> int:
+    """Bytes of a volume stored raw at 16 bits per voxel, the study's reference size."""
+    return RAW_BYTES_PER_VOXEL * math.prod(shape)
+
+
+def compression_ratio(shape: tuple[int, ...], stored_bytes: int) -> float:
+    """Raw 16-bit bytes / every byte stored for the volume."""
+    return raw_bytes(shape) / stored_bytes
+
+
+def bits_per_voxel(shape: tuple[int, ...], stored_bytes: int) -> float:
+    return 8.0 * stored_bytes / math.prod(shape)

@@ -1,0 +1,93 @@
+"""Find the codec setting whose total stored bytes meet a budget (pure; the caller encodes).
+
+The search runs on a scalar knob along which bytes grow (PSNR target, or -log of a per-slice
+ratio). Each trial is one encode of the whole volume, so trials are few: a secant step on
+log(bytes) until the budget is bracketed, then interpolation kept inside the bracket.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+Payload = TypeVar("Payload")
+
+
+@dataclass(frozen=True)
+class Trial(Generic[Payload]):
+    knob: float
+    total_bytes: int
+    payload: Payload
+
+    def error(self, target_bytes: int) -> float:
+        """Signed log error: > 0 means too many bytes."""
+        return math.log(self.total_bytes / target_bytes)
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[Payload]):
+    best: Trial[Payload]
+    trials: int
+    reached: bool
+
+
+def solve_budget(
+    measure: Callable[[float], tuple[int, Payload]],
+    target_bytes: int,
+    knob_range: tuple[float, float],
+    *,
+    start: float,
+    slope: float,
+    tolerance: float = 0.005,
+    max_trials: int = 20,
+) -> Outcome[Payload]:
+    """Search ``knob`` in ``knob_range`` so that ``measure(knob)[0]`` is within ``tolerance``
+    (relative) of ``target_bytes``.
+
+    Args:
+        measure: knob -> (total bytes, anything to keep from that trial, e.g. codestreams).
+        start: first knob to try (a good guess saves whole-volume encodes).
+        slope: expected d log(bytes) / d knob, used until two trials give a secant.
+
+    Returns the trial closest to the budget; ``reached`` says whether it is within tolerance.
+    When the budget lies outside what the knob range can give, the closest end is returned.
+    """
+    low, high = knob_range
+    trials: list[Trial[Payload]] = []
+    below: Trial[Payload] | None = None  # largest knob known to give too few bytes
+    above: Trial[Payload] | None = None  # smallest knob known to give too many bytes
+    knob = min(max(start, low), high)
+    while len(trials) < max_trials:
+        total, payload = measure(knob)
+        trial = Trial(knob, total, payload)
+        trials.append(trial)
+        error = trial.error(target_bytes)
+        if abs(total / target_bytes - 1.0) <= tolerance:
+            break
+        if error < 0 and (below is None or knob > below.knob):
+            below = trial
+        if error > 0 and (above is None or knob < above.knob):
+            above = trial
+        if below is not None and above is not None:
+            width = above.knob - below.knob
+            if width <= 1e-9 * max(1.0, abs(knob)):
+                break  # bytes jump across the target between two equal knobs
+            e_below, e_above = below.error(target_bytes), above.error(target_bytes)
+            knob = below.knob + width * (-e_below) / (e_above - e_below)
+            knob = min(max(knob, below.knob + 0.05 * width), above.knob - 0.05 * width)
+            continue
+        if len(trials) >= 2 and trials[-1].knob != trials[-2].knob:
+            previous = trials[-2]
+            secant = (trial.error(target_bytes) - previous.error(target_bytes)) / (
+                trial.knob - previous.knob)
+            if secant > 0:
+                slope = secant
+        step = -error / slope
+        if (error < 0 and knob >= high) or (error > 0 and knob <= low):
+            break  # the budget is out of the codec's reach
+        knob = min(max(knob + step, low), high)
+    best = min(trials, key=lambda t: abs(t.error(target_bytes)))
+    reached = abs(best.total_bytes / target_bytes - 1.0) <= tolerance
+    return Outcome(best, len(trials), reached)
