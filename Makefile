@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine: `make demo` (the main job) and `make test`.
+# Each creates the virtual environment and installs medlossy into it when missing.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.medlossy-installed
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "medlossy needs Python >= 3.11 (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/medlossy study --demo --out demo-out
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	bash bench/run_all.sh
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache

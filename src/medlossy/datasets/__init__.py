@@ -1,0 +1,1 @@
+"""Datasets on disk: nnU-Net v2 raw folders."""

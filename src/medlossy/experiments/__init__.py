@@ -1,0 +1,1 @@
+"""The study's experiments, each runnable on its own."""
