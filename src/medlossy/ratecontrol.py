@@ -55,15 +55,20 @@ def solve_budget(
     When the budget lies outside what the knob range can give, the closest end is returned.
     """
     low, high = knob_range
-    trials: list[Trial[Payload]] = []
-    below: Trial[Payload] | None = None  # largest knob known to give too few bytes
-    above: Trial[Payload] | None = None  # smallest knob known to give too many bytes
+    # Payloads can be as large as the volume: keep only the best trial's, drop the others.
+    trials: list[Trial[None]] = []
+    best: Trial[Payload] | None = None
+    below: Trial[None] | None = None  # largest knob known to give too few bytes
+    above: Trial[None] | None = None  # smallest knob known to give too many bytes
     knob = min(max(start, low), high)
     while len(trials) < max_trials:
         total, payload = measure(knob)
-        trial = Trial(knob, total, payload)
+        trial = Trial(knob, total, None)
         trials.append(trial)
         error = trial.error(target_bytes)
+        if best is None or abs(error) < abs(best.error(target_bytes)):
+            best = Trial(knob, total, payload)
+        del payload
         if abs(total / target_bytes - 1.0) <= tolerance:
             break
         if error < 0 and (below is None or knob > below.knob):
@@ -88,6 +93,6 @@ def solve_budget(
         if (error < 0 and knob >= high) or (error > 0 and knob <= low):
             break  # the budget is out of the codec's reach
         knob = min(max(knob + step, low), high)
-    best = min(trials, key=lambda t: abs(t.error(target_bytes)))
+    assert best is not None
     reached = abs(best.total_bytes / target_bytes - 1.0) <= tolerance
     return Outcome(best, len(trials), reached)

@@ -36,7 +36,12 @@ class CodeMapping:
     @property
     def max_rounding_error(self) -> float:
         """Largest error introduced by the mapping alone, in original units."""
-        return 0.0 if self.exact else 0.5 / self.scale
+        if self.exact:
+            return 0.0
+        if np.issubdtype(np.dtype(self.original_dtype), np.integer):
+            # to_values rounds again to whole numbers: half a code step, rounded half up.
+            return float(np.floor(0.5 / self.scale + 0.5))
+        return 0.5 / self.scale
 
     def to_codes(self, values: np.ndarray) -> np.ndarray:
         if not self.rescaled:

@@ -99,9 +99,16 @@ def write_store(directory: Path, layout: StoreLayout, codec: SliceCodec,
     return total
 
 
-def rewrite_attributes(directory: Path, attributes: dict[str, Any]) -> None:
-    """Replace the medlossy attributes of a store that is still being written."""
-    (directory / ".zattrs").write_bytes(_compact_json({ATTRIBUTE_KEY: attributes}))
+def rewrite_attributes(directory: Path, attributes: dict[str, Any], size: int = 0) -> int:
+    """Replace the medlossy attributes of a store that is still being written.
+
+    The file is padded with trailing spaces (still valid JSON) up to ``size`` bytes; returns
+    its length.
+    """
+    content = _compact_json({ATTRIBUTE_KEY: attributes})
+    content += b" " * (size - len(content))
+    (directory / ".zattrs").write_bytes(content)
+    return len(content)
 
 
 def stored_bytes(directory: Path) -> int:
