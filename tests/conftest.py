@@ -1,0 +1,131 @@
+"""Shared fixtures: the real CT/MR reference files, small crops of them, and a CLI runner.
+
+Real data comes from ``medlossy.data.demo.demo_reference_files()`` (the TotalSegmentator 2.18.0
+source archive, fetched once with pip into ~/.cache/medlossy or $MEDLOSSY_CACHE).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medlossy.cli.main import main as cli_main
+from medlossy.data.demo import demo_reference_files
+from medlossy.volume import Volume
+
+#: A 96 x 80 x 24 block of CT B (abdomen, about 60 % body voxels); rows != columns on purpose,
+#: so a transposed slice cannot pass for the right one.
+CT_B_CROP = (slice(60, 156), slice(40, 120), slice(80, 104))
+
+
+@pytest.fixture(scope="session")
+def reference_files() -> Path:
+    """tests/reference_files of the TotalSegmentator archive (honours MEDLOSSY_CACHE)."""
+    return demo_reference_files()
+
+
+@pytest.fixture(scope="session")
+def ct_a_path(reference_files: Path) -> Path:
+    return reference_files / "example_ct.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def ct_b_path(reference_files: Path) -> Path:
+    return reference_files / "aorta_report" / "example_ct.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def ct_c_dicom(reference_files: Path) -> Path:
+    return reference_files / "example_ct_dicom"
+
+
+@pytest.fixture(scope="session")
+def mr_path(reference_files: Path) -> Path:
+    return reference_files / "example_mr_sm.nii.gz"
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array)
+    array.flags.writeable = False
+    return array
+
+
+@pytest.fixture(scope="session")
+def ct_b_image(ct_b_path: Path) -> nib.Nifti1Image:
+    return nib.load(ct_b_path)
+
+
+@pytest.fixture(scope="session")
+def ct_b_array(ct_b_image: nib.Nifti1Image) -> np.ndarray:
+    return _read_only(np.asarray(ct_b_image.dataobj))
+
+
+@pytest.fixture(scope="session")
+def ct_b_crop_image(ct_b_image: nib.Nifti1Image) -> nib.Nifti1Image:
+    """The crop as a NIfTI image with its own affine (nibabel shifts the origin)."""
+    cropped = ct_b_image.slicer[CT_B_CROP]
+    return nib.Nifti1Image(np.asarray(cropped.dataobj), cropped.affine, cropped.header)
+
+
+@pytest.fixture(scope="session")
+def ct_b_crop_array(ct_b_crop_image: nib.Nifti1Image) -> np.ndarray:
+    return _read_only(np.asarray(ct_b_crop_image.dataobj))
+
+
+@pytest.fixture
+def ct_b_crop(ct_b_crop_image: nib.Nifti1Image, ct_b_crop_array: np.ndarray) -> Volume:
+    """A fresh Volume per test (compress_volume may set its modality)."""
+    return Volume(ct_b_crop_array, ct_b_crop_image.affine.copy(), modality="CT")
+
+
+@pytest.fixture(scope="session")
+def ct_b_crop_file(ct_b_crop_image: nib.Nifti1Image, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("inputs") / "ct_b_crop.nii.gz"
+    nib.save(ct_b_crop_image, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mr_array(mr_path: Path) -> np.ndarray:
+    return _read_only(np.asarray(nib.load(mr_path).dataobj))
+
+
+def walk_bytes(directory: Path) -> int:
+    """Every byte of every file under ``directory``, counted independently of medlossy."""
+    return sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(directory) for name in names)
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Entries that an interrupted or failed write would leave behind."""
+    return [name for name in os.listdir(directory) if ".partial-" in name or ".old-" in name]
+
+
+def open_with_stock_zarr(path: Path):
+    """Open a store the way any other tool would: zarr plus imagecodecs' numcodecs codecs."""
+    import imagecodecs.numcodecs
+    import zarr
+
+    imagecodecs.numcodecs.register_codecs()
+    return zarr.open_array(str(path), mode="r")
+
+
+CliResult = tuple[int, str, str]
+
+
+@pytest.fixture
+def cli(capsys) -> Callable[..., CliResult]:
+    """Run ``medlossy ARGS...`` in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*arguments: str | os.PathLike[str]) -> CliResult:
+        capsys.readouterr()
+        code = cli_main([str(a) for a in arguments])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

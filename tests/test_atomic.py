@@ -1,0 +1,65 @@
+"""Outputs appear whole or not at all, also when a write fails half way."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import leftovers
+
+import medlossy.compression
+from medlossy.atomic import atomic_output
+from medlossy.compression import Target, compress_volume
+
+
+def test_success_renames_a_file_into_place(tmp_path):
+    with atomic_output(tmp_path / "out.nii.gz") as temporary:
+        assert temporary.parent == tmp_path
+        assert temporary.name.endswith(".nii.gz")  # libraries pick formats by suffix
+        temporary.write_text("done")
+    assert (tmp_path / "out.nii.gz").read_text() == "done"
+    assert leftovers(tmp_path) == []
+
+
+def test_success_replaces_an_existing_directory(tmp_path):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "old").write_text("old")
+    with atomic_output(tmp_path / "store") as temporary:
+        temporary.mkdir()
+        (temporary / "new").write_text("new")
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["new"]
+    assert leftovers(tmp_path) == []
+
+
+def test_failure_leaves_the_old_output_and_no_temporary(tmp_path):
+    (tmp_path / "out.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_output(tmp_path / "out.txt") as temporary:
+        temporary.write_text("half")
+        raise RuntimeError("disk full")
+    assert (tmp_path / "out.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+def test_compress_failing_while_writing_leaves_nothing(monkeypatch, ct_b_crop, tmp_path, error):
+    real_write = medlossy.compression.write_store
+
+    def write_then_fail(directory, *arguments):
+        real_write(directory, *arguments)  # the store is complete under its temporary name
+        raise error
+
+    monkeypatch.setattr(medlossy.compression, "write_store", write_then_fail)
+    with pytest.raises(type(error)):
+        compress_volume(ct_b_crop, tmp_path / "s.zarr", Target("ratio", 10.0), workers=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_interrupt_says_no_partial_output_was_left(monkeypatch, cli, ct_b_crop_file,
+                                                       tmp_path):
+    def interrupted(*arguments, **options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medlossy.compression, "write_store", interrupted)
+    code, _, err = cli("compress", ct_b_crop_file, tmp_path / "s.zarr", "--ratio", "10",
+                       "--workers", "1", "--quiet")
+    assert code == 130
+    assert "no partial output" in err
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,239 @@
+"""Compression end to end on real CT: exact ratios, honest PSNR, PSNR targets, lossless."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import walk_bytes
+from skimage.metrics import peak_signal_noise_ratio
+
+from medlossy.compression import RATIO_TOLERANCE, Target, compress_volume
+from medlossy.decompression import read_store
+from medlossy.errors import MedlossyError
+from medlossy.io import read_volume
+from medlossy.volume import Volume
+
+
+def _ratio_on_disk(store: Path, shape: tuple[int, ...]) -> float:
+    """Raw 16-bit bytes over every byte in the store directory, counted here."""
+    return 2 * math.prod(shape) / walk_bytes(store)
+
+
+@pytest.fixture(scope="module")
+def crop_stores(ct_b_crop_image, ct_b_crop_array, tmp_path_factory):
+    """The CT B crop at x10 with both allocations (one compression each, shared)."""
+    root = tmp_path_factory.mktemp("crop_stores")
+    stores = {}
+    for allocation in ("psnr", "equal"):
+        volume = Volume(ct_b_crop_array, ct_b_crop_image.affine, modality="CT")
+        path = root / f"x10_{allocation}.zarr"
+        attributes = compress_volume(volume, path, Target("ratio", 10.0, allocation), workers=1)
+        stores[allocation] = (path, attributes)
+    return stores
+
+
+@pytest.mark.parametrize("allocation", ["psnr", "equal"])
+def test_ratio_on_disk_is_within_one_percent(crop_stores, ct_b_crop_array, allocation):
+    path, attributes = crop_stores[allocation]
+    ratio = _ratio_on_disk(path, ct_b_crop_array.shape)
+    assert ratio == pytest.approx(10.0, rel=RATIO_TOLERANCE)
+    assert RATIO_TOLERANCE == 0.01
+    assert attributes["achieved"]["target_reached"] is True
+    assert attributes["target"] == {"mode": "ratio", "value": 10.0, "allocation": allocation}
+
+
+@pytest.mark.parametrize("allocation", ["psnr", "equal"])
+def test_recorded_bytes_and_ratio_match_the_directory(crop_stores, ct_b_crop_array, allocation):
+    path, attributes = crop_stores[allocation]
+    on_disk = json.loads((path / ".zattrs").read_bytes())["medlossy"]["achieved"]
+    assert on_disk == attributes["achieved"]
+    assert on_disk["stored_bytes"] == walk_bytes(path)
+    assert on_disk["raw_bytes"] == 2 * ct_b_crop_array.size
+    assert on_disk["ratio"] == pytest.approx(_ratio_on_disk(path, ct_b_crop_array.shape),
+                                             rel=1e-5)
+    assert on_disk["bits_per_voxel"] == pytest.approx(
+        8 * walk_bytes(path) / ct_b_crop_array.size, rel=1e-5)
+
+
+@pytest.mark.parametrize("allocation", ["psnr", "equal"])
+def test_recorded_errors_equal_independent_measurement(crop_stores, ct_b_crop_array,
+                                                       allocation):
+    path, attributes = crop_stores[allocation]
+    decoded = read_store(path, workers=1).array
+    assert decoded.shape == ct_b_crop_array.shape and decoded.dtype == ct_b_crop_array.dtype
+    achieved = attributes["achieved"]
+    expected = peak_signal_noise_ratio(ct_b_crop_array, decoded, data_range=4096)
+    assert achieved["psnr_db"] == pytest.approx(expected, rel=1e-5)
+    assert achieved["data_range"] == 4096
+    difference = ct_b_crop_array.astype(np.float64) - decoded
+    assert achieved["mse"] == pytest.approx(np.mean(difference**2), rel=1e-5)
+    assert achieved["max_abs_error"] == np.abs(difference).max()
+    assert 30.0 < expected < 60.0  # lossy, not garbage
+
+
+def test_equal_allocation_encodes_every_slice_at_one_ratio(crop_stores):
+    equal = crop_stores["equal"][1]["codec"]["setting"]
+    psnr_allocation = crop_stores["psnr"][1]["codec"]["setting"]
+    assert equal["mode"] == "ratio" and equal["value"] > 1
+    assert psnr_allocation["mode"] == "quality"
+
+
+def test_higher_ratio_loses_more(crop_stores, ct_b_crop, tmp_path):
+    attributes = compress_volume(ct_b_crop, tmp_path / "x30.zarr", Target("ratio", 30.0),
+                                 workers=1)
+    assert _ratio_on_disk(tmp_path / "x30.zarr", ct_b_crop.shape) == pytest.approx(30, rel=0.01)
+    assert attributes["achieved"]["psnr_db"] < crop_stores["psnr"][1]["achieved"]["psnr_db"]
+
+
+@pytest.mark.parametrize("target_db", [45.0, 55.0])
+def test_psnr_target_is_met(ct_b_crop, ct_b_crop_array, tmp_path, target_db):
+    path = tmp_path / "p.zarr"
+    attributes = compress_volume(ct_b_crop, path, Target("psnr", target_db), workers=1)
+    decoded = read_store(path, workers=1).array
+    measured = peak_signal_noise_ratio(ct_b_crop_array, decoded, data_range=4096)
+    assert measured >= target_db - 0.1
+    assert measured < target_db + 1.5  # aimed, not simply lossless
+    assert attributes["achieved"]["psnr_db"] == pytest.approx(measured, rel=1e-5)
+    assert attributes["achieved"]["target_reached"] is True
+
+
+def test_lossless_is_bit_exact_and_keeps_int32(ct_a_path, tmp_path):
+    volume = read_volume(ct_a_path)
+    original = np.asarray(volume.array)
+    assert original.dtype == np.int32
+    attributes = compress_volume(volume, tmp_path / "a.zarr", Target("lossless"), workers=1)
+    decoded = read_store(tmp_path / "a.zarr", workers=1)
+    assert decoded.array.dtype == np.int32
+    np.testing.assert_array_equal(decoded.array, original)
+    # the store records the affine to 9 significant digits (the NIfTI header, kept whole,
+    # restores it exactly when written back to a file)
+    np.testing.assert_allclose(decoded.affine, volume.affine, rtol=0, atol=1e-5)
+    achieved = attributes["achieved"]
+    assert achieved["psnr_db"] is None and achieved["max_abs_error"] == 0 and achieved["mse"] == 0
+    assert attributes["intensity"]["original_dtype"] == "<i4"
+    assert attributes["codec"]["wavelet"] == "5/3 reversible"
+    assert achieved["ratio"] == pytest.approx(_ratio_on_disk(tmp_path / "a.zarr",
+                                                             original.shape), rel=1e-5)
+
+
+def test_modality_is_recognised_from_hounsfield_units(ct_b_crop_array, ct_b_crop_image,
+                                                      tmp_path):
+    volume = Volume(ct_b_crop_array, ct_b_crop_image.affine)  # modality OTHER
+    attributes = compress_volume(volume, tmp_path / "s.zarr", Target("ratio", 8.0), workers=1)
+    assert attributes["modality"] == "CT"
+    assert attributes["achieved"]["data_range"] == 4096
+
+
+def test_mr_uses_the_given_data_range(mr_path, mr_array, tmp_path):
+    volume = read_volume(mr_path, "MR")
+    attributes = compress_volume(volume, tmp_path / "m.zarr", Target("ratio", 6.0),
+                                 data_range=1234.0, workers=1)
+    decoded = read_store(tmp_path / "m.zarr", workers=1).array
+    assert attributes["achieved"]["data_range"] == 1234.0
+    assert attributes["achieved"]["psnr_db"] == pytest.approx(
+        peak_signal_noise_ratio(mr_array, decoded, data_range=1234.0), rel=1e-5)
+    assert _ratio_on_disk(tmp_path / "m.zarr", mr_array.shape) == pytest.approx(6.0, rel=0.01)
+
+
+def test_two_workers_give_the_same_codestreams_as_one(crop_stores, ct_b_crop, tmp_path):
+    path = tmp_path / "w2.zarr"
+    compress_volume(ct_b_crop, path, Target("ratio", 10.0), workers=2)
+    reference = crop_stores["psnr"][0]
+    for index in range(ct_b_crop.shape[2]):
+        assert (path / f"{index}.0.0").read_bytes() == (reference / f"{index}.0.0").read_bytes()
+
+
+def test_lazy_and_loaded_volumes_compress_identically(ct_b_crop_file, tmp_path):
+    lazy = read_volume(ct_b_crop_file, "CT", lazy=True)
+    loaded = read_volume(ct_b_crop_file, "CT")
+    assert not isinstance(lazy.array, np.ndarray)  # a nibabel proxy, read slab by slab
+    assert isinstance(loaded.array, np.ndarray)
+    for volume, name in ((lazy, "lazy.zarr"), (loaded, "loaded.zarr")):
+        compress_volume(volume, tmp_path / name, Target("ratio", 10.0), workers=1)
+    for index in range(lazy.shape[2]):
+        assert (tmp_path / "lazy.zarr" / f"{index}.0.0").read_bytes() == \
+            (tmp_path / "loaded.zarr" / f"{index}.0.0").read_bytes()
+    np.testing.assert_array_equal(read_store(tmp_path / "lazy.zarr", workers=1).array,
+                                  read_store(tmp_path / "loaded.zarr", workers=1).array)
+
+
+def test_slices_smaller_than_32_pixels_are_refused(tmp_path):
+    volume = Volume(np.zeros((40, 20, 10), dtype=np.int16), np.eye(4))
+    with pytest.raises(MedlossyError, match="at least 32x32"):
+        compress_volume(volume, tmp_path / "s.zarr", Target("ratio", 5.0), workers=1)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_target_validation():
+    with pytest.raises(ValueError, match="greater than 1"):
+        Target("ratio", 1.0)
+    with pytest.raises(ValueError, match="positive"):
+        Target("psnr", 0.0)
+    with pytest.raises(ValueError, match="allocation"):
+        Target("ratio", 10.0, "even")  # type: ignore[arg-type]
+    assert Target("lossless").to_dict() == {"mode": "lossless"}
+
+
+@pytest.fixture(scope="module")
+def ct_b_volume(ct_b_image, ct_b_array):
+    def make() -> Volume:
+        return Volume(ct_b_array, ct_b_image.affine, modality="CT")
+    return make
+
+
+def _check_full_ct_b(make_volume, ratio: float, directory: Path) -> dict:
+    volume = make_volume()
+    store = directory / f"x{ratio:g}.zarr"
+    attributes = compress_volume(volume, store, Target("ratio", ratio), workers=2)
+    assert _ratio_on_disk(store, volume.shape) == pytest.approx(ratio, rel=0.01)
+    assert attributes["achieved"]["stored_bytes"] == walk_bytes(store)
+    assert attributes["achieved"]["target_reached"] is True
+    return attributes
+
+
+@pytest.mark.slow
+def test_full_ct_b_at_x10_and_x50(ct_b_volume, tmp_path):
+    x10 = _check_full_ct_b(ct_b_volume, 10.0, tmp_path)
+    x50 = _check_full_ct_b(ct_b_volume, 50.0, tmp_path)
+    assert x10["geometry"]["shape"] == [233, 167, 191]
+    assert x10["achieved"]["psnr_db"] > x50["achieved"]["psnr_db"] > 25.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ratio", [2.0, 100.0])
+def test_full_ct_b_extreme_ratios(ct_b_volume, tmp_path, ratio):
+    _check_full_ct_b(ct_b_volume, ratio, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_ct(ct_b_image, ct_b_array):
+    """64 x 64 x 8: so small that the metadata is a third of the store at high ratios."""
+    crop = ct_b_image.slicer[60:124, 40:104, 90:98]
+    return lambda: Volume(np.asarray(crop.dataobj), crop.affine, modality="CT")
+
+
+@pytest.mark.parametrize("ratio", [8.24, 12.48, 21.49, 25.73, 30.5, 40.57, 55.41])
+def test_recorded_bytes_match_the_directory_when_the_count_does_not_settle(
+        monkeypatch, tiny_ct, tmp_path, ratio):
+    # The byte count is written inside the bytes it counts; its digits can move the total
+    # without settling. A fixed clock makes encode_seconds, and so the run, reproducible.
+    monkeypatch.setattr("medlossy.compression.time.perf_counter", lambda: 0.0)
+    attributes = compress_volume(tiny_ct(), tmp_path / "t.zarr", Target("ratio", ratio),
+                                 workers=1)
+    recorded = json.loads((tmp_path / "t.zarr" / ".zattrs").read_bytes())["medlossy"]
+    assert recorded["achieved"] == attributes["achieved"]
+    assert recorded["achieved"]["stored_bytes"] == walk_bytes(tmp_path / "t.zarr")
+
+
+def test_unreachable_ratio_is_reported_not_reached(tiny_ct, tmp_path):
+    attributes = compress_volume(tiny_ct(), tmp_path / "t.zarr", Target("ratio", 300.0),
+                                 workers=1)
+    achieved = attributes["achieved"]
+    assert achieved["target_reached"] is False
+    assert achieved["ratio"] == pytest.approx(_ratio_on_disk(tmp_path / "t.zarr",
+                                                             (64, 64, 8)), rel=1e-5)
+    assert achieved["ratio"] < 300 * 0.99

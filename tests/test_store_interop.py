@@ -1,0 +1,129 @@
+"""The store read by other software: stock zarr, Pillow and OpenJPEG's opj_decompress."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+
+import imagecodecs
+import numpy as np
+import pytest
+from conftest import open_with_stock_zarr
+from PIL import Image
+
+from medlossy.codecs import get_codec
+from medlossy.compression import Target, compress_volume
+from medlossy.decompression import read_store
+from medlossy.store import SliceStore
+from medlossy.volume import Volume
+
+_open = open_with_stock_zarr
+
+
+@pytest.fixture(scope="module")
+def ct_store(ct_b_crop_image, ct_b_crop_array, tmp_path_factory):
+    """The 96 x 80 x 24 CT crop at x10: int16 codes, no filter."""
+    path = tmp_path_factory.mktemp("interop") / "ct.zarr"
+    volume = Volume(ct_b_crop_array, ct_b_crop_image.affine, modality="CT")
+    compress_volume(volume, path, Target("ratio", 10.0), workers=1)
+    return path
+
+
+@pytest.fixture(scope="module")
+def float_mr(mr_array) -> np.ndarray:
+    rng = np.random.default_rng(11)
+    return (mr_array * np.float32(0.613) + rng.random(mr_array.shape, dtype=np.float32)
+            ).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def float_mr_store(float_mr, mr_path, tmp_path_factory):
+    import nibabel as nib
+
+    path = tmp_path_factory.mktemp("interop") / "mr_float.zarr"
+    volume = Volume(float_mr, nib.load(mr_path).affine, modality="MR")
+    attributes = compress_volume(volume, path, Target("ratio", 6.0), workers=1)
+    return path, attributes
+
+
+@pytest.fixture(scope="module")
+def uint16_lossless_store(ct_b_crop_array, ct_b_crop_image, tmp_path_factory):
+    """Unsigned data beyond the int16 range, stored losslessly as unsigned codes."""
+    values = ((ct_b_crop_array.astype(np.int32) + 1024) * 12).astype(np.uint16)
+    assert values.max() > 32767
+    path = tmp_path_factory.mktemp("interop") / "u16.zarr"
+    volume = Volume(values, ct_b_crop_image.affine)
+    attributes = compress_volume(volume, path, Target("lossless"), workers=1)
+    assert attributes["intensity"]["code_dtype"] == "<u2"
+    return path, values
+
+
+def test_stock_zarr_reads_the_same_slices_as_medlossy(ct_store, ct_b_crop_array):
+    array = _open(ct_store)
+    assert array.shape == (24, 96, 80)  # (slices, rows, columns)
+    assert array.chunks == (1, 96, 80)
+    assert array.dtype == np.int16
+    ours = np.moveaxis(read_store(ct_store, workers=1).array, 2, 0)
+    np.testing.assert_array_equal(array[:], ours)
+    store, codec = SliceStore(ct_store), get_codec("jpeg2k")
+    for index in (0, 5, 23):
+        np.testing.assert_array_equal(array[index], store.decode_codes(index, codec))
+    # and they are the CT, not just self-consistent: x10 keeps the anatomy close
+    assert np.abs(array[5].astype(np.int32) - ct_b_crop_array[:, :, 5]).mean() < 40
+
+
+def test_stock_zarr_reads_a_lossless_store_exactly(uint16_lossless_store):
+    path, values = uint16_lossless_store
+    array = _open(path)
+    assert array.dtype == np.uint16
+    np.testing.assert_array_equal(array[:], np.moveaxis(values, 2, 0))
+
+
+def test_stock_zarr_returns_floats_for_a_rescaled_mr(float_mr_store, float_mr):
+    path, attributes = float_mr_store
+    array = _open(path)
+    assert array.dtype == np.float32 and array.shape == (20, 117, 91)
+    zarray = json.loads((path / ".zarray").read_bytes())
+    (scale_offset,) = zarray["filters"]
+    assert scale_offset["id"] == "fixedscaleoffset"
+    assert scale_offset["scale"] == attributes["intensity"]["scale"]
+    assert scale_offset["offset"] == attributes["intensity"]["offset"]
+    values = array[:]
+    original = np.moveaxis(float_mr, 2, 0)
+    error = np.abs(values.astype(np.float64) - original).max()
+    assert error == pytest.approx(attributes["achieved"]["max_abs_error"], rel=1e-4)
+    assert np.abs(values - original).mean() < 0.02 * (float_mr.max() - float_mr.min())
+    ours = np.moveaxis(read_store(path, workers=1).array, 2, 0)
+    np.testing.assert_allclose(values, ours, rtol=1e-6, atol=1e-4)
+
+
+def test_pillow_decodes_a_chunk_file_to_the_original_pixels(uint16_lossless_store):
+    path, values = uint16_lossless_store
+    image = Image.open(io.BytesIO((path / "5.0.0").read_bytes()))
+    pixels = np.array(image)
+    assert pixels.shape == (96, 80)
+    np.testing.assert_array_equal(pixels, values[:, :, 5])
+
+
+def test_pillow_agrees_with_medlossy_on_a_lossy_chunk(float_mr_store):
+    path, _ = float_mr_store
+    data = (path / "7.0.0").read_bytes()
+    pixels = np.array(Image.open(io.BytesIO(data)))
+    np.testing.assert_array_equal(pixels, imagecodecs.jpeg2k_decode(data))
+    store = SliceStore(path)
+    np.testing.assert_array_equal(pixels, store.decode_codes(7, get_codec("jpeg2k")))
+
+
+@pytest.mark.skipif(shutil.which("opj_decompress") is None,
+                    reason="opj_decompress (Debian libopenjp2-tools) is not installed")
+def test_opj_decompress_reads_a_signed_chunk(ct_store, tmp_path):
+    chunk = tmp_path / "slice5.j2k"
+    chunk.write_bytes((ct_store / "5.0.0").read_bytes())
+    output = tmp_path / "slice5.rawl"  # raw little-endian samples
+    subprocess.run(["opj_decompress", "-i", str(chunk), "-o", str(output)], check=True,
+                   capture_output=True)
+    pixels = np.fromfile(output, dtype="<i2")
+    assert pixels.size == 96 * 80
+    np.testing.assert_array_equal(pixels.reshape(96, 80), _open(ct_store)[5])
