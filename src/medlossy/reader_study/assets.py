@@ -1,0 +1,60 @@
+"""The rating page's stylesheet and script, served from /static/ (the page's CSP allows no
+inline code). Kept as strings so that the package needs no data files."""
+
+CSS = """
+:root { color-scheme: dark; }
+* { box-sizing: border-box; }
+body { margin: 0; background: #1b1b1b; color: #d8d8d8;
+       font: 16px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; }
+header { display: flex; justify-content: space-between; align-items: baseline;
+         padding: 10px 24px; background: #111; border-bottom: 1px solid #2c2c2c; }
+header .title { font-weight: 600; color: #eee; }
+header .progress { font-size: 20px; font-variant-numeric: tabular-nums; color: #fff; }
+header .answered { color: #999; }
+main.rating { display: flex; flex-direction: column; align-items: center; padding: 12px 24px; }
+.question { margin: 4px 0 10px; color: #bbb; }
+figure { margin: 0; text-align: center; }
+figure img { display: block; height: min(62vh, 620px); max-width: 94vw; object-fit: contain;
+             background: #000; image-rendering: auto; }
+figcaption { display: flex; justify-content: space-around; color: #888; font-size: 14px;
+             margin-top: 4px; text-transform: uppercase; letter-spacing: 0.1em; }
+.buttons { display: flex; gap: 18px; margin: 18px 0 8px; }
+.buttons button { min-width: 210px; padding: 16px 22px; font: inherit; font-size: 19px;
+                  color: #eee; background: #2d2d2d; border: 1px solid #4a4a4a;
+                  border-radius: 8px; cursor: pointer; display: flex; flex-direction: column;
+                  align-items: center; gap: 6px; }
+.buttons button:hover, .buttons button:focus-visible { background: #3a3a3a; border-color: #7a9;
+                                                       outline: none; }
+.buttons button.chosen { border-color: #6c9; box-shadow: 0 0 0 2px #6c9 inset; }
+.keys { font-size: 13px; color: #9a9a9a; }
+kbd { border: 1px solid #555; border-bottom-width: 2px; border-radius: 4px; padding: 0 5px;
+      background: #222; font: 12px ui-monospace, monospace; color: #ccc; }
+nav { display: flex; justify-content: space-between; align-items: center; gap: 24px;
+      width: min(94vw, 1100px); margin-top: 8px; color: #888; font-size: 14px; }
+a { color: #8cc4ff; }
+main.message { max-width: 900px; margin: 10vh auto; padding: 0 24px; }
+table { border-collapse: collapse; margin: 16px 0; }
+th, td { border-bottom: 1px solid #333; padding: 6px 12px; text-align: left; }
+code { font-size: 12px; word-break: break-all; }
+"""
+
+JS = """
+"use strict";
+(function () {
+  var form = document.getElementById("answer-form");
+  if (!form) { return; }
+  var keys = { "1": "left", "ArrowLeft": "left", "2": "undecided", "ArrowDown": "undecided",
+               " ": "undecided", "3": "right", "ArrowRight": "right" };
+  var sent = false;
+  form.addEventListener("submit", function (event) {
+    if (sent) { event.preventDefault(); } sent = true;
+  });
+  document.addEventListener("keydown", function (event) {
+    if (event.altKey || event.ctrlKey || event.metaKey || event.repeat || sent) { return; }
+    var value = keys[event.key];
+    if (!value) { return; }
+    event.preventDefault();
+    form.requestSubmit(document.getElementById("answer-" + value));
+  });
+})();
+"""

@@ -1,0 +1,145 @@
+"""``medlossy reader make | serve | analyze``: one thin function per command."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from pathlib import Path
+
+from medlossy.errors import MedlossyError
+
+DEFAULT_RATIOS = "1,2,5,10,20,50"
+DEFAULT_DB = "answers.sqlite"
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        message = f"not a comma-separated list of numbers: {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def _database_url(arguments: argparse.Namespace) -> str:
+    return arguments.db or f"sqlite:///{Path(arguments.study) / DEFAULT_DB}"
+
+
+def make(arguments: argparse.Namespace) -> None:
+    from medlossy.reader_study.pairs import PairSettings, make_pairs
+    from medlossy.reader_study.windows import parse_window
+
+    settings = PairSettings(ratios=arguments.ratios, per_pair=arguments.per_pair,
+                            window=parse_window(arguments.window), seed=arguments.seed,
+                            max_images=arguments.max_images)
+    study = make_pairs(arguments.input, arguments.out, settings, stores=arguments.stores,
+                       workers=arguments.workers, show_progress=not arguments.quiet)
+    if not arguments.quiet:
+        print(f"{arguments.out}: {study['pairs']} pairs from {', '.join(study['datasets'])} "
+              f"({len(study['ratio_pairs'])} ratio pairs x {study['per_pair']} per dataset), "
+              f"window {study['window']}; key in {Path(arguments.out) / 'key.json'}",
+              file=sys.stderr)
+
+
+def serve(arguments: argparse.Namespace) -> None:
+    import uvicorn
+
+    from medlossy.reader_study.app import create_app
+    from medlossy.reader_study.db import Database
+    from medlossy.reader_study.pairs import load_pairs
+
+    if arguments.raters < 1:
+        raise MedlossyError(None, f"--raters must be at least 1, got {arguments.raters}")
+    database = Database(_database_url(arguments))
+    database.setup([pair["id"] for pair in load_pairs(arguments.study)], arguments.raters)
+    app = create_app(arguments.study, database)
+    shown_host = f"[{arguments.host}]" if ":" in arguments.host else arguments.host
+    base = (arguments.public_url or f"http://{shown_host}:{arguments.port}").rstrip("/")
+    print(f"Reader study: {len(database.pair_ids())} pairs; private links (keep them secret):")
+    for rater in database.raters("rater"):
+        print(f"  {rater.name}: {base}/r/{rater.token}")
+    for admin in database.raters("admin"):
+        print(f"  admin (progress, export): {base}/admin/{admin.token}")
+    if not _loopback(arguments.host) and not (arguments.public_url or "").startswith("https:"):
+        print("note: links travel in plain HTTP; put the server behind an HTTPS proxy and "
+              "pass --public-url https://...", file=sys.stderr)
+    sys.stdout.flush()
+    uvicorn.run(app, host=arguments.host, port=arguments.port, log_level="warning",
+                server_header=False, date_header=False)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def analyze(arguments: argparse.Namespace) -> None:
+    from medlossy.reader_study.analysis import analyze_study
+    from medlossy.reader_study.db import Database
+
+    database = Database(_database_url(arguments))
+    out = Path(arguments.out or Path(arguments.study) / "report")
+    result = analyze_study(arguments.study, database, out, bootstrap=arguments.bootstrap,
+                           seed=arguments.seed)
+    print(f"{out}: {result['answers']} answers from {result['raters']} raters; "
+          f"{', '.join(sorted(result['files']))}")
+
+
+def add_reader_parser(subparsers) -> None:
+    """The ``reader`` command group, on the main parser's subparsers."""
+    reader = subparsers.add_parser(
+        "reader", help="reader study: blinded pairs, a web app for raters, analysis",
+        description="The study's reader study: make blinded image pairs, serve them to raters "
+                    "in the browser, analyse the answers.")
+    sub = reader.add_subparsers(dest="reader_command", required=True, metavar="READER_COMMAND")
+
+    make_parser = sub.add_parser(
+        "make", help="make the blinded pairs from nnU-Net raw dataset(s)",
+        description="Every pair of the ratios, N random axial slices per pair and dataset, "
+                    "both images from the same slice, the less compressed one randomly left or "
+                    "right, one composite PNG per pair; the key stays in OUT/key.json.")
+    make_parser.add_argument("input", help="an nnU-Net raw dataset folder, or a folder of them")
+    make_parser.add_argument("--out", required=True, help="study folder to create")
+    make_parser.add_argument("--ratios", type=_ratios, default=_ratios(DEFAULT_RATIOS),
+                             help=f"comma-separated, 1 = lossless (default {DEFAULT_RATIOS})")
+    make_parser.add_argument("--per-pair", type=int, default=10,
+                             help="slices per ratio pair per dataset (default 10)")
+    make_parser.add_argument("--window", default="abdomen",
+                             help="CT window: abdomen, liver, brain, lung, auto or WIDTH/LEVEL "
+                                  "(default abdomen); MR always uses auto")
+    make_parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    make_parser.add_argument("--stores", default=None,
+                             help="reuse stores of an earlier run (e.g. a study output folder)")
+    make_parser.add_argument("--max-images", type=int, default=None,
+                             help="draw slices from at most this many images per dataset "
+                                  "(chosen at random; default all)")
+    make_parser.add_argument("--workers", type=int, default=None,
+                             help="processes for compression (default: all cores)")
+    make_parser.add_argument("--quiet", action="store_true")
+    make_parser.set_defaults(handler=make)
+
+    serve_parser = sub.add_parser("serve", help="serve the pairs to raters in the browser")
+    serve_parser.add_argument("study", help="folder made by `medlossy reader make`")
+    serve_parser.add_argument("--port", type=int, default=8000)
+    serve_parser.add_argument("--host", default="127.0.0.1",
+                              help="address to listen on (default 127.0.0.1)")
+    serve_parser.add_argument("--db", default=None,
+                              help=f"database URL (default sqlite:///STUDY/{DEFAULT_DB})")
+    serve_parser.add_argument("--raters", type=int, default=2,
+                              help="raters to have links for (default 2; more can be added "
+                                   "later, never removed)")
+    serve_parser.add_argument("--public-url", default=None,
+                              help="base URL to print in the links (behind a proxy)")
+    serve_parser.set_defaults(handler=serve)
+
+    analyze_parser = sub.add_parser("analyze", help="score the answers, plot, export CSV")
+    analyze_parser.add_argument("study")
+    analyze_parser.add_argument("--out", default=None, help="default STUDY/report")
+    analyze_parser.add_argument("--db", default=None,
+                                help=f"database URL (default sqlite:///STUDY/{DEFAULT_DB})")
+    analyze_parser.add_argument("--bootstrap", type=int, default=2000,
+                                help="bootstrap resamples for the CIs (default 2000)")
+    analyze_parser.add_argument("--seed", type=int, default=0)
+    analyze_parser.set_defaults(handler=analyze)
