@@ -21,6 +21,7 @@ import numpy as np
 
 from medlossy import __version__
 from medlossy.atomic import atomic_output
+from medlossy.checksums import crc32
 from medlossy.codecs import Setting, SliceCodec, get_codec
 from medlossy.codecs.intensity import CodeMapping, plan_mapping
 from medlossy.codecs.pool import SliceEncoder, default_workers, slice_encoder
@@ -35,7 +36,6 @@ from medlossy.ratecontrol import solve_budget
 from medlossy.store.slice_store import (
     FORMAT_VERSION,
     StoreLayout,
-    crc32,
     render_metadata,
     rewrite_attributes,
     stored_bytes,

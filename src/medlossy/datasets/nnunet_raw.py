@@ -1,12 +1,15 @@
-"""Read an nnU-Net v2 raw dataset: dataset.json plus imagesTr/imagesTs/labelsTr.
+"""Read an nnU-Net v2 raw dataset (dataset.json, imagesTr, labelsTr, imagesTs), or a plain
+folder of image/label pairs presented the same way.
 
-Follows nnU-Net's naming: ``CASE_XXXX<file_ending>`` where XXXX is the channel index.
+nnU-Net's naming: ``CASE_XXXX<file_ending>`` where XXXX is the channel index; labels are
+``labelsTr/CASE<file_ending>``. A plain folder holds ``images/NAME.nii.gz`` and optionally
+``labels/NAME.nii.gz``: one channel, every case a training case.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medlossy.errors import MedlossyError
@@ -24,9 +27,20 @@ class ImageFile:
 
 
 @dataclass(frozen=True)
+class Case:
+    """A case: its channel images and, for training cases, its label file."""
+
+    name: str
+    split: str
+    images: dict[int, Path] = field(default_factory=dict)
+    label: Path | None = None
+
+
+@dataclass(frozen=True)
 class RawDataset:
     root: Path
     metadata: dict
+    plain: bool = False
 
     @property
     def name(self) -> str:
@@ -36,37 +50,74 @@ class RawDataset:
     def file_ending(self) -> str:
         return self.metadata.get("file_ending", ".nii.gz")
 
+    @property
+    def channels(self) -> list[int]:
+        return sorted(int(c) for c in self.metadata["channel_names"])
+
     def channel_modality(self, channel: int) -> str:
         """CT when nnU-Net's channel name says CT (it then uses CT normalisation), else MR."""
         name = str(self.metadata["channel_names"].get(str(channel), ""))
         return "CT" if name.upper() == "CT" else "MR"
 
+    def _image_folders(self) -> list[tuple[str, Path]]:
+        if self.plain:
+            return [("Tr", self.root / "images")]
+        return [(split, self.root / f"images{split}") for split in ("Tr", "Ts")]
+
+    def _label_path(self, case: str) -> Path:
+        folder = self.root / ("labels" if self.plain else "labelsTr")
+        return folder / f"{case}{self.file_ending}"
+
     def images(self) -> list[ImageFile]:
         """Every image file, training cases first, sorted by case and channel."""
         files = []
-        for split in ("Tr", "Ts"):
-            folder = self.root / f"images{split}"
+        for split, folder in self._image_folders():
             if not folder.is_dir():
                 continue
             for path in sorted(folder.glob(f"*{self.file_ending}")):
                 stem = path.name[: -len(self.file_ending)]
-                case, _, channel = stem.rpartition("_")
-                if not case or not channel.isdigit() or len(channel) != 4:
-                    raise MedlossyError(path, "not named CASE_XXXX as nnU-Net expects")
-                files.append(ImageFile(case, int(channel), self.channel_modality(int(channel)),
-                                       path, split))
+                if self.plain:
+                    case, channel = stem, 0
+                else:
+                    case, _, suffix = stem.rpartition("_")
+                    if not case or not suffix.isdigit() or len(suffix) != 4:
+                        raise MedlossyError(path, "not named CASE_XXXX as nnU-Net expects")
+                    channel = int(suffix)
+                files.append(ImageFile(case, channel, self.channel_modality(channel), path,
+                                       split))
         if not files:
             raise MedlossyError(self.root, f"no images ending in {self.file_ending}")
         return files
 
+    def cases(self) -> list[Case]:
+        """Cases with their channel files and label (training cases only)."""
+        cases: dict[tuple[str, str], Case] = {}
+        for image in self.images():
+            key = (image.split, image.case)
+            if key not in cases:
+                label = self._label_path(image.case) if image.split == "Tr" else None
+                cases[key] = Case(image.case, image.split, {}, label)
+            cases[key].images[image.channel] = image.path
+        return list(cases.values())
 
-def open_raw_dataset(root: str | Path) -> RawDataset:
+
+def open_raw_dataset(root: str | Path, *, modality: str = "CT") -> RawDataset:
+    """Open an nnU-Net raw dataset, or a plain ``images/`` + ``labels/`` folder.
+
+    ``modality`` applies to plain folders only (nnU-Net datasets name their channels).
+    """
     root = Path(root)
     description = root / "dataset.json"
+    if not description.exists() and (root / "images").is_dir():
+        files = sorted((root / "images").iterdir())
+        ending = ".nii.gz" if any(f.name.endswith(".nii.gz") for f in files) else ".nii"
+        metadata = {"channel_names": {"0": modality}, "file_ending": ending, "labels": {}}
+        return RawDataset(root, metadata, plain=True)
     try:
         metadata = json.loads(description.read_text())
     except FileNotFoundError:
-        raise MedlossyError(description, "missing: not an nnU-Net raw dataset") from None
+        raise MedlossyError(root, "not a dataset: no dataset.json (nnU-Net raw) and no "
+                                  "images/ folder") from None
     except json.JSONDecodeError as error:
         raise MedlossyError(description, f"not valid JSON ({error})") from None
     if "channel_names" not in metadata:

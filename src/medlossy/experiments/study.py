@@ -15,7 +15,7 @@ import pandas as pd
 
 from medlossy.atomic import atomic_output
 from medlossy.datasets.nnunet_raw import open_raw_dataset
-from medlossy.experiments.quality import STUDY_RATIOS, rows_as_dicts, run_quality
+from medlossy.experiments.quality import STUDY_RATIOS, run_quality
 from medlossy.report.quality_figure import plot_quality
 from medlossy.report.study_report import Section, quality_summary, write_report
 
@@ -29,11 +29,14 @@ def run_study(datasets: Sequence[Path], out: Path, ratios: Sequence[float] = STU
     """Run the available experiments on every dataset; returns the report files."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    rows = []
-    for folder in datasets:
-        rows += rows_as_dicts(run_quality(open_raw_dataset(folder), out, ratios,
-                                          workers=workers, show_progress=show_progress))
-    table = pd.DataFrame(rows)
+    tables = []
+    for index, folder in enumerate(datasets):
+        dataset = open_raw_dataset(folder)
+        # Each dataset's ratios get their own block of nnU-Net ids, so all coexist.
+        tables.append(run_quality(dataset, out / "sweeps" / dataset.name, ratios,
+                                  base_id=800 + 10 * index, workers=workers,
+                                  show_progress=show_progress))
+    table = pd.concat(tables, ignore_index=True)
     with atomic_output(out / "quality.csv") as temporary:
         table.to_csv(temporary, index=False)
     figures = plot_quality(table, out / "quality")

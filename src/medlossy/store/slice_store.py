@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import zarr
 from numcodecs import FixedScaleOffset
 from numcodecs.abc import Codec as NumcodecsCodec
 
+from medlossy.checksums import crc32
 from medlossy.codecs import SliceCodec
 from medlossy.codecs.intensity import CodeMapping
 from medlossy.errors import MedlossyError
@@ -114,10 +114,6 @@ def rewrite_attributes(directory: Path, attributes: dict[str, Any], size: int = 
 def stored_bytes(directory: Path) -> int:
     """Every byte of every file in the store: the footprint that the ratio counts."""
     return sum(entry.stat().st_size for entry in os.scandir(directory) if entry.is_file())
-
-
-def crc32(data: bytes) -> int:
-    return zlib.crc32(data) & 0xFFFFFFFF
 
 
 class SliceStore:

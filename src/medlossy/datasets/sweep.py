@@ -1,0 +1,321 @@
+"""Compress a dataset at every ratio: stores, decoded nnU-Net datasets, a manifest.
+
+Layout of a sweep folder::
+
+    sweep.json                       what was asked (source, ratios, dataset ids), bad cases
+    stores/r20/CASE_0000.zarr        the storage artefact: its bytes are the footprint
+    nnunet/Dataset812_AMOS_r20/      nnU-Net v2 raw dataset, images decoded to NIfTI,
+                                     labels copied bit-exact, dataset.json
+    parts/r20/CASE_0000.json         one finished task: metrics and checksums
+    manifest.csv                     all parts, one row per case x channel x ratio
+
+Every file appears atomically. A task counts as done only when its part file exists and the
+store and decoded image still match the checksums it records, so a run killed at any moment
+(kill -9 included) resumes where it stopped and never uses anything half-written.
+Tasks run in a process pool, or on a Dask cluster through its concurrent.futures executor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from medlossy.atomic import atomic_output
+from medlossy.checksums import sha256_file
+from medlossy.codecs.pool import default_workers
+from medlossy.compression import Target, compress_volume
+from medlossy.datasets.nnunet_raw import Case, RawDataset
+from medlossy.datasets.validation import case_problem
+from medlossy.decompression import read_store
+from medlossy.errors import MedlossyError
+from medlossy.io import read_volume
+from medlossy.io.nifti import write_nifti
+from medlossy.metrics import CT_DATA_RANGE
+from medlossy.store import SliceStore
+
+STUDY_RATIOS = (1, 2, 5, 10, 20, 50, 70, 100)
+DEFAULT_BASE_ID = 800
+
+
+@dataclass(frozen=True)
+class SweepTask:
+    """Compress one channel of one case at one ratio and decode it for nnU-Net."""
+
+    case: str
+    split: str
+    channel: int
+    modality: str
+    image: str
+    ratio: float
+    data_range: float
+    store: str
+    decoded: str
+    part: str
+    codec: str = "jpeg2k"
+
+
+def ratio_tag(ratio: float) -> str:
+    return f"r{ratio:g}"
+
+
+def _write_json(path: Path, document: dict) -> None:
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def finished_part(task: SweepTask) -> dict | None:
+    """The recorded result of ``task`` if its outputs still match their checksums."""
+    part = Path(task.part)
+    if not part.exists():
+        return None
+    try:
+        row = json.loads(part.read_text())
+        store = SliceStore(task.store)
+    except (json.JSONDecodeError, MedlossyError):
+        return None
+    if row.get("ratio_target") != task.ratio or store.verify():
+        return None
+    if row.get("store_crc32") != _store_checksum(store):
+        return None
+    decoded = Path(task.decoded)
+    if not decoded.exists() or sha256_file(decoded) != row.get("decoded_sha256"):
+        return None
+    return row
+
+
+def _store_checksum(store: SliceStore) -> str:
+    return hashlib.sha256(json.dumps(store.attributes["chunk_crc32"]).encode()).hexdigest()
+
+
+def run_task(task: SweepTask) -> dict:
+    """Do one task (or reuse its verified result); returns its manifest row."""
+    done = finished_part(task)
+    if done is not None:
+        return {**done, "reused": True}
+    volume = read_volume(task.image, task.modality, lazy=True)
+    target = Target("lossless") if task.ratio == 1 else Target("ratio", task.ratio)
+    attributes = compress_volume(volume, task.store, target, codec_name=task.codec,
+                                 data_range=task.data_range, workers=1, source=task.image)
+    started = time.perf_counter()
+    decoded = read_store(task.store, workers=1)
+    decode_seconds = time.perf_counter() - started
+    with atomic_output(task.decoded) as temporary:
+        write_nifti(decoded, temporary)
+    achieved = attributes["achieved"]
+    row = {
+        "case": task.case, "split": task.split, "channel": task.channel,
+        "modality": task.modality, "ratio_target": task.ratio,
+        "ratio_achieved": achieved["ratio"], "target_reached": achieved["target_reached"],
+        "raw_bytes": achieved["raw_bytes"], "stored_bytes": achieved["stored_bytes"],
+        "psnr_db": achieved["psnr_db"], "data_range": achieved["data_range"],
+        "mse": achieved["mse"], "max_abs_error": achieved["max_abs_error"],
+        "encode_seconds": achieved["encode_seconds"], "decode_seconds": round(decode_seconds, 4),
+        "codec": attributes["codec"]["name"], "store": task.store, "decoded": task.decoded,
+        "store_crc32": _store_checksum(SliceStore(task.store)),
+        "decoded_sha256": sha256_file(Path(task.decoded)),
+    }
+    _write_json(Path(task.part), row)
+    return {**row, "reused": False}
+
+
+def _channel_ranges(dataset: RawDataset, cases: Sequence[Case]) -> dict[int, float]:
+    """PSNR peak per channel: 4096 for CT, max - min over the whole dataset for MR."""
+    ranges = {}
+    for channel in dataset.channels:
+        if dataset.channel_modality(channel) == "CT":
+            ranges[channel] = CT_DATA_RANGE
+            continue
+        low, high = np.inf, -np.inf
+        for case in cases:
+            for _, slab in read_volume(case.images[channel], "MR", lazy=True).slabs(64):
+                low, high = min(low, float(slab.min())), max(high, float(slab.max()))
+        ranges[channel] = float(high - low) or 1.0
+    return ranges
+
+
+def nnunet_dataset_name(dataset: RawDataset, ratio: float, dataset_id: int) -> str:
+    base = dataset.name.split("_", 1)[1] if dataset.name.startswith("Dataset") else dataset.name
+    return f"Dataset{dataset_id:03d}_{base}_{ratio_tag(ratio)}"
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    dataset: RawDataset
+    out: Path
+    ratios: tuple[float, ...]
+    base_id: int
+    cases: tuple[Case, ...]
+    bad: dict[str, str]
+    ranges: dict[int, float]
+
+    def dataset_folder(self, ratio: float) -> Path:
+        index = sorted(self.ratios).index(ratio)
+        return self.out / "nnunet" / nnunet_dataset_name(self.dataset, ratio,
+                                                         self.base_id + index)
+
+    def tasks(self) -> list[SweepTask]:
+        tasks = []
+        for ratio in self.ratios:
+            tag = ratio_tag(ratio)
+            folder = self.dataset_folder(ratio)
+            for case in self.cases:
+                for channel, image in sorted(case.images.items()):
+                    stem = f"{case.name}_{channel:04d}"
+                    tasks.append(SweepTask(
+                        case=case.name, split=case.split, channel=channel,
+                        modality=self.dataset.channel_modality(channel), image=str(image),
+                        ratio=float(ratio), data_range=self.ranges[channel],
+                        store=str(self.out / "stores" / tag / f"{stem}.zarr"),
+                        decoded=str(folder / f"images{case.split}" /
+                                    f"{stem}{self.dataset.file_ending}"),
+                        part=str(self.out / "parts" / tag / f"{stem}.json")))
+        return tasks
+
+
+def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
+               base_id: int = DEFAULT_BASE_ID, skip_bad: bool = False) -> SweepPlan:
+    """Validate every case, then lay out what to do; bad cases stop here unless skipped."""
+    if not ratios or any(r < 1 for r in ratios):
+        raise MedlossyError(None, f"ratios must be >= 1 (1 = lossless), got {list(ratios)}")
+    if base_id < 1 or base_id + len(ratios) - 1 > 999:
+        raise MedlossyError(None, f"dataset ids {base_id}..{base_id + len(ratios) - 1} are "
+                                  "outside nnU-Net's 1..999")
+    good, bad = [], {}
+    for case in dataset.cases():
+        problem = case_problem(dataset, case)
+        if problem is None:
+            good.append(case)
+        elif skip_bad:
+            bad[case.name] = problem
+        else:
+            raise MedlossyError(dataset.root, problem)
+    if not good:
+        raise MedlossyError(dataset.root, "no usable case")
+    ranges = _channel_ranges(dataset, good)
+    return SweepPlan(dataset, out, tuple(float(r) for r in ratios), base_id, tuple(good), bad,
+                     ranges)
+
+
+@contextmanager
+def _executor(workers: int, scheduler: str | None) -> Iterator[Executor]:
+    if scheduler is not None:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise MedlossyError(None, "--scheduler needs Dask: pip install "
+                                      "'medlossy[dask]'") from None
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as error:
+            raise MedlossyError(scheduler, f"cannot reach the Dask scheduler ({error})") from None
+        with client, client.get_executor() as executor:
+            yield executor
+        return
+    # forkserver: workers never inherit the parent's threads (zarr runs an event loop).
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(max_workers=workers,
+                             mp_context=multiprocessing.get_context(method)) as executor:
+        yield executor
+
+
+def _copy_exact(source: Path, destination: Path) -> None:
+    if destination.exists() and sha256_file(destination) == sha256_file(source):
+        return
+    with atomic_output(destination) as temporary:
+        shutil.copyfile(source, temporary)
+
+
+def _write_nnunet_metadata(plan: SweepPlan) -> None:
+    """Labels (bit-exact copies) and dataset.json of every ratio's nnU-Net dataset."""
+    training = [case for case in plan.cases if case.split == "Tr"]
+    for ratio in plan.ratios:
+        folder = plan.dataset_folder(ratio)
+        for case in training:
+            if case.label is not None:
+                _copy_exact(case.label, folder / "labelsTr" /
+                            f"{case.name}{plan.dataset.file_ending}")
+        metadata = {key: value for key, value in plan.dataset.metadata.items()
+                    if key not in ("numTraining", "name")}
+        metadata.setdefault("labels", {})
+        metadata.update({
+            "name": folder.name.split("_", 1)[1],
+            "numTraining": sum(case.label is not None for case in training),
+            "medlossy": {"source": str(plan.dataset.root), "ratio": ratio,
+                         "codec": "jpeg2k", "lossless": ratio == 1,
+                         "note": "images decoded from lossy JPEG 2000 stores; labels exact"},
+        })
+        _write_json(folder / "dataset.json", metadata)
+
+
+def _clean_partials(out: Path) -> None:
+    """Remove temporaries of a killed run: they are never complete, never reused."""
+    for leftover in out.rglob(".*.partial-*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def _write_sweep_json(plan: SweepPlan, bad: dict[str, str]) -> None:
+    _write_json(plan.out / "sweep.json", {
+        "source": str(plan.dataset.root), "ratios": list(plan.ratios),
+        "base_id": plan.base_id,
+        "datasets": {ratio_tag(r): plan.dataset_folder(r).name for r in plan.ratios},
+        "psnr_ranges": {str(c): r for c, r in plan.ranges.items()},
+        "bad_cases": bad,
+    })
+
+
+def run_sweep(plan: SweepPlan, *, workers: int | None = None, scheduler: str | None = None,
+              skip_bad: bool = False, show_progress: bool = False) -> pd.DataFrame:
+    """Run every task of ``plan``; returns the manifest (also written to manifest.csv).
+
+    A task that fails (say, truncated voxel data) stops the sweep with an error naming the
+    file, or with ``skip_bad`` marks its case bad and lets the rest complete.
+    """
+    plan.out.mkdir(parents=True, exist_ok=True)
+    _clean_partials(plan.out)
+    bad = dict(plan.bad)
+    _write_sweep_json(plan, bad)
+    _write_nnunet_metadata(plan)
+    workers = workers or default_workers()
+    with _executor(workers, scheduler) as executor:
+        futures = {executor.submit(run_task, task): task for task in plan.tasks()}
+        for future in tqdm(as_completed(futures), total=len(futures), unit="image",
+                           desc=f"{plan.dataset.name} sweep", disable=not show_progress):
+            task = futures[future]
+            try:
+                future.result()
+            except Exception as error:  # worker errors arrive as whatever the task raised
+                problem = error.args[0] if isinstance(error, MedlossyError) else \
+                    f"{task.image}: failed at ratio {task.ratio:g} ({type(error).__name__}: " \
+                    f"{error})"
+                if not skip_bad:
+                    raise MedlossyError(None, str(problem)) from None
+                bad[task.case] = f"case {task.case}: {problem}"
+    _write_sweep_json(plan, bad)
+    return write_manifest(plan.out, exclude=set(bad))
+
+
+def write_manifest(out: Path, exclude: set[str] = frozenset()) -> pd.DataFrame:
+    """Rebuild manifest.csv from the part files, so it always matches what is on disk."""
+    rows = [json.loads(p.read_text()) for p in sorted((out / "parts").glob("*/*.json"))]
+    manifest = pd.DataFrame([row for row in rows if row["case"] not in exclude])
+    if not manifest.empty:
+        manifest = manifest.sort_values(["ratio_target", "case", "channel"])
+    with atomic_output(out / "manifest.csv") as temporary:
+        manifest.to_csv(temporary, index=False)
+    return manifest
+

@@ -1,0 +1,98 @@
+"""Summaries of a sweep: per-ratio footprint and quality, and a full checksum verification."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medlossy.atomic import atomic_output
+from medlossy.checksums import sha256_file
+from medlossy.datasets.sweep import SweepTask, finished_part
+from medlossy.errors import MedlossyError
+
+
+def _read(out: Path) -> tuple[dict, pd.DataFrame]:
+    try:
+        sweep = json.loads((out / "sweep.json").read_text())
+        manifest = pd.read_csv(out / "manifest.csv")
+    except FileNotFoundError as error:
+        raise MedlossyError(out, f"not a finished sweep ({Path(error.filename).name} is "
+                                 "missing; run `medlossy dataset compress` first)") from None
+    except pd.errors.EmptyDataError:
+        raise MedlossyError(out / "manifest.csv", "empty: no image was compressed") from None
+    return sweep, manifest
+
+
+def summarise(manifest: pd.DataFrame) -> pd.DataFrame:
+    """One row per ratio: images, bytes raw/stored, achieved ratio, PSNR mean/min, seconds."""
+    finite = manifest.assign(psnr_db=manifest["psnr_db"].astype(float))
+    summary = finite.groupby("ratio_target").agg(
+        images=("case", "size"),
+        raw_bytes=("raw_bytes", "sum"),
+        stored_bytes=("stored_bytes", "sum"),
+        all_reached=("target_reached", "all"),
+        psnr_mean_db=("psnr_db", lambda p: float(np.nanmean(p)) if p.notna().any() else np.inf),
+        psnr_min_db=("psnr_db", lambda p: float(np.nanmin(p)) if p.notna().any() else np.inf),
+        encode_seconds=("encode_seconds", "sum"),
+        decode_seconds=("decode_seconds", "sum"),
+    ).reset_index()
+    summary.insert(4, "ratio_achieved", summary["raw_bytes"] / summary["stored_bytes"])
+    return summary.round({"ratio_achieved": 3, "psnr_mean_db": 2, "psnr_min_db": 2,
+                          "encode_seconds": 2, "decode_seconds": 2})
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "inf" if np.isinf(value) else f"{value:g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |",
+             "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
+              for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_sweep_report(out: Path) -> tuple[pd.DataFrame, dict]:
+    """Write report.csv and report.md into the sweep folder; returns the summary and sweep."""
+    sweep, manifest = _read(out)
+    summary = summarise(manifest)
+    with atomic_output(out / "report.csv") as temporary:
+        summary.to_csv(temporary, index=False)
+    lines = [f"# Sweep of {sweep['source']}\n",
+             "Ratio = raw 16-bit bytes / every byte of the stores; PSNR over lossy images "
+             "(inf: all lossless). Lossless (x1) and images where lossless already fits the "
+             "budget count as infinite PSNR and are left out of the means.\n",
+             markdown_table(summary), ""]
+    if sweep.get("bad_cases"):
+        lines += ["## Bad cases (skipped)\n"]
+        lines += [f"- {problem}" for problem in sweep["bad_cases"].values()]
+    with atomic_output(out / "report.md") as temporary:
+        temporary.write_text("\n".join(lines) + "\n")
+    return summary, sweep
+
+
+def verify_sweep(out: Path) -> list[str]:
+    """Every problem found: stores, decoded images and label copies against checksums."""
+    sweep, manifest = _read(out)
+    problems = []
+    for row in manifest.to_dict("records"):
+        task = SweepTask(case=row["case"], split=row["split"], channel=int(row["channel"]),
+                         modality=row["modality"], image="", ratio=float(row["ratio_target"]),
+                         data_range=0.0, store=row["store"], decoded=row["decoded"],
+                         part=str(out / "parts" / f"r{row['ratio_target']:g}" /
+                                  f"{row['case']}_{int(row['channel']):04d}.json"))
+        if finished_part(task) is None:
+            problems.append(f"{row['store']}: store or decoded image does not match its "
+                            f"checksums (case {row['case']}, ratio {row['ratio_target']:g})")
+    source_labels = Path(sweep["source"]) / "labelsTr"
+    for name in sweep["datasets"].values():
+        for copy in sorted((out / "nnunet" / name / "labelsTr").glob("*")):
+            original = source_labels / copy.name
+            if original.exists() and sha256_file(original) != sha256_file(copy):
+                problems.append(f"{copy}: label differs from {original}")
+    return problems
