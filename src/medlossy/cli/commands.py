@@ -233,3 +233,27 @@ def dataset_verify(arguments: argparse.Namespace) -> None:
     print(f"{arguments.sweep}: every store, decoded image and label matches its checksum")
 
 
+def _numbers(text: str, option: str, kind: type, count: int = 3) -> tuple:
+    try:
+        values = tuple(kind(part) for part in text.split(","))
+    except ValueError:
+        raise MedlossyError(None, f"{option} must be numbers separated by commas, got "
+                                  f"{text!r}") from None
+    if len(values) == 1:
+        values *= count
+    if len(values) != count:
+        raise MedlossyError(None, f"{option} needs 1 or {count} values, got {text!r}")
+    return values
+
+
+def data_phantom(arguments: argparse.Namespace) -> None:
+    from medlossy.data.phantom import PhantomConfig, write_phantom_dataset
+
+    config = PhantomConfig(shape=_numbers(arguments.shape, "--shape", int),
+                           spacing=_numbers(arguments.spacing, "--spacing", float),
+                           seed=arguments.seed)
+    folder = write_phantom_dataset(arguments.out, arguments.cases, config,
+                                   dataset_id=arguments.dataset_id,
+                                   show_progress=not arguments.quiet)
+    _say(arguments, f"SYNTHETIC phantom cohort: {arguments.cases} cases, seed {arguments.seed}")
+    print(folder)

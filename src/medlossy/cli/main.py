@@ -143,6 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="download cache (default: ~/.cache/medlossy)")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(handler=commands.data_demo)
+    phantom = data_sub.add_parser("phantom", help="a SYNTHETIC cohort of abdominal CTs with "
+                                                  "exact labels, as an nnU-Net raw dataset")
+    phantom.add_argument("--cases", type=int, default=24, help="subjects (default: 24)")
+    phantom.add_argument("--seed", type=int, default=0, help="cohort seed (default: 0)")
+    phantom.add_argument("--out", default="phantom-data", help="where to write the dataset")
+    phantom.add_argument("--shape", default="96,96,64", help="voxels L,P,S (default: 96,96,64)")
+    phantom.add_argument("--spacing", default="3", help="mm, one or three numbers (default: 3)")
+    phantom.add_argument("--id", dest="dataset_id", type=int, default=950,
+                         help="nnU-Net dataset id (default: 950 -> Dataset950_Phantom)")
+    phantom.add_argument("--quiet", action="store_true")
+    phantom.set_defaults(handler=commands.data_phantom)
     return parser
 
 
