@@ -257,3 +257,36 @@ def data_phantom(arguments: argparse.Namespace) -> None:
                                    show_progress=not arguments.quiet)
     _say(arguments, f"SYNTHETIC phantom cohort: {arguments.cases} cases, seed {arguments.seed}")
     print(folder)
+
+
+def train(arguments: argparse.Namespace) -> None:
+    from medlossy.datasets.sweep import resolve_dataset_folder
+    from medlossy.train.config import TrainConfig
+    from medlossy.train.loop import train_model
+
+    patch = None
+    if arguments.patch_size:
+        patch = tuple(int(v) for v in arguments.patch_size.split(","))
+    config = TrainConfig.from_preset(
+        arguments.preset, fold=arguments.fold, folds=arguments.folds, epochs=arguments.epochs,
+        iterations_per_epoch=arguments.iterations, batch_size=arguments.batch_size,
+        patch_size=patch, seed=arguments.seed, device=arguments.device,
+        augment=not arguments.no_augment)
+    folder = train_model(resolve_dataset_folder(arguments.dataset), arguments.out, config,
+                         show_progress=not arguments.quiet)
+    description = json.loads((folder / "model.json").read_text())
+    training = description["training"]
+    _say(arguments, f"{folder}: {training['iterations_this_run']} iterations in "
+                    f"{training['seconds_this_run']:.0f} s on {training['device']} "
+                    f"({training['iterations_per_second']} it/s), final loss "
+                    f"{training['history'][-1]['loss']:.4f}")
+
+
+def predict(arguments: argparse.Namespace) -> None:
+    from medlossy.datasets.sweep import resolve_dataset_folder
+    from medlossy.train.inference import predict_dataset
+
+    written = predict_dataset(arguments.model, resolve_dataset_folder(arguments.dataset),
+                              arguments.out, cases=arguments.cases, device=arguments.device,
+                              show_progress=not arguments.quiet)
+    _say(arguments, f"{arguments.out}: {len(written)} label maps")

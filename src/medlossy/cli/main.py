@@ -11,6 +11,7 @@ from medlossy.cli import commands
 from medlossy.codecs import codec_names
 from medlossy.datasets.sweep import STUDY_RATIOS
 from medlossy.errors import MedlossyError
+from medlossy.reader_study.cli import add_reader_parser
 
 EXIT_BAD_INPUT = 2
 
@@ -99,6 +100,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(study)
     study.set_defaults(handler=commands.study)
 
+    train = sub.add_parser("train", help="train a segmentation model on one dataset/ratio",
+                           description="Train on the training cases of one fold. The defaults "
+                                       "are the study's recipe (300 epochs x 250 iterations); "
+                                       "pass fewer for a quick CPU run. Reruns resume from "
+                                       "the last epoch's checkpoint.")
+    train.add_argument("dataset", help="nnU-Net raw dataset folder, or SWEEP/r20")
+    train.add_argument("--out", required=True, help="model folder")
+    train.add_argument("--backend", choices=("monai",), default="monai")
+    train.add_argument("--preset", choices=("lowres", "fullres"), default="lowres")
+    train.add_argument("--fold", type=int, default=0)
+    train.add_argument("--folds", type=int, default=3)
+    train.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--iterations", type=int, default=None, help="iterations per epoch")
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--patch-size", default=None, help="e.g. 64,64,64")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--no-augment", action="store_true", help="switch augmentation off")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(handler=commands.train)
+
+    predict = sub.add_parser("predict", help="segment a dataset with a trained model")
+    predict.add_argument("model", help="model folder written by medlossy train")
+    predict.add_argument("dataset", help="nnU-Net raw dataset folder, or SWEEP/r50")
+    predict.add_argument("--out", required=True, help="folder for CASE.nii.gz label maps")
+    predict.add_argument("--cases", choices=("test", "all"), default="test",
+                         help="the model's held-out fold cases (default) or every case")
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    predict.add_argument("--quiet", action="store_true")
+    predict.set_defaults(handler=commands.predict)
+
     dataset = sub.add_parser("dataset", help="a whole dataset at every ratio")
     dataset_sub = dataset.add_subparsers(dest="dataset_command", required=True,
                                          metavar="DATASET_COMMAND")
@@ -133,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("sweep")
     check.set_defaults(handler=commands.dataset_verify)
 
+    add_reader_parser(sub)
 
     data = sub.add_parser("data", help="example data")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")

@@ -145,6 +145,20 @@ def _channel_ranges(dataset: RawDataset, cases: Sequence[Case]) -> dict[int, flo
     return ranges
 
 
+def resolve_dataset_folder(path: str | Path) -> Path:
+    """A dataset folder, or ``SWEEP/r20`` for the ratio-20 dataset of a sweep folder."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    sweep_file = path.parent / "sweep.json"
+    if sweep_file.exists():
+        datasets = json.loads(sweep_file.read_text())["datasets"]
+        if path.name in datasets:
+            return path.parent / "nnunet" / datasets[path.name]
+        raise MedlossyError(path, f"no such ratio in this sweep (has {', '.join(datasets)})")
+    raise MedlossyError(path, "no such dataset folder")
+
+
 def nnunet_dataset_name(dataset: RawDataset, ratio: float, dataset_id: int) -> str:
     base = dataset.name.split("_", 1)[1] if dataset.name.startswith("Dataset") else dataset.name
     return f"Dataset{dataset_id:03d}_{base}_{ratio_tag(ratio)}"

@@ -1,0 +1,157 @@
+"""Train one model on one dataset and fold; checkpoints every epoch, resumes after a kill."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from monai.utils import set_determinism
+from tqdm import tqdm
+
+from medlossy import __version__
+from medlossy.atomic import atomic_output
+from medlossy.datasets.nnunet_raw import RawDataset, open_raw_dataset
+from medlossy.errors import MedlossyError
+from medlossy.train.config import TrainConfig
+from medlossy.train.network import build_network, network_arguments
+from medlossy.train.preprocessing import fit_normalisation, load_case, prepare
+from medlossy.train.sampling import PatchSampler
+from medlossy.train.splits import kfold_splits
+
+MODEL_FILE = "model.pt"
+DESCRIPTION_FILE = "model.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MedlossyError(None, "--device cuda asked for, but PyTorch sees no GPU")
+    return torch.device(name)
+
+
+def _labels(dataset: RawDataset) -> dict[str, int]:
+    labels = dataset.metadata.get("labels", {})
+    if not labels or any(not isinstance(v, int) for v in labels.values()):
+        raise MedlossyError(dataset.root / "dataset.json",
+                            "needs integer labels {name: value} (region-based labels are not "
+                            "supported by the built-in backend)")
+    return labels
+
+
+def _save(path: Path, payload: dict) -> None:
+    with atomic_output(path) as temporary:
+        torch.save(payload, temporary)
+
+
+def _write_json(path: Path, document: dict) -> None:
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def poly_learning_rate(config: TrainConfig, epoch: int) -> float:
+    """lr0 * (1 - epoch / epochs) ** 0.9, the study's schedule."""
+    return config.learning_rate * (1 - epoch / config.epochs) ** config.poly_exponent
+
+
+def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig, *,
+                show_progress: bool = False) -> Path:
+    """Train on the training cases of ``config.fold``; returns the model folder."""
+    dataset = open_raw_dataset(dataset_folder)
+    out = Path(out)
+    labels = _labels(dataset)
+    labelled = [case for case in dataset.cases() if case.label is not None]
+    try:
+        split = kfold_splits([c.name for c in labelled], config.folds)[config.fold]
+    except ValueError as error:
+        raise MedlossyError(dataset.root, str(error)) from None
+    device = resolve_device(config.device)
+    set_determinism(seed=config.seed)
+    torch.manual_seed(config.seed)
+
+    loaded = [load_case(dataset, case) for case in labelled if case.name in split["train"]]
+    specs = fit_normalisation(dataset, loaded, seed=config.seed)
+    prepared = [prepare(case, specs, config.target_spacing) for case in loaded]
+    del loaded
+    arguments = network_arguments(len(dataset.channels), max(labels.values()) + 1,
+                                  config.filters)
+    network = build_network(arguments).to(device)
+    optimizer = torch.optim.SGD(network.parameters(), lr=config.learning_rate,
+                                momentum=config.momentum, nesterov=True,
+                                weight_decay=config.weight_decay)
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False,
+                               batch=True)
+    sampler = PatchSampler(prepared, config)
+    fingerprint = hashlib.sha256(json.dumps(
+        [config.to_dict(), str(dataset.root.resolve()), split], sort_keys=True,
+        default=str).encode()).hexdigest()
+
+    start_epoch, history = 0, []
+    checkpoint_path = out / CHECKPOINT_FILE
+    if checkpoint_path.exists():
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if checkpoint.get("fingerprint") == fingerprint:
+            network.load_state_dict(checkpoint["network"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            sampler.restore(checkpoint["sampler"])
+            torch.set_rng_state(checkpoint["torch_rng"])
+            start_epoch, history = checkpoint["epoch"], checkpoint["history"]
+
+    use_amp = device.type == "cuda"
+    patch_voxels = math.prod(config.patch_size) * config.batch_size
+    started = time.perf_counter()
+    network.train()
+    for epoch in range(start_epoch, config.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = poly_learning_rate(config, epoch)
+        losses = []
+        progress = tqdm(range(config.iterations_per_epoch), desc=f"epoch {epoch + 1}/"
+                        f"{config.epochs}", unit="it", leave=False, disable=not show_progress)
+        for _ in progress:
+            images, targets = sampler.batch()
+            images, targets = images.to(device), targets.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                                enabled=use_amp):
+                loss = loss_function(network(images), targets)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            progress.set_postfix(loss=f"{losses[-1]:.4f}")
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
+                        "lr": optimizer.param_groups[0]["lr"]})
+        _save(checkpoint_path, {
+            "fingerprint": fingerprint, "epoch": epoch + 1, "history": history,
+            "network": network.state_dict(), "optimizer": optimizer.state_dict(),
+            "sampler": sampler.state(), "torch_rng": torch.get_rng_state()})
+    seconds = time.perf_counter() - started
+    iterations = (config.epochs - start_epoch) * config.iterations_per_epoch
+
+    _save(out / MODEL_FILE, {"network": network.state_dict()})
+    ratio = dataset.metadata.get("medlossy", {}).get("ratio")
+    _write_json(out / DESCRIPTION_FILE, {
+        "backend": "monai", "format_version": 1, "software": f"medlossy {__version__}",
+        "architecture": "DynUNet", "network": arguments,
+        "preprocessing": {"target_spacing": list(config.target_spacing),
+                          "normalisation": specs, "patch_size": list(config.patch_size)},
+        "labels": labels, "channel_names": dataset.metadata["channel_names"],
+        "trained_on": {"dataset": str(dataset.root), "ratio": ratio, "fold": config.fold,
+                       "folds": config.folds, "train_cases": split["train"],
+                       "test_cases": split["test"]},
+        "config": config.to_dict(),
+        "training": {"device": str(device), "torch": torch.__version__,
+                     "seconds_this_run": round(seconds, 2), "iterations_this_run": iterations,
+                     "iterations_per_second": round(iterations / seconds, 4) if seconds else None,
+                     "mvox_per_second": round(iterations * patch_voxels / seconds / 1e6, 4)
+                     if seconds else None,
+                     "history": history},
+    })
+    return out
