@@ -54,7 +54,7 @@ def test_setup_again_adds_raters_and_keeps_tokens(database):
 
 def test_a_database_of_another_pair_set_is_refused(database):
     with pytest.raises(MedlossyError, match="another pair set"):
-        database.setup(PAIRS[:3] + ["f" * 32], raters=2)
+        database.setup([*PAIRS[:3], "f" * 32], raters=2)
 
 
 def test_a_repeated_answer_replaces_the_first(database):

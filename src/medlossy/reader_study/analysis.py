@@ -137,28 +137,28 @@ def plot_matrix(table: pd.DataFrame, ratios: list[float], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = [POOLED, *sorted(set(table["rater"]) - {POOLED})]
-    size = len(ratios)
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.8),
-                                squeeze=False)
+    rows, columns = ratios[1:], ratios[:-1]  # more compressed x less compressed
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 1.2, 3.6),
+                                squeeze=False, constrained_layout=True)
     image = None
-    for axis, who in zip(axes[0], panels, strict=True):
-        matrix = np.full((size, size), np.nan)
+    for number, (axis, who) in enumerate(zip(axes[0], panels, strict=True)):
+        matrix = np.full((len(rows), len(columns)), np.nan)
         for row in table[table["rater"] == who].itertuples():
-            matrix[ratios.index(row.ratio_high), ratios.index(row.ratio_low)] = row.mean_score
+            matrix[rows.index(row.ratio_high), columns.index(row.ratio_low)] = row.mean_score
         image = axis.imshow(matrix, cmap="RdYlBu_r", vmin=-1, vmax=1)
-        for i, j in itertools.product(range(size), range(size)):
+        for i, j in itertools.product(range(len(rows)), range(len(columns))):
             if not np.isnan(matrix[i, j]):
                 axis.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                          color="black")
-        labels = [f"{r:g}" for r in ratios]
-        axis.set_xticks(range(size), labels)
-        axis.set_yticks(range(size), labels)
+                          color="white" if abs(matrix[i, j]) > 0.6 else "black")
+        axis.set_xticks(range(len(columns)), [f"{r:g}" for r in columns])
+        axis.set_yticks(range(len(rows)), [f"{r:g}" for r in rows])
         axis.set_xlabel("less compressed (ratio)")
-        axis.set_ylabel("more compressed (ratio)")
+        if number == 0:
+            axis.set_ylabel("more compressed (ratio)")
         axis.set_title("pooled" if who == POOLED else who)
-    figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8,
+    figure.colorbar(image, ax=axes[0].tolist(), shrink=0.85,
                     label="mean score (+1 loss seen, 0 cannot tell)")
-    figure.savefig(path, dpi=130, bbox_inches="tight")
+    figure.savefig(path, dpi=130)
     plt.close(figure)
 
 

@@ -38,7 +38,9 @@ _FIELDS = {"pair", "answer", "position", "form_token"}
 MAX_BODY_BYTES = 1024
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",  # the token is in the URL: never send it elsewhere
+    # The token is in the URL: never send it to another site. ("no-referrer" would also
+    # blank the Origin of the page's own POSTs, which the forgery check reads.)
+    "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": ("default-src 'none'; img-src 'self'; style-src 'self'; "
@@ -60,7 +62,7 @@ def _page(title: str, body: str, *, script: bool = False) -> str:
     tail = '<script src="/static/rater.js"></script>' if script else ""
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            "<meta name=\"referrer\" content=\"no-referrer\">"
+            "<meta name=\"referrer\" content=\"same-origin\">"
             f"<title>{html.escape(title)}</title>"
             "<link rel=\"stylesheet\" href=\"/static/rater.css\"></head>"
             f"<body>{body}{tail}</body></html>")
@@ -128,6 +130,10 @@ def create_app(study: str | Path, database: Database) -> FastAPI:
             raise _Refused(404, "Not here.")
         text, media_type = files[name]
         return Response(text, media_type=media_type)
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(status_code=204)
 
     @app.get("/r/{token}")
     def start(token: str) -> Response:

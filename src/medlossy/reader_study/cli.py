@@ -21,11 +21,22 @@ def _ratios(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(message) from None
 
 
+def _require(*modules: str) -> None:
+    """The web app and the images need the ``reader`` extra; say so in one line."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MedlossyError(None, f"the reader study needs {', '.join(missing)}: "
+                                  "pip install 'medlossy[reader]'")
+
+
 def _database_url(arguments: argparse.Namespace) -> str:
     return arguments.db or f"sqlite:///{Path(arguments.study) / DEFAULT_DB}"
 
 
 def make(arguments: argparse.Namespace) -> None:
+    _require("PIL")
     from medlossy.reader_study.pairs import PairSettings, make_pairs
     from medlossy.reader_study.windows import parse_window
 
@@ -42,6 +53,7 @@ def make(arguments: argparse.Namespace) -> None:
 
 
 def serve(arguments: argparse.Namespace) -> None:
+    _require("fastapi", "uvicorn")
     import uvicorn
 
     from medlossy.reader_study.app import create_app

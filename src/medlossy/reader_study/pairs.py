@@ -45,7 +45,8 @@ from medlossy.volume import Volume
 FORMAT_VERSION = 1
 #: Grey level of the strip between the two images (the page background is darker).
 GAP_GREY = 48
-GAP_PIXELS = 16
+#: Width of that strip as a fraction of one image's width.
+GAP_FRACTION = 0.04
 #: A slice is "inside the body" when at least this fraction of its voxels is tissue.
 BODY_FRACTION = 0.10
 CT_TISSUE_HU = -500.0
@@ -137,9 +138,13 @@ def display_orientation(affine: np.ndarray, axial_axis: int):
     return orient
 
 
+def gap_width(columns: int) -> int:
+    return max(4, round(GAP_FRACTION * columns))
+
+
 def compose(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Left | gap | right, one 8-bit image."""
-    gap = np.full((left.shape[0], GAP_PIXELS), GAP_GREY, dtype=np.uint8)
+    gap = np.full((left.shape[0], gap_width(left.shape[1])), GAP_GREY, dtype=np.uint8)
     return np.concatenate([left, gap, right], axis=1)
 
 
