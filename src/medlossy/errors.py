@@ -12,3 +12,8 @@ class MedlossyError(Exception):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(problem if self.path is None else f"{self.path}: {problem}")
+
+    def __reduce__(self):
+        # Pickled when raised in a worker process; the default (cls, args) cannot rebuild it
+        # and breaks the whole process pool.
+        return type(self), (self.path, self.problem)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -173,11 +173,11 @@ class SweepPlan:
     cases: tuple[Case, ...]
     bad: dict[str, str]
     ranges: dict[int, float]
+    ids: dict[float, int] = field(default_factory=dict)
 
     def dataset_folder(self, ratio: float) -> Path:
-        index = sorted(self.ratios).index(ratio)
-        return self.out / "nnunet" / nnunet_dataset_name(self.dataset, ratio,
-                                                         self.base_id + index)
+        dataset_id = self.ids.get(ratio, self.base_id + sorted(self.ratios).index(ratio))
+        return self.out / "nnunet" / nnunet_dataset_name(self.dataset, ratio, dataset_id)
 
     def tasks(self) -> list[SweepTask]:
         tasks = []
@@ -198,6 +198,29 @@ class SweepPlan:
         return tasks
 
 
+def _dataset_ids(out: Path, ratios: Sequence[float], base_id: int) -> dict[float, int]:
+    """nnU-Net id per ratio: base_id upwards in ratio order, except that the ids an earlier run
+    of this sweep gave keep their ratio, so adding a ratio later renames (and redoes) nothing."""
+    try:
+        earlier = json.loads((out / "sweep.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        earlier = {}
+    kept = {}
+    if earlier.get("base_id") == base_id:
+        kept = {tag: int(name.split("_", 1)[0].removeprefix("Dataset"))
+                for tag, name in earlier.get("datasets", {}).items()}
+    ids, taken, candidate = {}, set(kept.values()), base_id
+    for ratio in sorted(ratios):
+        if ratio_tag(ratio) in kept:
+            ids[ratio] = kept[ratio_tag(ratio)]
+            continue
+        while candidate in taken:
+            candidate += 1
+        ids[ratio] = candidate
+        taken.add(candidate)
+    return ids
+
+
 def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
                base_id: int = DEFAULT_BASE_ID, skip_bad: bool = False) -> SweepPlan:
     """Validate every case, then lay out what to do; bad cases stop here unless skipped."""
@@ -206,6 +229,10 @@ def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
     if base_id < 1 or base_id + len(ratios) - 1 > 999:
         raise MedlossyError(None, f"dataset ids {base_id}..{base_id + len(ratios) - 1} are "
                                   "outside nnU-Net's 1..999")
+    # Absolute paths: tasks may run in other processes or on Dask workers, and the manifest
+    # and sweep.json must not depend on the directory the sweep was started from.
+    dataset = replace(dataset, root=dataset.root.absolute())
+    out = Path(out).absolute()
     good, bad = [], {}
     for case in dataset.cases():
         problem = case_problem(dataset, case)
@@ -218,8 +245,11 @@ def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
     if not good:
         raise MedlossyError(dataset.root, "no usable case")
     ranges = _channel_ranges(dataset, good)
-    return SweepPlan(dataset, out, tuple(float(r) for r in ratios), base_id, tuple(good), bad,
-                     ranges)
+    ratios = tuple(float(r) for r in ratios)
+    ids = _dataset_ids(out, ratios, base_id)
+    if max(ids.values()) > 999:
+        raise MedlossyError(None, f"dataset id {max(ids.values())} is outside nnU-Net's 1..999")
+    return SweepPlan(dataset, out, ratios, base_id, tuple(good), bad, ranges, ids)
 
 
 @contextmanager

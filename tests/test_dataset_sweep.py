@@ -1,0 +1,424 @@
+"""`medlossy dataset compress|report|verify` on small real-CT and synthetic nnU-Net datasets:
+output layout, nnU-Net datasets per ratio, manifest, report, and resuming by checksum.
+
+The shared real-CT sweep runs on the process pool; the resume tests on small synthetic
+datasets run their tasks serially in-process (see ``run_sweeps_serially``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import types
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import walk_bytes
+from test_dataset_validation import (
+    CT_CROPS,
+    EXIT_BAD_INPUT,
+    run_sweeps_serially,
+    write_ct_crops,
+    write_synthetic_dataset,
+)
+
+from medlossy.cli.main import main as cli_main
+
+RATIOS = (1, 5, 20)
+BASE_ID = 800
+MANIFEST_COLUMNS = [
+    "case", "split", "channel", "modality", "ratio_target", "ratio_achieved", "target_reached",
+    "raw_bytes", "stored_bytes", "psnr_db", "data_range", "mse", "max_abs_error",
+    "encode_seconds", "decode_seconds", "codec", "store", "decoded", "store_crc32",
+    "decoded_sha256",
+]
+CT_PEAK = 4096.0
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def tag(ratio: float) -> str:
+    return f"r{ratio:g}"
+
+
+def compress(source: Path, out: Path, ratios: str, *extra: str) -> int:
+    return cli_main(["dataset", "compress", str(source), "--ratios", ratios, "--out", str(out),
+                     "--quiet", "--workers", "2", *extra])
+
+
+def snapshot(out: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime) of every task output: stores and their chunks, decoded images, parts."""
+    paths = [*out.glob("stores/*/*.zarr"), *out.glob("stores/*/*.zarr/*"),
+             *out.glob("parts/*/*.json"), *out.glob("nnunet/*/images*/*")]
+    return {str(p.relative_to(out)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in paths}
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    return {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+
+
+def task_outputs(out: Path, ratio: float, stem: str) -> set[str]:
+    """Relative paths that belong to one task (store + chunks, part, decoded image)."""
+    sweep = json.loads((out / "sweep.json").read_text())
+    store = out / "stores" / tag(ratio) / f"{stem}.zarr"
+    paths = {store, *store.iterdir(), out / "parts" / tag(ratio) / f"{stem}.json",
+             *(out / "nnunet" / sweep["datasets"][tag(ratio)]).glob(f"images*/{stem}.nii.gz")}
+    return {str(p.relative_to(out)) for p in paths}
+
+
+# ---------------------------------------------------------------------------------------------
+# One sweep of a small real-CT dataset at x1, x5, x20, shared by the layout tests
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ct_source(reference_files: Path, tmp_path_factory) -> Path:
+    return write_ct_crops(reference_files, tmp_path_factory.mktemp("source") / "Dataset500_Small")
+
+
+@pytest.fixture(scope="module")
+def ct_sweep(ct_source: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sweep") / "sweep"
+    assert compress(ct_source, out, ",".join(map(str, RATIOS))) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def manifest(ct_sweep: Path) -> pd.DataFrame:
+    return pd.read_csv(ct_sweep / "manifest.csv")
+
+
+def source_images(source: Path) -> dict[tuple[str, str], Path]:
+    """(split, file name) -> source image."""
+    return {(split, path.name): path for split in ("Tr", "Ts")
+            for path in sorted((source / f"images{split}").glob("*.nii.gz"))}
+
+
+def dataset_folder(out: Path, ratio: float) -> Path:
+    sweep = json.loads((out / "sweep.json").read_text())
+    return out / "nnunet" / sweep["datasets"][tag(ratio)]
+
+
+def test_one_store_per_case_channel_and_ratio(ct_sweep: Path) -> None:
+    expected = {f"stores/{tag(r)}/{name}_0000.zarr" for r in RATIOS for _, name in CT_CROPS}
+    found = {str(p.relative_to(ct_sweep)) for p in ct_sweep.glob("stores/*/*")}
+    assert found == expected
+    for store in expected:
+        assert (ct_sweep / store / ".zattrs").is_file()
+
+
+def test_every_ratio_gets_its_own_dataset_id(ct_sweep: Path) -> None:
+    names = sorted(p.name for p in (ct_sweep / "nnunet").iterdir())
+    assert names == [f"Dataset{BASE_ID + i}_Small_{tag(r)}" for i, r in enumerate(RATIOS)]
+    ids = [name.split("_")[0] for name in names]
+    assert len(set(ids)) == len(RATIOS)
+    sweep = json.loads((ct_sweep / "sweep.json").read_text())
+    assert sweep["datasets"] == {tag(r): name for r, name in zip(RATIOS, names, strict=True)}
+    assert sweep["ratios"] == [float(r) for r in RATIOS]
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_decoded_images_keep_the_source_geometry(ct_sweep: Path, ct_source: Path,
+                                                 ratio: float) -> None:
+    folder = dataset_folder(ct_sweep, ratio)
+    sources = source_images(ct_source)
+    decoded = {(split, p.name): p for split in ("Tr", "Ts")
+               for p in (folder / f"images{split}").glob("*.nii.gz")}
+    assert decoded.keys() == sources.keys()
+    for key, source_path in sources.items():
+        source, image = nib.load(source_path), nib.load(decoded[key])
+        assert image.shape == source.shape
+        np.testing.assert_allclose(image.affine, source.affine, rtol=0, atol=1e-5)
+        assert image.get_data_dtype() == source.get_data_dtype() == np.int32
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_labels_are_copied_bit_exact(ct_sweep: Path, ct_source: Path, ratio: float) -> None:
+    labels = dataset_folder(ct_sweep, ratio) / "labelsTr"
+    sources = sorted((ct_source / "labelsTr").iterdir())
+    assert sorted(p.name for p in labels.iterdir()) == [p.name for p in sources]
+    for source in sources:
+        assert sha256(labels / source.name) == sha256(source)
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_dataset_json_per_ratio(ct_sweep: Path, ct_source: Path, ratio: float) -> None:
+    original = json.loads((ct_source / "dataset.json").read_text())
+    folder = dataset_folder(ct_sweep, ratio)
+    document = json.loads((folder / "dataset.json").read_text())
+    assert document["numTraining"] == 2
+    assert document["labels"] == original["labels"]
+    assert document["channel_names"] == original["channel_names"]
+    assert document["file_ending"] == ".nii.gz"
+    assert document["name"] == f"Small_{tag(ratio)}"
+    assert document["medlossy"]["ratio"] == ratio
+    assert document["medlossy"]["lossless"] is (ratio == 1)
+
+
+def test_manifest_has_one_row_per_case_channel_and_ratio(manifest: pd.DataFrame) -> None:
+    assert list(manifest.columns) == MANIFEST_COLUMNS
+    keys = list(zip(manifest["case"], manifest["channel"], manifest["ratio_target"],
+                    strict=True))
+    assert len(keys) == len(set(keys)) == len(CT_CROPS) * len(RATIOS)
+    assert set(keys) == {(name, 0, float(r)) for _, name in CT_CROPS for r in RATIOS}
+    splits = dict(zip(manifest["case"], manifest["split"], strict=False))
+    assert splits == {name: split for split, name in CT_CROPS}
+
+
+def test_manifest_bytes_are_the_bytes_on_disk(manifest: pd.DataFrame, ct_source: Path) -> None:
+    shapes = {name: nib.load(path).shape for (_, name), path in source_images(ct_source).items()}
+    for row in manifest.itertuples():
+        assert row.stored_bytes == walk_bytes(Path(row.store))
+        assert row.raw_bytes == 2 * np.prod(shapes[f"{row.case}_0000.nii.gz"])
+        assert row.ratio_achieved == pytest.approx(row.raw_bytes / row.stored_bytes, rel=1e-4)
+
+
+def test_lossy_ratio_lands_within_one_percent_where_reachable(manifest: pd.DataFrame) -> None:
+    lossy = manifest[manifest["ratio_target"] > 1]
+    reached = lossy[lossy["target_reached"]]
+    assert len(reached) >= len(lossy) - 1  # the small test crop may not reach x20
+    assert (reached["ratio_target"] == 5).sum() == len(CT_CROPS)
+    error = (reached["ratio_achieved"] - reached["ratio_target"]).abs() / reached["ratio_target"]
+    assert (error <= 0.01).all(), reached[["case", "ratio_target", "ratio_achieved"]]
+    # A target not reached is reported as such, never as the target.
+    missed = lossy[~lossy["target_reached"]]
+    assert (missed["ratio_achieved"] < missed["ratio_target"] * 0.99).all()
+
+
+def test_lossless_decoded_images_are_bit_exact(ct_sweep: Path, ct_source: Path,
+                                               manifest: pd.DataFrame) -> None:
+    folder = dataset_folder(ct_sweep, 1)
+    for (split, name), source in source_images(ct_source).items():
+        decoded = np.asarray(nib.load(folder / f"images{split}" / name).dataobj)
+        original = np.asarray(nib.load(source).dataobj)
+        assert decoded.dtype == original.dtype
+        assert np.array_equal(decoded, original)
+    lossless = manifest[manifest["ratio_target"] == 1]
+    assert (lossless["max_abs_error"] == 0).all()
+    assert lossless["psnr_db"].isna().all()  # infinite PSNR is stored empty
+
+
+def _psnr(source: Path, decoded: Path) -> float:
+    reference = np.asarray(nib.load(source).dataobj, dtype=np.float64)
+    test = np.asarray(nib.load(decoded).dataobj, dtype=np.float64)
+    return 10 * np.log10(CT_PEAK**2 / np.mean((reference - test) ** 2))
+
+
+def test_manifest_psnr_matches_the_decoded_images(ct_sweep: Path, ct_source: Path,
+                                                  manifest: pd.DataFrame) -> None:
+    sources = {name: path for (_, name), path in source_images(ct_source).items()}
+    for row in manifest[manifest["ratio_target"] > 1].itertuples():
+        expected = _psnr(sources[Path(row.decoded).name], Path(row.decoded))
+        assert row.psnr_db == pytest.approx(expected, abs=0.01)
+        assert row.data_range == CT_PEAK
+
+
+# ---------------------------------------------------------------------------------------------
+# dataset report
+# ---------------------------------------------------------------------------------------------
+
+
+def test_report_per_ratio(ct_sweep: Path, ct_source: Path, cli) -> None:
+    code, stdout, stderr = cli("dataset", "report", ct_sweep)
+    assert code == 0, stderr
+    report = pd.read_csv(ct_sweep / "report.csv")
+    assert list(report["ratio_target"]) == [float(r) for r in RATIOS]
+    manifest = pd.read_csv(ct_sweep / "manifest.csv")
+    raw = sum(2 * np.prod(nib.load(p).shape) for p in source_images(ct_source).values())
+    markdown = (ct_sweep / "report.md").read_text()
+    for row in report.itertuples():
+        stored = walk_bytes(ct_sweep / "stores" / tag(row.ratio_target))
+        assert row.images == len(CT_CROPS)
+        assert row.raw_bytes == raw
+        assert row.stored_bytes == stored
+        assert row.ratio_achieved == pytest.approx(raw / stored, abs=5e-4)
+        psnr = manifest.loc[manifest["ratio_target"] == row.ratio_target, "psnr_db"]
+        if row.ratio_target == 1:
+            assert np.isinf(row.psnr_mean_db) and np.isinf(row.psnr_min_db)
+        else:
+            assert row.psnr_mean_db == pytest.approx(psnr.mean(), abs=0.005)
+            assert row.psnr_min_db == pytest.approx(psnr.min(), abs=0.005)
+        # The same row in the printed table and in report.md.
+        line = f"| {row.ratio_target:g} | {row.images} | {raw} | {stored} | " \
+               f"{row.ratio_achieved:g} |"
+        assert line in stdout
+        assert line in markdown
+    rows = [line for line in stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == len(RATIOS) + 1  # header and one row per ratio
+
+
+def test_report_of_a_folder_that_is_no_sweep(tmp_path: Path, cli) -> None:
+    code, _, stderr = cli("dataset", "report", tmp_path)
+    assert code == EXIT_BAD_INPUT
+    assert len(stderr.strip().splitlines()) == 1
+    assert "sweep.json" in stderr and "not a finished sweep" in stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume
+# ---------------------------------------------------------------------------------------------
+
+
+def test_rerun_of_a_finished_sweep_reuses_every_task(ct_sweep: Path, ct_source: Path) -> None:
+    before = snapshot(ct_sweep)
+    manifest = (ct_sweep / "manifest.csv").read_bytes()
+    assert len(before) > 3 * len(RATIOS) * len(CT_CROPS)
+    assert compress(ct_source, ct_sweep, ",".join(map(str, RATIOS))) == 0
+    assert snapshot(ct_sweep) == before
+    assert (ct_sweep / "manifest.csv").read_bytes() == manifest
+
+
+@pytest.fixture
+def serial(monkeypatch: pytest.MonkeyPatch) -> None:
+    run_sweeps_serially(monkeypatch)
+
+
+@pytest.fixture
+def small_sweep(tmp_path: Path, serial) -> tuple[Path, Path]:
+    source = write_synthetic_dataset(tmp_path / "Dataset510_Syn", {"syn_a": 1, "syn_b": 2})
+    out = tmp_path / "sweep"
+    assert compress(source, out, "1,5") == 0
+    return source, out
+
+
+def _corrupt_chunk(out: Path) -> None:
+    chunk = out / "stores" / "r5" / "syn_a_0000.zarr" / "3.0.0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+
+
+def _delete_decoded(out: Path) -> None:
+    (dataset_folder(out, 5) / "imagesTr" / "syn_a_0000.nii.gz").unlink()
+
+
+def _truncate_part(out: Path) -> None:
+    part = out / "parts" / "r5" / "syn_a_0000.json"
+    part.write_bytes(part.read_bytes()[:50])
+
+
+@pytest.mark.parametrize("damage", [_corrupt_chunk, _delete_decoded, _truncate_part],
+                         ids=["corrupt_chunk", "deleted_decoded", "truncated_part"])
+def test_damaged_task_is_detected_and_redone(small_sweep, cli, damage) -> None:
+    source, out = small_sweep
+    manifest = pd.read_csv(out / "manifest.csv")
+    outputs = task_outputs(out, 5, "syn_a_0000")
+    damage(out)
+    before = snapshot(out)
+    code, _, stderr = cli("dataset", "verify", out)
+    assert code == EXIT_BAD_INPUT
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert "1 problem(s)" in stderr
+    assert str(out / "stores" / "r5" / "syn_a_0000.zarr") in stderr
+    assert compress(source, out, "1,5") == 0
+    redone = changed(before, snapshot(out))
+    assert redone  # the task was done again ...
+    assert redone <= outputs | task_outputs(out, 5, "syn_a_0000")  # ... and nothing else
+    assert "parts/r5/syn_a_0000.json" in redone
+    code, stdout, stderr = cli("dataset", "verify", out)
+    assert code == 0, stderr
+    assert "every store, decoded image and label matches" in stdout
+    again = pd.read_csv(out / "manifest.csv")
+    columns = ["case", "channel", "ratio_target", "psnr_db", "store_crc32", "decoded_sha256"]
+    pd.testing.assert_frame_equal(again[columns], manifest[columns])
+    # Same codestreams; the store's metadata records encode seconds, which may take a few
+    # more or fewer characters, so stored bytes and the ratio may move by that much.
+    assert (again["stored_bytes"] - manifest["stored_bytes"]).abs().max() <= 8
+    pd.testing.assert_series_equal(again["ratio_achieved"], manifest["ratio_achieved"],
+                                   rtol=2e-3)
+
+
+def test_verify_names_a_label_copy_that_changed(small_sweep, cli) -> None:
+    _, out = small_sweep
+    copy = dataset_folder(out, 1) / "labelsTr" / "syn_b.nii.gz"
+    label = nib.load(copy)
+    values = np.asarray(label.dataobj).copy()
+    values[0, 0, 0] = 2
+    nib.save(nib.Nifti1Image(values, label.affine), copy)
+    code, _, stderr = cli("dataset", "verify", out)
+    assert code == EXIT_BAD_INPUT
+    assert f"{copy}: label differs" in stderr
+
+
+def test_adding_a_ratio_runs_only_the_new_ratio(tmp_path: Path, serial) -> None:
+    source = write_synthetic_dataset(tmp_path / "Dataset520_Syn", {"syn_a": 1, "syn_b": 2})
+    out = tmp_path / "sweep"
+    assert compress(source, out, "1,20") == 0
+    folders = sorted(p.name for p in (out / "nnunet").iterdir())
+    before = snapshot(out)
+    assert compress(source, out, "1,5,20") == 0
+    after = snapshot(out)
+    assert {key for key in changed(before, after)} == {key for key in after
+                                                        if key not in before}
+    new = {key for key in after if key not in before}
+    assert new and all("r5" in key for key in new)
+    # Earlier ratios keep their nnU-Net datasets; every dataset id is used once.
+    now = sorted(p.name for p in (out / "nnunet").iterdir())
+    assert set(folders) < set(now) and len(now) == 3
+    ids = [name.split("_")[0] for name in now]
+    assert len(set(ids)) == len(ids)
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert sorted(set(manifest["ratio_target"])) == [1.0, 5.0, 20.0]
+    assert len(manifest) == 2 * 3
+
+
+def test_verify_works_from_any_working_directory(tmp_path: Path, monkeypatch, cli,
+                                                serial) -> None:
+    write_synthetic_dataset(tmp_path / "Dataset530_Syn", {"syn_a": 1})
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["dataset", "compress", "Dataset530_Syn", "--ratios", "1", "--out", "sweep",
+                     "--quiet", "--workers", "1"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, stderr = cli("dataset", "verify", tmp_path / "sweep")
+    assert code == 0, stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# nnU-Net's own integrity check
+# ---------------------------------------------------------------------------------------------
+
+
+class _InProcessPool:
+    """multiprocessing.Pool's starmap, run here: nnU-Net's spawn pool would import torch again."""
+
+    def __init__(self, processes: int) -> None:
+        pass
+
+    def __enter__(self) -> _InProcessPool:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+    def starmap(self, function, arguments):
+        return list(itertools.starmap(function, arguments))
+
+
+@pytest.mark.parametrize("ratio", [20])
+def test_nnunet_accepts_the_decoded_dataset(ct_sweep: Path, ratio: float, monkeypatch,
+                                            capsys) -> None:
+    module = pytest.importorskip("nnunetv2.experiment_planning.verify_dataset_integrity")
+    in_process = types.SimpleNamespace(
+        get_context=lambda method: types.SimpleNamespace(Pool=_InProcessPool))
+    monkeypatch.setattr(module, "multiprocessing", in_process)
+    module.verify_dataset_integrity(str(dataset_folder(ct_sweep, ratio)), num_processes=1)
+    printed = capsys.readouterr().out
+    assert "verify_dataset_integrity Done" in printed
+    # nnU-Net only prints (does not raise) on affine, origin and direction mismatches.
+    assert "Error" not in printed and "Warning" not in printed, printed
+
+
+def test_sweep_leaves_no_temporaries(ct_sweep: Path) -> None:
+    partial = [str(p) for p in ct_sweep.rglob("*") if ".partial-" in p.name or ".old-" in p.name]
+    assert partial == []
+    assert os.listdir(ct_sweep / "parts") and sorted(os.listdir(ct_sweep / "parts")) == \
+        sorted(tag(r) for r in RATIOS)
