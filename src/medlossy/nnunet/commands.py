@@ -1,0 +1,209 @@
+"""nnU-Net v2's entry points, each run in a subprocess with a per-run environment.
+
+    nnUNetv2_plan_and_preprocess -d ID -c CONFIG --verify_dataset_integrity -np N
+    nnUNetv2_train ID CONFIG FOLD -tr TRAINER -device cpu|cuda [--c]
+    nnUNetv2_predict -i IN -o OUT -d ID -c CONFIG -f FOLD -tr TRAINER -device cpu|cuda
+
+Subprocesses rather than imports: nnU-Net reads its folders from the environment when its
+modules are imported, and spawns its own worker processes; a child process per step keeps
+both contained, and its output goes to a log file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from medlossy.errors import MedlossyError
+
+INSTALL_HINT = "pip install 'medlossy[nnunet]'"
+ENTRY_POINTS = ("nnUNetv2_plan_and_preprocess", "nnUNetv2_train", "nnUNetv2_predict")
+PLANS = "nnUNetPlans"
+_DATASET_NAME = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_.\-]+)$")
+
+
+def find_command(name: str) -> str:
+    """Path of an nnU-Net entry point: next to this Python first (its venv), then on PATH."""
+    local = Path(sys.executable).parent / name
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise MedlossyError(None, f"nnU-Net v2 is not installed ({name} not found); install "
+                                  f"it with: {INSTALL_HINT}")
+    return found
+
+
+def require_nnunet() -> None:
+    """Fail early, before any work, when an entry point is missing."""
+    for name in ENTRY_POINTS:
+        find_command(name)
+
+
+def dataset_id(folder: str | os.PathLike[str]) -> tuple[int, str]:
+    """(id, full name) of an nnU-Net raw dataset folder named DatasetXXX_Name."""
+    folder = Path(folder)
+    match = _DATASET_NAME.match(folder.name)
+    if match is None:
+        raise MedlossyError(folder, "nnU-Net needs a dataset folder named DatasetXXX_Name "
+                                    "(XXX = three-digit id), e.g. Dataset812_AMOS_r20")
+    return int(match.group(1)), folder.name
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when this Python sees a GPU, else "cpu"."""
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise MedlossyError(None, f"unknown device {device!r} (cpu, cuda or auto)")
+    return device
+
+
+@dataclass(frozen=True)
+class NnunetFolders:
+    """The three folders nnU-Net works in, under one run folder."""
+
+    root: Path
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def preprocessed(self) -> Path:
+        return self.root / "preprocessed"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    def create(self) -> NnunetFolders:
+        for folder in (self.raw, self.preprocessed, self.results):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def environment(self) -> dict[str, str]:
+        """This process's environment with nnU-Net's folders pointing here.
+
+        Data-augmentation workers default to the cores less one (nnU-Net would otherwise
+        guess from a table of its developers' host names); a value the user set is kept.
+        """
+        environment = dict(os.environ)
+        environment.update(nnUNet_raw=str(self.raw.resolve()),
+                           nnUNet_preprocessed=str(self.preprocessed.resolve()),
+                           nnUNet_results=str(self.results.resolve()))
+        environment.setdefault("nnUNet_n_proc_DA", str(max(1, min(12, (os.cpu_count() or 2) - 1))))
+        return environment
+
+    def link_dataset(self, dataset_folder: str | os.PathLike[str]) -> Path:
+        """Make the raw dataset visible as raw/DatasetXXX_Name (a symlink; a copy where
+        symlinks are not allowed); returns that path."""
+        source = Path(dataset_folder).resolve()
+        identifier, name = dataset_id(source)
+        self.raw.mkdir(parents=True, exist_ok=True)
+        for other in self.raw.glob(f"Dataset{identifier:03d}_*"):
+            # nnU-Net refuses an id that two folders share; the run holds one dataset per id.
+            if other.name != name or (other.is_symlink() and other.resolve() != source):
+                _remove(other)
+        target = self.raw / name
+        if not target.exists() and not target.is_symlink():
+            try:
+                target.symlink_to(source, target_is_directory=True)
+            except OSError:
+                shutil.copytree(source, target)
+        return target
+
+    def trained_folder(self, name: str, config: str, trainer: str) -> Path:
+        return self.results / name / f"{trainer}__{PLANS}__{config}"
+
+    def plans(self, name: str) -> Path:
+        return self.preprocessed / name / f"{PLANS}.json"
+
+    def splits(self, name: str) -> Path:
+        return self.preprocessed / name / "splits_final.json"
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def run_logged(arguments: list[str], environment: dict[str, str], log: Path, *,
+               quiet: bool = False) -> None:
+    """Run one nnU-Net command; its output goes to ``log`` (and to stderr unless quiet).
+
+    Raises:
+        MedlossyError: naming the log, with nnU-Net's last lines, when the command fails.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    tail: deque[str] = deque(maxlen=8)
+    name = Path(arguments[0]).name
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(f"$ {' '.join(arguments)}\n")
+        handle.flush()
+        process = subprocess.Popen(arguments, env=environment, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, errors="replace")
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                handle.write(line)
+                if line.strip():
+                    tail.append(line.strip())
+                if not quiet:
+                    sys.stderr.write(line)
+            code = process.wait()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+    if code != 0:
+        last = " | ".join(list(tail)[-3:])
+        raise MedlossyError(log, f"{name} failed (exit {code}): {last}")
+
+
+def plan_and_preprocess(folders: NnunetFolders, identifier: int, config: str, *,
+                        processes: int | None = None, quiet: bool = False) -> None:
+    """Fingerprint, plan and preprocess one dataset for one configuration."""
+    processes = processes or max(1, min(8, os.cpu_count() or 1))
+    run_logged([find_command("nnUNetv2_plan_and_preprocess"), "-d", str(identifier),
+                "-c", config, "--verify_dataset_integrity", "-np", str(processes)],
+               folders.environment(), folders.root / "logs" / "plan_and_preprocess.log",
+               quiet=quiet)
+
+
+def train(folders: NnunetFolders, identifier: int, config: str, fold: int | str, *,
+          trainer: str = "nnUNetTrainer", device: str = "auto", resume: bool = False,
+          quiet: bool = False) -> None:
+    """Train one fold (``resume`` continues from checkpoint_latest.pth)."""
+    arguments = [find_command("nnUNetv2_train"), str(identifier), config, str(fold),
+                 "-tr", trainer, "-device", resolve_device(device)]
+    if resume:
+        arguments.append("--c")
+    run_logged(arguments, folders.environment(),
+               folders.root / "logs" / f"train_{config}_fold{fold}.log", quiet=quiet)
+
+
+def predict(folders: NnunetFolders, images: Path, out: Path, identifier: int, config: str,
+            fold: int | str, *, trainer: str = "nnUNetTrainer", device: str = "auto",
+            quiet: bool = False) -> None:
+    """Predict every CASE_XXXX image in ``images`` into ``out``/CASE<file_ending>."""
+    run_logged([find_command("nnUNetv2_predict"), "-i", str(images), "-o", str(out),
+                "-d", str(identifier), "-c", config, "-f", str(fold), "-tr", trainer,
+                "-device", resolve_device(device)],
+               folders.environment(), folders.root / "logs" / "predict.log", quiet=quiet)
