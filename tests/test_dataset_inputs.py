@@ -130,8 +130,6 @@ def test_truncated_voxels_fail_in_the_worker_naming_the_case(tmp_path: Path, cli
     assert sorted(set(manifest["case"])) == ["t_a", "t_c"] and len(manifest) == 4
 
 
-@pytest.mark.xfail(strict=True, reason="a case that fails while running keeps its label copy "
-                                       "and its place in numTraining (known bug)")
 def test_case_failing_while_running_leaves_no_trace_in_the_nnunet_datasets(
         tmp_path: Path, serial) -> None:
     root = write_synthetic_dataset(tmp_path / "Dataset621_Trunc", {"t_a": 1, "t_b": 2})

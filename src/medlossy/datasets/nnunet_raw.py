@@ -96,6 +96,8 @@ class RawDataset:
             key = (image.split, image.case)
             if key not in cases:
                 label = self._label_path(image.case) if image.split == "Tr" else None
+                if self.plain and label is not None and not label.exists():
+                    label = None  # a plain folder's labels are optional
                 cases[key] = Case(image.case, image.split, {}, label)
             cases[key].images[image.channel] = image.path
         return list(cases.values())

@@ -245,7 +245,7 @@ def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
     if not good:
         raise MedlossyError(dataset.root, "no usable case")
     ranges = _channel_ranges(dataset, good)
-    ratios = tuple(float(r) for r in ratios)
+    ratios = tuple(sorted({float(r) for r in ratios}))
     ids = _dataset_ids(out, ratios, base_id)
     if max(ids.values()) > 999:
         raise MedlossyError(None, f"dataset id {max(ids.values())} is outside nnU-Net's 1..999")
@@ -281,11 +281,18 @@ def _copy_exact(source: Path, destination: Path) -> None:
         shutil.copyfile(source, temporary)
 
 
-def _write_nnunet_metadata(plan: SweepPlan) -> None:
-    """Labels (bit-exact copies) and dataset.json of every ratio's nnU-Net dataset."""
-    training = [case for case in plan.cases if case.split == "Tr"]
+def _write_nnunet_metadata(plan: SweepPlan, bad: dict[str, str]) -> None:
+    """Labels (bit-exact copies) and dataset.json of every ratio's nnU-Net dataset; cases
+    that failed are taken out of it again, so nnU-Net sees a consistent dataset."""
+    training = [case for case in plan.cases if case.split == "Tr" and case.name not in bad]
     for ratio in plan.ratios:
         folder = plan.dataset_folder(ratio)
+        for case in plan.cases:
+            if case.name in bad:
+                for stale in (folder / f"images{case.split}").glob(f"{case.name}_*"):
+                    stale.unlink()
+                (folder / "labelsTr" / f"{case.name}{plan.dataset.file_ending}").unlink(
+                    missing_ok=True)
         for case in training:
             if case.label is not None:
                 _copy_exact(case.label, folder / "labelsTr" /
@@ -333,7 +340,6 @@ def run_sweep(plan: SweepPlan, *, workers: int | None = None, scheduler: str | N
     _clean_partials(plan.out)
     bad = dict(plan.bad)
     _write_sweep_json(plan, bad)
-    _write_nnunet_metadata(plan)
     workers = workers or default_workers()
     with _executor(workers, scheduler) as executor:
         futures = {executor.submit(run_task, task): task for task in plan.tasks()}
@@ -350,6 +356,7 @@ def run_sweep(plan: SweepPlan, *, workers: int | None = None, scheduler: str | N
                     raise MedlossyError(None, str(problem)) from None
                 bad[task.case] = f"case {task.case}: {problem}"
     _write_sweep_json(plan, bad)
+    _write_nnunet_metadata(plan, bad)
     return write_manifest(plan.out, exclude=set(bad))
 
 
