@@ -172,19 +172,29 @@ def _ratios(text: str) -> list[float]:
 
 
 def study(arguments: argparse.Namespace) -> None:
-    from medlossy.data.demo import prepare_demo
+    from dataclasses import replace
+
+    from medlossy.experiments.config import EXPERIMENTS, load_config, validate
+    from medlossy.experiments.demo import NOTES, demo_config
     from medlossy.experiments.study import run_study
 
-    ratios = _ratios(arguments.ratios)
     out = Path(arguments.out)
-    datasets = [Path(d) for d in arguments.datasets]
+    if arguments.demo == bool(arguments.config):
+        raise MedlossyError(None, "give either a study config file or --demo")
     if arguments.demo:
-        datasets += prepare_demo(out / "data", cache=arguments.cache,
-                                 show_progress=not arguments.quiet)
-    if not datasets:
-        raise MedlossyError(None, "give dataset folders or --demo")
-    for path in run_study(datasets, out, ratios, workers=arguments.workers,
-                          show_progress=not arguments.quiet):
+        config, notes = demo_config(out, arguments.cache, not arguments.quiet), NOTES
+    else:
+        config, notes = load_config(arguments.config), ""
+    if arguments.only:
+        only = tuple(name.strip() for name in arguments.only.split(",") if name.strip())
+        unknown = sorted(set(only) - set(EXPERIMENTS))
+        if unknown:
+            raise MedlossyError(None, f"--only: unknown experiment(s) {unknown}; known: "
+                                      f"{', '.join(EXPERIMENTS)}")
+        config = validate(replace(config, experiments=only), "--only")
+    for path in run_study(config, out, workers=arguments.workers,
+                          scheduler=arguments.scheduler, show_progress=not arguments.quiet,
+                          notes=notes):
         print(path)
 
 

@@ -1,56 +1,236 @@
-"""Run the study's experiments on datasets and write the report.
+"""Run the study's experiments on datasets and write one report.
 
-Available now: experiment 1 (image quality). Training experiments (train on each ratio,
-cross-ratio, pretrained on compressed, storage budget) and the reader study analysis are
-separate work items; the report lists them as not run rather than leaving them out silently.
+Order: compress every dataset at every ratio any experiment needs (quality is the sweep's
+manifest), then train / predict / evaluate the segmentation units, then statistics, figures,
+the tidy results table and the report. Every step is cached, so a rerun after a kill resumes.
 """
 
 from __future__ import annotations
 
+import platform
+import subprocess
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from medlossy import __version__
 from medlossy.atomic import atomic_output
 from medlossy.datasets.nnunet_raw import open_raw_dataset
-from medlossy.experiments.quality import STUDY_RATIOS, run_quality
+from medlossy.experiments import segmentation as seg
+from medlossy.experiments.config import StudyConfig
+from medlossy.experiments.quality import run_quality
+from medlossy.experiments.statistics import non_inferiority, safe_ratios
+from medlossy.report import segmentation_figures as figures
 from medlossy.report.quality_figure import plot_quality
 from medlossy.report.study_report import Section, quality_summary, write_report
 
-NOT_YET = ("train on each ratio (Table 1, Fig. 2 left)", "cross-ratio matrix (Fig. 3)",
-           "pretrained model on compressed inputs (Table 2)",
-           "storage budget: few-shot vs compressed (Fig. 2 right)", "reader study analysis")
+#: Below these, a demo-sized run cannot support conclusions; the report says so.
+PAPER_ITERATIONS = 300 * 250
+MIN_TEST_CASES = 20
 
 
-def run_study(datasets: Sequence[Path], out: Path, ratios: Sequence[float] = STUDY_RATIOS, *,
-              workers: int | None = None, show_progress: bool = False) -> list[Path]:
-    """Run the available experiments on every dataset; returns the report files."""
+def _code_version() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, cwd=Path(__file__).parent, check=True).stdout
+        return f"{__version__}+{commit.strip()}"
+    except (OSError, subprocess.CalledProcessError):
+        return __version__
+
+
+def _write_table(table: pd.DataFrame, stem: Path) -> list[Path]:
+    paths = []
+    for suffix, write in ((".csv", lambda t, p: t.to_csv(p, index=False)),
+                          (".parquet", lambda t, p: t.to_parquet(p, index=False))):
+        with atomic_output(stem.with_suffix(suffix)) as temporary:
+            write(table, temporary)
+        paths.append(stem.with_suffix(suffix))
+    return paths
+
+
+def _sweep_ratios(config: StudyConfig) -> list[float]:
+    ratios = set(config.ratios)
+    if {"train", "cross", "pretrained", "budget"} & set(config.experiments):
+        ratios |= set(config.train_ratios)
+    if "budget" in config.experiments:
+        ratios |= set(config.budget_ratios)
+    return sorted(ratios)
+
+
+def _budget_verdict(config: StudyConfig, budget: pd.DataFrame) -> str:
+    lines = []
+    for (dataset, fraction), group in budget.groupby(["dataset", "budget_fraction"]):
+        arms = group.set_index("arm")["mean_dice"]
+        if {"few-shot", "compressed"} <= set(arms.index) and fraction < 1:
+            winner = "compressed" if arms["compressed"] > arms["few-shot"] else "few-shot"
+            lines.append(f"{dataset}, {fraction:.0%} of the storage: {winner} wins "
+                         f"({arms['compressed']:.3f} compressed at x{1 / fraction:g} vs "
+                         f"{arms['few-shot']:.3f} few-shot)")
+    return "; ".join(lines) + "." if lines else ""
+
+
+def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
+              scheduler: str | None = None, show_progress: bool = False,
+              notes: str = "") -> list[Path]:
+    """Run every experiment of ``config`` into ``out``; returns the report files."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    tables = []
-    for index, folder in enumerate(datasets):
-        dataset = open_raw_dataset(folder)
-        # Each dataset's ratios get their own block of nnU-Net ids, so all coexist.
-        tables.append(run_quality(dataset, out / "sweeps" / dataset.name, ratios,
-                                  base_id=800 + 10 * index, workers=workers,
-                                  show_progress=show_progress))
-    table = pd.concat(tables, ignore_index=True)
-    with atomic_output(out / "quality.csv") as temporary:
-        table.to_csv(temporary, index=False)
-    figures = plot_quality(table, out / "quality")
-    seconds = time.perf_counter() - started
-    sections = [
-        Section("1. Image quality", "PSNR (r = 4096 for CT; max - min over the dataset for MR) "
-                "of every image at every ratio; ratio 1 is lossless. Achieved ratios count "
-                "every byte of each store. Images stored losslessly (x1, and x2 where lossless "
-                "already fits the budget) have infinite PSNR and are not plotted. Per-image "
-                "rows: quality.csv.",
-                quality_summary(table), figures),
-        Section("Not run yet", "These experiments of the study are not implemented in this "
-                "version of medlossy: " + "; ".join(NOT_YET) + "."),
-    ]
-    preamble = (f"Datasets: {', '.join(p.name for p in datasets)}. Ratios: "
-                f"{', '.join(f'x{r:g}' for r in ratios)}. Wall time {seconds:.0f} s.")
+    timings: dict[str, float] = {}
+    quality_tables, sweeps = [], []
+    for index, entry in enumerate(config.datasets):
+        dataset = open_raw_dataset(entry.path)
+        ratios = _sweep_ratios(config) if entry.train else sorted(config.ratios)
+        table = run_quality(dataset, out / "sweeps" / dataset.name, ratios,
+                            base_id=config.base_id + 10 * index, workers=workers,
+                            scheduler=scheduler, show_progress=show_progress)
+        quality_tables.append(table[table["ratio_target"].isin(config.ratios)])
+        if entry.train:
+            sweeps.append(seg.sweep_folders(dataset.name, out / "sweeps" / dataset.name))
+    quality = pd.concat(quality_tables, ignore_index=True)
+    timings["compress (quality)"] = time.perf_counter() - started
+
+    segmentation_wanted = {"train", "cross", "pretrained", "budget"} & set(config.experiments)
+    results, footprints = pd.DataFrame(columns=seg.RESULT_COLUMNS), pd.DataFrame()
+    if segmentation_wanted and sweeps:
+        step = time.perf_counter()
+        units = seg.Units(out, show_progress)
+        results, footprints = seg.run_segmentation(config, sweeps, units)
+        if "pretrained" in config.experiments and config.pretrained:
+            from medlossy.pretrained.evaluate import evaluate_pretrained
+
+            for sweep in sweeps:
+                table = evaluate_pretrained(config.pretrained["checkpoint"],
+                                            out / "sweeps" / sweep.name,
+                                            label_map=config.pretrained.get("label_map"))
+                table.insert(0, "experiment", "pretrained")
+                table.insert(1, "dataset", sweep.name)
+                table["train_fraction"] = 1.0
+                results = pd.concat([results, table[list(seg.RESULT_COLUMNS)]],
+                                    ignore_index=True)
+        timings["train, predict, evaluate"] = time.perf_counter() - step
+
+    machine = f"{platform.node()} {platform.machine()} Python {platform.python_version()}"
+    provenance = {"config_hash": config.digest(), "code_version": _code_version(),
+                  "seed": config.seed, "machine": machine}
+    tidy = pd.concat([
+        quality.melt(id_vars=["dataset", "case", "channel", "ratio_target"],
+                     value_vars=["psnr_db", "ratio_achieved", "stored_bytes", "mse",
+                                 "max_abs_error"], var_name="metric")
+        .rename(columns={"ratio_target": "ratio_test"}).assign(experiment="quality"),
+        results.drop(columns=[c for c in ("budget_fraction",) if c in results]),
+    ], ignore_index=True).assign(**provenance)
+    tidy["value"] = pd.to_numeric(tidy["value"], errors="coerce")
+    for column in ("case", "class", "fold"):
+        if column in tidy:
+            tidy[column] = tidy[column].astype(str)
+    _write_table(tidy, out / "results")
+
+    sections = [_quality_section(quality, out)]
+    sections += _segmentation_sections(config, results, footprints, out)
+    sections += _reader_section(config)
+    timings["total"] = time.perf_counter() - started
+    sections.append(Section(
+        "Run", "Wall time per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in
+                                                  timings.items())
+        + f". Config hash {provenance['config_hash']}, medlossy {provenance['code_version']}, "
+          f"seed {config.seed}. Every measurement: results.csv / results.parquet."))
+    names = [e.path.name + (" (SYNTHETIC)" if e.synthetic else "") for e in config.datasets]
+    preamble = (f"Datasets: {', '.join(names)}. Compression ratios: "
+                f"{', '.join(f'x{r:g}' for r in config.ratios)}. {notes}")
     return write_report(out, "medlossy study report", preamble, sections)
+
+
+def _quality_section(quality: pd.DataFrame, out: Path) -> Section:
+    figures_written = plot_quality(quality, out / "quality")
+    return Section(
+        "1. Image quality", "PSNR (r = 4096 for CT; max - min over the dataset for MR) of "
+        "every image at every ratio; ratio 1 is lossless. Achieved ratios count every byte of "
+        "each store. Images stored losslessly (x1, and x2 where lossless already fits the "
+        "budget) have infinite PSNR and are not plotted.",
+        quality_summary(quality), figures_written)
+
+
+def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
+                           footprints: pd.DataFrame, out: Path) -> list[Section]:
+    if results.empty:
+        return [Section("2-5. Segmentation", "Not run: no dataset is marked for training or "
+                        "no segmentation experiment was asked for.")]
+    training = config.train_config(config.train_folds[0])
+    iterations = training.epochs * training.iterations_per_epoch
+    test_cases = results[results["experiment"] == "train"]["case"].nunique()
+    budget_note = (f"Training budget: {training.epochs} epochs x "
+                   f"{training.iterations_per_epoch} iterations = {iterations} iterations "
+                   f"per model (the paper: {PAPER_ITERATIONS}), patch "
+                   f"{'x'.join(map(str, training.patch_size))}, folds "
+                   f"{list(config.train_folds)} of {config.folds}, {test_cases} test cases.")
+    if iterations < PAPER_ITERATIONS / 10 or test_cases < MIN_TEST_CASES:
+        budget_note += (" This run is far too short (or has too few test cases) to support "
+                        "conclusions about compression: treat its Dice values as a check "
+                        "that the pipeline works, not as evidence.")
+    sections = []
+    if "train" in config.experiments:
+        sections.append(Section(
+            "2. Train on compressed data", "One model per ratio, tested on held-out cases at "
+            "the same ratio; mean Dice per class (Table 1). " + budget_note,
+            seg.summarise_dice(results, "train"),
+            figures.plot_dice_by_ratio(results, "train", out / "train_dice",
+                                       "Dice of models trained at each ratio")))
+        tests = non_inferiority(results, config.margin, resamples=config.bootstrap,
+                                seed=config.seed)
+        safe = safe_ratios(tests)
+        verdict = "; ".join(f"{d}: safe up to x{r:g}" for d, r in safe.items())
+        sections.append(Section(
+            "Statistics: non-inferiority against ratio 1",
+            f"Per-case paired Dice difference (model at ratio R on R minus model at x1 on x1), "
+            f"bootstrap 95% CI, margin {config.margin:g} Dice. {verdict}.",
+            tests.round(4), figures.plot_non_inferiority(tests, config.margin,
+                                                         out / "non_inferiority")))
+    if "cross" in config.experiments:
+        for dataset in results["dataset"].unique():
+            matrix = seg.cross_matrix(results, dataset)
+            if matrix.empty:
+                continue
+            sections.append(Section(
+                f"3. Cross-ratio matrix: {dataset}", "Mean Dice of the model trained at one "
+                "ratio (rows) on test data at another (columns) (Fig. 3).",
+                matrix.round(4).reset_index(names="model"),
+                figures.plot_cross_matrix(matrix, out / f"cross_{dataset}",
+                                          f"{dataset}: train ratio x test ratio")))
+    if "pretrained" in config.experiments:
+        source = config.pretrained.get("checkpoint", "the ratio-1 model of this study")
+        table = seg.mean_by(results, "pretrained", "ratio_test")
+        sections.append(Section(
+            "4. Pretrained model on compressed inputs", f"Model: {source}; mean Dice per test "
+            "ratio (Table 2).", table,
+            figures.plot_dice_by_ratio(results, "pretrained", out / "pretrained_dice",
+                                       "Pretrained model on compressed inputs")))
+    if "budget" in config.experiments and not footprints.empty:
+        means = seg.mean_by(results, "budget", "budget_fraction")
+        means["arm"] = means["experiment"].str.split(":").str[1]
+        bytes_ = footprints.groupby(["dataset", "arm", "budget_fraction"])["bytes"].mean()
+        means = means.join(bytes_, on=["dataset", "arm", "budget_fraction"])
+        sections.append(Section(
+            "5. Storage budget", "Few-shot models on a share of the uncompressed training "
+            "cases against models on all training cases compressed at the ratio with the same "
+            "footprint, tested on the same uncompressed hold-out; bytes are the measured "
+            "footprint (raw 16-bit for few-shot, store bytes for compressed). "
+            + _budget_verdict(config, means),
+            means.drop(columns=["experiment"]),
+            figures.plot_budget(means, out / "budget")))
+    return sections
+
+
+def _reader_section(config: StudyConfig) -> list[Section]:
+    if "reader" not in config.experiments:
+        return []
+    folder = config.reader_results
+    if folder is None:
+        return [Section("6. Reader study", "No reader-study results were supplied "
+                        "(reader_results in the config; `medlossy reader analyze` writes "
+                        "them).")]
+    scores = pd.read_csv(Path(folder) / "scores.csv")
+    plots = [Path(folder) / "reader_study.png"]
+    return [Section("6. Reader study", "Mean score per ratio pair (+1 correct, 0 cannot "
+                    "decide, -1 wrong), from `medlossy reader analyze`.", scores,
+                    [p for p in plots if p.exists()])]

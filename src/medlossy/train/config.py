@@ -38,6 +38,9 @@ class TrainConfig:
     seed: int = 0
     fold: int = 0
     folds: int = 3
+    #: Share of the fold's training cases to train on (few-shot runs of the storage budget
+    #: experiment); a fixed subset for a given fold and fraction, at least one case.
+    train_fraction: float = 1.0
     device: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -55,6 +58,8 @@ class TrainConfig:
                                          self.patch_size):
             problems.append(f"patch size {self.patch_size} must be divisible by "
                             f"{2 ** (len(self.filters) - 1)} for {len(self.filters)} stages")
+        if not 0 < self.train_fraction <= 1:
+            problems.append(f"train fraction must be in (0, 1], got {self.train_fraction}")
         if not 0 <= self.foreground_fraction <= 1:
             problems.append("foreground fraction must be in [0, 1]")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -22,7 +22,7 @@ from medlossy.train.config import TrainConfig
 from medlossy.train.network import build_network, network_arguments
 from medlossy.train.preprocessing import fit_normalisation, load_case, prepare
 from medlossy.train.sampling import PatchSampler
-from medlossy.train.splits import kfold_splits
+from medlossy.train.splits import kfold_splits, training_subset
 
 MODEL_FILE = "model.pt"
 DESCRIPTION_FILE = "model.json"
@@ -72,6 +72,9 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
         split = kfold_splits([c.name for c in labelled], config.folds)[config.fold]
     except ValueError as error:
         raise MedlossyError(dataset.root, str(error)) from None
+    if config.train_fraction < 1:
+        split = {**split, "train": training_subset(split["train"], config.train_fraction,
+                                                   config.fold)}
     device = resolve_device(config.device)
     set_determinism(seed=config.seed)
     torch.manual_seed(config.seed)

@@ -22,3 +22,11 @@ def kfold_splits(cases: Sequence[str], folds: int) -> list[dict[str, list[str]]]
         test = sorted(shuffled[fold::folds])
         splits.append({"train": [n for n in names if n not in test], "test": test})
     return splits
+
+
+def training_subset(cases: Sequence[str], fraction: float, fold: int) -> list[str]:
+    """A fixed ``fraction`` of ``cases`` (at least one), the same for every ratio."""
+    names = sorted(cases)
+    count = max(1, round(fraction * len(names)))
+    order = np.random.default_rng(SPLIT_SEED + 1 + fold).permutation(len(names))
+    return sorted(names[i] for i in order[:count])

@@ -1,0 +1,176 @@
+"""The study configuration: one TOML file, validated before any work starts.
+
+Example (every key optional except ``datasets``)::
+
+    experiments = ["quality", "train", "cross", "pretrained", "budget"]
+    ratios = [1, 2, 5, 10, 20, 50, 70, 100]        # compression (quality experiment)
+    train_ratios = [1, 5, 20, 50]                 # one model per ratio (and fold)
+    folds = 3
+    train_folds = [0]
+    seed = 0
+    budget_fractions = [0.05, 0.2, 1.0]           # few-shot shares of uncompressed data
+    margin = 0.01                                 # non-inferiority margin, Dice
+    reader_results = "rs/report/answers.csv"      # optional, from medlossy reader analyze
+
+    [[datasets]]
+    path = "nnUNet_raw/Dataset011_AMOS"
+
+    [training]
+    preset = "lowres"
+    epochs = 300
+    iterations_per_epoch = 250
+    patch_size = [64, 64, 64]
+
+    [pretrained]                                   # optional; else the ratio-1 model
+    checkpoint = "swin_unetr_btcv.pt"
+    label_map = "btcv2amos.json"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medlossy.errors import MedlossyError
+from medlossy.train.config import TrainConfig
+
+EXPERIMENTS = ("quality", "train", "cross", "pretrained", "budget", "reader")
+_TOP_KEYS = {"experiments", "ratios", "train_ratios", "folds", "train_folds", "seed",
+             "budget_fractions", "margin", "bootstrap", "datasets", "training", "pretrained",
+             "reader_results", "base_id", "codec"}
+_TRAINING_KEYS = {"preset", "epochs", "iterations_per_epoch", "batch_size", "patch_size",
+                  "target_spacing", "filters", "augment", "device", "learning_rate"}
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    path: Path
+    train: bool = True  # False: quality only (too few labelled cases to train on)
+    synthetic: bool = False
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    datasets: tuple[DatasetEntry, ...]
+    experiments: tuple[str, ...] = ("quality", "train", "cross", "pretrained", "budget")
+    ratios: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 70, 100)
+    train_ratios: tuple[float, ...] = (1, 5, 20, 50)
+    folds: int = 3
+    train_folds: tuple[int, ...] = (0,)
+    seed: int = 0
+    budget_fractions: tuple[float, ...] = (0.05, 0.2, 1.0)
+    margin: float = 0.01
+    bootstrap: int = 2000
+    codec: str = "jpeg2k"
+    base_id: int = 800
+    training: dict[str, Any] = field(default_factory=dict)
+    pretrained: dict[str, str] = field(default_factory=dict)
+    reader_results: Path | None = None
+
+    def train_config(self, fold: int, fraction: float = 1.0) -> TrainConfig:
+        options = dict(self.training)
+        preset = options.pop("preset", "lowres")
+        for key in ("patch_size", "target_spacing", "filters"):
+            if key in options:
+                options[key] = tuple(options[key])
+        return TrainConfig.from_preset(preset, fold=fold, folds=self.folds, seed=self.seed,
+                                       train_fraction=fraction, **options)
+
+    @property
+    def budget_ratios(self) -> tuple[float, ...]:
+        """The ratio whose footprint equals each budget fraction of uncompressed data."""
+        return tuple(round(1 / f, 6) for f in self.budget_fractions)
+
+    def digest(self) -> str:
+        """A short hash of everything that decides the results."""
+        document = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(document.encode()).hexdigest()[:12]
+
+
+def _fail(source: str, problem: str) -> MedlossyError:
+    return MedlossyError(source, f"bad study config: {problem}")
+
+
+def validate(config: StudyConfig, source: str) -> StudyConfig:
+    """Impossible combinations and missing files, all reported before any work."""
+    from medlossy.datasets.nnunet_raw import open_raw_dataset
+
+    unknown = set(config.experiments) - set(EXPERIMENTS)
+    if unknown:
+        raise _fail(source, f"unknown experiment(s) {sorted(unknown)}; known: {EXPERIMENTS}")
+    if not config.datasets:
+        raise _fail(source, "no datasets")
+    if any(r < 1 for r in config.ratios + config.train_ratios):
+        raise _fail(source, "ratios must be >= 1 (1 = lossless)")
+    training = {"train", "cross", "pretrained", "budget"} & set(config.experiments)
+    if training and 1 not in config.train_ratios:
+        raise _fail(source, "train_ratios must include 1: every comparison is against the "
+                            "uncompressed model")
+    if any(not 0 < f <= 1 for f in config.budget_fractions):
+        raise _fail(source, "budget fractions must be in (0, 1]")
+    if any(not 0 <= f < config.folds for f in config.train_folds):
+        raise _fail(source, f"train_folds must be in 0..{config.folds - 1}")
+    if not 0 < config.margin < 1:
+        raise _fail(source, "margin must be in (0, 1)")
+    try:
+        config.train_config(config.train_folds[0])
+    except (ValueError, TypeError) as error:
+        raise _fail(source, f"[training]: {error}") from None
+    for entry in config.datasets:
+        dataset = open_raw_dataset(entry.path)
+        labelled = [c for c in dataset.cases() if c.label is not None]
+        if training and entry.train:
+            if config.folds > len(labelled):
+                raise _fail(source, f"{config.folds} folds but {entry.path} has "
+                                    f"{len(labelled)} labelled cases")
+            smallest = min(config.budget_fractions) * len(labelled) * (1 - 1 / config.folds)
+            if "budget" in config.experiments and round(smallest) < 1:
+                raise _fail(source, f"budget fraction {min(config.budget_fractions)} leaves "
+                                    f"no training case of {entry.path}")
+    for key in ("checkpoint", "label_map"):
+        if key in config.pretrained and not Path(config.pretrained[key]).exists():
+            raise _fail(source, f"pretrained {key} {config.pretrained[key]} does not exist")
+    if config.reader_results is not None and not Path(config.reader_results).exists():
+        raise _fail(source, f"reader_results {config.reader_results} does not exist")
+    return config
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study TOML file; relative paths are relative to the file."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise MedlossyError(path, "no such study config") from None
+    except tomllib.TOMLDecodeError as error:
+        raise MedlossyError(path, f"not valid TOML ({error})") from None
+    unknown = set(document) - _TOP_KEYS
+    if unknown:
+        raise _fail(str(path), f"unknown key(s) {sorted(unknown)}")
+    unknown = set(document.get("training", {})) - _TRAINING_KEYS
+    if unknown:
+        raise _fail(str(path), f"unknown [training] key(s) {sorted(unknown)}")
+    base = path.parent
+
+    def resolve(value: str) -> Path:
+        return (base / value).resolve()
+
+    entries = []
+    for item in document.pop("datasets", []):
+        extra = set(item) - {"path", "train", "synthetic"}
+        if extra or "path" not in item:
+            raise _fail(str(path), f"each [[datasets]] needs path (and optionally train, "
+                                   f"synthetic); got {sorted(item)}")
+        entries.append(DatasetEntry(resolve(item["path"]), bool(item.get("train", True)),
+                                    bool(item.get("synthetic", False))))
+    pretrained = {k: str(resolve(v)) for k, v in document.pop("pretrained", {}).items()}
+    reader = document.pop("reader_results", None)
+    tuples = {k: tuple(v) for k, v in document.items() if isinstance(v, list)}
+    config = StudyConfig(datasets=tuple(entries), pretrained=pretrained,
+                         reader_results=resolve(reader) if reader else None,
+                         **{**document, **tuples})
+    return validate(config, str(path))

@@ -1,0 +1,100 @@
+"""Figures of the segmentation experiments in the style of the paper's Fig. 2 and 3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+
+def _save(figure, stem: Path) -> list[Path]:
+    figure.tight_layout()
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for path in paths:
+        figure.savefig(path)
+    plt.close(figure)
+    return paths
+
+
+def plot_dice_by_ratio(results: pd.DataFrame, experiment: str, stem: Path,
+                       title: str) -> list[Path]:
+    """Mean Dice per class against the ratio (classes thin, the class mean thick)."""
+    rows = results[(results["experiment"] == experiment) & (results["metric"] == "dice")]
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for (dataset, name), group in rows.groupby(["dataset", "class"]):
+        means = group.groupby("ratio_train" if experiment == "train" else "ratio_test")[
+            "value"].mean()
+        bold = name == "mean"
+        axes.plot(means.index, means.values, marker="o" if bold else None,
+                  linewidth=2.5 if bold else 0.8, alpha=1 if bold else 0.5,
+                  label=f"{dataset}: mean over classes" if bold else None)
+    axes.set_xscale("log")
+    ticks = sorted(rows["ratio_train" if experiment == "train" else "ratio_test"].unique())
+    axes.set_xticks(ticks, [f"x{t:g}" for t in ticks])
+    axes.minorticks_off()
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("compression ratio")
+    axes.set_ylabel("Dice")
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    return _save(figure, stem)
+
+
+def plot_cross_matrix(matrix: pd.DataFrame, stem: Path, title: str) -> list[Path]:
+    figure, axes = plt.subplots(figsize=(5.2, 4.4), dpi=120)
+    image = axes.imshow(matrix.values, cmap="viridis", vmin=np.nanmin(matrix.values) - 0.02,
+                        vmax=np.nanmax(matrix.values) + 0.02)
+    axes.set_xticks(range(len(matrix.columns)), matrix.columns, rotation=45, ha="right")
+    axes.set_yticks(range(len(matrix.index)), matrix.index)
+    for (i, j), value in np.ndenumerate(matrix.values):
+        axes.text(j, i, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
+    figure.colorbar(image, ax=axes, label="mean Dice")
+    axes.set_title(title)
+    return _save(figure, stem)
+
+
+def plot_budget(budget: pd.DataFrame, stem: Path) -> list[Path]:
+    """Mean Dice of few-shot (uncompressed subset) and compressed (all data) per budget."""
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for (dataset, arm), group in budget.groupby(["dataset", "arm"]):
+        group = group.sort_values("budget_fraction")
+        axes.errorbar(group["budget_fraction"] * 100, group["mean_dice"], yerr=group["sd"],
+                      marker="o", capsize=3, label=f"{dataset}: {arm}")
+    axes.set_xscale("log")
+    ticks = sorted(budget["budget_fraction"].unique() * 100)
+    axes.set_xticks(ticks, [f"{t:g}%" for t in ticks])
+    axes.minorticks_off()
+    axes.set_xlabel("storage budget (share of the uncompressed training data)")
+    axes.set_ylabel("mean Dice on uncompressed hold-out")
+    axes.set_title("Equal storage: few-shot uncompressed vs all data compressed")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    return _save(figure, stem)
+
+
+def plot_non_inferiority(tests: pd.DataFrame, margin: float, stem: Path) -> list[Path]:
+    """Mean paired Dice difference vs ratio 1 with 95% CIs and the margin."""
+    figure, axes = plt.subplots(figsize=(6.4, 3.8), dpi=120)
+    for dataset, group in tests.groupby("dataset"):
+        axes.errorbar(group["ratio"], group["mean_difference"],
+                      yerr=[group["mean_difference"] - group["ci_low"],
+                            group["ci_high"] - group["mean_difference"]],
+                      marker="o", capsize=3, label=dataset)
+    axes.axhline(-margin, color="red", linestyle="--", label=f"margin -{margin:g}")
+    axes.axhline(0, color="black", linewidth=0.6)
+    axes.set_xscale("log")
+    ticks = sorted(tests["ratio"].unique())
+    axes.set_xticks(ticks, [f"x{t:g}" for t in ticks])
+    axes.minorticks_off()
+    axes.set_xlabel("compression ratio")
+    axes.set_ylabel("Dice(ratio) - Dice(x1), 95% CI")
+    axes.set_title("Paired difference against uncompressed training")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    return _save(figure, stem)
