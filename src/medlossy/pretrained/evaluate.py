@@ -69,7 +69,8 @@ def _predict_swin_unetr(model, folder: Path, out: Path, table, setup: SwinUNETRS
     if dataset.channels != [0]:
         raise MedlossyError(folder, f"Swin UNETR (BTCV) takes one CT channel; the dataset has "
                                     f"channels {dataset.channels}")
-    cases = [case for case in dataset.cases() if case.name in reference_cases(dataset)]
+    labelled = reference_cases(dataset)
+    cases = [case for case in dataset.cases() if case.name in labelled]
     with atomic_output(out) as temporary:
         temporary.mkdir(parents=True)
         for case in tqdm(cases, desc=f"swin_unetr x{ratio:g}", unit="case",
