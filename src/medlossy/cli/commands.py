@@ -274,6 +274,14 @@ def train(arguments: argparse.Namespace) -> None:
     from medlossy.train.config import TrainConfig
     from medlossy.train.loop import train_model
 
+    dataset = resolve_dataset_folder(arguments.dataset)
+    if arguments.backend == "nnunet":
+        from medlossy.nnunet.run import train_nnunet
+
+        folder = train_nnunet(dataset, arguments.out, arguments.nnunet_config, arguments.fold,
+                              arguments.trainer, arguments.device, quiet=arguments.quiet)
+        _say(arguments, f"{folder}: nnU-Net {arguments.nnunet_config} fold {arguments.fold}")
+        return
     patch = None
     if arguments.patch_size:
         patch = tuple(int(v) for v in arguments.patch_size.split(","))
@@ -282,8 +290,7 @@ def train(arguments: argparse.Namespace) -> None:
         iterations_per_epoch=arguments.iterations, batch_size=arguments.batch_size,
         patch_size=patch, seed=arguments.seed, device=arguments.device,
         augment=not arguments.no_augment)
-    folder = train_model(resolve_dataset_folder(arguments.dataset), arguments.out, config,
-                         show_progress=not arguments.quiet)
+    folder = train_model(dataset, arguments.out, config, show_progress=not arguments.quiet)
     description = json.loads((folder / "model.json").read_text())
     training = description["training"]
     _say(arguments, f"{folder}: {training['iterations_this_run']} iterations in "
@@ -296,7 +303,14 @@ def predict(arguments: argparse.Namespace) -> None:
     from medlossy.datasets.sweep import resolve_dataset_folder
     from medlossy.train.inference import predict_dataset
 
-    written = predict_dataset(arguments.model, resolve_dataset_folder(arguments.dataset),
-                              arguments.out, cases=arguments.cases, device=arguments.device,
-                              show_progress=not arguments.quiet)
+    dataset = resolve_dataset_folder(arguments.dataset)
+    if (Path(arguments.model) / "medlossy-model.json").exists():
+        from medlossy.nnunet.run import predict_nnunet
+
+        out = predict_nnunet(arguments.model, dataset, arguments.out, cases=arguments.cases,
+                             device=arguments.device, quiet=arguments.quiet)
+        _say(arguments, f"{out}: nnU-Net predictions")
+        return
+    written = predict_dataset(arguments.model, dataset, arguments.out, cases=arguments.cases,
+                              device=arguments.device, show_progress=not arguments.quiet)
     _say(arguments, f"{arguments.out}: {len(written)} label maps")

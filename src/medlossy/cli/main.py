@@ -112,7 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "the last epoch's checkpoint.")
     train.add_argument("dataset", help="nnU-Net raw dataset folder, or SWEEP/r20")
     train.add_argument("--out", required=True, help="model folder")
-    train.add_argument("--backend", choices=("monai",), default="monai")
+    train.add_argument("--backend", choices=("monai", "nnunet"), default="monai",
+                       help="built-in MONAI U-Net, or nnU-Net v2 (pip install "
+                            "'medlossy[nnunet]')")
+    train.add_argument("--config", dest="nnunet_config", default="3d_lowres",
+                       help="nnU-Net configuration (nnunet backend; default 3d_lowres)")
+    train.add_argument("--trainer", default="nnUNetTrainer",
+                       help="nnU-Net trainer class (nnunet backend)")
     train.add_argument("--preset", choices=("lowres", "fullres"), default="lowres")
     train.add_argument("--fold", type=int, default=0)
     train.add_argument("--folds", type=int, default=3)
