@@ -10,6 +10,7 @@ from monai.transforms import (
     RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
+    Randomizable,
     RandScaleIntensityd,
     RandShiftIntensityd,
     SpatialPadd,
@@ -76,4 +77,15 @@ class PatchSampler:
             transform.R.set_state(saved)
 
     def _random_transforms(self) -> list:
-        return [t for t in self.transforms.flatten().transforms if hasattr(t, "R")]
+        """Every object with its own random state (the Compose, each transform and the ones
+        nested in it, e.g. RandCropByPosNegLabeld's cropper), in a fixed order. Not
+        ``Compose.flatten()``: it builds a new Compose, and that reseeds every transform."""
+        found, pending = [], [self.transforms]
+        while pending:
+            item = pending.pop(0)
+            if not isinstance(item, Randomizable) or any(item is f for f in found):
+                continue
+            found.append(item)
+            for value in vars(item).values():
+                pending += list(value) if isinstance(value, (list, tuple)) else [value]
+        return found

@@ -1,0 +1,171 @@
+"""train_model: what a model folder holds, determinism on CPU, resume after an interruption."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medlossy.data.phantom import PhantomConfig, write_phantom_dataset
+from medlossy.errors import MedlossyError
+from medlossy.train.config import TrainConfig
+from medlossy.train.loop import (
+    CHECKPOINT_FILE,
+    DESCRIPTION_FILE,
+    MODEL_FILE,
+    poly_learning_rate,
+    train_model,
+)
+from medlossy.train.network import build_network
+from medlossy.train.sampling import PatchSampler
+from medlossy.train.splits import kfold_splits, training_subset
+
+CONFIG = TrainConfig.from_preset(
+    "lowres", target_spacing=(6.0, 6.0, 6.0), patch_size=(16, 16, 16), filters=(4, 8, 16),
+    epochs=3, iterations_per_epoch=2, batch_size=1, folds=2, fold=0, seed=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_phantom_dataset(tmp_path_factory.mktemp("data"), 6,
+                                 PhantomConfig(shape=(32, 32, 24), spacing=(6.0, 6.0, 6.0)))
+
+
+@pytest.fixture(scope="module")
+def model(dataset: Path, tmp_path_factory) -> Path:
+    """One uninterrupted 3-epoch run, seed 0."""
+    return train_model(dataset, tmp_path_factory.mktemp("runs") / "model", CONFIG)
+
+
+def _description(folder: Path) -> dict:
+    return json.loads((folder / DESCRIPTION_FILE).read_text())
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return torch.load(folder / MODEL_FILE, weights_only=True)["network"]
+
+
+def _identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_model_json_names_the_datasets_labels(model: Path, dataset: Path) -> None:
+    labels = json.loads((dataset / "dataset.json").read_text())["labels"]
+
+    assert _description(model)["labels"] == labels
+
+
+def _cases(dataset: Path) -> list[str]:
+    return sorted(p.name.removesuffix(".nii.gz") for p in (dataset / "labelsTr").iterdir())
+
+
+def test_model_json_records_the_folds_cases(model: Path, dataset: Path) -> None:
+    split = kfold_splits(_cases(dataset), 2)[0]
+
+    trained_on = _description(model)["trained_on"]
+
+    assert trained_on["train_cases"] == split["train"]
+    assert trained_on["test_cases"] == split["test"]
+    assert (trained_on["fold"], trained_on["folds"]) == (0, 2)
+
+
+def test_history_has_one_loss_per_epoch_with_the_poly_schedule(model: Path) -> None:
+    history = _description(model)["training"]["history"]
+
+    assert [entry["epoch"] for entry in history] == [1, 2, 3]
+    assert all(np.isfinite(entry["loss"]) and entry["loss"] > 0 for entry in history)
+    assert [entry["lr"] for entry in history] == pytest.approx(
+        [poly_learning_rate(CONFIG, epoch) for epoch in range(3)])
+
+
+def test_model_pt_loads_into_the_described_network(model: Path) -> None:
+    network = build_network(_description(model)["network"])
+
+    network.load_state_dict(_weights(model))
+
+    with torch.no_grad():
+        output = network(torch.zeros(1, 1, 16, 16, 16))
+    assert output.shape == (1, 9, 16, 16, 16)
+
+
+def test_checkpoint_reports_the_last_epoch(model: Path) -> None:
+    checkpoint = torch.load(model / CHECKPOINT_FILE, weights_only=False)
+
+    assert checkpoint["epoch"] == 3
+    assert not [p for p in model.iterdir() if ".partial-" in p.name]
+
+
+def test_same_seed_gives_identical_losses_and_weights(model: Path, dataset: Path,
+                                                       tmp_path: Path) -> None:
+    again = train_model(dataset, tmp_path / "again", CONFIG)
+
+    assert _description(again)["training"]["history"] == \
+        _description(model)["training"]["history"]
+    assert _identical(_weights(again), _weights(model))
+
+
+def test_other_seed_differs_and_ignores_a_foreign_checkpoint(model: Path, dataset: Path,
+                                                             tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(model / CHECKPOINT_FILE, other / CHECKPOINT_FILE)  # made with seed 0
+
+    train_model(dataset, other, replace(CONFIG, seed=1))
+
+    description = _description(other)
+    assert description["training"]["iterations_this_run"] == 3 * 2  # started over
+    assert [e["loss"] for e in description["training"]["history"]] != \
+        [e["loss"] for e in _description(model)["training"]["history"]]
+    assert not _identical(_weights(other), _weights(model))
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(
+        model: Path, dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "resumed"
+    batch = PatchSampler.batch
+    calls = []
+
+    def interrupt_in_epoch_3(self):
+        calls.append(1)
+        if len(calls) > 2 * CONFIG.iterations_per_epoch:  # first batch of epoch 3
+            raise KeyboardInterrupt
+        return batch(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PatchSampler, "batch", interrupt_in_epoch_3)
+        with pytest.raises(KeyboardInterrupt):
+            train_model(dataset, out, CONFIG)
+    checkpoint = torch.load(out / CHECKPOINT_FILE, weights_only=False)
+    assert checkpoint["epoch"] == 2
+    assert not (out / MODEL_FILE).exists() and not (out / DESCRIPTION_FILE).exists()
+
+    train_model(dataset, out, CONFIG)
+
+    training = _description(out)["training"]
+    assert training["iterations_this_run"] == CONFIG.iterations_per_epoch  # epoch 3 only
+    assert training["history"][:2] == checkpoint["history"]
+    assert training["history"] == _description(model)["training"]["history"]
+    assert _identical(_weights(out), _weights(model))
+
+
+def test_train_fraction_trains_on_the_fixed_subset(dataset: Path, tmp_path: Path) -> None:
+    config = replace(CONFIG, train_fraction=0.5, epochs=1, iterations_per_epoch=1)
+
+    trained_on = _description(train_model(dataset, tmp_path / "few", config))["trained_on"]
+
+    full = kfold_splits(_cases(dataset), 2)[0]
+    assert trained_on["train_cases"] == training_subset(full["train"], 0.5, 0)
+    assert len(trained_on["train_cases"]) == 2  # round(0.5 * 3)
+    assert trained_on["test_cases"] == full["test"]
+
+
+def test_more_folds_than_labelled_cases_is_a_medlossy_error(dataset: Path,
+                                                             tmp_path: Path) -> None:
+    with pytest.raises(MedlossyError, match="7 folds need at least 7 labelled cases, got 6"):
+        train_model(dataset, tmp_path / "m", replace(CONFIG, folds=7))
+    assert not (tmp_path / "m").exists()

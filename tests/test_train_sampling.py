@@ -1,0 +1,103 @@
+"""PatchSampler: patches of the right size, and random states that survive a checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.utils import set_determinism
+
+from medlossy.train.config import TrainConfig
+from medlossy.train.preprocessing import PreparedCase
+from medlossy.train.sampling import PatchSampler
+
+CONFIG = TrainConfig(patch_size=(16, 16, 16), filters=(4, 8, 16), batch_size=2, seed=3)
+
+
+@pytest.fixture(autouse=True)
+def _monai_seed():
+    """train_model sets MONAI's global seed; with it, a new Compose reseeds the same way."""
+    set_determinism(seed=0)
+    yield
+    set_determinism(seed=None)
+
+
+@pytest.fixture
+def cases() -> list[PreparedCase]:
+    rng = np.random.default_rng(0)
+    labels = np.zeros((24, 20, 12), np.uint8)
+    labels[6:16, 5:14, 3:9] = 1
+    labels[9:12, 8:11, 5:7] = 2
+    return [PreparedCase(f"c{i}", rng.normal(size=(1, 24, 20, 12)).astype(np.float32), labels)
+            for i in range(2)]
+
+
+def _draw(sampler: PatchSampler, count: int, *, checkpoint: bool = False) -> list:
+    batches = []
+    for _ in range(count):
+        batches.append(sampler.batch())
+        if checkpoint:
+            sampler.state()
+    return batches
+
+
+def _same(a: list, b: list) -> bool:
+    return all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b,
+                                                                                      strict=True))
+
+
+def test_batches_have_the_patch_shape_and_integer_labels(cases) -> None:
+    images, labels = PatchSampler(cases, CONFIG).batch()
+
+    assert images.shape == (2, 1, 16, 16, 16) and images.dtype == torch.float32
+    assert labels.shape == (2, 1, 16, 16, 16) and labels.dtype == torch.int64
+    assert set(labels.unique().tolist()) <= {0, 1, 2}
+
+
+def test_images_smaller_than_the_patch_are_padded(cases) -> None:
+    config = TrainConfig(patch_size=(32, 32, 16), filters=(4, 8, 16), batch_size=1)
+
+    images, _ = PatchSampler(cases, config).batch()
+
+    assert images.shape == (1, 1, 32, 32, 16)
+
+
+def test_same_seed_gives_the_same_batches(cases) -> None:
+    assert _same(_draw(PatchSampler(cases, CONFIG), 3), _draw(PatchSampler(cases, CONFIG), 3))
+
+
+def test_successive_batches_differ(cases) -> None:
+    first, second = _draw(PatchSampler(cases, CONFIG), 2)
+
+    assert not torch.equal(first[0], second[0])
+
+
+def test_taking_the_state_does_not_disturb_the_random_streams(cases) -> None:
+    """Regression: state() used to call Compose.flatten(), whose new Compose reseeded every
+    transform, so each epoch's checkpoint replayed the same crops and augmentations."""
+    plain = _draw(PatchSampler(cases, CONFIG), 4)
+    checkpointed = _draw(PatchSampler(cases, CONFIG), 4, checkpoint=True)
+
+    assert _same(plain, checkpointed)
+
+
+def test_restored_sampler_continues_the_same_stream(cases) -> None:
+    original = PatchSampler(cases, CONFIG)
+    _draw(original, 3)
+    state = original.state()
+
+    restored = PatchSampler(cases, CONFIG)
+    restored.restore(state)
+
+    assert _same(_draw(restored, 3), _draw(original, 3))
+
+
+def test_state_covers_nested_random_transforms(cases) -> None:
+    """RandCropByPosNegLabeld draws crops with its inner cropper's generator, RandAffined
+    with its inner RandAffine's: their states must be in the checkpoint."""
+    sampler = PatchSampler(cases, CONFIG)
+
+    names = {type(t).__name__ for t in sampler._random_transforms()}
+
+    assert {"RandCropByPosNegLabel", "RandAffine", "RandAffineGrid"} <= names
+    assert len(sampler.state()["transforms"]) == len(sampler._random_transforms())
