@@ -4,7 +4,6 @@ installed) an end-to-end run on CPU with nnU-Net's 1-epoch trainer."""
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -129,8 +128,9 @@ def test_end_to_end_on_cpu(tmp_path: Path) -> None:
     assert set(table["case"]) == set(held_out)
     assert set(table["ratio_test"]) == {1.0, 20.0}
     assert (table["ratio_train"] == 1.0).all() and (table["fold"] == 0).all()
-    dice = table[table["class"] == "sphere"]["value"]
+    dice = table[table["class"] == "sphere"].set_index("ratio_test")["value"]
     assert dice.between(0, 1).all() and not dice.isna().any()
     print(f"\nnnU-Net end to end: train {trained:.0f} s, total {total:.0f} s, "
-          f"Dice {dict(zip(table['ratio_test'], table['value'], strict=False))}")
-    assert not math.isnan(dice.mean())
+          f"sphere Dice by test ratio {dice.to_dict()}")
+    # One epoch (250 iterations) already finds a bright sphere in uncompressed images.
+    assert dice[1.0] > 0.5
