@@ -205,9 +205,11 @@ def _anatomy(rng: np.random.Generator, config: PhantomConfig) -> tuple[_Painter,
 
     def section(inset: float) -> np.ndarray:
         depth = np.where(y > centre_y, 0.92 * half_depth, half_depth) - inset
-        return ((np.abs(x - centre_x) / (half_width * taper - inset)) ** exponent
-                + (np.abs(y - centre_y) / (depth * taper)) ** exponent
-                + 0.03 * bumps)
+        # Small fields of view can inset past the centre: keep the semi-axes positive.
+        semi_x = np.maximum(half_width * taper - inset, 1.0)
+        semi_y = np.maximum(depth * taper, 1.0)
+        return ((np.abs(x - centre_x) / semi_x) ** exponent
+                + (np.abs(y - centre_y) / semi_y) ** exponent + 0.03 * bumps)
 
     body = section(0.0) < 1
     inside_fat = section(fat_mm) < 1
