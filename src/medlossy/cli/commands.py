@@ -202,7 +202,8 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
     from medlossy.datasets.nnunet_raw import open_raw_dataset
     from medlossy.datasets.preparation import crop_dataset
     from medlossy.datasets.sweep import plan_sweep, run_sweep
-    from medlossy.datasets.sweep_report import markdown_table, write_sweep_report
+    from medlossy.datasets.sweep_report import write_sweep_report
+    from medlossy.tables import markdown_table
 
     ratios = _ratios(arguments.ratios)
     out = Path(arguments.out)
@@ -224,7 +225,8 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
 
 
 def dataset_report(arguments: argparse.Namespace) -> None:
-    from medlossy.datasets.sweep_report import markdown_table, write_sweep_report
+    from medlossy.datasets.sweep_report import write_sweep_report
+    from medlossy.tables import markdown_table
 
     summary, sweep = write_sweep_report(Path(arguments.sweep))
     print(markdown_table(summary))

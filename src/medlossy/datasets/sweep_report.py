@@ -12,6 +12,7 @@ from medlossy.atomic import atomic_output
 from medlossy.checksums import sha256_file
 from medlossy.datasets.sweep import SweepTask, finished_part
 from medlossy.errors import MedlossyError
+from medlossy.tables import markdown_table
 
 
 def _read(out: Path) -> tuple[dict, pd.DataFrame]:
@@ -42,19 +43,6 @@ def summarise(manifest: pd.DataFrame) -> pd.DataFrame:
     summary.insert(4, "ratio_achieved", summary["raw_bytes"] / summary["stored_bytes"])
     return summary.round({"ratio_achieved": 3, "psnr_mean_db": 2, "psnr_min_db": 2,
                           "encode_seconds": 2, "decode_seconds": 2})
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return "inf" if np.isinf(value) else f"{value:g}"
-        return str(value)
-
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |",
-             "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
-              for row in table.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def write_sweep_report(out: Path) -> tuple[pd.DataFrame, dict]:

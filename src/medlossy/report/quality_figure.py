@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on servers and CI
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
+from medlossy.report.plotting import finish, log_ticks, plt
 
 
 def plot_quality(table: pd.DataFrame, stem: Path) -> list[Path]:
@@ -21,18 +19,7 @@ def plot_quality(table: pd.DataFrame, stem: Path) -> list[Path]:
         means = group.groupby("ratio_target").agg(ratio=("ratio_achieved", "mean"),
                                                   psnr=("psnr_db", "mean"))
         axes.plot(means["ratio"], means["psnr"], marker="o", label=f"{dataset} ({modality})")
-    axes.set_xscale("log")
-    ticks = sorted(lossy["ratio_target"].unique())
-    axes.set_xticks(ticks, [f"x{t:g}" for t in ticks])
-    axes.minorticks_off()
-    axes.set_xlabel("compression ratio (raw 16-bit bytes / stored bytes)")
-    axes.set_ylabel("PSNR (dB)")
-    axes.set_title("Image quality after JPEG 2000 compression")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    for path in paths:
-        figure.savefig(path)
-    plt.close(figure)
-    return paths
+    log_ticks(axes, lossy["ratio_target"].unique())
+    return finish(figure, axes, stem,
+                  xlabel="compression ratio (raw 16-bit bytes / stored bytes)",
+                  ylabel="PSNR (dB)", title="Image quality after JPEG 2000 compression")

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on servers and CI
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-
-def _save(figure, stem: Path) -> list[Path]:
-    figure.tight_layout()
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    for path in paths:
-        figure.savefig(path)
-    plt.close(figure)
-    return paths
+from medlossy.report.plotting import finish, log_ticks, plt
 
 
 def plot_dice_by_ratio(results: pd.DataFrame, experiment: str, stem: Path,
@@ -33,17 +22,9 @@ def plot_dice_by_ratio(results: pd.DataFrame, experiment: str, stem: Path,
         axes.plot(means.index, means.values, marker="o" if bold else None,
                   linewidth=2.5 if bold else 0.8, alpha=1 if bold else 0.5,
                   label=f"{dataset}: mean over classes" if bold else None)
-    axes.set_xscale("log")
-    ticks = sorted(rows["ratio_train" if experiment == "train" else "ratio_test"].unique())
-    axes.set_xticks(ticks, [f"x{t:g}" for t in ticks])
-    axes.minorticks_off()
+    log_ticks(axes, rows["ratio_train" if experiment == "train" else "ratio_test"].unique())
     axes.set_ylim(0, 1)
-    axes.set_xlabel("compression ratio")
-    axes.set_ylabel("Dice")
-    axes.set_title(title)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8)
-    return _save(figure, stem)
+    return finish(figure, axes, stem, xlabel="compression ratio", ylabel="Dice", title=title)
 
 
 def plot_cross_matrix(matrix: pd.DataFrame, stem: Path, title: str) -> list[Path]:
@@ -55,8 +36,8 @@ def plot_cross_matrix(matrix: pd.DataFrame, stem: Path, title: str) -> list[Path
     for (i, j), value in np.ndenumerate(matrix.values):
         axes.text(j, i, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
     figure.colorbar(image, ax=axes, label="mean Dice")
-    axes.set_title(title)
-    return _save(figure, stem)
+    return finish(figure, axes, stem, xlabel="test ratio", ylabel="training ratio",
+                  title=title, legend=False, grid=False)
 
 
 def plot_budget(budget: pd.DataFrame, stem: Path) -> list[Path]:
@@ -66,16 +47,11 @@ def plot_budget(budget: pd.DataFrame, stem: Path) -> list[Path]:
         group = group.sort_values("budget_fraction")
         axes.errorbar(group["budget_fraction"] * 100, group["mean_dice"], yerr=group["sd"],
                       marker="o", capsize=3, label=f"{dataset}: {arm}")
-    axes.set_xscale("log")
-    ticks = sorted(budget["budget_fraction"].unique() * 100)
-    axes.set_xticks(ticks, [f"{t:g}%" for t in ticks])
-    axes.minorticks_off()
-    axes.set_xlabel("storage budget (share of the uncompressed training data)")
-    axes.set_ylabel("mean Dice on uncompressed hold-out")
-    axes.set_title("Equal storage: few-shot uncompressed vs all data compressed")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8)
-    return _save(figure, stem)
+    log_ticks(axes, budget["budget_fraction"].unique() * 100, "{:g}%")
+    return finish(figure, axes, stem,
+                  xlabel="storage budget (share of the uncompressed training data)",
+                  ylabel="mean Dice on uncompressed hold-out",
+                  title="Equal storage: few-shot uncompressed vs all data compressed")
 
 
 def plot_non_inferiority(tests: pd.DataFrame, margin: float, stem: Path) -> list[Path]:
@@ -88,13 +64,7 @@ def plot_non_inferiority(tests: pd.DataFrame, margin: float, stem: Path) -> list
                       marker="o", capsize=3, label=dataset)
     axes.axhline(-margin, color="red", linestyle="--", label=f"margin -{margin:g}")
     axes.axhline(0, color="black", linewidth=0.6)
-    axes.set_xscale("log")
-    ticks = sorted(tests["ratio"].unique())
-    axes.set_xticks(ticks, [f"x{t:g}" for t in ticks])
-    axes.minorticks_off()
-    axes.set_xlabel("compression ratio")
-    axes.set_ylabel("Dice(ratio) - Dice(x1), 95% CI")
-    axes.set_title("Paired difference against uncompressed training")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8)
-    return _save(figure, stem)
+    log_ticks(axes, tests["ratio"].unique())
+    return finish(figure, axes, stem, xlabel="compression ratio",
+                  ylabel="Dice(ratio) - Dice(x1), 95% CI",
+                  title="Paired difference against uncompressed training")

@@ -8,11 +8,11 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from medlossy import __version__
 from medlossy.atomic import atomic_output
+from medlossy.tables import markdown_table
 
 
 @dataclass
@@ -37,19 +37,6 @@ def quality_summary(table: pd.DataFrame) -> pd.DataFrame:
                           "stored_mb": 3})
 
 
-def _markdown_table(table: pd.DataFrame) -> str:
-    def cell(value) -> str:
-        if isinstance(value, float) and np.isinf(value):
-            return "inf"
-        return f"{value:g}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(table.columns) + " |",
-             "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
-              for row in table.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def _machine() -> str:
     return f"{platform.node()} ({platform.machine()}, {platform.system()}, Python " \
            f"{platform.python_version()})"
@@ -71,7 +58,7 @@ def write_report(out: Path, title: str, preamble: str, sections: list[Section]) 
                 body.append(f'<img alt="{html.escape(section.title)}" '
                             f'src="data:image/png;base64,{encoded}">')
         if section.table is not None:
-            markdown.append("\n" + _markdown_table(section.table) + "\n")
+            markdown.append("\n" + markdown_table(section.table) + "\n")
             body.append(section.table.to_html(index=False, na_rep="", float_format="%g"))
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;"
