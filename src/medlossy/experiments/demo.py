@@ -19,7 +19,7 @@ DEMO_PHANTOM = PhantomConfig(shape=(96, 96, 48), spacing=(4.0, 4.0, 4.0), seed=0
 DEMO_PHANTOM_CASES = 12
 DEMO_TRAINING = {
     "preset": "lowres", "target_spacing": [4.0, 4.0, 4.0], "patch_size": [48, 48, 32],
-    "filters": [8, 16, 32, 64], "epochs": 8, "iterations_per_epoch": 20, "batch_size": 2,
+    "filters": [8, 16, 32, 64], "epochs": 12, "iterations_per_epoch": 40, "batch_size": 2,
 }
 NOTES = ("Demo: the training experiments run on a SYNTHETIC phantom cohort (12 abdominal CTs "
          "made by medlossy, 96x96x48 voxels of 4 mm) since no package ships enough labelled "
