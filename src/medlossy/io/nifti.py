@@ -21,7 +21,9 @@ def read_nifti(path: Path, modality: str = "OTHER", *, lazy: bool = False) -> Vo
     With ``lazy`` the volume keeps nibabel's array proxy: voxels are read when sliced.
     """
     try:
-        image = nib.load(path)
+        # keep_file_open: a lazy read goes slab by slab; reopening a .nii.gz for each slab
+        # re-inflates it from the start (72 s instead of 2 s for a 512x512x1000 CT here).
+        image = nib.load(path, keep_file_open=lazy)
     except FileNotFoundError:
         raise MedlossyError(path, "no such file") from None
     except Exception as error:  # nibabel raises many types for corrupt headers
