@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import numpy as np
+
 Payload = TypeVar("Payload")
 
 
@@ -96,3 +98,35 @@ def solve_budget(
     assert best is not None
     reached = abs(best.total_bytes / target_bytes - 1.0) <= tolerance
     return Outcome(best, len(trials), reached)
+
+
+def choose_per_slice(sizes: np.ndarray, errors: np.ndarray, budget: int) -> np.ndarray:
+    """Pick one candidate encoding per slice: least total error within ``budget`` bytes.
+
+    ``sizes`` and ``errors`` are (slices, candidates). A Lagrangian choice (each slice takes
+    the candidate minimising error + lambda * bytes, lambda bisected to the smallest value
+    that fits) is optimal on the convex hull of the candidates, which is what rate
+    allocation across slices needs: bytes go where they remove the most error.
+    Returns the chosen candidate index of every slice.
+    """
+    sizes, errors = np.asarray(sizes, dtype=float), np.asarray(errors, dtype=float)
+
+    def pick(weight: float) -> np.ndarray:
+        # Ties (equal cost) go to the smaller encoding.
+        cost = errors + weight * sizes + 1e-9 * sizes
+        return np.argmin(cost, axis=1)
+
+    def total(choice: np.ndarray) -> float:
+        return float(sizes[np.arange(len(choice)), choice].sum())
+
+    choice = pick(0.0)
+    if total(choice) <= budget:
+        return choice
+    low, high = -30.0, 30.0  # log10 of lambda
+    for _ in range(100):
+        middle = (low + high) / 2
+        if total(pick(10.0**middle)) <= budget:
+            high = middle
+        else:
+            low = middle
+    return pick(10.0**high)

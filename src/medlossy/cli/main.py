@@ -50,9 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="raw 16-bit bytes / stored bytes, e.g. 20")
     target.add_argument("--psnr", type=_positive_float, help="target PSNR in dB (study's)")
     target.add_argument("--lossless", action="store_true", help="bit-exact")
-    compress.add_argument("--allocation", choices=("psnr", "equal"), default="psnr",
-                          help="spread bytes for equal distortion per slice (default) or give "
-                               "every slice the same ratio")
+    compress.add_argument("--allocation", choices=("psnr", "equal", "optimal"),
+                          default="psnr",
+                          help="spread bytes for equal distortion per slice (default), give "
+                               "every slice the same ratio, or pick per slice the better of "
+                               "both (slower, never worse)")
     compress.add_argument("--modality", choices=("auto", "CT", "MR", "OTHER"), default="auto",
                           help="decides the PSNR peak (CT: 4096); auto recognises HU")
     compress.add_argument("--range", dest="data_range", type=_positive_float,

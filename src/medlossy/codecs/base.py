@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from numcodecs.abc import Codec as NumcodecsCodec
 
-Mode = Literal["lossless", "ratio", "quality"]
+Mode = Literal["lossless", "ratio", "quality", "mixed"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,8 @@ class Setting:
 
     ``ratio``: the codec's own per-slice size target (raw 16-bit bytes / codestream bytes).
     ``quality``: the codec's distortion knob, larger means better and bigger; for JPEG 2000 it
-    is PSNR in dB against the 16-bit peak 65535.
+    is PSNR in dB against the 16-bit peak 65535. ``mixed`` only records that slices were
+    encoded with different settings (the "optimal" allocation); it is never encoded.
     """
 
     mode: Mode
