@@ -140,3 +140,15 @@ def test_cli_train_then_predict(dataset: Path, tmp_path: Path, cli) -> None:
         [f"{c}.nii.gz" for c in description["trained_on"]["test_cases"]]
     image = nib.load(next((dataset / "imagesTr").iterdir()))
     assert nib.load(next(out.iterdir())).shape == image.shape
+
+
+def test_a_ct_model_refuses_the_same_cases_labelled_mr(model: Path, dataset: Path,
+                                                       tmp_path: Path) -> None:
+    copy = _copy_dataset(dataset, tmp_path / "Dataset951_AsMR", _test_cases(model))
+    description = json.loads((copy / "dataset.json").read_text())
+    description["channel_names"] = {"0": "T1"}
+    (copy / "dataset.json").write_text(json.dumps(description))
+
+    with pytest.raises(MedlossyError, match="trained on CT"):
+        predict_dataset(model, copy, tmp_path / "predictions", device="cpu")
+    assert not (tmp_path / "predictions").exists()

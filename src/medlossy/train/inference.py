@@ -60,6 +60,12 @@ def _check_compatible(model: TrainedModel, dataset: RawDataset) -> None:
     if {str(c) for c in dataset.channels} != set(channels):
         raise MedlossyError(dataset.root, f"has channels {dataset.channels}; the model was "
                                           f"trained on {sorted(channels)}")
+    for channel in dataset.channels:
+        trained = "CT" if str(channels[str(channel)]).upper() == "CT" else "MR"
+        if dataset.channel_modality(channel) != trained:
+            raise MedlossyError(dataset.root, f"channel {channel} is "
+                                              f"{dataset.channel_modality(channel)}; the model "
+                                              f"was trained on {trained} (normalisation differs)")
 
 
 @torch.no_grad()
