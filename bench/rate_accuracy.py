@@ -155,6 +155,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
     parser.add_argument("--cts", nargs="+", default=["CT A", "CT B", "CT C"])
+    parser.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS),
+                        help="e.g. psnr equal optimal (the comparison table is psnr vs equal)")
     arguments = parser.parse_args()
     info = _common.machine()
     cts = _common.demo_cts()
@@ -163,7 +165,7 @@ def main() -> None:
         description, volume = cts[name]
         _common.progress(description)
         for ratio in arguments.ratios:
-            for allocation in ALLOCATIONS:
+            for allocation in arguments.allocations:
                 row = run_one(name, volume, ratio, allocation)
                 rows.append(row)
                 _common.progress(f"  x{ratio:g} {allocation}: x{row['achieved_ratio']:.3f} "

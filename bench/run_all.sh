@@ -24,3 +24,5 @@ for name in memory memory_phases nifti_read; do
   echo "== $name" >&2
   "$python" "bench/$name.py" "$@" | tee "bench/results/$name.md"
 done
+echo "== memory_phases --slice-errors" >&2
+"$python" bench/memory_phases.py --slice-errors "$@" | tee bench/results/memory_phases_slice_errors.md
