@@ -85,5 +85,11 @@ def slice_encoder(codec: SliceCodec, shape: tuple[int, int, int], dtype: str,
                                  mp_context=multiprocessing.get_context(method),
                                  initializer=_start_worker,
                                  initargs=(codec.name, path, shape, dtype)) as executor:
-            yield SliceEncoder(codec, slices, workers, executor)
+            try:
+                yield SliceEncoder(codec, slices, workers, executor)
+            except BaseException:
+                # Interrupted (Ctrl-C, SIGTERM, an error): drop queued slices instead of
+                # encoding the rest of the pass before the pool can close.
+                executor.shutdown(wait=True, cancel_futures=True)
+                raise
         del slices
