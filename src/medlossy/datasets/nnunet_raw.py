@@ -8,11 +8,11 @@ nnU-Net's naming: ``CASE_XXXX<file_ending>`` where XXXX is the channel index; la
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medlossy.errors import MedlossyError
+from medlossy.jsonfile import read_json
 
 
 @dataclass(frozen=True)
@@ -115,13 +115,10 @@ def open_raw_dataset(root: str | Path, *, modality: str = "CT") -> RawDataset:
         ending = ".nii.gz" if any(f.name.endswith(".nii.gz") for f in files) else ".nii"
         metadata = {"channel_names": {"0": modality}, "file_ending": ending, "labels": {}}
         return RawDataset(root, metadata, plain=True)
-    try:
-        metadata = json.loads(description.read_text())
-    except FileNotFoundError:
+    if not description.exists():
         raise MedlossyError(root, "not a dataset: no dataset.json (nnU-Net raw) and no "
-                                  "images/ folder") from None
-    except json.JSONDecodeError as error:
-        raise MedlossyError(description, f"not valid JSON ({error})") from None
+                                  "images/ folder")
+    metadata = read_json(description, "missing")
     if "channel_names" not in metadata:
         raise MedlossyError(description, "has no channel_names")
     return RawDataset(root, metadata)

@@ -10,13 +10,13 @@ Model classes the map does not name become background (0).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from medlossy.errors import MedlossyError
+from medlossy.jsonfile import read_json
 
 
 def _integer(path: Path, text: object, what: str) -> int:
@@ -32,12 +32,7 @@ def _integer(path: Path, text: object, what: str) -> int:
 def read_label_map(path: str | os.PathLike[str]) -> dict[int, int]:
     """Model class id -> dataset label value, from a JSON file."""
     path = Path(path)
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MedlossyError(path, "no such label map") from None
-    except json.JSONDecodeError as error:
-        raise MedlossyError(path, f"not valid JSON ({error})") from None
+    document = read_json(path, "no such label map")
     if not isinstance(document, dict):
         raise MedlossyError(path, 'expected a JSON object {"model class id": "dataset class id"}')
     return {_integer(path, key, "model class"): _integer(path, value, "dataset class")

@@ -38,6 +38,7 @@ from medlossy.compression import Target, compress_volume
 from medlossy.datasets.nnunet_raw import ImageFile, RawDataset, open_raw_dataset
 from medlossy.errors import MedlossyError
 from medlossy.io import read_volume
+from medlossy.jsonfile import read_json
 from medlossy.reader_study.windows import Window
 from medlossy.store import SliceStore
 from medlossy.volume import Volume
@@ -331,13 +332,8 @@ def _side(store: SliceStore, ratio: float) -> dict[str, Any]:
 
 def load_pairs(study: str | os.PathLike[str]) -> list[dict[str, str]]:
     """The pair manifest (ids and image files, no ratios)."""
-    path = Path(study) / "pairs.json"
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MedlossyError(path, "missing: make the pairs first (medlossy reader make)") from None
-    except json.JSONDecodeError as error:
-        raise MedlossyError(path, f"not valid JSON ({error})") from None
+    document = read_json(Path(study) / "pairs.json",
+                         "missing: make the pairs first (medlossy reader make)")
     return document["pairs"]
 
 
