@@ -1,4 +1,4 @@
-"""Read a JSON document that a user or an earlier step wrote, with one-line errors."""
+"""JSON documents: read with one-line errors, written atomically."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from medlossy.atomic import atomic_output
 from medlossy.errors import MedlossyError
 
 
@@ -19,3 +20,9 @@ def read_json(path: str | os.PathLike[str], missing: str) -> Any:
         raise MedlossyError(path, missing) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise MedlossyError(path, f"not valid JSON ({error})") from None
+
+
+def write_json(path: str | os.PathLike[str], document: Any) -> None:
+    """Write ``document`` as indented JSON; the file appears whole or not at all."""
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(document, indent=2) + "\n")

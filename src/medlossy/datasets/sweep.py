@@ -42,6 +42,7 @@ from medlossy.decompression import read_store
 from medlossy.errors import MedlossyError
 from medlossy.io import read_volume
 from medlossy.io.nifti import write_nifti
+from medlossy.jsonfile import write_json
 from medlossy.metrics import CT_DATA_RANGE
 from medlossy.store import SliceStore
 
@@ -68,11 +69,6 @@ class SweepTask:
 
 def ratio_tag(ratio: float) -> str:
     return f"r{ratio:g}"
-
-
-def _write_json(path: Path, document: dict) -> None:
-    with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps(document, indent=2) + "\n")
 
 
 def finished_part(task: SweepTask) -> dict | None:
@@ -126,7 +122,7 @@ def run_task(task: SweepTask) -> dict:
         "store_crc32": _store_checksum(SliceStore(task.store)),
         "decoded_sha256": sha256_file(Path(task.decoded)),
     }
-    _write_json(Path(task.part), row)
+    write_json(Path(task.part), row)
     return {**row, "reused": False}
 
 
@@ -307,7 +303,7 @@ def _write_nnunet_metadata(plan: SweepPlan, bad: dict[str, str]) -> None:
                          "codec": "jpeg2k", "lossless": ratio == 1,
                          "note": "images decoded from lossy JPEG 2000 stores; labels exact"},
         })
-        _write_json(folder / "dataset.json", metadata)
+        write_json(folder / "dataset.json", metadata)
 
 
 def _clean_partials(out: Path) -> None:
@@ -320,7 +316,7 @@ def _clean_partials(out: Path) -> None:
 
 
 def _write_sweep_json(plan: SweepPlan, bad: dict[str, str]) -> None:
-    _write_json(plan.out / "sweep.json", {
+    write_json(plan.out / "sweep.json", {
         "source": str(plan.dataset.root), "ratios": list(plan.ratios),
         "base_id": plan.base_id,
         "datasets": {ratio_tag(r): plan.dataset_folder(r).name for r in plan.ratios},

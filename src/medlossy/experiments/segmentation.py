@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from medlossy.atomic import atomic_output
+from medlossy.checksums import sha256_file
 from medlossy.datasets.nnunet_raw import open_raw_dataset
 from medlossy.datasets.sweep import ratio_tag
 from medlossy.evaluate.evaluate import evaluate_predictions
@@ -34,7 +35,7 @@ def folder_digest(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(folder.glob("*Tr/*")) + sorted(folder.glob("imagesTs/*")):
         digest.update(path.name.encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update(sha256_file(path).encode())
     return digest.hexdigest()[:16]
 
 

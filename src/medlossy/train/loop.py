@@ -18,6 +18,7 @@ from medlossy import __version__
 from medlossy.atomic import atomic_output
 from medlossy.datasets.nnunet_raw import RawDataset, open_raw_dataset
 from medlossy.errors import MedlossyError
+from medlossy.jsonfile import write_json
 from medlossy.train.config import TrainConfig
 from medlossy.train.network import build_network, network_arguments
 from medlossy.train.preprocessing import fit_normalisation, load_case, prepare
@@ -49,11 +50,6 @@ def _labels(dataset: RawDataset) -> dict[str, int]:
 def _save(path: Path, payload: dict) -> None:
     with atomic_output(path) as temporary:
         torch.save(payload, temporary)
-
-
-def _write_json(path: Path, document: dict) -> None:
-    with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps(document, indent=2) + "\n")
 
 
 def poly_learning_rate(config: TrainConfig, epoch: int) -> float:
@@ -140,7 +136,7 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
 
     _save(out / MODEL_FILE, {"network": network.state_dict()})
     ratio = dataset.metadata.get("medlossy", {}).get("ratio")
-    _write_json(out / DESCRIPTION_FILE, {
+    write_json(out / DESCRIPTION_FILE, {
         "backend": "monai", "format_version": 1, "software": f"medlossy {__version__}",
         "architecture": "DynUNet", "network": arguments,
         "preprocessing": {"target_spacing": list(config.target_spacing),
