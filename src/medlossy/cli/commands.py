@@ -39,11 +39,23 @@ def _target(arguments: argparse.Namespace) -> Target:
     return Target("ratio", arguments.ratio, arguments.allocation)
 
 
+def _note_dicom_input(arguments: argparse.Namespace, volume: Volume) -> None:
+    ignored = volume.header.get("ignored", [])
+    if ignored:
+        _say(arguments, f"note: left out {len(ignored)} non-image object(s): "
+                        + ", ".join(ignored))
+    if "irregular_spacing" in volume.header:
+        _say(arguments, f"note: {volume.header['irregular_spacing']}; accepted (--allow-gaps), "
+                        "true slice positions recorded in the store")
+
+
 def compress(arguments: argparse.Namespace) -> None:
     target = _target(arguments)
     _refuse_existing(arguments.output, arguments.force)
     modality = "OTHER" if arguments.modality == "auto" else arguments.modality
-    volume = read_volume(arguments.input, modality, lazy=True)
+    volume = read_volume(arguments.input, modality, lazy=True,
+                         allow_gaps=arguments.allow_gaps)
+    _note_dicom_input(arguments, volume)
     attributes = compress_volume(volume, arguments.output, target, codec_name=arguments.codec,
                                  data_range=arguments.data_range, workers=arguments.workers,
                                  show_progress=not arguments.quiet, source=arguments.input)

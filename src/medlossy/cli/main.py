@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="PSNR peak r for MR/other (dataset max - min)")
     compress.add_argument("--codec", choices=codec_names(), default="jpeg2k")
     compress.add_argument("--force", action="store_true", help="replace an existing output")
+    compress.add_argument("--allow-gaps", action="store_true",
+                          help="accept a DICOM series with missing slices or uneven spacing "
+                               "(the store records every slice's true position)")
     _add_common(compress)
     compress.set_defaults(handler=commands.compress)
 

@@ -1,11 +1,18 @@
-"""A DICOM series (a folder of single-frame slices, or one multi-frame file) through pydicom.
+"""A DICOM series (a folder of single-frame slices, or enhanced multi-frame files) as a Volume.
 
-pydicom decodes every transfer syntax it has a plugin for (JPEG 2000 via pylibjpeg-openjpeg);
-it has no notion of a volume, so stacking slices and building the affine is done here.
+Data flow: read every file's header (pixels skipped) -> keep the image objects, note the others
+(RTSTRUCT, SEG, SR...) -> require exactly one image series -> one frame record per slice
+(position, orientation, spacing, rescale) -> sort along the slice normal and refuse gaps, uneven
+spacing and duplicate positions -> decode the pixels (pydicom, with whichever decoder plugin the
+transfer syntax needs) -> rescale into the smallest integer type that holds the values.
+
+pydicom has no notion of a volume, so grouping, geometry checks and the affine are done here.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,78 +24,408 @@ from medlossy.volume import Volume
 
 SUFFIXES = (".dcm",)
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Modalities of objects that travel with an image series but are not images of it.
+NON_IMAGE_MODALITIES = frozenset({
+    "RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "SEG", "SR", "PR", "KO", "REG", "DOC", "FID",
+    "RWV", "PLAN", "AU", "ECG"})
+#: Consecutive slice steps may differ from the series' typical step by this much (mm) or by
+#: this fraction of it, whichever is larger: scanners round positions to about 0.001 mm.
+STEP_TOLERANCE_MM = 0.01
+STEP_TOLERANCE_FRACTION = 0.01
+_ORIENTATION_TOLERANCE = 1e-4
+#: What pydicom raises when a damaged element is parsed on first access.
+_HEADER_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError,
+                  NotImplementedError)
 
 
-def _read_headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    headers = []
-    for file in files:
-        try:
-            headers.append((file, pydicom.dcmread(file, stop_before_pixels=True)))
-        except InvalidDicomError:
-            continue  # folders often hold DICOMDIR-less extras (notes, thumbnails)
-    if not headers:
-        raise MedlossyError(folder, "no DICOM files in this folder")
-    series = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in headers}
-    if len(series) > 1:
-        raise MedlossyError(folder, f"holds {len(series)} DICOM series; point to one series")
-    return headers
+@dataclass(frozen=True)
+class _Frame:
+    """One 2D slice: where it lives (file, frame index) and where it lies in space."""
+
+    file: Path
+    index: int  # frame number inside a multi-frame file, 0 for single-frame files
+    position: np.ndarray  # ImagePositionPatient, LPS mm
+    orientation: np.ndarray  # ImageOrientationPatient: row direction, column direction
+    pixel_spacing: tuple[float, float]  # (between rows, between columns)
+    slope: float
+    intercept: float
+
+    @property
+    def name(self) -> str:
+        return self.file.name if self.index == 0 else f"{self.file.name} frame {self.index + 1}"
 
 
-def _slice_normal(ds: pydicom.Dataset) -> np.ndarray:
-    row, column = np.asarray(ds.ImageOrientationPatient, dtype=float).reshape(2, 3)
-    return np.cross(row, column)
+def _modality(ds: pydicom.Dataset) -> str:
+    return str(ds.get("Modality", "") or "").upper()
 
 
-def _pixels(path: Path) -> np.ndarray:
+def _is_image(ds: pydicom.Dataset) -> bool:
+    return "Rows" in ds and "Columns" in ds and _modality(ds) not in NON_IMAGE_MODALITIES
+
+
+def _kind(ds: pydicom.Dataset) -> str:
+    modality = _modality(ds)
+    if modality:
+        return modality
+    sop_class = ds.get("SOPClassUID") or getattr(ds.get("file_meta", None),
+                                                 "MediaStorageSOPClassUID", "")
+    return pydicom.uid.UID(str(sop_class)).name if sop_class else "no modality"
+
+
+def _read_header(file: Path) -> pydicom.Dataset | None:
     try:
-        ds = pydicom.dcmread(path)
+        return pydicom.dcmread(file, stop_before_pixels=True)
+    except InvalidDicomError:
+        return None  # not DICOM: folders hold notes and thumbnails
+    except Exception as error:  # pydicom's parser raises struct, EOF, value... errors
+        with open(file, "rb") as handle:
+            if handle.read(132)[128:] == b"DICM":
+                raise MedlossyError(file, f"damaged DICOM file ({type(error).__name__}: "
+                                          f"{error})") from None
+        return None
+
+
+def _describe_series(uid: str, headers: list[tuple[Path, pydicom.Dataset]]) -> str:
+    ds = headers[0][1]
+    description = str(ds.get("SeriesDescription", "") or "").strip()
+    label = f"{_kind(ds)} series {uid or '(no UID)'}"
+    if description:
+        label += f" '{description}'"
+    return f"{label}: {len(headers)} file(s), e.g. {headers[0][0].name}"
+
+
+def _scan(path: Path) -> tuple[list[tuple[Path, pydicom.Dataset]], list[str]]:
+    """The one image series under ``path`` and a description of every object left out."""
+    if path.is_file():
+        candidates = [path]
+    else:
+        candidates = sorted(p for p in path.rglob("*")
+                            if p.is_file() and not any(part.startswith(".")
+                                                       for part in p.relative_to(path).parts))
+    series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    others: list[tuple[Path, pydicom.Dataset]] = []
+    for file in candidates:
+        ds = _read_header(file)
+        if ds is None or "DICOMDIR" in file.name.upper():
+            continue
+        try:
+            if _is_image(ds):
+                series[str(ds.get("SeriesInstanceUID", "") or "")].append((file, ds))
+            else:
+                others.append((file, ds))
+        except _HEADER_ERRORS as error:  # a damaged value pydicom parses only on access
+            raise MedlossyError(file, f"malformed DICOM header ({type(error).__name__}: "
+                                      f"{error})") from None
+    ignored = [f"{file.relative_to(path) if path.is_dir() else file.name} ({_kind(ds)})"
+               for file, ds in others]
+    if not series:
+        if others and path.is_file():
+            raise MedlossyError(path, f"is a {_kind(others[0][1])} object, not an image; "
+                                      "point to the image series it refers to")
+        if others:
+            raise MedlossyError(path, "holds no image series, only " + ", ".join(ignored[:5])
+                                + (" ..." if len(ignored) > 5 else "")
+                                + "; point to the image series these objects refer to")
+        raise MedlossyError(path, "no DICOM files in this folder" if path.is_dir()
+                            else "not a DICOM file")
+    if len(series) > 1:
+        listed = "; ".join(_describe_series(uid, files) for uid, files in sorted(series.items()))
+        raise MedlossyError(path, f"holds {len(series)} image series ({listed}); point to the "
+                                  "folder of one series")
+    return next(iter(series.values())), ignored
+
+
+def _float_list(ds: pydicom.Dataset, keyword: str, count: int, where: str) -> np.ndarray:
+    value = ds.get(keyword)
+    try:
+        array = np.asarray([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError):
+        array = np.empty(0)
+    if array.shape != (count,) or not np.isfinite(array).all():
+        raise MedlossyError(where, f"missing or malformed {keyword} ({value!r})")
+    return array
+
+
+def _rescale(ds: pydicom.Dataset, where: str) -> tuple[float, float]:
+    try:
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError):
+        raise MedlossyError(where, "malformed RescaleSlope/RescaleIntercept") from None
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        raise MedlossyError(where, "RescaleSlope/RescaleIntercept is not a finite number")
+    return slope, intercept
+
+
+def _frames_of_single(file: Path, ds: pydicom.Dataset) -> list[_Frame]:
+    where = str(file)
+    orientation = _float_list(ds, "ImageOrientationPatient", 6, where).reshape(2, 3)
+    position = _float_list(ds, "ImagePositionPatient", 3, where)
+    spacing = _float_list(ds, "PixelSpacing", 2, where)
+    return [_Frame(file, 0, position, orientation, (spacing[0], spacing[1]),
+                   *_rescale(ds, where))]
+
+
+def _group(ds: pydicom.Dataset, frame: int, keyword: str) -> pydicom.Dataset | None:
+    """A functional group item of ``frame``: per-frame first, then shared (PS3.3 C.7.6.16)."""
+    for sequence in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        groups = ds.get(sequence)
+        if not groups:
+            continue
+        item = groups[frame] if sequence.startswith("PerFrame") and frame < len(groups) \
+            else groups[0]
+        inner = item.get(keyword)
+        if inner:
+            return inner[0]
+    return None
+
+
+def _frames_of_enhanced(file: Path, ds: pydicom.Dataset) -> list[_Frame]:
+    """Frames of an enhanced (functional groups) multi-frame object."""
+    count = _int(ds, "NumberOfFrames", 1, file)
+    frames = []
+    for index in range(count):
+        where = f"{file} frame {index + 1}"
+        plane = _group(ds, index, "PlanePositionSequence")
+        orient = _group(ds, index, "PlaneOrientationSequence")
+        measures = _group(ds, index, "PixelMeasuresSequence")
+        if plane is None or orient is None or measures is None:
+            raise MedlossyError(where, "no plane position, orientation or pixel spacing in "
+                                       "its functional groups")
+        transform = _group(ds, index, "PixelValueTransformationSequence")
+        spacing = _float_list(measures, "PixelSpacing", 2, where)
+        frames.append(_Frame(
+            file, index, _float_list(plane, "ImagePositionPatient", 3, where),
+            _float_list(orient, "ImageOrientationPatient", 6, where).reshape(2, 3),
+            (spacing[0], spacing[1]), *_rescale(transform if transform is not None else ds,
+                                                where)))
+    return frames
+
+
+def _int(ds: pydicom.Dataset, keyword: str, default: int, where: str | Path) -> int:
+    value = ds.get(keyword, default)
+    try:
+        return default if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        raise MedlossyError(where, f"malformed {keyword} ({value!r})") from None
+
+
+def _frames_of(file: Path, ds: pydicom.Dataset) -> list[_Frame]:
+    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+        return _frames_of_enhanced(file, ds)
+    if _int(ds, "NumberOfFrames", 1, file) > 1:
+        raise MedlossyError(file, "multi-frame object without functional groups (no "
+                                  "position per frame); cannot place its slices")
+    return _frames_of_single(file, ds)
+
+
+def _frames(headers: list[tuple[Path, pydicom.Dataset]]) -> list[_Frame]:
+    frames: list[_Frame] = []
+    for file, ds in headers:
+        try:
+            frames.extend(_frames_of(file, ds))
+        except _HEADER_ERRORS as error:  # a damaged value pydicom parses only on access
+            raise MedlossyError(file, f"malformed DICOM header ({type(error).__name__}: "
+                                      f"{error})") from None
+    return frames
+
+
+def _check_same_plane(path: Path, frames: list[_Frame]) -> np.ndarray:
+    """All frames share orientation and pixel spacing; returns the slice normal."""
+    first = frames[0]
+    row, column = first.orientation
+    normal = np.cross(row, column)
+    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
+        raise MedlossyError(first.file, "ImageOrientationPatient is not two orthogonal unit "
+                                        f"vectors ({first.orientation.ravel().tolist()})")
+    for frame in frames[1:]:
+        if not np.allclose(frame.orientation, first.orientation, atol=_ORIENTATION_TOLERANCE):
+            raise MedlossyError(path, f"slices have different orientations ({first.name} and "
+                                      f"{frame.name}); a volume needs parallel slices")
+        if not np.allclose(frame.pixel_spacing, first.pixel_spacing, rtol=1e-4):
+            raise MedlossyError(path, f"slices have different pixel spacings ({first.name}: "
+                                      f"{first.pixel_spacing}, {frame.name}: "
+                                      f"{frame.pixel_spacing})")
+    return normal
+
+
+def _distance_list(names: list[str], limit: int = 4) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit
+                                       else "")
+
+
+def check_spacing(path: Path, frames: list[_Frame], offsets: np.ndarray,
+                  allow_gaps: bool) -> str | None:
+    """Refuse duplicate positions always, and gaps or uneven steps unless ``allow_gaps``.
+
+    ``frames`` and ``offsets`` (mm along the normal) are sorted. Returns a note describing the
+    irregular spacing that was allowed, or None when the spacing is regular.
+    """
+    steps = np.diff(offsets)
+    tolerance = STEP_TOLERANCE_MM
+    same = np.flatnonzero(np.abs(steps) <= tolerance)
+    if same.size:
+        first = int(same[0])
+        group = [frames[first].name]
+        index = first + 1
+        while index < len(frames) and abs(offsets[index] - offsets[first]) <= tolerance:
+            group.append(frames[index].name)
+            index += 1
+        files = {frames[k].file for k in range(first, index)}
+        copies = " (identical files: copies of one slice)" if len(files) > 1 and len(
+            {f.read_bytes() for f in files}) == 1 else ""
+        raise MedlossyError(path, f"{len(group)} slices share the position "
+                                  f"{offsets[first]:.3f} mm along the slice normal: "
+                                  f"{_distance_list(group)}{copies}; remove the duplicates")
+    if len(steps) < 2:
+        return None
+    typical = float(np.median(steps))
+    tolerance = max(STEP_TOLERANCE_MM, STEP_TOLERANCE_FRACTION * typical)
+    off = np.flatnonzero(np.abs(steps - typical) > tolerance)
+    if not off.size:
+        return None
+    problems = []
+    for k in off[:3]:
+        step = float(steps[k])
+        missing = round(step / typical) - 1
+        what = (f"{missing} slice(s) missing" if missing >= 1
+                and abs(step - (missing + 1) * typical) <= tolerance * (missing + 1)
+                else "uneven step")
+        problems.append(f"{what} between {frames[k].name} ({offsets[k]:.3f} mm) and "
+                        f"{frames[k + 1].name} ({offsets[k + 1]:.3f} mm): {step:.3f} mm")
+    summary = (f"slice spacing is not regular (typical step {typical:.3f} mm; "
+               + "; ".join(problems) + (f"; {len(off) - 3} more" if len(off) > 3 else "")
+               + ")")
+    if not allow_gaps:
+        raise MedlossyError(path, summary + "; pass --allow-gaps to accept it")
+    return summary
+
+
+def _decode_file(file: Path, count: int) -> np.ndarray:
+    """Stored pixel values of every frame of ``file``: (frames, rows, columns)."""
+    try:
+        ds = pydicom.dcmread(file)
+    except Exception as error:  # the header read before: the file changed or is truncated
+        raise MedlossyError(file, f"cannot read DICOM file ({error})") from None
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise MedlossyError(file, "has no pixel data")
+    if _int(ds, "SamplesPerPixel", 1, file) != 1:
+        raise MedlossyError(file, f"{ds.get('PhotometricInterpretation', 'colour')} images "
+                                  "are not supported; medlossy compresses greyscale CT/MR")
+    try:
         pixels = ds.pixel_array
     except Exception as error:  # decoder plugins raise their own types
-        raise MedlossyError(path, f"cannot decode DICOM pixel data ({error})") from None
-    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
-    if slope == int(slope) and intercept == int(intercept):
-        return pixels.astype(np.int32) * int(slope) + int(intercept)
-    return pixels.astype(np.float32) * slope + intercept
+        raise MedlossyError(file, f"cannot decode DICOM pixel data "
+                                  f"({type(error).__name__}: {error})") from None
+    rows, columns = _int(ds, "Rows", 0, file), _int(ds, "Columns", 0, file)
+    if pixels.size != count * rows * columns or pixels.dtype.kind not in "iuf":
+        raise MedlossyError(file, f"pixel data ({pixels.shape} {pixels.dtype}) does not match "
+                                  f"{count} frame(s) of Rows x Columns = {rows}x{columns}")
+    return pixels.reshape((count, rows, columns))
 
 
-def read_dicom_series(path: Path, modality: str = "OTHER") -> Volume:
-    """Read one series; slices sorted along their normal, values in real units (HU for CT)."""
+def _smallest_dtype(low: float, high: float) -> np.dtype:
+    """The smallest integer type that holds [low, high]; int16 before uint16, as dcm2niix and
+    SimpleITK give CT (a signed type keeps HU arithmetic safe)."""
+    for dtype in (np.uint8, np.int8, np.int16, np.uint16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return np.dtype(dtype)
+    return np.dtype(np.float64)
+
+
+def _values(path: Path, frames: list[_Frame]) -> np.ndarray:
+    """Decode and rescale every frame; (slices, rows, columns) in ``frames`` order."""
+    by_file: dict[Path, list[int]] = defaultdict(list)
+    for position, frame in enumerate(frames):
+        by_file[frame.file].append(position)
+    counts = {file: 1 + max(frames[p].index for p in positions)
+              for file, positions in by_file.items()}
+    stored: list[np.ndarray | None] = [None] * len(frames)
+    shape = None
+    for file, positions in by_file.items():
+        decoded = _decode_file(file, counts[file])
+        if shape is None:
+            shape = decoded.shape[1:]
+        if decoded.shape[1:] != shape:
+            raise MedlossyError(path, f"slices of different sizes in one series ({file.name} is "
+                                      f"{decoded.shape[1]}x{decoded.shape[2]}, others "
+                                      f"{shape[0]}x{shape[1]})")
+        for position in positions:
+            stored[position] = decoded[frames[position].index]
+    planes = [p for p in stored if p is not None]
+    integral = all(f.slope.is_integer() and f.intercept.is_integer() for f in frames) and all(
+        np.issubdtype(p.dtype, np.integer) for p in planes)
+    if not integral:
+        return np.stack([p.astype(np.float32) * np.float32(f.slope) + np.float32(f.intercept)
+                         for p, f in zip(planes, frames, strict=True)])
+    low = min(float(p.min()) * f.slope + f.intercept if f.slope >= 0
+              else float(p.max()) * f.slope + f.intercept for p, f in zip(planes, frames,
+                                                                           strict=True))
+    high = max(float(p.max()) * f.slope + f.intercept if f.slope >= 0
+               else float(p.min()) * f.slope + f.intercept for p, f in zip(planes, frames,
+                                                                            strict=True))
+    dtype = _smallest_dtype(low, high)
+    if dtype.itemsize > 4:  # beyond int32 is no CT/MR value: keep it exact enough as float64
+        return np.stack([p.astype(np.float64) * f.slope + f.intercept
+                         for p, f in zip(planes, frames, strict=True)])
+    out = np.empty((len(planes), *planes[0].shape), dtype=dtype)
+    for k, (plane, frame) in enumerate(zip(planes, frames, strict=True)):
+        if frame.slope == 1 and frame.intercept == 0:
+            out[k] = plane
+        else:
+            out[k] = plane.astype(np.int64) * int(frame.slope) + int(frame.intercept)
+    return out
+
+
+def read_dicom_series(path: Path, modality: str = "OTHER", *,
+                      allow_gaps: bool = False) -> Volume:
+    """Read one image series; slices sorted along their normal, values in real units (HU).
+
+    ``path`` is a folder (searched recursively; non-image objects such as RTSTRUCT or SEG are
+    left out and listed in ``volume.header["ignored"]``) or one multi-frame file. Gaps, uneven
+    spacing and duplicate positions are refused; ``allow_gaps`` accepts gaps and uneven
+    spacing, and the store then records every slice's true position.
+    """
+    path = Path(path)
     if not path.exists():
         raise MedlossyError(path, "no such file or folder")
-    if path.is_file():
-        return _from_slices(path, [(path, pydicom.dcmread(path, stop_before_pixels=True))],
-                            modality)
-    return _from_slices(path, _read_headers(path), modality)
-
-
-def _from_slices(path: Path, headers: list[tuple[Path, pydicom.Dataset]],
-                 modality: str) -> Volume:
-    if int(getattr(headers[0][1], "NumberOfFrames", 1) or 1) > 1:
-        raise MedlossyError(path, "multi-frame DICOM is not supported yet; use a slice series")
-    normal = _slice_normal(headers[0][1])
-    headers.sort(key=lambda item: float(np.dot(normal, np.asarray(item[1].ImagePositionPatient,
-                                                                   dtype=float))))
-    first = headers[0][1]
-    planes = [_pixels(file) for file, _ in headers]
-    if len({p.shape for p in planes}) != 1:
-        raise MedlossyError(path, "slices of different sizes in one series")
+    headers, ignored = _scan(path)
+    frames = _frames(headers)
+    normal = _check_same_plane(path, frames)
+    offsets = np.array([float(np.dot(normal, f.position)) for f in frames])
+    order = np.argsort(offsets, kind="stable")
+    frames, offsets = [frames[k] for k in order], offsets[order]
+    irregular = check_spacing(path, frames, offsets, allow_gaps)
+    slices = _values(path, frames)
     # DICOM rows run along the column direction: array axes (column, row, slice) give i, j, k.
-    array = np.stack([p.T for p in planes], axis=-1)
-    row_step, column_step = (float(v) for v in first.PixelSpacing)
-    row_dir, column_dir = np.asarray(first.ImageOrientationPatient, dtype=float).reshape(2, 3)
-    origin = np.asarray(first.ImagePositionPatient, dtype=float)
-    if len(headers) > 1:
-        last = np.asarray(headers[-1][1].ImagePositionPatient, dtype=float)
-        slice_step = (last - origin) / (len(headers) - 1)
+    array = np.ascontiguousarray(np.moveaxis(slices, 0, -1).transpose(1, 0, 2))
+    first = frames[0]
+    row_step, column_step = first.pixel_spacing
+    row_dir, column_dir = first.orientation
+    if len(frames) > 1:
+        # The median step keeps regular parts exact when --allow-gaps let a gap through.
+        steps = np.diff(np.stack([f.position for f in frames]), axis=0)
+        slice_step = np.median(steps, axis=0) if irregular else \
+            (frames[-1].position - first.position) / (len(frames) - 1)
     else:
-        slice_step = normal * float(getattr(first, "SliceThickness", 1) or 1)
+        try:
+            thickness = float(headers[0][1].get("SliceThickness", 1) or 1)
+        except (TypeError, ValueError):
+            thickness = 1.0
+        slice_step = normal * thickness
     affine_lps = np.eye(4)
     affine_lps[:3, 0] = row_dir * column_step
     affine_lps[:3, 1] = column_dir * row_step
     affine_lps[:3, 2] = slice_step
-    affine_lps[:3, 3] = origin
-    if modality == "OTHER" and str(getattr(first, "Modality", "")) in ("CT", "MR"):
-        modality = str(first.Modality)
-    return Volume(array, _LPS_TO_RAS @ affine_lps, modality=modality, header={"format": "dicom"})
+    affine_lps[:3, 3] = first.position
+    series_modality = _modality(headers[0][1])
+    if modality == "OTHER" and series_modality in ("CT", "MR"):
+        modality = series_modality
+    header: dict = {"format": "dicom"}
+    if ignored:
+        header["ignored"] = ignored
+    if irregular:
+        header["irregular_spacing"] = irregular
+        header["slice_offsets_mm"] = [round(float(o - offsets[0]), 6) for o in offsets]
+    return Volume(array, _LPS_TO_RAS @ affine_lps, modality=modality, header=header)

@@ -33,20 +33,23 @@ def _format_key(path: Path, table: dict) -> str | None:
 
 
 def read_volume(path: str | os.PathLike[str], modality: str = "OTHER", *,
-                lazy: bool = False) -> Volume:
+                lazy: bool = False, allow_gaps: bool = False) -> Volume:
     """Read a NIfTI/NRRD file or a folder of DICOM slices; errors name the file.
 
     ``lazy`` keeps NIfTI voxels on disk until sliced (other formats are read whole).
+    ``allow_gaps`` accepts a DICOM series with missing slices or uneven spacing.
     """
     path = Path(path)
     if path.is_dir():
-        return dicom_series.read_dicom_series(path, modality)
+        return dicom_series.read_dicom_series(path, modality, allow_gaps=allow_gaps)
     key = _format_key(path, _READERS)
     if key is None:
         raise MedlossyError(path, "unknown image format (expected .nii, .nii.gz, .nrrd, .dcm "
                                   "or a folder of DICOM files)")
     if key in nifti.SUFFIXES:
         return nifti.read_nifti(path, modality, lazy=lazy)
+    if key in dicom_series.SUFFIXES:
+        return dicom_series.read_dicom_series(path, modality, allow_gaps=allow_gaps)
     return _READERS[key](path, modality)
 
 

@@ -1,0 +1,169 @@
+"""Inputs that cannot be misread: a real DICOM CT series with a gap, duplicates, extra objects.
+
+Each case reproduces a failure seen on real export folders (issue 12): the series is the
+TotalSegmentator archive's JPEG 2000 CT (20 slices, 2 mm apart), edited with pydicom.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import FileMetaDataset
+
+from medlossy.errors import MedlossyError
+from medlossy.io import read_volume
+from medlossy.store import SliceStore
+
+
+def _copy_series(source: Path, target: Path) -> list[Path]:
+    target.mkdir(parents=True)
+    for file in sorted(source.iterdir()):
+        shutil.copy(file, target / file.name)
+    return sorted(target.iterdir())
+
+
+def _by_position(files: list[Path]) -> list[Path]:
+    return sorted(files, key=lambda f: float(
+        pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+
+
+def _rtstruct(path: Path) -> Path:
+    """pydicom's RT Structure Set test object, given the file meta a real export has."""
+    ds = pydicom.dcmread(get_testdata_file("rtstruct.dcm"), force=True)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_missing_slice_is_refused_naming_its_neighbours(cli, ct_c_dicom, tmp_path):
+    files = _by_position(_copy_series(ct_c_dicom, tmp_path / "series"))
+    files[8].unlink()  # the 9th slice from the bottom
+    code, _, err = cli("compress", tmp_path / "series", tmp_path / "s.zarr", "--ratio", "10",
+                       "--workers", "1", "--quiet")
+    assert code == 2
+    assert "1 slice(s) missing" in err and "--allow-gaps" in err
+    assert files[7].name in err and files[9].name in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_allow_gaps_accepts_and_records_the_true_positions(cli, ct_c_dicom, tmp_path):
+    files = _by_position(_copy_series(ct_c_dicom, tmp_path / "series"))
+    files[8].unlink()
+    store = tmp_path / "s.zarr"
+    code, _, err = cli("compress", tmp_path / "series", store, "--ratio", "10",
+                       "--workers", "1", "--allow-gaps")
+    assert code == 0, err
+    assert "accepted (--allow-gaps)" in err
+    attributes = SliceStore(store).attributes
+    # The nominal 2 mm step, not the 2.11 mm that spreading 19 slices over 38 mm gives.
+    assert attributes["geometry"]["spacing"][2] == pytest.approx(2.0)
+    offsets = attributes["source"]["slice_offsets_mm"]
+    assert np.diff(offsets).tolist() == pytest.approx([2.0] * 7 + [4.0] + [2.0] * 10)
+    assert "missing" in attributes["source"]["irregular_spacing"]
+
+
+def test_uneven_spacing_is_refused_but_rounding_jitter_is_not(ct_c_dicom, tmp_path):
+    files = _by_position(_copy_series(ct_c_dicom, tmp_path / "series"))
+    ds = pydicom.dcmread(files[5])
+    z = float(ds.ImagePositionPatient[2])
+    ds.ImagePositionPatient[2] = z + 0.004  # scanner rounding: fine
+    ds.save_as(files[5])
+    assert read_volume(tmp_path / "series").spacing[2] == pytest.approx(2.0)
+    ds.ImagePositionPatient[2] = z + 0.5
+    ds.save_as(files[5])
+    with pytest.raises(MedlossyError, match="uneven step between") as caught:
+        read_volume(tmp_path / "series")
+    assert files[5].name in str(caught.value)
+
+
+def test_three_copies_of_one_slice_name_the_real_cause(cli, ct_c_dicom, tmp_path):
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    first = sorted(ct_c_dicom.iterdir())[0]
+    for k in range(3):
+        shutil.copy(first, folder / f"copy{k}.dcm")
+    code, _, err = cli("compress", folder, tmp_path / "s.zarr", "--ratio", "10", "--quiet")
+    assert code == 2
+    assert "3 slices share the position" in err and "copies of one slice" in err
+    assert "512x3" not in err
+
+
+def test_a_duplicate_slice_inside_a_series_is_refused(ct_c_dicom, tmp_path):
+    files = _copy_series(ct_c_dicom, tmp_path / "series")
+    shutil.copy(files[3], tmp_path / "series" / "duplicate.dcm")
+    with pytest.raises(MedlossyError, match="2 slices share the position") as caught:
+        read_volume(tmp_path / "series")
+    assert "duplicate.dcm" in str(caught.value) and files[3].name in str(caught.value)
+
+
+def test_series_with_its_rtstruct_reads_the_images_and_names_what_was_left_out(
+        cli, ct_c_dicom, tmp_path):
+    _copy_series(ct_c_dicom, tmp_path / "export")
+    _rtstruct(tmp_path / "export" / "RS.dcm")
+    volume = read_volume(tmp_path / "export")
+    assert volume.shape == (512, 512, 20)
+    assert volume.header["ignored"] == ["RS.dcm (RTSTRUCT)"]
+    code, _, err = cli("compress", tmp_path / "export", tmp_path / "s.zarr", "--ratio", "10",
+                       "--workers", "1")
+    assert code == 0, err
+    assert "left out 1 non-image object(s): RS.dcm (RTSTRUCT)" in err
+
+
+def test_two_image_series_are_refused_and_listed(ct_c_dicom, tmp_path):
+    files = _copy_series(ct_c_dicom, tmp_path / "two")
+    for file in files[:10]:
+        ds = pydicom.dcmread(file)
+        ds.SeriesInstanceUID = "1.2.3.4"
+        ds.SeriesDescription = "other recon"
+        ds.save_as(file)
+    with pytest.raises(MedlossyError, match="holds 2 image series") as caught:
+        read_volume(tmp_path / "two")
+    assert "1.2.3.4 'other recon': 10 file(s)" in str(caught.value)
+    assert "'CT Body 3.0': 10 file(s)" in str(caught.value)
+
+
+@pytest.mark.parametrize("as_folder", [True, False], ids=["folder", "file"])
+def test_an_rtstruct_alone_is_a_one_line_error(cli, tmp_path, as_folder):
+    folder = tmp_path / "rt"
+    folder.mkdir()
+    rt = _rtstruct(folder / "RS.dcm")
+    code, _, err = cli("compress", folder if as_folder else rt, tmp_path / "s.zarr",
+                       "--ratio", "10", "--quiet")
+    assert code == 2
+    assert "RTSTRUCT" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_ct_series_is_read_as_int16_like_dcm2niix(ct_c_dicom):
+    volume = read_volume(ct_c_dicom)
+    assert volume.array.dtype == np.int16
+    reference = pydicom.dcmread(sorted(ct_c_dicom.iterdir())[0])
+    hu = reference.pixel_array.astype(np.int32) * int(reference.RescaleSlope) + int(
+        reference.RescaleIntercept)
+    np.testing.assert_array_equal(volume.array[:, :, -1], hu.T)  # top slice, i along columns
+
+
+def test_values_beyond_int16_keep_a_wider_type_and_fractions_become_float(ct_c_dicom,
+                                                                         tmp_path):
+    files = _copy_series(ct_c_dicom, tmp_path / "series")
+    for file in files:
+        ds = pydicom.dcmread(file)
+        ds.RescaleSlope = 20  # 2460 * 20 - 1024 > 32767
+        ds.save_as(file)
+    wide = read_volume(tmp_path / "series")
+    assert wide.array.dtype == np.int32 and wide.array.max() > 32767
+    for file in files:
+        ds = pydicom.dcmread(file)
+        ds.RescaleSlope = 0.5
+        ds.save_as(file)
+    assert read_volume(tmp_path / "series").array.dtype == np.float32
