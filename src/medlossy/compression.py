@@ -12,6 +12,7 @@ import datetime as _dt
 import math
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,8 @@ SEARCH_TOLERANCE = 0.004
 _PSNR_TOLERANCE_DB = 0.1
 _DB_PER_DOUBLING = 6.02  # bytes roughly double per 6 dB (one bit per sample)
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error)
+#: Total bytes that a candidate set of codestreams costs in the output (store or DICOM).
+ByteCounter = Callable[[list[bytes]], int]
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,7 @@ class _Found:
     reached: bool
 
 
-def _search(encode, encoder: SliceEncoder, measurer: _Measurer, target: Target, raw: int,
+def _search(encode, encoder: SliceEncoder, count_bytes: ByteCounter, target: Target, raw: int,
             data_range: float) -> _Found:
     """Encode until the target is met; ``encode(setting)`` encodes the whole volume once."""
     codec = encoder.codec
@@ -195,7 +198,7 @@ def _search(encode, encoder: SliceEncoder, measurer: _Measurer, target: Target, 
     if target.allocation in ("psnr", "optimal"):
         def measure_quality(knob: float):
             streams = encode(Setting("quality", knob))
-            return measurer.total(streams), streams
+            return count_bytes(streams), streams
         outcome = solve_budget(measure_quality, budget, codec.quality_range,
                                start=codec.quality_for_psnr(50.0, 4096.0),
                                slope=math.log(2) / _DB_PER_DOUBLING, tolerance=SEARCH_TOLERANCE)
@@ -204,7 +207,7 @@ def _search(encode, encoder: SliceEncoder, measurer: _Measurer, target: Target, 
         # The knob -log(per-slice ratio) grows with bytes.
         def measure_ratio(knob: float):
             streams = encode(Setting("ratio", math.exp(-knob)))
-            return measurer.total(streams), streams
+            return count_bytes(streams), streams
         outcome = solve_budget(measure_ratio, budget, (-math.log(1e5), 0.0),
                                start=-math.log(target.value), slope=1.0,
                                tolerance=SEARCH_TOLERANCE)
@@ -214,12 +217,12 @@ def _search(encode, encoder: SliceEncoder, measurer: _Measurer, target: Target, 
         # Even the best lossy quality is under budget (x2 on some CT): if lossless fits too,
         # it is both exact and smaller, so store that and report the ratio achieved.
         lossless = encode(Setting("lossless"))
-        if measurer.total(lossless) <= budget * (1.0 + RATIO_TOLERANCE):
+        if count_bytes(lossless) <= budget * (1.0 + RATIO_TOLERANCE):
             return _Found(Setting("lossless"), lossless, False)
     streams = best.payload
     if len(found) == 2:
-        setting, streams = _best_mix(encoder, measurer, found, budget)
-    total = measurer.total(streams)
+        setting, streams = _best_mix(encoder, count_bytes, found, budget)
+    total = count_bytes(streams)
     return _Found(setting, streams, abs(total / budget - 1.0) <= RATIO_TOLERANCE)
 
 
@@ -232,13 +235,13 @@ def _squared_errors(encoder: SliceEncoder, streams: list[bytes]) -> np.ndarray:
     return errors
 
 
-def _best_mix(encoder: SliceEncoder, measurer: _Measurer, found: list, budget: int):
+def _best_mix(encoder: SliceEncoder, count_bytes: ByteCounter, found: list, budget: int):
     """Per slice, the candidate (one per search) with the best error for its bytes; the mix is
     kept only if it meets the budget with less total error than every single candidate."""
     candidates = [trial.payload for _, trial in found]
     sizes = np.array([[len(c[i]) for c in candidates] for i in range(len(candidates[0]))])
     errors = np.stack([_squared_errors(encoder, c) for c in candidates], axis=1)
-    overhead = measurer.total(candidates[0]) - int(sizes[:, 0].sum())
+    overhead = count_bytes(candidates[0]) - int(sizes[:, 0].sum())
     choice = choose_per_slice(sizes, errors, budget - overhead)
     mixed = [candidates[c][i] for i, c in enumerate(choice)]
     options = [(float(errors[:, k].sum()), found[k][0], candidates[k])
@@ -246,7 +249,7 @@ def _best_mix(encoder: SliceEncoder, measurer: _Measurer, found: list, budget: i
     options.append((float(errors[np.arange(len(choice)), choice].sum()),
                     Setting("mixed"), mixed))
     fitting = [o for o in options
-               if abs(measurer.total(o[2]) / budget - 1.0) <= RATIO_TOLERANCE] or options
+               if abs(count_bytes(o[2]) / budget - 1.0) <= RATIO_TOLERANCE] or options
     _, setting, streams = min(fitting, key=lambda option: option[0])
     return setting, streams
 
@@ -271,15 +274,32 @@ def _search_psnr(encode, encoder: SliceEncoder, target: Target, data_range: floa
                   achieved >= target.value - _PSNR_TOLERANCE_DB)
 
 
-def compress_volume(volume: Volume, output: str | Path, target: Target, *,
-                    codec_name: str = "jpeg2k", data_range: float | None = None,
-                    workers: int | None = None, show_progress: bool = False,
-                    source: str = "<volume>") -> dict[str, Any]:
-    """Compress ``volume`` into the store ``output``; returns the store's medlossy attributes.
+@dataclass(frozen=True)
+class Plan:
+    """What a compress decides before encoding: codec, 16-bit mapping, slicing, PSNR peak."""
 
-    ``data_range`` is the PSNR peak (default: 4096 for CT, the volume's max - min otherwise;
-    pass the dataset-wide range for MR). ``source`` names the input in error messages.
-    """
+    codec: SliceCodec
+    mapping: CodeMapping
+    layout: StoreLayout
+    peak: float
+    raw: int  # raw 16-bit bytes of the volume, the numerator of every ratio
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """The codestreams that met (or came closest to) the target, and their measured error."""
+
+    setting: Setting
+    streams: list[bytes]
+    reached: bool
+    tally: ErrorTally
+    passes: int
+    seconds: float
+
+
+def plan_volume(volume: Volume, codec_name: str = "jpeg2k", data_range: float | None = None,
+                source: str = "<volume>") -> Plan:
+    """Scan ``volume`` once (rejecting what cannot be compressed) and plan its encoding."""
     codec = get_codec(codec_name)
     scan = _scan(volume, source)
     if volume.modality == "OTHER" and looks_like_ct(scan.low, scan.high):
@@ -291,7 +311,49 @@ def compress_volume(volume: Volume, output: str | Path, target: Target, *,
         raise MedlossyError(source, f"axial slices are {rows}x{columns}; JPEG 2000 here needs "
                                     "at least 32x32")
     layout = StoreLayout(volume.shape[volume.axial_axis], rows, columns, mapping)
-    raw = raw_bytes(volume.shape)
+    return Plan(codec, mapping, layout, peak, raw_bytes(volume.shape))
+
+
+def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteCounter, *,
+                  workers: int | None = None, show_progress: bool = False,
+                  source: str = "<volume>") -> Encoding:
+    """Encode every axial slice so that ``count_bytes`` of the codestreams meets ``target``.
+
+    ``count_bytes`` says what a candidate costs in the output: the whole store with its
+    metadata for a store, the pixel data for DICOM. Errors are measured against the source.
+    """
+    codec, layout, mapping = plan.codec, plan.layout, plan.mapping
+    workers = workers or default_workers()
+    started = time.perf_counter()
+    passes = 0
+    with slice_encoder(codec, (layout.slices, layout.rows, layout.columns),
+                       mapping.code_dtype, workers) as encoder:
+        for start, slab in _read_slabs(volume, source):
+            encoder.slices[start : start + len(slab)] = mapping.to_codes(slab)
+
+        def encode(setting: Setting) -> list[bytes]:
+            nonlocal passes
+            passes += 1
+            return encoder.encode_all(setting, label=f"{Path(source).name} pass {passes}",
+                                      show_progress=show_progress)
+
+        found = _search(encode, encoder, count_bytes, target, plan.raw, plan.peak)
+    seconds = time.perf_counter() - started
+    tally = _measure_errors(volume, source, found.streams, codec, mapping, workers)
+    return Encoding(found.setting, found.streams, found.reached, tally, passes, seconds)
+
+
+def compress_volume(volume: Volume, output: str | Path, target: Target, *,
+                    codec_name: str = "jpeg2k", data_range: float | None = None,
+                    workers: int | None = None, show_progress: bool = False,
+                    source: str = "<volume>") -> dict[str, Any]:
+    """Compress ``volume`` into the store ``output``; returns the store's medlossy attributes.
+
+    ``data_range`` is the PSNR peak (default: 4096 for CT, the volume's max - min otherwise;
+    pass the dataset-wide range for MR). ``source`` names the input in error messages.
+    """
+    plan = plan_volume(volume, codec_name, data_range, source)
+    codec, mapping, layout, peak, raw = plan.codec, plan.mapping, plan.layout, plan.peak, plan.raw
     attributes: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "software": f"medlossy {__version__}",
@@ -308,25 +370,11 @@ def compress_volume(volume: Volume, output: str | Path, target: Target, *,
         "intensity": mapping.to_dict(),
         "target": target.to_dict(),
     }
-    workers = workers or default_workers()
-    started = time.perf_counter()
-    passes = 0
-    with slice_encoder(codec, (layout.slices, rows, columns), mapping.code_dtype,
-                       workers) as encoder:
-        for start, slab in _read_slabs(volume, source):
-            encoder.slices[start : start + len(slab)] = mapping.to_codes(slab)
-
-        def encode(setting: Setting) -> list[bytes]:
-            nonlocal passes
-            passes += 1
-            return encoder.encode_all(setting, label=f"{Path(source).name} pass {passes}",
-                                      show_progress=show_progress)
-
-        measurer = _Measurer(layout, codec, {**attributes, "codec": codec.describe(
-            Setting("lossless" if target.mode == "lossless" else "quality"))})
-        found = _search(encode, encoder, measurer, target, raw, peak)
-    seconds = time.perf_counter() - started
-    tally = _measure_errors(volume, source, found.streams, codec, mapping, workers)
+    measurer = _Measurer(layout, codec, {**attributes, "codec": codec.describe(
+        Setting("lossless" if target.mode == "lossless" else "quality"))})
+    found = encode_volume(volume, plan, target, measurer.total, workers=workers,
+                          show_progress=show_progress, source=source)
+    tally, passes, seconds = found.tally, found.passes, found.seconds
     attributes["codec"] = {**codec.describe(found.setting), "setting": {
         "mode": found.setting.mode, "value": _round(found.setting.value, 8)}}
     attributes["chunk_crc32"] = [crc32(s) for s in found.streams]

@@ -53,6 +53,9 @@ def compress(arguments: argparse.Namespace) -> None:
     target = _target(arguments)
     _refuse_existing(arguments.output, arguments.force)
     modality = "OTHER" if arguments.modality == "auto" else arguments.modality
+    if arguments.format == "dicom":
+        _compress_to_dicom(arguments, target, modality)
+        return
     volume = read_volume(arguments.input, modality, lazy=True,
                          allow_gaps=arguments.allow_gaps)
     _note_dicom_input(arguments, volume)
@@ -69,8 +72,33 @@ def compress(arguments: argparse.Namespace) -> None:
                         "already fits the budget)")
 
 
+def _compress_to_dicom(arguments: argparse.Namespace, target: Target, modality: str) -> None:
+    from medlossy.dicom_export import compress_to_dicom
+
+    result = compress_to_dicom(arguments.input, arguments.output, target,
+                               codec_name=arguments.codec, modality=modality,
+                               data_range=arguments.data_range, workers=arguments.workers,
+                               allow_gaps=arguments.allow_gaps,
+                               show_progress=not arguments.quiet)
+    psnr = "inf (lossless)" if result["psnr_db"] is None else f"{result['psnr_db']:.2f} dB"
+    _say(arguments, f"{arguments.output}: {result['files']} DICOM files, transfer syntax "
+                    f"{result['transfer_syntax']}, x{result['ratio']:.3f} over pixel data "
+                    f"({result['pixel_bytes']} bytes), PSNR {psnr}, max error "
+                    f"{result['max_abs_error']:g}")
+    if not result["target_reached"]:
+        _say(arguments, "note: target not reached (the codec cannot give that many bytes, or "
+                        "lossless already fits the budget)")
+
+
 def decompress(arguments: argparse.Namespace) -> None:
     _refuse_existing(arguments.output, arguments.force)
+    if arguments.format == "dicom":
+        from medlossy.dicom_export import store_to_dicom
+
+        result = store_to_dicom(arguments.store, arguments.output, workers=arguments.workers)
+        _say(arguments, f"{arguments.output}: {result['files']} uncompressed DICOM files"
+                        f"{' (flagged lossy)' if result['lossy'] else ''}")
+        return
     volume = decompress_to_file(arguments.store, arguments.output, workers=arguments.workers)
     _say(arguments, f"{arguments.output}: {volume.shape} {volume.array.dtype}")
 

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="PSNR peak r for MR/other (dataset max - min)")
     compress.add_argument("--codec", choices=codec_names(), default="jpeg2k")
     compress.add_argument("--force", action="store_true", help="replace an existing output")
+    compress.add_argument("--format", choices=("store", "dicom"), default="store",
+                          help="a Zarr store (default), or a DICOM series folder with JPEG "
+                               "2000 (.4.91/.4.90) or HTJ2K (.4.203/.4.201) frames")
     compress.add_argument("--allow-gaps", action="store_true",
                           help="accept a DICOM series with missing slices or uneven spacing "
                                "(the store records every slice's true position)")
@@ -71,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     decompress = sub.add_parser("decompress", help="decode a store to NIfTI or NRRD")
     decompress.add_argument("store")
-    decompress.add_argument("output", help=".nii, .nii.gz or .nrrd")
+    decompress.add_argument("output", help=".nii, .nii.gz or .nrrd, or a folder with "
+                                           "--format dicom")
+    decompress.add_argument("--format", choices=("file", "dicom"), default="file",
+                            help="a volume file named by its suffix (default), or an "
+                                 "uncompressed DICOM series folder")
     decompress.add_argument("--force", action="store_true", help="replace an existing output")
     _add_common(decompress)
     decompress.set_defaults(handler=commands.decompress)

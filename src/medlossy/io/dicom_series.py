@@ -20,6 +20,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from medlossy.errors import MedlossyError
+from medlossy.io.dicom_writer import shared_template
 from medlossy.volume import Volume
 
 SUFFIXES = (".dcm",)
@@ -380,17 +381,27 @@ def _values(path: Path, frames: list[_Frame]) -> np.ndarray:
 
 def read_dicom_series(path: Path, modality: str = "OTHER", *,
                       allow_gaps: bool = False) -> Volume:
+    """Read one image series; see ``read_series_with_sources``."""
+    return read_series_with_sources(path, modality, allow_gaps=allow_gaps)[0]
+
+
+def read_series_with_sources(path: Path, modality: str = "OTHER", *, allow_gaps: bool = False
+                             ) -> tuple[Volume, list[pydicom.Dataset] | None]:
     """Read one image series; slices sorted along their normal, values in real units (HU).
 
     ``path`` is a folder (searched recursively; non-image objects such as RTSTRUCT or SEG are
     left out and listed in ``volume.header["ignored"]``) or one multi-frame file. Gaps, uneven
     spacing and duplicate positions are refused; ``allow_gaps`` accepts gaps and uneven
     spacing, and the store then records every slice's true position.
+
+    Also returns the header of each slice's source file in slice order (None for enhanced
+    multi-frame sources, whose frames share one header), for writing derived series.
     """
     path = Path(path)
     if not path.exists():
         raise MedlossyError(path, "no such file or folder")
     headers, ignored = _scan(path)
+    by_file = dict(headers)
     frames = _frames(headers)
     normal = _check_same_plane(path, frames)
     offsets = np.array([float(np.dot(normal, f.position)) for f in frames])
@@ -428,4 +439,8 @@ def read_dicom_series(path: Path, modality: str = "OTHER", *,
     if irregular:
         header["irregular_spacing"] = irregular
         header["slice_offsets_mm"] = [round(float(o - offsets[0]), 6) for o in offsets]
-    return Volume(array, _LPS_TO_RAS @ affine_lps, modality=modality, header=header)
+    header["dicom"] = shared_template(headers[0][1])
+    enhanced = any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in headers)
+    sources = None if enhanced else [by_file[f.file] for f in frames]
+    volume = Volume(array, _LPS_TO_RAS @ affine_lps, modality=modality, header=header)
+    return volume, sources
