@@ -247,7 +247,8 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
 
     ratios = _ratios(arguments.ratios)
     out = Path(arguments.out)
-    dataset = open_raw_dataset(arguments.source, modality=arguments.modality)
+    dataset = _dicom_root_dataset(arguments, out) or open_raw_dataset(
+        arguments.source, modality=arguments.modality)
     if arguments.crop_to_label:
         values = [int(v) for v in arguments.crop_to_label.split(",") if v.strip()]
         dataset = crop_dataset(dataset, values, arguments.margin, out / "prepared")
@@ -262,6 +263,22 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
         print(markdown_table(summary))
         for problem in sweep["bad_cases"].values():
             print(f"bad case: {problem}")
+
+
+def _dicom_root_dataset(arguments: argparse.Namespace, out: Path):
+    from medlossy.datasets.dicom_root import is_dicom_root, prepare_dicom_dataset
+    from medlossy.jsonfile import read_json
+
+    if arguments.labels is None:
+        if is_dicom_root(Path(arguments.source)):
+            raise MedlossyError(arguments.source, "looks like a folder of DICOM studies: pass "
+                                                  "--labels seg or --labels rtstruct")
+        return None
+    label_map = None
+    if arguments.label_map:
+        label_map = read_json(Path(arguments.label_map), "no such label map file")
+    return prepare_dicom_dataset(arguments.source, out / "prepared", labels=arguments.labels,
+                                 label_map=label_map, modality=arguments.modality)
 
 
 def dataset_report(arguments: argparse.Namespace) -> None:

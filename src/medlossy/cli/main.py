@@ -179,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="margin around the crop, in mm (default 10)")
     sweep.add_argument("--scheduler", default=None,
                        help="Dask scheduler address (tcp://host:8786); default: local processes")
+    sweep.add_argument("--labels", choices=("seg", "rtstruct"), default=None,
+                       help="SOURCE is a folder of DICOM studies (one per case): take labels "
+                            "from their DICOM SEG or RTSTRUCT objects")
+    sweep.add_argument("--label-map", default=None, metavar="JSON",
+                       help='segment/ROI name -> label id, e.g. {"liver": 1} (default: every '
+                            "name found, sorted, numbered from 1)")
     sweep.add_argument("--skip-bad", action="store_true",
                        help="skip cases with bad input and list them in the report")
     _add_common(sweep)
