@@ -81,9 +81,8 @@ def test_score_table_has_every_rater_and_the_pool():
 
 
 def test_analyze_writes_scores_agreement_plot_and_report(study, tmp_path, cli):
-    database = new_database(study, tmp_path, raters=2)
+    database, (first, second), _ = new_database(study, tmp_path, raters=2)
     key = load_key(study)
-    first, second = database.raters("rater")
     for pair_id, entry in key.items():
         database.record(first.id, pair_id, entry["less_compressed"])  # always right
         database.record(second.id, pair_id, "undecided")
@@ -107,7 +106,7 @@ def test_analyze_writes_scores_agreement_plot_and_report(study, tmp_path, cli):
 
 
 def test_analyze_before_any_answer(study, tmp_path, cli):
-    database = new_database(study, tmp_path)
+    database, _, _ = new_database(study, tmp_path)
     code, stdout, err = cli("reader", "analyze", study, "--db", f"sqlite:///{database.path}",
                             "--out", tmp_path / "report")
     assert code == 0, err

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,7 +24,7 @@ from test_reader_pairs import demo_study
 
 from medlossy.reader_study import app as app_module
 from medlossy.reader_study.app import create_app
-from medlossy.reader_study.db import Database
+from medlossy.reader_study.db import Database, form_token
 from medlossy.reader_study.pairs import load_key, load_pairs
 
 _FIELD = re.compile(r'name="(\w+)" value="([^"]*)"')
@@ -34,10 +35,27 @@ def study(tmp_path_factory) -> Path:
     return demo_study(tmp_path_factory)
 
 
-def new_database(study: Path, folder: Path, raters: int = 2) -> Database:
+@dataclass(frozen=True)
+class Link:
+    """A rater (or the admin) as the tests know them: id, name and the token handed out."""
+
+    id: int
+    name: str
+    token: str
+
+    @property
+    def form_token(self) -> str:
+        return form_token(self.token)
+
+
+def new_database(study: Path, folder: Path, raters: int = 2
+                 ) -> tuple[Database, list[Link], Link]:
+    """A fresh database for ``study``: (database, its raters' links, the admin's link)."""
     database = Database(f"sqlite:///{folder / 'answers.sqlite'}")
-    database.setup([pair["id"] for pair in load_pairs(study)], raters)
-    return database
+    tokens = database.setup([pair["id"] for pair in load_pairs(study)], raters)
+    links = [Link(r.id, r.name, tokens[r.name]) for r in database.raters()]
+    return database, [x for x in links if x.name != "admin"], \
+        next(x for x in links if x.name == "admin")
 
 
 def free_port() -> int:
@@ -67,11 +85,19 @@ def running_server(study: Path, database: Database) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+@dataclass
+class Setup:
+    client: TestClient
+    database: Database
+    raters: list[Link]
+    admin: Link
+
+
 @pytest.fixture
-def setup(study, tmp_path):
-    database = new_database(study, tmp_path)
-    client = TestClient(create_app(study, database), follow_redirects=False)
-    return client, database
+def setup(study, tmp_path) -> Setup:
+    database, raters, admin = new_database(study, tmp_path)
+    return Setup(TestClient(create_app(study, database), follow_redirects=False), database,
+                 raters, admin)
 
 
 def form_of(page: str) -> dict[str, str]:
@@ -84,8 +110,7 @@ def _count(database: Database) -> int:
 
 
 def test_a_rater_answers_every_pair_and_can_resume(setup, study):
-    client, database = setup
-    rater = database.raters("rater")[0]
+    client, database, rater = setup.client, setup.database, setup.raters[0]
     total = len(load_pairs(study))
     response = client.get(f"/r/{rater.token}")
     assert response.status_code == 303
@@ -110,17 +135,16 @@ def test_a_rater_answers_every_pair_and_can_resume(setup, study):
 
 
 def test_each_rater_has_their_own_random_order(setup):
-    client, database = setup
+    client = setup.client
     orders = []
-    for rater in database.raters("rater"):
+    for rater in setup.raters:
         orders.append([form_of(client.get(f"/r/{rater.token}/p/{n}").text)["pair"]
                        for n in range(1, 13)])
     assert sorted(orders[0]) == sorted(orders[1]) and orders[0] != orders[1]
 
 
 def test_a_repeat_replaces_the_answer(setup):
-    client, database = setup
-    rater = database.raters("rater")[0]
+    client, database, rater = setup.client, setup.database, setup.raters[0]
     form = form_of(client.get(f"/r/{rater.token}/p/1").text)
     client.post(f"/r/{rater.token}/answer", data=form)
     client.post(f"/r/{rater.token}/answer", data=form | {"answer": "undecided"})
@@ -131,8 +155,7 @@ def test_a_repeat_replaces_the_answer(setup):
 
 
 def test_a_rater_sees_only_their_own_answers(setup):
-    client, database = setup
-    first, second = database.raters("rater")
+    client, (first, second) = setup.client, setup.raters
     form = form_of(client.get(f"/r/{first.token}/p/1").text)
     client.post(f"/r/{first.token}/answer", data=form)
     order = [form_of(client.get(f"/r/{second.token}/p/{n}").text)["pair"] for n in range(1, 13)]
@@ -148,8 +171,7 @@ def test_a_rater_sees_only_their_own_answers(setup):
                                   "/r/{rater}/img/{forged}.png", "/r/{rater}/img/..%2Fkey.json",
                                   "/static/../key.json", "/docs", "/openapi.json"])
 def test_unknown_links_get_404(setup, study, path):
-    client, database = setup
-    rater, admin = database.raters("rater")[0], database.raters("admin")[0]
+    client, rater, admin = setup.client, setup.raters[0], setup.admin
     url = path.format(bad="A" * 43, rater=rater.token, admin=admin.token,
                       pair=load_pairs(study)[0]["id"], forged="0" * 32)
     response = client.get(url)
@@ -162,12 +184,11 @@ def _post(client, token, form, **kwargs):
 
 
 def test_bad_posts_get_4xx_and_change_nothing(setup, study):
-    client, database = setup
-    rater, other = database.raters("rater")
+    client, database, (rater, other) = setup.client, setup.database, setup.raters
     good = form_of(client.get(f"/r/{rater.token}/p/1").text)
     cases = [
         (404, "A" * 43, good, {}),  # unknown token
-        (404, database.raters("admin")[0].token, good, {}),  # admin is no rater
+        (404, setup.admin.token, good, {}),  # admin is no rater
         (403, rater.token, {k: v for k, v in good.items() if k != "form_token"}, {}),
         (403, rater.token, good | {"form_token": "x" * 43}, {}),
         (403, rater.token, good | {"form_token": other.form_token}, {}),  # another rater's
@@ -216,8 +237,7 @@ def test_pages_and_images_do_not_depend_on_the_key(setup, study, monkeypatch):
     def no_key(_):
         raise AssertionError("a rater's request read the key")
     monkeypatch.setattr(app_module, "load_key", no_key)
-    client, database = setup
-    rater = database.raters("rater")[0]
+    client, rater = setup.client, setup.raters[0]
     key = load_key(study)
     pages, headers, sizes = set(), set(), {}
     for position in range(2, 12):  # the first and last have one navigation link fewer
@@ -238,8 +258,7 @@ def test_pages_and_images_do_not_depend_on_the_key(setup, study, monkeypatch):
 
 
 def test_security_headers(setup):
-    client, database = setup
-    page = client.get(f"/r/{database.raters('rater')[0].token}/p/1")
+    page = setup.client.get(f"/r/{setup.raters[0].token}/p/1")
     assert page.headers["referrer-policy"] == "same-origin"
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert page.headers["cache-control"] == "no-store"
@@ -247,12 +266,12 @@ def test_security_headers(setup):
 
 
 def test_admin_sees_progress_and_exports_answers_with_the_key(setup, study):
-    client, database = setup
-    rater, admin = database.raters("rater")[0], database.raters("admin")[0]
+    client, rater, admin = setup.client, setup.raters[0], setup.admin
     form = form_of(client.get(f"/r/{rater.token}/p/1").text)
     client.post(f"/r/{rater.token}/answer", data=form)
     page = client.get(f"/admin/{admin.token}").text
-    assert "1 / 12" in page and rater.token in page
+    assert "1 / 12" in page and "rater1" in page
+    assert rater.token not in page  # not stored, so never shown again
     export = client.get(f"/admin/{admin.token}/answers.csv")
     assert export.headers["content-type"].startswith("text/csv")
     lines = export.text.strip().splitlines()
@@ -268,15 +287,19 @@ def test_answers_survive_the_server_being_killed(study, tmp_path):
     command = [sys.executable, "-m", "medlossy.cli.main", "reader", "serve", str(study),
                "--db", url, "--port", str(port), "--raters", "1"]
 
-    def start():
+    def start(token: str | None = None):
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        token = None
-        while token is None:
+        while True:
             line = process.stdout.readline()
             assert line, "the server exited"
-            match = re.search(r"rater1: http://\S+/r/(\S+)", line)
-            token = match and match.group(1)
+            if token is None:  # the first start prints the new links
+                match = re.search(r"rater1: http://\S+/r/(\S+)", line)
+                token = match and match.group(1)
+                if token:
+                    break
+            elif line.startswith("No new raters"):  # later ones print none: hashes only
+                break
         for _ in range(200):
             try:
                 httpx.get(f"http://127.0.0.1:{port}/r/{token}", timeout=1)
@@ -299,11 +322,10 @@ def test_answers_survive_the_server_being_killed(study, tmp_path):
     stored = sqlite3.connect(tmp_path / "answers.sqlite").execute(
         "SELECT pair_id FROM answers").fetchall()
     assert sorted(p for (p,) in stored) == sorted(confirmed) and len(confirmed) == 7
-    process, again = start()
-    try:
-        assert again == token  # the same private link after a restart
+    process, _ = start(token)
+    try:  # the same private link works after a restart, and resumes after the 7 answers
         response = httpx.get(f"http://127.0.0.1:{port}/r/{token}", follow_redirects=False)
-        assert response.headers["location"].endswith("/p/8")  # resumes after the 7 answers
+        assert response.headers["location"].endswith("/p/8")
     finally:
         process.terminate()
         process.wait(timeout=10)

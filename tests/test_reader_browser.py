@@ -56,8 +56,7 @@ def study(tmp_path_factory) -> Path:
 
 
 def test_a_rater_completes_a_session_in_the_browser(browser, study, tmp_path):
-    database = new_database(study, tmp_path)
-    rater = database.raters("rater")[0]
+    database, (rater, _), _ = new_database(study, tmp_path)
     total = len(load_pairs(study))
     keys = ["1", "ArrowRight", "2", "ArrowLeft", " ", "3", "ArrowDown"]
     with running_server(study, database) as base:

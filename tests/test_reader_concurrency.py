@@ -54,8 +54,7 @@ def _round(base: str, tokens: list[str], pairs: int, shift: int) -> tuple[dict, 
 
 def test_twenty_raters_at_once_lose_and_duplicate_nothing(study, tmp_path):
     pairs = len(load_pairs(study))
-    database = new_database(study, tmp_path, raters=RATERS)
-    raters = database.raters("rater")
+    database, raters, _ = new_database(study, tmp_path, raters=RATERS)
     names = {index: rater.name for index, rater in enumerate(raters)}
     with running_server(study, database) as base:
         for round_number in range(2):  # the second round replaces every answer

@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
+import secrets
+import shutil
 import sqlite3
+import time
+from pathlib import Path
 
 import pytest
 
 from medlossy.errors import MedlossyError
-from medlossy.reader_study.db import Database, sqlite_path
+from medlossy.reader_study.db import (
+    BUSY_TIMEOUT_S,
+    Database,
+    DatabaseBusy,
+    form_token,
+    sqlite_path,
+)
 
 PAIRS = [f"{i:032x}" for i in range(5)]
 
 
 @pytest.fixture
-def database(tmp_path) -> Database:
+def issued(tmp_path) -> tuple[Database, dict[str, str]]:
     database = Database(f"sqlite:///{tmp_path / 'answers.sqlite'}")
-    database.setup(PAIRS, raters=2)
-    return database
+    return database, database.setup(PAIRS, raters=2)
+
+
+@pytest.fixture
+def database(issued) -> Database:
+    return issued[0]
 
 
 def test_urls():
@@ -32,24 +48,137 @@ def test_urls():
         sqlite_path("sqlite:///:memory:")
 
 
-def test_raters_and_admin_get_long_random_tokens(database):
+def test_raters_and_admin_get_long_random_tokens(issued):
+    database, tokens = issued
     raters, admins = database.raters("rater"), database.raters("admin")
     assert [r.name for r in raters] == ["rater1", "rater2"] and len(admins) == 1
-    tokens = [r.token for r in raters + admins] + [r.form_token for r in raters + admins]
-    assert len(set(tokens)) == len(tokens)
-    assert all(len(base64.urlsafe_b64decode(t + "=")) * 8 >= 128 for t in tokens)
-    assert database.rater_by_token(raters[0].token) == raters[0]
+    assert sorted(tokens) == ["admin", "rater1", "rater2"]
+    forms = [form_token(t) for t in tokens.values()]
+    assert len(set(tokens.values()) | set(forms)) == 2 * len(tokens)
+    assert all(len(base64.urlsafe_b64decode(t + "=")) * 8 >= 256 for t in tokens.values())
+    assert database.rater_by_token(tokens["rater1"]) == raters[0]
+    assert database.rater_by_token(tokens["admin"]) == admins[0]
     assert database.rater_by_token("not-a-token") is None
 
 
-def test_setup_again_adds_raters_and_keeps_tokens(database):
+def test_setup_again_adds_raters_and_keeps_tokens(issued):
+    database, tokens = issued
     before = database.raters()
-    database.setup(PAIRS, raters=3)
+    assert list(database.setup(PAIRS, raters=3)) == ["rater3"]  # only the new one's token
     after = database.raters()
     assert after[: len(before)] == before
     assert [r.name for r in database.raters("rater")] == ["rater1", "rater2", "rater3"]
-    database.setup(PAIRS, raters=1)  # never removes anyone
+    assert database.setup(PAIRS, raters=1) == {}  # never removes anyone
     assert len(database.raters("rater")) == 3
+    assert database.rater_by_token(tokens["rater2"]).name == "rater2"
+
+
+def test_reissue_replaces_a_lost_link_and_keeps_the_answers(issued):
+    database, tokens = issued
+    rater = database.raters("rater")[0]
+    database.record(rater.id, PAIRS[0], "left")
+    session = database.open_session(rater.id)
+    new = database.reissue("rater1")
+    assert database.rater_by_token(tokens["rater1"]) is None
+    assert database.rater_by_session(session) is None  # its sessions end with it
+    assert database.rater_by_token(new) == rater
+    assert database.answers_of(rater.id) == {PAIRS[0]: "left"}
+    with pytest.raises(MedlossyError, match="no rater named 'rater9'"):
+        database.reissue("rater9")
+
+
+def _files(path: Path) -> dict[str, Path]:
+    return {suffix: Path(f"{path}{suffix}") for suffix in ("", "-wal", "-shm")
+            if Path(f"{path}{suffix}").exists()}
+
+
+@pytest.fixture
+def common_umask():
+    """The usual umask (022), under which the first version left -wal and -shm 0644."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_no_file_of_the_database_is_readable_by_others_or_holds_a_token(tmp_path,
+                                                                       common_umask):
+    # Reproduced on the first version: answers.sqlite 0600 but -wal/-shm 0644, and the -wal
+    # held every rater's and the admin's token in the clear.
+    database = Database(f"sqlite:///{tmp_path / 'answers.sqlite'}")
+    tokens = database.setup(PAIRS, raters=3)
+    rater = database.rater_by_token(tokens["rater1"])
+    database.record(rater.id, PAIRS[0], "right")
+    session = database.open_session(rater.id)
+    files = _files(database.path)
+    assert set(files) == {"", "-wal", "-shm"}  # the connection is open: WAL files exist
+    assert {suffix: oct(path.stat().st_mode & 0o777) for suffix, path in files.items()} == {
+        suffix: "0o600" for suffix in files}
+    secrets_ = [*tokens.values(), session, *(form_token(t) for t in tokens.values())]
+    for path in files.values():
+        data = path.read_bytes()
+        assert not [t for t in secrets_ if t.encode() in data], f"a token in {path.name}"
+    # A copy of all three files opens nothing without the links themselves.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for suffix, path in files.items():
+        shutil.copy(path, copy / f"answers.sqlite{suffix}")
+    stolen = sqlite3.connect(copy / "answers.sqlite")
+    digests = [row[0] for row in stolen.execute("SELECT token_sha256 FROM raters")]
+    assert len(digests) == 4 and not {"token", "form_token"} & {
+        row[1] for row in stolen.execute("PRAGMA table_info(raters)")}
+
+
+_FIRST_VERSION = """
+CREATE TABLE pairs (id TEXT PRIMARY KEY);
+CREATE TABLE raters (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL CHECK (role IN ('rater', 'admin')), token TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE, form_token TEXT NOT NULL, order_seed INTEGER NOT NULL,
+    created_at TEXT NOT NULL);
+CREATE TABLE answers (rater_id INTEGER NOT NULL REFERENCES raters (id),
+    pair_id TEXT NOT NULL REFERENCES pairs (id), answer TEXT NOT NULL, answered_at TEXT NOT NULL,
+    revisions INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (rater_id, pair_id));
+CREATE TABLE answer_log (id INTEGER PRIMARY KEY AUTOINCREMENT, rater_id INTEGER NOT NULL,
+    pair_id TEXT NOT NULL, answer TEXT NOT NULL, answered_at TEXT NOT NULL);
+"""
+
+
+def test_a_first_version_database_loses_its_plain_tokens_and_keeps_working(tmp_path,
+                                                                           common_umask):
+    path = tmp_path / "answers.sqlite"
+    old = sqlite3.connect(path)
+    old.execute("PRAGMA journal_mode=WAL")
+    old.executescript(_FIRST_VERSION)
+    token, form = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    with old:
+        old.executemany("INSERT INTO pairs VALUES (?)", [(p,) for p in PAIRS])
+        old.execute("INSERT INTO raters VALUES (1, 'rater1', 'rater', ?, ?, ?, 7, 't')",
+                    (token, digest, form))
+        old.execute("INSERT INTO answers VALUES (1, ?, 'left', 't', 0)", (PAIRS[0],))
+    old.close()
+    assert token.encode() in path.read_bytes()
+    database = Database(f"sqlite:///{path}")
+    rater = database.rater_by_token(token)  # the links handed out stay valid
+    assert (rater.name, rater.order_seed) == ("rater1", 7)
+    assert database.answers_of(rater.id) == {PAIRS[0]: "left"}
+    for found in _files(path).values():
+        assert token.encode() not in found.read_bytes() and form.encode() not in \
+            found.read_bytes()
+        assert found.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_database_locked_from_outside_is_busy_not_hung(database):
+    rater = database.raters("rater")[0]
+    outside = sqlite3.connect(database.path, isolation_level=None)
+    outside.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    with pytest.raises(DatabaseBusy, match="locked"):
+        database.record(rater.id, PAIRS[0], "left")
+    assert time.monotonic() - started < BUSY_TIMEOUT_S + 1.0
+    assert database.answers_of(rater.id) == {}  # reads go on under the writer's lock
+    outside.execute("ROLLBACK")
+    database.record(rater.id, PAIRS[0], "left")
+    assert database.answers_of(rater.id) == {PAIRS[0]: "left"}
 
 
 def test_a_database_of_another_pair_set_is_refused(database):

@@ -1,13 +1,27 @@
 """The raters' web app: one blinded pair at a time, three answers, resumable.
 
-Routes (``TOKEN`` is a rater's or the admin's private token):
+Routes (``TOKEN`` is a rater's or the admin's private token; ``R`` is ``/r/TOKEN`` with
+links, or ``/s`` with a session cookie, see below):
 
 - ``GET /r/TOKEN``: on to the first unanswered pair in the rater's own random order.
-- ``GET /r/TOKEN/p/N``: the N-th pair of that order, with the answer given so far if any.
-- ``GET /r/TOKEN/img/PAIR.png``: the pair's composite image (left | right).
-- ``POST /r/TOKEN/answer``: ``pair``, ``answer`` (left / right / undecided), ``position``
-  and the rater's ``form_token`` (cross-site request forgery guard); 303 to the next pair.
-- ``GET /admin/TOKEN`` and ``GET /admin/TOKEN/answers.csv``: progress, links, export.
+- ``GET R/p/N``: the N-th pair of that order, with the answer given so far if any.
+- ``GET R/img/PAIR.png``: the pair's composite image (left | right).
+- ``POST R/answer``: ``pair``, ``answer`` (left / right / undecided), ``position`` and the
+  page's ``form_token`` (cross-site request forgery guard); 303 to the next pair.
+- ``GET /admin/TOKEN`` and ``GET /admin/TOKEN/answers.csv``: progress, export.
+
+Session cookies (``session_cookie=True``): the first visit of ``/r/TOKEN`` exchanges the
+link's token for a session cookie (HttpOnly, SameSite=Lax, Secure behind HTTPS) and redirects
+to token-free URLs under ``/s``, so proxies and browser history no longer record the token
+beyond that first request.
+
+Behind a reverse proxy, ``public_url`` is the address raters use: every link and redirect is
+built from it and a POST's Origin must match it; the request's Host (which a proxy may
+rewrite) is never used then.
+
+Every database call runs in a worker thread (answers through the group-commit ``Committer``),
+so the event loop, static files and other raters never wait on SQLite; a database locked
+past its busy timeout gives 503 with Retry-After, and nothing acknowledged is lost.
 
 What a rater's requests can observe never depends on the key: pages differ only in the pair
 id and position, every image of a given size has the same byte count and headers, and the
@@ -21,24 +35,41 @@ import html
 import io
 import random
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from medlossy.errors import MedlossyError
 from medlossy.reader_study.assets import CSS, JS
-from medlossy.reader_study.db import ANSWERS, Database, Rater
+from medlossy.reader_study.committer import Committer
+from medlossy.reader_study.db import (
+    ANSWERS,
+    Database,
+    DatabaseBusy,
+    Rater,
+    form_token,
+    tokens_equal,
+)
 from medlossy.reader_study.pairs import load_key, load_pairs
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 _PAIR = re.compile(r"^[0-9a-f]{32}$")
+_POSITION = re.compile(r"^[0-9]{1,9}$")  # ASCII digits: str.isdigit() also accepts "²"
 _FIELDS = {"pair", "answer", "position", "form_token"}
 MAX_BODY_BYTES = 1024
+SESSION_COOKIE = "medlossy_reader"
+SESSION_DAYS = 30
+RETRY_AFTER_S = 2
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
-    # The token is in the URL: never send it to another site. ("no-referrer" would also
+    # The token may be in the URL: never send it to another site. ("no-referrer" would also
     # blank the Origin of the page's own POSTs, which the forgery check reads.)
     "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
@@ -47,43 +78,82 @@ _SECURITY_HEADERS = {
                                 "script-src 'self'; form-action 'self'; frame-ancestors 'none'; "
                                 "base-uri 'none'"),
 }
+_RAW_HEADERS = tuple((name.lower().encode(), value.encode())
+                     for name, value in _SECURITY_HEADERS.items())
 _LABELS = {"left": "Left better", "undecided": "Cannot decide", "right": "Right better"}
 _KEYS = {"left": ("1", "\u2190"), "undecided": ("2", "\u2193", "Space"),
          "right": ("3", "\u2192")}
+T = TypeVar("T")
 
 
 class _Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers or {}
 
 
-def _page(title: str, body: str, *, script: bool = False) -> str:
-    tail = '<script src="/static/rater.js"></script>' if script else ""
+@dataclass(frozen=True)
+class _Visit:
+    """Who asks, with which credential, and where their pages live (``/r/TOKEN`` or ``/s``)."""
+
+    rater: Rater
+    credential: str
+    root: str
+
+
+def public_base(public_url: str | None) -> tuple[str, str | None]:
+    """(prefix for every link, origin POSTs must come from) for ``--public-url``.
+
+    Without a public URL links are root-relative and the origin is checked against Host.
+    """
+    if public_url is None:
+        return "", None
+    parts = urlsplit(public_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or \
+            parts.fragment:
+        raise MedlossyError(None, f"--public-url must be http(s)://HOST[:PORT][/PATH], got "
+                                  f"{public_url!r}")
+    origin = f"{parts.scheme}://{parts.netloc}".lower()
+    return origin + parts.path.rstrip("/"), origin
+
+
+def _page(title: str, body: str, base: str, *, script: bool = False) -> str:
+    tail = f'<script src="{base}/static/rater.js"></script>' if script else ""
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             "<meta name=\"referrer\" content=\"same-origin\">"
             f"<title>{html.escape(title)}</title>"
-            "<link rel=\"stylesheet\" href=\"/static/rater.css\"></head>"
+            f"<link rel=\"stylesheet\" href=\"{base}/static/rater.css\"></head>"
             f"<body>{body}{tail}</body></html>")
 
 
-def _refusal(status: int, message: str) -> HTMLResponse:
-    body = f"<main class=\"message\"><h1>{status}</h1><p>{html.escape(message)}</p></main>"
-    return HTMLResponse(_page("Reader study", body), status_code=status,
-                        headers=_SECURITY_HEADERS)
-
-
-def create_app(study: str | Path, database: Database) -> FastAPI:
+def create_app(study: str | Path, database: Database, *, public_url: str | None = None,
+               session_cookie: bool = False) -> FastAPI:
     """The app for the pair set in ``study`` with raters and answers in ``database``."""
     study = Path(study)
     pairs = load_pairs(study)
     pair_ids = sorted(pair["id"] for pair in pairs)
     images = {pair["id"]: study / "images" / f"{pair['id']}.png" for pair in pairs}
     database.setup(pair_ids, raters=0)
+    base, origin = public_base(public_url)
+    secure = (public_url or "").startswith("https:")
     orders: dict[int, list[str]] = {}
+    committer = Committer(database)
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def db(function: Callable[..., T], *arguments: Any) -> T:
+        """Run a database call in a worker thread, never on the event loop."""
+        return await anyio.to_thread.run_sync(function, *arguments)
+
+    def refusal(status: int, message: str, headers: dict[str, str] | None = None
+                ) -> HTMLResponse:
+        body = f"<main class=\"message\"><h1>{status}</h1><p>{html.escape(message)}</p></main>"
+        return HTMLResponse(_page("Reader study", body, base), status_code=status,
+                            headers=_SECURITY_HEADERS | (headers or {}))
+
+    def redirect(path: str) -> RedirectResponse:
+        return RedirectResponse(base + path, status_code=303)
 
     def order_of(rater: Rater) -> list[str]:
         if rater.id not in orders:
@@ -92,11 +162,26 @@ def create_app(study: str | Path, database: Database) -> FastAPI:
             orders[rater.id] = order
         return orders[rater.id]
 
-    def rater_for(token: str, role: str = "rater") -> Rater:
+    # The helpers below touch SQLite: each handler runs them in one worker thread (``db``).
+
+    def by_token(token: str, role: str = "rater") -> Rater:
         rater = database.rater_by_token(token) if _TOKEN.match(token) else None
         if rater is None or rater.role != role:
             raise _Refused(404, "Unknown link. Ask the study's organiser for yours.")
         return rater
+
+    def by_link(token: str) -> Callable[[], _Visit]:
+        return lambda: _Visit(by_token(token), token, f"/r/{token}")
+
+    def by_cookie(request: Request) -> Callable[[], _Visit]:
+        session = request.cookies.get(SESSION_COOKIE, "")
+
+        def visit() -> _Visit:
+            rater = database.rater_by_session(session) if _TOKEN.match(session) else None
+            if rater is None or rater.role != "rater":
+                raise _Refused(403, "Your session has ended: open your private link again.")
+            return _Visit(rater, session, "/s")
+        return visit
 
     def next_position(rater: Rater, after: int = 0) -> int | None:
         """1-based position of the first unanswered pair after ``after`` (wrapping round)."""
@@ -107,24 +192,29 @@ def create_app(study: str | Path, database: Database) -> FastAPI:
                 return index + 1
         return None
 
+    def position_of(text: str, rater: Rater, status: int) -> int:
+        if not _POSITION.match(text) or not 1 <= int(text) <= len(order_of(rater)):
+            raise _Refused(status, "No such pair." if status == 404 else "Bad position.")
+        return int(text)
+
     @app.exception_handler(_Refused)
     async def refused(_: Request, error: _Refused) -> HTMLResponse:
-        return _refusal(error.status, error.message)
+        return refusal(error.status, error.message, error.headers)
+
+    @app.exception_handler(DatabaseBusy)
+    async def busy(_: Request, __: DatabaseBusy) -> HTMLResponse:
+        return refusal(503, "The study's database is busy; nothing was saved. Send your "
+                            "answer again in a moment.", {"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> HTMLResponse:
-        return _refusal(error.status_code, "Not here." if error.status_code == 404
-                        else str(error.detail))
+        return refusal(error.status_code, "Not here." if error.status_code == 404
+                       else str(error.detail))
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        for name, value in _SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
+    app.add_middleware(_SecurityHeaders)
 
     @app.get("/static/{name}")
-    def static(name: str) -> Response:
+    async def static(name: str) -> Response:
         files = {"rater.css": (CSS, "text/css"), "rater.js": (JS, "text/javascript")}
         if name not in files:
             raise _Refused(404, "Not here.")
@@ -132,99 +222,149 @@ def create_app(study: str | Path, database: Database) -> FastAPI:
         return Response(text, media_type=media_type)
 
     @app.get("/favicon.ico")
-    def favicon() -> Response:
+    async def favicon() -> Response:
         return Response(status_code=204)
 
     @app.get("/r/{token}")
-    def start(token: str) -> Response:
-        rater = rater_for(token)
-        position = next_position(rater)
-        target = f"/r/{token}/done" if position is None else f"/r/{token}/p/{position}"
-        return RedirectResponse(target, status_code=303)
+    async def start(token: str) -> Response:
+        visit = await db(by_link(token))
+        if not session_cookie:
+            return await resume(lambda: visit)
+        session = await db(database.open_session, visit.rater.id)
+        response = await resume(lambda: _Visit(visit.rater, session, "/s"))
+        response.set_cookie(SESSION_COOKIE, session, max_age=SESSION_DAYS * 86400,
+                            path=(urlsplit(base).path or "") + "/", secure=secure,
+                            httponly=True, samesite="lax")
+        return response
 
-    @app.get("/r/{token}/p/{position}")
-    def show(token: str, position: str) -> HTMLResponse:
-        rater = rater_for(token)
-        order = order_of(rater)
-        if not position.isdigit() or not 1 <= int(position) <= len(order):
-            raise _Refused(404, "No such pair.")
-        number = int(position)
+    @app.get("/s")
+    async def session_start(request: Request) -> Response:
+        return await resume(by_cookie(request))
+
+    async def resume(resolve: Callable[[], _Visit]) -> Response:
+        def work() -> tuple[_Visit, int | None]:
+            visit = resolve()
+            return visit, next_position(visit.rater)
+        visit, position = await db(work)
+        return redirect(f"{visit.root}/done" if position is None
+                        else f"{visit.root}/p/{position}")
+
+    async def show(resolve: Callable[[], _Visit], position: str) -> HTMLResponse:
+        def work() -> tuple[_Visit, int, dict[str, str]]:
+            visit = resolve()
+            number = position_of(position, visit.rater, 404)
+            return visit, number, database.answers_of(visit.rater.id)
+        visit, number, answers = await db(work)
+        order = order_of(visit.rater)
         pair_id = order[number - 1]
-        answers = database.answers_of(rater.id)
-        return HTMLResponse(_rating_page(token, rater, pair_id, number, len(order),
-                                         len(answers), answers.get(pair_id)))
+        return HTMLResponse(_rating_page(base + visit.root, form_token(visit.credential),
+                                         pair_id, number, len(order), len(answers),
+                                         answers.get(pair_id), base))
 
-    @app.get("/r/{token}/img/{name}")
-    def image(token: str, name: str) -> Response:
-        rater_for(token)
-        pair_id = name.removesuffix(".png")
-        if not name.endswith(".png") or not _PAIR.match(pair_id) or pair_id not in images:
-            raise _Refused(404, "No such image.")
-        return Response(images[pair_id].read_bytes(), media_type="image/png")
+    async def image(resolve: Callable[[], _Visit], name: str) -> Response:
+        def work() -> bytes:
+            resolve()
+            pair_id = name.removesuffix(".png")
+            if not name.endswith(".png") or not _PAIR.match(pair_id) or pair_id not in images:
+                raise _Refused(404, "No such image.")
+            return images[pair_id].read_bytes()
+        return Response(await db(work), media_type="image/png")
 
-    @app.post("/r/{token}/answer")
-    async def answer(token: str, request: Request) -> Response:
-        rater = rater_for(token)
-        _check_origin(request)
+    async def answer(resolve: Callable[[], _Visit], request: Request) -> Response:
+        visit = await db(resolve)
+        _check_origin(request, origin)
         fields = await _form(request)
-        form_token = fields.get("form_token", "")
-        if not _constant_time_equal(form_token, rater.form_token):
+        if not tokens_equal(fields.get("form_token", ""), form_token(visit.credential)):
             raise _Refused(403, "This form has expired or did not come from the study's page; "
                                 "reload the page and answer again.")
         if set(fields) != _FIELDS:
             raise _Refused(400, f"Expected the fields {sorted(_FIELDS)}.")
-        pair_id, value, position = fields["pair"], fields["answer"], fields["position"]
+        pair_id, value = fields["pair"], fields["answer"]
         if value not in ANSWERS:
             raise _Refused(400, f"The answer must be one of {', '.join(ANSWERS)}.")
-        order = order_of(rater)
-        if not position.isdigit() or not 1 <= int(position) <= len(order):
-            raise _Refused(400, "Bad position.")
+        number = position_of(fields["position"], visit.rater, 400)
         if not _PAIR.match(pair_id) or pair_id not in images:
             raise _Refused(404, "No such pair.")
-        database.record(rater.id, pair_id, value)
-        following = next_position(rater, after=int(position))
-        target = f"/r/{token}/done" if following is None else f"/r/{token}/p/{following}"
-        return RedirectResponse(target, status_code=303)
+        await committer.record(visit.rater.id, pair_id, value)
+        following = await db(next_position, visit.rater, number)
+        return redirect(f"{visit.root}/done" if following is None
+                        else f"{visit.root}/p/{following}")
 
-    @app.get("/r/{token}/done")
-    def done(token: str) -> HTMLResponse:
-        rater = rater_for(token)
-        count, total = len(database.answers_of(rater.id)), len(pair_ids)
-        remaining = next_position(rater)
+    async def done(resolve: Callable[[], _Visit]) -> HTMLResponse:
+        def work() -> tuple[_Visit, int, int | None]:
+            visit = resolve()
+            return (visit, len(database.answers_of(visit.rater.id)),
+                    next_position(visit.rater))
+        visit, count, remaining = await db(work)
+        total = len(pair_ids)
+        root = base + visit.root
         more = ("" if remaining is None else
-                f"<p><a href=\"/r/{token}/p/{remaining}\">{total - count} pairs still "
+                f"<p><a href=\"{root}/p/{remaining}\">{total - count} pairs still "
                 "unanswered</a></p>")
         body = (f"<main class=\"message\"><h1>Thank you</h1><p>You answered {count} of "
-                f"{total} pairs.</p>{more}<p><a href=\"/r/{token}/p/1\">Review your "
+                f"{total} pairs.</p>{more}<p><a href=\"{root}/p/1\">Review your "
                 "answers</a> (a new answer replaces the old one).</p></main>")
-        return HTMLResponse(_page("Reader study: done", body))
+        return HTMLResponse(_page("Reader study: done", body, base))
+
+    @app.get("/r/{token}/p/{position}")
+    async def show_by_link(token: str, position: str) -> HTMLResponse:
+        return await show(by_link(token), position)
+
+    @app.get("/s/p/{position}")
+    async def show_by_cookie(position: str, request: Request) -> HTMLResponse:
+        return await show(by_cookie(request), position)
+
+    @app.get("/r/{token}/img/{name}")
+    async def image_by_link(token: str, name: str) -> Response:
+        return await image(by_link(token), name)
+
+    @app.get("/s/img/{name}")
+    async def image_by_cookie(name: str, request: Request) -> Response:
+        return await image(by_cookie(request), name)
+
+    @app.post("/r/{token}/answer")
+    async def answer_by_link(token: str, request: Request) -> Response:
+        return await answer(by_link(token), request)
+
+    @app.post("/s/answer")
+    async def answer_by_cookie(request: Request) -> Response:
+        return await answer(by_cookie(request), request)
+
+    @app.get("/r/{token}/done")
+    async def done_by_link(token: str) -> HTMLResponse:
+        return await done(by_link(token))
+
+    @app.get("/s/done")
+    async def done_by_cookie(request: Request) -> HTMLResponse:
+        return await done(by_cookie(request))
 
     @app.get("/admin/{token}")
-    def admin(token: str, request: Request) -> HTMLResponse:
-        rater_for(token, role="admin")
-        base = str(request.base_url).rstrip("/")
+    async def admin(token: str) -> HTMLResponse:
+        await db(by_token, token, "admin")
         rows = "".join(
             f"<tr><td>{html.escape(rater.name)}</td><td>{count} / {len(pair_ids)}</td>"
-            f"<td>{html.escape(last or '-')}</td>"
-            f"<td><code>{html.escape(base)}/r/{html.escape(rater.token)}</code></td></tr>"
-            for rater, count, last in database.progress())
+            f"<td>{html.escape(last or '-')}</td></tr>"
+            for rater, count, last in await db(database.progress))
         body = ("<main class=\"message admin\"><h1>Reader study: administration</h1>"
                 f"<p>{len(pair_ids)} pairs.</p><table><tr><th>rater</th><th>answered</th>"
-                f"<th>last answer (UTC)</th><th>private link</th></tr>{rows}</table>"
-                f"<p><a href=\"/admin/{token}/answers.csv\">Export answers with the key "
+                f"<th>last answer (UTC)</th></tr>{rows}</table>"
+                "<p>Private links are shown once, when a rater is created (the database keeps "
+                "only their hashes); <code>medlossy reader link STUDY NAME</code> issues a new "
+                "one.</p>"
+                f"<p><a href=\"{base}/admin/{token}/answers.csv\">Export answers with the key "
                 "(CSV)</a></p></main>")
-        return HTMLResponse(_page("Reader study: administration", body))
+        return HTMLResponse(_page("Reader study: administration", body, base))
 
     @app.get("/admin/{token}/answers.csv")
-    def export(token: str) -> Response:
-        rater_for(token, role="admin")
-        key = load_key(study)
+    async def export(token: str) -> Response:
+        await db(by_token, token, "admin")
+        key = await db(load_key, study)
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["rater", "pair", "answer", "answered_at", "revisions", "dataset",
                          "case", "channel", "slice", "left_ratio", "right_ratio",
                          "less_compressed"])
-        for row in database.all_answers():
+        for row in await db(database.all_answers):
             entry = key[row["pair"]]
             writer.writerow([row["rater"], row["pair"], row["answer"], row["answered_at"],
                              row["revisions"], entry["dataset"], entry["case"],
@@ -236,16 +376,43 @@ def create_app(study: str | Path, database: Database) -> FastAPI:
     return app
 
 
-def _constant_time_equal(given: str, expected: str) -> bool:
-    import hmac
+class _SecurityHeaders:
+    """Adds ``_SECURITY_HEADERS`` to every response that lacks them.
 
-    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
+    A plain ASGI middleware: Starlette's ``@app.middleware("http")`` wraps every request in
+    extra tasks and streams, measurably slower with 50 raters at once (bench/reader_load.py).
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                message["headers"] = [*message.get("headers", []),
+                                      *((n, v) for n, v in _RAW_HEADERS if n not in present)]
+            await send(message)
+        await self.app(scope, receive, with_headers)
 
 
-def _check_origin(request: Request) -> None:
-    """Browsers send Origin on POSTs: it must be this server (defence besides the form token)."""
-    origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+def _check_origin(request: Request, origin: str | None) -> None:
+    """Browsers send Origin on POSTs: it must be this server (defence besides the form token).
+
+    Behind a proxy (``origin`` from the public URL) it must be the public origin: the Host
+    header the app receives is the proxy's upstream, not what the browser used.
+    """
+    sent = request.headers.get("origin")
+    if sent is None:
+        return
+    if origin is not None:
+        if sent.lower() != origin:
+            raise _Refused(403, "Cross-site request refused.")
+    elif urlsplit(sent).netloc != request.headers.get("host"):
         raise _Refused(403, "Cross-site request refused.")
 
 
@@ -279,13 +446,15 @@ def _button(value: str, label: str, *, chosen: bool) -> str:
             f'{label}<span class="keys">{keys}</span></button>')
 
 
-def _rating_page(token: str, rater: Rater, pair_id: str, number: int, total: int,
-                 answered: int, current: str | None) -> str:
+def _rating_page(root: str, form: str, pair_id: str, number: int, total: int,
+                 answered: int, current: str | None, base: str) -> str:
+    """The rating page; ``root`` is the rater's full link prefix (``BASE/r/TOKEN`` or
+    ``BASE/s``)."""
     buttons = "".join(_button(value, label, chosen=value == current)
                       for value, label in _LABELS.items())
-    previous = (f"<a href=\"/r/{token}/p/{number - 1}\">&larr; previous</a>" if number > 1
+    previous = (f"<a href=\"{root}/p/{number - 1}\">&larr; previous</a>" if number > 1
                 else "<span></span>")
-    following = (f"<a href=\"/r/{token}/p/{number + 1}\">next &rarr;</a>" if number < total
+    following = (f"<a href=\"{root}/p/{number + 1}\">next &rarr;</a>" if number < total
                  else "<span></span>")
     body = (
         "<header><span class=\"title\">Reader study</span>"
@@ -293,14 +462,14 @@ def _rating_page(token: str, rater: Rater, pair_id: str, number: int, total: int
         f"<span class=\"answered\">{answered} answered</span></header>"
         "<main class=\"rating\">"
         "<p class=\"question\">Which image shows the anatomy with better quality?</p>"
-        f"<figure><img id=\"pair\" src=\"/r/{token}/img/{pair_id}.png\" "
+        f"<figure><img id=\"pair\" src=\"{root}/img/{pair_id}.png\" "
         "alt=\"two versions of one CT or MR slice, side by side\">"
         "<figcaption><span>left</span><span>right</span></figcaption></figure>"
-        f"<form method=\"post\" action=\"/r/{token}/answer\" id=\"answer-form\">"
+        f"<form method=\"post\" action=\"{root}/answer\" id=\"answer-form\">"
         f"<input type=\"hidden\" name=\"pair\" value=\"{pair_id}\">"
         f"<input type=\"hidden\" name=\"position\" value=\"{number}\">"
-        f"<input type=\"hidden\" name=\"form_token\" value=\"{html.escape(rater.form_token)}\">"
+        f"<input type=\"hidden\" name=\"form_token\" value=\"{html.escape(form)}\">"
         f"<div class=\"buttons\">{buttons}</div></form>"
-        f"<nav>{previous}<span class=\"hint\">You can stop at any time: this link brings you "
+        f"<nav>{previous}<span class=\"hint\">You can stop at any time: your link brings you "
         f"back where you left off.</span>{following}</nav></main>")
-    return _page(f"Reader study {number} / {total}", body, script=True)
+    return _page(f"Reader study {number} / {total}", body, base, script=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import sys
 from pathlib import Path
 
@@ -35,8 +36,15 @@ def _database_url(arguments: argparse.Namespace) -> str:
     return arguments.db or f"sqlite:///{Path(arguments.study) / DEFAULT_DB}"
 
 
+def _private() -> None:
+    """Every file this process creates (study folder, database, -wal, -shm) is 0600 / 0700:
+    the key and the answers unblind the study."""
+    os.umask(0o077)
+
+
 def make(arguments: argparse.Namespace) -> None:
     _require("PIL")
+    _private()
     from medlossy.reader_study.pairs import PairSettings, make_pairs
     from medlossy.reader_study.windows import parse_window
 
@@ -56,28 +64,59 @@ def serve(arguments: argparse.Namespace) -> None:
     _require("fastapi", "uvicorn")
     import uvicorn
 
-    from medlossy.reader_study.app import create_app
+    from medlossy.reader_study.app import create_app, public_base
     from medlossy.reader_study.db import Database
     from medlossy.reader_study.pairs import load_pairs
 
     if arguments.raters < 1:
         raise MedlossyError(None, f"--raters must be at least 1, got {arguments.raters}")
+    _private()
+    public_base(arguments.public_url)  # a bad URL is refused before anything is created
     database = Database(_database_url(arguments))
-    database.setup([pair["id"] for pair in load_pairs(arguments.study)], arguments.raters)
-    app = create_app(arguments.study, database)
-    shown_host = f"[{arguments.host}]" if ":" in arguments.host else arguments.host
-    base = (arguments.public_url or f"http://{shown_host}:{arguments.port}").rstrip("/")
-    print(f"Reader study: {len(database.pair_ids())} pairs; private links (keep them secret):")
-    for rater in database.raters("rater"):
-        print(f"  {rater.name}: {base}/r/{rater.token}")
-    for admin in database.raters("admin"):
-        print(f"  admin (progress, export): {base}/admin/{admin.token}")
+    issued = database.setup([pair["id"] for pair in load_pairs(arguments.study)],
+                            arguments.raters)
+    app = create_app(arguments.study, database, public_url=arguments.public_url,
+                     session_cookie=arguments.session_cookie)
+    base = _base(arguments)
+    print(f"Reader study: {len(database.pair_ids())} pairs, "
+          f"{len(database.raters('rater'))} raters.")
+    _print_links(issued, base)
     if not _loopback(arguments.host) and not (arguments.public_url or "").startswith("https:"):
         print("note: links travel in plain HTTP; put the server behind an HTTPS proxy and "
               "pass --public-url https://...", file=sys.stderr)
     sys.stdout.flush()
     uvicorn.run(app, host=arguments.host, port=arguments.port, log_level="warning",
-                server_header=False, date_header=False)
+                server_header=False, date_header=False, proxy_headers=False)
+
+
+def _base(arguments: argparse.Namespace) -> str:
+    shown_host = f"[{arguments.host}]" if ":" in arguments.host else arguments.host
+    return (arguments.public_url or f"http://{shown_host}:{arguments.port}").rstrip("/")
+
+
+def _print_links(issued: dict[str, str], base: str) -> None:
+    """The private links of raters created now: shown once, the database keeps hashes only."""
+    if not issued:
+        print("No new raters: their links were printed when they were created; "
+              "`medlossy reader link STUDY NAME` issues a new one.")
+        return
+    print("Private links (shown only now: keep them secret and safe):")
+    for name, token in issued.items():
+        kind = "admin (progress, export)" if name == "admin" else name
+        path = "admin" if name == "admin" else "r"
+        print(f"  {kind}: {base}/{path}/{token}")
+
+
+def link(arguments: argparse.Namespace) -> None:
+    from medlossy.reader_study.db import Database
+
+    _private()
+    database = Database(_database_url(arguments))
+    token = database.reissue(arguments.name)
+    print(f"New private link for {arguments.name} (the old one and its sessions no longer "
+          "work):")
+    path = "admin" if arguments.name == "admin" else "r"
+    print(f"  {_base(arguments)}/{path}/{token}")
 
 
 def _loopback(host: str) -> bool:
@@ -143,8 +182,27 @@ def add_reader_parser(subparsers) -> None:
                               help="raters to have links for (default 2; more can be added "
                                    "later, never removed)")
     serve_parser.add_argument("--public-url", default=None,
-                              help="base URL to print in the links (behind a proxy)")
+                              help="the address raters use, behind a reverse proxy (e.g. "
+                                   "https://reader.example.org/study): links, redirects and "
+                                   "the Origin check use it instead of the Host header")
+    serve_parser.add_argument("--session-cookie", action="store_true",
+                              help="exchange the link's token for a session cookie on the "
+                                   "first visit and redirect to token-free URLs")
     serve_parser.set_defaults(handler=serve)
+
+    link_parser = sub.add_parser(
+        "link", help="issue a new private link for a rater (or the admin)",
+        description="The database keeps only hashes of the tokens, so a lost link cannot be "
+                    "shown again: this issues a new one; the old link stops working, the "
+                    "rater's answers are kept.")
+    link_parser.add_argument("study")
+    link_parser.add_argument("name", help="rater1, rater2, ... or admin")
+    link_parser.add_argument("--db", default=None,
+                             help=f"database URL (default sqlite:///STUDY/{DEFAULT_DB})")
+    link_parser.add_argument("--public-url", default=None, help="as given to serve")
+    link_parser.add_argument("--host", default="127.0.0.1")
+    link_parser.add_argument("--port", type=int, default=8000)
+    link_parser.set_defaults(handler=link)
 
     analyze_parser = sub.add_parser("analyze", help="score the answers, plot, export CSV")
     analyze_parser.add_argument("study")

@@ -3,16 +3,26 @@
 Every answer is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction: an upsert on the
 (rater, pair) primary key (a repeat replaces the answer and counts a revision) plus a row in
 an append-only log. With WAL and ``synchronous=FULL`` a committed answer survives the server
-being killed at any point; an answer whose request was cut off was never committed.
+being killed at any point; an answer whose request was cut off was never committed. Answers
+that arrive together are committed together (``record_many``: one transaction, one fsync).
 
-Tokens: 32 random bytes (256 bits) each, URL-safe. Requests are matched on the SHA-256 of the
-token, so no comparison runs over the secret itself.
+Tokens: 32 random bytes (256 bits) each, URL-safe, handed out once (``setup``, ``reissue``)
+and never stored: the database keeps only their SHA-256, so a copy of it (or of its -wal)
+opens nothing. The form token a page carries is an HMAC of the rater's credential, derived
+on each request, so it is not stored either. Every file (the database, its -wal and -shm) is
+created with mode 0600 (umask 077 around each connection), and a database made by an older
+version that kept plain tokens is rewritten without them at first open.
+
+Waiting on a lock is bounded (``BUSY_TIMEOUT_S``): a database locked from outside for longer
+raises ``DatabaseBusy`` instead of hanging, and nothing is committed then.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import hashlib
+import hmac
 import os
 import secrets
 import sqlite3
@@ -26,6 +36,10 @@ from medlossy.errors import MedlossyError
 
 ANSWERS = ("left", "right", "undecided")
 TOKEN_BYTES = 32
+#: Longest wait for a lock held by someone else before giving up (``DatabaseBusy``).
+BUSY_TIMEOUT_S = 2.0
+_FILE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+_UMASK_LOCK = threading.Lock()  # the umask is per process: one connection opens at a time
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pairs (
     id TEXT PRIMARY KEY
@@ -34,10 +48,13 @@ CREATE TABLE IF NOT EXISTS raters (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
     role TEXT NOT NULL CHECK (role IN ('rater', 'admin')),
-    token TEXT NOT NULL,
     token_sha256 TEXT NOT NULL UNIQUE,
-    form_token TEXT NOT NULL,
     order_seed INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    rater_id INTEGER NOT NULL REFERENCES raters (id),
     created_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS answers (
@@ -56,6 +73,8 @@ CREATE TABLE IF NOT EXISTS answer_log (
     answered_at TEXT NOT NULL
 );
 """
+class DatabaseBusy(MedlossyError):
+    """The database stayed locked by someone else for longer than ``BUSY_TIMEOUT_S``."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +82,6 @@ class Rater:
     id: int
     name: str
     role: str
-    token: str
-    form_token: str
     order_seed: int
 
 
@@ -74,6 +91,23 @@ def _now() -> str:
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def form_token(credential: str) -> str:
+    """The anti-forgery token of the pages opened with ``credential`` (link or session)."""
+    mac = hmac.new(credential.encode("utf-8", "surrogatepass"), b"medlossy reader form",
+                   hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+
+def tokens_equal(given: str, expected: str) -> bool:
+    """Constant-time comparison of two tokens (or digests)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"),
+                               expected.encode("utf-8", "surrogatepass"))
 
 
 def sqlite_path(url: str) -> Path:
@@ -91,6 +125,21 @@ def sqlite_path(url: str) -> Path:
     return Path(path)
 
 
+@contextmanager
+def private_files() -> Iterator[None]:
+    """Files created inside are readable by their owner only (umask 077)."""
+    with _UMASK_LOCK:
+        previous = os.umask(0o077)
+        try:
+            yield
+        finally:
+            os.umask(previous)
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    return "locked" in str(error) or "busy" in str(error)
+
+
 class Database:
     """The study's database; safe to share between threads (one connection per thread)."""
 
@@ -99,48 +148,95 @@ class Database:
         self._local = threading.local()
         if not self.path.parent.is_dir():
             raise MedlossyError(self.path, "its folder does not exist")
+        for suffix in _FILE_SUFFIXES:  # files left readable by an older version
+            existing = Path(f"{self.path}{suffix}")
+            if existing.exists():
+                existing.chmod(0o600)
         try:
             self._connection().executescript(_SCHEMA)
+            self._migrate()
+        except sqlite3.OperationalError as error:
+            if _is_busy(error):
+                raise DatabaseBusy(self.path, "is locked by another program") from None
+            raise MedlossyError(self.path, f"not a usable SQLite database ({error})") from None
         except sqlite3.DatabaseError as error:
             raise MedlossyError(self.path, f"not a usable SQLite database ({error})") from None
-        os.chmod(self.path, 0o600)  # it holds the rater tokens
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             try:
-                connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                             check_same_thread=True)
-                connection.execute("PRAGMA journal_mode=WAL")
+                # The -wal and -shm files appear with the first statement: keep them private.
+                with private_files():
+                    connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S,
+                                                 isolation_level=None, check_same_thread=True)
+                    connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA synchronous=FULL")
                 connection.execute("PRAGMA foreign_keys=ON")
+                connection.execute("PRAGMA secure_delete=ON")  # replaced digests are zeroed
+            except sqlite3.OperationalError as error:
+                if _is_busy(error):
+                    raise DatabaseBusy(self.path, "is locked by another program") from None
+                raise MedlossyError(self.path, f"not a usable SQLite database ({error})") from None
             except sqlite3.DatabaseError as error:
                 raise MedlossyError(self.path, f"not a usable SQLite database ({error})") from None
             self._local.connection = connection
         return connection
 
+    def _migrate(self) -> None:
+        """Drop the plain-token columns of a first-version database, and scrub its pages."""
+        columns = {row[1] for row in self._query("PRAGMA table_info(raters)")}
+        if "token" not in columns:
+            return
+        with self._transaction() as connection:  # DROP COLUMN: SQLite 3.35 and later
+            connection.execute("ALTER TABLE raters DROP COLUMN token")
+            connection.execute("ALTER TABLE raters DROP COLUMN form_token")
+        connection = self._connection()
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        connection.execute("VACUUM")
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            if _is_busy(error):
+                raise DatabaseBusy(self.path, "is locked by another program") from None
+            raise
         try:
             yield connection
         except BaseException:
             connection.execute("ROLLBACK")
             raise
-        connection.execute("COMMIT")
+        try:
+            connection.execute("COMMIT")
+        except sqlite3.OperationalError as error:
+            connection.execute("ROLLBACK")
+            if _is_busy(error):
+                raise DatabaseBusy(self.path, "is locked by another program") from None
+            raise
 
     def _query(self, sql: str, parameters: Iterable = ()) -> list[tuple]:
-        return self._connection().execute(sql, tuple(parameters)).fetchall()
+        try:
+            return self._connection().execute(sql, tuple(parameters)).fetchall()
+        except sqlite3.OperationalError as error:
+            if _is_busy(error):
+                raise DatabaseBusy(self.path, "is locked by another program") from None
+            raise
 
     # Set-up ---------------------------------------------------------------------------------
 
-    def setup(self, pair_ids: Iterable[str], raters: int) -> None:
+    def setup(self, pair_ids: Iterable[str], raters: int) -> dict[str, str]:
         """Register the pair set (once) and make sure there are ``raters`` raters and an admin.
 
-        A database already holding another pair set is refused: its answers would not match.
+        Returns the private token of every rater (and admin) created now, by name: the only
+        time it exists in the clear. A database already holding another pair set is refused:
+        its answers would not match.
         """
         pair_ids = sorted(set(pair_ids))
+        issued = {}
         with self._transaction() as connection:
             known = {row[0] for row in connection.execute("SELECT id FROM pairs")}
             if known and known != set(pair_ids):
@@ -151,18 +247,34 @@ class Database:
             count = connection.execute(
                 "SELECT COUNT(*) FROM raters WHERE role = 'rater'").fetchone()[0]
             for number in range(count + 1, raters + 1):
-                self._add(connection, f"rater{number}", "rater")
+                issued[f"rater{number}"] = self._add(connection, f"rater{number}", "rater")
             if not connection.execute("SELECT 1 FROM raters WHERE role = 'admin'").fetchall():
-                self._add(connection, "admin", "admin")
+                issued["admin"] = self._add(connection, "admin", "admin")
+        return issued
 
     @staticmethod
-    def _add(connection: sqlite3.Connection, name: str, role: str) -> None:
-        token = secrets.token_urlsafe(TOKEN_BYTES)
+    def _add(connection: sqlite3.Connection, name: str, role: str) -> str:
+        token = new_token()
         connection.execute(
-            "INSERT INTO raters (name, role, token, token_sha256, form_token, order_seed, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (name, role, token, _digest(token), secrets.token_urlsafe(TOKEN_BYTES),
-             secrets.randbits(63), _now()))
+            "INSERT INTO raters (name, role, token_sha256, order_seed, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (name, role, _digest(token), secrets.randbits(63), _now()))
+        return token
+
+    def reissue(self, name: str) -> str:
+        """A new private token for rater (or admin) ``name``; the old link and its sessions
+        stop working. The rater's answers and order are kept."""
+        token = new_token()
+        with self._transaction() as connection:
+            row = connection.execute("SELECT id FROM raters WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                names = [r[0] for r in connection.execute("SELECT name FROM raters ORDER BY id")]
+                raise MedlossyError(self.path, f"no rater named {name!r} (there are: "
+                                               f"{', '.join(names)})")
+            connection.execute("UPDATE raters SET token_sha256 = ? WHERE id = ?",
+                               (_digest(token), row[0]))
+            connection.execute("DELETE FROM sessions WHERE rater_id = ?", (row[0],))
+        return token
 
     # Reads ----------------------------------------------------------------------------------
 
@@ -170,14 +282,27 @@ class Database:
         return [row[0] for row in self._query("SELECT id FROM pairs ORDER BY id")]
 
     def raters(self, role: str | None = None) -> list[Rater]:
-        rows = self._query("SELECT id, name, role, token, form_token, order_seed FROM raters "
+        rows = self._query("SELECT id, name, role, order_seed FROM raters "
                            "WHERE (? IS NULL OR role = ?) ORDER BY id", (role, role))
         return [Rater(*row) for row in rows]
 
     def rater_by_token(self, token: str) -> Rater | None:
-        rows = self._query("SELECT id, name, role, token, form_token, order_seed FROM raters "
-                           "WHERE token_sha256 = ?", (_digest(token),))
-        return Rater(*rows[0]) if rows else None
+        """The rater whose private link carries ``token``."""
+        return self._by_digest("SELECT r.token_sha256, r.id, r.name, r.role, r.order_seed "
+                               "FROM raters r WHERE r.token_sha256 = ?", token)
+
+    def rater_by_session(self, session: str) -> Rater | None:
+        """The rater a session cookie (``open_session``) belongs to."""
+        return self._by_digest("SELECT s.token_sha256, r.id, r.name, r.role, r.order_seed "
+                               "FROM sessions s JOIN raters r ON r.id = s.rater_id "
+                               "WHERE s.token_sha256 = ?", session)
+
+    def _by_digest(self, sql: str, token: str) -> Rater | None:
+        digest = _digest(token)
+        rows = self._query(sql, (digest,))
+        if not rows or not tokens_equal(rows[0][0], digest):
+            return None
+        return Rater(*rows[0][1:])
 
     def answers_of(self, rater_id: int) -> dict[str, str]:
         rows = self._query("SELECT pair_id, answer FROM answers WHERE rater_id = ?", (rater_id,))
@@ -199,18 +324,32 @@ class Database:
 
     # Writes ---------------------------------------------------------------------------------
 
+    def open_session(self, rater_id: int) -> str:
+        """A new session token for ``rater_id`` (for a cookie); only its digest is kept."""
+        session = new_token()
+        with self._transaction() as connection:
+            connection.execute("INSERT INTO sessions (token_sha256, rater_id, created_at) "
+                               "VALUES (?, ?, ?)", (_digest(session), rater_id, _now()))
+        return session
+
     def record(self, rater_id: int, pair_id: str, answer: str) -> None:
         """Store (or replace) a rater's answer for a pair, atomically."""
-        if answer not in ANSWERS:
-            raise ValueError(f"answer must be one of {ANSWERS}, got {answer!r}")
+        self.record_many([(rater_id, pair_id, answer)])
+
+    def record_many(self, answers: list[tuple[int, str, str]]) -> None:
+        """Store several (rater id, pair id, answer) in one transaction: all or none."""
+        for _, _, answer in answers:
+            if answer not in ANSWERS:
+                raise ValueError(f"answer must be one of {ANSWERS}, got {answer!r}")
         now = _now()
         with self._transaction() as connection:
-            connection.execute(
-                "INSERT INTO answers (rater_id, pair_id, answer, answered_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (rater_id, pair_id) DO UPDATE SET "
-                "answer = excluded.answer, answered_at = excluded.answered_at, "
-                "revisions = answers.revisions + 1",
-                (rater_id, pair_id, answer, now))
-            connection.execute(
-                "INSERT INTO answer_log (rater_id, pair_id, answer, answered_at) "
-                "VALUES (?, ?, ?, ?)", (rater_id, pair_id, answer, now))
+            for rater_id, pair_id, answer in answers:
+                connection.execute(
+                    "INSERT INTO answers (rater_id, pair_id, answer, answered_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (rater_id, pair_id) DO UPDATE SET "
+                    "answer = excluded.answer, answered_at = excluded.answered_at, "
+                    "revisions = answers.revisions + 1",
+                    (rater_id, pair_id, answer, now))
+                connection.execute(
+                    "INSERT INTO answer_log (rater_id, pair_id, answer, answered_at) "
+                    "VALUES (?, ?, ?, ?)", (rater_id, pair_id, answer, now))
