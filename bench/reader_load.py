@@ -5,7 +5,8 @@ reads only ``pairs.json`` and the images) -> ``medlossy reader serve`` in its ow
 127.0.0.1 -> one client process with N concurrent raters (httpx, asyncio), each, per pair,
 one GET of its rating page and of that page's image and one POST of an answer, all raters
 released at the same instant -> latency percentiles of the POSTs and of the GETs (page plus
-image), the number of answers in the database, and the load average before the run.
+image), the server's CPU time per answer (page + image + POST; other load does not change
+it), the number of answers in the database, and the load average before the run.
 Loopback only: nothing leaves the machine.
 
     .venv/bin/python bench/reader_load.py [--raters 50] [--pairs 30] [--burst] [--out x.json]
@@ -124,6 +125,12 @@ async def load(base: str, links: list[str], pairs: int, burst: bool) -> dict:
             "get": stats(gets), "failures": len(failures)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), load-independent."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def commit() -> str:
     result = subprocess.run(["git", "-C", str(BENCH), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True, check=False)
@@ -146,8 +153,11 @@ def main() -> None:
         load_before = os.getloadavg()
         process, links = start_server(study, arguments.port, arguments.raters)
         try:
+            cpu_before = cpu_seconds(process.pid)
             result = asyncio.run(load(f"http://127.0.0.1:{arguments.port}", links,
                                       arguments.pairs, arguments.burst))
+            result["server_cpu_ms_per_answer"] = (cpu_seconds(process.pid) - cpu_before) \
+                * 1000 / (arguments.raters * arguments.pairs)
         finally:
             process.terminate()
             process.wait(timeout=20)

@@ -16,6 +16,8 @@ from medlossy.reader_study.analysis import (
     agreement_table,
     bootstrap_mean_ci,
     cohen_kappa,
+    crossed_bootstrap_ci,
+    krippendorff_alpha,
     score_table,
     scored_answers,
 )
@@ -111,3 +113,110 @@ def test_analyze_before_any_answer(study, tmp_path, cli):
                             "--out", tmp_path / "report")
     assert code == 0, err
     assert "0 answers from 0 raters" in stdout
+
+
+def _key_1_vs_20(images: int) -> dict:
+    return {f"{i:032x}": {"dataset": "D", "case": "c", "channel": 0, "slice": i,
+                          "less_compressed": "left", "left": {"ratio": 1.0},
+                          "right": {"ratio": 20.0}, "identical": False}
+            for i in range(images)}
+
+
+def test_pooled_ci_resamples_raters_as_well_as_images():
+    # Reproduced on the first version: raters +1, +1, -1, +1 (each consistent over the
+    # images) gave the pooled CI [0.50, 0.50], as if the four raters were the population.
+    key = _key_1_vs_20(images=2)
+    picks = {"r1": "left", "r2": "left", "r3": "right", "r4": "left"}
+    answers = [_answer(rater, pair, side) for rater, side in picks.items() for pair in key]
+    scored = scored_answers(answers, key)
+    images_only = bootstrap_mean_ci(scored["score"].to_numpy(float), scored["pair"].to_numpy(),
+                                    resamples=2000, rng=np.random.default_rng(0))
+    assert images_only == (0.5, 0.5)  # what the first version reported
+    table = score_table(scored, [(1.0, 20.0)], resamples=2000)
+    pooled = table[table["rater"] == POOLED].iloc[0]
+    assert pooled["mean_score"] == 0.5
+    # Drawing three of four raters as r3 happens 5% of the time: mean -0.5 at the 2.5th
+    # percentile; all draws among r1, r2, r4 give +1.
+    assert (pooled["ci_low"], pooled["ci_high"]) == (-0.5, 1.0)
+
+
+def test_crossed_bootstrap_is_seeded_and_shrinks_with_more_raters_and_images():
+    rng = np.random.default_rng(1)
+
+    def width(raters: int, images: int) -> float:
+        rater_index = np.repeat(np.arange(raters), images)
+        image_index = np.tile(np.arange(images), raters)
+        bias = rng.normal(0.4, 0.3, raters)[rater_index] + rng.normal(0, 0.3, images)[
+            image_index]
+        scores = np.clip(np.round(bias + rng.normal(0, 0.5, len(bias))), -1, 1)
+        low, high = crossed_bootstrap_ci(scores, rater_index, image_index, resamples=1000,
+                                         rng=np.random.default_rng(0))
+        assert low <= scores.mean() <= high
+        return high - low
+
+    assert width(20, 40) < width(3, 8)
+    scores, raters, images = np.ones(6), np.arange(6) % 3, np.arange(6) // 3
+    assert crossed_bootstrap_ci(scores, raters, images, resamples=200,
+                                rng=np.random.default_rng(0)) == (1.0, 1.0)
+    first = crossed_bootstrap_ci(np.array([1.0, 0, -1, 1]), np.array([0, 0, 1, 1]),
+                                 np.array([0, 1, 0, 1]), resamples=300,
+                                 rng=np.random.default_rng(5))
+    again = crossed_bootstrap_ci(np.array([1.0, 0, -1, 1]), np.array([0, 0, 1, 1]),
+                                 np.array([0, 1, 0, 1]), resamples=300,
+                                 rng=np.random.default_rng(5))
+    assert first == again
+
+
+def _linear_weighted_kappa(a: np.ndarray, b: np.ndarray) -> float:
+    """Textbook formula, written out: 1 - sum(w * observed) / sum(w * expected)."""
+    scale = [-1, 0, 1]
+    observed = np.array([[np.mean((a == i) & (b == j)) for j in scale] for i in scale])
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0))
+    weights = np.abs(np.subtract.outer(np.arange(3), np.arange(3))) / 2
+    return 1 - (weights * observed).sum() / (weights * expected).sum()
+
+
+def test_weighted_kappa_counts_a_one_step_miss_as_half_a_disagreement():
+    a = np.array([1, 1, 0, -1, 1, 0, 0, 1, -1, 1])
+    b = np.array([1, 0, 0, -1, 0, 0, 1, 1, 0, 1])  # every disagreement one step apart
+    weighted = cohen_kappa(a, b, weights="linear")
+    assert weighted == pytest.approx(_linear_weighted_kappa(a, b))
+    assert weighted > cohen_kappa(a, b)
+    far = np.array([-1, 1, 0, 1, 0, 0, 0, -1, 1, 1])  # disagreements two steps apart
+    assert cohen_kappa(a, far, weights="linear") == pytest.approx(
+        _linear_weighted_kappa(a, far))
+
+
+def test_krippendorff_alpha_for_many_raters_with_missing_answers():
+    key = _key_1_vs_20(images=6)
+    pairs = sorted(key)
+    truth = ["left", "left", "undecided", "right", "left", "undecided"]
+    answers = [_answer(r, p, side) for r in ("r1", "r2", "r3") for p, side in
+               zip(pairs, truth, strict=True) if not (r == "r3" and p == pairs[0])]
+    assert krippendorff_alpha(scored_answers(answers, key)) == pytest.approx(1.0)
+    noisy = [*answers[:-1], _answer("r3", pairs[-1], "right")]
+    alpha = krippendorff_alpha(scored_answers(noisy, key))
+    assert 0 < alpha < 1
+    assert np.isnan(krippendorff_alpha(scored_answers(answers[:6], key)))  # one rater
+
+
+def test_identical_pairs_are_flagged_left_out_and_counted():
+    key = _key_1_vs_20(images=4)
+    pairs = sorted(key)
+    key[pairs[0]]["identical"] = True
+    # A key made before the flag existed: both sides lossless means the same pixels.
+    del key[pairs[1]]["identical"]
+    key[pairs[1]]["left"] = {"ratio": 1.0, "psnr_db": float("inf")}
+    key[pairs[1]]["right"] = {"ratio": 20.0, "psnr_db": float("inf")}
+    answers = [_answer(r, p, "right") for r in ("r1", "r2") for p in pairs[:2]] + [
+        _answer(r, p, "left") for r in ("r1", "r2") for p in pairs[2:]]
+    scored = scored_answers(answers, key)
+    assert scored.groupby("pair")["identical"].first().to_dict() == {
+        pairs[0]: True, pairs[1]: True, pairs[2]: False, pairs[3]: False}
+    table = score_table(scored, [(1.0, 20.0)], resamples=200)
+    pooled = table[table["rater"] == POOLED].iloc[0]
+    assert (pooled["n"], pooled["mean_score"], pooled["identical_left_out"]) == (4, 1.0, 4)
+    kept = score_table(scored, [(1.0, 20.0)], resamples=200, include_identical=True)
+    pooled = kept[kept["rater"] == POOLED].iloc[0]
+    assert (pooled["n"], pooled["mean_score"], pooled["identical_left_out"]) == (8, 0.0, 0)
+    assert agreement_table(scored).iloc[0]["n"] == 2

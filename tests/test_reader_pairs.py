@@ -12,6 +12,7 @@ import shutil
 import struct
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,11 +22,13 @@ from medlossy.data.demo import CT_DATASET, MR_DATASET, prepare_demo
 from medlossy.errors import MedlossyError
 from medlossy.reader_study.pairs import (
     PairSettings,
+    balanced_sides,
     display_orientation,
     find_datasets,
     gap_width,
     load_key,
     load_pairs,
+    spread_slices,
 )
 from medlossy.reader_study.windows import Window, parse_window
 from medlossy.store import SliceStore
@@ -112,9 +115,73 @@ def test_both_halves_come_from_the_same_slice_and_the_key_names_the_sides(study)
         assert entry[less]["ratio"] < entry[other]["ratio"]
 
 
-def test_less_compressed_side_is_random(study):
-    sides = [entry["less_compressed"] for entry in load_key(study).values()]
-    assert set(sides) == {"left", "right"}
+def test_less_compressed_side_is_balanced_within_every_ratio_pair(study):
+    # Reproduced on the first version: sides drawn independently, 2 to 6 of 8 per cell.
+    cells: dict[tuple, list[str]] = {}
+    for entry in load_key(study).values():
+        ratios = tuple(sorted((entry["left"]["ratio"], entry["right"]["ratio"])))
+        cells.setdefault((entry["dataset"], ratios), []).append(entry["less_compressed"])
+    assert all(sorted(sides) == ["left", "right"] for sides in cells.values())
+
+
+def test_balanced_sides_split_evenly_and_alternate_the_odd_one():
+    rng = np.random.default_rng(0)
+    for count in range(1, 12):
+        for extra in ("left", "right"):
+            sides = balanced_sides(count, rng, extra=extra)
+            assert sides.count(extra) == count - count // 2
+            assert sides.count("left") + sides.count("right") == count
+    orders = {tuple(balanced_sides(8, rng, extra="left")) for _ in range(20)}
+    assert len(orders) > 1  # the order within a cell stays random
+
+
+def test_no_slice_is_shown_twice_where_the_data_allow(study):
+    # Reproduced on the first version: 120 pairs drawn from only 73 slices.
+    seen: dict[str, list[tuple]] = {}
+    for entry in load_key(study).values():
+        seen.setdefault(entry["dataset"], []).append((entry["case"], entry["slice"]))
+    assert all(len(set(slices)) == len(slices) for slices in seen.values())
+
+
+@pytest.mark.parametrize("candidates", [200, 120, 73, 9])
+def test_spread_slices_uses_every_slice_as_evenly_as_possible(candidates):
+    cells, per_cell = 15, 8
+    picks = spread_slices(candidates, cells, per_cell, np.random.default_rng(3))
+    assert all(len(set(cell.tolist())) == per_cell for cell in picks)  # distinct in a cell
+    uses = np.bincount(np.concatenate(picks), minlength=candidates)
+    if candidates >= cells * per_cell:
+        assert uses.max() == 1
+    else:
+        assert uses.min() >= 1 and uses.max() - uses.min() <= 1
+
+
+def test_pairs_of_pixel_identical_images_are_flagged(tmp_path):
+    """A CT so smooth that lossless JPEG 2000 beats x2: its x2 store is lossless, so a 1 vs 2
+    pair shows the same image twice (the key says so), and 1 vs 5 or 2 vs 5 do not."""
+    dataset = tmp_path / "Dataset900_Smooth"
+    (dataset / "imagesTr").mkdir(parents=True)
+    (dataset / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {"background": 0}, "numTraining": 1,
+        "file_ending": ".nii.gz"}))
+    z, y, x = np.mgrid[0:12, 0:96, 0:96]
+    body = ((y - 48) ** 2 + (x - 48) ** 2) < 40 ** 2
+    rng = np.random.default_rng(0)
+    values = np.where(body, 40 + 30 * np.sin(x / 9.0) + 20 * np.cos(y / 11.0) + z, -1000)
+    values = (values + body * rng.normal(0, 6, values.shape)).astype(np.int16)
+    nib.save(nib.Nifti1Image(values.transpose(2, 1, 0), np.diag([0.8, 0.8, 2.5, 1.0])),
+             dataset / "imagesTr" / "smooth_001_0000.nii.gz")
+    out = tmp_path / "rs"
+    code = cli_main(["reader", "make", str(dataset), "--out", str(out), "--ratios", "1,2,5",
+                     "--per-pair", "2", "--quiet", "--workers", "1"])
+    assert code == 0
+    key = load_key(out)
+    for pair_id, entry in key.items():
+        ratios = tuple(sorted((entry["left"]["ratio"], entry["right"]["ratio"])))
+        image = np.asarray(Image.open(out / "images" / f"{pair_id}.png"))
+        width = (image.shape[1] - gap_width((image.shape[1]) // 2)) // 2
+        same = np.array_equal(image[:, :width], image[:, -width:])
+        assert entry["identical"] == (ratios == (1.0, 2.0)), (ratios, entry)
+        assert same == entry["identical"]
 
 
 def test_images_reveal_nothing_names_sizes_or_metadata(study):

@@ -2,16 +2,24 @@
 
 Per answer: +1 when the rater picked the less compressed image, 0 for "cannot decide", -1 for
 the more compressed one. The study's measure is the mean score per ratio pair: near 0 the
-two ratios cannot be told apart, near +1 the loss is always seen. Reported per rater and
-pooled, with seeded bootstrap 95% CIs, plus Cohen's kappa between raters, a heatmap in the
-style of the study's Fig. 1 (left) and CSV files.
+two ratios cannot be told apart, near +1 the loss is always seen.
+
+Data flow: answers (database) + key -> one scored row per answer, flagged when the pair's
+two images are pixel-identical (left out of scores and agreement by default, counted) ->
+mean per ratio pair, per rater (CI resampling that rater's images) and pooled (CI resampling
+raters and images, both random samples) -> agreement: Cohen's kappa and linearly weighted
+kappa for every two raters (scikit-learn), Krippendorff's ordinal alpha over all raters
+(``krippendorff``) -> CSV files, a heatmap in the style of the study's Fig. 1 (left),
+report.md and summary.json.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +33,7 @@ from medlossy.reader_study.pairs import load_key
 
 POOLED = "pooled"
 SCORES = {"correct": 1, "undecided": 0, "wrong": -1}
+SCALE = (-1, 0, 1)  #: the ordinal scale, in order (weighted kappa, alpha)
 CONFIDENCE = 0.95
 
 
@@ -44,19 +53,67 @@ def scored_answers(answers: list[dict], key: dict[str, dict]) -> pd.DataFrame:
                      "channel": entry["channel"], "slice": entry["slice"],
                      "left_ratio": ratios[0], "right_ratio": ratios[1],
                      "less_compressed": entry["less_compressed"],
-                     "ratio_low": min(ratios), "ratio_high": max(ratios), "score": score})
+                     "ratio_low": min(ratios), "ratio_high": max(ratios), "score": score,
+                     "identical": identical_pair(entry)})
     columns = ["rater", "pair", "answer", "answered_at", "revisions", "dataset", "case",
                "channel", "slice", "left_ratio", "right_ratio", "less_compressed", "ratio_low",
-               "ratio_high", "score"]
+               "ratio_high", "score", "identical"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def identical_pair(entry: dict[str, Any]) -> bool:
+    """Whether both images of a pair are pixel-identical.
+
+    ``reader make`` records it (``identical``); keys made before that are judged from the
+    stores: both sides lossless (no error, so PSNR infinite) means the same pixels.
+    """
+    if "identical" in entry:
+        return bool(entry["identical"])
+
+    def lossless(side: dict[str, Any]) -> bool:
+        psnr = side.get("psnr_db")
+        return side.get("ratio") == 1 or (psnr is not None and math.isinf(psnr))
+    return lossless(entry["left"]) and lossless(entry["right"])
+
+
+def crossed_bootstrap_ci(scores: np.ndarray, raters: np.ndarray, images: np.ndarray, *,
+                         resamples: int, rng: np.random.Generator) -> tuple[float, float]:
+    """Percentile CI of the pooled mean, resampling raters and images independently.
+
+    Both the raters and the images are samples from larger populations; resampling images
+    only treats the raters as fixed, and gave [0.50, 0.50] for four raters scoring +1, +1,
+    -1, +1 throughout. Each resample draws raters and images with replacement and takes the
+    mean of every answer in the drawn rater x image grid (a two-way bootstrap).
+    """
+    if len(scores) == 0:
+        return float("nan"), float("nan")
+    rater_labels, rater_index = np.unique(raters, return_inverse=True)
+    image_labels, image_index = np.unique(images, return_inverse=True)
+    sums = np.zeros((len(rater_labels), len(image_labels)))
+    counts = np.zeros_like(sums)
+    np.add.at(sums, (rater_index, image_index), scores)
+    np.add.at(counts, (rater_index, image_index), 1.0)
+    rater_draws = _multiplicities(rng, len(rater_labels), resamples)
+    image_draws = _multiplicities(rng, len(image_labels), resamples)
+    total = np.einsum("bi,ij,bj->b", rater_draws, sums, image_draws)
+    answers = np.einsum("bi,ij,bj->b", rater_draws, counts, image_draws)
+    means = total[answers > 0] / answers[answers > 0]  # a draw may hold no answer at all
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _multiplicities(rng: np.random.Generator, size: int, resamples: int) -> np.ndarray:
+    """How often each of ``size`` units is drawn, per resample (draws with replacement)."""
+    return rng.multinomial(size, np.full(size, 1.0 / size), size=resamples).astype(float)
 
 
 def bootstrap_mean_ci(scores: np.ndarray, clusters: np.ndarray, *, resamples: int,
                       rng: np.random.Generator) -> tuple[float, float]:
     """Percentile CI of the mean, resampling whole clusters (pairs) with replacement.
 
-    The pooled mean holds every rater's answer to the same image; those answers are not
-    independent, so the image (pair) is the unit that is resampled.
+    Used for one rater's mean, where the images are the only random sample (the pooled mean
+    uses ``crossed_bootstrap_ci``).
     """
     if len(scores) == 0:
         return float("nan"), float("nan")
@@ -70,63 +127,106 @@ def bootstrap_mean_ci(scores: np.ndarray, clusters: np.ndarray, *, resamples: in
     return float(low), float(high)
 
 
-def cohen_kappa(first: np.ndarray, second: np.ndarray) -> float:
-    """Cohen's kappa of two raters' labels on the same items.
+def cohen_kappa(first: np.ndarray, second: np.ndarray, *, weights: str | None = None) -> float:
+    """Cohen's kappa of two raters' scores on the same items (scikit-learn), unweighted or
+    ``weights="linear"`` for the ordinal -1 < 0 < +1 scale (a miss by one step counts half).
 
-    A few lines of numpy rather than a scikit-learn dependency for one formula:
-    kappa = (p_observed - p_chance) / (1 - p_chance). NaN when chance agreement is 1 (both
-    raters gave one and the same label throughout: kappa is undefined).
+    NaN when there are no items or kappa is undefined (both raters gave one and the same
+    label throughout: chance agreement is 1).
     """
+    from sklearn.metrics import cohen_kappa_score
+
     first, second = np.asarray(first), np.asarray(second)
     if len(first) != len(second):
         raise ValueError("both raters must label the same items")
-    if len(first) == 0:
+    if len(first) == 0 or (len(np.union1d(first, second)) == 1):
         return float("nan")
-    labels = np.union1d(first, second)
-    observed = float(np.mean(first == second))
-    chance = float(sum(np.mean(first == label) * np.mean(second == label) for label in labels))
-    if chance >= 1.0:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(cohen_kappa_score(first, second, labels=list(SCALE),
+                                       weights=weights))
+
+
+def krippendorff_alpha(scored: pd.DataFrame) -> float:
+    """Krippendorff's alpha (ordinal) over all raters and pairs (``krippendorff`` package).
+
+    It takes any number of raters and answers missing at random; NaN with fewer than two
+    raters or no variation at all.
+    """
+    import krippendorff
+
+    wide = scored.pivot_table(index="rater", columns="pair", values="score", aggfunc="first")
+    if wide.shape[0] < 2 or (wide.notna().sum(axis=0) >= 2).sum() == 0:
         return float("nan")
-    return (observed - chance) / (1.0 - chance)
+    values = wide.to_numpy(dtype=float)
+    if len(np.unique(values[~np.isnan(values)])) < 2:
+        return float("nan")
+    return float(krippendorff.alpha(reliability_data=values, level_of_measurement="ordinal",
+                                    value_domain=list(SCALE)))
+
+
+def _scored_for_scores(scored: pd.DataFrame, include_identical: bool) -> pd.DataFrame:
+    return scored if include_identical else scored[~scored["identical"].astype(bool)]
 
 
 def score_table(scored: pd.DataFrame, ratio_pairs: list[tuple[float, float]], *,
-                resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Mean score per ratio pair, per rater and pooled, with bootstrap CIs."""
+                resamples: int = 2000, seed: int = 0,
+                include_identical: bool = False) -> pd.DataFrame:
+    """Mean score per ratio pair, per rater and pooled, with bootstrap CIs.
+
+    Answers on pixel-identical pairs are left out unless ``include_identical``; the column
+    ``identical_left_out`` counts them per cell.
+    """
     rng = np.random.default_rng(seed)
     rows = []
+    used = _scored_for_scores(scored, include_identical)
     raters = sorted(scored["rater"].unique())
     for who in [*raters, POOLED]:
-        subset = scored if who == POOLED else scored[scored["rater"] == who]
+        subset = used if who == POOLED else used[used["rater"] == who]
+        everything = scored if who == POOLED else scored[scored["rater"] == who]
         for low, high in ratio_pairs:
             cell = subset[(subset["ratio_low"] == low) & (subset["ratio_high"] == high)]
             scores = cell["score"].to_numpy(dtype=float)
-            ci_low, ci_high = bootstrap_mean_ci(scores, cell["pair"].to_numpy(),
-                                                resamples=resamples, rng=rng)
+            if who == POOLED:
+                ci_low, ci_high = crossed_bootstrap_ci(
+                    scores, cell["rater"].to_numpy(), cell["pair"].to_numpy(),
+                    resamples=resamples, rng=rng)
+            else:
+                ci_low, ci_high = bootstrap_mean_ci(scores, cell["pair"].to_numpy(),
+                                                    resamples=resamples, rng=rng)
+            in_cell = everything[(everything["ratio_low"] == low) &
+                                 (everything["ratio_high"] == high)]
             rows.append({
                 "rater": who, "ratio_low": low, "ratio_high": high, "n": len(scores),
                 "mean_score": float(scores.mean()) if len(scores) else float("nan"),
                 "ci_low": ci_low, "ci_high": ci_high,
                 "correct": int((scores == 1).sum()), "undecided": int((scores == 0).sum()),
-                "wrong": int((scores == -1).sum())})
+                "wrong": int((scores == -1).sum()),
+                "identical_left_out": 0 if include_identical else
+                int(in_cell["identical"].astype(bool).sum())})
     return pd.DataFrame(rows)
 
 
-def agreement_table(scored: pd.DataFrame) -> pd.DataFrame:
-    """Cohen's kappa for every two raters, over the pairs both answered.
+def agreement_table(scored: pd.DataFrame, *, include_identical: bool = False) -> pd.DataFrame:
+    """Cohen's kappa and linearly weighted kappa for every two raters, over the pairs both
+    answered (pixel-identical pairs left out unless ``include_identical``).
 
     The labels are the scores (saw the loss / cannot decide / picked the wrong side): the
     side itself is random, so agreeing on "left" means nothing beyond agreeing on the score.
     """
     rows = []
-    wide = scored.pivot_table(index="pair", columns="rater", values="score", aggfunc="first")
+    used = _scored_for_scores(scored, include_identical)
+    wide = used.pivot_table(index="pair", columns="rater", values="score", aggfunc="first")
     for first, second in itertools.combinations(sorted(wide.columns), 2):
         both = wide[[first, second]].dropna()
+        a, b = both[first].to_numpy(), both[second].to_numpy()
         rows.append({"rater_a": first, "rater_b": second, "n": len(both),
-                     "percent_agreement": float((both[first] == both[second]).mean() * 100)
+                     "percent_agreement": float((a == b).mean() * 100)
                      if len(both) else float("nan"),
-                     "kappa": cohen_kappa(both[first].to_numpy(), both[second].to_numpy())})
-    return pd.DataFrame(rows, columns=["rater_a", "rater_b", "n", "percent_agreement", "kappa"])
+                     "kappa": cohen_kappa(a, b),
+                     "weighted_kappa": cohen_kappa(a, b, weights="linear")})
+    return pd.DataFrame(rows, columns=["rater_a", "rater_b", "n", "percent_agreement", "kappa",
+                                       "weighted_kappa"])
 
 
 def plot_matrix(table: pd.DataFrame, ratios: list[float], path: Path) -> None:
@@ -170,9 +270,13 @@ def _markdown(table: pd.DataFrame, columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _number(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
 def analyze_study(study: str | os.PathLike[str], database: Database,
-                  out: str | os.PathLike[str], *, bootstrap: int = 2000,
-                  seed: int = 0) -> dict[str, Any]:
+                  out: str | os.PathLike[str], *, bootstrap: int = 2000, seed: int = 0,
+                  include_identical: bool = False) -> dict[str, Any]:
     """Write answers.csv, scores.csv, agreement.csv, reader_study.png, report.md and
     summary.json to ``out`` (replaced as a whole)."""
     study = Path(study)
@@ -181,39 +285,57 @@ def analyze_study(study: str | os.PathLike[str], database: Database,
     settings = json.loads((study / "study.json").read_text())
     ratios = [float(r) for r in settings["ratios"]]
     ratio_pairs = [(float(a), float(b)) for a, b in settings["ratio_pairs"]]
-    scored = scored_answers(database.all_answers(), load_key(study))
-    table = score_table(scored, ratio_pairs, resamples=bootstrap, seed=seed)
-    agreement = agreement_table(scored)
+    key = load_key(study)
+    scored = scored_answers(database.all_answers(), key)
+    table = score_table(scored, ratio_pairs, resamples=bootstrap, seed=seed,
+                        include_identical=include_identical)
+    agreement = agreement_table(scored, include_identical=include_identical)
+    alpha = krippendorff_alpha(_scored_for_scores(scored, include_identical))
     pooled = table[table["rater"] == POOLED]
+    identical_pairs = sum(identical_pair(entry) for entry in key.values())
+    identical_answers = int(scored["identical"].astype(bool).sum())
     summary = {
         "answers": len(scored), "raters": int(scored["rater"].nunique()),
         "pairs": settings["pairs"], "datasets": settings["datasets"],
         "window": settings["window"], "bootstrap_resamples": bootstrap,
+        "pooled_ci": "two-way bootstrap: raters and images resampled",
+        "identical_pairs": identical_pairs, "identical_answers": identical_answers,
+        "identical_included": include_identical,
         "pooled": [{"ratio_low": r.ratio_low, "ratio_high": r.ratio_high, "n": r.n,
-                    "mean_score": None if np.isnan(r.mean_score) else r.mean_score,
-                    "ci_low": None if np.isnan(r.ci_low) else r.ci_low,
-                    "ci_high": None if np.isnan(r.ci_high) else r.ci_high}
+                    "mean_score": _number(r.mean_score), "ci_low": _number(r.ci_low),
+                    "ci_high": _number(r.ci_high),
+                    "identical_left_out": r.identical_left_out}
                    for r in pooled.itertuples()],
         "kappa": [{"rater_a": r.rater_a, "rater_b": r.rater_b, "n": r.n,
-                   "kappa": None if np.isnan(r.kappa) else r.kappa}
+                   "kappa": _number(r.kappa), "weighted_kappa": _number(r.weighted_kappa)}
                   for r in agreement.itertuples()],
+        "krippendorff_alpha_ordinal": _number(alpha),
     }
+    left_out = ("included in the scores (--include-identical)" if include_identical else
+                f"left out of scores and agreement ({identical_answers} answers)")
     report = "\n\n".join([
         "# Reader study",
         f"{len(scored)} answers from {summary['raters']} raters on {settings['pairs']} pairs "
         f"({', '.join(settings['datasets'])}; window {settings['window']}). Score per answer: "
         "+1 the less compressed image was picked, 0 cannot decide, -1 the more compressed "
-        "one. Mean per ratio pair; 95% bootstrap CIs (resampling images, "
-        f"{bootstrap} resamples, seed {seed}).",
+        "one. Mean per ratio pair; 95% bootstrap CIs (per rater: resampling images; pooled: "
+        f"resampling raters and images; {bootstrap} resamples, seed {seed}).",
+        f"{identical_pairs} of {settings['pairs']} pairs show two pixel-identical images "
+        "(both ratios stored losslessly, e.g. x2 on CT where lossless already beats x2): "
+        f"{left_out}.",
         "![mean score per ratio pair](reader_study.png)",
         "## Pooled",
         _markdown(pooled, ["ratio_low", "ratio_high", "n", "mean_score", "ci_low", "ci_high",
-                           "correct", "undecided", "wrong"]),
+                           "correct", "undecided", "wrong", "identical_left_out"]),
         "## Per rater",
         _markdown(table[table["rater"] != POOLED],
                   ["rater", "ratio_low", "ratio_high", "n", "mean_score", "ci_low", "ci_high"]),
-        "## Agreement (Cohen's kappa on the scores)",
-        _markdown(agreement, ["rater_a", "rater_b", "n", "percent_agreement", "kappa"])
+        "## Agreement",
+        "Every two raters: Cohen's kappa, and kappa with linear weights for the ordinal scale "
+        "-1 < 0 < +1. All raters: Krippendorff's alpha (ordinal) = "
+        + ("n/a" if np.isnan(alpha) else f"{alpha:.2f}") + ".",
+        _markdown(agreement, ["rater_a", "rater_b", "n", "percent_agreement", "kappa",
+                              "weighted_kappa"])
         if len(agreement) else "Fewer than two raters answered: no agreement to report.",
     ]) + "\n"
     out = Path(out)

@@ -1,10 +1,13 @@
 """Make the reader study's blinded pairs (STUDY.md, "Reader study").
 
 For every pair of the chosen ratios and every dataset, ``per_pair`` axial slices are drawn at
-random (seeded) from the slices inside the body. Both images of a pair come from the same
-original slice, compressed at the two ratios; the less compressed one goes left or right at
-random. Each pair becomes one composite PNG (left | gap | right) named by a random id, so a
-file's name, size or metadata cannot tell which side is which.
+random (seeded) from the slices inside the body, no slice twice while the dataset has enough
+(``spread_slices``). Both images of a pair come from the same original slice, compressed at
+the two ratios; the less compressed one is on the left in exactly half of each ratio pair's
+pairs, in random order (``balanced_sides``). Pairs whose two images decode to the same pixels
+(a ratio stored losslessly) are marked ``identical`` in the key. Each pair becomes one
+composite PNG (left | gap | right) named by a random id, so a file's name, size or metadata
+cannot tell which side is which.
 
 Layout of the study folder::
 
@@ -213,10 +216,40 @@ class _Draw:
     less_compressed: str  # "left" or "right"
 
 
+def balanced_sides(count: int, rng: np.random.Generator, *, extra: str) -> list[str]:
+    """``count`` sides in random order, half "left" and half "right"; ``extra`` gets the odd
+    one. The less compressed image must not sit on one side more often within a ratio pair:
+    a side preference of the raters would otherwise bias the score."""
+    other = "right" if extra == "left" else "left"
+    sides = [extra] * (count - count // 2) + [other] * (count // 2)
+    return [sides[i] for i in rng.permutation(count)]
+
+
+def spread_slices(candidates: int, cells: int, per_cell: int,
+                  rng: np.random.Generator) -> list[np.ndarray]:
+    """For each of ``cells`` cells, ``per_cell`` distinct candidate indices, using every
+    candidate as evenly as possible across cells (each at most once while there are enough).
+
+    Showing a rater the same slice in several pairs lets them compare across pairs and
+    wastes the data's variety (the first version drew 120 pairs from 73 slices).
+    """
+    uses = np.zeros(candidates, dtype=np.int64)
+    chosen = []
+    for _ in range(cells):
+        order = rng.permutation(candidates)
+        picks = order[np.argsort(uses[order], kind="stable")[:per_cell]]
+        uses[picks] += 1
+        chosen.append(picks)
+    return chosen
+
+
 def _draw(datasets: Sequence[RawDataset], settings: PairSettings,
           rng: np.random.Generator) -> list[_Draw]:
     draws = []
-    for dataset in datasets:
+    ratio_pairs = settings.ratio_pairs
+    # For odd per-pair counts the extra "less compressed" side alternates between datasets.
+    extra_first = {pair: SIDES[int(rng.integers(2))] for pair in ratio_pairs}
+    for number, dataset in enumerate(datasets):
         images = dataset.images()
         if settings.max_images is not None and settings.max_images < len(images):
             chosen = rng.choice(len(images), settings.max_images, replace=False)
@@ -228,10 +261,14 @@ def _draw(datasets: Sequence[RawDataset], settings: PairSettings,
         if len(candidates) < settings.per_pair:
             raise MedlossyError(dataset.root, f"only {len(candidates)} slices inside the body; "
                                               f"--per-pair {settings.per_pair} needs more")
-        for low, high in settings.ratio_pairs:
-            for pick in rng.choice(len(candidates), settings.per_pair, replace=False):
+        picks = spread_slices(len(candidates), len(ratio_pairs), settings.per_pair, rng)
+        for (low, high), cell in zip(ratio_pairs, picks, strict=True):
+            extra = extra_first[low, high]
+            if number % 2:
+                extra = "right" if extra == "left" else "left"
+            sides = balanced_sides(len(cell), rng, extra=extra)
+            for pick, side in zip(cell, sides, strict=True):
                 image, index = candidates[int(pick)]
-                side = SIDES[int(rng.integers(2))]
                 draws.append(_Draw(dataset, image, index, low, high, side))
     return draws
 
@@ -282,10 +319,10 @@ def make_pairs(inputs: str | os.PathLike[str], out: str | os.PathLike[str],
                 original = np.asarray(volume.array[_axial_index(volume, draw.slice)],
                                       dtype=np.float64)
                 bounds = window.bounds(original)
-                views = {}
-                for ratio in (draw.low, draw.high):
-                    views[ratio] = orient(window.apply(_decode(opened[path, ratio], draw.slice),
-                                                       bounds))
+                decoded = {ratio: _decode(opened[path, ratio], draw.slice)
+                           for ratio in (draw.low, draw.high)}
+                views = {ratio: orient(window.apply(values, bounds))
+                         for ratio, values in decoded.items()}
                 left_ratio, right_ratio = ((draw.low, draw.high) if draw.less_compressed ==
                                            "left" else (draw.high, draw.low))
                 write_png(compose(views[left_ratio], views[right_ratio]),
@@ -296,6 +333,9 @@ def make_pairs(inputs: str | os.PathLike[str], out: str | os.PathLike[str],
                     "left": _side(opened[path, left_ratio], left_ratio),
                     "right": _side(opened[path, right_ratio], right_ratio),
                     "less_compressed": draw.less_compressed,
+                    # Both stores decode to the same values (x2 stored losslessly because
+                    # lossless already beats x2): there is nothing to see.
+                    "identical": bool(np.array_equal(decoded[draw.low], decoded[draw.high])),
                     "window": {"name": window.name, "low": bounds[0], "high": bounds[1]},
                 }
     pairs = [{"id": pair_id, "image": f"images/{pair_id}.png"} for pair_id in ids]
