@@ -149,7 +149,9 @@ def _under_an_outside_lock(study: Path, tmp_path: Path, seconds: float) -> None:
         poster.join()
         waited = time.monotonic() - started
         response = outcome["post"]
-        assert slowest < 0.5, f"another request waited {slowest:.2f} s on the lock"
+        # The first version stalled them 2.8 s (3 s lock) and 30 s (35 s lock); under 1 s
+        # leaves room for a loaded CI machine.
+        assert slowest < 1.0, f"another request waited {slowest:.2f} s on the lock"
         assert response.status_code in (303, 503), response.text
         if response.status_code == 503:
             assert int(response.headers["retry-after"]) >= 1

@@ -45,27 +45,42 @@ class Committer:
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
-                await anyio.to_thread.run_sync(self._write, [item for item, _ in batch],
-                                               limiter=self._limiter)
+                outcomes = await anyio.to_thread.run_sync(
+                    self._write, [item for item, _ in batch], limiter=self._limiter)
             except BaseException as error:  # handed to every waiting request, then re-raised
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
+                outcomes = [error] * len(batch)
                 if not isinstance(error, Exception):
+                    self._settle(batch, outcomes)
                     raise
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+            self._settle(batch, outcomes)
 
-    def _write(self, items: list[tuple[int, str, str]]) -> None:
+    @staticmethod
+    def _settle(batch: list[tuple[tuple[int, str, str], asyncio.Future]],
+                outcomes: list[BaseException | None]) -> None:
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if outcome is None:
+                future.set_result(None)
+            else:
+                future.set_exception(outcome)
+
+    def _write(self, items: list[tuple[int, str, str]]) -> list[BaseException | None]:
+        """Commit ``items`` together; the outcome of each (None: committed)."""
         try:
             self.database.record_many(items)
+            return [None] * len(items)
         except DatabaseBusy:
             raise
-        except Exception:
+        except Exception as error:
             if len(items) == 1:
-                raise
-            # One bad item must not fail the others: commit them one by one instead.
-            for item in items:
+                return [error]
+        # One bad item must not fail the others: commit them one by one instead.
+        outcomes: list[BaseException | None] = []
+        for item in items:
+            try:
                 self.database.record_many([item])
+                outcomes.append(None)
+            except Exception as error:
+                outcomes.append(error)
+        return outcomes
