@@ -54,7 +54,7 @@ def test_train_nnunet_checks_installation_before_any_work(monkeypatch, tmp_path:
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     dataset = write_sphere_dataset(tmp_path / "Dataset990_Sphere", cases=1, size=8)
     with pytest.raises(MedlossyError, match="nnU-Net v2 is not installed"):
-        train_nnunet(dataset, tmp_path / "model", "3d_fullres", 0)
+        train_nnunet(dataset, tmp_path / "model", configuration="3d_fullres", fold=0, folds=1)
     assert not (tmp_path / "model").exists()
 
 
@@ -98,39 +98,78 @@ def test_predict_refuses_a_folder_that_is_no_model(tmp_path: Path) -> None:
         predict_nnunet(tmp_path, tmp_path, tmp_path / "out")
 
 
-@pytest.mark.slow
-def test_end_to_end_on_cpu(tmp_path: Path) -> None:
-    """Sweep (x1, x20) -> nnU-Net plan/preprocess/train (1 epoch, CPU) on x1 -> predict the
-    held-out case at both ratios -> the tidy table. Several minutes on two cores."""
-    pytest.importorskip("nnunetv2")
-    # nnU-Net builds its network through timm, which needs torchvision: an install without
-    # it (pip --no-deps next to a CPU torch) cannot train, so it skips too.
-    pytest.importorskip("torchvision")
+def test_splits_are_the_study_folds_in_nnunet_format(tmp_path: Path) -> None:
     from medlossy.datasets.nnunet_raw import open_raw_dataset
-    from medlossy.datasets.sweep import plan_sweep, run_sweep
-    from medlossy.nnunet.run import held_out_cases, read_model, train_nnunet
-    from medlossy.pretrained.evaluate import evaluate_pretrained, sweep_datasets
+    from medlossy.nnunet.run import study_splits
+    from medlossy.train.splits import kfold_splits, training_subset
 
-    source = write_sphere_dataset(tmp_path / "Dataset990_Sphere")
-    run_sweep(plan_sweep(open_raw_dataset(source), tmp_path / "sweep", [1, 20], base_id=990),
-              workers=1)
+    dataset = open_raw_dataset(write_sphere_dataset(tmp_path / "Dataset990_Sphere", cases=7,
+                                                    size=8))
+    names = [f"sphere_{i:03d}" for i in range(7)]
+    splits = study_splits(dataset, 3, 1.0)
+    assert [s["val"] for s in splits] == [s["test"] for s in kfold_splits(names, 3)]
+    assert [s["train"] for s in splits] == [s["train"] for s in kfold_splits(names, 3)]
+    few = study_splits(dataset, 3, 0.5)
+    assert few[1]["train"] == training_subset(splits[1]["train"], 0.5, 1)
+    assert few[1]["val"] == splits[1]["val"]
+
+
+def test_backend_options_are_checked_before_any_work() -> None:
+    from medlossy.backends import TrainRequest, get_backend
+
+    backend = get_backend("nnunet")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['preset'\]"):
+        backend.recipe(TrainRequest(options={"preset": "lowres"}))
+    with pytest.raises(ValueError, match="plans must be one of"):
+        backend.recipe(TrainRequest(options={"plans": "x20"}))
+    recipe = backend.recipe(TrainRequest(epochs=7, iterations_per_epoch=3))
+    assert (recipe["epochs"], recipe["iterations_per_epoch"]) == (7, 3)
+    assert recipe["configuration"] == "3d_lowres" and recipe["trainer"] == "MedlossyTrainer"
+
+
+NNUNET_TRAIN = ["--backend", "nnunet", "--configuration", "3d_fullres", "--epochs", "2",
+                "--iterations", "2", "--validation-iterations", "1", "--folds", "3",
+                "--fold", "1", "--device", "cpu", "--quiet"]
+
+
+@pytest.mark.slow
+def test_cli_train_honours_epochs_iterations_and_the_study_folds(tmp_path: Path) -> None:
+    """Regression: `medlossy train --backend nnunet` ignored --epochs, --iterations and
+    --folds (nnU-Net's 1000-epoch trainer on its own 5-fold split). About a minute on two
+    cores."""
+    import torch
+
+    from medlossy.cli.main import main
+    from medlossy.datasets.nnunet_raw import open_raw_dataset
+    from medlossy.nnunet.run import checkpoint, read_model, study_splits
+
+    source = write_sphere_dataset(tmp_path / "Dataset990_Sphere", cases=6, size=24)
     started = time.perf_counter()
-    model = train_nnunet(sweep_datasets(tmp_path / "sweep")[1.0], tmp_path / "model",
-                         config="3d_fullres", fold=0, trainer="nnUNetTrainer_1epoch",
-                         device="cpu", processes=1)
+    assert main(["train", str(source), "--out", str(tmp_path / "model"), *NNUNET_TRAIN]) == 0
     trained = time.perf_counter() - started
-    assert read_model(model)["status"] == "trained"
-    held_out = held_out_cases(model)
-    assert held_out and len(held_out) == 1  # 5 cases, nnU-Net's 5-fold split
-    table = evaluate_pretrained(model, tmp_path / "sweep", arch="nnunet", device="cpu",
-                                predictions=tmp_path / "predictions")
-    total = time.perf_counter() - started
-    assert set(table["case"]) == set(held_out)
-    assert set(table["ratio_test"]) == {1.0, 20.0}
-    assert (table["ratio_train"] == 1.0).all() and (table["fold"] == 0).all()
-    dice = table[table["class"] == "sphere"].set_index("ratio_test")["value"]
-    assert dice.between(0, 1).all() and not dice.isna().any()
-    print(f"\nnnU-Net end to end: train {trained:.0f} s, total {total:.0f} s, "
-          f"sphere Dice by test ratio {dice.to_dict()}")
-    # One epoch (250 iterations) already finds a bright sphere in uncompressed images.
-    assert dice[1.0] > 0.5
+    final = torch.load(checkpoint(tmp_path / "model"), map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 2 and final["trainer_name"] == "MedlossyTrainer"
+    assert len(final["logging"]["train_losses"]) == 2
+    # nnU-Net's recipe as the paper used it: SGD Nesterov 0.99, lr 1e-2, poly decay 0.9.
+    group = final["optimizer_state"]["param_groups"][0]
+    assert group["momentum"] == 0.99 and group["nesterov"] and group["weight_decay"] == 3e-5
+    assert final["logging"]["lrs"] == pytest.approx([1e-2, 1e-2 * 0.5 ** 0.9])
+    splits = json.loads((tmp_path / "model" / "nnunet" / "splits_final.json").read_text())
+    assert splits == study_splits(open_raw_dataset(source), 3, 1.0)
+    model = read_model(tmp_path / "model")
+    assert model["test_cases"] == splits[1]["val"] and model["training"]["epochs"] == 2
+
+    started = time.perf_counter()
+    assert main(["predict", str(tmp_path / "model"), str(source), "--out",
+                 str(tmp_path / "predictions"), "--device", "cpu", "--quiet"]) == 0
+    predicted = time.perf_counter() - started
+    written = sorted(p.name for p in (tmp_path / "predictions").glob("*.nii.gz"))
+    assert written == [f"{name}.nii.gz" for name in splits[1]["val"]]
+    labels = nib.load(tmp_path / "predictions" / written[0]).get_fdata()
+    assert labels.shape == (24, 24, 24) and set(np.unique(labels)) <= {0, 1}
+    print(f"\nnnU-Net CLI: train {trained:.0f} s, predict {predicted:.0f} s")
+
+    # A rerun finds the fold finished and does nothing.
+    mtime = checkpoint(tmp_path / "model").stat().st_mtime_ns
+    assert main(["train", str(source), "--out", str(tmp_path / "model"), *NNUNET_TRAIN]) == 0
+    assert checkpoint(tmp_path / "model").stat().st_mtime_ns == mtime

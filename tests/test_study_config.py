@@ -38,7 +38,7 @@ BAD = {
     "unknown top-level key": (("folds = 2", "folds = 2\ncolour = \"red\""),
                               r"unknown key\(s\) \['colour'\]"),
     "unknown training key": (("epochs = 2", "epochs = 2\nepoch = 3"),
-                             r"unknown \[training\] key\(s\) \['epoch'\]"),
+                             r"\[training\]: unknown option\(s\) \['epoch'\] for backend 'builtin'"),
     "unknown experiment": (('"budget"]', '"budget", "segment"]'),
                            r"unknown experiment\(s\) \['segment'\]"),
     "more folds than cases": (("folds = 2", "folds = 7"),
@@ -90,7 +90,7 @@ def test_dataset_paths_are_relative_to_the_config_file(data: Path, monkeypatch) 
 def test_values_reach_the_study_and_training_configs(data: Path) -> None:
     config = load_config(_write(data, GOOD))
 
-    training = config.train_config(fold=1, fraction=0.5)
+    training = config.backend.config(config.train_request(fold=1, fraction=0.5))
     assert (config.ratios, config.train_ratios, config.folds) == ((1, 20), (1, 20), 2)
     assert config.budget_ratios == (2.0, 1.0)
     assert training.patch_size == (16, 16, 16) and training.filters == (4, 8, 16)

@@ -328,48 +328,47 @@ def data_phantom(arguments: argparse.Namespace) -> None:
     print(folder)
 
 
+def _train_options(arguments: argparse.Namespace) -> dict:
+    """The backend options given on the command line (the backend rejects foreign ones)."""
+    options = {"device": arguments.device, "preset": arguments.preset,
+               "batch_size": arguments.batch_size,
+               "patch_size": _numbers(arguments.patch_size, "--patch-size", int)
+               if arguments.patch_size else None,
+               "augment": False if arguments.no_augment else None,
+               "configuration": arguments.configuration, "plans": arguments.plans,
+               "validation_iterations": arguments.validation_iterations}
+    return {key: value for key, value in options.items() if value is not None}
+
+
 def train(arguments: argparse.Namespace) -> None:
+    from medlossy.backends import TrainRequest, get_backend
     from medlossy.datasets.sweep import resolve_dataset_folder
-    from medlossy.train.config import TrainConfig
-    from medlossy.train.loop import train_model
 
     dataset = resolve_dataset_folder(arguments.dataset)
-    if arguments.backend == "nnunet":
-        from medlossy.nnunet.run import train_nnunet
-
-        folder = train_nnunet(dataset, arguments.out, arguments.nnunet_config, arguments.fold,
-                              arguments.trainer, arguments.device, quiet=arguments.quiet)
-        _say(arguments, f"{folder}: nnU-Net {arguments.nnunet_config} fold {arguments.fold}")
-        return
-    patch = None
-    if arguments.patch_size:
-        patch = tuple(int(v) for v in arguments.patch_size.split(","))
-    config = TrainConfig.from_preset(
-        arguments.preset, fold=arguments.fold, folds=arguments.folds, epochs=arguments.epochs,
-        iterations_per_epoch=arguments.iterations, batch_size=arguments.batch_size,
-        patch_size=patch, seed=arguments.seed, device=arguments.device,
-        augment=not arguments.no_augment)
-    folder = train_model(dataset, arguments.out, config, show_progress=not arguments.quiet)
-    description = json.loads((folder / "model.json").read_text())
-    training = description["training"]
-    _say(arguments, f"{folder}: {training['iterations_this_run']} iterations in "
-                    f"{training['seconds_this_run']:.0f} s on {training['device']} "
-                    f"({training['iterations_per_second']} it/s), final loss "
-                    f"{training['history'][-1]['loss']:.4f}")
+    backend = get_backend(arguments.backend)
+    reference = resolve_dataset_folder(arguments.reference) if arguments.reference else None
+    request = TrainRequest(fold=arguments.fold, folds=arguments.folds, seed=arguments.seed,
+                           epochs=arguments.epochs, iterations_per_epoch=arguments.iterations,
+                           options=_train_options(arguments), reference_dataset=reference)
+    backend.recipe(request)  # every option checked before any work
+    folder = backend.train(Path(dataset), Path(arguments.out), request,
+                           show_progress=not arguments.quiet)
+    info = backend.describe(folder)
+    speed = f" ({info.epochs * info.iterations_per_epoch / info.seconds:.2f} it/s)" \
+        if info.seconds else ""
+    _say(arguments, f"{folder}: {backend.name} backend, fold {info.fold} "
+                    f"({len(info.train_cases)} training, {len(info.test_cases)} test cases), "
+                    f"{info.epochs} epochs x {info.iterations_per_epoch} iterations on "
+                    f"{info.device}{speed}")
 
 
 def predict(arguments: argparse.Namespace) -> None:
+    from medlossy.backends import backend_of
     from medlossy.datasets.sweep import resolve_dataset_folder
-    from medlossy.train.inference import predict_dataset
 
     dataset = resolve_dataset_folder(arguments.dataset)
-    if (Path(arguments.model) / "medlossy-model.json").exists():
-        from medlossy.nnunet.run import predict_nnunet
-
-        out = predict_nnunet(arguments.model, dataset, arguments.out, cases=arguments.cases,
-                             device=arguments.device, quiet=arguments.quiet)
-        _say(arguments, f"{out}: nnU-Net predictions")
-        return
-    written = predict_dataset(arguments.model, dataset, arguments.out, cases=arguments.cases,
-                              device=arguments.device, show_progress=not arguments.quiet)
-    _say(arguments, f"{arguments.out}: {len(written)} label maps")
+    backend = backend_of(Path(arguments.model))
+    out = backend.predict(Path(arguments.model), Path(dataset), Path(arguments.out),
+                          cases=arguments.cases, device=arguments.device,
+                          show_progress=not arguments.quiet)
+    _say(arguments, f"{out}: {backend.name} predictions")

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 
 from medlossy import __version__
+from medlossy.backends import backend_names
 from medlossy.cli import commands
 from medlossy.codecs import codec_names
 from medlossy.datasets.sweep import STUDY_RATIOS
@@ -114,7 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated experiments to run: quality, train, cross, "
                             "pretrained, budget, reader")
     study.add_argument("--scheduler", default=None,
-                       help="Dask scheduler address for the compression units")
+                       help="Dask scheduler address: compression units, and training and "
+                            "prediction units as tasks needing one GPU (dask worker "
+                            "--resources GPU=1)")
+    study.add_argument("--gpus", default=None,
+                       help="run training and prediction units one per local GPU, e.g. 0,1")
+    study.add_argument("--dry-run", action="store_true",
+                       help="list every unit, which are cached, GPU-hours and storage; run "
+                            "nothing")
     study.add_argument("--cache", default=None, help="demo download cache")
     _add_common(study)
     study.set_defaults(handler=commands.study)
@@ -126,23 +134,29 @@ def build_parser() -> argparse.ArgumentParser:
                                        "the last epoch's checkpoint.")
     train.add_argument("dataset", help="nnU-Net raw dataset folder, or SWEEP/r20")
     train.add_argument("--out", required=True, help="model folder")
-    train.add_argument("--backend", choices=("monai", "nnunet"), default="monai",
-                       help="built-in MONAI U-Net, or nnU-Net v2 (pip install "
-                            "'medlossy[nnunet]')")
-    train.add_argument("--config", dest="nnunet_config", default="3d_lowres",
-                       help="nnU-Net configuration (nnunet backend; default 3d_lowres)")
-    train.add_argument("--trainer", default="nnUNetTrainer",
-                       help="nnU-Net trainer class (nnunet backend)")
-    train.add_argument("--preset", choices=("lowres", "fullres"), default="lowres")
-    train.add_argument("--fold", type=int, default=0)
-    train.add_argument("--folds", type=int, default=3)
-    train.add_argument("--epochs", type=int, default=None)
-    train.add_argument("--iterations", type=int, default=None, help="iterations per epoch")
-    train.add_argument("--batch-size", type=int, default=None)
-    train.add_argument("--patch-size", default=None, help="e.g. 64,64,64")
+    train.add_argument("--backend", choices=[*backend_names(), "monai"], default="builtin",
+                       help="the built-in MONAI U-Net (default; 'monai' is its old name), or "
+                            "nnU-Net v2 with the study's trainer (see docs/study.md)")
+    train.add_argument("--fold", type=int, default=0, help="fold of the study's split")
+    train.add_argument("--folds", type=int, default=3, help="folds of the study's split")
+    train.add_argument("--epochs", type=int, default=300)
+    train.add_argument("--iterations", type=int, default=250, help="iterations per epoch")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    train.add_argument("--no-augment", action="store_true", help="switch augmentation off")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    builtin = train.add_argument_group("built-in backend")
+    builtin.add_argument("--preset", choices=("lowres", "fullres"), default=None)
+    builtin.add_argument("--batch-size", type=int, default=None)
+    builtin.add_argument("--patch-size", default=None, help="e.g. 64,64,64")
+    builtin.add_argument("--no-augment", action="store_true", help="switch augmentation off")
+    nnunet = train.add_argument_group("nnunet backend")
+    nnunet.add_argument("--configuration", "--config", dest="configuration", default=None,
+                        help="nnU-Net configuration (default 3d_lowres, the paper's)")
+    nnunet.add_argument("--plans", choices=("per-ratio", "x1"), default=None,
+                        help="plan this dataset (default) or reuse --reference's plans")
+    nnunet.add_argument("--reference", default=None,
+                        help="the uncompressed dataset, for --plans x1")
+    nnunet.add_argument("--validation-iterations", type=int, default=None,
+                        help="nnU-Net's pseudo-validation batches per epoch (default 50)")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(handler=commands.train)
 

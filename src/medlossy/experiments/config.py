@@ -16,9 +16,10 @@ Example (every key optional except ``datasets``)::
     path = "nnUNet_raw/Dataset011_AMOS"
 
     [training]
-    preset = "lowres"
+    backend = "builtin"                            # or "nnunet" (options: docs/study.md)
     epochs = 300
     iterations_per_epoch = 250
+    preset = "lowres"                              # the rest: the backend's own options
     patch_size = [64, 64, 64]
 
     [pretrained]                                   # optional; else the ratio-1 model
@@ -35,15 +36,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medlossy.backends import TrainingBackend, TrainRequest, get_backend
 from medlossy.errors import MedlossyError
-from medlossy.train.config import TrainConfig
 
 EXPERIMENTS = ("quality", "train", "cross", "pretrained", "budget", "reader")
 _TOP_KEYS = {"experiments", "ratios", "train_ratios", "folds", "train_folds", "seed",
              "budget_fractions", "margin", "bootstrap", "datasets", "training", "pretrained",
              "reader_results", "base_id", "codec"}
-_TRAINING_KEYS = {"preset", "epochs", "iterations_per_epoch", "batch_size", "patch_size",
-                  "target_spacing", "filters", "augment", "device", "learning_rate"}
+#: [training] keys of the study; every other key is an option of the chosen backend.
+_STUDY_TRAINING_KEYS = ("backend", "epochs", "iterations_per_epoch")
+_DATASET_KEYS = {"path", "train", "synthetic", "cases", "voxels_per_case"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class DatasetEntry:
     path: Path
     train: bool = True  # False: quality only (too few labelled cases to train on)
     synthetic: bool = False
+    #: Size hints for ``--dry-run`` before the dataset is on disk (cases, mean voxels).
+    cases: int | None = None
+    voxels_per_case: float | None = None
 
 
 @dataclass(frozen=True)
@@ -71,14 +76,21 @@ class StudyConfig:
     pretrained: dict[str, str] = field(default_factory=dict)
     reader_results: Path | None = None
 
-    def train_config(self, fold: int, fraction: float = 1.0) -> TrainConfig:
-        options = dict(self.training)
-        preset = options.pop("preset", "lowres")
-        for key in ("patch_size", "target_spacing", "filters"):
-            if key in options:
-                options[key] = tuple(options[key])
-        return TrainConfig.from_preset(preset, fold=fold, folds=self.folds, seed=self.seed,
-                                       train_fraction=fraction, **options)
+    @property
+    def backend(self) -> TrainingBackend:
+        """The training backend ``[training] backend`` names (default: the built-in)."""
+        return get_backend(str(self.training.get("backend", "builtin")))
+
+    def train_request(self, fold: int, fraction: float = 1.0,
+                      reference: Path | None = None) -> TrainRequest:
+        """What one training unit asks of the backend."""
+        options = {k: v for k, v in self.training.items() if k not in _STUDY_TRAINING_KEYS}
+        return TrainRequest(fold=fold, folds=self.folds, seed=self.seed,
+                            train_fraction=fraction,
+                            epochs=int(self.training.get("epochs", 300)),
+                            iterations_per_epoch=int(self.training.get("iterations_per_epoch",
+                                                                       250)),
+                            options=options, reference_dataset=reference)
 
     @property
     def budget_ratios(self) -> tuple[float, ...]:
@@ -95,8 +107,9 @@ def _fail(source: str, problem: str) -> MedlossyError:
     return MedlossyError(source, f"bad study config: {problem}")
 
 
-def validate(config: StudyConfig, source: str) -> StudyConfig:
-    """Impossible combinations and missing files, all reported before any work."""
+def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> StudyConfig:
+    """Impossible combinations and missing files, all reported before any work
+    (``check_files=False``: the settings only, for a dry run before the data are there)."""
     from medlossy.datasets.nnunet_raw import open_raw_dataset
 
     unknown = set(config.experiments) - set(EXPERIMENTS)
@@ -117,10 +130,10 @@ def validate(config: StudyConfig, source: str) -> StudyConfig:
     if not 0 < config.margin < 1:
         raise _fail(source, "margin must be in (0, 1)")
     try:
-        config.train_config(config.train_folds[0])
+        config.backend.recipe(config.train_request(config.train_folds[0]))
     except (ValueError, TypeError) as error:
         raise _fail(source, f"[training]: {error}") from None
-    for entry in config.datasets:
+    for entry in config.datasets if check_files else ():
         dataset = open_raw_dataset(entry.path)
         labelled = [c for c in dataset.cases() if c.label is not None]
         if training and entry.train:
@@ -131,6 +144,8 @@ def validate(config: StudyConfig, source: str) -> StudyConfig:
             if "budget" in config.experiments and round(smallest) < 1:
                 raise _fail(source, f"budget fraction {min(config.budget_fractions)} leaves "
                                     f"no training case of {entry.path}")
+    if not check_files:
+        return config
     for key in ("checkpoint", "label_map"):
         if key in config.pretrained and not Path(config.pretrained[key]).exists():
             raise _fail(source, f"pretrained {key} {config.pretrained[key]} does not exist")
@@ -139,7 +154,7 @@ def validate(config: StudyConfig, source: str) -> StudyConfig:
     return config
 
 
-def load_config(path: str | Path) -> StudyConfig:
+def load_config(path: str | Path, *, check_files: bool = True) -> StudyConfig:
     """Read and validate a study TOML file; relative paths are relative to the file."""
     path = Path(path)
     try:
@@ -151,9 +166,6 @@ def load_config(path: str | Path) -> StudyConfig:
     unknown = set(document) - _TOP_KEYS
     if unknown:
         raise _fail(str(path), f"unknown key(s) {sorted(unknown)}")
-    unknown = set(document.get("training", {})) - _TRAINING_KEYS
-    if unknown:
-        raise _fail(str(path), f"unknown [training] key(s) {sorted(unknown)}")
     base = path.parent
 
     def resolve(value: str) -> Path:
@@ -161,16 +173,18 @@ def load_config(path: str | Path) -> StudyConfig:
 
     entries = []
     for item in document.pop("datasets", []):
-        extra = set(item) - {"path", "train", "synthetic"}
+        extra = set(item) - _DATASET_KEYS
         if extra or "path" not in item:
-            raise _fail(str(path), f"each [[datasets]] needs path (and optionally train, "
-                                   f"synthetic); got {sorted(item)}")
+            raise _fail(str(path), f"each [[datasets]] needs path (and optionally "
+                                   f"{', '.join(sorted(_DATASET_KEYS - {'path'}))}); got "
+                                   f"{sorted(item)}")
         entries.append(DatasetEntry(resolve(item["path"]), bool(item.get("train", True)),
-                                    bool(item.get("synthetic", False))))
+                                    bool(item.get("synthetic", False)), item.get("cases"),
+                                    item.get("voxels_per_case")))
     pretrained = {k: str(resolve(v)) for k, v in document.pop("pretrained", {}).items()}
     reader = document.pop("reader_results", None)
     tuples = {k: tuple(v) for k, v in document.items() if isinstance(v, list)}
     config = StudyConfig(datasets=tuple(entries), pretrained=pretrained,
                          reader_results=resolve(reader) if reader else None,
                          **{**document, **tuples})
-    return validate(config, str(path))
+    return validate(config, str(path), check_files=check_files)

@@ -1,30 +1,39 @@
 """Experiments 2-5 of the study, built from cached units: train, predict, evaluate.
 
-Each unit lives in a folder named by a hash of its inputs (the training config and the
+Data flow: :func:`plan_segmentation` turns the config into units (one training unit per
+dataset, ratio, fold and training share; one evaluation unit per model and test ratio);
+:func:`run_segmentation` runs the training units, then the evaluation units, through an
+executor (one after another, one per local GPU, or on a Dask cluster, see ``scaleout``),
+then reads their cached tables into the results. The training backend (built-in or nnU-Net)
+is the config's; nothing here depends on which.
+
+Each unit lives in a folder named by a hash of its inputs (the backend's recipe and the
 checksums of the dataset it reads), so a rerun skips what is done, a killed unit resumes
-(training from its last epoch checkpoint, prediction case by case) and changing one ratio
-reruns only the units that depend on it.
+(training from its last epoch checkpoint) and changing one ratio reruns only the units that
+depend on it. A unit holds a lock file while it works (``medlossy.locks``): two runs sharing
+the folder never train or predict the same unit twice, and a unit whose worker died is
+taken up by the next worker that asks.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from medlossy.atomic import atomic_output
+from medlossy.backends import TrainRequest, get_backend
 from medlossy.checksums import sha256_file
 from medlossy.datasets.nnunet_raw import open_raw_dataset
 from medlossy.datasets.sweep import ratio_tag
 from medlossy.evaluate.evaluate import evaluate_predictions
 from medlossy.experiments.config import StudyConfig
-from medlossy.train.config import TrainConfig
-from medlossy.train.inference import predict_dataset
-from medlossy.train.loop import DESCRIPTION_FILE, train_model
+from medlossy.locks import unit_lock
 
 RESULT_COLUMNS = ("experiment", "dataset", "case", "class", "ratio_train", "ratio_test",
                   "fold", "train_fraction", "metric", "value")
@@ -50,42 +59,161 @@ class SweepFolders:
         return self.by_ratio[ratio]
 
 
-class Units:
-    """Cached train / predict / evaluate units under ``root``."""
+@dataclass(frozen=True)
+class TrainUnit:
+    """One model: a backend trains ``folder`` (one ratio) into ``out``."""
 
-    def __init__(self, root: Path, show_progress: bool) -> None:
+    backend: str
+    dataset: str
+    folder: Path
+    ratio: float
+    request: TrainRequest
+    out: Path
+    cache: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.out.name}"
+
+    def done(self) -> bool:
+        return get_backend(self.backend).is_trained(self.out)
+
+
+@dataclass(frozen=True)
+class EvalUnit:
+    """One model tested on one ratio: predictions, then the tidy Dice table (cached CSV)."""
+
+    model: TrainUnit
+    folder: Path
+    ratio_test: float
+    table: Path
+    predictions: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.model.dataset}/{self.table.stem}"
+
+    def done(self) -> bool:
+        return self.table.exists()
+
+
+def run_train_unit(unit: TrainUnit, show_progress: bool = False) -> str:
+    """Train ``unit`` unless it is trained; waits while another worker holds it."""
+    if not unit.done():
+        with unit_lock(unit.out.with_name(unit.out.name + ".lock")):
+            if not unit.done():  # another worker may have finished it while we waited
+                get_backend(unit.backend).train(unit.folder, unit.out, unit.request,
+                                                cache=unit.cache, show_progress=show_progress)
+    return unit.name
+
+
+def run_eval_unit(unit: EvalUnit, show_progress: bool = False) -> str:
+    """Predict the model's held-out cases of ``unit.folder`` and write the Dice table."""
+    if not unit.done():
+        with unit_lock(unit.table.with_name(unit.table.name + ".lock")):
+            if not unit.done():
+                backend = get_backend(unit.model.backend)
+                backend.predict(unit.model.out, unit.folder, unit.predictions, cases="test",
+                                show_progress=show_progress)
+                held_out = backend.describe(unit.model.out).test_cases
+                table = evaluate_predictions(unit.predictions, unit.folder,
+                                             ratio_train=unit.model.ratio,
+                                             ratio_test=unit.ratio_test,
+                                             fold=unit.model.request.fold, cases=held_out)
+                with atomic_output(unit.table) as temporary:
+                    table.to_csv(temporary, index=False)
+    return unit.name
+
+
+@dataclass(frozen=True)
+class Row:
+    """Where an evaluation's table goes in the results."""
+
+    experiment: str
+    evaluation: EvalUnit
+    fraction: float = 1.0
+    budget_fraction: float | None = None
+
+
+@dataclass
+class SegmentationPlan:
+    """Every unit the config implies, and how their tables make the results."""
+
+    train: dict[Path, TrainUnit] = field(default_factory=dict)
+    evaluations: dict[Path, EvalUnit] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    footprints: list[tuple[TrainUnit, str, float, float]] = field(default_factory=list)
+
+
+class _Planner:
+    def __init__(self, config: StudyConfig, root: Path) -> None:
+        self.config = config
         self.root = root
-        self.show_progress = show_progress
+        self.backend = config.backend
         self._digests: dict[Path, str] = {}
+        self.plan = SegmentationPlan()
 
     def _digest(self, folder: Path) -> str:
         if folder not in self._digests:
             self._digests[folder] = folder_digest(folder)
         return self._digests[folder]
 
-    def model(self, dataset: str, folder: Path, ratio: float, config: TrainConfig) -> Path:
-        key = hashlib.sha256(json.dumps([config.to_dict(), self._digest(folder)],
-                                        sort_keys=True, default=str).encode()).hexdigest()[:12]
-        out = (self.root / "models" / dataset /
-               f"{ratio_tag(ratio)}_fold{config.fold}_frac{config.train_fraction:g}_{key}")
-        if not (out / DESCRIPTION_FILE).exists():
-            train_model(folder, out, config, show_progress=self.show_progress)
-        return out
+    def model(self, sweep: SweepFolders, ratio: float, request: TrainRequest) -> TrainUnit:
+        recipe = self.backend.recipe(request)
+        key = hashlib.sha256(json.dumps([recipe, self._digest(sweep[ratio])], sort_keys=True,
+                                        default=str).encode()).hexdigest()[:12]
+        out = (self.root / "models" / sweep.name /
+               f"{ratio_tag(ratio)}_fold{request.fold}_frac{request.train_fraction:g}_{key}")
+        unit = TrainUnit(self.backend.name, sweep.name, sweep[ratio], ratio, request, out,
+                         self.root / "cache" / sweep.name)
+        return self.plan.train.setdefault(out, unit)
 
-    def evaluation(self, model: Path, folder: Path, ratio_train: float, ratio_test: float,
-                   fold: int) -> pd.DataFrame:
-        key = f"{model.name}_on_{ratio_tag(ratio_test)}_{self._digest(folder)}"
-        cached = self.root / "evaluations" / model.parent.name / f"{key}.csv"
-        if cached.exists():
-            return pd.read_csv(cached)
-        predictions = self.root / "predictions" / model.parent.name / key
-        predict_dataset(model, folder, predictions, cases="test")
-        held_out = json.loads((model / DESCRIPTION_FILE).read_text())["trained_on"]["test_cases"]
-        table = evaluate_predictions(predictions, folder, ratio_train=ratio_train,
-                                     ratio_test=ratio_test, fold=fold, cases=held_out)
-        with atomic_output(cached) as temporary:
-            table.to_csv(temporary, index=False)
-        return table
+    def evaluation(self, model: TrainUnit, folder: Path, ratio_test: float) -> EvalUnit:
+        key = f"{model.out.name}_on_{ratio_tag(ratio_test)}_{self._digest(folder)}"
+        table = self.root / "evaluations" / model.dataset / f"{key}.csv"
+        unit = EvalUnit(model, folder, ratio_test, table,
+                        self.root / "predictions" / model.dataset / key)
+        return self.plan.evaluations.setdefault(table, unit)
+
+
+def plan_segmentation(config: StudyConfig, sweeps: Sequence[SweepFolders], root: Path,
+                      ) -> SegmentationPlan:
+    """Units of the experiments train / cross / pretrained / budget."""
+    wanted = set(config.experiments)
+    planner = _Planner(config, root)
+    plan = planner.plan
+    for sweep in sweeps:
+        reference = sweep[1]
+        for fold in config.train_folds:
+            full = config.train_request(fold, reference=reference)
+            model_ratios = sorted(set(config.train_ratios) |
+                                  (set(config.budget_ratios) if "budget" in wanted else set()))
+            models = {r: planner.model(sweep, r, full) for r in model_ratios}
+            if "train" in wanted:
+                for ratio in config.train_ratios:
+                    plan.rows.append(Row("train", planner.evaluation(models[ratio],
+                                                                     sweep[ratio], ratio)))
+            if "cross" in wanted:
+                for train_ratio in config.train_ratios:
+                    for test_ratio in config.train_ratios:
+                        plan.rows.append(Row("cross", planner.evaluation(
+                            models[train_ratio], sweep[test_ratio], test_ratio)))
+            if "pretrained" in wanted and not config.pretrained:
+                for test_ratio in config.ratios:
+                    plan.rows.append(Row("pretrained", planner.evaluation(
+                        models[1], sweep[test_ratio], test_ratio)))
+            if "budget" in wanted:
+                for fraction, ratio in zip(config.budget_fractions, config.budget_ratios,
+                                           strict=True):
+                    few = planner.model(sweep, 1.0, config.train_request(
+                        fold, fraction, reference=reference)) if fraction < 1 else models[1]
+                    for arm, model in (("few-shot", few), ("compressed", models[ratio])):
+                        plan.rows.append(Row(f"budget:{arm}",
+                                             planner.evaluation(model, sweep[1], 1.0),
+                                             fraction if arm == "few-shot" else 1.0,
+                                             fraction))
+                        plan.footprints.append((model, arm, fraction, ratio))
+    return plan
 
 
 def _tag(table: pd.DataFrame, experiment: str, dataset: str, fraction: float) -> pd.DataFrame:
@@ -96,63 +224,56 @@ def _tag(table: pd.DataFrame, experiment: str, dataset: str, fraction: float) ->
     return table[list(RESULT_COLUMNS)]
 
 
-def run_segmentation(config: StudyConfig, sweeps: list[SweepFolders], units: Units,
+Runner = Callable[[Callable, list], list]
+
+
+def serial(function: Callable, units: list) -> list:
+    """Run units one after another in this process."""
+    return [function(unit) for unit in units]
+
+
+def run_segmentation(config: StudyConfig, sweeps: Sequence[SweepFolders], root: Path, *,
+                     runner: Runner = serial, show_progress: bool = False,
                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Experiments train / cross / pretrained / budget; returns (results, footprints)."""
-    wanted = set(config.experiments)
-    tables, footprints = [], []
-    for sweep in sweeps:
-        for fold in config.train_folds:
-            full = config.train_config(fold)
-            model_ratios = sorted(set(config.train_ratios) |
-                                  (set(config.budget_ratios) if "budget" in wanted else set()))
-            models = {r: units.model(sweep.name, sweep[r], r, full) for r in model_ratios}
-            if "train" in wanted:
-                for ratio in config.train_ratios:
-                    tables.append(_tag(units.evaluation(models[ratio], sweep[ratio], ratio,
-                                                        ratio, fold), "train", sweep.name, 1.0))
-            if "cross" in wanted:
-                for train_ratio in config.train_ratios:
-                    for test_ratio in config.train_ratios:
-                        table = units.evaluation(models[train_ratio], sweep[test_ratio],
-                                                 train_ratio, test_ratio, fold)
-                        tables.append(_tag(table, "cross", sweep.name, 1.0))
-            if "pretrained" in wanted and not config.pretrained:
-                for test_ratio in config.ratios:
-                    table = units.evaluation(models[1], sweep[test_ratio], 1.0, test_ratio,
-                                             fold)
-                    tables.append(_tag(table, "pretrained", sweep.name, 1.0))
-            if "budget" in wanted:
-                for fraction, ratio in zip(config.budget_fractions, config.budget_ratios,
-                                           strict=True):
-                    few = units.model(sweep.name, sweep[1], 1.0,
-                                      config.train_config(fold, fraction)) \
-                        if fraction < 1 else models[1]
-                    for arm, model, train_ratio in (("few-shot", few, 1.0),
-                                                    ("compressed", models[ratio], ratio)):
-                        table = units.evaluation(model, sweep[1], train_ratio, 1.0, fold)
-                        table = _tag(table, f"budget:{arm}", sweep.name,
-                                     fraction if arm == "few-shot" else 1.0)
-                        table["budget_fraction"] = fraction
-                        tables.append(table)
-                        footprints.append(_footprint(sweep, model, arm, fraction, ratio, fold))
+    """Experiments train / cross / pretrained / budget; returns (results, footprints).
+
+    ``runner(function, units)`` runs ``function`` on every unit (``serial``, or one of
+    ``scaleout``'s); training units first, evaluation units once every model exists.
+    """
+    from functools import partial
+
+    plan = plan_segmentation(config, sweeps, root)
+    runner(partial(run_train_unit, show_progress=show_progress),
+           [unit for unit in plan.train.values() if not unit.done()])
+    runner(partial(run_eval_unit, show_progress=show_progress),
+           [unit for unit in plan.evaluations.values() if not unit.done()])
+    tables = []
+    for row in plan.rows:
+        table = _tag(pd.read_csv(row.evaluation.table), row.experiment,
+                     row.evaluation.model.dataset, row.fraction)
+        if row.budget_fraction is not None:
+            table["budget_fraction"] = row.budget_fraction
+        tables.append(table)
     results = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
         columns=RESULT_COLUMNS)
+    footprints = [_footprint(sweeps, *entry) for entry in plan.footprints]
     return results, pd.DataFrame(footprints)
 
 
-def _footprint(sweep: SweepFolders, model: Path, arm: str, fraction: float, ratio: float,
-               fold: int) -> dict:
+def _footprint(sweeps: Sequence[SweepFolders], model: TrainUnit, arm: str, fraction: float,
+               ratio: float) -> dict:
     """Bytes of the training images a model saw: raw 16-bit for few-shot, stored for the
     compressed arm (from the sweep manifest), measured rather than assumed."""
-    trained_on = json.loads((model / DESCRIPTION_FILE).read_text())["trained_on"]
+    sweep = next(s for s in sweeps if s.name == model.dataset)
+    fold = model.request.fold
+    train_cases = get_backend(model.backend).describe(model.out).train_cases
     manifest = pd.read_csv(sweep[1].parent.parent / "manifest.csv")
-    rows = manifest[manifest["case"].isin(trained_on["train_cases"])]
+    rows = manifest[manifest["case"].isin(train_cases)]
     column = "raw_bytes" if arm == "few-shot" else "stored_bytes"
     rows = rows[rows["ratio_target"] == (1.0 if arm == "few-shot" else ratio)]
     return {"dataset": sweep.name, "fold": fold, "arm": arm, "budget_fraction": fraction,
             "ratio": 1.0 if arm == "few-shot" else ratio,
-            "train_cases": len(trained_on["train_cases"]), "bytes": int(rows[column].sum())}
+            "train_cases": len(train_cases), "bytes": int(rows[column].sum())}
 
 
 def sweep_folders(name: str, sweep_folder: Path) -> SweepFolders:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,7 @@ from medlossy.datasets.nnunet_raw import open_raw_dataset
 from medlossy.experiments import segmentation as seg
 from medlossy.experiments.config import StudyConfig
 from medlossy.experiments.quality import run_quality
+from medlossy.experiments.scaleout import dask_cluster, local_gpus
 from medlossy.experiments.statistics import non_inferiority, safe_ratios
 from medlossy.report import segmentation_figures as figures
 from medlossy.report.quality_figure import plot_quality
@@ -70,10 +72,24 @@ def _budget_verdict(config: StudyConfig, budget: pd.DataFrame) -> str:
     return "; ".join(lines) + "." if lines else ""
 
 
+def unit_runner(gpus: Sequence[str] | None, scheduler: str | None) -> seg.Runner:
+    """Where training and prediction units run: Dask, local GPUs, or here one by one."""
+    if scheduler is not None:
+        return dask_cluster(scheduler)
+    if gpus:
+        return local_gpus(gpus)
+    return seg.serial
+
+
 def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
-              scheduler: str | None = None, show_progress: bool = False,
-              notes: str = "") -> list[Path]:
-    """Run every experiment of ``config`` into ``out``; returns the report files."""
+              scheduler: str | None = None, gpus: Sequence[str] | None = None,
+              show_progress: bool = False, notes: str = "") -> list[Path]:
+    """Run every experiment of ``config`` into ``out``; returns the report files.
+
+    ``scheduler`` (a Dask address) runs the compression units and the training and
+    prediction units (one GPU each) on a cluster; ``gpus`` runs the training and prediction
+    units one per local GPU.
+    """
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -94,8 +110,9 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
     results, footprints = pd.DataFrame(columns=seg.RESULT_COLUMNS), pd.DataFrame()
     if segmentation_wanted and sweeps:
         step = time.perf_counter()
-        units = seg.Units(out, show_progress)
-        results, footprints = seg.run_segmentation(config, sweeps, units)
+        results, footprints = seg.run_segmentation(
+            config, sweeps, out, runner=unit_runner(gpus, scheduler),
+            show_progress=show_progress)
         if "pretrained" in config.experiments and config.pretrained:
             from medlossy.pretrained.evaluate import evaluate_pretrained
 
@@ -156,13 +173,15 @@ def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
     if results.empty:
         return [Section("2-5. Segmentation", "Not run: no dataset is marked for training or "
                         "no segmentation experiment was asked for.")]
-    training = config.train_config(config.train_folds[0])
-    iterations = training.epochs * training.iterations_per_epoch
+    request = config.train_request(config.train_folds[0])
+    recipe = config.backend.recipe(request)
+    iterations = request.epochs * request.iterations_per_epoch
     test_cases = results[results["experiment"] == "train"]["case"].nunique()
-    budget_note = (f"Training budget: {training.epochs} epochs x "
-                   f"{training.iterations_per_epoch} iterations = {iterations} iterations "
-                   f"per model (the paper: {PAPER_ITERATIONS}), patch "
-                   f"{'x'.join(map(str, training.patch_size))}, folds "
+    shape = (f"patch {'x'.join(map(str, recipe['patch_size']))}" if "patch_size" in recipe
+             else f"nnU-Net {recipe.get('configuration')}, plans {recipe.get('plans')}")
+    budget_note = (f"Backend {config.backend.name}. Training budget: {request.epochs} epochs x "
+                   f"{request.iterations_per_epoch} iterations = {iterations} iterations "
+                   f"per model (the paper: {PAPER_ITERATIONS}), {shape}, folds "
                    f"{list(config.train_folds)} of {config.folds}, {test_cases} test cases.")
     if iterations < PAPER_ITERATIONS / 10 or test_cases < MIN_TEST_CASES:
         budget_note += (" This run is far too short (or has too few test cases) to support "

@@ -1,8 +1,9 @@
-"""nnU-Net v2's entry points, each run in a subprocess with a per-run environment.
+"""nnU-Net v2 in child processes, each with a per-run environment and a log file.
 
     nnUNetv2_plan_and_preprocess -d ID -c CONFIG --verify_dataset_integrity -np N
-    nnUNetv2_train ID CONFIG FOLD -tr TRAINER -device cpu|cuda [--c]
-    nnUNetv2_predict -i IN -o OUT -d ID -c CONFIG -f FOLD -tr TRAINER -device cpu|cuda
+    nnUNetv2_extract_fingerprint / nnUNetv2_move_plans_between_datasets / nnUNetv2_preprocess
+                                  (the "reuse the x1 plans" control)
+    python -m medlossy.nnunet.worker train|predict ...   (medlossy's trainer, see worker.py)
 
 Subprocesses rather than imports: nnU-Net reads its folders from the environment when its
 modules are imported, and spawns its own worker processes; a child process per step keeps
@@ -11,6 +12,7 @@ both contained, and its output goes to a log file.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -22,8 +24,13 @@ from pathlib import Path
 
 from medlossy.errors import MedlossyError
 
-INSTALL_HINT = "pip install 'medlossy[nnunet]'"
-ENTRY_POINTS = ("nnUNetv2_plan_and_preprocess", "nnUNetv2_train", "nnUNetv2_predict")
+#: nnunetv2 and dynamic-network-architectures go in without their dependencies: the latter
+#: requires timm, hence torchvision, hence a CUDA torch (see the Makefile's install step).
+NO_DEPS = ("nnunetv2==2.8.1", "dynamic-network-architectures==0.4.4")
+INSTALL_HINT = (f"pip install 'medlossy[nnunet]' && pip install --no-deps {' '.join(NO_DEPS)}"
+                " (or: make install)")
+ENTRY_POINTS = ("nnUNetv2_plan_and_preprocess", "nnUNetv2_extract_fingerprint",
+                "nnUNetv2_move_plans_between_datasets", "nnUNetv2_preprocess")
 PLANS = "nnUNetPlans"
 _DATASET_NAME = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_.\-]+)$")
 
@@ -41,7 +48,11 @@ def find_command(name: str) -> str:
 
 
 def require_nnunet() -> None:
-    """Fail early, before any work, when an entry point is missing."""
+    """Fail early, before any work, when nnU-Net or one of its entry points is missing."""
+    for module in ("nnunetv2", "dynamic_network_architectures", "batchgeneratorsv2"):
+        if importlib.util.find_spec(module) is None:
+            raise MedlossyError(None, f"nnU-Net v2 is not installed ({module} missing); "
+                                      f"install it with: {INSTALL_HINT}")
     for name in ENTRY_POINTS:
         find_command(name)
 
@@ -75,17 +86,23 @@ def resolve_device(device: str) -> str:
 
 @dataclass(frozen=True)
 class NnunetFolders:
-    """The three folders nnU-Net works in, under one run folder."""
+    """The three folders nnU-Net works in: results and logs under one run folder, raw and
+    preprocessed there too or under ``shared`` (preprocessing that several units reuse)."""
 
     root: Path
+    shared: Path | None = None
 
     @property
     def raw(self) -> Path:
-        return self.root / "raw"
+        return (self.shared or self.root) / "raw"
 
     @property
     def preprocessed(self) -> Path:
-        return self.root / "preprocessed"
+        return (self.shared or self.root) / "preprocessed"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
 
     @property
     def results(self) -> Path:
@@ -183,27 +200,27 @@ def plan_and_preprocess(folders: NnunetFolders, identifier: int, config: str, *,
     processes = processes or max(1, min(8, os.cpu_count() or 1))
     run_logged([find_command("nnUNetv2_plan_and_preprocess"), "-d", str(identifier),
                 "-c", config, "--verify_dataset_integrity", "-np", str(processes)],
-               folders.environment(), folders.root / "logs" / "plan_and_preprocess.log",
+               folders.environment(), folders.logs / "plan_and_preprocess.log",
                quiet=quiet)
 
 
-def train(folders: NnunetFolders, identifier: int, config: str, fold: int | str, *,
-          trainer: str = "nnUNetTrainer", device: str = "auto", resume: bool = False,
-          quiet: bool = False) -> None:
-    """Train one fold (``resume`` continues from checkpoint_latest.pth)."""
-    arguments = [find_command("nnUNetv2_train"), str(identifier), config, str(fold),
-                 "-tr", trainer, "-device", resolve_device(device)]
-    if resume:
-        arguments.append("--c")
-    run_logged(arguments, folders.environment(),
-               folders.root / "logs" / f"train_{config}_fold{fold}.log", quiet=quiet)
+def move_plans(folders: NnunetFolders, source: int, target: int, config: str, *,
+               processes: int | None = None, quiet: bool = False) -> None:
+    """Preprocess dataset ``target`` with the plans nnU-Net made for ``source`` (planned
+    already): fingerprint the target, copy the source's plans, preprocess."""
+    processes = processes or max(1, min(8, os.cpu_count() or 1))
+    environment, log = folders.environment(), folders.logs / "plan_and_preprocess.log"
+    run_logged([find_command("nnUNetv2_extract_fingerprint"), "-d", str(target), "-np",
+                str(processes), "--verify_dataset_integrity"], environment, log, quiet=quiet)
+    run_logged([find_command("nnUNetv2_move_plans_between_datasets"), "-s", str(source),
+                "-t", str(target), "-sp", PLANS, "-tp", PLANS], environment, log, quiet=quiet)
+    run_logged([find_command("nnUNetv2_preprocess"), "-d", str(target), "-plans_name", PLANS,
+                "-c", config, "-np", str(processes)], environment, log, quiet=quiet)
 
 
-def predict(folders: NnunetFolders, images: Path, out: Path, identifier: int, config: str,
-            fold: int | str, *, trainer: str = "nnUNetTrainer", device: str = "auto",
-            quiet: bool = False) -> None:
-    """Predict every CASE_XXXX image in ``images`` into ``out``/CASE<file_ending>."""
-    run_logged([find_command("nnUNetv2_predict"), "-i", str(images), "-o", str(out),
-                "-d", str(identifier), "-c", config, "-f", str(fold), "-tr", trainer,
-                "-device", resolve_device(device)],
-               folders.environment(), folders.root / "logs" / "predict.log", quiet=quiet)
+def worker(arguments: list[str], folders: NnunetFolders, log: str, *,
+           quiet: bool = False, environment: dict[str, str] | None = None) -> None:
+    """Run ``python -m medlossy.nnunet.worker ARGUMENTS`` in nnU-Net's environment."""
+    run_logged([sys.executable, "-m", "medlossy.nnunet.worker", *arguments],
+               {**folders.environment(), **(environment or {})}, folders.logs / log,
+               quiet=quiet)

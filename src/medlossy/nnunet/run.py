@@ -2,20 +2,27 @@
 
 A model folder (``out`` of :func:`train_nnunet`)::
 
-    medlossy-model.json     backend, dataset id/name/folder, ratio, config, fold, trainer
-    nnunet/raw/             DatasetXXX_Name -> the dataset (symlink)
-    nnunet/preprocessed/    nnU-Net's plans, splits and preprocessed data
-    nnunet/results/         nnU-Net's trained fold (checkpoint_final.pth)
+    medlossy-model.json     backend, dataset, ratio, configuration, fold, budget, status
+    nnunet/splits_final.json  the study's folds in nnU-Net's format (train / val = test)
+    nnunet/results/         nnU-Net's trained fold (checkpoint_final.pth, progress.png)
     nnunet/logs/            every nnU-Net command and its output
+
+Planning and preprocessing live in ``PREP/<dataset>_<configuration>_<plans>``, where PREP is
+``cache`` when given (the study shares it between the folds and budget arms of one ratio)
+or the model folder. Per-ratio planning is the default and the paper's: nnU-Net plans each
+ratio's dataset on its own, as anyone training nnU-Net on compressed data would. ``plans =
+"x1"`` is the control: the ratio's data are preprocessed with the plans made for the
+uncompressed dataset, so only the pixels differ between ratios.
 
 Example:
     >>> model = train_nnunet("sweeps/amos/nnunet/Dataset804_AMOS_r20", "models/r20",
-    ...                      config="3d_lowres", fold=0)              # doctest: +SKIP
+    ...                      configuration="3d_lowres", epochs=300)     # doctest: +SKIP
     >>> predict_nnunet(model, "sweeps/amos/nnunet/Dataset800_AMOS_r1", "preds/r1")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -29,18 +36,18 @@ from medlossy.atomic import atomic_output
 from medlossy.datasets.nnunet_raw import RawDataset, open_raw_dataset
 from medlossy.errors import MedlossyError
 from medlossy.evaluate.evaluate import dataset_ratio, evaluate_predictions
+from medlossy.jsonfile import write_json
+from medlossy.locks import unit_lock
 from medlossy.nnunet import commands
 from medlossy.nnunet.commands import NnunetFolders
+from medlossy.train.splits import kfold_splits, training_subset
 
 MODEL_FILE = "medlossy-model.json"
-FOLDS = ("0", "1", "2", "3", "4", "all")
-
-
-def _fold(fold: int | str) -> int | str:
-    if str(fold) not in FOLDS:
-        raise MedlossyError(None, f"fold must be 0..4 or 'all' (nnU-Net's 5-fold split), "
-                                  f"got {fold!r}")
-    return "all" if str(fold) == "all" else int(fold)
+TRAINER = "MedlossyTrainer"
+PLANS_MODES = ("per-ratio", "x1")
+#: Settings compared when a rerun reuses a model folder.
+_IDENTITY = ("dataset_name", "configuration", "fold", "folds", "train_fraction", "epochs",
+             "iterations_per_epoch", "validation_iterations", "plans")
 
 
 def read_model(model_dir: str | os.PathLike[str]) -> dict:
@@ -59,64 +66,155 @@ def read_model(model_dir: str | os.PathLike[str]) -> dict:
     return model
 
 
-def _checkpoint(model_dir: Path, model: dict) -> Path:
+def _results(model_dir: Path, model: dict) -> Path:
     folders = NnunetFolders(model_dir / "nnunet")
-    return (folders.trained_folder(model["dataset_name"], model["config"], model["trainer"]) /
-            f"fold_{model['fold']}" / "checkpoint_final.pth")
+    return folders.trained_folder(model["dataset_name"], model["configuration"], TRAINER)
 
 
-def _write_model(model_dir: Path, model: dict) -> None:
-    with atomic_output(model_dir / MODEL_FILE) as temporary:
-        temporary.write_text(json.dumps(model, indent=2) + "\n")
+def checkpoint(model_dir: str | os.PathLike[str]) -> Path:
+    """checkpoint_final.pth of the model's fold (exists once training finished)."""
+    model_dir = Path(model_dir)
+    model = read_model(model_dir)
+    return _results(model_dir, model) / f"fold_{model['fold']}" / "checkpoint_final.pth"
 
 
-def train_nnunet(dataset_folder: str | os.PathLike[str], out: str | os.PathLike[str],
-                 config: str = "3d_fullres", fold: int | str = 0,
-                 trainer: str = "nnUNetTrainer", device: str = "auto", *,
+def study_splits(dataset: RawDataset, folds: int, train_fraction: float,
+                 ) -> list[dict[str, list[str]]]:
+    """The study's folds (``medlossy.train.splits``) in nnU-Net's splits_final.json format;
+    ``train_fraction`` < 1 keeps the same fixed subset of each fold's training cases as the
+    built-in backend."""
+    labelled = [case.name for case in dataset.cases() if case.label is not None]
+    try:
+        splits = kfold_splits(labelled, folds)
+    except ValueError as error:
+        raise MedlossyError(dataset.root, str(error)) from None
+    return [{"train": training_subset(split["train"], train_fraction, fold)
+             if train_fraction < 1 else split["train"], "val": split["test"]}
+            for fold, split in enumerate(splits)]
+
+
+def _content_digest(dataset: RawDataset) -> str:
+    """Names, sizes and modification times of the dataset's files: enough to notice that a
+    shared preprocessing folder belongs to other data."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in dataset.root.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(dataset.root)} {stat.st_size} {stat.st_mtime_ns}"
+                      .encode())
+    return digest.hexdigest()[:12]
+
+
+def prepare(dataset: RawDataset, configuration: str, plans: str, prep_root: Path, *,
+            reference: RawDataset | None = None, processes: int | None = None,
+            quiet: bool = False) -> NnunetFolders:
+    """Plan and preprocess ``dataset`` once (locked: units on other GPUs wait for it)."""
+    if plans not in PLANS_MODES:
+        raise MedlossyError(None, f"plans must be one of {PLANS_MODES}, got {plans!r}")
+    identifier, name = commands.dataset_id(dataset.root)
+    shared = prep_root / f"{name}_{configuration}_{plans}"
+    folders = NnunetFolders(shared, shared=shared)
+    done = shared / "prepared.json"
+    stamp = {"dataset": name, "content": _content_digest(dataset),
+             "configuration": configuration, "plans": plans}
+    with unit_lock(shared.with_name(shared.name + ".lock")):
+        if done.exists() and json.loads(done.read_text()) == stamp:
+            return folders
+        folders.create()
+        folders.link_dataset(dataset.root)
+        if plans == "x1" and reference is not None and reference.root != dataset.root:
+            source, _ = commands.dataset_id(reference.root)
+            folders.link_dataset(reference.root)
+            commands.plan_and_preprocess(folders, source, configuration, processes=processes,
+                                         quiet=quiet)
+            commands.move_plans(folders, source, identifier, configuration,
+                                processes=processes, quiet=quiet)
+        else:
+            commands.plan_and_preprocess(folders, identifier, configuration,
+                                         processes=processes, quiet=quiet)
+        _check_configuration(folders, name, configuration)
+        write_json(done, stamp)
+    return folders
+
+
+def train_nnunet(dataset_folder: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                 configuration: str = "3d_lowres", fold: int = 0, folds: int = 3,
+                 epochs: int = 300, iterations_per_epoch: int = 250,
+                 validation_iterations: int = 50, train_fraction: float = 1.0,
+                 plans: str = "per-ratio", reference: str | os.PathLike[str] | None = None,
+                 test_time_mirroring: bool = True, tile_step_size: float = 0.5,
+                 cache: str | os.PathLike[str] | None = None, device: str = "auto",
                  processes: int | None = None, quiet: bool = False) -> Path:
-    """Plan, preprocess and train one nnU-Net v2 fold on ``dataset_folder``; returns ``out``.
+    """Plan, preprocess and train one fold of the study's split with ``MedlossyTrainer``.
 
     Args:
-        dataset_folder: nnU-Net raw dataset named DatasetXXX_Name (a sweep's per-ratio dataset).
-        out: model folder to create (see the module docstring); a rerun continues training
-            from nnU-Net's latest checkpoint, or does nothing when the fold is finished.
-        config: nnU-Net configuration: 2d, 3d_fullres, 3d_lowres (the study's), ...
-        fold: 0..4 of nnU-Net's 5-fold split, or "all".
-        trainer: an nnU-Net trainer class, e.g. nnUNetTrainer_1epoch for a smoke test.
+        dataset_folder: nnU-Net raw dataset named DatasetXXX_Name (a sweep's ratio).
+        out: model folder (see the module docstring); a rerun continues from the last
+            epoch's checkpoint, or does nothing when the fold is finished.
+        configuration: nnU-Net configuration: 3d_lowres (the paper's), 3d_fullres, 2d.
+        fold, folds: the study's ``folds``-fold split (``medlossy.train.splits``), written
+            as nnU-Net's splits_final.json, so every backend tests on the same cases.
+        epochs, iterations_per_epoch: the training budget (the paper: 300 x 250).
+        validation_iterations: nnU-Net's pseudo-validation batches per epoch (default 50).
+        train_fraction: share of the fold's training cases (storage budget's few-shot arm).
+        plans: "per-ratio" (default; the paper's) or "x1" (reuse ``reference``'s plans).
+        reference: the uncompressed dataset of the same sweep, for ``plans="x1"``.
+        test_time_mirroring, tile_step_size: nnU-Net's prediction settings (its defaults).
+        cache: folder for preprocessing that units of one study share (default: ``out``).
         device: "auto" (CUDA when present), "cpu" or "cuda".
         processes: preprocessing processes (default: the cores, at most 8).
         quiet: keep nnU-Net's output in the logs only.
     """
-    fold = _fold(fold)
     commands.require_nnunet()
+    if epochs < 1 or iterations_per_epoch < 1 or validation_iterations < 1:
+        raise MedlossyError(None, "epochs, iterations and validation iterations must be >= 1")
+    if not 0 <= fold < folds:
+        raise MedlossyError(None, f"fold must be in 0..{folds - 1} (the study's {folds}-fold "
+                                  f"split), got {fold}")
+    if not 0 < train_fraction <= 1:
+        raise MedlossyError(None, f"train fraction must be in (0, 1], got {train_fraction}")
     dataset = open_raw_dataset(dataset_folder)
     identifier, name = commands.dataset_id(dataset.root)
+    splits = study_splits(dataset, folds, train_fraction)
     model_dir = Path(out)
-    folders = NnunetFolders(model_dir / "nnunet").create()
-    folders.link_dataset(dataset.root)
     model = {"backend": "nnunet", "dataset_id": identifier, "dataset_name": name,
              "dataset_folder": str(dataset.root.resolve()), "ratio": dataset_ratio(dataset),
-             "config": config, "fold": fold, "trainer": trainer, "plans": commands.PLANS,
+             "configuration": configuration, "fold": fold, "folds": folds,
+             "train_fraction": train_fraction, "epochs": epochs,
+             "iterations_per_epoch": iterations_per_epoch,
+             "validation_iterations": validation_iterations, "plans": plans,
+             "trainer": TRAINER, "test_time_mirroring": test_time_mirroring,
+             "tile_step_size": tile_step_size, "train_cases": splits[fold]["train"],
+             "test_cases": splits[fold]["val"],
              "labels": dataset.metadata.get("labels", {}), "status": "training"}
     previous = read_model(model_dir) if (model_dir / MODEL_FILE).exists() else None
-    if previous is not None and any(previous.get(key) != model[key] for key in
-                                    ("dataset_id", "dataset_name", "config", "fold", "trainer")):
-        raise MedlossyError(model_dir, "holds a model of another dataset, configuration, fold "
-                                       "or trainer; choose a new --out")
-    checkpoint = _checkpoint(model_dir, model)
-    if not checkpoint.exists():
-        _write_model(model_dir, model)
-        if not folders.plans(name).exists() or previous is None:
-            commands.plan_and_preprocess(folders, identifier, config, processes=processes,
-                                         quiet=quiet)
-        _check_configuration(folders, name, config)
-        latest = checkpoint.with_name("checkpoint_latest.pth")
-        commands.train(folders, identifier, config, fold, trainer=trainer, device=device,
-                       resume=latest.exists(), quiet=quiet)
-        if not checkpoint.exists():
-            raise MedlossyError(checkpoint.parent, "nnU-Net finished without writing "
-                                                   "checkpoint_final.pth; see the training log")
-    _write_model(model_dir, {**model, "status": "trained"})
+    if previous is not None and any(previous.get(k) != model[k] for k in _IDENTITY):
+        raise MedlossyError(model_dir, "holds an nnU-Net model of another dataset, "
+                                       "configuration, fold or budget; choose a new --out")
+    if previous is not None and previous.get("status") == "trained" and \
+            checkpoint(model_dir).exists():
+        return model_dir
+    folders = NnunetFolders(model_dir / "nnunet")
+    folders.logs.mkdir(parents=True, exist_ok=True)
+    write_json(model_dir / MODEL_FILE, model)
+    splits_file = folders.root / "splits_final.json"
+    write_json(splits_file, splits)
+    reference_dataset = open_raw_dataset(reference) if reference is not None else None
+    prepared = prepare(dataset, configuration, plans,
+                       Path(cache) if cache is not None else model_dir / "nnunet",
+                       reference=reference_dataset, processes=processes, quiet=quiet)
+    training = NnunetFolders(folders.root, shared=prepared.root)
+    commands.worker(["train", name, configuration, str(fold), "--epochs", str(epochs),
+                     "--iterations", str(iterations_per_epoch), "--validation-iterations",
+                     str(validation_iterations), "--splits", str(splits_file.resolve()),
+                     "--device", commands.resolve_device(device)],
+                    training, f"train_{configuration}_fold{fold}.log", quiet=quiet)
+    final = checkpoint(model_dir)
+    if not final.exists():
+        raise MedlossyError(final.parent, "nnU-Net finished without writing "
+                                          "checkpoint_final.pth; see the training log")
+    record = json.loads((final.parent / "medlossy-training.json").read_text())
+    write_json(model_dir / MODEL_FILE, {**model, "status": "trained", "training": record,
+                                        "preprocessed": str(prepared.root.resolve())})
     return model_dir
 
 
@@ -131,21 +229,13 @@ def _check_configuration(folders: NnunetFolders, name: str, config: str) -> None
         raise MedlossyError(folders.plans(name),
                             f"nnU-Net planned no {config} configuration for this dataset "
                             f"(planned: {', '.join(sorted(configurations))}); 3d_lowres exists "
-                            "only when the images are too large for 3d_fullres")
+                            "only when the images are too large for 3d_fullres: use "
+                            "configuration = \"3d_fullres\"")
 
 
-def held_out_cases(model_dir: str | os.PathLike[str]) -> list[str] | None:
-    """Validation cases of the model's fold (nnU-Net's splits_final.json); None for "all"."""
-    model_dir = Path(model_dir)
-    model = read_model(model_dir)
-    if model["fold"] == "all":
-        return None
-    splits_file = NnunetFolders(model_dir / "nnunet").splits(model["dataset_name"])
-    try:
-        splits = json.loads(splits_file.read_text())
-        return list(splits[int(model["fold"])]["val"])
-    except (FileNotFoundError, json.JSONDecodeError, IndexError, KeyError):
-        raise MedlossyError(splits_file, "no usable nnU-Net split for the model's fold") from None
+def held_out_cases(model_dir: str | os.PathLike[str]) -> list[str]:
+    """The test cases of the model's fold (the study's split)."""
+    return list(read_model(model_dir)["test_cases"])
 
 
 def predict_nnunet(model_dir: str | os.PathLike[str], dataset_folder: str | os.PathLike[str],
@@ -154,24 +244,21 @@ def predict_nnunet(model_dir: str | os.PathLike[str], dataset_folder: str | os.P
     """Predict cases of ``dataset_folder`` with a model from :func:`train_nnunet`.
 
     ``dataset_folder`` may be another ratio of the same sweep (the cross-ratio experiment):
-    case names are shared. ``cases``: "test" (default) = the cases the model's fold held out
-    from training (every case for fold "all"), "all" = every case of the dataset, or a list
-    of case names. Predictions appear in ``out`` as CASE<file_ending>, all at once; returns
-    ``out``.
+    case names are shared. ``cases``: "test" (default) = the cases the model's fold held
+    out, "all" = every case of the dataset, or a list of case names. Predictions appear in
+    ``out`` as CASE<file_ending>, all at once; returns ``out``.
     """
     model_dir = Path(model_dir)
     model = read_model(model_dir)
     commands.require_nnunet()
-    if not _checkpoint(model_dir, model).exists():
+    if not checkpoint(model_dir).exists():
         raise MedlossyError(model_dir, "the model is not trained yet (no checkpoint_final.pth)")
     dataset = open_raw_dataset(dataset_folder)
     available = {case.name: case for case in dataset.cases()}
     if cases == "all":
         wanted = list(available)
     elif cases == "test":
-        held_out = held_out_cases(model_dir)
-        wanted = list(available) if held_out is None else \
-            [name for name in held_out if name in available]
+        wanted = [name for name in model["test_cases"] if name in available]
         if not wanted:
             raise MedlossyError(dataset.root, "none of the model's held-out cases are in this "
                                               "dataset")
@@ -190,6 +277,10 @@ def predict_nnunet(model_dir: str | os.PathLike[str], dataset_folder: str | os.P
     folders = NnunetFolders(model_dir / "nnunet")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    options = ["--device", commands.resolve_device(device), "--step-size",
+               str(model.get("tile_step_size", 0.5))]
+    if not model.get("test_time_mirroring", True):
+        options.append("--no-mirroring")
     with tempfile.TemporaryDirectory(prefix=".medlossy-input-", dir=out.parent) as scratch:
         images = Path(scratch)
         for name in wanted:
@@ -198,9 +289,9 @@ def predict_nnunet(model_dir: str | os.PathLike[str], dataset_folder: str | os.P
                     Path(path).resolve())
         with atomic_output(out) as temporary:
             temporary.mkdir(parents=True)
-            commands.predict(folders, images, temporary, model["dataset_id"], model["config"],
-                             model["fold"], trainer=model["trainer"], device=device,
-                             quiet=quiet)
+            commands.worker(["predict", str(_results(model_dir, model)), str(model["fold"]),
+                             str(images), str(temporary), *options], folders, "predict.log",
+                            quiet=quiet)
     return out
 
 
