@@ -38,7 +38,8 @@ BAD = {
     "unknown top-level key": (("folds = 2", "folds = 2\ncolour = \"red\""),
                               r"unknown key\(s\) \['colour'\]"),
     "unknown training key": (("epochs = 2", "epochs = 2\nepoch = 3"),
-                             r"\[training\]: unknown option\(s\) \['epoch'\] for backend 'builtin'"),
+                             r"\[training\]: unknown option\(s\) \['epoch'\] for backend "
+                             "'builtin'"),
     "unknown experiment": (('"budget"]', '"budget", "segment"]'),
                            r"unknown experiment\(s\) \['segment'\]"),
     "more folds than cases": (("folds = 2", "folds = 7"),

@@ -57,6 +57,8 @@ class Workload:
 
     iterations: int
     voxels_per_iteration: int  # batch x patch voxels
+    checkpoint_bytes: float = 0.0  # what a trained unit keeps on disk
+    preprocessed_share: float = 0.0  # cached preprocessed data per ratio, x raw 16-bit bytes
     note: str = ""
 
 

@@ -111,6 +111,9 @@ class NnunetBackend(TrainingBackend):
 
     def workload(self, request: TrainRequest) -> Workload:
         self.options(request)
+        # checkpoint_final + checkpoint_best of nnU-Net's default 3D U-Net (about 31 M
+        # parameters, weights and SGD momentum in float32); preprocessed float32 data.
         return Workload(request.epochs * request.iterations_per_epoch,
-                        ASSUMED_VOXELS_PER_ITERATION,
-                        "patch assumed 2 x 128^3 (nnU-Net plans it from the data)")
+                        ASSUMED_VOXELS_PER_ITERATION, checkpoint_bytes=0.5e9,
+                        preprocessed_share=2.0,
+                        note="patch assumed 2 x 128^3 (nnU-Net plans it from the data)")

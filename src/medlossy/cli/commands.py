@@ -221,20 +221,33 @@ def study(arguments: argparse.Namespace) -> None:
     out = Path(arguments.out)
     if arguments.demo == bool(arguments.config):
         raise MedlossyError(None, "give either a study config file or --demo")
+    # A dry run reads no data beyond image headers: the datasets may not be there yet.
+    check_files = not arguments.dry_run
     if arguments.demo:
         config, notes = demo_config(out, arguments.cache, not arguments.quiet), NOTES
     else:
-        config, notes = load_config(arguments.config), ""
+        config, notes = load_config(arguments.config, check_files=check_files), ""
     if arguments.only:
         only = tuple(name.strip() for name in arguments.only.split(",") if name.strip())
         unknown = sorted(set(only) - set(EXPERIMENTS))
         if unknown:
             raise MedlossyError(None, f"--only: unknown experiment(s) {unknown}; known: "
                                       f"{', '.join(EXPERIMENTS)}")
-        config = validate(replace(config, experiments=only), "--only")
+        config = validate(replace(config, experiments=only), "--only",
+                          check_files=check_files)
+    if arguments.dry_run:
+        from medlossy.experiments.dryrun import dry_run, format_dry_run
+
+        print(format_dry_run(*dry_run(config, out)), end="")
+        return
+    gpus = None
+    if arguments.gpus:
+        from medlossy.experiments.scaleout import parse_gpus
+
+        gpus = parse_gpus(arguments.gpus)
     for path in run_study(config, out, workers=arguments.workers,
-                          scheduler=arguments.scheduler, show_progress=not arguments.quiet,
-                          notes=notes):
+                          scheduler=arguments.scheduler, gpus=gpus,
+                          show_progress=not arguments.quiet, notes=notes):
         print(path)
 
 

@@ -45,7 +45,8 @@ _TOP_KEYS = {"experiments", "ratios", "train_ratios", "folds", "train_folds", "s
              "reader_results", "base_id", "codec"}
 #: [training] keys of the study; every other key is an option of the chosen backend.
 _STUDY_TRAINING_KEYS = ("backend", "epochs", "iterations_per_epoch")
-_DATASET_KEYS = {"path", "train", "synthetic", "cases", "voxels_per_case"}
+_DATASET_KEYS = {"path", "train", "synthetic", "cases", "voxels_per_case", "crop_to_label",
+                 "crop_margin_mm"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class DatasetEntry:
     #: Size hints for ``--dry-run`` before the dataset is on disk (cases, mean voxels).
     cases: int | None = None
     voxels_per_case: float | None = None
+    #: Crop every case to these label values first (the paper crops LiTS to the liver).
+    crop_to_label: tuple[int, ...] = ()
+    crop_margin_mm: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,9 @@ def load_config(path: str | Path, *, check_files: bool = True) -> StudyConfig:
                                    f"{sorted(item)}")
         entries.append(DatasetEntry(resolve(item["path"]), bool(item.get("train", True)),
                                     bool(item.get("synthetic", False)), item.get("cases"),
-                                    item.get("voxels_per_case")))
+                                    item.get("voxels_per_case"),
+                                    tuple(int(v) for v in item.get("crop_to_label", ())),
+                                    float(item.get("crop_margin_mm", 10.0))))
     pretrained = {k: str(resolve(v)) for k, v in document.pop("pretrained", {}).items()}
     reader = document.pop("reader_results", None)
     tuples = {k: tuple(v) for k, v in document.items() if isinstance(v, list)}

@@ -285,12 +285,29 @@ def sweep_folders(name: str, sweep_folder: Path) -> SweepFolders:
     return SweepFolders(name, by_ratio)
 
 
+#: The two summaries of a Dice table, named as the report shows them.
+MEAN_OVER_CLASSES = "mean over classes (paper, nnU-Net)"
+MEAN_OVER_CASES = "mean over cases"
+
+
 def summarise_dice(results: pd.DataFrame, experiment: str) -> pd.DataFrame:
-    """Mean Dice per dataset, class and ratio (Table 1 layout: classes x ratios)."""
+    """Mean Dice per dataset, class and ratio (Table 1 layout: classes x ratios), and both
+    summaries: the mean over classes of the per-class means (the paper's and nnU-Net's
+    convention, comparable with the paper's 0.87 on AMOS) and the mean over cases of each
+    case's mean over its classes. They differ where classes are absent from some cases."""
     rows = results[(results["experiment"] == experiment) & (results["metric"] == "dice")]
     if rows.empty:
         return pd.DataFrame()
     table = rows.groupby(["dataset", "class", "ratio_train"])["value"].mean().unstack()
+    per_case = table.xs("mean", level="class", drop_level=False) \
+        if "mean" in table.index.get_level_values("class") else table.iloc[:0]
+    classes = table.drop(index="mean", level="class", errors="ignore")
+    over_classes = classes.groupby(level="dataset").mean()
+    over_classes.index = pd.MultiIndex.from_product([over_classes.index, [MEAN_OVER_CLASSES]],
+                                                    names=["dataset", "class"])
+    per_case = per_case.rename(index={"mean": MEAN_OVER_CASES}, level="class")
+    table = pd.concat([classes, over_classes, per_case]).sort_index(level="dataset",
+                                                                    sort_remaining=False)
     table.columns = [f"x{c:g}" for c in table.columns]
     return table.reset_index().round(3)
 
