@@ -65,6 +65,15 @@ def test_results_table_has_dice_per_ratio(study: tuple[Path, float]) -> None:
     print(f"\nnnU-Net study (2 ratios x 1 fold, 2 x 2 iterations): {seconds:.0f} s")
 
 
+def test_dry_run_finds_every_unit_cached(study: tuple[Path, float]) -> None:
+    from medlossy.experiments.dryrun import dry_run
+
+    out, _ = study
+    units, _, _ = dry_run(load_config(out.parent / "study.toml"), out)
+    work = units[units["unit"].isin(["train", "predict+evaluate"])]
+    assert len(work) == 2 + 4 and work["cached"].all()
+
+
 def test_checkpoints_ran_exactly_the_configured_epochs(study: tuple[Path, float]) -> None:
     import torch
 

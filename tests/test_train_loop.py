@@ -169,3 +169,38 @@ def test_more_folds_than_labelled_cases_is_a_medlossy_error(dataset: Path,
     with pytest.raises(MedlossyError, match="7 folds need at least 7 labelled cases, got 6"):
         train_model(dataset, tmp_path / "m", replace(CONFIG, folds=7))
     assert not (tmp_path / "m").exists()
+
+
+def test_loader_workers_repeat_every_epoch_exactly_after_a_resume(
+        dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    """Batches made by two loader processes, seeded per (seed, epoch, process): a run
+    interrupted before epoch 2 and resumed ends with the uninterrupted run's weights."""
+    from medlossy.train import loop
+
+    config = replace(CONFIG, epochs=2, loader_workers=2)
+    straight = train_model(dataset, tmp_path / "straight", config)
+    batches = loop.epoch_batches
+
+    def interrupt_epoch_2(sampler, config, epoch, **options):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return batches(sampler, config, epoch, **options)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "epoch_batches", interrupt_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            train_model(dataset, tmp_path / "resumed", config)
+    train_model(dataset, tmp_path / "resumed", config)
+    assert _description(tmp_path / "resumed")["training"]["iterations_this_run"] == 2
+    assert _identical(_weights(tmp_path / "resumed"), _weights(straight))
+
+
+def test_speed_options_are_safe_on_cpu_and_leave_the_recipe_alone(
+        model: Path, dataset: Path, tmp_path: Path) -> None:
+    """channels-last trains the same model up to float rounding; compile is ignored on CPU;
+    neither changes the recipe that names a cached unit."""
+    fast = replace(CONFIG, channels_last=True, compile=True, pin_memory=True)
+    assert fast.recipe() == CONFIG.recipe()
+    train_model(dataset, tmp_path / "fast", fast)
+    for name, value in _weights(tmp_path / "fast").items():
+        assert torch.allclose(value, _weights(model)[name], atol=1e-4), name

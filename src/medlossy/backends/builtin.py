@@ -42,7 +42,7 @@ class BuiltinBackend(TrainingBackend):
             iterations_per_epoch=request.iterations_per_epoch, **options)
 
     def recipe(self, request: TrainRequest) -> dict[str, Any]:
-        return self.config(request).to_dict()
+        return self.config(request).recipe()
 
     def train(self, dataset: Path, out: Path, request: TrainRequest, *,
               cache: Path | None = None, show_progress: bool = False) -> Path:

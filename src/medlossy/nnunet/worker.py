@@ -35,6 +35,13 @@ def _device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def _peak_memory(device: torch.device) -> float | None:
+    """Peak GPU memory PyTorch allocated in this process, GB (None on CPU)."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
+
+
 def train(arguments: argparse.Namespace) -> None:
     from medlossy.nnunet.trainer import MedlossyTrainer
 
@@ -64,6 +71,7 @@ def train(arguments: argparse.Namespace) -> None:
         "iterations_per_second": round(iterations / seconds, 4) if seconds else None,
         "patch_size": list(trainer.configuration_manager.patch_size),
         "batch_size": trainer.configuration_manager.batch_size,
+        "peak_gpu_memory_gb": _peak_memory(trainer.device),
         "device": str(trainer.device), "torch": torch.__version__}, indent=2) + "\n")
 
 
@@ -98,7 +106,9 @@ def predict(arguments: argparse.Namespace) -> None:
                                  save_probabilities=False, overwrite=True,
                                  num_processes_preprocessing=arguments.processes,
                                  num_processes_segmentation_export=arguments.processes)
-    print(f"medlossy: predicted in {time.perf_counter() - started:.1f} s on {device}")
+    seconds = time.perf_counter() - started
+    print(f"medlossy: predicted in {seconds:.1f} s on {device}, peak GPU memory "
+          f"{_peak_memory(device)} GB")
 
 
 def main(argv: list[str] | None = None) -> int:

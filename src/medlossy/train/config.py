@@ -14,6 +14,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+SPEED_OPTIONS = ("channels_last", "compile", "loader_workers", "pin_memory")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a trained model. Defaults follow the study (nnU-Net's recipe):
@@ -42,6 +45,14 @@ class TrainConfig:
     #: experiment); a fixed subset for a given fold and fraction, at least one case.
     train_fraction: float = 1.0
     device: str = "auto"
+    #: Speed only (results equal up to float rounding; not part of the recipe's hash):
+    #: channels-last 3D memory layout, torch.compile (CUDA only; ignored on CPU), batches
+    #: made by this many loader processes while the GPU trains (0: in this process), pinned
+    #: host memory for the copies to the GPU (CUDA only).
+    channels_last: bool = False
+    compile: bool = False
+    loader_workers: int = 0
+    pin_memory: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -62,6 +73,8 @@ class TrainConfig:
             problems.append(f"train fraction must be in (0, 1], got {self.train_fraction}")
         if not 0 <= self.foreground_fraction <= 1:
             problems.append("foreground fraction must be in [0, 1]")
+        if self.loader_workers < 0:
+            problems.append(f"loader_workers must be >= 0, got {self.loader_workers}")
         if self.device not in ("auto", "cpu", "cuda"):
             problems.append(f"device must be auto, cpu or cuda, got {self.device!r}")
         if problems:
@@ -79,3 +92,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def recipe(self) -> dict[str, Any]:
+        """Everything that decides the model: :meth:`to_dict` without the speed options."""
+        return {k: v for k, v in asdict(self).items() if k not in SPEED_OPTIONS}

@@ -22,7 +22,7 @@ from medlossy.jsonfile import write_json
 from medlossy.train.config import TrainConfig
 from medlossy.train.network import build_network, network_arguments
 from medlossy.train.preprocessing import fit_normalisation, load_case, prepare
-from medlossy.train.sampling import PatchSampler
+from medlossy.train.sampling import PatchSampler, epoch_batches
 from medlossy.train.splits import kfold_splits, training_subset
 
 MODEL_FILE = "model.pt"
@@ -89,7 +89,7 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
                                batch=True)
     sampler = PatchSampler(prepared, config)
     fingerprint = hashlib.sha256(json.dumps(
-        [config.to_dict(), str(dataset.root.resolve()), split], sort_keys=True,
+        [config.recipe(), str(dataset.root.resolve()), split], sort_keys=True,
         default=str).encode()).hexdigest()
 
     start_epoch, history = 0, []
@@ -104,6 +104,10 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
             start_epoch, history = checkpoint["epoch"], checkpoint["history"]
 
     use_amp = device.type == "cuda"
+    memory_format = torch.channels_last_3d if config.channels_last else torch.contiguous_format
+    network = network.to(memory_format=memory_format)
+    # torch.compile needs a C compiler and pays off on GPUs only; ignored on CPU.
+    forward = torch.compile(network) if config.compile and device.type == "cuda" else network
     patch_voxels = math.prod(config.patch_size) * config.batch_size
     started = time.perf_counter()
     network.train()
@@ -111,15 +115,16 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
         for group in optimizer.param_groups:
             group["lr"] = poly_learning_rate(config, epoch)
         losses = []
-        progress = tqdm(range(config.iterations_per_epoch), desc=f"epoch {epoch + 1}/"
+        batches = epoch_batches(sampler, config, epoch, pin_memory=config.pin_memory and use_amp)
+        progress = tqdm(batches, total=config.iterations_per_epoch, desc=f"epoch {epoch + 1}/"
                         f"{config.epochs}", unit="it", leave=False, disable=not show_progress)
-        for _ in progress:
-            images, targets = sampler.batch()
-            images, targets = images.to(device), targets.to(device)
+        for images, targets in progress:
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            targets = targets.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                                 enabled=use_amp):
-                loss = loss_function(network(images), targets)
+                loss = loss_function(forward(images), targets)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
             optimizer.step()
@@ -147,6 +152,8 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
                        "test_cases": split["test"]},
         "config": config.to_dict(),
         "training": {"device": str(device), "torch": torch.__version__,
+                     "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 1e9,
+                                                 3) if device.type == "cuda" else None,
                      "seconds_this_run": round(seconds, 2), "iterations_this_run": iterations,
                      "iterations_per_second": round(iterations / seconds, 4) if seconds else None,
                      "mvox_per_second": round(iterations * patch_voxels / seconds / 1e6, 4)

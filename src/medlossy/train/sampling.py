@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import replace
+
 import numpy as np
 import torch
 from monai.transforms import (
@@ -15,6 +18,7 @@ from monai.transforms import (
     RandShiftIntensityd,
     SpatialPadd,
 )
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from medlossy.train.config import TrainConfig
 from medlossy.train.preprocessing import PreparedCase
@@ -89,3 +93,37 @@ class PatchSampler:
             for value in vars(item).values():
                 pending += list(value) if isinstance(value, (list, tuple)) else [value]
         return found
+
+
+class _EpochPatches(IterableDataset):
+    """One epoch's batches, split between loader processes; each process has its own
+    sampler seeded by (seed, epoch, process), so an epoch's batches repeat exactly, also
+    after a resume."""
+
+    def __init__(self, cases: list[PreparedCase], config: TrainConfig, epoch: int) -> None:
+        self.cases, self.config, self.epoch = cases, config, epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        seed = int(np.random.SeedSequence([self.config.seed, self.epoch, worker])
+                   .generate_state(1)[0] % 2 ** 31)
+        sampler = PatchSampler(self.cases, replace(self.config, seed=seed))
+        for _ in range(worker, self.config.iterations_per_epoch, workers):
+            yield sampler.batch()
+
+
+def epoch_batches(sampler: PatchSampler, config: TrainConfig, epoch: int, *,
+                  pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of one epoch: from ``sampler`` in this process (``loader_workers`` 0,
+    resumable through the sampler's state), or made by ``loader_workers`` processes ahead
+    of the training step, so augmentation does not starve a GPU."""
+    if config.loader_workers == 0:
+        for _ in range(config.iterations_per_epoch):
+            images, labels = sampler.batch()
+            yield (images.pin_memory(), labels.pin_memory()) if pin_memory else (images, labels)
+        return
+    loader = DataLoader(_EpochPatches(sampler.cases, config, epoch), batch_size=None,
+                        num_workers=config.loader_workers, pin_memory=pin_memory,
+                        prefetch_factor=4)
+    yield from loader

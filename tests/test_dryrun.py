@@ -1,0 +1,51 @@
+"""``medlossy study CONFIG --dry-run`` on the paper's example configs (no data on disk)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medlossy.cli.main import main
+from medlossy.experiments.config import load_config
+from medlossy.experiments.dryrun import TRAIN_VOXELS_PER_SECOND, dry_run
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@pytest.mark.parametrize("name", ["amos", "lits", "brats2021", "bgpd"])
+def test_every_example_config_plans_without_its_data(name: str, tmp_path: Path) -> None:
+    config = load_config(EXAMPLES / f"{name}.toml", check_files=False)
+    assert not config.datasets[0].path.exists()  # the user brings the data
+    units, totals, notes = dry_run(config, tmp_path)
+    train = units[units["unit"] == "train"]
+    few_shot = sum(1 for f in config.budget_fractions if f < 1) \
+        if "budget" in config.experiments else 0
+    assert len(train) == (len(config.train_ratios) + few_shot) * len(config.train_folds)
+    assert not units["cached"].any()
+    # 300 x 250 iterations of 2 x 128^3 voxels at the H100's 38 Mvox/s: 2.3 h per model.
+    expected = 300 * 250 * 2 * 128 ** 3 / TRAIN_VOXELS_PER_SECOND / 3600
+    assert train["gpu_hours"].to_numpy() == pytest.approx(expected)
+    total = totals.set_index("unit").loc["total"]
+    assert total["gpu_hours_to_run"] > len(train) * expected
+    assert total["storage_gb"] > 0
+    assert any("config hints" in note for note in notes)
+
+
+def test_amos_dry_run_from_the_command_line(tmp_path: Path, capsys) -> None:
+    assert main(["study", str(EXAMPLES / "amos.toml"), "--dry-run", "--out",
+                 str(tmp_path)]) == 0
+    output = capsys.readouterr().out
+    assert "## Totals" in output and "Mvox/s" in output
+    assert "300 cases" in output
+    assert not (tmp_path / "models").exists()  # nothing ran
+
+
+def test_lits_is_cropped_to_the_liver() -> None:
+    entry = load_config(EXAMPLES / "lits.toml", check_files=False).datasets[0]
+    assert entry.crop_to_label == (1, 2) and entry.crop_margin_mm == 10
+
+
+def test_brats_has_four_channels_by_its_size_hint() -> None:
+    config = load_config(EXAMPLES / "brats2021.toml", check_files=False)
+    assert config.datasets[0].voxels_per_case == 4 * 240 * 240 * 155
