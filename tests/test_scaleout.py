@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from medlossy.errors import MedlossyError
-from medlossy.experiments.scaleout import GPU_RESOURCE, dask_cluster, parse_gpus
+from medlossy.experiments.scaleout import GPU_RESOURCE, dask_cluster, local_gpus, parse_gpus
 from medlossy.locks import unit_lock
 
 HOLD = """
@@ -128,6 +128,15 @@ def test_an_unreachable_scheduler_is_one_clear_error() -> None:
     pytest.importorskip("distributed")
     with pytest.raises(MedlossyError, match="cannot reach the Dask scheduler"):
         dask_cluster("tcp://127.0.0.1:9")(_record, [Sleeper("u")])
+
+
+def test_local_gpus_pin_one_gpu_per_worker_process() -> None:
+    """Each unit runs in a worker process that sees exactly one of the listed GPUs.
+    (os.getenv stands in for a unit: it reports what the unit's process sees.)"""
+    import os
+
+    seen = local_gpus(["0", "1"])(os.getenv, ["CUDA_VISIBLE_DEVICES"] * 8)
+    assert len(seen) == 8 and set(seen) <= {"0", "1"}
 
 
 def test_gpu_lists_are_checked() -> None:
