@@ -173,3 +173,28 @@ def test_cli_train_honours_epochs_iterations_and_the_study_folds(tmp_path: Path)
     mtime = checkpoint(tmp_path / "model").stat().st_mtime_ns
     assert main(["train", str(source), "--out", str(tmp_path / "model"), *NNUNET_TRAIN]) == 0
     assert checkpoint(tmp_path / "model").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_x1_plans_control_preprocesses_a_ratio_with_the_uncompressed_plans(
+        tmp_path: Path) -> None:
+    """plans = "x1": the ratio's data are preprocessed with the plans nnU-Net made for the
+    uncompressed dataset (same configurations), where per-ratio planning plans it anew."""
+    from medlossy.datasets.nnunet_raw import open_raw_dataset
+    from medlossy.nnunet.run import prepare
+
+    x1 = open_raw_dataset(write_sphere_dataset(tmp_path / "Dataset990_Sphere", 4, 24))
+    r20 = open_raw_dataset(write_sphere_dataset(tmp_path / "Dataset991_Sphere_r20", 4, 20,
+                                                seed=1))
+    folders = prepare(r20, "3d_fullres", "x1", tmp_path / "prep", reference=x1, processes=1,
+                      quiet=True)
+    source = json.loads(folders.plans("Dataset990_Sphere").read_text())
+    moved = json.loads(folders.plans("Dataset991_Sphere_r20").read_text())
+    assert moved["dataset_name"] == "Dataset991_Sphere_r20"
+    assert moved["configurations"] == source["configurations"]
+    assert any((folders.preprocessed / "Dataset991_Sphere_r20").glob("nnUNetPlans_3d_fullres/*"))
+    own = prepare(r20, "3d_fullres", "per-ratio", tmp_path / "prep", processes=1, quiet=True)
+    planned = json.loads(own.plans("Dataset991_Sphere_r20").read_text())
+    # 20^3 images get their own, smaller patch when planned on their own.
+    assert planned["configurations"]["3d_fullres"]["patch_size"] != \
+        source["configurations"]["3d_fullres"]["patch_size"]

@@ -204,17 +204,22 @@ def plan_and_preprocess(folders: NnunetFolders, identifier: int, config: str, *,
                quiet=quiet)
 
 
-def move_plans(folders: NnunetFolders, source: int, target: int, config: str, *,
+def move_plans(folders: NnunetFolders, source: int, target: str, config: str, *,
                processes: int | None = None, quiet: bool = False) -> None:
-    """Preprocess dataset ``target`` with the plans nnU-Net made for ``source`` (planned
-    already): fingerprint the target, copy the source's plans, preprocess."""
+    """Preprocess dataset ``target`` (DatasetXXX_Name) with the plans nnU-Net made for
+    ``source`` (planned already): fingerprint the target, copy the source's plans and the
+    target's dataset.json (what planning would have copied), preprocess."""
+    identifier, _ = dataset_id(target)
     processes = processes or max(1, min(8, os.cpu_count() or 1))
     environment, log = folders.environment(), folders.logs / "plan_and_preprocess.log"
-    run_logged([find_command("nnUNetv2_extract_fingerprint"), "-d", str(target), "-np",
+    run_logged([find_command("nnUNetv2_extract_fingerprint"), "-d", str(identifier), "-np",
                 str(processes), "--verify_dataset_integrity"], environment, log, quiet=quiet)
     run_logged([find_command("nnUNetv2_move_plans_between_datasets"), "-s", str(source),
-                "-t", str(target), "-sp", PLANS, "-tp", PLANS], environment, log, quiet=quiet)
-    run_logged([find_command("nnUNetv2_preprocess"), "-d", str(target), "-plans_name", PLANS,
+                "-t", str(identifier), "-sp", PLANS, "-tp", PLANS], environment, log,
+               quiet=quiet)
+    shutil.copyfile(folders.raw / target / "dataset.json",
+                    folders.preprocessed / target / "dataset.json")
+    run_logged([find_command("nnUNetv2_preprocess"), "-d", str(identifier), "-plans_name", PLANS,
                 "-c", config, "-np", str(processes)], environment, log, quiet=quiet)
 
 

@@ -126,7 +126,7 @@ def prepare(dataset: RawDataset, configuration: str, plans: str, prep_root: Path
             folders.link_dataset(reference.root)
             commands.plan_and_preprocess(folders, source, configuration, processes=processes,
                                          quiet=quiet)
-            commands.move_plans(folders, source, identifier, configuration,
+            commands.move_plans(folders, source, name, configuration,
                                 processes=processes, quiet=quiet)
         else:
             commands.plan_and_preprocess(folders, identifier, configuration,
