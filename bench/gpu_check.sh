@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU check (under 8 minutes on one H100): the built-in backend for a few hundred iterations
 # and nnU-Net 3d_fullres for one short epoch on a SYNTHETIC phantom cohort, each followed by
-# prediction; prints it/s, Mvox/s and peak GPU memory, and writes bench/results/gpu_check.md.
+# prediction; prints it/s, Mvox/s and peak GPU memory, and writes bench/results/gpu_check.md
+# (gpu_check_cpu.md for a CPU smoke run). Predict Mvox/s counts the voxels of the predicted
+# label maps on the image grid, per second of wall time including start-up.
 # Needs the project's .venv (make install; the device machine has no network) and a GPU.
 #
 #   bash bench/gpu_check.sh                    # on the GPU machine
@@ -48,7 +50,10 @@ $medlossy predict "$work/nnunet" "$dataset" --out "$work/nnunet_predictions" \
   --device "$device" --quiet
 t4=$(date +%s.%N)
 
-"$python" - "$work" "$t0" "$t1" "$t2" "$t3" "$t4" <<'PY' | tee bench/results/gpu_check.md
+# A CPU smoke run must not overwrite the GPU figures.
+results=bench/results/gpu_check.md
+[ "$device" = cuda ] || results=bench/results/gpu_check_$device.md
+"$python" - "$work" "$t0" "$t1" "$t2" "$t3" "$t4" <<'PY' | tee "$results"
 import json, math, sys
 from pathlib import Path
 import nibabel as nib
@@ -69,16 +74,16 @@ nn_voxels = math.prod(nnunet["patch_size"]) * nnunet["batch_size"]
 nn_its = nnunet["iterations_per_second"]
 rows = [
     ("built-in train", f"{training['iterations_per_second']:.2f} it/s",
-     f"{training['mvox_per_second']:.1f}", training.get("peak_gpu_memory_gb"),
+     f"{training['mvox_per_second']:.3g}", training.get("peak_gpu_memory_gb"),
      f"patch {'x'.join(map(str, patch))}, batch {batch}, {training['iterations_this_run']} it, "
      f"wall {t1 - t0:.0f} s incl. start-up and preprocessing"),
-    ("built-in predict", "", f"{voxels(work / 'builtin_predictions') / (t2 - t1) / 1e6:.2f}",
+    ("built-in predict", "", f"{voxels(work / 'builtin_predictions') / (t2 - t1) / 1e6:.3g}",
      "", f"wall {t2 - t1:.0f} s incl. start-up"),
-    ("nnU-Net 3d_fullres train", f"{nn_its:.2f} it/s", f"{nn_its * nn_voxels / 1e6:.1f}",
+    ("nnU-Net 3d_fullres train", f"{nn_its:.2f} it/s", f"{nn_its * nn_voxels / 1e6:.3g}",
      nnunet.get("peak_gpu_memory_gb"),
      f"patch {'x'.join(map(str, nnunet['patch_size']))}, batch {nnunet['batch_size']}, "
      f"{nnunet['iterations_this_run']} it, wall {t3 - t2:.0f} s incl. planning"),
-    ("nnU-Net predict", "", f"{voxels(work / 'nnunet_predictions') / (t4 - t3) / 1e6:.2f}",
+    ("nnU-Net predict", "", f"{voxels(work / 'nnunet_predictions') / (t4 - t3) / 1e6:.3g}",
      "", f"wall {t4 - t3:.0f} s incl. start-up, mirroring on"),
 ]
 print(f"## GPU check ({card})\n")
