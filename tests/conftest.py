@@ -112,7 +112,7 @@ def open_with_stock_zarr(path: Path):
     import zarr
 
     imagecodecs.numcodecs.register_codecs()
-    return zarr.open_array(str(path), mode="r")
+    return zarr.open_group(str(path), mode="r")["0"]
 
 
 CliResult = tuple[int, str, str]

@@ -41,7 +41,7 @@ def test_compress_quiet_prints_nothing(cli, ct_b_crop_file, tmp_path):
                          "--workers", "1", "--quiet")
     assert code == 0
     assert err == "" and out == ""
-    assert (tmp_path / "q.zarr" / ".zarray").exists()
+    assert (tmp_path / "q.zarr" / "0" / ".zarray").exists()
     assert leftovers(tmp_path) == []
 
 

@@ -160,17 +160,17 @@ def _flip_a_byte(chunk: Path) -> None:
 
 
 def test_decompress_names_a_corrupt_slice(cli, damaged_store, tmp_path):
-    _flip_a_byte(damaged_store / "5.0.0")
+    _flip_a_byte(damaged_store / "0" / "5.0.0")
     (tmp_path / "out").mkdir()
     output = tmp_path / "out" / "ct.nii.gz"
     code, _, err = cli("decompress", damaged_store, output, "--workers", "1")
     assert code == EXIT_BAD_INPUT
-    _assert_one_line_error(err, str(damaged_store / "5.0.0"), "slice 5", "corrupt")
+    _assert_one_line_error(err, str(damaged_store / "0" / "5.0.0"), "slice 5", "corrupt")
     _assert_no_output(output)
 
 
 def test_verify_names_a_corrupt_slice(cli, damaged_store):
-    _flip_a_byte(damaged_store / "5.0.0")
+    _flip_a_byte(damaged_store / "0" / "5.0.0")
     code, out, err = cli("verify", damaged_store)
     assert code == EXIT_BAD_INPUT
     line = _assert_one_line_error(err, str(damaged_store), "1 corrupt or missing")
@@ -180,20 +180,20 @@ def test_verify_names_a_corrupt_slice(cli, damaged_store):
 
 
 def test_verify_lists_every_bad_slice(cli, damaged_store):
-    _flip_a_byte(damaged_store / "3.0.0")
-    (damaged_store / "17.0.0").unlink()
+    _flip_a_byte(damaged_store / "0" / "3.0.0")
+    (damaged_store / "0" / "17.0.0").unlink()
     code, _, err = cli("verify", damaged_store)
     assert code == EXIT_BAD_INPUT
     assert _assert_one_line_error(err, "2 corrupt or missing").endswith("slice(s): 3, 17")
 
 
 def test_decompress_names_a_missing_slice(cli, damaged_store, tmp_path):
-    (damaged_store / "17.0.0").unlink()
+    (damaged_store / "0" / "17.0.0").unlink()
     (tmp_path / "out").mkdir()
     output = tmp_path / "out" / "ct.nii.gz"
     code, _, err = cli("decompress", damaged_store, output, "--workers", "1")
     assert code == EXIT_BAD_INPUT
-    _assert_one_line_error(err, str(damaged_store / "17.0.0"), "slice 17 is missing")
+    _assert_one_line_error(err, str(damaged_store / "0" / "17.0.0"), "slice 17 is missing")
     _assert_no_output(output)
 
 
@@ -201,7 +201,7 @@ def test_undecodable_slice_with_a_matching_checksum_is_named(cli, damaged_store,
     import zlib
 
     garbage = np.random.default_rng(2).bytes(500)
-    (damaged_store / "3.0.0").write_bytes(garbage)
+    (damaged_store / "0" / "3.0.0").write_bytes(garbage)
     attributes_file = damaged_store / ".zattrs"
     attributes = json.loads(attributes_file.read_bytes())
     attributes["medlossy"]["chunk_crc32"][3] = zlib.crc32(garbage) & 0xFFFFFFFF
@@ -210,7 +210,7 @@ def test_undecodable_slice_with_a_matching_checksum_is_named(cli, damaged_store,
     output = tmp_path / "out" / "ct.nii.gz"
     code, _, err = cli("decompress", damaged_store, output, "--workers", "1")
     assert code == EXIT_BAD_INPUT
-    _assert_one_line_error(err, str(damaged_store / "3.0.0"), "slice 3 cannot be decoded")
+    _assert_one_line_error(err, str(damaged_store / "0" / "3.0.0"), "slice 3 cannot be decoded")
     _assert_no_output(output)
 
 

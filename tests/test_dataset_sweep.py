@@ -289,7 +289,7 @@ def small_sweep(tmp_path: Path, serial) -> tuple[Path, Path]:
 
 
 def _corrupt_chunk(out: Path) -> None:
-    chunk = out / "stores" / "r5" / "syn_a_0000.zarr" / "3.0.0"
+    chunk = out / "stores" / "r5" / "syn_a_0000.zarr" / "0" / "3.0.0"
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))

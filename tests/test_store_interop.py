@@ -85,7 +85,7 @@ def test_stock_zarr_returns_floats_for_a_rescaled_mr(float_mr_store, float_mr):
     path, attributes = float_mr_store
     array = _open(path)
     assert array.dtype == np.float32 and array.shape == (20, 117, 91)
-    zarray = json.loads((path / ".zarray").read_bytes())
+    zarray = json.loads((path / "0" / ".zarray").read_bytes())
     (scale_offset,) = zarray["filters"]
     assert scale_offset["id"] == "fixedscaleoffset"
     assert scale_offset["scale"] == attributes["intensity"]["scale"]
@@ -101,7 +101,7 @@ def test_stock_zarr_returns_floats_for_a_rescaled_mr(float_mr_store, float_mr):
 
 def test_pillow_decodes_a_chunk_file_to_the_original_pixels(uint16_lossless_store):
     path, values = uint16_lossless_store
-    image = Image.open(io.BytesIO((path / "5.0.0").read_bytes()))
+    image = Image.open(io.BytesIO((path / "0" / "5.0.0").read_bytes()))
     pixels = np.array(image)
     assert pixels.shape == (96, 80)
     np.testing.assert_array_equal(pixels, values[:, :, 5])
@@ -109,7 +109,7 @@ def test_pillow_decodes_a_chunk_file_to_the_original_pixels(uint16_lossless_stor
 
 def test_pillow_agrees_with_medlossy_on_a_lossy_chunk(float_mr_store):
     path, _ = float_mr_store
-    data = (path / "7.0.0").read_bytes()
+    data = (path / "0" / "7.0.0").read_bytes()
     pixels = np.array(Image.open(io.BytesIO(data)))
     np.testing.assert_array_equal(pixels, imagecodecs.jpeg2k_decode(data))
     store = SliceStore(path)
@@ -120,10 +120,71 @@ def test_pillow_agrees_with_medlossy_on_a_lossy_chunk(float_mr_store):
                     reason="opj_decompress (Debian libopenjp2-tools) is not installed")
 def test_opj_decompress_reads_a_signed_chunk(ct_store, tmp_path):
     chunk = tmp_path / "slice5.j2k"
-    chunk.write_bytes((ct_store / "5.0.0").read_bytes())
+    chunk.write_bytes((ct_store / "0" / "5.0.0").read_bytes())
     output = tmp_path / "slice5.rawl"  # raw little-endian samples
     subprocess.run(["opj_decompress", "-i", str(chunk), "-o", str(output)], check=True,
                    capture_output=True)
     pixels = np.fromfile(output, dtype="<i2")
     assert pixels.size == 96 * 80
     np.testing.assert_array_equal(pixels.reshape(96, 80), _open(ct_store)[5])
+
+
+def test_the_store_is_an_ome_zarr_image_with_the_volume_geometry(ct_store, ct_b_crop_image):
+    """ome-zarr-py finds the image node, level 0 and millimetre axes with spacing and origin."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Multiscales, Reader
+
+    location = parse_url(str(ct_store))
+    assert location is not None and location.version == "0.4"
+    (node,) = [n for n in Reader(location)() if n.specs and isinstance(n.specs[0], Multiscales)]
+    level0 = np.asarray(node.data[0])
+    np.testing.assert_array_equal(level0, _open(ct_store)[:])
+    (entry,) = node.metadata["coordinateTransformations"]
+    scale, translation = entry
+    # the CT crop is 1.5 mm isotropic; axial axis (source k) first
+    np.testing.assert_allclose(scale["scale"], np.abs(np.diag(ct_b_crop_image.affine))[[2, 0, 1]],
+                               rtol=1e-6)
+    origin, columns = ct_b_crop_image.affine[:3, 3], ct_b_crop_image.affine[:3, :3]
+    expected = [origin @ (columns[:, k] / np.linalg.norm(columns[:, k])) for k in (2, 0, 1)]
+    np.testing.assert_allclose(translation["translation"], expected, atol=1e-5)
+    assert [axis["unit"] for axis in node.metadata["axes"]] == ["millimeter"] * 3
+    assert [axis["name"] for axis in node.metadata["axes"]] == ["z", "y", "x"]
+
+
+def test_ngff_coordinates_follow_an_oblique_affine_along_the_voxel_axes():
+    """NGFF has no rotation: scale/translation are exact along the (rotated) voxel axes."""
+    from medlossy.store.ngff import scale_and_translation
+
+    angle = np.deg2rad(20)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                         [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([0.7, 0.8, 2.5])
+    affine[:3, 3] = [-100.0, 40.0, 12.0]
+    scale, translation = scale_and_translation(affine, axial_axis=2)
+    np.testing.assert_allclose(scale, [2.5, 0.7, 0.8])
+    index = np.array([3, 5, 7])  # source (i, j, k)
+    world = affine[:3, :3] @ index + affine[:3, 3]
+    for store_axis, source_axis in enumerate((2, 0, 1)):
+        direction = rotation[:, source_axis]
+        assert world @ direction == pytest.approx(
+            translation[store_axis] + scale[store_axis] * index[source_axis])
+
+
+def test_a_version_1_store_still_opens_and_decodes(tmp_path):
+    """A store written by medlossy before OME-Zarr (array at the root) reads as before."""
+    import pathlib
+
+    data = pathlib.Path(__file__).parent / "data"
+    store = SliceStore(data / "store_v1.zarr")
+    assert store.format_version == 1 and store.array_path == store.path
+    assert store.verify() == []
+    source = np.load(data / "store_v1_source.npy")
+    np.testing.assert_array_equal(read_store(data / "store_v1.zarr", workers=1).array, source)
+
+
+def test_a_new_store_declares_version_2_and_its_array_at_level_0(ct_store):
+    store = SliceStore(ct_store)
+    assert store.format_version == 2 and store.array_path == ct_store / "0"
+    assert json.loads((ct_store / ".zgroup").read_bytes()) == {"zarr_format": 2}
+    assert not (ct_store / ".zarray").exists()

@@ -1,13 +1,18 @@
 """Write and read the store; the layout is documented in docs/store-format.md.
 
-A store is a Zarr format 2 array in a directory: shape (slices, rows, columns), one chunk per
-axial slice, and every chunk file is a plain codestream (``0.0.0`` ... ``N.0.0``). Stock
-``zarr`` opens it once ``imagecodecs.numcodecs.register_codecs()`` has run, any JPEG 2000 tool
-reads a chunk file directly, and a DICOM encapsulated frame can carry it unchanged. Format 2
-rather than 3: zarr 3.x reads imagecodecs' numcodecs codecs only in format 2; format 3 would
-need an adapter that other tools do not have.
+A store (format version 2) is an OME-Zarr (NGFF 0.4) image in Zarr format 2: a root group
+whose ``.zattrs`` hold the NGFF ``multiscales`` and, beside them, the medlossy attributes; the
+full-resolution array at ``0/``: shape (slices, rows, columns), one chunk per axial slice, and
+every chunk file is a plain codestream (``0/0.0.0`` ... ``0/N.0.0``). Stock ``zarr`` opens it
+once ``imagecodecs.numcodecs.register_codecs()`` has run, ome-zarr-py recognises it, any
+JPEG 2000 tool reads a chunk file directly, and a DICOM encapsulated frame can carry it
+unchanged. Format 2 rather than 3: zarr 3.x reads imagecodecs' numcodecs codecs only in
+format 2; format 3 would need an adapter that other tools do not have.
 
-The medlossy attributes (``.zattrs`` key ``medlossy``) carry geometry, intensity mapping, codec
+Version 1 stores (the bare array at the root, medlossy attributes in its ``.zattrs``) are
+still read: ``SliceStore`` finds the array and the attributes in either layout.
+
+The medlossy attributes (key ``medlossy``) carry geometry, intensity mapping, codec
 parameters, the achieved ratio and errors, and a CRC-32 per chunk.
 """
 
@@ -29,8 +34,11 @@ from medlossy.checksums import crc32
 from medlossy.codecs import SliceCodec
 from medlossy.codecs.intensity import CodeMapping
 from medlossy.errors import MedlossyError
+from medlossy.store.ngff import LEVEL0, multiscales
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this reader opens (1: bare array at the root, before OME-Zarr).
+READABLE_VERSIONS = (1, 2)
 ATTRIBUTE_KEY = "medlossy"
 
 
@@ -66,9 +74,16 @@ def _compact_json(document: dict) -> bytes:
     return json.dumps(document, separators=(",", ":"), allow_nan=True).encode()
 
 
+def root_attributes(attributes: dict[str, Any]) -> bytes:
+    """The root group's ``.zattrs``: NGFF multiscales beside the medlossy attributes."""
+    name = attributes.get("source", {}).get("file", "")
+    return _compact_json({"multiscales": multiscales(attributes["geometry"], name),
+                          ATTRIBUTE_KEY: attributes})
+
+
 def render_metadata(layout: StoreLayout, codec: SliceCodec, attributes: dict[str, Any],
                     ) -> dict[str, bytes]:
-    """The metadata files (name -> bytes) of a store, built by zarr itself."""
+    """The metadata files (relative path -> bytes) of a store, built by zarr itself."""
     array = zarr.create_array(
         store=zarr.storage.MemoryStore(),
         shape=(layout.slices, layout.rows, layout.columns),
@@ -81,20 +96,22 @@ def render_metadata(layout: StoreLayout, codec: SliceCodec, attributes: dict[str
     )
     zarray = array.metadata.to_dict()
     zarray.pop("attributes", None)
-    return {".zarray": _compact_json(zarray),
-            ".zattrs": _compact_json({ATTRIBUTE_KEY: attributes})}
+    return {".zgroup": _compact_json({"zarr_format": 2}),
+            ".zattrs": root_attributes(attributes),
+            f"{LEVEL0}/.zarray": _compact_json(zarray)}
 
 
 def write_store(directory: Path, layout: StoreLayout, codec: SliceCodec,
                 codestreams: Sequence[bytes], attributes: dict[str, Any]) -> int:
     """Write a store into an empty ``directory``; returns the bytes written."""
     directory.mkdir(parents=True, exist_ok=False)
+    (directory / LEVEL0).mkdir()
     total = 0
     for name, content in render_metadata(layout, codec, attributes).items():
         (directory / name).write_bytes(content)
         total += len(content)
     for index, stream in enumerate(codestreams):
-        (directory / chunk_key(index)).write_bytes(stream)
+        (directory / LEVEL0 / chunk_key(index)).write_bytes(stream)
         total += len(stream)
     return total
 
@@ -105,7 +122,7 @@ def rewrite_attributes(directory: Path, attributes: dict[str, Any], size: int = 
     The file is padded with trailing spaces (still valid JSON) up to ``size`` bytes; returns
     its length.
     """
-    content = _compact_json({ATTRIBUTE_KEY: attributes})
+    content = root_attributes(attributes)
     content += b" " * (size - len(content))
     (directory / ".zattrs").write_bytes(content)
     return len(content)
@@ -113,7 +130,8 @@ def rewrite_attributes(directory: Path, attributes: dict[str, Any], size: int = 
 
 def stored_bytes(directory: Path) -> int:
     """Every byte of every file in the store: the footprint that the ratio counts."""
-    return sum(entry.stat().st_size for entry in os.scandir(directory) if entry.is_file())
+    return sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(directory) for name in names)
 
 
 class SliceStore:
@@ -123,18 +141,24 @@ class SliceStore:
         self.path = Path(path)
         if not self.path.is_dir():
             raise MedlossyError(self.path, "no such store (expected a directory)")
+        # Version 1 kept the array at the root; version 2 is a group with the array at "0".
+        self.array_path = self.path if (self.path / ".zarray").exists() \
+            else self.path / LEVEL0
         try:
-            self.zarray = json.loads((self.path / ".zarray").read_bytes())
+            self.zarray = json.loads((self.array_path / ".zarray").read_bytes())
             attributes = json.loads((self.path / ".zattrs").read_bytes())
         except FileNotFoundError as error:
-            raise MedlossyError(self.path, f"not a medlossy store: {Path(error.filename).name} "
-                                           "is missing") from None
+            missing = Path(error.filename).relative_to(self.path)
+            raise MedlossyError(self.path, f"not a medlossy store: {missing} is missing"
+                                ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise MedlossyError(self.path, f"corrupt store metadata ({error})") from None
         self.attributes: dict[str, Any] = attributes.get(ATTRIBUTE_KEY, {})
-        if self.attributes.get("format_version") != FORMAT_VERSION:
+        self.format_version = self.attributes.get("format_version")
+        if self.format_version not in READABLE_VERSIONS:
             raise MedlossyError(self.path, "not a medlossy store (no medlossy attributes of "
-                                           f"format version {FORMAT_VERSION})")
+                                           "format version "
+                                           f"{' or '.join(map(str, READABLE_VERSIONS))})")
         self.mapping = CodeMapping(**{key: self.attributes["intensity"][key] for key in
                                       ("original_dtype", "code_dtype", "offset", "scale")})
 
@@ -142,9 +166,17 @@ class SliceStore:
     def slices(self) -> int:
         return int(self.zarray["shape"][0])
 
+    @property
+    def slice_shape(self) -> tuple[int, int]:
+        return int(self.zarray["shape"][1]), int(self.zarray["shape"][2])
+
+    def chunk_path(self, index: int) -> Path:
+        """The file holding slice ``index``'s codestream."""
+        return self.array_path / chunk_key(index)
+
     def codestream(self, index: int) -> bytes:
         """The raw codestream of slice ``index``, after its checksum is verified."""
-        file = self.path / chunk_key(index)
+        file = self.chunk_path(index)
         try:
             data = file.read_bytes()
         except FileNotFoundError:
@@ -159,12 +191,11 @@ class SliceStore:
         try:
             codes = codec.decode(data)
         except Exception as error:  # decoder errors come in library-specific types
-            raise MedlossyError(self.path / chunk_key(index),
+            raise MedlossyError(self.chunk_path(index),
                                 f"slice {index} cannot be decoded ({error})") from None
-        expected = (int(self.zarray["shape"][1]), int(self.zarray["shape"][2]))
-        if codes.shape != expected:
-            raise MedlossyError(self.path / chunk_key(index),
-                                f"slice {index} decodes to {codes.shape}, expected {expected}")
+        if codes.shape != self.slice_shape:
+            raise MedlossyError(self.chunk_path(index), f"slice {index} decodes to "
+                                f"{codes.shape}, expected {self.slice_shape}")
         return codes
 
     def verify(self) -> list[int]:
