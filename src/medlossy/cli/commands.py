@@ -385,3 +385,32 @@ def predict(arguments: argparse.Namespace) -> None:
                           cases=arguments.cases, device=arguments.device,
                           show_progress=not arguments.quiet)
     _say(arguments, f"{out}: {backend.name} predictions")
+
+
+def _patch_size(text: str) -> tuple[int, int, int]:
+    try:
+        size = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise MedlossyError(None, f"--patch must be three positive integers z,y,x, got {text!r}")
+    return size
+
+
+def bench_loader(arguments: argparse.Namespace) -> None:
+    from medlossy.loading import StorePatchDataset
+    from medlossy.loading.supply import measure_supply
+
+    patch = _patch_size(arguments.patch)
+    if arguments.workers < 0 or arguments.threads < 1 or arguments.level < 0:
+        raise MedlossyError(None, "--workers must be >= 0, --threads >= 1, --level >= 0")
+    dataset = StorePatchDataset(arguments.store, patch, arguments.labels, samples=10**9,
+                                level=arguments.level, threads=arguments.threads)
+    result = measure_supply(dataset, workers=arguments.workers, seconds=arguments.seconds)
+    if arguments.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{result['codec']} x{result['ratio']}, patch {'x'.join(map(str, patch))} at level "
+          f"{result['level']}, {result['workers']} worker(s): {result['mvox_per_s']} Mvox/s "
+          f"({result['patches']} patches in {result['seconds']} s; load "
+          f"{result['load_average'][0]})")

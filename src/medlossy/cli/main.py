@@ -213,6 +213,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_reader_parser(sub)
     add_evaluate_parsers(sub)
 
+    bench = sub.add_parser("bench", help="measure medlossy on your data")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    loader = bench_sub.add_parser(
+        "loader", help="training patch supply (Mvox/s) decoded on the fly from stores",
+        description="Draw random training patches from a store (or a folder of stores), "
+                    "decoding only the slices each patch needs, for --seconds after the first "
+                    "patch; print patches and Mvox/s.")
+    loader.add_argument("store", help="a store or a folder of *.zarr stores")
+    loader.add_argument("--patch", default="64,160,160", help="z,y,x voxels (default "
+                                                              "64,160,160)")
+    loader.add_argument("--workers", type=int, default=2,
+                        help="DataLoader worker processes (0: decode in this process)")
+    loader.add_argument("--threads", type=int, default=1, help="decoding threads per worker")
+    loader.add_argument("--level", type=int, default=0,
+                        help="resolution level to decode (1 = half size in-plane)")
+    loader.add_argument("--labels", default=None, help="folder of label volumes CASE.nii.gz")
+    loader.add_argument("--seconds", type=_positive_float, default=10.0)
+    loader.add_argument("--json", action="store_true", help="print JSON")
+    loader.set_defaults(handler=commands.bench_loader)
+
     data = sub.add_parser("data", help="example data")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     demo = data_sub.add_parser("demo", help="real CT/MR from the TotalSegmentator archive on "

@@ -1,0 +1,11 @@
+"""Training straight from compressed stores: patches decoded on the fly, at any level.
+
+``StorePatchDataset`` (a PyTorch / MONAI dataset), ``StoreVolume`` (box reads of one store),
+``measure_supply`` (what ``medlossy bench loader`` prints) and the optional GPU decoders in
+``medlossy.loading.gpu``.
+"""
+
+from medlossy.loading.dataset import StorePatchDataset, group_stores
+from medlossy.loading.volume import StoreVolume
+
+__all__ = ["StorePatchDataset", "StoreVolume", "group_stores"]

@@ -1,0 +1,73 @@
+"""One store opened for patch reads: decode only the slices (and resolution level) a patch needs.
+
+Data flow: patch box (z, y, x in the store's axis order, at resolution ``level``) -> the
+slices z..z+depth, each read and CRC-checked, decoded at that level (threads: imagecodecs and
+OpenJPEG release the GIL) -> the y/x window cropped -> codes mapped to values (float32,
+original units). Slices are whole codestreams, so each decoded slice costs the full slice at
+that level; the y/x crop saves memory, not decode time (see BENCHMARKS.md, loader).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Executor
+from pathlib import Path
+
+import numpy as np
+
+from medlossy.codecs import get_codec
+from medlossy.errors import MedlossyError
+from medlossy.loading.decoders import decode_slice
+from medlossy.store import SliceStore
+
+
+class StoreVolume:
+    """Random access to boxes of one store, in its axis order (slices, rows, columns)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, level: int = 0) -> None:
+        self.store = SliceStore(path)
+        self.path = Path(path)
+        self.codec = get_codec(self.store.attributes["codec"]["name"])
+        self.mapping = self.store.mapping
+        self.level = level
+        rows, columns = self.store.slice_shape
+        factor = 2**level
+        self.shape = (self.store.slices, -(-rows // factor), -(-columns // factor))
+
+    @property
+    def axial_axis(self) -> int:
+        return int(self.store.attributes["geometry"]["axial_axis"])
+
+    @property
+    def source_shape(self) -> tuple[int, int, int]:
+        return tuple(self.store.attributes["geometry"]["shape"])
+
+    def _slice(self, index: int, rows: slice, columns: slice) -> np.ndarray:
+        data = self.store.codestream(index)
+        try:
+            codes = decode_slice(self.codec, data, self.level)
+        except Exception as error:  # decoder errors come in library-specific types
+            raise MedlossyError(self.store.chunk_path(index),
+                                f"slice {index} cannot be decoded ({error})") from None
+        return codes[rows, columns]
+
+    def read(self, start: tuple[int, int, int], size: tuple[int, int, int],
+             threads: Executor | None = None) -> np.ndarray:
+        """Values (float32) of the box ``start`` + ``size``, which must lie inside ``shape``."""
+        if any(s < 0 or s + n > limit for s, n, limit in zip(start, size, self.shape,
+                                                             strict=True)):
+            raise ValueError(f"box {start} + {size} is outside {self.shape}")
+        rows = slice(start[1], start[1] + size[1])
+        columns = slice(start[2], start[2] + size[2])
+        indices = range(start[0], start[0] + size[0])
+        if threads is None:
+            planes = [self._slice(i, rows, columns) for i in indices]
+        else:
+            planes = list(threads.map(lambda i: self._slice(i, rows, columns), indices))
+        codes = np.stack(planes)
+        if self.level == 0:  # exactly what decompression writes, as float32
+            return self.mapping.to_values(codes).astype(np.float32)
+        values = codes.astype(np.float32)  # reduced levels are not whole codes
+        if self.mapping.rescaled:
+            values = values / np.float32(self.mapping.scale) + np.float32(self.mapping.offset)
+        return values

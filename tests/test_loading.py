@@ -1,0 +1,117 @@
+"""StorePatchDataset: patches decoded on the fly equal the decoded volume's boxes."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from medlossy.compression import Target, compress_volume
+from medlossy.decompression import read_store
+from medlossy.loading import StorePatchDataset, StoreVolume
+from medlossy.loading.decoders import block_mean, glymur_available
+from medlossy.volume import Volume
+
+PATCH = (8, 48, 40)
+
+
+@pytest.fixture(scope="module")
+def crop_case(ct_b_crop_image, ct_b_crop_array, tmp_path_factory):
+    """The 96 x 80 x 24 real CT crop at x10 as store ``ct_0000.zarr`` + bone labels."""
+    root = tmp_path_factory.mktemp("loading")
+    stores, labels = root / "stores", root / "labels"
+    stores.mkdir(), labels.mkdir()
+    volume = Volume(ct_b_crop_array, ct_b_crop_image.affine, modality="CT")
+    compress_volume(volume, stores / "ct_0000.zarr", Target("ratio", 10.0), workers=1)
+    bone = (ct_b_crop_array > 600).astype(np.uint8)  # bone (and dense contrast)
+    assert 0 < bone.mean() < 0.3
+    nib.save(nib.Nifti1Image(bone, ct_b_crop_image.affine), labels / "ct.nii.gz")
+    decoded = np.moveaxis(read_store(stores / "ct_0000.zarr", workers=1).array, 2, 0)
+    return stores, labels, decoded, np.moveaxis(bone, 2, 0)
+
+
+def test_patches_are_the_decoded_volumes_boxes_with_their_labels(crop_case):
+    stores, labels, decoded, bone = crop_case
+    dataset = StorePatchDataset(stores, PATCH, labels, samples=12, seed=3)
+    starts = set()
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        z, y, x = sample["start"]
+        box = np.s_[z:z + PATCH[0], y:y + PATCH[1], x:x + PATCH[2]]
+        assert sample["image"].shape == (1, *PATCH) and sample["image"].dtype == torch.float32
+        np.testing.assert_array_equal(sample["image"][0].numpy(), decoded[box])
+        np.testing.assert_array_equal(sample["label"][0].numpy(), bone[box])
+        starts.add(sample["start"])
+    assert len(starts) > 6  # random boxes, not one
+
+
+def test_patches_are_a_function_of_seed_and_index(crop_case):
+    stores, labels, _, _ = crop_case
+    first = StorePatchDataset(stores, PATCH, labels, samples=5, seed=1)
+    again = StorePatchDataset(stores, PATCH, labels, samples=5, seed=1)
+    other = StorePatchDataset(stores, PATCH, labels, samples=5, seed=2)
+    assert [first.box(i) for i in range(5)] == [again.box(i) for i in range(5)]
+    assert [first.box(i) for i in range(5)] != [other.box(i) for i in range(5)]
+    torch.testing.assert_close(first[4]["image"], again[4]["image"])
+
+
+def test_foreground_fraction_one_centres_every_patch_on_labels(crop_case):
+    stores, labels, _, _ = crop_case
+    dataset = StorePatchDataset(stores, (4, 16, 16), labels, samples=20, seed=0,
+                                foreground_fraction=1.0)
+    assert all(dataset[i]["label"].sum() > 0 for i in range(20))
+
+
+def test_worker_processes_and_threads_give_the_same_patches(crop_case):
+    stores, labels, _, _ = crop_case
+    serial = StorePatchDataset(stores, PATCH, labels, samples=6, seed=5)
+    threaded = StorePatchDataset(stores, PATCH, labels, samples=6, seed=5, threads=2)
+    loaded = list(DataLoader(threaded, batch_size=None, num_workers=2))
+    for index, sample in enumerate(loaded):
+        torch.testing.assert_close(sample["image"], serial[index]["image"])
+        torch.testing.assert_close(sample["label"], serial[index]["label"])
+
+
+def test_a_patch_larger_than_the_volume_is_padded(crop_case):
+    stores, labels, decoded, _ = crop_case
+    sample = StorePatchDataset(stores, (32, 48, 40), labels, samples=1)[0]
+    assert sample["image"].shape == (1, 32, 48, 40)
+    np.testing.assert_array_equal(sample["image"][0, 23], sample["image"][0, 31])  # edge pad
+    assert sample["label"][0, 24:].sum() == 0
+
+
+@pytest.mark.skipif(not glymur_available(), reason="glymur / libopenjp2 not installed")
+def test_a_reduced_level_is_decoded_from_the_codestream_at_half_size(crop_case):
+    stores, labels, decoded, bone = crop_case
+    volume = StoreVolume(stores / "ct_0000.zarr", level=1)
+    assert volume.shape == (24, 48, 40)
+    half = volume.read((0, 0, 0), volume.shape)
+    expected = np.stack([block_mean(plane, 1) for plane in decoded])
+    # the wavelet's low-pass band, not a box filter: close (measured r = 0.986), not equal
+    assert np.corrcoef(half.ravel(), expected.ravel())[0, 1] > 0.97
+    assert np.abs(half - expected).mean() < 0.15 * np.abs(expected - expected.mean()).mean()
+    assert half.mean() == pytest.approx(expected.mean(), abs=10.0)
+    sample = StorePatchDataset(stores, (4, 16, 16), labels, samples=1, level=1)[0]
+    z, y, x = sample["start"]
+    np.testing.assert_array_equal(sample["label"][0].numpy(),
+                                  bone[z:z + 4, ::2, ::2][:, y:y + 16, x:x + 16])
+
+
+def test_bench_loader_prints_patch_supply(crop_case, cli):
+    stores, _, _, _ = crop_case
+    code, out, err = cli("bench", "loader", str(stores), "--patch", "8,48,40", "--workers",
+                         "0", "--seconds", "0.5", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["patches"] > 0 and result["mvox_per_s"] > 0
+    assert result["codec"] == "jpeg2k" and result["patch"] == [8, 48, 40]
+
+
+def test_bench_loader_refuses_a_bad_patch_in_one_line(crop_case, cli):
+    stores, _, _, _ = crop_case
+    code, _, err = cli("bench", "loader", str(stores), "--patch", "8,48")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--patch" in err
