@@ -80,6 +80,10 @@ def test_a_patch_larger_than_the_volume_is_padded(crop_case):
     stores, labels, decoded, _ = crop_case
     sample = StorePatchDataset(stores, (32, 48, 40), labels, samples=1)[0]
     assert sample["image"].shape == (1, 32, 48, 40)
+    z, y, x = sample["start"]
+    assert z == 0
+    np.testing.assert_array_equal(sample["image"][0, :24].numpy(),
+                                  decoded[:, y:y + 48, x:x + 40])
     np.testing.assert_array_equal(sample["image"][0, 23], sample["image"][0, 31])  # edge pad
     assert sample["label"][0, 24:].sum() == 0
 
