@@ -56,6 +56,7 @@ def compress(source: Path, out: Path, ratios: str, *extra: str) -> int:
 def snapshot(out: Path) -> dict[str, tuple[int, int]]:
     """(inode, mtime) of every task output: stores and their chunks, decoded images, parts."""
     paths = [*out.glob("stores/*/*.zarr"), *out.glob("stores/*/*.zarr/*"),
+             *out.glob("stores/*/*.zarr/0/*"),
              *out.glob("parts/*/*.json"), *out.glob("nnunet/*/images*/*")]
     return {str(p.relative_to(out)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in paths}
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -301,6 +302,9 @@ def _write_nnunet_metadata(plan: SweepPlan, bad: dict[str, str]) -> None:
             "numTraining": sum(case.label is not None for case in training),
             "medlossy": {"source": str(plan.dataset.root), "ratio": ratio,
                          "codec": "jpeg2k", "lossless": ratio == 1,
+                         # where training with [training] source = "store" reads the images
+                         "stores": os.path.relpath(plan.out / "stores" / ratio_tag(ratio),
+                                                   folder),
                          "note": "images decoded from lossy JPEG 2000 stores; labels exact"},
         })
         write_json(folder / "dataset.json", metadata)

@@ -53,6 +53,10 @@ class TrainConfig:
     compile: bool = False
     loader_workers: int = 0
     pin_memory: bool = True
+    #: Where training images come from: "nifti" (the dataset's decoded image files) or
+    #: "store" (decoded in memory from the compressed stores of a `medlossy dataset compress`
+    #: sweep, which dataset.json names; no decoded copy is read). Same voxels, same model.
+    source: str = "nifti"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -75,6 +79,8 @@ class TrainConfig:
             problems.append("foreground fraction must be in [0, 1]")
         if self.loader_workers < 0:
             problems.append(f"loader_workers must be >= 0, got {self.loader_workers}")
+        if self.source not in ("nifti", "store"):
+            problems.append(f"source must be nifti or store, got {self.source!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             problems.append(f"device must be auto, cpu or cuda, got {self.device!r}")
         if problems:

@@ -21,7 +21,7 @@ from medlossy.errors import MedlossyError
 from medlossy.jsonfile import write_json
 from medlossy.train.config import TrainConfig
 from medlossy.train.network import build_network, network_arguments
-from medlossy.train.preprocessing import fit_normalisation, load_case, prepare
+from medlossy.train.preprocessing import fit_normalisation, load_case, prepare, store_folder
 from medlossy.train.sampling import PatchSampler, epoch_batches
 from medlossy.train.splits import kfold_splits, training_subset
 
@@ -75,7 +75,9 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
     set_determinism(seed=config.seed)
     torch.manual_seed(config.seed)
 
-    loaded = [load_case(dataset, case) for case in labelled if case.name in split["train"]]
+    stores = store_folder(dataset) if config.source == "store" else None
+    loaded = [load_case(dataset, case, stores) for case in labelled
+              if case.name in split["train"]]
     specs = fit_normalisation(dataset, loaded, seed=config.seed)
     prepared = [prepare(case, specs, config.target_spacing) for case in loaded]
     del loaded

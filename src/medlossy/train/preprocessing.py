@@ -9,6 +9,7 @@ predictions are resampled back the same way before the argmax.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from medlossy.datasets.nnunet_raw import Case, RawDataset
+from medlossy.decompression import read_store
+from medlossy.errors import MedlossyError
 from medlossy.io import read_volume
 
 _SAMPLES_PER_CASE = 100_000  # foreground voxels drawn per case for the CT statistics
@@ -30,9 +33,30 @@ class LoadedCase:
     affine: np.ndarray
 
 
-def load_case(dataset: RawDataset, case: Case) -> LoadedCase:
-    volumes = [read_volume(case.images[c], dataset.channel_modality(c))
-               for c in dataset.channels]
+def store_folder(dataset: RawDataset) -> Path:
+    """The folder of compressed stores a sweep's decoded dataset was made from."""
+    relative = dataset.metadata.get("medlossy", {}).get("stores")
+    if relative is None:
+        raise MedlossyError(dataset.root / "dataset.json", "training source 'store' needs a "
+                            "dataset made by `medlossy dataset compress` (no medlossy.stores)")
+    return (dataset.root / relative).resolve()
+
+
+def _read_store(stores: Path, case: Case, channel: int):
+    path = stores / f"{case.name}_{channel:04d}.zarr"
+    if not path.exists():
+        raise MedlossyError(path, f"no store for case {case.name} channel {channel}")
+    return read_store(path, workers=1)
+
+
+def load_case(dataset: RawDataset, case: Case, stores: Path | None = None) -> LoadedCase:
+    """Images from the dataset's files, or decoded in memory from ``stores``; labels from
+    the dataset (lossless) either way."""
+    if stores is None:
+        volumes = [read_volume(case.images[c], dataset.channel_modality(c))
+                   for c in dataset.channels]
+    else:
+        volumes = [_read_store(stores, case, c) for c in dataset.channels]
     labels = None
     if case.label is not None:
         labels = np.asarray(read_volume(case.label).array).astype(np.uint8)
