@@ -69,7 +69,7 @@ def task_outputs(out: Path, ratio: float, stem: str) -> set[str]:
     """Relative paths that belong to one task (store + chunks, part, decoded image)."""
     sweep = json.loads((out / "sweep.json").read_text())
     store = out / "stores" / tag(ratio) / f"{stem}.zarr"
-    paths = {store, *store.iterdir(), out / "parts" / tag(ratio) / f"{stem}.json",
+    paths = {store, *store.rglob("*"), out / "parts" / tag(ratio) / f"{stem}.json",
              *(out / "nnunet" / sweep["datasets"][tag(ratio)]).glob(f"images*/{stem}.nii.gz")}
     return {str(p.relative_to(out)) for p in paths}
 
