@@ -4,12 +4,19 @@ Data flow: a ``StorePatchDataset`` -> a PyTorch DataLoader with ``workers`` proc
 calling process) -> patches consumed as fast as they come for ``seconds`` after the first one
 (worker start-up is not counted) -> patches, voxels and Mvox/s. This is what ``medlossy bench
 loader`` prints; a GPU training at N Mvox/s of patches never waits when supply exceeds N.
+
+Wall-clock supply depends on what else runs on the machine, so the CPU time of this process
+and of its (finished) workers is reported too: ``mvox_per_cpu_s`` counts every CPU second
+spent, start-up and patches decoded ahead but never consumed included, so ``mvox_per_cpu_s``
+times the cores is a conservative estimate of the supply on an otherwise idle machine.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import os
+import resource
 import time
 from typing import Any
 
@@ -18,9 +25,17 @@ from torch.utils.data import DataLoader
 from medlossy.loading.dataset import StorePatchDataset
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children that have ended."""
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                          resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def measure_supply(dataset: StorePatchDataset, *, workers: int, seconds: float,
                    ) -> dict[str, Any]:
     """Consume patches for ``seconds``; returns the supply figures."""
+    cpu_started = _cpu_seconds()
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     patch_voxels = math.prod(dataset.patch_size)
@@ -33,6 +48,10 @@ def measure_supply(dataset: StorePatchDataset, *, workers: int, seconds: float,
         if time.perf_counter() - started >= seconds:
             break
     elapsed = time.perf_counter() - started if started is not None else 0.0
+    del loader
+    gc.collect()  # shuts the workers down, so that their CPU time is counted
+    cpu = _cpu_seconds() - cpu_started
+    voxels = (patches + 1) * patch_voxels
     volume = dataset.volumes[dataset.names[0]][0]
     return {
         "stores": sum(len(v) for v in dataset.volumes.values()),
@@ -48,6 +67,8 @@ def measure_supply(dataset: StorePatchDataset, *, workers: int, seconds: float,
         "seconds": round(elapsed, 3),
         "patches_per_s": round(patches / elapsed, 3) if elapsed else None,
         "mvox_per_s": round(patches * patch_voxels / elapsed / 1e6, 3) if elapsed else None,
+        "cpu_seconds": round(cpu, 3),
+        "mvox_per_cpu_s": round(voxels / cpu / 1e6, 3) if cpu > 0 else None,
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "cpus": os.cpu_count(),
     }
