@@ -22,7 +22,6 @@ ratios = [1, 20]
 train_ratios = [1, 20]
 folds = 2
 train_folds = [0]
-bootstrap = 200
 
 [[datasets]]
 path = "data/Dataset950_Phantom"

@@ -21,7 +21,6 @@ train_ratios = [1, 20]
 folds = 2
 train_folds = [0]
 budget_fractions = [0.5, 1.0]
-bootstrap = 200
 
 [[datasets]]
 path = "data/Dataset950_Phantom"

@@ -6,11 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medlossy.experiments.calibration import (
+    false_non_inferiority_rate,
+    percentile_lower,
+    t_lower,
+)
 from medlossy.experiments.statistics import (
-    bootstrap_mean_ci,
     non_inferiority,
     paired_differences,
     safe_ratios,
+    t_interval,
 )
 
 CASES = 30
@@ -32,36 +37,52 @@ def _results(shifts: dict[float, tuple[float, float]], dataset: str = "D",
     return pd.DataFrame(rows)
 
 
-def test_bootstrap_of_constant_data_is_that_constant() -> None:
-    assert bootstrap_mean_ci(np.full(25, 0.83)) == pytest.approx((0.83, 0.83, 0.83))
+def test_t_interval_of_constant_data_is_that_constant() -> None:
+    assert t_interval(np.full(25, 0.83)) == pytest.approx((0.83, 0.83, 0.83))
 
 
-def test_bootstrap_ci_contains_the_mean() -> None:
-    values = np.random.default_rng(1).normal(0.5, 0.1, 40)
+def test_t_interval_matches_the_textbook_formula() -> None:
+    values = np.array([0.1, -0.2, 0.05, 0.3])
 
-    mean, low, high = bootstrap_mean_ci(values)
+    mean, low, high = t_interval(values)
 
-    assert mean == pytest.approx(values.mean())
-    assert low < mean < high
+    half = 3.182446 * values.std(ddof=1) / 2  # t(0.975, 3 df) x sd / sqrt(4)
+    assert (low, mean, high) == pytest.approx((values.mean() - half, values.mean(),
+                                               values.mean() + half), rel=1e-5)
 
 
-def test_bootstrap_ci_narrows_with_more_data() -> None:
+def test_t_interval_narrows_with_more_data() -> None:
     rng = np.random.default_rng(2)
-    few = bootstrap_mean_ci(rng.normal(0.5, 0.1, 20))
-    many = bootstrap_mean_ci(rng.normal(0.5, 0.1, 2000))
+    few = t_interval(rng.normal(0.5, 0.1, 20))
+    many = t_interval(rng.normal(0.5, 0.1, 2000))
 
     assert many[2] - many[1] < (few[2] - few[1]) / 5
 
 
-def test_bootstrap_is_reproducible_for_a_seed() -> None:
-    values = np.random.default_rng(3).normal(0, 1, 30)
+def test_t_interval_ignores_nan_and_has_no_bounds_below_two_values() -> None:
+    assert t_interval(np.array([0.4, np.nan, 0.4])) == pytest.approx((0.4, 0.4, 0.4))
+    assert all(np.isnan(t_interval(np.array([np.nan]))))
+    mean, low, high = t_interval(np.array([0.4, np.nan]))
+    assert mean == 0.4 and np.isnan(low) and np.isnan(high)
 
-    assert bootstrap_mean_ci(values, seed=7) == bootstrap_mean_ci(values, seed=7)
+
+@pytest.mark.parametrize("shape", ["normal", "heavy-tailed"])
+@pytest.mark.parametrize("cases", [4, 8, 20])
+def test_t_interval_declares_false_non_inferiority_at_most_3_percent(cases: int,
+                                                                       shape: str) -> None:
+    """True difference exactly at the margin: nominal 2.5%; 40 000 studies give a standard
+    error of 0.08 percentage points, so 3% is six standard errors above nominal."""
+    rate = false_non_inferiority_rate(t_lower, cases, studies=40000, shape=shape, seed=cases)
+
+    assert rate <= 0.03
+    assert rate >= 0.015  # not bought by an interval that never concludes
 
 
-def test_bootstrap_ignores_nan_and_gives_nan_for_nothing() -> None:
-    assert bootstrap_mean_ci(np.array([0.4, np.nan, 0.4])) == pytest.approx((0.4, 0.4, 0.4))
-    assert all(np.isnan(bootstrap_mean_ci(np.array([np.nan]))))
+def test_the_percentile_bootstrap_fails_that_check_at_small_n() -> None:
+    """The simulation can fail: the former method errs far above 3% at 4 cases."""
+    rate = false_non_inferiority_rate(percentile_lower, 4, studies=4000, seed=4)
+
+    assert rate > 0.06
 
 
 def test_paired_differences_pair_each_case_with_its_ratio_1_dice() -> None:
@@ -91,6 +112,18 @@ def test_only_cases_present_at_both_ratios_are_paired() -> None:
     assert tests.set_index("ratio").loc[5.0, "cases"] == CASES - 1
 
 
+def test_cases_whose_dice_is_nan_are_not_counted() -> None:
+    results = _results({5.0: (0.0, 0.001)})
+    nan_case = (results["ratio_train"] == 5.0) & (results["case"].isin(["c00", "c01"])) \
+        & (results["class"] == "mean")
+    results.loc[nan_case, "value"] = np.nan
+
+    tests = non_inferiority(results, margin=0.01)
+
+    assert tests.set_index("ratio").loc[5.0, "cases"] == CASES - 2
+    assert tests.set_index("ratio").loc[1.0, "cases"] == CASES
+
+
 def test_non_inferiority_is_per_dataset() -> None:
     results = pd.concat([_results({20.0: (0.0, 0.001)}, "A"),
                          _results({20.0: (-0.1, 0.001)}, "B")])
@@ -108,9 +141,9 @@ def test_non_inferiority_of_no_results_is_an_empty_table() -> None:
     assert {"dataset", "ratio", "non_inferior"} <= set(tests.columns)
 
 
-def _tests(verdicts: dict[float, bool], dataset: str = "D") -> pd.DataFrame:
-    return pd.DataFrame([{"dataset": dataset, "ratio": r, "non_inferior": ok}
-                         for r, ok in verdicts.items()])
+def _tests(verdicts: dict[float, bool], dataset: str = "D", cases: int = 20) -> pd.DataFrame:
+    return pd.DataFrame([{"dataset": dataset, "ratio": r, "non_inferior": ok,
+                          "cases": cases} for r, ok in verdicts.items()])
 
 
 def test_safe_ratio_stops_at_the_first_inferior_ratio() -> None:
@@ -131,3 +164,11 @@ def test_safe_ratio_from_a_full_non_inferiority_table() -> None:
     results = _results({5.0: (0.0, 0.001), 20.0: (-0.1, 0.005), 50.0: (0.0, 0.001)})
 
     assert safe_ratios(non_inferiority(results, margin=0.01)) == {"D": 5.0}
+
+
+def test_no_safe_ratio_is_named_below_the_minimum_number_of_cases() -> None:
+    verdicts = {1.0: True, 5.0: True, 20.0: True}
+
+    assert safe_ratios(_tests(verdicts, cases=9)) == {"D": None}
+    assert safe_ratios(_tests(verdicts, cases=9), min_cases=8) == {"D": 20.0}
+    assert safe_ratios(_tests(verdicts, cases=10)) == {"D": 20.0}
