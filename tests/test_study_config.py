@@ -55,6 +55,10 @@ BAD = {
     "bad training value": (("patch_size = [16, 16, 16]", "patch_size = [18, 18, 18]"),
                            r"\[training\]: patch size \(18, 18, 18\) must be divisible by 4"),
     "not TOML": (("folds = 2", "folds = = 2"), "not valid TOML"),
+    "unknown safe-ratio rule": (("folds = 2", 'folds = 2\nsafe_ratio_over = "worst"'),
+                                "safe_ratio_over must be 'classes' or 'mean', got 'worst'"),
+    "too few minimum cases": (("folds = 2", "folds = 2\nmin_test_cases = 1"),
+                              "min_test_cases must be at least 2"),
 }
 
 

@@ -1,4 +1,5 @@
-"""Bootstrap CIs, paired non-inferiority against ratio 1, and the safe ratio."""
+"""t-intervals and their measured error rate, per-class non-inferiority against ratio 1,
+and the safe ratio."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from medlossy.experiments.calibration import (
     t_lower,
 )
 from medlossy.experiments.statistics import (
+    SafeRatio,
     non_inferiority,
     paired_differences,
     safe_ratios,
@@ -33,7 +35,7 @@ def _results(shifts: dict[float, tuple[float, float]], dataset: str = "D",
             rows.append({"experiment": "train", "dataset": dataset, "case": f"c{index:02d}",
                          "class": "mean", "ratio_train": ratio, "ratio_test": ratio,
                          "fold": 0, "metric": "dice", "value": value})
-            rows.append({**rows[-1], "class": "liver", "value": 0.0})  # ignored: not mean
+            rows.append({**rows[-1], "class": "liver", "value": 0.9})  # unchanged class
     return pd.DataFrame(rows)
 
 
@@ -88,17 +90,21 @@ def test_the_percentile_bootstrap_fails_that_check_at_small_n() -> None:
 def test_paired_differences_pair_each_case_with_its_ratio_1_dice() -> None:
     paired = paired_differences(_results({20.0: (-0.1, 0.0)}))
 
-    at_20 = paired[paired["ratio"] == 20.0]
+    at_20 = paired[(paired["ratio"] == 20.0) & (paired["class"] == "mean")]
     assert len(at_20) == CASES
     np.testing.assert_allclose(at_20["difference"], -0.1)
+
+
+def _mean(tests: pd.DataFrame) -> pd.DataFrame:
+    return tests[tests["class"] == "mean"].set_index("ratio")
 
 
 def test_clearly_worse_ratio_is_inferior_and_a_tiny_wobble_is_not() -> None:
     tests = non_inferiority(_results({5.0: (0.0, 0.001), 20.0: (-0.1, 0.005)}), margin=0.01)
 
-    verdict = tests.set_index("ratio")["non_inferior"].to_dict()
-    assert verdict == {1.0: True, 5.0: True, 20.0: False}
-    row = tests.set_index("ratio").loc[20.0]
+    mean = tests[tests["class"] == "mean"].set_index("ratio")
+    assert mean["non_inferior"].to_dict() == {1.0: True, 5.0: True, 20.0: False}
+    row = mean.loc[20.0]
     assert row["cases"] == CASES
     assert row["ci_low"] < row["mean_difference"] < row["ci_high"] < -0.09
 
@@ -109,7 +115,7 @@ def test_only_cases_present_at_both_ratios_are_paired() -> None:
 
     tests = non_inferiority(results, margin=0.01)
 
-    assert tests.set_index("ratio").loc[5.0, "cases"] == CASES - 1
+    assert _mean(tests).loc[5.0, "cases"] == CASES - 1
 
 
 def test_cases_whose_dice_is_nan_are_not_counted() -> None:
@@ -120,15 +126,16 @@ def test_cases_whose_dice_is_nan_are_not_counted() -> None:
 
     tests = non_inferiority(results, margin=0.01)
 
-    assert tests.set_index("ratio").loc[5.0, "cases"] == CASES - 2
-    assert tests.set_index("ratio").loc[1.0, "cases"] == CASES
+    assert _mean(tests).loc[5.0, "cases"] == CASES - 2
+    assert _mean(tests).loc[1.0, "cases"] == CASES
 
 
 def test_non_inferiority_is_per_dataset() -> None:
     results = pd.concat([_results({20.0: (0.0, 0.001)}, "A"),
                          _results({20.0: (-0.1, 0.001)}, "B")])
 
-    tests = non_inferiority(results, margin=0.01).set_index(["dataset", "ratio"])
+    tests = non_inferiority(results, margin=0.01)
+    tests = tests[tests["class"] == "mean"].set_index(["dataset", "ratio"])
 
     assert tests.loc[("A", 20.0), "non_inferior"]
     assert not tests.loc[("B", 20.0), "non_inferior"]
@@ -141,34 +148,86 @@ def test_non_inferiority_of_no_results_is_an_empty_table() -> None:
     assert {"dataset", "ratio", "non_inferior"} <= set(tests.columns)
 
 
-def _tests(verdicts: dict[float, bool], dataset: str = "D", cases: int = 20) -> pd.DataFrame:
-    return pd.DataFrame([{"dataset": dataset, "ratio": r, "non_inferior": ok,
-                          "cases": cases} for r, ok in verdicts.items()])
+def _tests(verdicts: dict[float, bool], dataset: str = "D", cases: int = 20,
+           name: str = "mean") -> pd.DataFrame:
+    return pd.DataFrame([{"dataset": dataset, "class": name, "ratio": r, "non_inferior": ok,
+                          "cases": cases, "ci_low": 0.0 if ok else -0.05}
+                         for r, ok in verdicts.items()])
+
+
+def _ratios(tests: pd.DataFrame, **options) -> dict[str, float | None]:
+    return {d: safe.ratio for d, safe in safe_ratios(tests, **options).items()}
 
 
 def test_safe_ratio_stops_at_the_first_inferior_ratio() -> None:
     tests = _tests({50.0: True, 1.0: True, 20.0: False, 5.0: True})  # any order
 
-    assert safe_ratios(tests) == {"D": 5.0}
+    assert _ratios(tests) == {"D": 5.0}
 
 
 def test_safe_ratio_is_the_largest_when_all_are_non_inferior() -> None:
-    assert safe_ratios(_tests({1.0: True, 5.0: True, 20.0: True})) == {"D": 20.0}
+    assert _ratios(_tests({1.0: True, 5.0: True, 20.0: True})) == {"D": 20.0}
 
 
 def test_safe_ratio_is_1_when_the_smallest_compressed_ratio_fails() -> None:
-    assert safe_ratios(_tests({1.0: True, 2.0: False, 5.0: True})) == {"D": 1.0}
+    assert _ratios(_tests({1.0: True, 2.0: False, 5.0: True})) == {"D": 1.0}
 
 
 def test_safe_ratio_from_a_full_non_inferiority_table() -> None:
     results = _results({5.0: (0.0, 0.001), 20.0: (-0.1, 0.005), 50.0: (0.0, 0.001)})
 
-    assert safe_ratios(non_inferiority(results, margin=0.01)) == {"D": 5.0}
+    assert _ratios(non_inferiority(results, margin=0.01)) == {"D": 5.0}
 
 
 def test_no_safe_ratio_is_named_below_the_minimum_number_of_cases() -> None:
     verdicts = {1.0: True, 5.0: True, 20.0: True}
 
-    assert safe_ratios(_tests(verdicts, cases=9)) == {"D": None}
-    assert safe_ratios(_tests(verdicts, cases=9), min_cases=8) == {"D": 20.0}
-    assert safe_ratios(_tests(verdicts, cases=10)) == {"D": 20.0}
+    assert _ratios(_tests(verdicts, cases=9)) == {"D": None}
+    assert _ratios(_tests(verdicts, cases=9), min_cases=8) == {"D": 20.0}
+    assert _ratios(_tests(verdicts, cases=10)) == {"D": 20.0}
+
+
+def _with_class_drop(drop: float, ratio: float = 20.0, name: str = "spleen",
+                     missing_in: int = 0) -> pd.DataFrame:
+    """The mean unchanged at every ratio, but ``name`` losing ``drop`` Dice at ``ratio``
+    (absent, Dice NaN, from the first ``missing_in`` cases)."""
+    results = _results({5.0: (0.0, 0.001), ratio: (0.0, 0.001)})
+    organ = results[results["class"] == "liver"].assign(**{"class": name})
+    organ.loc[organ["ratio_train"] == ratio, "value"] -= drop
+    organ.loc[organ["case"].isin([f"c{i:02d}" for i in range(missing_in)]), "value"] = np.nan
+    return pd.concat([results, organ], ignore_index=True)
+
+
+def test_non_inferiority_is_tested_per_class_and_for_the_mean() -> None:
+    tests = non_inferiority(_with_class_drop(0.1), margin=0.01)
+
+    verdict = tests.set_index(["class", "ratio"])["non_inferior"]
+    assert verdict[("mean", 20.0)] and verdict[("liver", 20.0)]
+    assert not verdict[("spleen", 20.0)] and verdict[("spleen", 5.0)]
+    assert list(tests["class"].unique()) == ["mean", "liver", "spleen"]
+
+
+def test_a_class_that_drops_limits_the_safe_ratio_and_is_named() -> None:
+    tests = non_inferiority(_with_class_drop(0.1), margin=0.01)
+
+    by_class = safe_ratios(tests)["D"]
+    by_mean = safe_ratios(tests, over_classes=False)["D"]
+
+    assert (by_class.ratio, by_class.limited_by) == (5.0, "spleen")
+    assert by_mean.ratio == 20.0 and by_mean.limited_by is None
+
+
+def test_the_mean_limits_where_no_single_class_fails() -> None:
+    tests = pd.concat([_tests({1.0: True, 5.0: True, 20.0: False}),
+                       _tests({1.0: True, 5.0: True, 20.0: True}, name="liver")])
+
+    assert safe_ratios(tests)["D"] == SafeRatio(5.0, "mean")
+
+
+def test_a_class_in_too_few_cases_is_left_out_and_named() -> None:
+    tests = non_inferiority(_with_class_drop(0.1, missing_in=CASES - 5), margin=0.01)
+
+    safe = safe_ratios(tests)["D"]
+
+    assert tests.set_index(["class", "ratio"]).loc[("spleen", 20.0), "cases"] == 5
+    assert (safe.ratio, safe.too_few_cases) == (20.0, ("spleen",))

@@ -11,6 +11,7 @@ Example (every key optional except ``datasets``)::
     budget_fractions = [0.05, 0.2, 1.0]           # few-shot shares of uncompressed data
     margin = 0.01                                 # non-inferiority margin, Dice
     min_test_cases = 10                           # fewer: no safe ratio is named
+    safe_ratio_over = "classes"                   # smallest over classes; or "mean"
     reader_results = "rs/report/answers.csv"      # optional, from medlossy reader analyze
 
     [[datasets]]
@@ -42,8 +43,8 @@ from medlossy.errors import MedlossyError
 
 EXPERIMENTS = ("quality", "train", "cross", "pretrained", "budget", "reader")
 _TOP_KEYS = {"experiments", "ratios", "train_ratios", "folds", "train_folds", "seed",
-             "budget_fractions", "margin", "min_test_cases", "datasets", "training", "pretrained",
-             "reader_results", "base_id", "codec"}
+             "budget_fractions", "margin", "min_test_cases", "safe_ratio_over", "datasets",
+             "training", "pretrained", "reader_results", "base_id", "codec"}
 #: [training] keys of the study; every other key is an option of the chosen backend.
 _STUDY_TRAINING_KEYS = ("backend", "epochs", "iterations_per_epoch")
 _DATASET_KEYS = {"path", "train", "synthetic", "cases", "voxels_per_case", "crop_to_label",
@@ -75,6 +76,7 @@ class StudyConfig:
     budget_fractions: tuple[float, ...] = (0.05, 0.2, 1.0)
     margin: float = 0.01
     min_test_cases: int = 10  # fewest test cases behind a named safe ratio
+    safe_ratio_over: str = "classes"  # or "mean": the per-case mean alone
     codec: str = "jpeg2k"
     base_id: int = 800
     training: dict[str, Any] = field(default_factory=dict)
@@ -134,6 +136,9 @@ def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> S
         raise _fail(source, f"train_folds must be in 0..{config.folds - 1}")
     if not 0 < config.margin < 1:
         raise _fail(source, "margin must be in (0, 1)")
+    if config.safe_ratio_over not in ("classes", "mean"):
+        raise _fail(source, f"safe_ratio_over must be 'classes' or 'mean', got "
+                            f"{config.safe_ratio_over!r}")
     if config.min_test_cases < 2:
         raise _fail(source, "min_test_cases must be at least 2 (an interval needs two cases)")
     try:

@@ -1,10 +1,13 @@
 """What the paper lacks: paired differences with t-intervals, non-inferiority, safe ratio.
 
-For each ratio R, the per-case mean Dice of the model trained and tested at R is paired with
-the ratio-1 model's Dice on the same case (same fold), the difference's mean gets a 95%
-t-interval, and R is non-inferior when the interval's lower bound is above -margin. The safe
-ratio is the largest R such that R and every smaller ratio are non-inferior; none is named
-when a test used fewer than ``min_cases`` cases.
+For each ratio R and each class (and the per-case mean over classes, class "mean"), the
+Dice of the model trained and tested at R is paired with the ratio-1 model's Dice on the
+same case (same fold), the difference's mean gets a 95% t-interval, and R is non-inferior
+for that class when the interval's lower bound is above -margin. A class's safe ratio is the
+largest R such that R and every smaller ratio are non-inferior for it; the dataset's is the
+smallest over its classes (a drop in a small organ hides in the per-case mean), or the
+mean's alone when asked. No safe ratio is named from a test of fewer than ``min_cases``
+cases.
 
 Why a t-interval: the percentile bootstrap declared non-inferiority wrongly 10 / 6 / 4% of
 the time at 4 / 8 / 20 cases (nominal 2.5%), BCa the same; the t-interval holds 2.5% for
@@ -13,6 +16,8 @@ symmetric differences (measured: docs/study.md, ``bench/intervals.py``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -20,7 +25,10 @@ from scipy import stats
 #: The default fewest test cases behind a named safe ratio.
 MIN_TEST_CASES = 10
 
-TEST_COLUMNS = ["dataset", "ratio", "cases", "mean_difference", "ci_low", "ci_high",
+#: The per-case mean over classes in the results (``medlossy.evaluate``'s name).
+MEAN = "mean"
+
+TEST_COLUMNS = ["dataset", "class", "ratio", "cases", "mean_difference", "ci_low", "ci_high",
                 "non_inferior"]
 
 
@@ -40,50 +48,85 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, f
 
 
 def paired_differences(results: pd.DataFrame, reference_ratio: float = 1.0) -> pd.DataFrame:
-    """Per case: Dice(model R on R) - Dice(model 1 on 1), from the train-on-compressed rows;
-    only cases with a finite Dice at both ratios."""
-    rows = results[(results["experiment"] == "train") & (results["metric"] == "dice")
-                   & (results["class"] == "mean")]
-    keys = ["dataset", "case", "fold"]
+    """Per case and class: Dice(model R on R) - Dice(model 1 on 1), from the
+    train-on-compressed rows; only pairs with a finite Dice at both ratios."""
+    rows = results[(results["experiment"] == "train") & (results["metric"] == "dice")]
+    keys = ["dataset", "class", "case", "fold"]
+    values = rows.set_index([*keys, "ratio_train"])["value"].astype(float)
     reference = rows[rows["ratio_train"] == reference_ratio].set_index(keys)["value"]
-    paired = []
-    for ratio, group in rows.groupby("ratio_train"):
-        joined = group.set_index(keys)["value"].to_frame("dice").join(
-            reference.rename("reference"), how="inner")
-        joined["difference"] = joined["dice"] - joined["reference"]
-        joined["ratio"] = ratio
-        paired.append(joined[np.isfinite(joined["difference"])].reset_index())
-    return pd.concat(paired, ignore_index=True) if paired else pd.DataFrame()
+    paired = values.rename("dice").reset_index("ratio_train").join(
+        reference.astype(float).rename("reference"), how="inner")
+    paired["difference"] = paired["dice"] - paired["reference"]
+    paired = paired[np.isfinite(paired["difference"])].rename(columns={"ratio_train": "ratio"})
+    return paired.reset_index()
 
 
 def non_inferiority(results: pd.DataFrame, margin: float, *, level: float = 0.95,
                     ) -> pd.DataFrame:
-    """One row per dataset and ratio: cases used, mean difference, t-interval, verdict."""
+    """One row per dataset, class and ratio: cases used, mean difference, t-interval,
+    verdict; the per-case mean (class "mean") first in each dataset."""
     paired = paired_differences(results)
     if paired.empty:
         return pd.DataFrame(columns=TEST_COLUMNS)
     rows = []
-    for (dataset, ratio), group in paired.groupby(["dataset", "ratio"]):
+    for (dataset, name, ratio), group in paired.groupby(["dataset", "class", "ratio"]):
         mean, low, high = t_interval(group["difference"].to_numpy(), level)
-        rows.append({"dataset": dataset, "ratio": ratio, "cases": len(group),
+        rows.append({"dataset": dataset, "class": name, "ratio": ratio, "cases": len(group),
                      "mean_difference": mean, "ci_low": low, "ci_high": high,
                      "non_inferior": bool(low > -margin) if np.isfinite(low) else False})
-    return pd.DataFrame(rows).sort_values(["dataset", "ratio"]).reset_index(drop=True)
+    table = pd.DataFrame(rows)
+    table["_order"] = table["class"] != MEAN
+    return table.sort_values(["dataset", "_order", "class", "ratio"]).drop(
+        columns="_order").reset_index(drop=True)
 
 
-def safe_ratios(tests: pd.DataFrame, min_cases: int = MIN_TEST_CASES,
-                ) -> dict[str, float | None]:
-    """Largest ratio per dataset with it and every smaller ratio non-inferior (1 if none);
-    None where a test used fewer than ``min_cases`` cases (too few to name one)."""
-    safe: dict[str, float | None] = {}
+def _safe(group: pd.DataFrame) -> float:
+    best = 1.0
+    for row in group.sort_values("ratio").itertuples():
+        if not row.non_inferior:
+            break
+        best = float(row.ratio)
+    return best
+
+
+@dataclass(frozen=True)
+class SafeRatio:
+    """A dataset's safe ratio (None: too few cases to name one), the class that limits it,
+    and the classes left out of the verdict for having too few cases."""
+
+    ratio: float | None
+    limited_by: str | None = None
+    too_few_cases: tuple[str, ...] = ()
+
+
+def safe_ratios(tests: pd.DataFrame, min_cases: int = MIN_TEST_CASES, *,
+                over_classes: bool = True) -> dict[str, SafeRatio]:
+    """Per dataset: the smallest over classes of each class's safe ratio (the largest ratio
+    with it and every smaller ratio non-inferior; 1 if none), or the mean's alone when
+    ``over_classes`` is False. A class tested on fewer than ``min_cases`` cases is left out
+    (and named); when that is the per-case mean, no safe ratio is named."""
+    safe: dict[str, SafeRatio] = {}
     for dataset, group in tests.groupby("dataset"):
-        if "cases" in group and (group["cases"] < min_cases).any():
-            safe[dataset] = None
+        if not over_classes:
+            group = group[group["class"] == MEAN]
+        by_class = {name: rows for name, rows in group.groupby("class")}
+        too_few = tuple(sorted(n for n, rows in by_class.items()
+                               if (rows["cases"] < min_cases).any()))
+        if MEAN in too_few or not by_class:
+            safe[dataset] = SafeRatio(None, None, too_few)
             continue
-        best = 1.0
-        for row in group.sort_values("ratio").itertuples():
-            if not row.non_inferior:
-                break
-            best = float(row.ratio)
-        safe[dataset] = best
+        ratios = {name: _safe(rows) for name, rows in by_class.items() if name not in too_few}
+        lowest = min(ratios.values())
+        if lowest >= group["ratio"].max():
+            safe[dataset] = SafeRatio(lowest, None, too_few)
+            continue
+        # The class that fails worst at the first ratio above the safe one; the per-case
+        # mean only where no single class fails there.
+        failing = group[(group["ratio"] > lowest) & group["class"].isin(
+            [n for n, r in ratios.items() if r == lowest])]
+        failing = failing[failing["ratio"] == failing["ratio"].min()]
+        classes = failing[failing["class"] != MEAN] if (failing["class"] != MEAN).any() \
+            else failing
+        limited_by = str(classes.sort_values("ci_low")["class"].iloc[0])
+        safe[dataset] = SafeRatio(lowest, limited_by, too_few)
     return safe

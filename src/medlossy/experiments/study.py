@@ -73,15 +73,30 @@ def _budget_verdict(config: StudyConfig, budget: pd.DataFrame) -> str:
 
 
 def _safe_verdict(config: StudyConfig, tests: pd.DataFrame) -> str:
+    over_classes = config.safe_ratio_over == "classes"
     lines = []
-    for dataset, ratio in safe_ratios(tests, config.min_test_cases).items():
-        if ratio is None:
-            fewest = int(tests.loc[tests["dataset"] == dataset, "cases"].min())
-            lines.append(f"{dataset}: no safe ratio named: a test used {fewest} cases, "
-                         f"fewer than min_test_cases = {config.min_test_cases}")
+    for dataset, safe in safe_ratios(tests, config.min_test_cases,
+                                     over_classes=over_classes).items():
+        if safe.ratio is None:
+            fewest = int(tests.loc[(tests["dataset"] == dataset)
+                                   & (tests["class"] == "mean"), "cases"].min())
+            line = (f"{dataset}: no safe ratio named: a test used {fewest} cases, fewer "
+                    f"than min_test_cases = {config.min_test_cases}")
         else:
-            lines.append(f"{dataset}: safe up to x{ratio:g}")
-    return "; ".join(lines) + "." if lines else ""
+            line = f"{dataset}: safe up to x{safe.ratio:g}"
+            if safe.limited_by == "mean":
+                line += " (limited by the per-case mean)"
+            elif safe.limited_by is not None:
+                line += f" (limited by class {safe.limited_by})"
+            elif over_classes:
+                line += " (every class non-inferior at every ratio tested)"
+            if safe.too_few_cases:
+                line += (f"; not tested for {', '.join(safe.too_few_cases)}: fewer than "
+                         f"{config.min_test_cases} cases contain them")
+        lines.append(line)
+    rule = ("the smallest over the classes and the per-case mean" if over_classes
+            else "from the per-case mean alone")
+    return (f"Safe ratio ({rule}): " + "; ".join(lines) + ".") if lines else ""
 
 
 def unit_runner(gpus: Sequence[str] | None, scheduler: str | None) -> seg.Runner:
@@ -220,8 +235,9 @@ def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
         tests = non_inferiority(results, config.margin)
         sections.append(Section(
             "Statistics: non-inferiority against ratio 1",
-            "Per-case paired Dice difference (model at ratio R on R minus model at x1 on x1) "
-            "over the cases with a Dice at both ratios ('cases'), 95% t-interval (its false "
+            "Per-case paired Dice difference (model at ratio R on R minus model at x1 on x1), "
+            "per class and for the per-case mean over classes ('mean'), over the cases with "
+            "a Dice at both ratios ('cases'), 95% t-interval (its false "
             "non-inferiority rate measured at 2.5% for 4 to 20 cases: docs/study.md), margin "
             f"{config.margin:g} Dice. {_safe_verdict(config, tests)}",
             tests.round(4), figures.plot_non_inferiority(tests, config.margin,
