@@ -24,7 +24,13 @@ from medlossy import __version__
 from medlossy.atomic import atomic_output
 from medlossy.checksums import crc32
 from medlossy.codecs import Setting, SliceCodec, get_codec
-from medlossy.codecs.intensity import CodeMapping, plan_mapping
+from medlossy.codecs.intensity import (
+    CodeMapping,
+    bits_needed,
+    identity_mapping,
+    plan_mapping,
+    stored_integer_mapping,
+)
 from medlossy.codecs.pool import SliceEncoder, default_workers, slice_encoder
 from medlossy.errors import MedlossyError
 from medlossy.metrics import (
@@ -94,6 +100,31 @@ class _Scan:
     high: float
     dtype: np.dtype
     all_integral: bool
+    #: The file's stored integers (NIfTI scl_slope/scl_inter) as 16-bit codes, when every
+    #: value is exactly such an integer scaled; None otherwise.
+    stored: CodeMapping | None = None
+
+
+class _StoredIntegers:
+    """Checks, slab by slab, that values are the file's integers times slope plus inter."""
+
+    def __init__(self, header: dict) -> None:
+        self.slope, self.inter = header["scl_slope"], header["scl_inter"]
+        self.low, self.high, self.exact = math.inf, -math.inf, True
+
+    def add(self, slab: np.ndarray) -> None:
+        if not self.exact:
+            return
+        stored = np.rint((slab.astype(np.float64) - self.inter) / self.slope)
+        again = (stored * self.slope + self.inter).astype(slab.dtype)
+        self.exact = bool(np.array_equal(again, slab))
+        self.low, self.high = min(self.low, stored.min()), max(self.high, stored.max())
+
+    def mapping(self, dtype: np.dtype) -> CodeMapping | None:
+        if not self.exact:
+            return None
+        return stored_integer_mapping(dtype, self.slope, self.inter, int(self.low),
+                                      int(self.high))
 
 
 def _scan(volume: Volume, source: str) -> _Scan:
@@ -103,6 +134,7 @@ def _scan(volume: Volume, source: str) -> _Scan:
     if min(volume.shape) == 0:
         raise MedlossyError(source, f"empty volume, shape {volume.shape}")
     low, high, all_integral, dtype = math.inf, -math.inf, True, None
+    stored = _StoredIntegers(volume.header) if "scl_slope" in volume.header else None
     for _, slab in _read_slabs(volume, source):
         dtype = slab.dtype
         if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
@@ -112,8 +144,12 @@ def _scan(volume: Volume, source: str) -> _Scan:
             if not np.isfinite(slab).all():
                 raise MedlossyError(source, "contains NaN or infinite values")
             all_integral = all_integral and bool(np.all(slab == np.round(slab)))
+            if stored is not None:
+                stored.add(slab)
         low, high = min(low, float(slab.min())), max(high, float(slab.max()))
-    return _Scan(low, high, np.dtype(dtype), all_integral)
+    dtype = np.dtype(dtype)
+    return _Scan(low, high, dtype, all_integral,
+                 None if stored is None or dtype.kind != "f" else stored.mapping(dtype))
 
 
 def _read_slabs(volume: Volume, source: str):
@@ -134,8 +170,9 @@ class _Measurer:
     def __init__(self, layout: StoreLayout, codec: SliceCodec, attributes: dict) -> None:
         self.layout, self.codec, self.attributes = layout, codec, attributes
         # The achieved block is written last; reserve room for it with a typical rendering.
-        placeholder = _achieved_block(10**9, 10**8, (512, 512, 512), ErrorTally(1.0, 3, 1.0),
-                                      4096.0, True, 12, 123.456)
+        typical = ErrorTally(1.0, 3, 1.0)
+        placeholder = _achieved_block(10**9, 10**8, (512, 512, 512), typical, 4096.0, True,
+                                      12, 123.456, (typical, typical))
         self.reserve = len(str(placeholder)) + 16
 
     def total(self, streams: list[bytes]) -> int:
@@ -150,9 +187,15 @@ def _round(value: float, digits: int = 6) -> float | None:
     return float(f"{value:.{digits}g}")
 
 
+def _errors(tally: ErrorTally, data_range: float) -> dict:
+    return {"psnr_db": _round(tally.psnr(data_range)), "mse": _round(tally.mse),
+            "max_abs_error": _round(tally.max_abs_error)}
+
+
 def _achieved_block(stored: int, raw: int, shape: tuple[int, ...], tally: ErrorTally,
-                    data_range: float, reached: bool, passes: int, seconds: float) -> dict:
-    return {
+                    data_range: float, reached: bool, passes: int, seconds: float,
+                    sources: tuple[ErrorTally, ErrorTally] | None = None) -> dict:
+    block = {
         "stored_bytes": stored,
         "raw_bytes": raw,
         "ratio": _round(raw / stored),
@@ -165,17 +208,34 @@ def _achieved_block(stored: int, raw: int, shape: tuple[int, ...], tally: ErrorT
         "encode_passes": passes,
         "encode_seconds": _round(seconds, 4),
     }
+    if sources is not None:
+        # Where the loss came from: the 16-bit intensity mapping alone (values -> codes ->
+        # values) and the codec alone (codes -> decoded codes, in original units).
+        block["error_sources"] = {"intensity_mapping": _errors(sources[0], data_range),
+                                  "codec": _errors(sources[1], data_range)}
+    return block
 
 
 def _measure_errors(volume: Volume, source: str, streams: list[bytes], codec: SliceCodec,
-                    mapping: CodeMapping, workers: int) -> ErrorTally:
-    """Decode every codestream and compare with the source, slab by slab."""
-    tally = ErrorTally()
+                    layout: StoreLayout, workers: int) -> tuple[ErrorTally, ErrorTally]:
+    """Decode every codestream and compare with the source, slab by slab.
+
+    Returns the total error (source vs decoded values) and the codec's own (codes vs decoded
+    codes, in original units).
+    """
+    mapping, shape = layout.mapping, (layout.rows, layout.columns)
+    total, codec_only = ErrorTally(), ErrorTally()
     with ThreadPoolExecutor(max_workers=workers) as threads:  # imagecodecs releases the GIL
         for start, slab in _read_slabs(volume, source):
-            decoded = list(threads.map(codec.decode, streams[start : start + len(slab)]))
-            tally.add(slab, mapping.to_values(np.stack(decoded)))
-    return tally
+            decoded = np.stack(list(threads.map(
+                lambda stream: codec.decode(stream, shape, mapping.code_dtype),
+                streams[start : start + len(slab)])))
+            total.add(slab, mapping.to_values(decoded))
+            if not mapping.exact:
+                codec_only.add(mapping.to_codes(slab).astype(np.float64) * mapping.step,
+                               decoded.astype(np.float64) * mapping.step)
+    # With an exact mapping, all of the error is the codec's.
+    return total, codec_only if not mapping.exact else total
 
 
 @dataclass(frozen=True)
@@ -295,19 +355,53 @@ class Encoding:
     tally: ErrorTally
     passes: int
     seconds: float
+    #: The 16-bit intensity mapping's own error, and the codec's own.
+    mapping_tally: ErrorTally
+    codec_tally: ErrorTally
 
 
-def plan_volume(volume: Volume, codec_name: str = "jpeg2k", data_range: float | None = None,
-                source: str = "<volume>") -> Plan:
-    """Scan ``volume`` once (rejecting what cannot be compressed) and plan its encoding."""
-    codec = get_codec(codec_name)
+def _not_16_bit(scan: _Scan) -> str:
+    """Why JPEG 2000 lossless cannot hold a volume's values exactly."""
+    if np.issubdtype(scan.dtype, np.integer) or scan.all_integral:
+        return f"values need {bits_needed(scan.low, scan.high)} bits"
+    return f"values are fractional ({scan.dtype.name})"
+
+
+def plan_volume(volume: Volume, codec_name: str | None = None,
+                data_range: float | None = None, source: str = "<volume>",
+                target: Target | None = None) -> Plan:
+    """Scan ``volume`` once (rejecting what cannot be compressed) and plan its encoding.
+
+    ``codec_name`` None means JPEG 2000, or lossless Blosc when ``target`` is lossless and
+    the values are not 16-bit integers (floats with fractions, wider integers). A lossless
+    target that the chosen codec cannot hold exactly is refused.
+    """
     scan = _scan(volume, source)
     if volume.modality == "OTHER" and looks_like_ct(scan.low, scan.high):
         volume.modality = "CT"
     mapping = plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral)
+    if not mapping.exact and scan.stored is not None:
+        mapping = scan.stored
+    lossless = target is not None and target.mode == "lossless"
+    if codec_name is None:
+        codec_name = "blosc" if lossless and not mapping.exact else "jpeg2k"
+    try:
+        codec = get_codec(codec_name)
+    except ValueError as error:
+        raise MedlossyError(source, str(error)) from None
+    if codec.any_dtype:
+        if target is not None and not lossless:
+            raise MedlossyError(source, f"codec {codec_name!r} is lossless only; use "
+                                        "--lossless, or --codec jpeg2k for a ratio or PSNR")
+        mapping = identity_mapping(scan.dtype)
+    elif lossless and not mapping.exact:
+        raise MedlossyError(source, f"cannot store losslessly with {codec_name}: "
+                                    f"{_not_16_bit(scan)}, and {codec_name} lossless here "
+                                    "holds 16-bit integers; use --codec blosc (lossless zstd, "
+                                    "any dtype)")
     peak = data_range_for(volume.modality, scan.low, scan.high, data_range)
     rows, columns = volume.slice_shape()
-    if min(rows, columns) < 32:
+    if not codec.any_dtype and min(rows, columns) < 32:
         raise MedlossyError(source, f"axial slices are {rows}x{columns}; JPEG 2000 here needs "
                                     "at least 32x32")
     layout = StoreLayout(volume.shape[volume.axial_axis], rows, columns, mapping)
@@ -326,10 +420,14 @@ def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteC
     workers = workers or default_workers()
     started = time.perf_counter()
     passes = 0
+    mapping_tally = ErrorTally()
     with slice_encoder(codec, (layout.slices, layout.rows, layout.columns),
                        mapping.code_dtype, workers) as encoder:
         for start, slab in _read_slabs(volume, source):
-            encoder.slices[start : start + len(slab)] = mapping.to_codes(slab)
+            codes = mapping.to_codes(slab)
+            encoder.slices[start : start + len(slab)] = codes
+            if not mapping.exact:
+                mapping_tally.add(slab, mapping.to_values(codes))
 
         def encode(setting: Setting) -> list[bytes]:
             nonlocal passes
@@ -337,22 +435,26 @@ def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteC
             return encoder.encode_all(setting, label=f"{Path(source).name} pass {passes}",
                                       show_progress=show_progress)
 
-        found = _search(encode, encoder, count_bytes, target, plan.raw, plan.peak)
+        # The search measures PSNR on codes: the peak in code units.
+        found = _search(encode, encoder, count_bytes, target, plan.raw,
+                        plan.peak / mapping.step)
     seconds = time.perf_counter() - started
-    tally = _measure_errors(volume, source, found.streams, codec, mapping, workers)
-    return Encoding(found.setting, found.streams, found.reached, tally, passes, seconds)
+    tally, codec_tally = _measure_errors(volume, source, found.streams, codec, layout, workers)
+    return Encoding(found.setting, found.streams, found.reached, tally, passes, seconds,
+                    mapping_tally, codec_tally)
 
 
 def compress_volume(volume: Volume, output: str | Path, target: Target, *,
-                    codec_name: str = "jpeg2k", data_range: float | None = None,
+                    codec_name: str | None = None, data_range: float | None = None,
                     workers: int | None = None, show_progress: bool = False,
                     source: str = "<volume>") -> dict[str, Any]:
     """Compress ``volume`` into the store ``output``; returns the store's medlossy attributes.
 
     ``data_range`` is the PSNR peak (default: 4096 for CT, the volume's max - min otherwise;
     pass the dataset-wide range for MR). ``source`` names the input in error messages.
+    ``codec_name`` None: JPEG 2000, or lossless Blosc for data JPEG 2000 cannot hold exactly.
     """
-    plan = plan_volume(volume, codec_name, data_range, source)
+    plan = plan_volume(volume, codec_name, data_range, source, target)
     codec, mapping, layout, peak, raw = plan.codec, plan.mapping, plan.layout, plan.peak, plan.raw
     attributes: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -383,7 +485,8 @@ def compress_volume(volume: Volume, output: str | Path, target: Target, *,
         reached = found.reached
         if target.mode == "ratio":
             reached = abs(raw / stored / target.value - 1.0) <= RATIO_TOLERANCE
-        return _achieved_block(stored, raw, volume.shape, tally, peak, reached, passes, seconds)
+        return _achieved_block(stored, raw, volume.shape, tally, peak, reached, passes, seconds,
+                               (found.mapping_tally, found.codec_tally))
 
     with atomic_output(output) as temporary:
         attributes["achieved"] = achieved(sum(map(len, found.streams)))

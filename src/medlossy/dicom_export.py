@@ -85,16 +85,17 @@ def _read(source: str | Path, modality: str, allow_gaps: bool):
 
 
 def compress_to_dicom(source: str | Path, output: str | Path, target: Target, *,
-                      codec_name: str = "jpeg2k", modality: str = "OTHER",
+                      codec_name: str | None = "jpeg2k", modality: str = "OTHER",
                       data_range: float | None = None, workers: int | None = None,
                       allow_gaps: bool = False, show_progress: bool = False) -> dict:
     """Compress ``source`` (a DICOM series, NIfTI or NRRD) into the DICOM series folder
     ``output`` at ``target``; the ratio counts raw 16-bit bytes over pixel data bytes."""
+    codec_name = codec_name or "jpeg2k"
     codec = dicom_codec(codec_name)
     volume, sources = _read(source, modality, allow_gaps)
     volume = frame_order(volume)
     name = str(source)
-    plan = plan_volume(volume, codec_name, data_range, name)
+    plan = plan_volume(volume, codec_name, data_range, name, target)
     encoding = encode_volume(volume, plan, target, pixel_bytes, workers=workers,
                              show_progress=show_progress, source=name)
     lossless = encoding.setting.mode == "lossless"
@@ -108,7 +109,7 @@ def compress_to_dicom(source: str | Path, output: str | Path, target: Target, *,
         description += f" (PSNR {psnr:.2f} dB at r={plan.peak:g})"
     pixels = PixelEncoding(
         codec.lossless if lossless else codec.lossy, encoding.streams,
-        signed=np.dtype(mapping.code_dtype).kind == "i", slope=1.0 / mapping.scale,
+        signed=np.dtype(mapping.code_dtype).kind == "i", slope=mapping.slope or 1.0 / mapping.scale,
         intercept=mapping.offset, lossy=not lossless, ratio=ratio, method=codec.method,
         derivation=description)
     template = _template(volume)
@@ -134,8 +135,12 @@ def store_to_dicom(store_path: str | Path, output: str | Path, *,
     lossy with the store's achieved ratio when its codestreams were lossy."""
     store = SliceStore(store_path)
     attributes = store.attributes
-    volume = frame_order(read_store(store_path, workers=workers))
     mapping = store.mapping
+    if np.dtype(mapping.code_dtype).itemsize > 2 or np.dtype(mapping.code_dtype).kind == "f":
+        raise MedlossyError(store_path, f"holds {np.dtype(mapping.code_dtype).name} values "
+                                        "(lossless Blosc); DICOM pixel data holds 16-bit "
+                                        "integers: decompress to NIfTI or NRRD instead")
+    volume = frame_order(read_store(store_path, workers=workers))
     axis = volume.axial_axis
     frames = [np.ascontiguousarray(mapping.to_codes(plane)).astype(
         np.dtype(mapping.code_dtype).newbyteorder("<")).tobytes()
@@ -148,8 +153,9 @@ def store_to_dicom(store_path: str | Path, output: str | Path, *,
                    f"{', lossless' if not lossy else ''}) by medlossy {__version__}")
     pixels = PixelEncoding(ExplicitVRLittleEndian, frames,
                            signed=np.dtype(mapping.code_dtype).kind == "i",
-                           slope=1.0 / mapping.scale, intercept=mapping.offset, lossy=lossy,
-                           ratio=ratio, method=method[:16], derivation=description)
+                           slope=mapping.slope or 1.0 / mapping.scale,
+                           intercept=mapping.offset, lossy=lossy, ratio=ratio,
+                           method=method[:16], derivation=description)
     files = write_series(volume, pixels, output, template=_template(volume))
     return {"files": len(files), "transfer_syntax": str(ExplicitVRLittleEndian),
             "lossy": lossy, "ratio": ratio}

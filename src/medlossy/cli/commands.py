@@ -65,11 +65,30 @@ def compress(arguments: argparse.Namespace) -> None:
     achieved = attributes["achieved"]
     psnr = "inf (lossless)" if achieved["psnr_db"] is None else f"{achieved['psnr_db']:.2f} dB"
     _say(arguments, f"{arguments.output}: x{achieved['ratio']:.3f}, {achieved['stored_bytes']} "
-                    f"bytes, PSNR {psnr}, max error {achieved['max_abs_error']:g}")
+                    f"bytes, PSNR {psnr}, max error {achieved['max_abs_error']:g}"
+                    f"{_error_sources(achieved)}")
+    if attributes["codec"]["name"] != (arguments.codec or "jpeg2k"):
+        _say(arguments, f"note: stored with {attributes['codec']['standard']}: JPEG 2000 "
+                        "lossless holds 16-bit integers only")
     if not achieved["target_reached"]:
         _say(arguments, f"note: target {attributes['target']} not reached: see "
                         "`medlossy info` (the codec cannot give that many bytes, or lossless "
                         "already fits the budget)")
+
+
+def _error_sources(achieved: dict) -> str:
+    """Where a lossy store's error came from, when the 16-bit mapping itself lost any."""
+    sources = achieved.get("error_sources")
+    if not sources or not sources["intensity_mapping"]["max_abs_error"]:
+        return ""
+    mapping, codec = sources["intensity_mapping"], sources["codec"]
+    return (f" (16-bit intensity mapping alone: max {mapping['max_abs_error']:g}, PSNR "
+            f"{_db(mapping['psnr_db'])}; codec alone: max {codec['max_abs_error']:g}, PSNR "
+            f"{_db(codec['psnr_db'])})")
+
+
+def _db(value: float | None) -> str:
+    return "inf" if value is None else f"{value:.2f} dB"
 
 
 def _compress_to_dicom(arguments: argparse.Namespace, target: Target, modality: str) -> None:
@@ -148,6 +167,10 @@ def info(arguments: argparse.Namespace) -> None:
         (f"PSNR (r={achieved['data_range']:g})", psnr),
         ("MSE / max abs error", f"{achieved['mse']:g} / {achieved['max_abs_error']:g}"),
     ]
+    for source, errors in achieved.get("error_sources", {}).items():
+        rows.append((f"  from {source.replace('_', ' ')}",
+                     f"PSNR {_db(errors['psnr_db'])}, MSE {errors['mse']:g}, max abs error "
+                     f"{errors['max_abs_error']:g}"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

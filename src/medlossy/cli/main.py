@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="decides the PSNR peak (CT: 4096); auto recognises HU")
     compress.add_argument("--range", dest="data_range", type=_positive_float,
                           help="PSNR peak r for MR/other (dataset max - min)")
-    compress.add_argument("--codec", choices=codec_names(), default="jpeg2k")
+    compress.add_argument("--codec", choices=codec_names(), default=None,
+                          help="jpeg2k (default), or blosc: lossless zstd for any dtype, "
+                               "chosen by default for --lossless on data JPEG 2000 cannot "
+                               "hold exactly (fractional floats, integers beyond 16 bits)")
     compress.add_argument("--force", action="store_true", help="replace an existing output")
     compress.add_argument("--format", choices=("store", "dicom"), default="store",
                           help="a Zarr store (default), or a DICOM series folder with JPEG "

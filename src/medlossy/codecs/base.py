@@ -36,15 +36,22 @@ class SliceCodec(ABC):
     name: ClassVar[str]
     available: ClassVar[bool] = True
     #: Bounds of ``Setting("quality", x)`` worth searching.
-    quality_range: ClassVar[tuple[float, float]]
+    quality_range: ClassVar[tuple[float, float]] = (0.0, 0.0)
+    #: True for codecs that store any dtype unchanged (no 16-bit mapping) and only losslessly.
+    any_dtype: ClassVar[bool] = False
 
     @abstractmethod
     def encode(self, image: np.ndarray, setting: Setting) -> bytes:
-        """Encode a 2D int16/uint16 array."""
+        """Encode a 2D array (int16/uint16 unless ``any_dtype``)."""
 
     @abstractmethod
-    def decode(self, data: bytes) -> np.ndarray:
-        """Decode one codestream to a 2D array of the dtype that was encoded."""
+    def decode(self, data: bytes, shape: tuple[int, int] | None = None,
+               dtype: str | None = None) -> np.ndarray:
+        """Decode one codestream to a 2D array of the dtype that was encoded.
+
+        ``shape`` and ``dtype`` are what the store says a slice is; codecs whose streams do
+        not carry them (Blosc) need them, self-describing ones (JPEG 2000) ignore them.
+        """
 
     @abstractmethod
     def store_codec(self) -> NumcodecsCodec:

@@ -1,12 +1,18 @@
-"""Map a volume's values onto the 16-bit integers a JPEG 2000 codestream holds, and back.
+"""Map a volume's values onto the integers a codec stores, and back.
 
-Integer data that fits 16 bits passes through unchanged (lossless). Anything else (float MR,
-wide integers) is rescaled linearly onto 0..65535; the scale and offset are stored and the
-worst rounding error is reported, since that loss happens before the codec sees the data.
+Integer data that fits 16 bits passes through unchanged (lossless). Integers stored with a
+file's own scaling (NIfTI scl_slope/scl_inter) keep those integers as codes and the file's
+scaling as the mapping, so nothing is rounded. Anything else (float MR, wide integers) is
+rescaled linearly onto 0..65535; the scale and offset are stored and the worst rounding error
+is reported, since that loss happens before the codec sees the data. Wide integers use a
+power-of-two step, so that zarr's FixedScaleOffset (which truncates to the integer dtype)
+returns exactly the integers medlossy's rounding gives. Codecs that hold any dtype (Blosc)
+take the values unchanged.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -17,12 +23,18 @@ _UINT16 = np.iinfo(np.uint16)
 
 @dataclass(frozen=True)
 class CodeMapping:
-    """value = code / scale + offset (the convention of numcodecs' FixedScaleOffset)."""
+    """value = code / scale + offset (the convention of numcodecs' FixedScaleOffset).
+
+    ``slope`` is set when the codes are the source file's own stored integers (NIfTI
+    scl_slope/scl_inter): values are then ``code * slope + offset``, computed as the file's
+    reader (nibabel) computes them, and ``scale`` is ``1 / slope`` for zarr's filter.
+    """
 
     original_dtype: str
     code_dtype: str
     offset: float = 0.0
     scale: float = 1.0
+    slope: float | None = None
 
     @property
     def rescaled(self) -> bool:
@@ -31,7 +43,13 @@ class CodeMapping:
     @property
     def exact(self) -> bool:
         """True when codes map back to the original values without rounding."""
-        return self.scale == 1.0 and float(self.offset).is_integer()
+        return self.slope is not None or (self.scale == 1.0
+                                           and float(self.offset).is_integer())
+
+    @property
+    def step(self) -> float:
+        """Value units per code unit."""
+        return abs(self.slope) if self.slope is not None else 1.0 / abs(self.scale)
 
     @property
     def max_rounding_error(self) -> float:
@@ -46,6 +64,9 @@ class CodeMapping:
     def to_codes(self, values: np.ndarray) -> np.ndarray:
         if not self.rescaled:
             return values.astype(self.code_dtype, copy=False)
+        if self.slope is not None:
+            codes = np.rint((values.astype(np.float64) - self.offset) / self.slope)
+            return codes.astype(self.code_dtype)
         codes = np.rint((values.astype(np.float64) - self.offset) * self.scale)
         return np.clip(codes, _UINT16.min, _UINT16.max).astype(np.uint16)
 
@@ -53,14 +74,20 @@ class CodeMapping:
         """Codes back to the original dtype (integers rounded, as the source was integer)."""
         if not self.rescaled:
             return codes.astype(self.original_dtype, copy=False)
-        values = codes.astype(np.float64) / self.scale + self.offset
+        if self.slope is not None:
+            values = codes.astype(np.float64) * self.slope + self.offset
+        else:
+            values = codes.astype(np.float64) / self.scale + self.offset
         if np.issubdtype(np.dtype(self.original_dtype), np.integer):
             values = np.rint(values)
         return values.astype(self.original_dtype)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "exact": self.exact,
-                "max_rounding_error": self.max_rounding_error}
+        document = {**asdict(self), "exact": self.exact,
+                    "max_rounding_error": self.max_rounding_error}
+        if self.slope is None:
+            del document["slope"]
+        return document
 
 
 def plan_mapping(low: float, high: float, dtype: np.dtype, all_integral: bool) -> CodeMapping:
@@ -69,7 +96,8 @@ def plan_mapping(low: float, high: float, dtype: np.dtype, all_integral: bool) -
     ``all_integral`` says whether a float array holds only whole numbers (CT saved as float).
     """
     dtype = np.dtype(dtype)
-    exact = np.issubdtype(dtype, np.integer) or dtype == np.bool_ or all_integral
+    integral = np.issubdtype(dtype, np.integer) or dtype == np.bool_
+    exact = integral or all_integral
     if exact and _INT16.min <= low and high <= _INT16.max:
         return CodeMapping(dtype.str, "<i2")
     if exact and _UINT16.min <= low and high <= _UINT16.max:
@@ -77,4 +105,29 @@ def plan_mapping(low: float, high: float, dtype: np.dtype, all_integral: bool) -
     if exact and high - low <= _UINT16.max:
         return CodeMapping(dtype.str, "<u2", offset=float(low), scale=1.0)
     span = float(high - low) or 1.0
+    if integral:
+        # A power-of-two step: code * step + low is exact in float64, so zarr's truncating
+        # FixedScaleOffset and medlossy's rounding return the same integers.
+        step = 2.0 ** math.ceil(math.log2(span / _UINT16.max))
+        return CodeMapping(dtype.str, "<u2", offset=float(low), scale=1.0 / step)
     return CodeMapping(dtype.str, "<u2", offset=float(low), scale=_UINT16.max / span)
+
+
+def stored_integer_mapping(dtype: np.dtype, slope: float, inter: float, low: int,
+                           high: int) -> CodeMapping | None:
+    """Codes = the file's stored integers in [low, high], when they fit 16 bits."""
+    for code_dtype, limits in (("<i2", _INT16), ("<u2", _UINT16)):
+        if limits.min <= low and high <= limits.max:
+            return CodeMapping(np.dtype(dtype).str, code_dtype, offset=float(inter),
+                               scale=1.0 / slope, slope=float(slope))
+    return None
+
+
+def identity_mapping(dtype: np.dtype) -> CodeMapping:
+    """Values stored as they are, for codecs that hold any dtype losslessly."""
+    return CodeMapping(np.dtype(dtype).str, np.dtype(dtype).str)
+
+
+def bits_needed(low: float, high: float) -> int:
+    """Bits an integer code needs to hold every value in [low, high]."""
+    return max(1, math.ceil(math.log2(float(high) - float(low) + 1)))

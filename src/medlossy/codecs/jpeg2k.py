@@ -75,7 +75,8 @@ class Jpeg2kCodec(SliceCodec):
                                   signal_noise_ratios=[setting.value])
         return strip_comment(stream)
 
-    def decode(self, data: bytes) -> np.ndarray:
+    def decode(self, data: bytes, shape: tuple[int, int] | None = None,
+               dtype: str | None = None) -> np.ndarray:
         return imagecodecs.jpeg2k_decode(data)
 
     def store_codec(self) -> Jpeg2kStoreCodec:

@@ -65,7 +65,8 @@ class SweepTask:
     store: str
     decoded: str
     part: str
-    codec: str = "jpeg2k"
+    #: None: JPEG 2000, or lossless Blosc at ratio 1 for data JPEG 2000 cannot hold exactly.
+    codec: str | None = None
 
 
 def ratio_tag(ratio: float) -> str:

@@ -13,12 +13,35 @@ from medlossy.errors import MedlossyError
 from medlossy.volume import Volume
 
 SUFFIXES = (".nii", ".nii.gz")
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error)
+
+
+def _squeezed(image: nib.Nifti1Image, path: Path, lazy: bool):
+    """The voxels as 3D: trailing singleton axes ((x, y, z, 1) is common) dropped."""
+    shape = tuple(image.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise MedlossyError(path, f"expected a 3D volume, got shape {tuple(image.shape)}")
+    proxy = image.dataobj
+    if lazy:
+        if shape == tuple(image.shape):
+            return proxy
+        # Same bytes, three axes; a fresh proxy that keeps the file open like nib.load's.
+        return type(proxy)(proxy.file_like, (shape, proxy.dtype, proxy.offset, proxy.slope,
+                                             proxy.inter), keep_file_open=True)
+    try:
+        return np.asarray(proxy).reshape(shape)
+    except _READ_ERRORS as error:
+        raise MedlossyError(path, f"truncated or corrupt voxel data ({error})") from None
 
 
 def read_nifti(path: Path, modality: str = "OTHER", *, lazy: bool = False) -> Volume:
     """Read a NIfTI file; scaling (scl_slope/inter) is applied as nibabel does.
 
-    With ``lazy`` the volume keeps nibabel's array proxy: voxels are read when sliced.
+    With ``lazy`` the volume keeps nibabel's array proxy: voxels are read when sliced. A
+    file holding integers with a scaling records it (``scl_slope``, ``scl_inter`` in the
+    header dict), so those integers can be stored and written back exactly.
     """
     try:
         # keep_file_open: a lazy read goes slab by slab; reopening a .nii.gz for each slab
@@ -30,28 +53,47 @@ def read_nifti(path: Path, modality: str = "OTHER", *, lazy: bool = False) -> Vo
         raise MedlossyError(path, f"not a readable NIfTI file ({error})") from None
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise MedlossyError(path, f"not a NIfTI image ({type(image).__name__})")
-    if lazy:
-        array = image.dataobj
-    else:
-        try:
-            array = np.asarray(image.dataobj)
-        except (OSError, EOFError, ValueError, zlib.error) as error:
-            raise MedlossyError(path, f"truncated or corrupt voxel data ({error})") from None
-    header = {
-        "format": "nifti2" if isinstance(image, nib.Nifti2Image) else "nifti1",
-        "header_b64": base64.b64encode(image.header.binaryblock).decode("ascii"),
-    }
-    return Volume(array, image.affine, modality=modality, header=header)
+    array = _squeezed(image, path, lazy)
+    saved = image.header.copy()
+    header = {"format": "nifti2" if isinstance(image, nib.Nifti2Image) else "nifti1"}
+    slope = float(getattr(image.dataobj, "slope", 1.0))
+    inter = float(getattr(image.dataobj, "inter", 0.0))
+    if (slope, inter) != (1.0, 0.0) and image.get_data_dtype().kind in "iu":
+        # nibabel moves the scaling from the header into the proxy: put it back, so the
+        # header written on decompression has the source's scl_slope / scl_inter.
+        saved.set_slope_inter(slope, inter)
+        header.update(scl_slope=slope, scl_inter=inter)
+    header["header_b64"] = base64.b64encode(saved.binaryblock).decode("ascii")
+    try:
+        return Volume(array, image.affine, modality=modality, header=header)
+    except ValueError as error:
+        raise MedlossyError(path, f"unusable NIfTI geometry ({error})") from None
+
+
+def _stored_integers(volume: Volume, dtype: np.dtype) -> np.ndarray:
+    """Values back to the integers a scaled file holds: (value - inter) / slope, rounded."""
+    slope, inter = volume.header["scl_slope"], volume.header["scl_inter"]
+    stored = np.rint((np.asarray(volume.array, dtype=np.float64) - inter) / slope)
+    limits = np.iinfo(dtype)
+    return np.clip(stored, limits.min, limits.max).astype(dtype)
 
 
 def write_nifti(volume: Volume, path: Path) -> None:
-    """Write ``volume``; a header kept from a NIfTI source restores dtype, codes and units."""
+    """Write ``volume``; a header kept from a NIfTI source restores dtype, codes, units and
+    scaling (a scaled integer source gets its integers and scl_slope / scl_inter back)."""
     saved = volume.header
     if saved.get("format") in ("nifti1", "nifti2"):
         header_type = nib.Nifti2Header if saved["format"] == "nifti2" else nib.Nifti1Header
         header = header_type(binaryblock=base64.b64decode(saved["header_b64"]))
         image_type = nib.Nifti2Image if saved["format"] == "nifti2" else nib.Nifti1Image
-        image = image_type(volume.array, None, header=header)
+        if "scl_slope" in saved and header.get_data_dtype().kind in "iu":
+            image = image_type(_stored_integers(volume, header.get_data_dtype()), None,
+                               header=header)
+            # Set after construction (which resets scaling): nibabel then writes the
+            # integers as they are under the source's scl_slope / scl_inter.
+            image.header.set_slope_inter(saved["scl_slope"], saved["scl_inter"])
+        else:
+            image = image_type(volume.array, None, header=header)
     else:
         image = nib.Nifti1Image(volume.array, volume.affine)
         image.set_qform(volume.affine, code=1)

@@ -62,14 +62,16 @@ def block_mean(image: np.ndarray, level: int) -> np.ndarray:
     return padded.reshape(rows, factor, columns, factor).mean(axis=(1, 3))
 
 
-def decode_slice(codec: SliceCodec, data: bytes, level: int = 0) -> np.ndarray:
-    """Codes of one slice at resolution ``level`` (0 = full size)."""
+def decode_slice(codec: SliceCodec, data: bytes, level: int = 0,
+                 shape: tuple[int, int] | None = None, dtype: str | None = None) -> np.ndarray:
+    """Codes of one slice at resolution ``level`` (0 = full size); ``shape`` and ``dtype``
+    are the store's, for codecs whose streams do not carry them."""
     if level == 0:
-        return codec.decode(data)
+        return codec.decode(data, shape, dtype)
     reduced = REDUCED_DECODERS.get(codec.name)
     if reduced is not None:
         return reduced(data, level)
-    return block_mean(codec.decode(data), level)
+    return block_mean(codec.decode(data, shape, dtype), level)
 
 
 def has_reduced_decoder(codec_name: str) -> bool:

@@ -45,7 +45,8 @@ class StoreVolume:
     def _slice(self, index: int, rows: slice, columns: slice) -> np.ndarray:
         data = self.store.codestream(index)
         try:
-            codes = decode_slice(self.codec, data, self.level)
+            codes = decode_slice(self.codec, data, self.level, self.store.slice_shape,
+                                 self.mapping.code_dtype)
         except Exception as error:  # decoder errors come in library-specific types
             raise MedlossyError(self.store.chunk_path(index),
                                 f"slice {index} cannot be decoded ({error})") from None

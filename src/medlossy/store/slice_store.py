@@ -53,10 +53,10 @@ class StoreLayout:
 
     @property
     def array_dtype(self) -> str:
-        # Exact mappings store the codes' own dtype; rescaled ones store the original dtype and
-        # let zarr's FixedScaleOffset filter turn codes back into values.
-        return self.mapping.code_dtype if self.mapping.exact and self.mapping.offset == 0 \
-            else self.mapping.original_dtype
+        # Codes that are the values store the codes' own dtype; rescaled ones store the
+        # original dtype and let zarr's FixedScaleOffset filter turn codes back into values.
+        return self.mapping.original_dtype if self.mapping.rescaled \
+            else self.mapping.code_dtype
 
     def filters(self) -> list[NumcodecsCodec] | None:
         if self.array_dtype == self.mapping.code_dtype:
@@ -159,8 +159,10 @@ class SliceStore:
             raise MedlossyError(self.path, "not a medlossy store (no medlossy attributes of "
                                            "format version "
                                            f"{' or '.join(map(str, READABLE_VERSIONS))})")
-        self.mapping = CodeMapping(**{key: self.attributes["intensity"][key] for key in
-                                      ("original_dtype", "code_dtype", "offset", "scale")})
+        intensity = self.attributes["intensity"]
+        self.mapping = CodeMapping(**{key: intensity[key] for key in
+                                      ("original_dtype", "code_dtype", "offset", "scale")},
+                                   slope=intensity.get("slope"))
 
     @property
     def slices(self) -> int:
@@ -189,7 +191,7 @@ class SliceStore:
         """Slice ``index`` as the 16-bit codes that were encoded."""
         data = self.codestream(index)
         try:
-            codes = codec.decode(data)
+            codes = codec.decode(data, self.slice_shape, self.mapping.code_dtype)
         except Exception as error:  # decoder errors come in library-specific types
             raise MedlossyError(self.chunk_path(index),
                                 f"slice {index} cannot be decoded ({error})") from None
