@@ -241,10 +241,19 @@ def test_existing_store_is_not_replaced_without_force(cli, tmp_path, ct_b_crop_f
     assert code == EXIT_BAD_INPUT
     _assert_one_line_error(err, str(output), "already exists")
     assert (output / "keep.txt").read_text() == "mine"
-    code, _, _ = cli("compress", ct_b_crop_file, output, "--ratio", "10", "--workers", "1",
-                     "--force", "--quiet")
-    assert code == 0
-    assert not (output / "keep.txt").exists() and (output / ".zattrs").exists()
+    # --force replaces only a store medlossy wrote, never a folder holding other files
+    code, _, err = cli("compress", ct_b_crop_file, output, "--ratio", "10", "--workers", "1",
+                       "--force", "--quiet")
+    assert code == EXIT_BAD_INPUT
+    _assert_one_line_error(err, str(output), "medlossy did not write")
+    assert os.listdir(output) == ["keep.txt"]
+    (output / "keep.txt").unlink()
+    output.rmdir()
+    for _ in range(2):
+        code, _, _ = cli("compress", ct_b_crop_file, output, "--ratio", "10", "--workers",
+                         "1", "--force", "--quiet")
+        assert code == 0
+        assert (output / ".zattrs").exists()
     assert leftovers(tmp_path) == []
 
 
@@ -255,7 +264,12 @@ def test_existing_file_is_not_replaced_by_decompress_without_force(cli, good_sto
     assert code == EXIT_BAD_INPUT
     _assert_one_line_error(err, str(output), "already exists")
     assert output.read_bytes() == b"precious"
-    code, _, _ = cli("decompress", good_store, output, "--workers", "1", "--force")
-    assert code == 0
+    code, _, err = cli("decompress", good_store, output, "--workers", "1", "--force")
+    assert code == EXIT_BAD_INPUT  # not a volume file: --force does not replace it
+    assert output.read_bytes() == b"precious"
+    output.unlink()
+    for _ in range(2):  # a volume file (here: the one decompress wrote) is replaced
+        code, _, _ = cli("decompress", good_store, output, "--workers", "1", "--force")
+        assert code == 0
     assert nib.load(output).shape == (96, 80, 24)
     assert leftovers(tmp_path) == []

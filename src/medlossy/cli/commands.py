@@ -14,6 +14,13 @@ from medlossy.decompression import decompress_to_file, read_store
 from medlossy.errors import MedlossyError
 from medlossy.io import read_volume
 from medlossy.metrics import ErrorTally, data_range_for
+from medlossy.outputs import (
+    check_not_input,
+    check_own_folder,
+    check_replaceable,
+    is_volume_file,
+    medlossy_output,
+)
 from medlossy.store import SliceStore, stored_bytes
 from medlossy.volume import Volume
 
@@ -23,9 +30,16 @@ def _say(arguments: argparse.Namespace, text: str) -> None:
         print(text, file=sys.stderr)
 
 
-def _refuse_existing(path: str, force: bool) -> None:
-    if Path(path).exists() and not force:
-        raise MedlossyError(path, "already exists (use --force to replace it)")
+def _refuse_existing(output: str, force: bool, source: str, *, folder: bool = True) -> None:
+    """An existing output is replaced only with --force, only if medlossy wrote it, and never
+    when it is (or holds) the input."""
+    if folder:
+        check_replaceable(output, force, medlossy_output,
+                          "a medlossy store or DICOM series folder")
+    else:
+        check_replaceable(output, force, is_volume_file, "a NIfTI or NRRD volume file")
+    if Path(output).exists():
+        check_not_input(output, [source])
 
 
 def _target(arguments: argparse.Namespace) -> Target:
@@ -51,7 +65,7 @@ def _note_dicom_input(arguments: argparse.Namespace, volume: Volume) -> None:
 
 def compress(arguments: argparse.Namespace) -> None:
     target = _target(arguments)
-    _refuse_existing(arguments.output, arguments.force)
+    _refuse_existing(arguments.output, arguments.force, arguments.input)
     modality = "OTHER" if arguments.modality == "auto" else arguments.modality
     if arguments.format == "dicom":
         _compress_to_dicom(arguments, target, modality)
@@ -110,7 +124,8 @@ def _compress_to_dicom(arguments: argparse.Namespace, target: Target, modality: 
 
 
 def decompress(arguments: argparse.Namespace) -> None:
-    _refuse_existing(arguments.output, arguments.force)
+    _refuse_existing(arguments.output, arguments.force, arguments.store,
+                     folder=arguments.format == "dicom")
     if arguments.format == "dicom":
         from medlossy.dicom_export import store_to_dicom
 
@@ -244,6 +259,8 @@ def study(arguments: argparse.Namespace) -> None:
     out = Path(arguments.out)
     if arguments.demo == bool(arguments.config):
         raise MedlossyError(None, "give either a study config file or --demo")
+    if not arguments.dry_run:  # before the demo data lands in it
+        check_own_folder(out, STUDY_LAYOUT, "a medlossy study folder")
     # A dry run reads no data beyond image headers: the datasets may not be there yet.
     check_files = not arguments.dry_run
     if arguments.demo:
@@ -272,6 +289,11 @@ def study(arguments: argparse.Namespace) -> None:
                           scheduler=arguments.scheduler, gpus=gpus,
                           show_progress=not arguments.quiet, notes=notes):
         print(path)
+
+
+#: What ``medlossy study`` writes at the top of its folder (demo data, crops, sweeps, models,
+#: results, report): one of them marks a folder as a study's.
+STUDY_LAYOUT = ("data", "prepared", "sweeps", "models", "results.csv", "report.md")
 
 
 def dataset_compress(arguments: argparse.Namespace) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from medlossy import __version__
 from medlossy.backends import backend_names
 from medlossy.cli import commands
+from medlossy.cli.types import positive_int
 from medlossy.codecs import codec_names
 from medlossy.datasets.sweep import STUDY_RATIOS
 from medlossy.errors import MedlossyError
@@ -32,7 +34,7 @@ def _positive_float(text: str) -> float:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="processes/threads to use (default: all cores)")
 
 
@@ -277,9 +279,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"medlossy: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # Whoever read our output stopped (``medlossy info --json X | head -1``): not an error
+        # of ours, and nothing more to say. Point stdout at /dev/null so that Python's final
+        # flush cannot fail again, and exit like a process killed by SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         print("medlossy: interrupted; no partial output was left", file=sys.stderr)
         return 130
+    except OSError as error:  # an unwritable folder, a full disk: the file and the reason
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"medlossy: error: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 0
 
 

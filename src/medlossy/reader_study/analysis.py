@@ -28,8 +28,12 @@ import pandas as pd
 
 from medlossy.atomic import atomic_output
 from medlossy.errors import MedlossyError
+from medlossy.outputs import check_only
 from medlossy.reader_study.db import Database
 from medlossy.reader_study.pairs import load_key
+
+REPORT_FILES = ("answers.csv", "scores.csv", "agreement.csv", "reader_study.png", "report.md",
+                "summary.json")
 
 POOLED = "pooled"
 SCORES = {"correct": 1, "undecided": 0, "wrong": -1}
@@ -278,8 +282,9 @@ def analyze_study(study: str | os.PathLike[str], database: Database,
                   out: str | os.PathLike[str], *, bootstrap: int = 2000, seed: int = 0,
                   include_identical: bool = False) -> dict[str, Any]:
     """Write answers.csv, scores.csv, agreement.csv, reader_study.png, report.md and
-    summary.json to ``out`` (replaced as a whole)."""
-    study = Path(study)
+    summary.json to ``out`` (replaced as a whole, so it may hold nothing else)."""
+    study, out = Path(study), Path(out)
+    check_only(out, REPORT_FILES, "a reader study report folder")
     if bootstrap < 100:
         raise MedlossyError(None, f"--bootstrap must be at least 100, got {bootstrap}")
     settings = json.loads((study / "study.json").read_text())
@@ -338,7 +343,6 @@ def analyze_study(study: str | os.PathLike[str], database: Database,
                               "weighted_kappa"])
         if len(agreement) else "Fewer than two raters answered: no agreement to report.",
     ]) + "\n"
-    out = Path(out)
     with atomic_output(out) as folder:
         folder.mkdir()
         scored.to_csv(folder / "answers.csv", index=False)
@@ -347,6 +351,4 @@ def analyze_study(study: str | os.PathLike[str], database: Database,
         plot_matrix(table, ratios, folder / "reader_study.png")
         (folder / "report.md").write_text(report)
         (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    files = ["answers.csv", "scores.csv", "agreement.csv", "reader_study.png", "report.md",
-             "summary.json"]
-    return {**summary, "files": files}
+    return {**summary, "files": list(REPORT_FILES)}

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from medlossy.cli.types import positive_int
 from medlossy.errors import MedlossyError
 
 DEFAULT_RATIOS = "1,2,5,10,20,50"
@@ -167,7 +168,7 @@ def add_reader_parser(subparsers) -> None:
     make_parser.add_argument("--max-images", type=int, default=None,
                              help="draw slices from at most this many images per dataset "
                                   "(chosen at random; default all)")
-    make_parser.add_argument("--workers", type=int, default=None,
+    make_parser.add_argument("--workers", type=positive_int, default=None,
                              help="processes for compression (default: all cores)")
     make_parser.add_argument("--quiet", action="store_true")
     make_parser.set_defaults(handler=make)

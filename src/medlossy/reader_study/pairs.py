@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ from medlossy.datasets.nnunet_raw import ImageFile, RawDataset, open_raw_dataset
 from medlossy.errors import MedlossyError
 from medlossy.io import read_volume
 from medlossy.jsonfile import read_json
+from medlossy.outputs import check_only
 from medlossy.reader_study.windows import Window
 from medlossy.store import SliceStore
 from medlossy.volume import Volume
@@ -286,6 +288,9 @@ def make_pairs(inputs: str | os.PathLike[str], out: str | os.PathLike[str],
     if (out / "pairs.json").exists():
         raise MedlossyError(out / "pairs.json", "a pair set is already here; answers may refer "
                                                 "to it, so make the new one in another folder")
+    # What a killed earlier run left is resumed; anything else is the user's: never replaced.
+    check_only(out, ("stores", "images", "key.json", "study.json"), "a reader study folder")
+    check_only(out / "images", re.compile(r"[0-9a-f]{32}\.png"), "a reader study's images")
     datasets = find_datasets(inputs)
     rng = np.random.default_rng(settings.seed)
     draws = _draw(datasets, settings, rng)

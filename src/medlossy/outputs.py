@@ -1,0 +1,139 @@
+"""Outputs that cannot destroy: ``--force`` replaces only what medlossy itself wrote.
+
+An existing output is recognised by medlossy's own metadata before anything is removed: a
+store by the ``medlossy`` attributes in its ``.zattrs``, a DICOM series folder by its file
+names and the "by medlossy" derivation every slice carries, a decoded volume by reading as
+the volume file its name says. Folders that commands write into (a dataset sweep, a study, a
+reader study) must be new, empty, or already laid out by that command. Anything else is
+refused with one line, so a mistyped path never costs a user their files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Collection, Iterable
+from pathlib import Path
+
+from medlossy.errors import MedlossyError
+
+_DICOM_NAME = re.compile(r"IM\d{5}\.dcm")
+#: Temporaries of an interrupted atomic write (see atomic.py): never user files.
+_TEMPORARY = re.compile(r"\..*\.(partial|old)-[0-9a-f]{8}.*")
+
+
+def is_store(path: Path) -> bool:
+    """A folder with medlossy store attributes."""
+    try:
+        attributes = json.loads((path / ".zattrs").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(attributes, dict) and isinstance(attributes.get("medlossy"), dict)
+
+
+def is_dicom_output(path: Path) -> bool:
+    """A folder of ``IM00001.dcm``... that medlossy wrote (their derivation says so)."""
+    import pydicom
+
+    try:
+        entries = list(path.iterdir())
+    except OSError:
+        return False
+    if not entries or any(not _DICOM_NAME.fullmatch(e.name) or not e.is_file()
+                          for e in entries):
+        return False
+    for entry in entries:
+        try:
+            ds = pydicom.dcmread(entry, stop_before_pixels=True,
+                                 specific_tags=["DerivationDescription"])
+        except Exception:  # pydicom raises many types for files that are no DICOM
+            return False
+        if "by medlossy" not in str(ds.get("DerivationDescription", "")):
+            return False
+    return True
+
+
+def is_volume_file(path: Path) -> bool:
+    """A regular file that reads as the NIfTI or NRRD volume its name says."""
+    if not path.is_file():
+        return False
+    name = path.name.lower()
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            nib.load(path).header  # noqa: B018 (parsing the header is the check)
+            return True
+        if name.endswith(".nrrd"):
+            import nrrd
+
+            nrrd.read_header(str(path))
+            return True
+    except Exception:  # nibabel and pynrrd raise many types for damaged headers
+        return False
+    return False
+
+
+def medlossy_output(path: Path) -> bool:
+    """A store or DICOM series folder written by medlossy (what compress may replace)."""
+    return path.is_dir() and not path.is_symlink() and (is_store(path) or
+                                                         is_dicom_output(path))
+
+
+def check_replaceable(path: str | os.PathLike[str], force: bool,
+                      recognise: Callable[[Path], bool], what: str) -> None:
+    """Refuse to touch an existing ``path`` unless ``force`` and medlossy wrote it."""
+    target = Path(path)
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not force:
+        raise MedlossyError(path, "already exists (use --force to replace it)")
+    if target.is_symlink() or not recognise(target):
+        kind = "a folder" if target.is_dir() else "a file"
+        raise MedlossyError(path, f"is {kind} that medlossy did not write (not {what}); "
+                                  "--force replaces only medlossy's own outputs: remove or "
+                                  "rename it yourself")
+
+
+def check_not_input(output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]],
+                    ) -> None:
+    """Refuse an output that is, or holds, one of the inputs."""
+    final = Path(output).absolute().resolve()
+    for source in inputs:
+        resolved = Path(source).absolute().resolve()
+        if resolved == final or final in resolved.parents:
+            raise MedlossyError(output, f"would replace the input {source}")
+
+
+def check_own_folder(path: str | os.PathLike[str], layout: Iterable[str], what: str,
+                     ) -> None:
+    """A folder a command writes into must be new, empty, or hold its layout already."""
+    folder = Path(path)
+    if not (folder.exists() or folder.is_symlink()):
+        return
+    if not folder.is_dir():
+        raise MedlossyError(path, f"is a file, not {what}")
+    names = {entry.name for entry in folder.iterdir() if not _TEMPORARY.fullmatch(entry.name)}
+    if names and not names & set(layout):
+        raise MedlossyError(path, f"is a folder with other files, not {what}: choose a new or "
+                                  "empty folder")
+
+
+def check_only(path: str | os.PathLike[str], names: Collection[str] | re.Pattern[str],
+               what: str) -> None:
+    """A folder that a command replaces, or writes its whole layout into, may exist only if
+    it holds nothing but entries that command writes (``names``, or names the pattern
+    matches)."""
+    folder = Path(path)
+    if not (folder.exists() or folder.is_symlink()):
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise MedlossyError(path, f"is a file, not {what}")
+    ours = names.fullmatch if isinstance(names, re.Pattern) else names.__contains__
+    foreign = sorted(entry.name for entry in folder.iterdir()
+                     if not _TEMPORARY.fullmatch(entry.name) and not ours(entry.name))
+    if foreign:
+        others = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise MedlossyError(path, f"holds {foreign[0]!r}{others}, which medlossy did not "
+                                  f"write: not {what}; choose a new or empty folder")

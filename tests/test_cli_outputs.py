@@ -1,0 +1,208 @@
+"""Outputs that cannot destroy: --force replaces only what medlossy wrote; no tracebacks.
+
+Every case here was reproduced on the code before the fix: ``compress --force`` onto a folder
+deleted a user's notes, onto a regular file it died in a traceback, and so did
+``info --json | head -1``, a decompress into an unwritable folder and ``--workers -1``
+(after three encoding passes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import leftovers
+
+EXIT_BAD_INPUT = 2
+SOURCE = Path(__file__).resolve().parents[1] / "src"
+
+
+def _one_line(err: str, *fragments: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {err!r}"
+    assert lines[0].startswith("medlossy: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def _medlossy(*arguments: str | os.PathLike[str], stdout=subprocess.PIPE,
+              ) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it: its own process, so a traceback would reach stderr."""
+    environment = {**os.environ, "PYTHONPATH": f"{SOURCE}{os.pathsep}"
+                                               f"{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([sys.executable, "-m", "medlossy.cli.main",
+                           *map(str, arguments)], stdout=stdout, stderr=subprocess.PIPE,
+                          text=True, env=environment, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory) -> Path:
+    """A small CT-like int16 volume (rows != columns)."""
+    rng = np.random.default_rng(3)
+    _, y, x = np.mgrid[0:6, 0:40, 0:32]
+    body = ((y - 20) ** 2 + (x - 16) ** 2) < 14**2
+    array = np.where(body, 40, -1000) + rng.normal(0, 20, body.shape)
+    path = tmp_path_factory.mktemp("small") / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.moveaxis(array, 0, -1).astype(np.int16), np.diag([
+        0.8, 0.8, 3, 1])), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_store(small_file, tmp_path_factory) -> Path:
+    store = tmp_path_factory.mktemp("store") / "small.zarr"
+    assert _medlossy("compress", small_file, store, "--ratio", "5", "--workers", "1",
+                     "--quiet").returncode == 0
+    return store
+
+
+def test_force_never_empties_an_ordinary_folder(cli, small_file, tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes")
+    code, out, err = cli("compress", small_file, folder, "--ratio", "5", "--force",
+                         "--workers", "1", "--quiet")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(folder), "medlossy did not write", "remove or rename it yourself")
+    assert out == ""
+    assert os.listdir(folder) == ["notes.txt"]
+    assert (folder / "notes.txt").read_text() == "my notes"
+    assert leftovers(tmp_path) == []
+
+
+def test_force_onto_a_regular_file_is_one_line_and_keeps_it(small_file, tmp_path):
+    target = tmp_path / "ct.zarr"
+    target.write_text("not a store")
+    result = _medlossy("compress", small_file, target, "--ratio", "5", "--force",
+                       "--workers", "1", "--quiet")
+    assert result.returncode == EXIT_BAD_INPUT
+    _one_line(result.stderr, str(target), "is a file that medlossy did not write")
+    assert target.read_text() == "not a store"
+    assert leftovers(tmp_path) == []
+
+
+def test_force_replaces_a_store_medlossy_wrote(cli, small_file, tmp_path):
+    store = tmp_path / "ct.zarr"
+    assert cli("compress", small_file, store, "--ratio", "5", "--workers", "1",
+               "--quiet")[0] == 0
+    code, _, err = cli("compress", small_file, store, "--ratio", "10", "--force",
+                       "--workers", "1", "--quiet")
+    assert code == 0, err
+    code, out, _ = cli("info", store, "--json")
+    assert code == 0 and json.loads(out)["target"] == {"mode": "ratio", "value": 10.0,
+                                                      "allocation": "psnr"}
+    assert leftovers(tmp_path) == []
+
+
+def test_force_replaces_a_dicom_folder_medlossy_wrote_but_not_a_foreign_one(
+        cli, small_file, tmp_path):
+    folder = tmp_path / "series"
+    assert cli("compress", small_file, folder, "--ratio", "5", "--format", "dicom",
+               "--workers", "1", "--quiet")[0] == 0
+    assert len(os.listdir(folder)) == 6
+    code, _, err = cli("compress", small_file, folder, "--lossless", "--format", "dicom",
+                       "--force", "--workers", "1", "--quiet")
+    assert code == 0, err
+    # The same names, but one file is not ours: the folder is not replaced.
+    (folder / "IM00001.dcm").write_bytes(b"someone else's file")
+    code, _, err = cli("compress", small_file, folder, "--ratio", "5", "--format", "dicom",
+                       "--force", "--workers", "1", "--quiet")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(folder), "medlossy did not write")
+    assert (folder / "IM00001.dcm").read_bytes() == b"someone else's file"
+
+
+def test_force_never_replaces_the_input(cli, small_file, tmp_path):
+    folder = tmp_path / "series"
+    assert cli("compress", small_file, folder, "--ratio", "5", "--format", "dicom",
+               "--workers", "1", "--quiet")[0] == 0
+    before = sorted(os.listdir(folder))
+    code, _, err = cli("compress", folder, folder, "--ratio", "10", "--format", "dicom",
+                       "--force", "--workers", "1", "--quiet")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(folder), "would replace the input")
+    assert sorted(os.listdir(folder)) == before
+
+
+def test_decompress_force_replaces_a_volume_file_but_not_other_files(cli, small_store,
+                                                                    small_file, tmp_path):
+    precious = tmp_path / "ct.nii.gz"
+    precious.write_bytes(b"precious")
+    code, _, err = cli("decompress", small_store, precious, "--force", "--workers", "1")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(precious), "not a NIfTI or NRRD volume file")
+    assert precious.read_bytes() == b"precious"
+    volume = tmp_path / "old.nii.gz"
+    volume.write_bytes(small_file.read_bytes())
+    code, _, err = cli("decompress", small_store, volume, "--force", "--workers", "1")
+    assert code == 0, err
+    assert nib.load(volume).shape == (40, 32, 6)
+    assert volume.read_bytes() != small_file.read_bytes()  # the decoded store, not the copy
+    assert leftovers(tmp_path) == []
+
+
+def test_reader_make_never_replaces_a_users_images_folder(cli, tmp_path):
+    out = tmp_path / "study"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "holiday.jpg").write_bytes(b"\xff\xd8")
+    code, _, err = cli("reader", "make", tmp_path / "no-datasets-needed", "--out", out)
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(out / "images"), "holiday.jpg", "not a reader study's images")
+    assert os.listdir(out / "images") == ["holiday.jpg"]
+
+
+def test_study_refuses_a_folder_with_other_files(cli, tmp_path):
+    out = tmp_path / "work"
+    out.mkdir()
+    (out / "thesis.tex").write_text("chapter 1")
+    code, _, err = cli("study", "--demo", "--out", out, "--quiet")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(out), "not a medlossy study folder")
+    assert os.listdir(out) == ["thesis.tex"]
+
+
+def test_info_json_into_a_closed_pipe_is_quiet(small_store):
+    command = [sys.executable, "-m", "medlossy.cli.main", "info", "--json", str(small_store)]
+    environment = {**os.environ, "PYTHONPATH": str(SOURCE)}
+    # `medlossy info --json X | head -1`: the reader leaves after one line.
+    shell = subprocess.run(f"{' '.join(command)} | head -1; exit ${{PIPESTATUS[0]}}",
+                           shell=True, executable="/bin/bash", capture_output=True,
+                           text=True, env=environment, timeout=120, check=False)
+    assert shell.stdout == "{\n"
+    assert shell.stderr == ""  # no BrokenPipeError traceback
+    assert shell.returncode in (0, 141)  # done, or stopped like a SIGPIPE'd process
+
+
+@pytest.mark.skipif(not Path("/proc/1").is_dir(), reason="needs Linux /proc")
+def test_decompress_into_an_unwritable_folder_is_one_line(small_store):
+    # /proc/1 exists and no one, root included, can create a file in it.
+    target = Path("/proc/1/ct.nii.gz")
+    result = _medlossy("decompress", small_store, target, "--workers", "1")
+    assert result.returncode == EXIT_BAD_INPUT
+    _one_line(result.stderr, "/proc/1/")
+
+
+def test_decompress_below_a_regular_file_is_one_line(small_store, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    result = _medlossy("decompress", small_store, tmp_path / "afile" / "ct.nii.gz",
+                       "--workers", "1")
+    assert result.returncode == EXIT_BAD_INPUT
+    _one_line(result.stderr, str(tmp_path / "afile"))
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "two"])
+def test_workers_must_be_positive_and_the_error_names_the_option(small_file, tmp_path,
+                                                                 value):
+    result = _medlossy("compress", small_file, tmp_path / "s.zarr", "--ratio", "5",
+                       "--workers", value)
+    assert result.returncode == EXIT_BAD_INPUT
+    assert "Traceback" not in result.stderr
+    assert "argument --workers:" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "s.zarr").exists()
