@@ -148,3 +148,27 @@ def test_cli_refuses_a_bad_config_before_any_work(data: Path, case: str, tmp_pat
     assert re.search(message, stderr)
     assert stdout == ""
     assert not out.exists()
+
+
+def test_repeats_plan_one_training_unit_per_ratio_fold_and_seed(data: Path,
+                                                                tmp_path: Path) -> None:
+    from medlossy.experiments.segmentation import SweepFolders, plan_segmentation
+
+    text = GOOD.replace('"cross", "pretrained", "budget"', '"cross"').replace(
+        "train_folds = [0]", "train_folds = [0, 1]\nseeds = [0, 1, 2]")
+    config = load_config(_write(data, text, "repeats.toml"))
+    folder = data / "data" / "Dataset950_Phantom"
+    sweep = SweepFolders("P", {1.0: folder, 20.0: folder})
+
+    plan = plan_segmentation(config, [sweep], tmp_path)
+    again = plan_segmentation(config, [sweep], tmp_path)
+    single = plan_segmentation(load_config(_write(data, GOOD.replace(
+        '"cross", "pretrained", "budget"', '"cross"'), "single.toml")), [sweep], tmp_path)
+
+    units = {(u.ratio, u.request.fold, u.request.seed) for u in plan.train.values()}
+    assert len(plan.train) == len(units) == 2 * 2 * 3
+    assert units == {(r, f, s) for r in (1.0, 20.0) for f in (0, 1) for s in (0, 1, 2)}
+    assert set(again.train) == set(plan.train)  # content-hashed: a rerun finds the same
+    assert set(single.train) < set(plan.train)  # seed 0, fold 0 units are shared
+    # cross: every model of a (fold, seed) on every ratio; evaluation tables per model
+    assert len(plan.evaluations) == 12 * 2

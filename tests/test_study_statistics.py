@@ -8,14 +8,17 @@ import pandas as pd
 import pytest
 
 from medlossy.experiments.calibration import (
+    MARGIN,
     false_non_inferiority_rate,
     percentile_lower,
+    repeated_studies,
     t_lower,
 )
 from medlossy.experiments.statistics import (
     SafeRatio,
     non_inferiority,
     paired_differences,
+    repeat_interval,
     safe_ratios,
     t_interval,
 )
@@ -231,3 +234,53 @@ def test_a_class_in_too_few_cases_is_left_out_and_named() -> None:
 
     assert tests.set_index(["class", "ratio"]).loc[("spleen", 20.0), "cases"] == 5
     assert (safe.ratio, safe.too_few_cases) == (20.0, ("spleen",))
+
+
+@pytest.mark.parametrize(("folds", "cases"), [(1, 4), (1, 8), (3, 9), (3, 21)])
+def test_repeat_interval_holds_when_training_noise_is_as_large_as_the_margin(
+        folds: int, cases: int) -> None:
+    """3 seeds; every model shifts its cases by a draw of sd = margin (training noise)."""
+    differences, fold_of_case = repeated_studies(cases, 3, folds=folds, studies=40000,
+                                                 seed=cases)
+
+    _, low, _, spread = repeat_interval(differences, fold_of_case)
+
+    assert 0.015 <= np.mean(low > -MARGIN) <= 0.03
+    assert np.median(spread) == pytest.approx(MARGIN, rel=0.25)
+
+
+def test_a_case_only_interval_fails_that_check_with_training_noise() -> None:
+    """Averaging the seeds and ignoring the models' shared shift errs far above 3%."""
+    differences, _ = repeated_studies(20, 3, studies=40000, seed=20)
+
+    assert np.mean(t_lower(differences.mean(axis=1)) > -MARGIN) > 0.06
+
+
+def test_repeat_interval_with_one_seed_is_the_t_interval() -> None:
+    values = np.random.default_rng(5).normal(0, 0.02, 12)
+
+    mean, low, high, spread = repeat_interval(values[None, :], np.zeros(12))
+
+    assert (mean, low, high) == pytest.approx(t_interval(values))
+    assert np.isnan(spread)
+
+
+def _seeded(shifts: dict[int, float]) -> pd.DataFrame:
+    """One results table per seed: the x20 model of seed s is shifted by shifts[s]."""
+    tables = []
+    for seed, shift in shifts.items():
+        table = _results({20.0: (shift, 0.002)}).assign(train_seed=seed)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def test_non_inferiority_averages_seeds_per_case_and_shows_their_spread() -> None:
+    steady = _mean(non_inferiority(_seeded({0: 0.0, 1: 0.001, 2: -0.001}), margin=0.01))
+    noisy = _mean(non_inferiority(_seeded({0: 0.02, 1: 0.0, 2: -0.02}), margin=0.01))
+
+    assert steady.loc[20.0, "cases"] == CASES and steady.loc[20.0, "seeds"] == 3
+    assert steady.loc[20.0, "non_inferior"]
+    assert noisy.loc[20.0, "seed_sd"] == pytest.approx(0.02, abs=0.002)
+    assert noisy.loc[20.0, "mean_difference"] == pytest.approx(0.0, abs=0.002)
+    # same mean, but training noise as large as the margin: not shown non-inferior
+    assert not noisy.loc[20.0, "non_inferior"]

@@ -97,3 +97,19 @@ def false_non_inferiority_rate(method: Callable[..., np.ndarray], cases: int, *,
     rng = np.random.default_rng(seed)
     samples = -margin + spread * SHAPES[shape](rng, (studies, cases))
     return float(np.mean(method(samples) > -margin))
+
+
+def repeated_studies(cases: int, seeds: int, *, studies: int = 20000, folds: int = 1,
+                     model_sd: float = MARGIN, case_sd: float = SPREAD,
+                     noise_sd: float = MARGIN / 2, margin: float = MARGIN,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Simulated paired differences of studies with training repeats: shape (studies,
+    seeds, cases), true mean ``-margin``; each (fold, seed) model shifts all of its cases by
+    one draw of sd ``model_sd``. Returns (differences, fold of each case)."""
+    rng = np.random.default_rng(seed)
+    fold_of_case = np.arange(cases) % folds
+    models = model_sd * rng.standard_normal((studies, seeds, folds))
+    differences = (-margin + models[:, :, fold_of_case]
+                   + case_sd * rng.standard_normal((studies, 1, cases))
+                   + noise_sd * rng.standard_normal((studies, seeds, cases)))
+    return differences, fold_of_case

@@ -6,8 +6,9 @@ Example (every key optional except ``datasets``)::
     ratios = [1, 2, 5, 10, 20, 50, 70, 100]        # compression (quality experiment)
     train_ratios = [1, 5, 20, 50]                 # one model per ratio (and fold)
     folds = 3
-    train_folds = [0]
+    train_folds = [0]                             # repeats: [0, 1, 2]
     seed = 0
+    seeds = [0, 1, 2]                             # optional: one model per seed (repeats)
     budget_fractions = [0.05, 0.2, 1.0]           # few-shot shares of uncompressed data
     margin = 0.01                                 # non-inferiority margin, Dice
     min_test_cases = 10                           # fewer: no safe ratio is named
@@ -42,7 +43,7 @@ from medlossy.backends import TrainingBackend, TrainRequest, get_backend
 from medlossy.errors import MedlossyError
 
 EXPERIMENTS = ("quality", "train", "cross", "pretrained", "budget", "reader")
-_TOP_KEYS = {"experiments", "ratios", "train_ratios", "folds", "train_folds", "seed",
+_TOP_KEYS = {"experiments", "ratios", "train_ratios", "folds", "train_folds", "seed", "seeds",
              "budget_fractions", "margin", "min_test_cases", "safe_ratio_over", "datasets",
              "training", "pretrained", "reader_results", "base_id", "codec"}
 #: [training] keys of the study; every other key is an option of the chosen backend.
@@ -73,6 +74,8 @@ class StudyConfig:
     folds: int = 3
     train_folds: tuple[int, ...] = (0,)
     seed: int = 0
+    #: Training repeats: one model per seed for every ratio and fold (empty: ``seed`` only).
+    seeds: tuple[int, ...] = ()
     budget_fractions: tuple[float, ...] = (0.05, 0.2, 1.0)
     margin: float = 0.01
     min_test_cases: int = 10  # fewest test cases behind a named safe ratio
@@ -88,11 +91,18 @@ class StudyConfig:
         """The training backend ``[training] backend`` names (default: the built-in)."""
         return get_backend(str(self.training.get("backend", "builtin")))
 
+    @property
+    def training_seeds(self) -> tuple[int, ...]:
+        """The seed of every training repeat."""
+        return self.seeds or (self.seed,)
+
     def train_request(self, fold: int, fraction: float = 1.0,
-                      reference: Path | None = None) -> TrainRequest:
-        """What one training unit asks of the backend."""
+                      reference: Path | None = None, seed: int | None = None,
+                      ) -> TrainRequest:
+        """What one training unit asks of the backend (``seed``: default ``seed``)."""
         options = {k: v for k, v in self.training.items() if k not in _STUDY_TRAINING_KEYS}
-        return TrainRequest(fold=fold, folds=self.folds, seed=self.seed,
+        return TrainRequest(fold=fold, folds=self.folds,
+                            seed=self.seed if seed is None else seed,
                             train_fraction=fraction,
                             epochs=int(self.training.get("epochs", 300)),
                             iterations_per_epoch=int(self.training.get("iterations_per_epoch",
@@ -132,6 +142,8 @@ def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> S
                             "uncompressed model")
     if any(not 0 < f <= 1 for f in config.budget_fractions):
         raise _fail(source, "budget fractions must be in (0, 1]")
+    if len(set(config.seeds)) != len(config.seeds):
+        raise _fail(source, f"seeds must be distinct, got {list(config.seeds)}")
     if any(not 0 <= f < config.folds for f in config.train_folds):
         raise _fail(source, f"train_folds must be in 0..{config.folds - 1}")
     if not 0 < config.margin < 1:

@@ -1,7 +1,7 @@
 """Experiments 2-5 of the study, built from cached units: train, predict, evaluate.
 
 Data flow: :func:`plan_segmentation` turns the config into units (one training unit per
-dataset, ratio, fold and training share; one evaluation unit per model and test ratio);
+dataset, ratio, fold, seed and training share; one evaluation unit per model and test ratio);
 :func:`run_segmentation` runs the training units, then the evaluation units, through an
 executor (one after another, one per local GPU, or on a Dask cluster, see ``scaleout``),
 then reads their cached tables into the results. The training backend (built-in or nnU-Net)
@@ -18,6 +18,7 @@ taken up by the next worker that asks.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from medlossy.experiments.config import StudyConfig
 from medlossy.locks import unit_lock
 
 RESULT_COLUMNS = ("experiment", "dataset", "case", "class", "ratio_train", "ratio_test",
-                  "fold", "train_fraction", "metric", "value")
+                  "fold", "train_seed", "train_fraction", "metric", "value")
 
 
 def folder_digest(folder: Path) -> str:
@@ -184,8 +185,8 @@ def plan_segmentation(config: StudyConfig, sweeps: Sequence[SweepFolders], root:
     plan = planner.plan
     for sweep in sweeps:
         reference = sweep[1]
-        for fold in config.train_folds:
-            full = config.train_request(fold, reference=reference)
+        for fold, seed in itertools.product(config.train_folds, config.training_seeds):
+            full = config.train_request(fold, reference=reference, seed=seed)
             model_ratios = sorted(set(config.train_ratios) |
                                   (set(config.budget_ratios) if "budget" in wanted else set()))
             models = {r: planner.model(sweep, r, full) for r in model_ratios}
@@ -206,7 +207,8 @@ def plan_segmentation(config: StudyConfig, sweeps: Sequence[SweepFolders], root:
                 for fraction, ratio in zip(config.budget_fractions, config.budget_ratios,
                                            strict=True):
                     few = planner.model(sweep, 1.0, config.train_request(
-                        fold, fraction, reference=reference)) if fraction < 1 else models[1]
+                        fold, fraction, reference=reference, seed=seed)) \
+                        if fraction < 1 else models[1]
                     for arm, model in (("few-shot", few), ("compressed", models[ratio])):
                         plan.rows.append(Row(f"budget:{arm}",
                                              planner.evaluation(model, sweep[1], 1.0),
@@ -216,10 +218,12 @@ def plan_segmentation(config: StudyConfig, sweeps: Sequence[SweepFolders], root:
     return plan
 
 
-def _tag(table: pd.DataFrame, experiment: str, dataset: str, fraction: float) -> pd.DataFrame:
+def _tag(table: pd.DataFrame, experiment: str, dataset: str, fraction: float,
+         seed: int) -> pd.DataFrame:
     table = table.copy()
     table.insert(0, "experiment", experiment)
     table.insert(1, "dataset", dataset)
+    table["train_seed"] = seed
     table["train_fraction"] = fraction
     return table[list(RESULT_COLUMNS)]
 
@@ -249,8 +253,9 @@ def run_segmentation(config: StudyConfig, sweeps: Sequence[SweepFolders], root: 
            [unit for unit in plan.evaluations.values() if not unit.done()])
     tables = []
     for row in plan.rows:
-        table = _tag(pd.read_csv(row.evaluation.table), row.experiment,
-                     row.evaluation.model.dataset, row.fraction)
+        model = row.evaluation.model
+        table = _tag(pd.read_csv(row.evaluation.table), row.experiment, model.dataset,
+                     row.fraction, model.request.seed)
         if row.budget_fraction is not None:
             table["budget_fraction"] = row.budget_fraction
         tables.append(table)

@@ -9,6 +9,12 @@ smallest over its classes (a drop in a small organ hides in the per-case mean), 
 mean's alone when asked. No safe ratio is named from a test of fewer than ``min_cases``
 cases.
 
+Repeats (``seeds`` and ``train_folds`` in the config) enter through :func:`repeat_interval`:
+each case's difference is averaged over the seeds, and the interval's variance adds to the
+case-sampling term (the t-interval's) a training-noise term from the spread of the per-model
+mean differences between seeds. That second term is what a case-only interval misses: a
+model that is luckier or unluckier than usual shifts every case it predicts at once.
+
 Why a t-interval: the percentile bootstrap declared non-inferiority wrongly 10 / 6 / 4% of
 the time at 4 / 8 / 20 cases (nominal 2.5%), BCa the same; the t-interval holds 2.5% for
 symmetric differences (measured: docs/study.md, ``bench/intervals.py``).
@@ -28,8 +34,8 @@ MIN_TEST_CASES = 10
 #: The per-case mean over classes in the results (``medlossy.evaluate``'s name).
 MEAN = "mean"
 
-TEST_COLUMNS = ["dataset", "class", "ratio", "cases", "mean_difference", "ci_low", "ci_high",
-                "non_inferior"]
+TEST_COLUMNS = ["dataset", "class", "ratio", "cases", "seeds", "mean_difference", "ci_low",
+                "ci_high", "seed_sd", "non_inferior"]
 
 
 def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
@@ -47,11 +53,53 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, f
     return mean, float(mean - half), float(mean + half)
 
 
+def repeat_interval(differences: np.ndarray, folds: np.ndarray, level: float = 0.95,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, lower, upper, between-seed sd) of the mean paired difference, from
+    ``differences`` of shape (..., seeds, cases) (NaN: missing) and each case's fold.
+
+    Model: difference = mean + model effect (one per fold and seed) + case effect + noise.
+    Variance of the mean = var(case means over seeds) / cases (case sampling, the
+    t-interval's) + sum over folds of (cases in fold / cases)^2 x var(per-seed mean of the
+    fold) / seeds (training noise). The second term also holds the case-level seed noise
+    already in the first, so the sum errs on the conservative side; degrees of freedom by
+    Welch-Satterthwaite. With one seed it is the t-interval. Leading dimensions are
+    independent studies (the simulation test runs thousands at once).
+    """
+    differences = np.asarray(differences, dtype=float)
+    folds = np.asarray(folds)
+    seeds, cases = differences.shape[-2:]
+    per_case = np.nanmean(differences, axis=-2)
+    mean = per_case.mean(axis=-1)
+    case_term = per_case.var(axis=-1, ddof=1) / cases
+    if seeds < 2:
+        quantile = stats.t.ppf(1 - (1 - level) / 2, cases - 1)
+        half = quantile * np.sqrt(case_term)
+        return mean, mean - half, mean + half, np.full_like(mean, np.nan)
+    repeat_term = np.zeros_like(mean)
+    pooled = np.zeros_like(mean)
+    for fold in np.unique(folds):
+        in_fold = folds == fold
+        model_means = np.nanmean(differences[..., in_fold], axis=-1)  # (..., seeds)
+        spread = np.var(model_means, axis=-1, ddof=1)
+        repeat_term = repeat_term + (in_fold.sum() / cases) ** 2 * spread / seeds
+        pooled = pooled + spread
+    repeat_df = len(np.unique(folds)) * (seeds - 1)
+    variance = case_term + repeat_term
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = variance ** 2 / (case_term ** 2 / (cases - 1) + repeat_term ** 2 / repeat_df)
+    df = np.where(np.isfinite(df), df, cases - 1)
+    half = stats.t.ppf(1 - (1 - level) / 2, df) * np.sqrt(variance)
+    return mean, mean - half, mean + half, np.sqrt(pooled / len(np.unique(folds)))
+
+
 def paired_differences(results: pd.DataFrame, reference_ratio: float = 1.0) -> pd.DataFrame:
-    """Per case and class: Dice(model R on R) - Dice(model 1 on 1), from the
-    train-on-compressed rows; only pairs with a finite Dice at both ratios."""
+    """Per case, class and seed: Dice(model R on R) - Dice(model 1 on 1) (same fold and
+    seed), from the train-on-compressed rows; only pairs with a finite Dice at both."""
     rows = results[(results["experiment"] == "train") & (results["metric"] == "dice")]
-    keys = ["dataset", "class", "case", "fold"]
+    if "train_seed" not in rows:
+        rows = rows.assign(train_seed=0)
+    keys = ["dataset", "class", "case", "fold", "train_seed"]
     values = rows.set_index([*keys, "ratio_train"])["value"].astype(float)
     reference = rows[rows["ratio_train"] == reference_ratio].set_index(keys)["value"]
     paired = values.rename("dice").reset_index("ratio_train").join(
@@ -63,16 +111,27 @@ def paired_differences(results: pd.DataFrame, reference_ratio: float = 1.0) -> p
 
 def non_inferiority(results: pd.DataFrame, margin: float, *, level: float = 0.95,
                     ) -> pd.DataFrame:
-    """One row per dataset, class and ratio: cases used, mean difference, t-interval,
-    verdict; the per-case mean (class "mean") first in each dataset."""
+    """One row per dataset, class and ratio: cases used, seeds, mean difference, interval
+    (:func:`repeat_interval`; the t-interval for one seed), the between-seed sd of the mean
+    difference, verdict; the per-case mean (class "mean") first in each dataset."""
     paired = paired_differences(results)
     if paired.empty:
         return pd.DataFrame(columns=TEST_COLUMNS)
     rows = []
     for (dataset, name, ratio), group in paired.groupby(["dataset", "class", "ratio"]):
-        mean, low, high = t_interval(group["difference"].to_numpy(), level)
-        rows.append({"dataset": dataset, "class": name, "ratio": ratio, "cases": len(group),
-                     "mean_difference": mean, "ci_low": low, "ci_high": high,
+        grid = group.pivot_table(index=["case", "fold"], columns="train_seed",
+                                 values="difference", aggfunc="mean", dropna=False)
+        cases = len(grid)
+        if cases < 2:
+            mean, low, high, spread = (float(grid.stack().mean()) if cases else np.nan,
+                                       np.nan, np.nan, np.nan)
+        else:
+            folds = grid.index.get_level_values("fold").to_numpy()
+            mean, low, high, spread = (float(v) for v in repeat_interval(
+                grid.to_numpy().T, folds, level))
+        rows.append({"dataset": dataset, "class": name, "ratio": ratio, "cases": cases,
+                     "seeds": grid.shape[1], "mean_difference": mean, "ci_low": low,
+                     "ci_high": high, "seed_sd": spread,
                      "non_inferior": bool(low > -margin) if np.isfinite(low) else False})
     table = pd.DataFrame(rows)
     table["_order"] = table["class"] != MEAN

@@ -72,6 +72,20 @@ def _budget_verdict(config: StudyConfig, budget: pd.DataFrame) -> str:
     return "; ".join(lines) + "." if lines else ""
 
 
+def _repeat_note(config: StudyConfig, tests: pd.DataFrame) -> str:
+    """The between-repeat spread beside the margin, or why the interval lacks it."""
+    if len(config.training_seeds) < 2:
+        return ("One model per ratio and fold (one seed): the interval covers the choice of "
+                "test cases but not training noise, which can be as large as the margin; "
+                "`seeds = [0, 1, 2]` in the config repeats training and puts it in.")
+    spread = tests.loc[tests["class"] == "mean", "seed_sd"]
+    return (f"{len(config.training_seeds)} seeds x folds {list(config.train_folds)}: each "
+            "case's difference is averaged over the seeds and the interval adds the "
+            "between-seed variance of the per-model mean difference (training noise). "
+            f"Between-seed sd of the mean difference ('seed_sd'): {spread.min():.4f} to "
+            f"{spread.max():.4f} Dice, beside the margin {config.margin:g}.")
+
+
 def _safe_verdict(config: StudyConfig, tests: pd.DataFrame) -> str:
     over_classes = config.safe_ratio_over == "classes"
     lines = []
@@ -152,6 +166,7 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
                                             label_map=config.pretrained.get("label_map"))
                 table.insert(0, "experiment", "pretrained")
                 table.insert(1, "dataset", sweep.name)
+                table["train_seed"] = float("nan")  # not trained by this study
                 table["train_fraction"] = 1.0
                 results = pd.concat([results, table[list(seg.RESULT_COLUMNS)]],
                                     ignore_index=True)
@@ -215,7 +230,8 @@ def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
     budget_note = (f"Backend {config.backend.name}. Training budget: {request.epochs} epochs x "
                    f"{request.iterations_per_epoch} iterations = {iterations} iterations "
                    f"per model (the paper: {PAPER_ITERATIONS}), {shape}, folds "
-                   f"{list(config.train_folds)} of {config.folds}, {test_cases} test cases.")
+                   f"{list(config.train_folds)} of {config.folds}, seeds "
+                   f"{list(config.training_seeds)}, {test_cases} test cases.")
     if iterations < PAPER_ITERATIONS / 10 or test_cases < config.min_test_cases:
         budget_note += (" This run is far too short (or has too few test cases) to support "
                         "conclusions about compression: treat its Dice values as a check "
@@ -239,7 +255,8 @@ def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
             "per class and for the per-case mean over classes ('mean'), over the cases with "
             "a Dice at both ratios ('cases'), 95% t-interval (its false "
             "non-inferiority rate measured at 2.5% for 4 to 20 cases: docs/study.md), margin "
-            f"{config.margin:g} Dice. {_safe_verdict(config, tests)}",
+            f"{config.margin:g} Dice. {_repeat_note(config, tests)} "
+            f"{_safe_verdict(config, tests)}",
             tests.round(4), figures.plot_non_inferiority(tests, config.margin,
                                                          out / "non_inferiority")))
     if "cross" in config.experiments:
