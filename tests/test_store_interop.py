@@ -188,3 +188,32 @@ def test_a_new_store_declares_version_2_and_its_array_at_level_0(ct_store):
     assert store.format_version == 2 and store.array_path == ct_store / "0"
     assert json.loads((ct_store / ".zgroup").read_bytes()) == {"zarr_format": 2}
     assert not (ct_store / ".zarray").exists()
+
+
+@pytest.fixture(scope="module")
+def wide_int_store(ct_b_crop_array, ct_b_crop_image, tmp_path_factory):
+    """int32 values spanning 0..100000 at x8: rescaled onto 16-bit codes."""
+    values = np.clip((ct_b_crop_array.astype(np.int64) + 1024) * 20, 0, 100000).astype(np.int32)
+    values.flat[-1] = 100000
+    path = tmp_path_factory.mktemp("interop") / "wide.zarr"
+    attributes = compress_volume(Volume(values, ct_b_crop_image.affine), path,
+                                 Target("ratio", 8.0), workers=1)
+    assert attributes["intensity"]["exact"] is False
+    return path
+
+
+@pytest.mark.parametrize("name", ["wide_int_store", "float_mr_store"])
+def test_stock_zarr_reads_exactly_what_medlossy_decompresses(request, name, tmp_path):
+    """Regression (issue 12): zarr's FixedScaleOffset truncated to the integer dtype where
+    medlossy rounds, one off on about half the voxels of a rescaled integer store."""
+    import nibabel as nib
+
+    from medlossy.decompression import decompress_to_file
+
+    store = request.getfixturevalue(name)
+    store = store[0] if isinstance(store, tuple) else store
+    decompress_to_file(store, tmp_path / "back.nii.gz", workers=1)
+    decompressed = np.asarray(nib.load(tmp_path / "back.nii.gz").dataobj)
+    stock = _open(store)[:]
+    assert stock.dtype == decompressed.dtype
+    np.testing.assert_array_equal(stock, np.moveaxis(decompressed, 2, 0))
