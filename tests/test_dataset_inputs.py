@@ -226,8 +226,9 @@ def test_plain_folder_works_like_an_nnunet_dataset(tmp_path: Path, serial, cli) 
         save_nifti(root / "labels" / f"{name}.nii.gz", labels, affine)
     out = tmp_path / "sweep"
     assert compress(root, out, "1,5") == 0
-    assert sorted(p.name for p in (out / "nnunet").iterdir()) == \
-        ["Dataset800_scans_r1", "Dataset801_scans_r5"]
+    names = sorted(p.name for p in (out / "nnunet").iterdir())
+    assert [name.split("_", 1)[1] for name in names] == ["scans_r1", "scans_r5"]
+    assert len({name.split("_")[0] for name in names}) == 2
     for ratio in (1, 5):
         folder = dataset_folder(out, ratio)
         document = json.loads((folder / "dataset.json").read_text())

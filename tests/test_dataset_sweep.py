@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import types
 from pathlib import Path
 
@@ -30,7 +31,6 @@ from test_dataset_validation import (
 from medlossy.cli.main import main as cli_main
 
 RATIOS = (1, 5, 20)
-BASE_ID = 800
 MANIFEST_COLUMNS = [
     "case", "split", "channel", "modality", "ratio_target", "ratio_achieved", "target_reached",
     "raw_bytes", "stored_bytes", "psnr_db", "data_range", "mse", "max_abs_error",
@@ -115,13 +115,19 @@ def test_one_store_per_case_channel_and_ratio(ct_sweep: Path) -> None:
         assert (ct_sweep / store / ".zattrs").is_file()
 
 
-def test_every_ratio_gets_its_own_dataset_id(ct_sweep: Path) -> None:
+def test_every_ratio_gets_its_own_dataset_id(ct_sweep: Path, ct_source: Path) -> None:
+    from medlossy.datasets.sweep import default_first_id
+
     names = sorted(p.name for p in (ct_sweep / "nnunet").iterdir())
-    assert names == [f"Dataset{BASE_ID + i}_Small_{tag(r)}" for i, r in enumerate(RATIOS)]
+    first = default_first_id(ct_source)  # no --base-id: from the source's path
+    expected = [f"Dataset{500 + (first - 500 + i) % 500:03d}_Small_{tag(r)}"
+                for i, r in enumerate(RATIOS)]
+    assert names == sorted(expected)
     ids = [name.split("_")[0] for name in names]
     assert len(set(ids)) == len(RATIOS)
     sweep = json.loads((ct_sweep / "sweep.json").read_text())
-    assert sweep["datasets"] == {tag(r): name for r, name in zip(RATIOS, names, strict=True)}
+    assert sweep["datasets"] == {tag(r): name for r, name in zip(RATIOS, expected,
+                                                                 strict=True)}
     assert sweep["ratios"] == [float(r) for r in RATIOS]
 
 
@@ -381,6 +387,95 @@ def test_verify_works_from_any_working_directory(tmp_path: Path, monkeypatch, cl
     monkeypatch.chdir(elsewhere)
     code, _, stderr = cli("dataset", "verify", tmp_path / "sweep")
     assert code == 0, stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# One source per sweep folder; nnU-Net ids that do not collide between sources
+# ---------------------------------------------------------------------------------------------
+
+
+def _sweep_files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_sweep_folder_holds_one_source(tmp_path: Path, serial, cli) -> None:
+    first = write_synthetic_dataset(tmp_path / "Dataset540_First", {"f_a": 1})
+    second = write_synthetic_dataset(tmp_path / "Dataset541_Second", {"s_a": 2})
+    out = tmp_path / "sweep"
+    assert compress(first, out, "1,5") == 0
+    before = _sweep_files(out)
+    code, _, stderr = cli("dataset", "compress", second, "--ratios", "1,5", "--out", out,
+                               "--quiet", "--workers", "1")
+    assert code == EXIT_BAD_INPUT
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and str(first) in lines[0] and str(second) in lines[0], stderr
+    assert _sweep_files(out) == before  # nothing merged, nothing rewritten
+    assert compress(first, out, "1,5") == 0  # the same source resumes as before
+
+
+def test_an_ordinary_folder_is_not_a_sweep_out(tmp_path: Path, serial, cli) -> None:
+    source = write_synthetic_dataset(tmp_path / "Dataset542_Syn", {"o_a": 1})
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code, _, stderr = cli("dataset", "compress", source, "--ratios", "1", "--out", out,
+                          "--quiet", "--workers", "1")
+    assert code == EXIT_BAD_INPUT
+    assert "not a medlossy sweep folder" in stderr and len(stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_verify_catches_a_mixed_sweep_folder(tmp_path: Path, serial, cli) -> None:
+    """The folder the old code made when a second source was swept into the same --out."""
+    from medlossy.datasets.sweep import write_manifest
+
+    first = write_synthetic_dataset(tmp_path / "Dataset543_First", {"f_a": 1})
+    second = write_synthetic_dataset(tmp_path / "Dataset544_Second", {"s_a": 2})
+    out, other = tmp_path / "sweep", tmp_path / "other"
+    assert compress(first, out, "1", "--base-id", "800") == 0
+    assert compress(second, other, "1", "--base-id", "800") == 0
+    for folder in ("nnunet", "stores", "parts"):
+        shutil.copytree(other / folder, out / folder, dirs_exist_ok=True)
+    write_manifest(out)
+    code, _, stderr = cli("dataset", "verify", out)
+    assert code == EXIT_BAD_INPUT
+    assert "Dataset800_Second_r1: not a dataset of this sweep" in stderr
+    assert "2 datasets share one nnU-Net id: Dataset800_First_r1, Dataset800_Second_r1" \
+        in stderr
+    assert "manifest row of case s_a is not in this sweep's datasets" in stderr
+
+
+def _ids(out: Path) -> list[int]:
+    names = json.loads((out / "sweep.json").read_text())["datasets"].values()
+    return sorted(int(name.split("_")[0].removeprefix("Dataset")) for name in names)
+
+
+def test_default_ids_of_two_sources_sharing_nnunet_raw_do_not_collide(
+        tmp_path: Path, serial, monkeypatch) -> None:
+    from medlossy.datasets.sweep import default_first_id
+
+    raw = tmp_path / "nnUNet_raw"
+    raw.mkdir()
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    first = write_synthetic_dataset(tmp_path / "Dataset545_Syn", {"a_a": 1})
+    second = write_synthetic_dataset(tmp_path / "elsewhere" / "Dataset545_Syn", {"b_a": 2})
+    # Someone's dataset already holds the id the first source's hash points at.
+    taken = default_first_id(first)
+    (raw / f"Dataset{taken:03d}_Someone").mkdir()
+    assert compress(first, tmp_path / "one", "1,5,20") == 0
+    for folder in (tmp_path / "one" / "nnunet").iterdir():  # shared, as users do
+        (raw / folder.name).symlink_to(folder, target_is_directory=True)
+    assert compress(second, tmp_path / "two", "1,5,20") == 0
+    one, two = _ids(tmp_path / "one"), _ids(tmp_path / "two")
+    assert taken not in one
+    assert not set(one) & set(two)
+    assert all(500 <= i <= 999 for i in one + two)
+    names = [p.name.split("_")[0] for p in raw.iterdir()]
+    assert len(names) == len(set(names)) == 4
+    # A rerun keeps its ids, though its own datasets are now in nnUNet_raw.
+    assert compress(first, tmp_path / "one", "1,5,20") == 0
+    assert _ids(tmp_path / "one") == one
 
 
 # ---------------------------------------------------------------------------------------------

@@ -299,19 +299,20 @@ STUDY_LAYOUT = ("data", "prepared", "sweeps", "models", "results.csv", "report.m
 def dataset_compress(arguments: argparse.Namespace) -> None:
     from medlossy.datasets.nnunet_raw import open_raw_dataset
     from medlossy.datasets.preparation import crop_dataset
-    from medlossy.datasets.sweep import plan_sweep, run_sweep
+    from medlossy.datasets.sweep import check_sweep_folder, plan_sweep, run_sweep
     from medlossy.datasets.sweep_report import write_sweep_report
     from medlossy.tables import markdown_table
 
     ratios = _ratios(arguments.ratios)
     out = Path(arguments.out)
+    check_sweep_folder(out, Path(arguments.source))  # before anything is prepared in it
     dataset = _dicom_root_dataset(arguments, out) or open_raw_dataset(
         arguments.source, modality=arguments.modality)
     if arguments.crop_to_label:
         values = [int(v) for v in arguments.crop_to_label.split(",") if v.strip()]
         dataset = crop_dataset(dataset, values, arguments.margin, out / "prepared")
     plan = plan_sweep(dataset, out, ratios, base_id=arguments.base_id,
-                      skip_bad=arguments.skip_bad)
+                      skip_bad=arguments.skip_bad, origin=Path(arguments.source))
     for problem in plan.bad.values():
         _say(arguments, f"skipped: {problem}")
     run_sweep(plan, workers=arguments.workers, scheduler=arguments.scheduler,

@@ -187,8 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--ratios", default=",".join(str(r) for r in STUDY_RATIOS),
                        help="comma-separated ratios, 1 = lossless (default: the study's)")
     sweep.add_argument("--out", required=True, help="sweep folder to write")
-    sweep.add_argument("--base-id", type=int, default=800,
-                       help="nnU-Net dataset id of the first ratio; the others follow")
+    sweep.add_argument("--base-id", type=int, default=None,
+                       help="nnU-Net dataset id of the first ratio; the others follow "
+                            "(default: from a hash of the source's path, within 500..999, "
+                            "skipping ids in this sweep and in $nnUNet_raw/_preprocessed/"
+                            "_results)")
     sweep.add_argument("--modality", choices=("CT", "MR"), default="CT",
                        help="modality of a plain images/ folder (nnU-Net datasets say it)")
     sweep.add_argument("--crop-to-label", default=None, metavar="VALUES",

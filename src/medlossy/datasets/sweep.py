@@ -21,6 +21,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -45,10 +46,16 @@ from medlossy.io import read_volume
 from medlossy.io.nifti import write_nifti
 from medlossy.jsonfile import write_json
 from medlossy.metrics import CT_DATA_RANGE
+from medlossy.outputs import check_own_folder
 from medlossy.store import SliceStore
 
 STUDY_RATIOS = (1, 2, 5, 10, 20, 50, 70, 100)
-DEFAULT_BASE_ID = 800
+#: nnU-Net's ids for one's own datasets: 500 and up (below: its pretrained models), < 1000.
+CUSTOM_IDS = range(500, 1000)
+#: What a sweep folder holds at its top (see the module docstring; prepared: crops, DICOM).
+SWEEP_LAYOUT = ("sweep.json", "manifest.csv", "report.csv", "report.md", "stores", "nnunet",
+                "parts", "prepared")
+_DATASET_NAME = re.compile(r"Dataset(\d{3})_.+")
 
 
 @dataclass(frozen=True)
@@ -167,15 +174,16 @@ class SweepPlan:
     dataset: RawDataset
     out: Path
     ratios: tuple[float, ...]
-    base_id: int
+    base_id: int | None
     cases: tuple[Case, ...]
     bad: dict[str, str]
     ranges: dict[int, float]
     ids: dict[float, int] = field(default_factory=dict)
+    #: the source as the user named it (before any cropping or DICOM conversion)
+    origin: Path | None = None
 
     def dataset_folder(self, ratio: float) -> Path:
-        dataset_id = self.ids.get(ratio, self.base_id + sorted(self.ratios).index(ratio))
-        return self.out / "nnunet" / nnunet_dataset_name(self.dataset, ratio, dataset_id)
+        return self.out / "nnunet" / nnunet_dataset_name(self.dataset, ratio, self.ids[ratio])
 
     def tasks(self) -> list[SweepTask]:
         tasks = []
@@ -196,41 +204,108 @@ class SweepPlan:
         return tasks
 
 
-def _dataset_ids(out: Path, ratios: Sequence[float], base_id: int) -> dict[float, int]:
-    """nnU-Net id per ratio: base_id upwards in ratio order, except that the ids an earlier run
-    of this sweep gave keep their ratio, so adding a ratio later renames (and redoes) nothing."""
+def _read_sweep_json(out: Path) -> dict:
     try:
-        earlier = json.loads((out / "sweep.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        earlier = {}
+        return json.loads((out / "sweep.json").read_text())
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise MedlossyError(out / "sweep.json", f"corrupt ({error})") from None
+
+
+def check_sweep_folder(out: Path, origin: Path) -> None:
+    """Refuse an ``out`` that holds another source's sweep (the two would merge: one report,
+    two datasets under one nnU-Net id), or that holds files a sweep does not write."""
+    out = Path(out)
+    earlier = _read_sweep_json(out)
+    if not earlier:
+        check_own_folder(out, SWEEP_LAYOUT, "a medlossy sweep folder")
+        return
+    recorded = earlier.get("input")
+    if recorded is None:  # sweeps before "input" was recorded: their dataset root
+        recorded = earlier.get("source", "")
+        if Path(recorded).is_relative_to(out.absolute() / "prepared"):
+            return  # cropped or converted from DICOM: the original source was not recorded
+    if Path(recorded).resolve() != Path(origin).absolute().resolve():
+        raise MedlossyError(out, f"holds the sweep of {recorded}, not of {origin}; a sweep "
+                                 "folder holds one source: choose another --out")
+
+
+def _ids_in_use(out: Path, own: set[str]) -> set[int]:
+    """nnU-Net ids already taken: in this sweep's nnunet/ and in the folders nnU-Net uses
+    ($nnUNet_raw, $nnUNet_preprocessed, $nnUNet_results), except this sweep's own datasets."""
+    folders = [out / "nnunet", *(Path(os.environ[name]) for name in
+                                 ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+                                 if os.environ.get(name))]
+    taken = set()
+    for folder in folders:
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                match = _DATASET_NAME.fullmatch(entry.name)
+                if match and entry.name not in own:
+                    taken.add(int(match.group(1)))
+    return taken
+
+
+def default_first_id(origin: Path) -> int:
+    """Where a source's ids start when none is given: a hash of the source's path, so sweeps
+    of different sources sharing one nnUNet_raw start far apart, and a rerun starts alike."""
+    digest = hashlib.sha256(str(Path(origin).absolute()).encode()).digest()
+    return CUSTOM_IDS.start + int.from_bytes(digest[:8], "big") % len(CUSTOM_IDS)
+
+
+def _dataset_ids(out: Path, ratios: Sequence[float], base_id: int | None,
+                 origin: Path) -> dict[float, int]:
+    """nnU-Net id per ratio, in ratio order. The ids an earlier run of this sweep gave keep
+    their ratio, so adding a ratio later renames (and redoes) nothing. An explicit
+    ``base_id`` counts up from there; by default ids start at :func:`default_first_id` and
+    skip every id already in use (wrapping within 500..999)."""
+    earlier = _read_sweep_json(out)
     kept = {}
-    if earlier.get("base_id") == base_id:
+    if base_id is None or earlier.get("base_id") == base_id:
         kept = {tag: int(name.split("_", 1)[0].removeprefix("Dataset"))
                 for tag, name in earlier.get("datasets", {}).items()}
-    ids, taken, candidate = {}, set(kept.values()), base_id
+    taken = set(kept.values())
+    if base_id is None:
+        taken |= _ids_in_use(out, set(earlier.get("datasets", {}).values()))
+        candidates = [CUSTOM_IDS.start + (default_first_id(origin) - CUSTOM_IDS.start + k)
+                      % len(CUSTOM_IDS) for k in range(len(CUSTOM_IDS))]
+    else:
+        candidates = list(range(base_id, 1000))
+    free = iter(c for c in candidates if c not in taken)
+    ids = {}
     for ratio in sorted(ratios):
         if ratio_tag(ratio) in kept:
             ids[ratio] = kept[ratio_tag(ratio)]
             continue
-        while candidate in taken:
-            candidate += 1
-        ids[ratio] = candidate
-        taken.add(candidate)
+        ids[ratio] = next(free, None)
+        if ids[ratio] is None:
+            raise MedlossyError(None, "no free nnU-Net dataset id left for ratio "
+                                      f"{ratio:g} (pass another --base-id)")
     return ids
 
 
 def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
-               base_id: int = DEFAULT_BASE_ID, skip_bad: bool = False) -> SweepPlan:
-    """Validate every case, then lay out what to do; bad cases stop here unless skipped."""
+               base_id: int | None = None, skip_bad: bool = False,
+               origin: Path | None = None) -> SweepPlan:
+    """Validate every case, then lay out what to do; bad cases stop here unless skipped.
+
+    ``origin``: the source as the user named it, when ``dataset`` was prepared from it
+    (cropped, converted from DICOM); ``out`` must be new or this origin's sweep.
+    ``base_id``: the first ratio's nnU-Net id; default: derived from the origin, see
+    :func:`_dataset_ids`.
+    """
     if not ratios or any(r < 1 for r in ratios):
         raise MedlossyError(None, f"ratios must be >= 1 (1 = lossless), got {list(ratios)}")
-    if base_id < 1 or base_id + len(ratios) - 1 > 999:
+    if base_id is not None and (base_id < 1 or base_id + len(ratios) - 1 > 999):
         raise MedlossyError(None, f"dataset ids {base_id}..{base_id + len(ratios) - 1} are "
                                   "outside nnU-Net's 1..999")
     # Absolute paths: tasks may run in other processes or on Dask workers, and the manifest
     # and sweep.json must not depend on the directory the sweep was started from.
     dataset = replace(dataset, root=dataset.root.absolute())
     out = Path(out).absolute()
+    origin = Path(origin or dataset.root).absolute()
+    check_sweep_folder(out, origin)
     good, bad = [], {}
     for case in dataset.cases():
         problem = case_problem(dataset, case)
@@ -244,10 +319,10 @@ def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
         raise MedlossyError(dataset.root, "no usable case")
     ranges = _channel_ranges(dataset, good)
     ratios = tuple(sorted({float(r) for r in ratios}))
-    ids = _dataset_ids(out, ratios, base_id)
+    ids = _dataset_ids(out, ratios, base_id, origin)
     if max(ids.values()) > 999:
         raise MedlossyError(None, f"dataset id {max(ids.values())} is outside nnU-Net's 1..999")
-    return SweepPlan(dataset, out, ratios, base_id, tuple(good), bad, ranges, ids)
+    return SweepPlan(dataset, out, ratios, base_id, tuple(good), bad, ranges, ids, origin)
 
 
 @contextmanager
@@ -322,7 +397,8 @@ def _clean_partials(out: Path) -> None:
 
 def _write_sweep_json(plan: SweepPlan, bad: dict[str, str]) -> None:
     write_json(plan.out / "sweep.json", {
-        "source": str(plan.dataset.root), "ratios": list(plan.ratios),
+        "source": str(plan.dataset.root), "input": str(plan.origin or plan.dataset.root),
+        "ratios": list(plan.ratios),
         "base_id": plan.base_id,
         "datasets": {ratio_tag(r): plan.dataset_folder(r).name for r in plan.ratios},
         "psnr_ranges": {str(c): r for c, r in plan.ranges.items()},

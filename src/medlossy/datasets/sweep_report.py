@@ -64,10 +64,37 @@ def write_sweep_report(out: Path) -> tuple[pd.DataFrame, dict]:
     return summary, sweep
 
 
-def verify_sweep(out: Path) -> list[str]:
-    """Every problem found: stores, decoded images and label copies against checksums."""
-    sweep, manifest = _read(out)
+def _mixing(out: Path, sweep: dict, manifest: pd.DataFrame) -> list[str]:
+    """What shows that another source's sweep was written into this folder: nnU-Net datasets
+    this sweep did not make, two datasets under one id, rows outside this sweep's outputs."""
     problems = []
+    datasets = set(sweep["datasets"].values())
+    present = sorted(p.name for p in (out / "nnunet").iterdir()) \
+        if (out / "nnunet").is_dir() else []
+    for name in present:
+        if name not in datasets:
+            problems.append(f"{out / 'nnunet' / name}: not a dataset of this sweep (of "
+                            f"{sweep.get('input', sweep['source'])}): another sweep was "
+                            "written into this folder")
+    by_id: dict[str, list[str]] = {}
+    for name in present:
+        by_id.setdefault(name.split("_", 1)[0], []).append(name)
+    for names in by_id.values():
+        if len(names) > 1:
+            problems.append(f"{out / 'nnunet'}: {len(names)} datasets share one nnU-Net id: "
+                            f"{', '.join(names)}")
+    for row in manifest.to_dict("records"):  # decoded: nnunet/<dataset>/images*/<file>
+        if Path(row["decoded"]).parent.parent.name not in datasets:
+            problems.append(f"{row['decoded']}: manifest row of case {row['case']} is not in "
+                            "this sweep's datasets (mixed sweep folder)")
+    return problems
+
+
+def verify_sweep(out: Path) -> list[str]:
+    """Every problem found: another sweep mixed in, then stores, decoded images and label
+    copies against checksums."""
+    sweep, manifest = _read(out)
+    problems = _mixing(out, sweep, manifest)
     for row in manifest.to_dict("records"):
         task = SweepTask(case=row["case"], split=row["split"], channel=int(row["channel"]),
                          modality=row["modality"], image="", ratio=float(row["ratio_target"]),
