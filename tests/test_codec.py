@@ -129,3 +129,120 @@ def test_registry():
     assert "jpeg2k" in codec_names()
     with pytest.raises(ValueError, match="unknown codec"):
         get_codec("jpeg-xl-nope")
+
+
+# --- every codec through the same interface -------------------------------------------------
+
+ALL_CODECS = ["jpeg2k", "htj2k", "jpegxl", "jpegls", "sperr", "sz3", "zfp"]
+
+
+def test_every_codec_is_registered():
+    assert set(ALL_CODECS) <= set(codec_names())
+
+
+@pytest.fixture(scope="module")
+def ct_codes(ct_b_crop_array) -> dict[str, np.ndarray]:
+    """One chunk of real CT codes per codec: a slice, or a 16-slice block, (u)int16."""
+    slices = np.ascontiguousarray(np.moveaxis(ct_b_crop_array, 2, 0))
+    chunks = {}
+    for name in ALL_CODECS:
+        codec = get_codec(name)
+        codes = slices - slices.min() if codec.unsigned_only else slices
+        codes = codes.astype(np.uint16 if codec.unsigned_only else np.int16)
+        chunks[name] = codes[:codec.block_depth] if codec.block_depth > 1 else codes[12]
+    return chunks
+
+
+@pytest.mark.parametrize("name", ALL_CODECS)
+def test_lossy_round_trip_keeps_shape_dtype_and_the_anatomy(name, ct_codes):
+    codec, codes = get_codec(name), ct_codes[name]
+    setting = Setting("quality", codec.quality_for_psnr(50.0, 4096.0)) \
+        if "psnr" in codec.modes else Setting("max_error", 8.0)
+    stream = codec.encode(codes, setting)
+    decoded = codec.decode(stream, shape=codes.shape, dtype=codes.dtype)
+    assert decoded.shape == codes.shape and decoded.dtype == codes.dtype
+    assert codes.nbytes / len(stream) > 2  # it compresses
+    assert 35 < psnr(codes, decoded, 4096.0) < 90  # lossy, and still the image
+    bound = codec.error_bound(setting)
+    if bound is not None:
+        assert np.abs(decoded.astype(int) - codes).max() <= bound
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_CODECS if "lossless" in get_codec(n).modes])
+def test_lossless_round_trip_of_every_codec_that_has_one(name, ct_codes):
+    codec, codes = get_codec(name), ct_codes[name]
+    decoded = codec.decode(codec.encode(codes, Setting("lossless")), shape=codes.shape,
+                           dtype=codes.dtype)
+    np.testing.assert_array_equal(decoded, codes)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_CODECS if "max_error" in get_codec(n).modes])
+@pytest.mark.parametrize("bound", [1, 4, 16])
+def test_max_error_setting_holds_its_bound_and_uses_it(name, bound, ct_codes):
+    codec, codes = get_codec(name), ct_codes[name]
+    stream = codec.encode(codes, Setting("max_error", float(bound)))
+    decoded = codec.decode(stream, shape=codes.shape, dtype=codes.dtype)
+    error = np.abs(decoded.astype(int) - codes)
+    assert error.max() <= bound
+    # lossy: the bound is used, not lossless in disguise (ZFP rounds its tolerance down to a
+    # power of two and stays well inside it: at 1 code it is exact after rounding)
+    assert error.max() > 0 or (name == "zfp" and bound == 1)
+
+
+@pytest.mark.parametrize("name", ["sperr", "sz3", "zfp"])
+def test_block_codecs_are_3d_and_refuse_slices(name, ct_codes):
+    codec = get_codec(name)
+    assert codec.block_depth == 16 and ct_codes[name].shape[0] == 16
+    with pytest.raises(ValueError, match="3D blocks"):
+        codec.encode(ct_codes[name][0], Setting("max_error", 4.0))
+
+
+def test_unsigned_codecs_refuse_signed_codes(ct_codes):
+    with pytest.raises(ValueError, match="uint16"):
+        get_codec("jpegls").encode(ct_codes["jpeg2k"], Setting("max_error", 2.0))
+
+
+def test_a_missing_library_names_what_installs_it(monkeypatch):
+    from medlossy.codecs import CodecError, sperr
+
+    monkeypatch.setattr(sperr.SperrCodec, "available", False)
+    with pytest.raises(CodecError, match="not installed: it needs imagecodecs built with SPERR"):
+        get_codec("sperr")
+
+
+def test_htj2k_raises_an_error_openjph_only_printed(monkeypatch, ct_codes):
+    """OpenJPH once reported a failure as "Exception ignored" and returned garbage."""
+    import sys
+
+    import imagecodecs
+
+    from medlossy.codecs import htj2k
+
+    real = imagecodecs.htj2k_encode
+
+    class Failing:
+        def __del__(self):
+            raise RuntimeError("codestream error")  # Python prints it: "Exception ignored"
+
+    def printing_encoder(image, **options):
+        Failing()
+        return real(image, **options)
+
+    monkeypatch.setattr(htj2k.imagecodecs, "htj2k_encode", printing_encoder)
+    hook = sys.unraisablehook
+    with pytest.raises(RuntimeError, match=r"OpenJPH reported an error.*codestream error"):
+        get_codec("htj2k").encode(ct_codes["htj2k"], Setting("quality", 60.0))
+    assert sys.unraisablehook is hook  # the process-wide hook is put back
+
+
+def test_stock_zarr_block_codec_decodes_what_medlossy_wrote(ct_codes):
+    from numcodecs import get_codec as numcodecs_codec
+
+    codec, codes = get_codec("sz3"), ct_codes["sz3"]
+    stream = codec.encode(codes, Setting("max_error", 3.0))
+    config = codec.store_codec(codes.shape, codes.dtype.str).get_config()
+    assert config == {"id": "medlossy.block", "codec": "sz3", "shape": [16, 96, 80],
+                      "dtype": "<i2"}
+    stock = numcodecs_codec(config)
+    np.testing.assert_array_equal(stock.decode(stream),
+                                  codec.decode(stream, shape=codes.shape, dtype=codes.dtype))

@@ -119,3 +119,35 @@ def test_bench_loader_refuses_a_bad_patch_in_one_line(crop_case, cli):
     stores, _, _, _ = crop_case
     code, _, err = cli("bench", "loader", str(stores), "--patch", "8,48")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--patch" in err
+
+
+@pytest.fixture(scope="module")
+def block_store(ct_b_crop_image, ct_b_crop_array, tmp_path_factory):
+    """The real CT crop in blocks of 16 slices (SZ3, maximum error 3)."""
+    path = tmp_path_factory.mktemp("loading_blocks") / "ct_0000.zarr"
+    volume = Volume(ct_b_crop_array, ct_b_crop_image.affine, modality="CT")
+    compress_volume(volume, path, Target("max_error", 3.0), codec_name="sz3", workers=1)
+    return path, np.moveaxis(read_store(path, workers=1).array, 2, 0)
+
+
+@pytest.mark.parametrize("start", [(0, 0, 0), (10, 20, 7), (16, 1, 2), (14, 40, 30)])
+def test_boxes_across_blocks_are_the_decoded_volumes(block_store, start):
+    path, decoded = block_store
+    volume = StoreVolume(path)
+    assert volume.store.depth == 16 and volume.shape == (24, 96, 80)
+    size = (8, 48, 40)
+    box = tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))
+    np.testing.assert_array_equal(volume.read(start, size), decoded[box])
+
+
+def test_block_store_patches_and_reduced_level(block_store):
+    path, decoded = block_store
+    dataset = StorePatchDataset([path], PATCH, samples=3, seed=0, threads=2)
+    sample = dataset[1]
+    z, y, x = sample["start"]
+    np.testing.assert_array_equal(sample["image"][0].numpy(),
+                                  decoded[z:z + 8, y:y + 48, x:x + 40])
+    half = StoreVolume(path, level=1)
+    assert half.shape == (24, 48, 40)
+    np.testing.assert_allclose(half.read((15, 0, 0), (3, 48, 40)),
+                               np.stack([block_mean(p, 1) for p in decoded[15:18]]), atol=1e-3)

@@ -217,3 +217,43 @@ def test_stock_zarr_reads_exactly_what_medlossy_decompresses(request, name, tmp_
     stock = _open(store)[:]
     assert stock.dtype == decompressed.dtype
     np.testing.assert_array_equal(stock, np.moveaxis(decompressed, 2, 0))
+
+
+def codec_store(ct_b_crop_image, ct_b_crop_array, tmp_path_factory):
+    """The CT crop at x8 with a given codec (slice or 3D block codec)."""
+    made = {}
+
+    def make(name: str):
+        if name not in made:
+            path = tmp_path_factory.mktemp("interop") / f"{name}.zarr"
+            volume = Volume(ct_b_crop_array, ct_b_crop_image.affine, modality="CT")
+            compress_volume(volume, path, Target("ratio", 8.0), codec_name=name, workers=1)
+            made[name] = path
+        return made[name]
+
+    return make
+
+
+@pytest.mark.parametrize("name", ["htj2k", "jpegxl", "jpegls", "sperr", "sz3", "zfp"])
+def test_stock_zarr_reads_every_codec_as_medlossy_does(codec_store, name):
+    """Stock zarr with imagecodecs' codecs (slices) or medlossy's ``medlossy.block`` (3D)."""
+    import medlossy.codecs  # noqa: F401  (registers medlossy.block with numcodecs)
+
+    path = codec_store(name)
+    array = _open(path)
+    assert array.shape == (24, 96, 80) and array.dtype == np.int16
+    assert array.chunks[0] == (16 if name in ("sperr", "sz3", "zfp") else 1)
+    ours = np.moveaxis(read_store(path, workers=1).array, 2, 0)
+    np.testing.assert_array_equal(array[:], ours)
+    np.testing.assert_array_equal(array[17:20, 5:9], ours[17:20, 5:9])  # inside the last block
+
+
+def test_a_block_store_names_a_corrupt_block(codec_store, tmp_path, cli):
+    path = tmp_path / "sz3.zarr"
+    shutil.copytree(codec_store("sz3"), path)
+    chunk = path / "0" / "1.0.0"
+    chunk.write_bytes(chunk.read_bytes()[:-7] + b"garbage")
+    code, _, err = cli("verify", path)
+    assert code == 2 and "block 1 (slices 16-23)" in err
+    with pytest.raises(Exception, match=r"block 1 \(slices 16-23\) is corrupt"):
+        read_store(path, workers=1)

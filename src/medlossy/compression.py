@@ -1,9 +1,10 @@
 """Compress a volume into a store at a target ratio, PSNR or losslessly, and decompress it.
 
 Data flow: stream the volume slab by slab (validate, plan the 16-bit mapping, fill the slice
-buffer) -> encode every slice, searching the codec setting that meets the target -> decode and
-measure the error against the source, slab by slab -> write the store under a temporary name
-and rename it into place.
+buffer) -> encode every chunk (a slice, or a block of slices for 3D codecs), searching the
+codec setting that meets the target -> decode every chunk and check it against its codes
+(shape, dtype, error bound) -> measure the error against the source, slab by slab -> write
+the store under a temporary name and rename it into place.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from medlossy import __version__
 from medlossy.atomic import atomic_output
 from medlossy.checksums import crc32
-from medlossy.codecs import Setting, SliceCodec, get_codec
+from medlossy.codecs import CodecError, Setting, SliceCodec, get_codec, require_mode
 from medlossy.codecs.intensity import (
     CodeMapping,
     bits_needed,
@@ -32,6 +33,7 @@ from medlossy.codecs.intensity import (
     stored_integer_mapping,
 )
 from medlossy.codecs.pool import SliceEncoder, default_workers, slice_encoder
+from medlossy.codecs.verify import VerifyError, verify_chunks
 from medlossy.errors import MedlossyError
 from medlossy.metrics import (
     ErrorTally,
@@ -66,13 +68,14 @@ class Target:
     """What to aim for.
 
     ``mode``: "ratio" (value = raw 16-bit bytes / stored bytes), "psnr" (value in dB, the
-    study's definition) or "lossless". ``allocation`` (ratio mode): "psnr" spreads bytes so
+    study's definition), "max_error" (value = largest absolute error, in the volume's units)
+    or "lossless". ``allocation`` (ratio mode): "psnr" spreads bytes so
     every slice gets the same distortion target; "equal" gives every slice the same ratio;
     "optimal" runs both searches and picks, slice by slice, the encoding that removes the most
     error per byte within the budget (never worse than either, about 30% more encoding).
     """
 
-    mode: Literal["ratio", "psnr", "lossless"]
+    mode: Literal["ratio", "psnr", "max_error", "lossless"]
     value: float = 0.0
     allocation: Literal["psnr", "equal", "optimal"] = "psnr"
 
@@ -81,6 +84,8 @@ class Target:
             raise ValueError(f"a lossy ratio must be greater than 1, got {self.value:g}")
         if self.mode == "psnr" and not self.value > 0.0:
             raise ValueError(f"a PSNR target must be positive, got {self.value:g}")
+        if self.mode == "max_error" and not self.value > 0.0:
+            raise ValueError(f"a maximum error must be positive, got {self.value:g}")
         if self.allocation not in ("psnr", "equal", "optimal"):
             raise ValueError("allocation must be 'psnr', 'equal' or 'optimal', got "
                              f"{self.allocation!r}")
@@ -216,6 +221,26 @@ def _achieved_block(stored: int, raw: int, shape: tuple[int, ...], tally: ErrorT
     return block
 
 
+def _decoded_slices(codec: SliceCodec, streams: list[bytes], layout: StoreLayout,
+                    workers: int):
+    """Every decoded slice of the volume, in order (blocks decoded a few at a time)."""
+    shape = (layout.depth, layout.rows, layout.columns) if layout.depth > 1 \
+        else (layout.rows, layout.columns)
+
+    def decode(stream: bytes) -> np.ndarray:
+        return codec.decode(stream, shape=shape, dtype=layout.mapping.code_dtype).reshape(
+            -1, layout.rows, layout.columns)
+
+    remaining = layout.slices
+    with ThreadPoolExecutor(max_workers=workers) as threads:  # imagecodecs releases the GIL
+        step = max(1, 64 // layout.depth)
+        for start in range(0, len(streams), step):
+            for block in threads.map(decode, streams[start : start + step]):
+                for plane in block[: min(len(block), remaining)]:
+                    remaining -= 1
+                    yield plane
+
+
 def _measure_errors(volume: Volume, source: str, streams: list[bytes], codec: SliceCodec,
                     layout: StoreLayout, workers: int) -> tuple[ErrorTally, ErrorTally]:
     """Decode every codestream and compare with the source, slab by slab.
@@ -223,17 +248,15 @@ def _measure_errors(volume: Volume, source: str, streams: list[bytes], codec: Sl
     Returns the total error (source vs decoded values) and the codec's own (codes vs decoded
     codes, in original units).
     """
-    mapping, shape = layout.mapping, (layout.rows, layout.columns)
+    mapping = layout.mapping
     total, codec_only = ErrorTally(), ErrorTally()
-    with ThreadPoolExecutor(max_workers=workers) as threads:  # imagecodecs releases the GIL
-        for start, slab in _read_slabs(volume, source):
-            decoded = np.stack(list(threads.map(
-                lambda stream: codec.decode(stream, shape, mapping.code_dtype),
-                streams[start : start + len(slab)])))
-            total.add(slab, mapping.to_values(decoded))
-            if not mapping.exact:
-                codec_only.add(mapping.to_codes(slab).astype(np.float64) * mapping.step,
-                               decoded.astype(np.float64) * mapping.step)
+    planes = _decoded_slices(codec, streams, layout, workers)
+    for _, slab in _read_slabs(volume, source):
+        decoded = np.stack([next(planes) for _ in range(len(slab))])
+        total.add(slab, mapping.to_values(decoded))
+        if not mapping.exact:
+            codec_only.add(mapping.to_codes(slab).astype(np.float64) * mapping.step,
+                           decoded.astype(np.float64) * mapping.step)
     # With an exact mapping, all of the error is the codec's.
     return total, codec_only if not mapping.exact else total
 
@@ -243,17 +266,40 @@ class _Found:
     setting: Setting
     streams: list[bytes]
     reached: bool
+    #: Largest error (codes) any chunk may show; None when the setting promises none.
+    bound: float | None = None
 
+
+def _bound(codec: SliceCodec, settings: list[Setting]) -> float | None:
+    bounds = [codec.error_bound(s) for s in settings]
+    return None if any(b is None for b in bounds) else max(bounds)
+
+
+def _codes_bound(target: Target, mapping: CodeMapping, source: str) -> int:
+    """The whole number of codes a maximum-error target allows (mapping rounding included)."""
+    allowed = (target.value - mapping.max_rounding_error) / mapping.step
+    codes = math.floor(allowed + 1e-9)
+    if codes < 1:
+        quantum = mapping.step
+        raise MedlossyError(source, f"maximum error {target.value:g} is below the data's "
+                                    f"quantum ({quantum:g} per code, rounding "
+                                    f"{mapping.max_rounding_error:g}); use --lossless")
+    return codes
 
 def _search(encode, encoder: SliceEncoder, count_bytes: ByteCounter, target: Target, raw: int,
-            data_range: float) -> _Found:
+            data_range: float, max_error_codes: int = 0) -> _Found:
     """Encode until the target is met; ``encode(setting)`` encodes the whole volume once."""
     codec = encoder.codec
     if target.mode == "lossless":
-        return _Found(Setting("lossless"), encode(Setting("lossless")), True)
+        return _Found(Setting("lossless"), encode(Setting("lossless")), True, 0.0)
+    if target.mode == "max_error":
+        setting = Setting("max_error", float(max_error_codes))
+        return _Found(setting, encode(setting), True, codec.error_bound(setting))
     if target.mode == "psnr":
         return _search_psnr(encode, encoder, target, data_range)
     budget = int(raw / target.value)
+    if codec.discrete:
+        return _search_discrete(encode, encoder, count_bytes, budget)
     found = []
     if target.allocation in ("psnr", "optimal"):
         def measure_quality(knob: float):
@@ -276,21 +322,65 @@ def _search(encode, encoder: SliceEncoder, count_bytes: ByteCounter, target: Tar
     if best.total_bytes < budget * (1.0 - RATIO_TOLERANCE):
         # Even the best lossy quality is under budget (x2 on some CT): if lossless fits too,
         # it is both exact and smaller, so store that and report the ratio achieved.
-        lossless = encode(Setting("lossless"))
-        if count_bytes(lossless) <= budget * (1.0 + RATIO_TOLERANCE):
-            return _Found(Setting("lossless"), lossless, False)
+        lossless = encode(Setting("lossless")) if "lossless" in codec.modes else None
+        if lossless is not None and count_bytes(lossless) <= budget * (1.0 + RATIO_TOLERANCE):
+            return _Found(Setting("lossless"), lossless, False, 0.0)
     streams = best.payload
+    bound = _bound(codec, [s for s, _ in found])
     if len(found) == 2:
         setting, streams = _best_mix(encoder, count_bytes, found, budget)
     total = count_bytes(streams)
-    return _Found(setting, streams, abs(total / budget - 1.0) <= RATIO_TOLERANCE)
+    return _Found(setting, streams, abs(total / budget - 1.0) <= RATIO_TOLERANCE, bound)
+
+
+def _search_discrete(encode, encoder: SliceEncoder, count_bytes: ByteCounter,
+                     budget: int) -> _Found:
+    """Ratio for a codec with whole-number maximum errors only (JPEG-LS NEAR): find the two
+    neighbouring errors whose volumes bracket the budget, then choose chunk by chunk between
+    them (least total error within the budget)."""
+    codec = encoder.codec
+    encoded: dict[int, list[bytes]] = {}
+
+    def size(near: int) -> int:
+        if near not in encoded:
+            encoded[near] = encode(Setting("max_error", float(near)))
+        return count_bytes(encoded[near])
+
+    top = int(codec.quality_range[1])
+    low, high = 0, 1  # bytes fall as NEAR grows: find high with size(high) <= budget
+    while size(high) > budget and high < top:
+        low, high = high, min(2 * high, top)
+    if size(high) > budget:
+        setting = Setting("max_error", float(high))
+        return _Found(setting, encoded[high], False, float(high))
+    if low == 0:  # even NEAR 1 fits: there is nothing coarser to mix with
+        setting = Setting("max_error", 1.0)
+        reached = abs(size(1) / budget - 1.0) <= RATIO_TOLERANCE
+        return _Found(setting, encoded[1], reached, 1.0)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if size(middle) > budget else (low, middle)
+    candidates = [encoded[low], encoded[high]]
+    sizes = np.array([[len(c[i]) for c in candidates] for i in range(len(candidates[0]))])
+    errors = np.stack([_squared_errors(encoder, c) for c in candidates], axis=1)
+    overhead = count_bytes(candidates[0]) - int(sizes[:, 0].sum())
+    choice = choose_per_slice(sizes, errors, budget - overhead)
+    streams = [candidates[c][i] for i, c in enumerate(choice)]
+    used = sorted({(low, high)[c] for c in choice})
+    setting = Setting("max_error", float(used[0])) if len(used) == 1 else Setting("mixed")
+    reached = abs(count_bytes(streams) / budget - 1.0) <= RATIO_TOLERANCE
+    return _Found(setting, streams, reached, float(high))
 
 
 def _squared_errors(encoder: SliceEncoder, streams: list[bytes]) -> np.ndarray:
     codec = encoder.codec
     errors = np.empty(len(streams))
     for index, stream in enumerate(streams):
-        difference = encoder.slices[index].astype(np.float64) - codec.decode(stream)
+        codes = encoder.chunk(index)
+        decoded = codec.decode(stream, shape=codes.shape, dtype=codes.dtype)
+        held = len(encoder.held(index))  # a padded block's repeats are not the volume's
+        difference = (codes[:held].astype(np.float64) - decoded[:held]) if codes.ndim == 3 \
+            else codes.astype(np.float64) - decoded
         errors[index] = float(np.dot(difference.ravel(), difference.ravel()))
     return errors
 
@@ -324,14 +414,20 @@ def _search_psnr(encode, encoder: SliceEncoder, target: Target, data_range: floa
         streams = encode(Setting("quality", knob))
         tally = ErrorTally()
         for index, stream in enumerate(streams):
-            tally.add(encoder.slices[index], codec.decode(stream))
+            codes = encoder.chunk(index)
+            decoded = codec.decode(stream, shape=codes.shape, dtype=codes.dtype)
+            held = len(encoder.held(index))
+            if codes.ndim == 3:
+                codes, decoded = codes[:held], decoded[:held]
+            tally.add(codes, decoded)
         achieved = tally.psnr(data_range)
         if achieved >= target.value and achieved - target.value <= _PSNR_TOLERANCE_DB:
             break
         knob = min(max(knob + (target.value - achieved) + 0.02, codec.quality_range[0]),
                    codec.quality_range[1])
-    return _Found(Setting("quality", knob), streams,
-                  achieved >= target.value - _PSNR_TOLERANCE_DB)
+    setting = Setting("quality", knob)
+    return _Found(setting, streams, achieved >= target.value - _PSNR_TOLERANCE_DB,
+                  codec.error_bound(setting))
 
 
 @dataclass(frozen=True)
@@ -394,7 +490,10 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
             raise MedlossyError(source, f"codec {codec_name!r} is lossless only; use "
                                         "--lossless, or --codec jpeg2k for a ratio or PSNR")
         mapping = identity_mapping(scan.dtype)
-    elif lossless and not mapping.exact:
+    elif codec.unsigned_only and mapping.code_dtype != "<u2":
+        mapping = plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral,
+                               unsigned=True)
+    if lossless and not codec.any_dtype and not mapping.exact:
         raise MedlossyError(source, f"cannot store losslessly with {codec_name}: "
                                     f"{_not_16_bit(scan)}, and {codec_name} lossless here "
                                     "holds 16-bit integers; use --codec blosc (lossless zstd, "
@@ -404,7 +503,8 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
     if not codec.any_dtype and min(rows, columns) < 32:
         raise MedlossyError(source, f"axial slices are {rows}x{columns}; JPEG 2000 here needs "
                                     "at least 32x32")
-    layout = StoreLayout(volume.shape[volume.axial_axis], rows, columns, mapping)
+    layout = StoreLayout(volume.shape[volume.axial_axis], rows, columns, mapping,
+                         codec.block_depth)
     return Plan(codec, mapping, layout, peak, raw_bytes(volume.shape))
 
 
@@ -417,6 +517,14 @@ def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteC
     metadata for a store, the pixel data for DICOM. Errors are measured against the source.
     """
     codec, layout, mapping = plan.codec, plan.layout, plan.mapping
+    try:
+        require_mode(codec, target.mode)
+        if target.mode == "ratio" and target.allocation != "psnr" and not codec.per_chunk_ratio:
+            raise CodecError(f"codec {codec.name!r} has no per-chunk ratio: use the default "
+                             "allocation (psnr)")
+    except CodecError as error:
+        raise MedlossyError(None, str(error)) from None
+    max_error_codes = _codes_bound(target, mapping, source) if target.mode == "max_error" else 0
     workers = workers or default_workers()
     started = time.perf_counter()
     passes = 0
@@ -437,7 +545,12 @@ def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteC
 
         # The search measures PSNR on codes: the peak in code units.
         found = _search(encode, encoder, count_bytes, target, plan.raw,
-                        plan.peak / mapping.step)
+                        plan.peak / mapping.step, max_error_codes)
+        try:
+            verify_chunks(codec, encoder.chunk, found.streams, found.bound,
+                          [encoder.held(i).start for i in range(encoder.chunks)], workers)
+        except VerifyError as error:
+            raise MedlossyError(source, str(error)) from None
     seconds = time.perf_counter() - started
     tally, codec_tally = _measure_errors(volume, source, found.streams, codec, layout, workers)
     return Encoding(found.setting, found.streams, found.reached, tally, passes, seconds,

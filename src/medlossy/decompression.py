@@ -26,10 +26,11 @@ def read_store(path: str | Path, *, workers: int | None = None) -> Volume:
     array = np.empty(shape, dtype=store.mapping.original_dtype)
     slices_first = np.moveaxis(array, geometry["axial_axis"], 0)
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as threads:
-        decoded = threads.map(lambda index: store.decode_codes(index, codec),
-                              range(store.slices))
+        decoded = threads.map(lambda index: store.decode_chunk(index, codec),
+                              range(store.chunks))
         for index, codes in enumerate(decoded):
-            slices_first[index] = store.mapping.to_values(codes)
+            held = store.chunk_slices(index)
+            slices_first[held.start : held.stop] = store.mapping.to_values(codes)
     source = attributes.get("source", {})
     header = {key: value for key, value in source.items() if key != "file"}
     return Volume(array, np.asarray(geometry["affine"], dtype=float),

@@ -47,6 +47,8 @@ def _target(arguments: argparse.Namespace) -> Target:
         return Target("lossless")
     if arguments.psnr is not None:
         return Target("psnr", arguments.psnr)
+    if getattr(arguments, "max_error", None) is not None:
+        return Target("max_error", arguments.max_error)
     if arguments.ratio <= 1:
         raise MedlossyError(None, f"--ratio must be greater than 1 for lossy compression "
                                   f"(got {arguments.ratio:g}); use --lossless for exact storage")
@@ -174,7 +176,8 @@ def info(arguments: argparse.Namespace) -> None:
         ("spacing (mm)", " x ".join(f"{s:g}" for s in document["spacing"])),
         ("orientation", document["orientation"]),
         ("dtype / modality", f"{np.dtype(document['dtype']).name} / {document['modality']}"),
-        ("codec", f"{document['codec']['name']} {document['codec']['wavelet']}"),
+        ("codec", f"{document['codec']['name']} "
+                  f"{document['codec'].get('wavelet', document['codec'].get('transform', ''))}"),
         ("target", ", ".join(f"{k}={v}" for k, v in document["target"].items())),
         ("achieved ratio", f"x{achieved['ratio']:.3f} ({met})"),
         ("stored bytes", f"{achieved['stored_bytes']} (raw 16-bit: {achieved['raw_bytes']})"),
@@ -195,9 +198,13 @@ def verify(arguments: argparse.Namespace) -> None:
     store = SliceStore(arguments.store)
     bad = store.verify()
     if bad:
-        raise MedlossyError(arguments.store, f"{len(bad)} corrupt or missing slice(s): "
-                                             f"{', '.join(map(str, bad[:20]))}")
-    print(f"{arguments.store}: all {store.slices} slices match their checksums")
+        if store.depth == 1:
+            raise MedlossyError(arguments.store, f"{len(bad)} corrupt or missing slice(s): "
+                                                 f"{', '.join(map(str, bad[:20]))}")
+        raise MedlossyError(arguments.store, f"{len(bad)} corrupt or missing block(s): "
+                            + ", ".join(store.chunk_name(i) for i in bad[:20]))
+    held = f" in {store.chunks} blocks" if store.depth > 1 else ""
+    print(f"{arguments.store}: all {store.slices} slices{held} match their checksums")
 
 
 def _load(path: str) -> Volume:

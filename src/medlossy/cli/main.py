@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     compress = sub.add_parser("compress", help="compress a volume into a store",
                               description="Compress a NIfTI/NRRD file or DICOM series folder "
-                                          "into a Zarr store of JPEG 2000 slices.")
+                                          "into a Zarr store of JPEG 2000 slices (or another "
+                                          "codec's slices or blocks, --codec).")
     compress.add_argument("input", help=".nii, .nii.gz, .nrrd, or a folder of DICOM files")
     compress.add_argument("output", help="store to create (a directory, e.g. ct_r20.zarr)")
     target = compress.add_mutually_exclusive_group(required=True)
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="raw 16-bit bytes / stored bytes, e.g. 20")
     target.add_argument("--psnr", type=_positive_float, help="target PSNR in dB (study's)")
     target.add_argument("--lossless", action="store_true", help="bit-exact")
+    target.add_argument("--max-error", type=_positive_float,
+                        help="largest absolute error, in the volume's units (jpegls, sperr, "
+                             "sz3, zfp; see `medlossy codecs`)")
     compress.add_argument("--allocation", choices=("psnr", "equal", "optimal"),
                           default="psnr",
                           help="spread bytes for equal distortion per slice (default), give "

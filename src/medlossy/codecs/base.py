@@ -1,7 +1,11 @@
-"""What every slice codec provides, and the registry that finds one by name.
+"""What every codec provides, and the registry that finds one by name.
 
 The rest of medlossy (rate control, store, study) only talks to this interface, so HTJ2K,
 JPEG XL or SZ3 plug in as one more module without touching callers.
+
+A codec encodes one *chunk*: a 2D slice for slice codecs (``block_depth == 1``) or a block of
+``block_depth`` consecutive slices, (depth, rows, columns), for 3D codecs. The store keeps one
+chunk per file either way.
 """
 
 from __future__ import annotations
@@ -13,17 +17,25 @@ from typing import ClassVar, Literal
 import numpy as np
 from numcodecs.abc import Codec as NumcodecsCodec
 
-Mode = Literal["lossless", "ratio", "quality", "mixed"]
+Mode = Literal["lossless", "ratio", "quality", "max_error", "mixed"]
+#: What a user can ask a codec for (``Target.mode`` values).
+TargetMode = Literal["ratio", "psnr", "max_error", "lossless"]
+
+
+class CodecError(ValueError):
+    """The codec is unknown, not installed, or lacks the mode asked for."""
 
 
 @dataclass(frozen=True)
 class Setting:
-    """How to encode one slice.
+    """How to encode one chunk.
 
-    ``ratio``: the codec's own per-slice size target (raw 16-bit bytes / codestream bytes).
-    ``quality``: the codec's distortion knob, larger means better and bigger; for JPEG 2000 it
-    is PSNR in dB against the 16-bit peak 65535. ``mixed`` only records that slices were
-    encoded with different settings (the "optimal" allocation); it is never encoded.
+    ``ratio``: the codec's own per-chunk size target (raw 16-bit bytes / codestream bytes).
+    ``quality``: the codec's distortion knob, larger means better and bigger; every codec
+    scales it in decibels (one step of 6 dB about doubles the precision), so a PSNR shortfall
+    in dB is a good correction of the knob. ``max_error``: the largest absolute error allowed,
+    in codes. ``mixed`` only records that chunks were encoded with different settings (the
+    "optimal" allocation); it is never encoded.
     """
 
     mode: Mode
@@ -31,7 +43,7 @@ class Setting:
 
 
 class SliceCodec(ABC):
-    """Encodes 2D 16-bit slices to self-contained codestreams and back."""
+    """Encodes chunks of 16-bit codes (a slice, or a block of slices) to codestreams and back."""
 
     name: ClassVar[str]
     available: ClassVar[bool] = True
@@ -39,23 +51,41 @@ class SliceCodec(ABC):
     quality_range: ClassVar[tuple[float, float]] = (0.0, 0.0)
     #: True for codecs that store any dtype unchanged (no 16-bit mapping) and only losslessly.
     any_dtype: ClassVar[bool] = False
+    #: Slices per chunk: 1 for slice (2D) codecs, more for 3D codecs.
+    block_depth: ClassVar[int] = 1
+    #: Target modes this codec offers.
+    modes: ClassVar[frozenset[str]] = frozenset({"ratio", "psnr", "lossless"})
+    #: Whether ``Setting("ratio", r)`` is encoded directly (the "equal" allocation needs it).
+    per_chunk_ratio: ClassVar[bool] = False
+    #: Only whole-number quality values exist (JPEG-LS NEAR): a ratio is met by mixing the two
+    #: neighbouring values chunk by chunk instead of a continuous search.
+    discrete: ClassVar[bool] = False
+    #: The codec takes only unsigned 16-bit codes (signed data is offset by its minimum).
+    unsigned_only: ClassVar[bool] = False
+    #: Where it runs, the library that implements it, and what installs it.
+    hardware: ClassVar[str] = "CPU"
+    library: ClassVar[str] = ""
+    extra: ClassVar[str] = "imagecodecs (a core dependency)"
 
     @abstractmethod
     def encode(self, image: np.ndarray, setting: Setting) -> bytes:
-        """Encode a 2D array (int16/uint16 unless ``any_dtype``)."""
+        """Encode one chunk: a 2D (slice codecs) or 3D (block codecs) int16/uint16 array
+        (any dtype if ``any_dtype``)."""
 
     @abstractmethod
-    def decode(self, data: bytes, shape: tuple[int, int] | None = None,
-               dtype: str | None = None) -> np.ndarray:
-        """Decode one codestream to a 2D array of the dtype that was encoded.
+    def decode(self, data: bytes, shape: tuple[int, ...] | None = None,
+               dtype: np.dtype | str | None = None) -> np.ndarray:
+        """Decode one codestream to an array of the shape and dtype that was encoded.
 
-        ``shape`` and ``dtype`` are what the store says a slice is; codecs whose streams do
-        not carry them (Blosc) need them, self-describing ones (JPEG 2000) ignore them.
+        Codecs whose streams do not record them (Blosc, 3D float codecs) need ``shape`` and
+        ``dtype``; the others ignore both.
         """
 
     @abstractmethod
-    def store_codec(self) -> NumcodecsCodec:
-        """The numcodecs codec that stock zarr uses to read these codestreams."""
+    def store_codec(self, chunk_shape: tuple[int, ...] = (), dtype: str = "<i2",
+                    ) -> NumcodecsCodec:
+        """The numcodecs codec that stock zarr uses to read these codestreams (chunks of
+        ``chunk_shape`` codes of ``dtype``; self-describing codestreams ignore both)."""
 
     @abstractmethod
     def describe(self, setting: Setting) -> dict:
@@ -64,6 +94,17 @@ class SliceCodec(ABC):
     def quality_for_psnr(self, psnr_db: float, data_range: float) -> float:
         """The quality knob value expected to give ``psnr_db`` at peak ``data_range``."""
         raise NotImplementedError(f"codec {self.name!r} has no PSNR target")
+
+    def error_bound(self, setting: Setting) -> float | None:
+        """Largest absolute error (codes) an encode with ``setting`` may show, when known.
+
+        Verification after encode holds every chunk to it; None checks shape and dtype only.
+        """
+        if setting.mode == "lossless":
+            return 0.0
+        if setting.mode == "max_error":
+            return setting.value
+        return None
 
 
 _REGISTRY: dict[str, type[SliceCodec]] = {}
@@ -75,16 +116,30 @@ def register(codec_type: type[SliceCodec]) -> type[SliceCodec]:
     return codec_type
 
 
+def codec_type(name: str) -> type[SliceCodec]:
+    """The class registered as ``name``, installed or not."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise CodecError(f"unknown codec {name!r}; known: "
+                               f"{', '.join(sorted(_REGISTRY))}") from None
+
+
 def get_codec(name: str) -> SliceCodec:
     """An instance of the codec registered as ``name``."""
-    try:
-        codec_type = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown codec {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
-    if not codec_type.available:
-        raise ValueError(f"codec {name!r} is not installed")
-    return codec_type()
+    kind = codec_type(name)
+    if not kind.available:
+        raise CodecError(f"codec {name!r} is not installed: it needs {kind.extra}")
+    return kind()
 
 
 def codec_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def require_mode(codec: SliceCodec, mode: str) -> None:
+    """Refuse a target mode the codec does not offer, naming those it does."""
+    if mode not in codec.modes:
+        offered = ", ".join(sorted(codec.modes))
+        raise CodecError(f"codec {codec.name!r} has no {mode} mode (it offers: "
+                               f"{offered})")

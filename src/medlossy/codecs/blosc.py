@@ -24,6 +24,9 @@ class BloscCodec(SliceCodec):
 
     name = "blosc"
     any_dtype = True
+    modes = frozenset({"lossless"})
+    library = f"Blosc (zstd) via numcodecs {numcodecs.__version__}"
+    extra = "numcodecs (a core dependency)"
 
     def __init__(self) -> None:
         self._blosc = Blosc(cname=CNAME, clevel=CLEVEL, shuffle=SHUFFLE)
@@ -44,7 +47,7 @@ class BloscCodec(SliceCodec):
             raise ValueError(f"decodes to {len(raw)} bytes, expected {expected}")
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
-    def store_codec(self) -> Blosc:
+    def store_codec(self, chunk_shape: tuple[int, ...] = (), dtype: str = "<i2") -> Blosc:
         return Blosc(cname=CNAME, clevel=CLEVEL, shuffle=SHUFFLE)
 
     def describe(self, setting: Setting) -> dict:

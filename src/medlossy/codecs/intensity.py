@@ -90,15 +90,18 @@ class CodeMapping:
         return document
 
 
-def plan_mapping(low: float, high: float, dtype: np.dtype, all_integral: bool) -> CodeMapping:
+def plan_mapping(low: float, high: float, dtype: np.dtype, all_integral: bool, *,
+                 unsigned: bool = False) -> CodeMapping:
     """Choose how values in [low, high] of ``dtype`` become 16-bit codes.
 
     ``all_integral`` says whether a float array holds only whole numbers (CT saved as float).
+    ``unsigned``: the codec takes uint16 only (JPEG XL, JPEG-LS), so signed integer data is
+    offset by its minimum (still exact).
     """
     dtype = np.dtype(dtype)
     integral = np.issubdtype(dtype, np.integer) or dtype == np.bool_
     exact = integral or all_integral
-    if exact and _INT16.min <= low and high <= _INT16.max:
+    if exact and not unsigned and _INT16.min <= low and high <= _INT16.max:
         return CodeMapping(dtype.str, "<i2")
     if exact and _UINT16.min <= low and high <= _UINT16.max:
         return CodeMapping(dtype.str, "<u2")

@@ -56,6 +56,8 @@ class Jpeg2kCodec(SliceCodec):
     """JPEG 2000 Part 1: 9/7 irreversible wavelet for lossy, 5/3 reversible for lossless."""
 
     name = "jpeg2k"
+    per_chunk_ratio = True
+    library = f"OpenJPEG (pylibjpeg-openjpeg {openjpeg.__version__} encodes, imagecodecs decodes)"
     # OpenJPEG PSNR targets (peak 65535): 30 dB is far below any useful image, 130 dB is
     # beyond what the 9/7 wavelet reaches on 16-bit data.
     quality_range = (30.0, 130.0)
@@ -75,11 +77,12 @@ class Jpeg2kCodec(SliceCodec):
                                   signal_noise_ratios=[setting.value])
         return strip_comment(stream)
 
-    def decode(self, data: bytes, shape: tuple[int, int] | None = None,
-               dtype: str | None = None) -> np.ndarray:
+    def decode(self, data: bytes, shape: tuple[int, ...] | None = None,
+               dtype: np.dtype | str | None = None) -> np.ndarray:
         return imagecodecs.jpeg2k_decode(data)
 
-    def store_codec(self) -> Jpeg2kStoreCodec:
+    def store_codec(self, chunk_shape: tuple[int, ...] = (), dtype: str = "<i2",
+                    ) -> Jpeg2kStoreCodec:
         return Jpeg2kStoreCodec()
 
     def describe(self, setting: Setting) -> dict:

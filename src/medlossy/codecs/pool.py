@@ -1,4 +1,5 @@
-"""Encode every slice of a volume, in worker processes when more than one core is asked for.
+"""Encode every chunk (slice, or block of slices for 3D codecs) of a volume, in worker
+processes when more than one core is asked for.
 
 Processes, not threads: pylibjpeg-openjpeg's encoder crashes when called from two threads.
 The slices live in a memory-mapped temporary file that workers map read-only, so a volume is
@@ -28,11 +29,23 @@ def _start_worker(codec_name: str, path: str, shape: tuple[int, ...], dtype: str
     _worker = (get_codec(codec_name), np.memmap(path, dtype=dtype, mode="r", shape=shape))
 
 
+def chunk_of(slices: np.ndarray, index: int, depth: int) -> np.ndarray:
+    """Chunk ``index``: slice ``index`` (depth 1), or ``depth`` slices from ``index * depth``,
+    a last partial block padded by repeating its last slice (zarr's edge chunks are full
+    size; repeated slices cost a 3D codec almost nothing)."""
+    if depth == 1:
+        return np.asarray(slices[index])
+    block = np.asarray(slices[index * depth : (index + 1) * depth])
+    if len(block) < depth:
+        block = np.concatenate([block, np.repeat(block[-1:], depth - len(block), axis=0)])
+    return block
+
+
 def _encode_in_worker(task: tuple[int, Setting]) -> bytes:
     assert _worker is not None, "worker not initialised"
     codec, slices = _worker
     index, setting = task
-    return codec.encode(np.asarray(slices[index]), setting)
+    return codec.encode(chunk_of(slices, index, codec.block_depth), setting)
 
 
 def default_workers() -> int:
@@ -47,20 +60,32 @@ class SliceEncoder:
         self.codec = codec
         self.slices = slices
         self.workers = workers
+        self.depth = codec.block_depth
         self._executor = executor
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.slices.shape[0] // self.depth)
+
+    def chunk(self, index: int) -> np.ndarray:
+        """The codes of chunk ``index`` as encoded (a last block padded)."""
+        return chunk_of(self.slices, index, self.depth)
+
+    def held(self, index: int) -> range:
+        """The slices chunk ``index`` holds."""
+        return range(index * self.depth, min((index + 1) * self.depth, self.slices.shape[0]))
 
     def encode_all(self, setting: Setting, *, label: str = "encode",
                    show_progress: bool = False) -> list[bytes]:
-        """Codestreams of every slice, in slice order."""
-        count = self.slices.shape[0]
+        """Codestreams of every chunk, in slice order."""
+        count = self.chunks
         if self._executor is None:
-            results = (self.codec.encode(np.asarray(self.slices[i]), setting)
-                       for i in range(count))
+            results = (self.codec.encode(self.chunk(i), setting) for i in range(count))
         else:
             chunk = max(1, count // (self.workers * 8))
             results = self._executor.map(_encode_in_worker,
                                          [(i, setting) for i in range(count)], chunksize=chunk)
-        return list(tqdm(results, total=count, desc=label, unit="slice", leave=False,
+        return list(tqdm(results, total=count, desc=label, unit="chunk", leave=False,
                          disable=not show_progress))
 
 
@@ -71,7 +96,7 @@ def slice_encoder(codec: SliceCodec, shape: tuple[int, int, int], dtype: str,
 
     With one worker the array is plain memory; with more it is a temporary memory-mapped file.
     """
-    workers = max(1, min(workers or default_workers(), shape[0]))
+    workers = max(1, min(workers or default_workers(), -(-shape[0] // codec.block_depth)))
     if workers == 1:
         yield SliceEncoder(codec, np.empty(shape, dtype=dtype), 1, None)
         return

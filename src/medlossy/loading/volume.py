@@ -4,7 +4,9 @@ Data flow: patch box (z, y, x in the store's axis order, at resolution ``level``
 slices z..z+depth, each read and CRC-checked, decoded at that level (threads: imagecodecs and
 OpenJPEG release the GIL) -> the y/x window cropped -> codes mapped to values (float32,
 original units). Slices are whole codestreams, so each decoded slice costs the full slice at
-that level; the y/x crop saves memory, not decode time (see BENCHMARKS.md, loader).
+that level; the y/x crop saves memory, not decode time (see BENCHMARKS.md, loader). Stores of
+3D codecs hold blocks of slices: each block the box touches is decoded once, in full, and
+reduced levels are block means of the decoded slices.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from medlossy.codecs import get_codec
 from medlossy.errors import MedlossyError
-from medlossy.loading.decoders import decode_slice
+from medlossy.loading.decoders import block_mean, decode_slice
 from medlossy.store import SliceStore
 
 
@@ -52,6 +54,13 @@ class StoreVolume:
                                 f"slice {index} cannot be decoded ({error})") from None
         return codes[rows, columns]
 
+    def _block(self, index: int, rows: slice, columns: slice) -> np.ndarray:
+        """Every slice of block ``index`` (3D codecs), at the volume's level, cropped."""
+        codes = self.store.decode_chunk(index, self.codec)
+        if self.level:
+            codes = np.stack([block_mean(plane, self.level) for plane in codes])
+        return codes[:, rows, columns]
+
     def read(self, start: tuple[int, int, int], size: tuple[int, int, int],
              threads: Executor | None = None) -> np.ndarray:
         """Values (float32) of the box ``start`` + ``size``, which must lie inside ``shape``."""
@@ -61,11 +70,19 @@ class StoreVolume:
         rows = slice(start[1], start[1] + size[1])
         columns = slice(start[2], start[2] + size[2])
         indices = range(start[0], start[0] + size[0])
+        depth = self.store.depth
+        if depth > 1:  # decode each block the box touches once, keep its slices in the box
+            indices = range(start[0] // depth, (start[0] + size[0] - 1) // depth + 1)
+        read = self._slice if depth == 1 else self._block
         if threads is None:
-            planes = [self._slice(i, rows, columns) for i in indices]
+            planes = [read(i, rows, columns) for i in indices]
         else:
-            planes = list(threads.map(lambda i: self._slice(i, rows, columns), indices))
-        codes = np.stack(planes)
+            planes = list(threads.map(lambda i: read(i, rows, columns), indices))
+        if depth == 1:
+            codes = np.stack(planes)
+        else:
+            first = start[0] - indices.start * depth
+            codes = np.concatenate(planes)[first : first + size[0]]
         if self.level == 0:  # exactly what decompression writes, as float32
             return self.mapping.to_values(codes).astype(np.float32)
         values = codes.astype(np.float32)  # reduced levels are not whole codes

@@ -2,8 +2,10 @@
 
 A store (format version 2) is an OME-Zarr (NGFF 0.4) image in Zarr format 2: a root group
 whose ``.zattrs`` hold the NGFF ``multiscales`` and, beside them, the medlossy attributes; the
-full-resolution array at ``0/``: shape (slices, rows, columns), one chunk per axial slice, and
-every chunk file is a plain codestream (``0/0.0.0`` ... ``0/N.0.0``). Stock ``zarr`` opens it
+full-resolution array at ``0/``: shape (slices, rows, columns), one chunk per axial slice (slice
+codecs) or per block of ``depth`` slices (3D codecs; the last block is padded by repeating its
+last slice, as zarr's edge chunks are full size), and every chunk file is a plain codestream
+(``0/0.0.0`` ... ``0/N.0.0``). Stock ``zarr`` opens it
 once ``imagecodecs.numcodecs.register_codecs()`` has run, ome-zarr-py recognises it, any
 JPEG 2000 tool reads a chunk file directly, and a DICOM encapsulated frame can carry it
 unchanged. Format 2 rather than 3: zarr 3.x reads imagecodecs' numcodecs codecs only in
@@ -50,6 +52,16 @@ class StoreLayout:
     rows: int
     columns: int
     mapping: CodeMapping
+    #: Slices per chunk (1: one codestream per slice; more: 3D codecs' blocks).
+    depth: int = 1
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.slices // self.depth)
+
+    @property
+    def chunk_shape(self) -> tuple[int, int, int]:
+        return (self.depth, self.rows, self.columns)
 
     @property
     def array_dtype(self) -> str:
@@ -87,9 +99,9 @@ def render_metadata(layout: StoreLayout, codec: SliceCodec, attributes: dict[str
     array = zarr.create_array(
         store=zarr.storage.MemoryStore(),
         shape=(layout.slices, layout.rows, layout.columns),
-        chunks=(1, layout.rows, layout.columns),
+        chunks=layout.chunk_shape,
         dtype=layout.array_dtype,
-        compressors=codec.store_codec(),
+        compressors=codec.store_codec(layout.chunk_shape, layout.mapping.code_dtype),
         filters=layout.filters(),
         fill_value=0,
         zarr_format=2,
@@ -172,38 +184,64 @@ class SliceStore:
     def slice_shape(self) -> tuple[int, int]:
         return int(self.zarray["shape"][1]), int(self.zarray["shape"][2])
 
+    @property
+    def depth(self) -> int:
+        """Slices per chunk: 1 for slice codecs, the block depth for 3D codecs."""
+        return int(self.zarray["chunks"][0])
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.slices // self.depth)
+
+    def chunk_slices(self, index: int) -> range:
+        """The slices chunk ``index`` holds (the padding of a last block excluded)."""
+        return range(index * self.depth, min((index + 1) * self.depth, self.slices))
+
+    def chunk_name(self, index: int) -> str:
+        """How messages name chunk ``index``: "slice 7", or "block 2 (slices 32-47)"."""
+        if self.depth == 1:
+            return f"slice {index}"
+        held = self.chunk_slices(index)
+        return f"block {index} (slices {held.start}-{held.stop - 1})"
+
     def chunk_path(self, index: int) -> Path:
-        """The file holding slice ``index``'s codestream."""
+        """The file holding chunk ``index``'s codestream (slice ``index`` for slice codecs)."""
         return self.array_path / chunk_key(index)
 
     def codestream(self, index: int) -> bytes:
-        """The raw codestream of slice ``index``, after its checksum is verified."""
+        """The raw codestream of chunk ``index``, after its checksum is verified."""
         file = self.chunk_path(index)
         try:
             data = file.read_bytes()
         except FileNotFoundError:
-            raise MedlossyError(file, f"slice {index} is missing from the store") from None
+            raise MedlossyError(file, f"{self.chunk_name(index)} is missing from the store"
+                                ) from None
         if crc32(data) != self.attributes["chunk_crc32"][index]:
-            raise MedlossyError(file, f"slice {index} is corrupt (CRC-32 mismatch)")
+            raise MedlossyError(file, f"{self.chunk_name(index)} is corrupt (CRC-32 mismatch)")
         return data
+
+    def decode_chunk(self, index: int, codec: SliceCodec) -> np.ndarray:
+        """Chunk ``index`` as (slices it holds, rows, columns) 16-bit codes."""
+        data = self.codestream(index)
+        expected = (self.depth, *self.slice_shape) if self.depth > 1 else self.slice_shape
+        try:
+            codes = codec.decode(data, shape=expected, dtype=self.mapping.code_dtype)
+        except Exception as error:  # decoder errors come in library-specific types
+            raise MedlossyError(self.chunk_path(index), f"{self.chunk_name(index)} cannot be "
+                                f"decoded ({error})") from None
+        if codes.shape != expected:
+            raise MedlossyError(self.chunk_path(index), f"{self.chunk_name(index)} decodes to "
+                                f"{codes.shape}, expected {expected}")
+        return codes.reshape(-1, *self.slice_shape)[: len(self.chunk_slices(index))]
 
     def decode_codes(self, index: int, codec: SliceCodec) -> np.ndarray:
         """Slice ``index`` as the 16-bit codes that were encoded."""
-        data = self.codestream(index)
-        try:
-            codes = codec.decode(data, self.slice_shape, self.mapping.code_dtype)
-        except Exception as error:  # decoder errors come in library-specific types
-            raise MedlossyError(self.chunk_path(index),
-                                f"slice {index} cannot be decoded ({error})") from None
-        if codes.shape != self.slice_shape:
-            raise MedlossyError(self.chunk_path(index), f"slice {index} decodes to "
-                                f"{codes.shape}, expected {self.slice_shape}")
-        return codes
+        return self.decode_chunk(index // self.depth, codec)[index % self.depth]
 
     def verify(self) -> list[int]:
-        """Indices of slices whose file is missing or whose checksum does not match."""
+        """Indices of chunks whose file is missing or whose checksum does not match."""
         bad = []
-        for index in range(self.slices):
+        for index in range(self.chunks):
             try:
                 self.codestream(index)
             except MedlossyError:
