@@ -219,6 +219,7 @@ def test_stock_zarr_reads_exactly_what_medlossy_decompresses(request, name, tmp_
     np.testing.assert_array_equal(stock, np.moveaxis(decompressed, 2, 0))
 
 
+@pytest.fixture(scope="module")
 def codec_store(ct_b_crop_image, ct_b_crop_array, tmp_path_factory):
     """The CT crop at x8 with a given codec (slice or 3D block codec)."""
     made = {}
