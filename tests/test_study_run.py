@@ -16,11 +16,11 @@ pytestmark = pytest.mark.slow
 
 CONFIG = """\
 experiments = ["quality", "train", "cross", "pretrained", "budget"]
-ratios = [1, 20]
+ratios = [1, 1.2, 20]
 train_ratios = [1, 20]
 folds = 2
 train_folds = [0]
-budget_fractions = [0.5, 1.0]
+budget_fractions = [0.3, 1.0]
 
 [[datasets]]
 path = "data/Dataset950_Phantom"
@@ -90,6 +90,13 @@ def test_report_says_the_run_is_too_short_for_conclusions(study: Study, name: st
     assert "not as evidence" in text
 
 
+def test_a_ratio_stored_losslessly_is_labelled_so(study: Study) -> None:
+    text = (study.out / "report.md").read_text()
+
+    assert "x1.2 (lossless)" in text  # lossless coding beats x1.2 on every image
+    assert "| lossless |" in text and "x20 (lossless" not in text
+
+
 def test_results_have_rows_for_every_experiment_and_the_config_hash(study: Study) -> None:
     results = pd.read_csv(study.out / "results.csv")
 
@@ -128,13 +135,19 @@ def test_figures_exist_as_png_and_svg(study: Study, stem: str) -> None:
     assert b"<svg" in svg.read_bytes()[:2000]
 
 
-def test_one_model_per_ratio_plus_the_few_shot_model(study: Study) -> None:
+def test_one_model_per_ratio_plus_the_equal_byte_budget_models(study: Study) -> None:
     models = sorted(p.name.rsplit("_", 1)[0] for p in (study.out / "models").glob("*/*")
                     if (p / "model.pt").exists())
 
-    # ratios 1 and 20 (train), 2 (= the 50 % budget), few-shot on half the x1 cases
-    assert models == ["r1_fold0_frac0.5", "r1_fold0_frac1", "r20_fold0_frac1",
-                      "r2_fold0_frac1"]
+    # ratios 1 and 20 (train); few-shot on the x1 cases that fit 30% of the raw bytes at
+    # lossless size (k of the 3 training cases); all cases at the ratio whose stored bytes
+    # match, searched (not 1 / 0.3)
+    few_shot = [m for m in models if m.startswith("r1_") and not m.endswith("frac1")]
+    full = {"r1_fold0_frac1", "r20_fold0_frac1"}
+    compressed = [m for m in models if m not in full and m not in few_shot]
+    assert len(models) == 4 and len(few_shot) == len(compressed) == 1
+    assert few_shot[0] in ("r1_fold0_frac0.333333", "r1_fold0_frac0.666667")
+    assert compressed[0].endswith("_fold0_frac1") and compressed[0] != "r3.33333_fold0_frac1"
 
 
 def test_rerun_reuses_every_unit_and_is_much_faster(study: Study, cli) -> None:

@@ -16,6 +16,7 @@ from medlossy.experiments.calibration import (
 )
 from medlossy.experiments.statistics import (
     SafeRatio,
+    compare_budget_arms,
     non_inferiority,
     paired_differences,
     repeat_interval,
@@ -284,3 +285,28 @@ def test_non_inferiority_averages_seeds_per_case_and_shows_their_spread() -> Non
     assert noisy.loc[20.0, "mean_difference"] == pytest.approx(0.0, abs=0.002)
     # same mean, but training noise as large as the margin: not shown non-inferior
     assert not noisy.loc[20.0, "non_inferior"]
+
+
+def _arms(shift: float, cases: int = CASES) -> pd.DataFrame:
+    rng = np.random.default_rng(9)
+    few = rng.uniform(0.6, 0.8, cases)
+    rows = []
+    for arm, values in (("few-shot", few), ("compressed", few + shift
+                                            + rng.normal(0, 0.01, cases))):
+        rows += [{"experiment": f"budget:{arm}", "dataset": "D", "case": f"c{i:02d}",
+                  "class": "mean", "ratio_train": 1.0, "ratio_test": 1.0, "fold": 0,
+                  "train_seed": 0, "metric": "dice", "value": v, "budget_fraction": 0.1}
+                 for i, v in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(("shift", "verdict"), [(0.05, "compressed better"),
+                                                (-0.05, "few-shot better"),
+                                                (0.0, "no difference shown")])
+def test_budget_arms_are_compared_paired_with_no_tie_rule(shift: float, verdict: str) -> None:
+    comparison = compare_budget_arms(_arms(shift)).iloc[0]
+
+    assert comparison["verdict"] == verdict
+    assert comparison["cases"] == CASES
+    assert comparison["mean_difference"] == pytest.approx(shift, abs=0.006)
+    assert comparison["ci_low"] < comparison["mean_difference"] < comparison["ci_high"]

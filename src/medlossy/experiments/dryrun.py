@@ -87,7 +87,7 @@ def dry_run(config: StudyConfig, out: Path) -> tuple[pd.DataFrame, pd.DataFrame,
     from medlossy.experiments.study import sweep_ratios
 
     sizes = {e.path: dataset_size(e.path, e.cases, e.voxels_per_case) for e in config.datasets}
-    ratios = sweep_ratios(config)
+    ratios = sweep_ratios(config, nominal_budget=True)
     notes = [f"{s.name}: {s.cases} cases x {s.voxels_per_case / 1e6:.1f} Mvox "
              + ("(image headers)" if s.measured else "(config hints: data not on disk)")
              for s in sizes.values()]

@@ -33,6 +33,7 @@ from medlossy.checksums import sha256_file
 from medlossy.datasets.nnunet_raw import open_raw_dataset
 from medlossy.datasets.sweep import ratio_tag
 from medlossy.evaluate.evaluate import evaluate_predictions
+from medlossy.experiments.budget import BudgetArms
 from medlossy.experiments.config import StudyConfig
 from medlossy.locks import unit_lock
 
@@ -143,7 +144,6 @@ class SegmentationPlan:
     train: dict[Path, TrainUnit] = field(default_factory=dict)
     evaluations: dict[Path, EvalUnit] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
-    footprints: list[tuple[TrainUnit, str, float, float]] = field(default_factory=list)
 
 
 class _Planner:
@@ -178,18 +178,22 @@ class _Planner:
 
 
 def plan_segmentation(config: StudyConfig, sweeps: Sequence[SweepFolders], root: Path,
-                      ) -> SegmentationPlan:
-    """Units of the experiments train / cross / pretrained / budget."""
+                      budgets: Sequence[BudgetArms] | None = None) -> SegmentationPlan:
+    """Units of the experiments train / cross / pretrained / budget.
+
+    ``budgets``: the measured equal-byte arms (``budget.plan_budget``) of every dataset,
+    fold and fraction; None (the dry run, before any data are compressed) estimates them as
+    the share ``fraction`` of the cases against the nominal ratio 1 / fraction.
+    """
     wanted = set(config.experiments)
     planner = _Planner(config, root)
     plan = planner.plan
+    measured = {(a.dataset, a.fold, a.fraction): a for a in budgets or ()}
     for sweep in sweeps:
         reference = sweep[1]
         for fold, seed in itertools.product(config.train_folds, config.training_seeds):
             full = config.train_request(fold, reference=reference, seed=seed)
-            model_ratios = sorted(set(config.train_ratios) |
-                                  (set(config.budget_ratios) if "budget" in wanted else set()))
-            models = {r: planner.model(sweep, r, full) for r in model_ratios}
+            models = {r: planner.model(sweep, r, full) for r in config.train_ratios}
             if "train" in wanted:
                 for ratio in config.train_ratios:
                     plan.rows.append(Row("train", planner.evaluation(models[ratio],
@@ -203,18 +207,23 @@ def plan_segmentation(config: StudyConfig, sweeps: Sequence[SweepFolders], root:
                 for test_ratio in config.ratios:
                     plan.rows.append(Row("pretrained", planner.evaluation(
                         models[1], sweep[test_ratio], test_ratio)))
-            if "budget" in wanted:
-                for fraction, ratio in zip(config.budget_fractions, config.budget_ratios,
-                                           strict=True):
-                    few = planner.model(sweep, 1.0, config.train_request(
-                        fold, fraction, reference=reference, seed=seed)) \
-                        if fraction < 1 else models[1]
-                    for arm, model in (("few-shot", few), ("compressed", models[ratio])):
-                        plan.rows.append(Row(f"budget:{arm}",
-                                             planner.evaluation(model, sweep[1], 1.0),
-                                             fraction if arm == "few-shot" else 1.0,
-                                             fraction))
-                        plan.footprints.append((model, arm, fraction, ratio))
+            if "budget" not in wanted:
+                continue
+            for fraction in config.budget_fractions:
+                arms = measured.get((sweep.name, fold, fraction))
+                if budgets is not None and arms is None:
+                    raise KeyError(f"no measured budget for {sweep.name}, fold {fold}, "
+                                   f"fraction {fraction:g}")
+                share, ratio = ((arms.train_fraction, arms.ratio) if arms is not None
+                                else (fraction, round(1 / fraction, 6)))
+                few = planner.model(sweep, 1.0, config.train_request(
+                    fold, share, reference=reference, seed=seed)) if share < 1 else models[1]
+                compressed = planner.model(sweep, ratio, full) if ratio > 1 else models[1]
+                for arm, model, used in (("few-shot", few, share), ("compressed", compressed,
+                                                                     1.0)):
+                    plan.rows.append(Row(f"budget:{arm}",
+                                         planner.evaluation(model, sweep[1], 1.0), used,
+                                         fraction))
     return plan
 
 
@@ -237,16 +246,17 @@ def serial(function: Callable, units: list) -> list:
 
 
 def run_segmentation(config: StudyConfig, sweeps: Sequence[SweepFolders], root: Path, *,
-                     runner: Runner = serial, show_progress: bool = False,
-                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Experiments train / cross / pretrained / budget; returns (results, footprints).
+                     budgets: Sequence[BudgetArms] = (), runner: Runner = serial,
+                     show_progress: bool = False) -> pd.DataFrame:
+    """Experiments train / cross / pretrained / budget (``budgets``: the measured arms);
+    returns the results.
 
     ``runner(function, units)`` runs ``function`` on every unit (``serial``, or one of
     ``scaleout``'s); training units first, evaluation units once every model exists.
     """
     from functools import partial
 
-    plan = plan_segmentation(config, sweeps, root)
+    plan = plan_segmentation(config, sweeps, root, budgets)
     runner(partial(run_train_unit, show_progress=show_progress),
            [unit for unit in plan.train.values() if not unit.done()])
     runner(partial(run_eval_unit, show_progress=show_progress),
@@ -259,26 +269,8 @@ def run_segmentation(config: StudyConfig, sweeps: Sequence[SweepFolders], root: 
         if row.budget_fraction is not None:
             table["budget_fraction"] = row.budget_fraction
         tables.append(table)
-    results = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
         columns=RESULT_COLUMNS)
-    footprints = [_footprint(sweeps, *entry) for entry in plan.footprints]
-    return results, pd.DataFrame(footprints)
-
-
-def _footprint(sweeps: Sequence[SweepFolders], model: TrainUnit, arm: str, fraction: float,
-               ratio: float) -> dict:
-    """Bytes of the training images a model saw: raw 16-bit for few-shot, stored for the
-    compressed arm (from the sweep manifest), measured rather than assumed."""
-    sweep = next(s for s in sweeps if s.name == model.dataset)
-    fold = model.request.fold
-    train_cases = get_backend(model.backend).describe(model.out).train_cases
-    manifest = pd.read_csv(sweep[1].parent.parent / "manifest.csv")
-    rows = manifest[manifest["case"].isin(train_cases)]
-    column = "raw_bytes" if arm == "few-shot" else "stored_bytes"
-    rows = rows[rows["ratio_target"] == (1.0 if arm == "few-shot" else ratio)]
-    return {"dataset": sweep.name, "fold": fold, "arm": arm, "budget_fraction": fraction,
-            "ratio": 1.0 if arm == "few-shot" else ratio,
-            "train_cases": len(train_cases), "bytes": int(rows[column].sum())}
 
 
 def sweep_folders(name: str, sweep_folder: Path) -> SweepFolders:
@@ -318,10 +310,10 @@ def summarise_dice(results: pd.DataFrame, experiment: str) -> pd.DataFrame:
 
 
 def cross_matrix(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Mean Dice per training ratio (rows) and test ratio (columns), ratios as numbers."""
     rows = results[(results["experiment"] == "cross") & (results["metric"] == "dice")
                    & (results["class"] == "mean") & (results["dataset"] == dataset)]
-    matrix = rows.groupby(["ratio_train", "ratio_test"])["value"].mean().unstack()
-    return matrix.rename(index=lambda r: f"train x{r:g}", columns=lambda r: f"test x{r:g}")
+    return rows.groupby(["ratio_train", "ratio_test"])["value"].mean().unstack()
 
 
 def mean_by(results: pd.DataFrame, experiment: str, column: str) -> pd.DataFrame:

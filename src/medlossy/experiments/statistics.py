@@ -93,6 +93,51 @@ def repeat_interval(differences: np.ndarray, folds: np.ndarray, level: float = 0
     return mean, mean - half, mean + half, np.sqrt(pooled / len(np.unique(folds)))
 
 
+def difference_interval(paired: pd.DataFrame, level: float = 0.95) -> dict[str, float]:
+    """cases, seeds, mean_difference, ci_low, ci_high, seed_sd of one set of paired
+    differences (columns case, fold, train_seed, difference), by :func:`repeat_interval`."""
+    grid = paired.pivot_table(index=["case", "fold"], columns="train_seed",
+                              values="difference", aggfunc="mean", dropna=False)
+    cases = len(grid)
+    if cases < 2:
+        mean, low, high, spread = (float(np.nanmean(grid.to_numpy())) if cases else np.nan,
+                                   np.nan, np.nan, np.nan)
+    else:
+        folds = grid.index.get_level_values("fold").to_numpy()
+        mean, low, high, spread = (float(v) for v in repeat_interval(grid.to_numpy().T,
+                                                                     folds, level))
+    return {"cases": cases, "seeds": grid.shape[1], "mean_difference": mean, "ci_low": low,
+            "ci_high": high, "seed_sd": spread}
+
+
+def compare_budget_arms(results: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Per dataset and budget fraction: mean Dice of each arm and the paired difference
+    compressed - few-shot over the same test cases (and seeds), its interval, and which arm
+    the interval shows better ("no difference shown" when it holds 0: no tie rule)."""
+    rows = results[results["experiment"].str.startswith("budget:")
+                   & (results["metric"] == "dice") & (results["class"] == MEAN)]
+    if rows.empty:
+        return pd.DataFrame()
+    if "train_seed" not in rows:
+        rows = rows.assign(train_seed=0)
+    arms = rows.assign(arm=rows["experiment"].str.split(":").str[1]).pivot_table(
+        index=["dataset", "budget_fraction", "case", "fold", "train_seed"], columns="arm",
+        values="value", aggfunc="mean").reset_index()
+    arms["difference"] = arms["compressed"] - arms["few-shot"]
+    arms = arms[np.isfinite(arms["difference"])]
+    table = []
+    for (dataset, fraction), group in arms.groupby(["dataset", "budget_fraction"]):
+        interval = difference_interval(group, level)
+        low, high = interval["ci_low"], interval["ci_high"]
+        verdict = ("compressed better" if low > 0 else "few-shot better" if high < 0
+                   else "no difference shown")
+        table.append({"dataset": dataset, "budget_fraction": fraction,
+                      "few_shot_dice": group["few-shot"].mean(),
+                      "compressed_dice": group["compressed"].mean(), **interval,
+                      "verdict": verdict})
+    return pd.DataFrame(table)
+
+
 def paired_differences(results: pd.DataFrame, reference_ratio: float = 1.0) -> pd.DataFrame:
     """Per case, class and seed: Dice(model R on R) - Dice(model 1 on 1) (same fold and
     seed), from the train-on-compressed rows; only pairs with a finite Dice at both."""
@@ -119,19 +164,9 @@ def non_inferiority(results: pd.DataFrame, margin: float, *, level: float = 0.95
         return pd.DataFrame(columns=TEST_COLUMNS)
     rows = []
     for (dataset, name, ratio), group in paired.groupby(["dataset", "class", "ratio"]):
-        grid = group.pivot_table(index=["case", "fold"], columns="train_seed",
-                                 values="difference", aggfunc="mean", dropna=False)
-        cases = len(grid)
-        if cases < 2:
-            mean, low, high, spread = (float(grid.stack().mean()) if cases else np.nan,
-                                       np.nan, np.nan, np.nan)
-        else:
-            folds = grid.index.get_level_values("fold").to_numpy()
-            mean, low, high, spread = (float(v) for v in repeat_interval(
-                grid.to_numpy().T, folds, level))
-        rows.append({"dataset": dataset, "class": name, "ratio": ratio, "cases": cases,
-                     "seeds": grid.shape[1], "mean_difference": mean, "ci_low": low,
-                     "ci_high": high, "seed_sd": spread,
+        interval = difference_interval(group, level)
+        low = interval["ci_low"]
+        rows.append({"dataset": dataset, "class": name, "ratio": ratio, **interval,
                      "non_inferior": bool(low > -margin) if np.isfinite(low) else False})
     table = pd.DataFrame(rows)
     table["_order"] = table["class"] != MEAN

@@ -10,21 +10,24 @@ from __future__ import annotations
 import platform
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
 from medlossy import __version__
 from medlossy.atomic import atomic_output
-from medlossy.datasets.nnunet_raw import open_raw_dataset
+from medlossy.datasets.nnunet_raw import RawDataset, open_raw_dataset
 from medlossy.datasets.preparation import crop_dataset
 from medlossy.experiments import segmentation as seg
+from medlossy.experiments.budget import TOLERANCE, BudgetArms, plan_budget
 from medlossy.experiments.config import StudyConfig
 from medlossy.experiments.quality import run_quality
 from medlossy.experiments.scaleout import dask_cluster, local_gpus
-from medlossy.experiments.statistics import non_inferiority, safe_ratios
+from medlossy.experiments.statistics import compare_budget_arms, non_inferiority, safe_ratios
 from medlossy.report import segmentation_figures as figures
+from medlossy.report.lossless import lossless_ratios, ratio_label, stored_column
 from medlossy.report.quality_figure import plot_quality
 from medlossy.report.study_report import Section, quality_summary, write_report
 
@@ -51,25 +54,59 @@ def _write_table(table: pd.DataFrame, stem: Path) -> list[Path]:
     return paths
 
 
-def sweep_ratios(config: StudyConfig) -> list[float]:
+def sweep_ratios(config: StudyConfig, *, nominal_budget: bool = False) -> list[float]:
+    """Ratios to compress a training dataset at before training; the budget's compressed
+    ratios are searched for afterwards (``budget``), or estimated as 1 / fraction
+    (``nominal_budget``, for the dry run)."""
     ratios = set(config.ratios)
     if {"train", "cross", "pretrained", "budget"} & set(config.experiments):
         ratios |= set(config.train_ratios)
-    if "budget" in config.experiments:
+    if "budget" in config.experiments and nominal_budget:
         ratios |= set(config.budget_ratios)
     return sorted(ratios)
 
 
-def _budget_verdict(config: StudyConfig, budget: pd.DataFrame) -> str:
-    lines = []
-    for (dataset, fraction), group in budget.groupby(["dataset", "budget_fraction"]):
-        arms = group.set_index("arm")["mean_dice"]
-        if {"few-shot", "compressed"} <= set(arms.index) and fraction < 1:
-            winner = "compressed" if arms["compressed"] > arms["few-shot"] else "few-shot"
-            lines.append(f"{dataset}, {fraction:.0%} of the storage: {winner} wins "
-                         f"({arms['compressed']:.3f} compressed at x{1 / fraction:g} vs "
-                         f"{arms['few-shot']:.3f} few-shot)")
+def _measure_budgets(config: StudyConfig, dataset: RawDataset, folder: Path,
+                     ratios: list[float], manifest: pd.DataFrame,
+                     compress: Callable[[list[float]], pd.DataFrame]) -> list[BudgetArms]:
+    """Equal-byte arms of every fold and fraction; ``compress(ratios)`` sweeps (cached) and
+    records the ratios in the sweep's sweep.json, so every ratio asked for is swept here
+    (also when an earlier run left its stores)."""
+    state = {"manifest": manifest, "ratios": set(ratios)}
+
+    def measure(ratio: float) -> pd.DataFrame:
+        if ratio not in state["ratios"]:
+            state["ratios"].add(ratio)
+            state["manifest"] = compress(sorted(state["ratios"]))
+        return state["manifest"]
+
+    reference = open_raw_dataset(seg.sweep_folders(dataset.name, folder)[1])
+    labelled = [case.name for case in reference.cases() if case.label is not None]
+    return [plan_budget(dataset.name, labelled, config.folds, fold, fraction,
+                        state["manifest"], measure)
+            for fold in config.train_folds for fraction in config.budget_fractions]
+
+
+def _budget_verdict(comparison: pd.DataFrame) -> str:
+    lines = [f"{row.dataset}, {row.budget_fraction:.0%} budget: {row.verdict} (compressed - "
+             f"few-shot {row.mean_difference:+.3f} Dice, 95% CI [{row.ci_low:.3f}, "
+             f"{row.ci_high:.3f}], {row.cases} cases)"
+             for row in comparison.itertuples() if row.budget_fraction < 1]
     return "; ".join(lines) + "." if lines else ""
+
+
+def _lossless_note(notes: dict[float, str]) -> str:
+    if not notes:
+        return ""
+    listed = ", ".join(f"x{r:g} ({n})" for r, n in sorted(notes.items()))
+    return (f" Stored losslessly because lossless coding already beats the ratio: {listed}; "
+            "their rows and ticks say so: no compression loss there, not a lossy ratio shown "
+            "safe.")
+
+
+def _label_ratio_columns(table: pd.DataFrame, notes: dict[float, str]) -> pd.DataFrame:
+    """Table 1's ratio columns ("x2") with their lossless notes."""
+    return table.rename(columns={f"x{r:g}": ratio_label(r, notes) for r in notes})
 
 
 def _repeat_note(config: StudyConfig, tests: pd.DataFrame) -> str:
@@ -134,29 +171,34 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    quality_tables, sweeps = [], []
+    quality_tables, sweeps, budgets, training_quality = [], [], [], []
     for index, entry in enumerate(config.datasets):
         dataset = open_raw_dataset(entry.path)
         if entry.crop_to_label:
             dataset = crop_dataset(dataset, entry.crop_to_label, entry.crop_margin_mm,
                                    out / "prepared")
         ratios = sweep_ratios(config) if entry.train else sorted(config.ratios)
-        table = run_quality(dataset, out / "sweeps" / dataset.name, ratios,
-                            base_id=config.base_id + 10 * index, workers=workers,
-                            scheduler=scheduler, show_progress=show_progress)
+        folder = out / "sweeps" / dataset.name
+        compress = partial(run_quality, dataset, folder, base_id=config.base_id + 10 * index,
+                           workers=workers, scheduler=scheduler, show_progress=show_progress)
+        table = compress(ratios)
         quality_tables.append(table[table["ratio_target"].isin(config.ratios)])
+        if entry.train and "budget" in config.experiments:
+            budgets += _measure_budgets(config, dataset, folder, ratios, table, compress)
         if entry.train:
-            sweeps.append(seg.sweep_folders(dataset.name, out / "sweeps" / dataset.name))
+            sweeps.append(seg.sweep_folders(dataset.name, folder))
+            training_quality.append(table)
     quality = pd.concat(quality_tables, ignore_index=True)
     timings["compress (quality)"] = time.perf_counter() - started
 
     segmentation_wanted = {"train", "cross", "pretrained", "budget"} & set(config.experiments)
-    results, footprints = pd.DataFrame(columns=seg.RESULT_COLUMNS), pd.DataFrame()
+    results = pd.DataFrame(columns=seg.RESULT_COLUMNS)
+    footprints = pd.DataFrame([row for arms in budgets for row in arms.rows()])
     if segmentation_wanted and sweeps:
         step = time.perf_counter()
-        results, footprints = seg.run_segmentation(
-            config, sweeps, out, runner=unit_runner(gpus, scheduler),
-            show_progress=show_progress)
+        results = seg.run_segmentation(config, sweeps, out, budgets=budgets,
+                                       runner=unit_runner(gpus, scheduler),
+                                       show_progress=show_progress)
         if "pretrained" in config.experiments and config.pretrained:
             from medlossy.pretrained.evaluate import evaluate_pretrained
 
@@ -189,7 +231,8 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
     _write_table(tidy, out / "results")
 
     sections = [_quality_section(quality, out)]
-    sections += _segmentation_sections(config, results, footprints, out)
+    notes = lossless_ratios(pd.concat(training_quality)) if training_quality else {}
+    sections += _segmentation_sections(config, results, footprints, out, notes)
     sections += _reader_section(config)
     timings["total"] = time.perf_counter() - started
     sections.append(Section(
@@ -214,7 +257,9 @@ def _quality_section(quality: pd.DataFrame, out: Path) -> Section:
 
 
 def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
-                           footprints: pd.DataFrame, out: Path) -> list[Section]:
+                           footprints: pd.DataFrame, out: Path, notes: dict[float, str],
+                           ) -> list[Section]:
+    """Sections 2-5; ``notes``: ratios stored losslessly, labelled in tables and curves."""
     if results.empty:
         return [Section("2-5. Segmentation", "Not run: no dataset is marked for training or "
                         "no segmentation experiment was asked for.")]
@@ -244,10 +289,11 @@ def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
             f"'{seg.MEAN_OVER_CLASSES}' is the mean over classes of the per-class means, the "
             "paper's and nnU-Net's convention (compare it with the paper's 0.87 on AMOS); "
             f"'{seg.MEAN_OVER_CASES}' is the mean over test cases of each case's mean over the "
-            "classes it contains (the statistics below use it). " + budget_note,
-            seg.summarise_dice(results, "train"),
+            "classes it contains (the statistics below use it). " + budget_note
+            + _lossless_note(notes),
+            _label_ratio_columns(seg.summarise_dice(results, "train"), notes),
             figures.plot_dice_by_ratio(results, "train", out / "train_dice",
-                                       "Dice of models trained at each ratio")))
+                                       "Dice of models trained at each ratio", notes)))
         tests = non_inferiority(results, config.margin)
         sections.append(Section(
             "Statistics: non-inferiority against ratio 1",
@@ -257,13 +303,16 @@ def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
             "non-inferiority rate measured at 2.5% for 4 to 20 cases: docs/study.md), margin "
             f"{config.margin:g} Dice. {_repeat_note(config, tests)} "
             f"{_safe_verdict(config, tests)}",
-            tests.round(4), figures.plot_non_inferiority(tests, config.margin,
-                                                         out / "non_inferiority")))
+            tests.assign(stored=stored_column(tests["ratio"], notes)).round(4),
+            figures.plot_non_inferiority(tests, config.margin, out / "non_inferiority",
+                                         notes)))
     if "cross" in config.experiments:
         for dataset in results["dataset"].unique():
             matrix = seg.cross_matrix(results, dataset)
             if matrix.empty:
                 continue
+            matrix = matrix.rename(index=lambda r: f"train {ratio_label(r, notes)}",
+                                   columns=lambda r: f"test {ratio_label(r, notes)}")
             sections.append(Section(
                 f"3. Cross-ratio matrix: {dataset}", "Mean Dice of the model trained at one "
                 "ratio (rows) on test data at another (columns) (Fig. 3).",
@@ -275,22 +324,36 @@ def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
         table = seg.mean_by(results, "pretrained", "ratio_test")
         sections.append(Section(
             "4. Pretrained model on compressed inputs", f"Model: {source}; mean Dice per test "
-            "ratio (Table 2).", table,
+            "ratio (Table 2).",
+            table.assign(stored=stored_column(table["ratio_test"], notes)) if len(table)
+            else table,
             figures.plot_dice_by_ratio(results, "pretrained", out / "pretrained_dice",
-                                       "Pretrained model on compressed inputs")))
+                                       "Pretrained model on compressed inputs", notes)))
     if "budget" in config.experiments and not footprints.empty:
         means = seg.mean_by(results, "budget", "budget_fraction")
         means["arm"] = means["experiment"].str.split(":").str[1]
-        bytes_ = footprints.groupby(["dataset", "arm", "budget_fraction"])["bytes"].mean()
-        means = means.join(bytes_, on=["dataset", "arm", "budget_fraction"])
+        stored = footprints.groupby(["dataset", "budget_fraction", "arm"]).agg(
+            ratio=("ratio", "mean"), train_cases=("cases", "mean"), bytes=("bytes", "mean"),
+            real_share=("share", "mean"))
+        table = means.drop(columns=["experiment"]).join(
+            stored, on=["dataset", "budget_fraction", "arm"])
+        comparison = compare_budget_arms(results)
         sections.append(Section(
-            "5. Storage budget", "Few-shot models on a share of the uncompressed training "
-            "cases against models on all training cases compressed at the ratio with the same "
-            "footprint, tested on the same uncompressed hold-out; bytes are the measured "
-            "footprint (raw 16-bit for few-shot, store bytes for compressed). "
-            + _budget_verdict(config, means),
-            means.drop(columns=["experiment"]),
-            figures.plot_budget(means, out / "budget")))
+            "5. Storage budget", "Equal measured bytes: for a budget of a share of the fold's "
+            "training data at raw 16-bit size, the few-shot arm takes as many uncompressed "
+            "cases as fit at their lossless JPEG 2000 size; the compressed arm takes every "
+            "training case at the ratio searched for so that its stored bytes equal the "
+            f"few-shot arm's within {TOLERANCE:.0%} (not 1 / share). 'real_share' is each "
+            "arm's bytes over the raw bytes of all training cases; 'ratio' the compressed "
+            "arm's. Both are tested on the same uncompressed hold-out; the paired difference "
+            "per test case gets a 95% t-interval (seeds as in the statistics above), and an "
+            "arm is called better only when the interval excludes 0. "
+            + _budget_verdict(comparison),
+            table.round(4), figures.plot_budget(means, out / "budget")))
+        if not comparison.empty:
+            sections.append(Section(
+                "Statistics: equal-storage arms", "Paired per test case: Dice(compressed arm) "
+                "- Dice(few-shot arm) on the uncompressed hold-out.", comparison.round(4)))
     return sections
 
 

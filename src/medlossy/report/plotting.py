@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import matplotlib
@@ -11,11 +11,16 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt
 
 
-def log_ticks(axes, ticks: Iterable[float], template: str = "x{:g}") -> None:
-    """A log-scaled x axis with one labelled tick per value (ratios, budget shares)."""
+def log_ticks(axes, ticks: Iterable[float], template: str = "x{:g}",
+              notes: Mapping[float, str] | None = None) -> None:
+    """A log-scaled x axis with one labelled tick per value (ratios, budget shares); a
+    note (e.g. "lossless") goes under its tick."""
     ticks = sorted(ticks)
+    notes = notes or {}
     axes.set_xscale("log")
-    axes.set_xticks(ticks, [template.format(t) for t in ticks])
+    axes.set_xticks(ticks, [template.format(t) + (f"\n{notes[float(t)]}"
+                                                  if float(t) in notes else "")
+                            for t in ticks])
     axes.minorticks_off()
 
 

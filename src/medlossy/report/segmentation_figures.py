@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from medlossy.report.plotting import finish, log_ticks, plt
 
 
 def plot_dice_by_ratio(results: pd.DataFrame, experiment: str, stem: Path,
-                       title: str) -> list[Path]:
+                       title: str, notes: Mapping[float, str] | None = None) -> list[Path]:
     """Mean Dice per class against the ratio (classes thin, the class mean thick)."""
     rows = results[(results["experiment"] == experiment) & (results["metric"] == "dice")]
     figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
@@ -22,7 +23,8 @@ def plot_dice_by_ratio(results: pd.DataFrame, experiment: str, stem: Path,
         axes.plot(means.index, means.values, marker="o" if bold else None,
                   linewidth=2.5 if bold else 0.8, alpha=1 if bold else 0.5,
                   label=f"{dataset}: mean over classes" if bold else None)
-    log_ticks(axes, rows["ratio_train" if experiment == "train" else "ratio_test"].unique())
+    log_ticks(axes, rows["ratio_train" if experiment == "train" else "ratio_test"].unique(),
+              notes=notes)
     axes.set_ylim(0, 1)
     return finish(figure, axes, stem, xlabel="compression ratio", ylabel="Dice", title=title)
 
@@ -49,12 +51,13 @@ def plot_budget(budget: pd.DataFrame, stem: Path) -> list[Path]:
                       marker="o", capsize=3, label=f"{dataset}: {arm}")
     log_ticks(axes, budget["budget_fraction"].unique() * 100, "{:g}%")
     return finish(figure, axes, stem,
-                  xlabel="storage budget (share of the uncompressed training data)",
+                  xlabel="storage budget (nominal share of the raw training bytes)",
                   ylabel="mean Dice on uncompressed hold-out",
                   title="Equal storage: few-shot uncompressed vs all data compressed")
 
 
-def plot_non_inferiority(tests: pd.DataFrame, margin: float, stem: Path) -> list[Path]:
+def plot_non_inferiority(tests: pd.DataFrame, margin: float, stem: Path,
+                         notes: Mapping[float, str] | None = None) -> list[Path]:
     """Per-case mean paired Dice difference vs ratio 1 with 95% CIs (thick), each class's
     lower bound (thin, dashed), and the margin: a class below the margin line fails."""
     figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
@@ -69,7 +72,7 @@ def plot_non_inferiority(tests: pd.DataFrame, margin: float, stem: Path) -> list
                       linewidth=1, label=f"{dataset}: {name} (lower bound)")
     axes.axhline(-margin, color="red", linestyle="--", label=f"margin -{margin:g}")
     axes.axhline(0, color="black", linewidth=0.6)
-    log_ticks(axes, tests["ratio"].unique())
+    log_ticks(axes, tests["ratio"].unique(), notes=notes)
     return finish(figure, axes, stem, xlabel="compression ratio",
                   ylabel="Dice(ratio) - Dice(x1), 95% CI",
                   title="Paired difference against uncompressed training")
