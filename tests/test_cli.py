@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import leftovers, walk_bytes
 from skimage.metrics import peak_signal_noise_ratio
@@ -183,3 +184,43 @@ def test_unreachable_ratio_is_stored_with_a_note(cli, ct_b_image, tmp_path):
     assert document["achieved"]["ratio"] < 297
     code, out, _ = cli("info", tmp_path / "s.zarr")
     assert "(NOT met)" in out
+
+
+def test_codecs_lists_every_codec_with_its_modes(cli):
+    code, out, _ = cli("codecs", "--json")
+    assert code == 0
+    entries = {entry["name"]: entry for entry in json.loads(out)}
+    assert set(entries) >= {"jpeg2k", "htj2k", "jpegxl", "jpegls", "sperr", "sz3", "zfp"}
+    assert entries["jpegls"]["modes"] == ["--ratio", "--max-error", "--lossless"]
+    assert entries["sz3"]["chunk"] == "3D block of 16 slices"
+    assert all(entry["installed"] for entry in entries.values())
+    code, out, _ = cli("codecs")
+    assert code == 0 and "htj2k" in out and "openjph" in out
+
+
+def test_bench_codecs_writes_the_table_and_figure(cli, ct_b_crop_file, tmp_path):
+    out = tmp_path / "bench"
+    code, stdout, _ = cli("bench", "codecs", ct_b_crop_file, "--ratios", "8,20", "--codecs",
+                          "htj2k,sz3", "--out", out, "--quiet")
+    assert code == 0
+    rows = pd.read_csv(out / "codecs.csv")
+    assert list(rows.codec) == ["htj2k", "htj2k", "sz3", "sz3"]
+    assert list(rows.ratio_target) == [8, 20, 8, 20]
+    reached = rows[rows.reached]
+    assert ((reached.ratio / reached.ratio_target - 1).abs() <= 0.01).all()
+    assert (rows.psnr_db.diff()[[1, 3]] < 0).all()  # x20 loses more than x8, per codec
+    assert (rows.encode_pass_mvox_s > 0).all() and (rows.decode_mvox_s > 0).all()
+    assert (out / "codecs.png").stat().st_size > 10_000
+    assert "| htj2k |" in (out / "codecs.md").read_text() and "PSNR (dB)" in stdout
+
+
+@pytest.mark.parametrize(("arguments", "problem"), [
+    (["--ratios", "1,10"], "--ratios must be numbers greater than 1"),
+    (["--ratios", "ten"], "--ratios must be comma-separated numbers"),
+    (["--codecs", "webp"], "unknown codec 'webp'"),
+    (["--codecs", "blosc"], "codec 'blosc' has no ratio mode to benchmark"),
+])
+def test_bench_codecs_refuses_bad_arguments_in_one_line(cli, ct_b_crop_file, tmp_path,
+                                                        arguments, problem):
+    code, _, err = cli("bench", "codecs", ct_b_crop_file, "--out", tmp_path / "b", *arguments)
+    assert code == 2 and problem in err and err.strip().count("\n") == 0

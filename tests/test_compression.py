@@ -334,6 +334,7 @@ def test_two_workers_encode_the_same_chunks(ct_b_crop, tmp_path, name):
     ("jpegls", Target("psnr", 50.0), "codec 'jpegls' has no psnr mode"),
     ("htj2k", Target("ratio", 10.0, "equal"), "codec 'htj2k' has no per-chunk ratio"),
     ("sperr", Target("max_error", 0.5), "maximum error 0.5 is below the data's quantum"),
+    ("jpegls", Target("max_error", 300.0), "at most 255 codes, asked 300"),
 ])
 def test_a_mode_the_codec_lacks_is_refused(ct_b_crop, tmp_path, name, target, problem):
     with pytest.raises(MedlossyError, match=problem):

@@ -91,3 +91,22 @@ def test_stops_as_soon_as_the_first_trial_is_within_tolerance():
     target = curve.bytes(12.0)
     outcome = solve_budget(curve, target, (0.0, 40.0), start=12.0, slope=0.25)
     assert outcome.reached and outcome.trials == 1
+
+
+def test_a_jump_across_the_target_keeps_both_sides_for_mixing():
+    """Sizes that step (ZFP's fixed rate): the closest encodes under and over the budget come
+    back with their payloads, so the caller can mix them chunk by chunk."""
+    def measure(knob: float):
+        total = 1000 if knob < 5.0 else 1400
+        return total, f"payload {total} at {knob:.3f}"
+
+    outcome = solve_budget(measure, 1200, (0.0, 10.0), start=1.0, slope=0.1)
+    assert not outcome.reached
+    assert outcome.under.total_bytes == 1000 and outcome.under.payload.startswith("payload 1000")
+    assert outcome.over.total_bytes == 1400 and outcome.over.payload.startswith("payload 1400")
+
+
+def test_a_reached_budget_keeps_no_extra_payloads():
+    outcome = solve_budget(lambda knob: (int(1000 * 2 ** (knob / 6)), None), 2000, (0.0, 60.0),
+                           start=0.0, slope=math.log(2) / 6)
+    assert outcome.reached and outcome.under is None and outcome.over is None

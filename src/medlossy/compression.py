@@ -41,7 +41,7 @@ from medlossy.metrics import (
     data_range_for,
     raw_bytes,
 )
-from medlossy.ratecontrol import choose_per_slice, solve_budget
+from medlossy.ratecontrol import Trial, choose_per_slice, solve_budget
 from medlossy.store.slice_store import (
     FORMAT_VERSION,
     StoreLayout,
@@ -301,6 +301,7 @@ def _search(encode, encoder: SliceEncoder, count_bytes: ByteCounter, target: Tar
     if codec.discrete:
         return _search_discrete(encode, encoder, count_bytes, budget)
     found = []
+    bounds: list[float | None] = []  # error bounds of the settings that went into a mix
     if target.allocation in ("psnr", "optimal"):
         def measure_quality(knob: float):
             streams = encode(Setting("quality", knob))
@@ -309,6 +310,16 @@ def _search(encode, encoder: SliceEncoder, count_bytes: ByteCounter, target: Tar
                                start=codec.quality_for_psnr(50.0, 4096.0),
                                slope=math.log(2) / _DB_PER_DOUBLING, tolerance=SEARCH_TOLERANCE)
         found.append((Setting("quality", outcome.best.knob), outcome.best))
+        if outcome.under is not None and outcome.over is not None:
+            # Sizes jump across the budget (ZFP's fixed rate, SZ3): mix the two closest
+            # encodes chunk by chunk, which lands within the budget when chunks are many.
+            streams = _mix_two(encoder, count_bytes, [outcome.over.payload,
+                                                      outcome.under.payload], budget)
+            if abs(count_bytes(streams) / budget - 1.0) < abs(outcome.best.error(budget)):
+                bounds.extend(codec.error_bound(Setting("quality", t.knob))
+                              for t in (outcome.under, outcome.over))
+                found[-1] = (Setting("mixed"), Trial(outcome.best.knob, count_bytes(streams),
+                                                     streams))
     if target.allocation in ("equal", "optimal"):
         # The knob -log(per-slice ratio) grows with bytes.
         def measure_ratio(knob: float):
@@ -327,6 +338,8 @@ def _search(encode, encoder: SliceEncoder, count_bytes: ByteCounter, target: Tar
             return _Found(Setting("lossless"), lossless, False, 0.0)
     streams = best.payload
     bound = _bound(codec, [s for s, _ in found])
+    if bounds:
+        bound = None if bound is None or None in bounds else max(bound, *bounds)
     if len(found) == 2:
         setting, streams = _best_mix(encoder, count_bytes, found, budget)
     total = count_bytes(streams)
@@ -360,16 +373,21 @@ def _search_discrete(encode, encoder: SliceEncoder, count_bytes: ByteCounter,
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (middle, high) if size(middle) > budget else (low, middle)
-    candidates = [encoded[low], encoded[high]]
+    streams = _mix_two(encoder, count_bytes, [encoded[low], encoded[high]], budget)
+    used = sorted({low if s is encoded[low][i] else high for i, s in enumerate(streams)})
+    setting = Setting("max_error", float(used[0])) if len(used) == 1 else Setting("mixed")
+    reached = abs(count_bytes(streams) / budget - 1.0) <= RATIO_TOLERANCE
+    return _Found(setting, streams, reached, float(high))
+
+
+def _mix_two(encoder: SliceEncoder, count_bytes: ByteCounter, candidates: list[list[bytes]],
+             budget: int) -> list[bytes]:
+    """Per chunk, one of two encodings of the volume: least total error within ``budget``."""
     sizes = np.array([[len(c[i]) for c in candidates] for i in range(len(candidates[0]))])
     errors = np.stack([_squared_errors(encoder, c) for c in candidates], axis=1)
     overhead = count_bytes(candidates[0]) - int(sizes[:, 0].sum())
     choice = choose_per_slice(sizes, errors, budget - overhead)
-    streams = [candidates[c][i] for i, c in enumerate(choice)]
-    used = sorted({(low, high)[c] for c in choice})
-    setting = Setting("max_error", float(used[0])) if len(used) == 1 else Setting("mixed")
-    reached = abs(count_bytes(streams) / budget - 1.0) <= RATIO_TOLERANCE
-    return _Found(setting, streams, reached, float(high))
+    return [candidates[c][i] for i, c in enumerate(choice)]
 
 
 def _squared_errors(encoder: SliceEncoder, streams: list[bytes]) -> np.ndarray:
@@ -525,6 +543,9 @@ def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteC
     except CodecError as error:
         raise MedlossyError(None, str(error)) from None
     max_error_codes = _codes_bound(target, mapping, source) if target.mode == "max_error" else 0
+    if codec.discrete and max_error_codes > codec.quality_range[1]:
+        raise MedlossyError(source, f"codec {codec.name!r} allows a maximum error of at most "
+                                    f"{codec.quality_range[1]:g} codes, asked {max_error_codes}")
     workers = workers or default_workers()
     started = time.perf_counter()
     passes = 0

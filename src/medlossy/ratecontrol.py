@@ -33,6 +33,10 @@ class Outcome(Generic[Payload]):
     best: Trial[Payload]
     trials: int
     reached: bool
+    #: When not reached: the closest trials with fewer and with more bytes than the budget
+    #: (payloads kept), for a caller that can mix them chunk by chunk.
+    under: Trial[Payload] | None = None
+    over: Trial[Payload] | None = None
 
 
 def solve_budget(
@@ -57,9 +61,12 @@ def solve_budget(
     When the budget lies outside what the knob range can give, the closest end is returned.
     """
     low, high = knob_range
-    # Payloads can be as large as the volume: keep only the best trial's, drop the others.
+    # Payloads can be as large as the volume: keep only the best trial's and the closest on
+    # either side of the budget, drop the others.
     trials: list[Trial[None]] = []
     best: Trial[Payload] | None = None
+    under: Trial[Payload] | None = None
+    over: Trial[Payload] | None = None
     below: Trial[None] | None = None  # largest knob known to give too few bytes
     above: Trial[None] | None = None  # smallest knob known to give too many bytes
     knob = min(max(start, low), high)
@@ -68,9 +75,14 @@ def solve_budget(
         trial = Trial(knob, total, None)
         trials.append(trial)
         error = trial.error(target_bytes)
+        kept = Trial(knob, total, payload)
         if best is None or abs(error) < abs(best.error(target_bytes)):
-            best = Trial(knob, total, payload)
-        del payload
+            best = kept
+        if total <= target_bytes and (under is None or total > under.total_bytes):
+            under = kept
+        if total > target_bytes and (over is None or total < over.total_bytes):
+            over = kept
+        del payload, kept
         if abs(total / target_bytes - 1.0) <= tolerance:
             break
         if error < 0 and (below is None or knob > below.knob):
@@ -97,7 +109,9 @@ def solve_budget(
         knob = min(max(knob + step, low), high)
     assert best is not None
     reached = abs(best.total_bytes / target_bytes - 1.0) <= tolerance
-    return Outcome(best, len(trials), reached)
+    if reached:
+        return Outcome(best, len(trials), reached)
+    return Outcome(best, len(trials), reached, under, over)
 
 
 def choose_per_slice(sizes: np.ndarray, errors: np.ndarray, budget: int) -> np.ndarray:

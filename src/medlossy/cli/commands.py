@@ -467,3 +467,73 @@ def bench_loader(arguments: argparse.Namespace) -> None:
           f"{result['level']}, {result['workers']} worker(s): {result['mvox_per_s']} Mvox/s "
           f"({result['patches']} patches in {result['seconds']} s; load "
           f"{result['load_average'][0]})")
+
+
+def list_codecs(arguments: argparse.Namespace) -> None:
+    from medlossy.codecs.catalog import catalog
+
+    entries = catalog()
+    if arguments.json:
+        print(json.dumps(entries, indent=2))
+        return
+    rows = [("codec", "chunk", "modes", "runs on", "library", "installed")]
+    rows += [(e["name"], e["chunk"], " ".join(e["modes"]), e["hardware"], e["library"],
+              "yes" if e["installed"] else f"no: needs {e['extra']}") for e in entries]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+              + "  " + row[-1])
+
+
+def _ratios(text: str) -> list[float]:
+    try:
+        ratios = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise MedlossyError(None, f"--ratios must be comma-separated numbers, got {text!r}"
+                            ) from None
+    if not ratios or min(ratios) <= 1:
+        raise MedlossyError(None, f"--ratios must be numbers greater than 1, got {text!r}")
+    return ratios
+
+
+def bench_codecs(arguments: argparse.Namespace) -> None:
+    import os
+
+    from medlossy.codec_bench import bench_codecs as run
+    from medlossy.codec_bench import plot, rd_table, speed_table
+    from medlossy.codecs import CodecError, get_codec
+    from medlossy.tables import markdown_table
+
+    ratios = _ratios(arguments.ratios)
+    names = None if arguments.codecs is None else [
+        n.strip() for n in arguments.codecs.split(",") if n.strip()]
+    try:
+        for name in names or []:
+            get_codec(name)
+    except CodecError as error:
+        raise MedlossyError(None, str(error)) from None
+    if arguments.workers < 1:
+        raise MedlossyError(None, "--workers must be >= 1")
+    modality = "OTHER" if arguments.modality == "auto" else arguments.modality
+    volume = read_volume(arguments.volume, modality)
+    out = Path(arguments.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def progress(row: dict) -> None:
+        _say(arguments, f"{row['codec']} x{row['ratio_target']:g}: x{row['ratio']:.3f}, "
+                        f"{row['psnr_db']} dB, encode {row['encode_pass_mvox_s']} Mvox/s per "
+                        f"pass, decode {row['decode_mvox_s']} Mvox/s")
+
+    load = os.getloadavg()[0]
+    results = run(volume, ratios, names, workers=arguments.workers, source=arguments.volume,
+                  progress=progress)
+    results.to_csv(out / "codecs.csv", index=False)
+    name = Path(arguments.volume).name
+    title = (f"{name} {'x'.join(map(str, volume.shape))}, {arguments.workers} worker(s), "
+             f"load {load:.2f} at start")
+    text = (f"# Codecs on {title}\n\n## PSNR (dB) at each target ratio\n\n"
+            f"{markdown_table(rd_table(results))}\n\n## Speed (median over the ratios)\n\n"
+            f"{markdown_table(speed_table(results))}\n")
+    (out / "codecs.md").write_text(text)
+    plot(results, out / "codecs.png", title)
+    print(text)

@@ -225,8 +225,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_reader_parser(sub)
     add_evaluate_parsers(sub)
 
+    codecs = sub.add_parser("codecs", help="available codecs, their modes, CPU/GPU, extras")
+    codecs.add_argument("--json", action="store_true", help="machine-readable output")
+    codecs.set_defaults(handler=commands.list_codecs)
+
     bench = sub.add_parser("bench", help="measure medlossy on your data")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    bench_codecs = bench_sub.add_parser(
+        "codecs", help="ratio vs PSNR and encode/decode Mvox/s of every codec on a volume",
+        description="Compress VOLUME at each ratio with each codec (the full compress: "
+                    "search, verification, store), decode it back, and write a table "
+                    "(codecs.csv, codecs.md) and a figure (codecs.png) to --out.")
+    bench_codecs.add_argument("volume", help=".nii, .nii.gz, .nrrd, or a DICOM series folder")
+    bench_codecs.add_argument("--ratios", default="5,10,20,50,100",
+                              help="comma-separated target ratios (default 5,10,20,50,100)")
+    bench_codecs.add_argument("--codecs", default=None,
+                              help="comma-separated codecs (default: every installed codec "
+                                   "with a ratio mode)")
+    bench_codecs.add_argument("--out", default="bench-codecs", help="output folder")
+    bench_codecs.add_argument("--workers", type=int, default=1,
+                              help="processes/threads per compress (default 1: speeds per "
+                                   "core)")
+    bench_codecs.add_argument("--modality", choices=("auto", "CT", "MR", "OTHER"),
+                              default="auto", help="decides the PSNR peak (CT: 4096)")
+    bench_codecs.add_argument("--quiet", action="store_true", help="no progress lines")
+    bench_codecs.set_defaults(handler=commands.bench_codecs)
     loader = bench_sub.add_parser(
         "loader", help="training patch supply (Mvox/s) decoded on the fly from stores",
         description="Draw random training patches from a store (or a folder of stores), "

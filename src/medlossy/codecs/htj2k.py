@@ -43,7 +43,8 @@ class Htj2kCodec(SliceCodec):
 
     name = "htj2k"
     available = bool(imagecodecs.HTJ2K.available)
-    library = f"OpenJPH {imagecodecs.htj2k_version()}" if available else "OpenJPH"
+    hardware = "CPU (GPU decode: medlossy[gpu])"
+    library = imagecodecs.htj2k_version() if available else "OpenJPH"
     extra = "imagecodecs built with OpenJPH (the PyPI wheels of imagecodecs>=2024.9.22)"
     # Steps from 0.1 of full scale (useless) down to 1e-6 (below one code: lossless-like).
     quality_range = (20.0, 120.0)
@@ -76,7 +77,7 @@ class Htj2kCodec(SliceCodec):
         return {
             "name": self.name,
             "standard": "ISO/IEC 15444-15 (HTJ2K), raw codestream per axial slice",
-            "encoder": f"OpenJPH {imagecodecs.htj2k_version()} via imagecodecs "
+            "encoder": f"{imagecodecs.htj2k_version()} via imagecodecs "
                        f"{imagecodecs.__version__}",
             "wavelet": "5/3 reversible" if lossless else "9/7 irreversible",
             "quantisation": "none (reversible)" if lossless else

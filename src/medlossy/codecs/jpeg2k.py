@@ -57,7 +57,8 @@ class Jpeg2kCodec(SliceCodec):
 
     name = "jpeg2k"
     per_chunk_ratio = True
-    library = f"OpenJPEG (pylibjpeg-openjpeg {openjpeg.__version__} encodes, imagecodecs decodes)"
+    hardware = "CPU (GPU decode: medlossy[gpu])"
+    library = f"OpenJPEG (pylibjpeg-openjpeg {openjpeg.__version__}; imagecodecs decodes)"
     # OpenJPEG PSNR targets (peak 65535): 30 dB is far below any useful image, 130 dB is
     # beyond what the 9/7 wavelet reaches on 16-bit data.
     quality_range = (30.0, 130.0)

@@ -14,8 +14,8 @@ from imagecodecs.numcodecs import Jpegls as JpeglsStoreCodec
 
 from medlossy.codecs.base import Setting, SliceCodec, register
 
-#: Largest NEAR searched for a ratio (CharLS allows up to half the sample range).
-MAX_NEAR = 4095
+#: Largest NEAR CharLS accepts (it refuses more than 255, whatever the sample depth).
+MAX_NEAR = 255
 
 
 @register
@@ -24,7 +24,7 @@ class JpeglsCodec(SliceCodec):
 
     name = "jpegls"
     available = bool(imagecodecs.JPEGLS.available)
-    library = f"CharLS {imagecodecs.jpegls_version()}" if available else "CharLS"
+    library = imagecodecs.jpegls_version() if available else "CharLS"
     extra = "imagecodecs built with CharLS (the PyPI wheels of imagecodecs>=2024.9.22)"
     unsigned_only = True
     modes = frozenset({"ratio", "max_error", "lossless"})
@@ -54,7 +54,7 @@ class JpeglsCodec(SliceCodec):
         return {
             "name": self.name,
             "standard": "ISO/IEC 14495-1 (JPEG-LS), one codestream per axial slice",
-            "encoder": f"CharLS {imagecodecs.jpegls_version()} via imagecodecs "
+            "encoder": f"{imagecodecs.jpegls_version()} via imagecodecs "
                        f"{imagecodecs.__version__}",
             "transform": "LOCO-I prediction, near-lossless" if setting.mode != "lossless"
                          else "LOCO-I prediction, lossless",

@@ -30,7 +30,7 @@ class JpegxlCodec(SliceCodec):
 
     name = "jpegxl"
     available = bool(imagecodecs.JPEGXL.available)
-    library = f"libjxl {imagecodecs.jpegxl_version()}" if available else "libjxl"
+    library = imagecodecs.jpegxl_version() if available else "libjxl"
     extra = "imagecodecs built with libjxl (the PyPI wheels of imagecodecs>=2024.9.22)"
     unsigned_only = True
     # libjxl accepts distances 0.01 .. 25.
@@ -57,7 +57,7 @@ class JpegxlCodec(SliceCodec):
         return {
             "name": self.name,
             "standard": "ISO/IEC 18181 (JPEG XL), raw codestream per axial slice",
-            "encoder": f"libjxl {imagecodecs.jpegxl_version()} via imagecodecs "
+            "encoder": f"{imagecodecs.jpegxl_version()} via imagecodecs "
                        f"{imagecodecs.__version__}",
             "transform": "modular lossless" if setting.mode == "lossless" else "VarDCT",
             "effort": EFFORT,

@@ -15,7 +15,7 @@ class SperrCodec(FloatBlockCodec):
 
     name = "sperr"
     available = bool(imagecodecs.SPERR.available)
-    library = f"SPERR {imagecodecs.sperr_version()}" if available else "SPERR"
+    library = imagecodecs.sperr_version() if available else "SPERR"
     extra = "imagecodecs built with SPERR (the PyPI wheels of imagecodecs>=2024.9.22)"
     standard = "SPERR stream with header, one per block of slices"
     transform = "3D CDF 9/7 wavelet, SPECK, point-wise error bound"

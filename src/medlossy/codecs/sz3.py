@@ -15,7 +15,7 @@ class Sz3Codec(FloatBlockCodec):
 
     name = "sz3"
     available = bool(imagecodecs.SZ3.available)
-    library = f"SZ3 {imagecodecs.sz3_version()}" if available else "SZ3"
+    library = imagecodecs.sz3_version() if available else "SZ3"
     extra = "imagecodecs built with SZ3 (the PyPI wheels of imagecodecs>=2024.9.22)"
     standard = "SZ3 stream, one per block of slices"
     transform = "3D interpolation/Lorenzo prediction, error-bounded quantisation"

@@ -29,7 +29,7 @@ class ZfpCodec(FloatBlockCodec):
 
     name = "zfp"
     available = bool(imagecodecs.ZFP.available)
-    library = f"ZFP {imagecodecs.zfp_version()}" if available else "ZFP"
+    library = imagecodecs.zfp_version() if available else "ZFP"
     extra = "imagecodecs built with ZFP (the PyPI wheels of imagecodecs>=2024.9.22)"
     standard = "ZFP stream with header, one per block of slices"
     transform = "4x4x4 decorrelating block transform, embedded coding"
