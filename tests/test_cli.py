@@ -215,8 +215,8 @@ def test_bench_codecs_writes_the_table_and_figure(cli, ct_b_crop_file, tmp_path)
 
 
 @pytest.mark.parametrize(("arguments", "problem"), [
-    (["--ratios", "1,10"], "--ratios must be numbers greater than 1"),
-    (["--ratios", "ten"], "--ratios must be comma-separated numbers"),
+    (["--ratios", "1,10"], "--ratios must be greater than 1 here (lossy)"),
+    (["--ratios", "ten"], "--ratios must be numbers separated by commas"),
     (["--codecs", "webp"], "unknown codec 'webp'"),
     (["--codecs", "blosc"], "codec 'blosc' has no ratio mode to benchmark"),
 ])
@@ -224,3 +224,10 @@ def test_bench_codecs_refuses_bad_arguments_in_one_line(cli, ct_b_crop_file, tmp
                                                         arguments, problem):
     code, _, err = cli("bench", "codecs", ct_b_crop_file, "--out", tmp_path / "b", *arguments)
     assert code == 2 and problem in err and err.strip().count("\n") == 0
+
+
+def test_dataset_compress_still_takes_ratio_1_as_lossless():
+    """Regression: bench codecs' ratio parser once replaced the sweep's, refusing ratio 1."""
+    from medlossy.cli.commands import _ratios
+
+    assert _ratios("1,2,5") == [1.0, 2.0, 5.0]
