@@ -319,7 +319,8 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
         values = [int(v) for v in arguments.crop_to_label.split(",") if v.strip()]
         dataset = crop_dataset(dataset, values, arguments.margin, out / "prepared")
     plan = plan_sweep(dataset, out, ratios, base_id=arguments.base_id,
-                      skip_bad=arguments.skip_bad, origin=Path(arguments.source))
+                      skip_bad=arguments.skip_bad, origin=Path(arguments.source),
+                      codec=arguments.codec)
     for problem in plan.bad.values():
         _say(arguments, f"skipped: {problem}")
     run_sweep(plan, workers=arguments.workers, scheduler=arguments.scheduler,

@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "name found, sorted, numbered from 1)")
     sweep.add_argument("--skip-bad", action="store_true",
                        help="skip cases with bad input and list them in the report")
+    sweep.add_argument("--codec", choices=codec_names(), default=None,
+                       help="codec of every ratio (default jpeg2k; see `medlossy codecs`); "
+                            "ratio 1 uses its lossless mode")
     _add_common(sweep)
     sweep.set_defaults(handler=commands.dataset_compress)
     report = dataset_sub.add_parser("report", help="per-ratio table of a sweep")

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from medlossy.atomic import atomic_output
 from medlossy.checksums import sha256_file
+from medlossy.codecs import CodecError, get_codec
 from medlossy.codecs.pool import default_workers
 from medlossy.compression import Target, compress_volume
 from medlossy.datasets.nnunet_raw import Case, RawDataset
@@ -92,6 +93,8 @@ def finished_part(task: SweepTask) -> dict | None:
         return None
     if row.get("ratio_target") != task.ratio or store.verify():
         return None
+    if task.codec is not None and row.get("codec") != task.codec:
+        return None  # the sweep was rerun with another codec
     if row.get("store_crc32") != _store_checksum(store):
         return None
     decoded = Path(task.decoded)
@@ -181,6 +184,15 @@ class SweepPlan:
     ids: dict[float, int] = field(default_factory=dict)
     #: the source as the user named it (before any cropping or DICOM conversion)
     origin: Path | None = None
+    #: the codec of every ratio (None: JPEG 2000); ratio 1 uses its lossless mode, or the
+    #: default lossless codec when it has none (SPERR, SZ3)
+    codec: str | None = None
+
+    def codec_for(self, ratio: float) -> str | None:
+        if self.codec is None or (ratio == 1 and "lossless" not in
+                                  get_codec(self.codec).modes):
+            return None
+        return self.codec
 
     def dataset_folder(self, ratio: float) -> Path:
         return self.out / "nnunet" / nnunet_dataset_name(self.dataset, ratio, self.ids[ratio])
@@ -200,7 +212,8 @@ class SweepPlan:
                         store=str(self.out / "stores" / tag / f"{stem}.zarr"),
                         decoded=str(folder / f"images{case.split}" /
                                     f"{stem}{self.dataset.file_ending}"),
-                        part=str(self.out / "parts" / tag / f"{stem}.json")))
+                        part=str(self.out / "parts" / tag / f"{stem}.json"),
+                        codec=self.codec_for(ratio)))
         return tasks
 
 
@@ -287,16 +300,24 @@ def _dataset_ids(out: Path, ratios: Sequence[float], base_id: int | None,
 
 def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
                base_id: int | None = None, skip_bad: bool = False,
-               origin: Path | None = None) -> SweepPlan:
+               origin: Path | None = None, codec: str | None = None) -> SweepPlan:
     """Validate every case, then lay out what to do; bad cases stop here unless skipped.
 
     ``origin``: the source as the user named it, when ``dataset`` was prepared from it
     (cropped, converted from DICOM); ``out`` must be new or this origin's sweep.
     ``base_id``: the first ratio's nnU-Net id; default: derived from the origin, see
-    :func:`_dataset_ids`.
+    :func:`_dataset_ids`. ``codec``: every ratio's codec (None: JPEG 2000).
     """
     if not ratios or any(r < 1 for r in ratios):
         raise MedlossyError(None, f"ratios must be >= 1 (1 = lossless), got {list(ratios)}")
+    if codec is not None:
+        try:
+            modes = get_codec(codec).modes
+        except CodecError as error:
+            raise MedlossyError(None, str(error)) from None
+        if "ratio" not in modes and any(r > 1 for r in ratios):
+            raise MedlossyError(None, f"codec {codec!r} has no ratio mode; use it for ratio 1 "
+                                      "(lossless) only")
     if base_id is not None and (base_id < 1 or base_id + len(ratios) - 1 > 999):
         raise MedlossyError(None, f"dataset ids {base_id}..{base_id + len(ratios) - 1} are "
                                   "outside nnU-Net's 1..999")
@@ -322,7 +343,8 @@ def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
     ids = _dataset_ids(out, ratios, base_id, origin)
     if max(ids.values()) > 999:
         raise MedlossyError(None, f"dataset id {max(ids.values())} is outside nnU-Net's 1..999")
-    return SweepPlan(dataset, out, ratios, base_id, tuple(good), bad, ranges, ids, origin)
+    return SweepPlan(dataset, out, ratios, base_id, tuple(good), bad, ranges, ids, origin,
+                     codec)
 
 
 @contextmanager
@@ -377,11 +399,12 @@ def _write_nnunet_metadata(plan: SweepPlan, bad: dict[str, str]) -> None:
             "name": folder.name.split("_", 1)[1],
             "numTraining": sum(case.label is not None for case in training),
             "medlossy": {"source": str(plan.dataset.root), "ratio": ratio,
-                         "codec": "jpeg2k", "lossless": ratio == 1,
+                         "codec": plan.codec_for(ratio) or "jpeg2k", "lossless": ratio == 1,
                          # where training with [training] source = "store" reads the images
                          "stores": os.path.relpath(plan.out / "stores" / ratio_tag(ratio),
                                                    folder),
-                         "note": "images decoded from lossy JPEG 2000 stores; labels exact"},
+                         "note": f"images decoded from lossy {plan.codec or 'jpeg2k'} "
+                                 "stores; labels exact"},
         })
         write_json(folder / "dataset.json", metadata)
 
