@@ -12,6 +12,7 @@ from medlossy.codecs import get_codec
 from medlossy.codecs.pool import default_workers
 from medlossy.errors import MedlossyError
 from medlossy.io import write_volume
+from medlossy.io.nifti import saved_header
 from medlossy.store import SliceStore
 from medlossy.volume import Volume
 
@@ -23,7 +24,17 @@ def read_store(path: str | Path, *, workers: int | None = None) -> Volume:
     geometry = attributes["geometry"]
     codec = get_codec(attributes["codec"]["name"])
     shape = tuple(geometry["shape"])
-    array = np.empty(shape, dtype=store.mapping.original_dtype)
+    source = attributes.get("source", {})
+    header = {key: value for key, value in source.items() if key != "file"}
+    try:
+        saved_header(header)
+    except ValueError as error:
+        raise MedlossyError(store.path, f"corrupt store metadata ({error})") from None
+    try:
+        array = np.empty(shape, dtype=store.mapping.original_dtype)
+    except MemoryError:
+        raise MedlossyError(store.path, f"declares a {shape} volume, too large to hold in "
+                                        "memory here") from None
     slices_first = np.moveaxis(array, geometry["axial_axis"], 0)
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as threads:
         decoded = threads.map(lambda index: store.decode_chunk(index, codec),
@@ -31,8 +42,6 @@ def read_store(path: str | Path, *, workers: int | None = None) -> Volume:
         for index, codes in enumerate(decoded):
             held = store.chunk_slices(index)
             slices_first[held.start : held.stop] = store.mapping.to_values(codes)
-    source = attributes.get("source", {})
-    header = {key: value for key, value in source.items() if key != "file"}
     return Volume(array, np.asarray(geometry["affine"], dtype=float),
                   modality=attributes.get("modality", "OTHER"), header=header)
 

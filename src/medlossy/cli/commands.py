@@ -163,6 +163,16 @@ def _info_document(path: str) -> dict:
 
 
 def info(arguments: argparse.Namespace) -> None:
+    try:
+        _info(arguments)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        # The summary reads values the reader itself does not need (achieved, target):
+        # damaged ones make the store's report, not medlossy, fail.
+        raise MedlossyError(arguments.store, "corrupt store metadata (cannot report "
+                                             f"{type(error).__name__}: {error})") from None
+
+
+def _info(arguments: argparse.Namespace) -> None:
     document = _info_document(arguments.store)
     if arguments.json:
         print(json.dumps(document, indent=2))

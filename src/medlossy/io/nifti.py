@@ -14,6 +14,7 @@ from medlossy.volume import Volume
 
 SUFFIXES = (".nii", ".nii.gz")
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error)
+_FLOAT32 = np.finfo(np.float32)
 
 
 def _squeezed(image: nib.Nifti1Image, path: Path, lazy: bool):
@@ -78,13 +79,40 @@ def _stored_integers(volume: Volume, dtype: np.dtype) -> np.ndarray:
     return np.clip(stored, limits.min, limits.max).astype(dtype)
 
 
+def saved_header(saved: dict) -> nib.Nifti1Header | None:
+    """The NIfTI header kept from a source (None if the source was not NIfTI); ValueError
+    when what was kept is damaged."""
+    if saved.get("format") not in ("nifti1", "nifti2"):
+        return None
+    header_type = nib.Nifti2Header if saved["format"] == "nifti2" else nib.Nifti1Header
+    try:
+        header = header_type(binaryblock=base64.b64decode(saved["header_b64"], validate=True))
+        dtype = header.get_data_dtype()
+    except Exception as error:  # base64, size and dtype errors come in several types
+        raise ValueError(f"saved NIfTI header unusable ({error})") from None
+    if dtype.kind not in "biuf":
+        raise ValueError(f"saved NIfTI header has voxel type {dtype}")
+    if ("scl_slope" in saved) != ("scl_inter" in saved):
+        raise ValueError("saved scaling has only one of scl_slope and scl_inter")
+    for key in ("scl_slope", "scl_inter"):
+        value = saved.get(key, 1.0)
+        # NIfTI holds them as float32: finite there, and a slope of normal magnitude.
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not abs(value) < _FLOAT32.max \
+                or (key == "scl_slope" and not abs(value) >= _FLOAT32.tiny):
+            raise ValueError(f"saved {key} is {value!r}")
+    return header
+
+
 def write_nifti(volume: Volume, path: Path) -> None:
     """Write ``volume``; a header kept from a NIfTI source restores dtype, codes, units and
     scaling (a scaled integer source gets its integers and scl_slope / scl_inter back)."""
     saved = volume.header
-    if saved.get("format") in ("nifti1", "nifti2"):
-        header_type = nib.Nifti2Header if saved["format"] == "nifti2" else nib.Nifti1Header
-        header = header_type(binaryblock=base64.b64decode(saved["header_b64"]))
+    try:
+        header = saved_header(saved)
+    except ValueError as error:
+        raise MedlossyError(path, str(error)) from None
+    if header is not None:
         image_type = nib.Nifti2Image if saved["format"] == "nifti2" else nib.Nifti1Image
         if "scl_slope" in saved and header.get_data_dtype().kind in "iu":
             image = image_type(_stored_integers(volume, header.get_data_dtype()), None,

@@ -33,7 +33,7 @@ from numcodecs import FixedScaleOffset
 from numcodecs.abc import Codec as NumcodecsCodec
 
 from medlossy.checksums import crc32
-from medlossy.codecs import SliceCodec
+from medlossy.codecs import SliceCodec, codec_names
 from medlossy.codecs.intensity import CodeMapping
 from medlossy.errors import MedlossyError
 from medlossy.store.ngff import LEVEL0, multiscales
@@ -146,6 +146,84 @@ def stored_bytes(directory: Path) -> int:
                for root, _, names in os.walk(directory) for name in names)
 
 
+class _Malformed(Exception):
+    """A metadata value that medlossy needs is missing or unusable."""
+
+
+def _number(value: Any, name: str, *, nonzero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not np.isfinite(value) or (nonzero and value == 0):
+        raise _Malformed(f"{name} is {value!r}")
+    return float(value)
+
+
+def _dtype(value: Any, name: str) -> str:
+    try:
+        dtype = np.dtype(value) if isinstance(value, str) else None
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "biuf":
+        raise _Malformed(f"{name} is {value!r}")
+    return value
+
+
+def _section(attributes: dict, name: str) -> dict:
+    value = attributes.get(name)
+    if not isinstance(value, dict):
+        raise _Malformed(f"{name} is {'missing' if value is None else repr(value)}")
+    return value
+
+
+def check_metadata(attributes: dict, zarray: Any) -> CodeMapping:
+    """Check what readers use (geometry, slice array, checksums, codec, intensity mapping)
+    against itself, so damage shows as one error instead of a crash later; returns the
+    intensity mapping. Checksums protect the chunks, not these values: a value rewritten to
+    another valid one cannot be detected here."""
+    geometry = _section(attributes, "geometry")
+    shape, axis = geometry.get("shape"), geometry.get("axial_axis")
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
+        raise _Malformed(f"geometry.shape is {shape!r}")
+    if axis not in (0, 1, 2) or isinstance(axis, bool):
+        raise _Malformed(f"geometry.axial_axis is {axis!r}")
+    affine = geometry.get("affine")
+    try:
+        matrix = np.asarray(affine, dtype=np.float64)
+    except (TypeError, ValueError):
+        matrix = np.zeros(0)
+    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+        raise _Malformed("geometry.affine is not a finite 4x4 matrix")
+    array_shape = zarray.get("shape") if isinstance(zarray, dict) else None
+    expected = [shape[axis]] + [n for i, n in enumerate(shape) if i != axis]
+    if array_shape != expected:
+        raise _Malformed(f"array shape {array_shape!r} does not match geometry {shape}")
+    chunks = zarray.get("chunks")
+    if not (isinstance(chunks, list) and len(chunks) == 3 and chunks[1:] == expected[1:]
+            and isinstance(chunks[0], int) and not isinstance(chunks[0], bool)
+            and chunks[0] > 0):
+        raise _Malformed(f"array chunks {chunks!r} are not slices or blocks of slices")
+    count = -(-expected[0] // chunks[0])
+    crcs = attributes.get("chunk_crc32")
+    if not (isinstance(crcs, list) and len(crcs) == count
+            and all(isinstance(c, int) and not isinstance(c, bool) for c in crcs)):
+        raise _Malformed(f"chunk_crc32 does not hold one checksum per chunk ({count})")
+    name = _section(attributes, "codec").get("name")
+    if name not in codec_names():
+        raise _Malformed(f"unknown codec {name!r}")
+    if attributes.get("modality", "OTHER") not in ("CT", "MR", "OTHER"):
+        raise _Malformed(f"modality is {attributes.get('modality')!r}")
+    if not isinstance(attributes.get("source", {}), dict):
+        raise _Malformed("source is not a mapping")
+    intensity = _section(attributes, "intensity")
+    slope = intensity.get("slope")
+    return CodeMapping(_dtype(intensity.get("original_dtype"), "intensity.original_dtype"),
+                       _dtype(intensity.get("code_dtype"), "intensity.code_dtype"),
+                       _number(intensity.get("offset"), "intensity.offset"),
+                       _number(intensity.get("scale"), "intensity.scale", nonzero=True),
+                       None if slope is None else _number(slope, "intensity.slope",
+                                                          nonzero=True))
+
+
 class SliceStore:
     """Read access to a store written by medlossy, every chunk checked against its CRC-32."""
 
@@ -165,16 +243,18 @@ class SliceStore:
                                 ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise MedlossyError(self.path, f"corrupt store metadata ({error})") from None
-        self.attributes: dict[str, Any] = attributes.get(ATTRIBUTE_KEY, {})
+        medlossy = attributes.get(ATTRIBUTE_KEY) if isinstance(attributes, dict) else None
+        self.attributes: dict[str, Any] = medlossy if isinstance(medlossy, dict) else {}
         self.format_version = self.attributes.get("format_version")
-        if self.format_version not in READABLE_VERSIONS:
+        if self.format_version not in READABLE_VERSIONS or isinstance(self.format_version,
+                                                                      bool):
             raise MedlossyError(self.path, "not a medlossy store (no medlossy attributes of "
                                            "format version "
                                            f"{' or '.join(map(str, READABLE_VERSIONS))})")
-        intensity = self.attributes["intensity"]
-        self.mapping = CodeMapping(**{key: intensity[key] for key in
-                                      ("original_dtype", "code_dtype", "offset", "scale")},
-                                   slope=intensity.get("slope"))
+        try:
+            self.mapping = check_metadata(self.attributes, self.zarray)
+        except _Malformed as error:
+            raise MedlossyError(self.path, f"corrupt store metadata ({error})") from None
 
     @property
     def slices(self) -> int:
