@@ -20,12 +20,15 @@ import numpy as np
 from tqdm import tqdm
 
 from medlossy.codecs.base import Setting, SliceCodec, get_codec
+from medlossy.orphans import die_with_parent
 
 _worker: tuple[SliceCodec, np.ndarray] | None = None
 
 
-def _start_worker(codec_name: str, path: str, shape: tuple[int, ...], dtype: str) -> None:
+def _start_worker(owner: int, codec_name: str, path: str, shape: tuple[int, ...],
+                  dtype: str) -> None:
     global _worker
+    die_with_parent(owner)
     _worker = (get_codec(codec_name), np.memmap(path, dtype=dtype, mode="r", shape=shape))
 
 
@@ -109,7 +112,8 @@ def slice_encoder(codec: SliceCodec, shape: tuple[int, int, int], dtype: str,
         with ProcessPoolExecutor(max_workers=workers,
                                  mp_context=multiprocessing.get_context(method),
                                  initializer=_start_worker,
-                                 initargs=(codec.name, path, shape, dtype)) as executor:
+                                 initargs=(os.getpid(), codec.name, path, shape, dtype),
+                                 ) as executor:
             try:
                 yield SliceEncoder(codec, slices, workers, executor)
             except BaseException:

@@ -47,6 +47,7 @@ from medlossy.io import read_volume
 from medlossy.io.nifti import write_nifti
 from medlossy.jsonfile import write_json
 from medlossy.metrics import CT_DATA_RANGE
+from medlossy.orphans import die_with_parent
 from medlossy.outputs import check_own_folder
 from medlossy.store import SliceStore
 
@@ -364,8 +365,8 @@ def _executor(workers: int, scheduler: str | None) -> Iterator[Executor]:
         return
     # forkserver: workers never inherit the parent's threads (zarr runs an event loop).
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(max_workers=workers,
-                             mp_context=multiprocessing.get_context(method)) as executor:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as executor:
         yield executor
 
 

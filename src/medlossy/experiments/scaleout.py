@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 from medlossy.errors import MedlossyError
+from medlossy.orphans import die_with_parent
 
 GPU_RESOURCE = "GPU"
 
@@ -33,7 +34,8 @@ def parse_gpus(text: str) -> list[str]:
     return gpus
 
 
-def _pin_gpu(queue: multiprocessing.Queue) -> None:
+def _pin_gpu(queue: multiprocessing.Queue, owner: int) -> None:
+    die_with_parent(owner)
     os.environ["CUDA_VISIBLE_DEVICES"] = queue.get()
 
 
@@ -49,7 +51,8 @@ def local_gpus(gpus: Sequence[str]) -> Callable[[Callable, list], list]:
         for gpu in gpus:
             queue.put(gpu)
         with ProcessPoolExecutor(max_workers=len(gpus), mp_context=context,
-                                 initializer=_pin_gpu, initargs=(queue,)) as executor:
+                                 initializer=_pin_gpu, initargs=(queue, os.getpid()),
+                                 ) as executor:
             return list(executor.map(function, units))
 
     return run

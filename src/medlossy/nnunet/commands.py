@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medlossy.errors import MedlossyError
+from medlossy.orphans import guarded_command
 
 #: nnunetv2 and dynamic-network-architectures go in without their dependencies: the latter
 #: requires timm, hence torchvision, hence a CUDA torch (see the Makefile's install step).
@@ -174,7 +175,9 @@ def run_logged(arguments: list[str], environment: dict[str, str], log: Path, *,
     with open(log, "a", encoding="utf-8") as handle:
         handle.write(f"$ {' '.join(arguments)}\n")
         handle.flush()
-        process = subprocess.Popen(arguments, env=environment, stdout=subprocess.PIPE,
+        # guarded: nnU-Net (training for hours) must not outlive a killed medlossy
+        process = subprocess.Popen(guarded_command(arguments), env=environment,
+                                   stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, errors="replace")
         try:
             assert process.stdout is not None
