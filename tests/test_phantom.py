@@ -19,6 +19,7 @@ from medlossy.data.calibration import (
     noise_statistics,
 )
 from medlossy.data.phantom import (
+    ENHANCEMENT_HU,
     HU_RANGE,
     LABELS,
     TISSUES,
@@ -112,6 +113,30 @@ def test_per_case_means_are_jittered_around_the_calibration(small_cases, calibra
             assert abs(case.means_hu[tissue] - reference[tissue]["mean_hu"]) < 5 * 4.0
 
 
+def test_portal_venous_phase_enhances_organs_and_vessels_only(default_case):
+    enhanced = generate_case(0, PhantomConfig(mean_jitter_hu=0.0, phase="portal-venous"))
+    np.testing.assert_array_equal(enhanced.labels.array, default_case.labels.array)
+    assert enhanced.parameters["phase"] == "portal-venous"
+    added = ENHANCEMENT_HU["portal-venous"]
+    inner = {name: erode_mm(default_case.labels.array == LABELS[name],
+                            default_case.image.spacing, TISSUE_EROSION_MM)
+             for name in ("liver", "spleen", "aorta", "inferior_vena_cava")}
+    means = {name: enhanced.image.array[mask].mean() for name, mask in inner.items()}
+    for name, mask in inner.items():
+        gain = means[name] - default_case.image.array[mask].mean()
+        assert abs(gain - added[name]) < 5.0, (name, gain)
+    # What makes the organs tell apart: vessels brightest, spleen clearly above liver.
+    assert means["aorta"] > means["inferior_vena_cava"] + 20 > means["liver"] + 20
+    assert means["spleen"] > means["liver"] + 15
+    fat = default_case.tissues == TISSUES.index("fat")
+    assert abs(enhanced.image.array[fat].mean() - default_case.image.array[fat].mean()) < 1.0
+
+
+def test_unknown_phase_is_refused():
+    with pytest.raises(ValueError, match="phase must be one of"):
+        PhantomConfig(phase="arterial-late")
+
+
 def test_noise_std_and_correlation_match_the_calibration(default_case, calibration):
     measured = calibration["measured"]["CT A"]["noise"]
     liver = default_case.labels.array == LABELS["liver"]
@@ -151,6 +176,8 @@ def test_dataset_layout_json_and_rerun(tmp_path):
     document = json.loads((folder / "dataset.json").read_text())
     assert document["synthetic"] is True
     assert "SYNTHETIC" in document["description"] and "seed 0" in document["description"]
+    assert "native phase" in document["description"]
+    assert document["phantom"]["generation"]["phase"] == "native"
     assert document["channel_names"] == {"0": "CT"}
     assert document["file_ending"] == ".nii.gz"
     assert sorted(document["labels"].values()) == list(range(len(LABELS)))

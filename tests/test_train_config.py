@@ -106,3 +106,9 @@ def test_cli_train_with_a_bad_patch_exits_2(dataset: Path, tmp_path: Path, capsy
     assert captured.err.count("\n") == 1
     assert "patch size (20, 20, 20) must be divisible by 8" in captured.err
     assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("axes", [(3,), (0, 0)])
+def test_bad_mirror_axes_are_refused(axes: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="mirror axes must be distinct axes among 0, 1, 2"):
+        TrainConfig(mirror_axes=axes)

@@ -101,3 +101,32 @@ def test_state_covers_nested_random_transforms(cases) -> None:
 
     assert {"RandCropByPosNegLabel", "RandAffine", "RandAffineGrid"} <= names
     assert len(sampler.state()["transforms"]) == len(sampler._random_transforms())
+
+
+def _lateral_case() -> PreparedCase:
+    """A 16^3 case whose class 1 fills the low-x half and class 2 the high-x half."""
+    labels = np.zeros((16, 16, 16), np.uint8)
+    labels[2:8, 4:12, 4:12] = 1
+    labels[8:14, 4:12, 4:12] = 2
+    image = labels[None].astype(np.float32)
+    return PreparedCase("lateral", image, labels)
+
+
+def _sides_swapped(config: TrainConfig, batches: int = 12) -> int:
+    """How many patches show class 1 on the high-x side of class 2."""
+    sampler = PatchSampler([_lateral_case()], config)
+    swapped = 0
+    for _ in range(batches):
+        _, labels = sampler.batch()
+        for patch in labels[:, 0].numpy():
+            x = np.arange(patch.shape[0])[:, None, None]
+            centre = [float((x * (patch == c)).sum() / max((patch == c).sum(), 1)) for c in (1, 2)]
+            swapped += centre[0] > centre[1]
+    return swapped
+
+
+def test_mirroring_the_left_right_axis_swaps_lateral_classes_unless_left_out() -> None:
+    base = dict(patch_size=(16, 16, 16), filters=(4, 8, 16), batch_size=2, seed=1)
+
+    assert _sides_swapped(TrainConfig(**base)) > 0
+    assert _sides_swapped(TrainConfig(**base, mirror_axes=(1, 2))) == 0

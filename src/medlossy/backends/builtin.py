@@ -33,7 +33,7 @@ class BuiltinBackend(TrainingBackend):
     def config(self, request: TrainRequest) -> TrainConfig:
         options: dict[str, Any] = dict(request.options)
         check_options(options, OPTIONS, self.name)
-        for key in ("patch_size", "target_spacing", "filters"):
+        for key in ("patch_size", "target_spacing", "filters", "mirror_axes"):
             if key in options:
                 options[key] = tuple(options[key])
         return TrainConfig.from_preset(

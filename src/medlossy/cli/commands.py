@@ -397,7 +397,7 @@ def data_phantom(arguments: argparse.Namespace) -> None:
 
     config = PhantomConfig(shape=_numbers(arguments.shape, "--shape", int),
                            spacing=_numbers(arguments.spacing, "--spacing", float),
-                           seed=arguments.seed)
+                           seed=arguments.seed, phase=arguments.phase)
     folder = write_phantom_dataset(arguments.out, arguments.cases, config,
                                    dataset_id=arguments.dataset_id,
                                    show_progress=not arguments.quiet)

@@ -287,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--out", default="phantom-data", help="where to write the dataset")
     phantom.add_argument("--shape", default="96,96,64", help="voxels L,P,S (default: 96,96,64)")
     phantom.add_argument("--spacing", default="3", help="mm, one or three numbers (default: 3)")
+    phantom.add_argument("--phase", choices=("native", "portal-venous"), default="native",
+                         help="contrast phase (default: native, as calibrated; portal-venous: "
+                              "organs and vessels enhanced, typical values)")
     phantom.add_argument("--id", dest="dataset_id", type=int, default=950,
                          help="nnU-Net dataset id (default: 950 -> Dataset950_Phantom)")
     phantom.add_argument("--quiet", action="store_true")

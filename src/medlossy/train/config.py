@@ -38,6 +38,10 @@ class TrainConfig:
     weight_decay: float = 3e-5
     foreground_fraction: float = 1 / 3
     augment: bool = True
+    #: Axes mirrored at random by the augmentation (nnU-Net mirrors all three). Mirroring the
+    #: left-right axis swaps the sides of lateral classes (left/right kidney, aorta/IVC):
+    #: with few iterations the network cannot yet tell them apart from the anatomy around.
+    mirror_axes: tuple[int, ...] = (0, 1, 2)
     seed: int = 0
     fold: int = 0
     folds: int = 3
@@ -75,6 +79,10 @@ class TrainConfig:
                             f"{2 ** (len(self.filters) - 1)} for {len(self.filters)} stages")
         if not 0 < self.train_fraction <= 1:
             problems.append(f"train fraction must be in (0, 1], got {self.train_fraction}")
+        if any(axis not in (0, 1, 2) for axis in self.mirror_axes) or \
+                len(set(self.mirror_axes)) != len(self.mirror_axes):
+            problems.append(f"mirror axes must be distinct axes among 0, 1, 2, got "
+                            f"{self.mirror_axes}")
         if not 0 <= self.foreground_fraction <= 1:
             problems.append("foreground fraction must be in [0, 1]")
         if self.loader_workers < 0:

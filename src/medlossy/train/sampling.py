@@ -38,9 +38,8 @@ def build_transforms(config: TrainConfig) -> Compose:
             RandAffined(keys=["image", "label"], prob=0.2, rotate_range=(0.26, 0.26, 0.26),
                         scale_range=(0.15, 0.15, 0.15), mode=("bilinear", "nearest"),
                         padding_mode="border"),
-            RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=0),
-            RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=1),
-            RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=2),
+            *(RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=axis)
+              for axis in config.mirror_axes),
             RandScaleIntensityd(keys="image", factors=0.1, prob=0.3),
             RandShiftIntensityd(keys="image", offsets=0.1, prob=0.3),
             RandGaussianNoised(keys="image", prob=0.1, std=0.1),
