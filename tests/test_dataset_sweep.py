@@ -521,22 +521,19 @@ def test_sweep_leaves_no_temporaries(ct_sweep: Path) -> None:
 
 
 def test_sweep_with_another_codec_and_a_rerun_with_a_third(tmp_path: Path, serial) -> None:
-    """--codec: every ratio's stores use it (ratio 1 its lossless mode, or the default
-    lossless codec for a codec without one); a rerun with another codec redoes the lossy
-    tasks."""
+    """--codec: every lossy ratio's stores use it (ratio 1 is stored losslessly as without
+    --codec); a rerun with another codec redoes the lossy tasks and keeps the lossless one."""
     source = write_synthetic_dataset(tmp_path / "Dataset540_Syn", {"syn_a": 1})
     out = tmp_path / "sweep"
     assert compress(source, out, "1,5", "--codec", "htj2k") == 0
     manifest = pd.read_csv(out / "manifest.csv").sort_values("ratio_target")
-    assert list(manifest.codec) == ["htj2k", "htj2k"]
+    assert list(manifest.codec) == ["jpeg2k", "htj2k"]
     assert manifest.target_reached.all()
     document = json.loads((dataset_folder(out, 5) / "dataset.json").read_text())
     assert document["medlossy"]["codec"] == "htj2k"
     assert compress(source, out, "1,5", "--codec", "sz3") == 0
     manifest = pd.read_csv(out / "manifest.csv").sort_values("ratio_target")
-    # SZ3 has no lossless mode: ratio 1 takes the default lossless codec, and any verified
-    # lossless store (here HTJ2K's) already holds exactly those values, so it is kept
-    assert list(manifest.codec) == ["htj2k", "sz3"]
+    assert list(manifest.codec) == ["jpeg2k", "sz3"]
     zarray = json.loads((out / "stores" / "r5" / "syn_a_0000.zarr" / "0" / ".zarray")
                         .read_text())
     assert zarray["chunks"][0] == 16 and zarray["compressor"]["codec"] == "sz3"

@@ -214,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--skip-bad", action="store_true",
                        help="skip cases with bad input and list them in the report")
     sweep.add_argument("--codec", choices=codec_names(), default=None,
-                       help="codec of every ratio (default jpeg2k; see `medlossy codecs`); "
-                            "ratio 1 uses its lossless mode")
+                       help="codec of every lossy ratio (default jpeg2k; see `medlossy "
+                            "codecs`); ratio 1 is stored losslessly as without --codec")
     _add_common(sweep)
     sweep.set_defaults(handler=commands.dataset_compress)
     report = dataset_sub.add_parser("report", help="per-ratio table of a sweep")

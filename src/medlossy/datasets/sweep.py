@@ -185,15 +185,13 @@ class SweepPlan:
     ids: dict[float, int] = field(default_factory=dict)
     #: the source as the user named it (before any cropping or DICOM conversion)
     origin: Path | None = None
-    #: the codec of every ratio (None: JPEG 2000); ratio 1 uses its lossless mode, or the
-    #: default lossless codec when it has none (SPERR, SZ3)
+    #: the codec of every lossy ratio (None: JPEG 2000); ratio 1 is stored by the default
+    #: lossless choice (JPEG 2000, or Blosc for data it cannot hold exactly), since every
+    #: lossless codec holds the same values and not every codec has a lossless mode
     codec: str | None = None
 
     def codec_for(self, ratio: float) -> str | None:
-        if self.codec is None or (ratio == 1 and "lossless" not in
-                                  get_codec(self.codec).modes):
-            return None
-        return self.codec
+        return None if ratio == 1 else self.codec
 
     def dataset_folder(self, ratio: float) -> Path:
         return self.out / "nnunet" / nnunet_dataset_name(self.dataset, ratio, self.ids[ratio])

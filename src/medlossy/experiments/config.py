@@ -14,6 +14,7 @@ Example (every key optional except ``datasets``)::
     min_test_cases = 10                           # fewer: no safe ratio is named
     safe_ratio_over = "classes"                   # smallest over classes; or "mean"
     reader_results = "rs/report/answers.csv"      # optional, from medlossy reader analyze
+    codec = "jpeg2k"                              # or a list to compare: ["jpeg2k", "htj2k"]
 
     [[datasets]]
     path = "nnUNet_raw/Dataset011_AMOS"
@@ -80,7 +81,8 @@ class StudyConfig:
     margin: float = 0.01
     min_test_cases: int = 10  # fewest test cases behind a named safe ratio
     safe_ratio_over: str = "classes"  # or "mean": the per-case mean alone
-    codec: str = "jpeg2k"
+    #: One codec, or several to compare (each gets its own sweep, models and report rows).
+    codec: str | tuple[str, ...] = "jpeg2k"
     base_id: int = 800
     training: dict[str, Any] = field(default_factory=dict)
     pretrained: dict[str, str] = field(default_factory=dict)
@@ -90,6 +92,11 @@ class StudyConfig:
     def backend(self) -> TrainingBackend:
         """The training backend ``[training] backend`` names (default: the built-in)."""
         return get_backend(str(self.training.get("backend", "builtin")))
+
+    @property
+    def codecs(self) -> tuple[str, ...]:
+        """Every codec the study compresses with, in the config's order."""
+        return (self.codec,) if isinstance(self.codec, str) else tuple(self.codec)
 
     @property
     def training_seeds(self) -> tuple[int, ...]:
@@ -124,6 +131,22 @@ def _fail(source: str, problem: str) -> MedlossyError:
     return MedlossyError(source, f"bad study config: {problem}")
 
 
+def _check_codecs(config: StudyConfig, source: str) -> None:
+    from medlossy.codecs import CodecError, get_codec
+
+    if not config.codecs or len(set(config.codecs)) != len(config.codecs):
+        raise _fail(source, f"codec must be a name or a list of distinct names, got "
+                            f"{config.codec!r}")
+    for name in config.codecs:
+        try:
+            codec = get_codec(name)
+        except CodecError as error:
+            raise _fail(source, str(error)) from None
+        if "ratio" not in codec.modes and any(r > 1 for r in config.ratios
+                                              + config.train_ratios):
+            raise _fail(source, f"codec {name!r} has no ratio mode (see `medlossy codecs`)")
+
+
 def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> StudyConfig:
     """Impossible combinations and missing files, all reported before any work
     (``check_files=False``: the settings only, for a dry run before the data are there)."""
@@ -134,6 +157,7 @@ def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> S
         raise _fail(source, f"unknown experiment(s) {sorted(unknown)}; known: {EXPERIMENTS}")
     if not config.datasets:
         raise _fail(source, "no datasets")
+    _check_codecs(config, source)
     if any(r < 1 for r in config.ratios + config.train_ratios):
         raise _fail(source, "ratios must be >= 1 (1 = lossless)")
     training = {"train", "cross", "pretrained", "budget"} & set(config.experiments)

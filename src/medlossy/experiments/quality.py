@@ -20,14 +20,18 @@ __all__ = ["STUDY_RATIOS", "run_quality"]
 
 def run_quality(dataset: RawDataset, sweep_folder: Path, ratios: Sequence[float] = STUDY_RATIOS,
                 *, base_id: int, workers: int | None = None, scheduler: str | None = None,
-                show_progress: bool = False) -> pd.DataFrame:
-    """Sweep ``dataset`` into ``sweep_folder``; one row per image and ratio.
+                show_progress: bool = False, codec: str | None = None,
+                name: str | None = None) -> pd.DataFrame:
+    """Sweep ``dataset`` into ``sweep_folder`` with ``codec`` at the lossy ratios (None:
+    JPEG 2000); one row per image and ratio, its ``dataset`` column ``name`` (default: the
+    dataset's name) and ``study_codec`` the codec compared.
 
     Lossless rows (no error at all) get an infinite PSNR.
     """
-    plan = plan_sweep(dataset, sweep_folder, ratios, base_id=base_id)
+    plan = plan_sweep(dataset, sweep_folder, ratios, base_id=base_id, codec=codec)
     manifest = run_sweep(plan, workers=workers, scheduler=scheduler,
                          show_progress=show_progress)
-    manifest.insert(0, "dataset", dataset.name)
+    manifest.insert(0, "dataset", name or dataset.name)
+    manifest.insert(1, "study_codec", codec or "jpeg2k")
     manifest["psnr_db"] = manifest["psnr_db"].astype(float).fillna(np.inf)
     return manifest

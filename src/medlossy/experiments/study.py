@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from medlossy import __version__
@@ -68,7 +69,8 @@ def sweep_ratios(config: StudyConfig, *, nominal_budget: bool = False) -> list[f
 
 def _measure_budgets(config: StudyConfig, dataset: RawDataset, folder: Path,
                      ratios: list[float], manifest: pd.DataFrame,
-                     compress: Callable[[list[float]], pd.DataFrame]) -> list[BudgetArms]:
+                     compress: Callable[[list[float]], pd.DataFrame],
+                     name: str) -> list[BudgetArms]:
     """Equal-byte arms of every fold and fraction; ``compress(ratios)`` sweeps (cached) and
     records the ratios in the sweep's sweep.json, so every ratio asked for is swept here
     (also when an earlier run left its stores)."""
@@ -80,9 +82,9 @@ def _measure_budgets(config: StudyConfig, dataset: RawDataset, folder: Path,
             state["manifest"] = compress(sorted(state["ratios"]))
         return state["manifest"]
 
-    reference = open_raw_dataset(seg.sweep_folders(dataset.name, folder)[1])
+    reference = open_raw_dataset(seg.sweep_folders(name, folder)[1])
     labelled = [case.name for case in reference.cases() if case.label is not None]
-    return [plan_budget(dataset.name, labelled, config.folds, fold, fraction,
+    return [plan_budget(name, labelled, config.folds, fold, fraction,
                         state["manifest"], measure)
             for fold in config.train_folds for fraction in config.budget_fractions]
 
@@ -178,16 +180,23 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
             dataset = crop_dataset(dataset, entry.crop_to_label, entry.crop_margin_mm,
                                    out / "prepared")
         ratios = sweep_ratios(config) if entry.train else sorted(config.ratios)
-        folder = out / "sweeps" / dataset.name
-        compress = partial(run_quality, dataset, folder, base_id=config.base_id + 10 * index,
-                           workers=workers, scheduler=scheduler, show_progress=show_progress)
-        table = compress(ratios)
-        quality_tables.append(table[table["ratio_target"].isin(config.ratios)])
-        if entry.train and "budget" in config.experiments:
-            budgets += _measure_budgets(config, dataset, folder, ratios, table, compress)
-        if entry.train:
-            sweeps.append(seg.sweep_folders(dataset.name, folder))
-            training_quality.append(table)
+        for position, codec in enumerate(config.codecs):
+            # One codec keeps the single-codec layout; several get a sweep (and models) each,
+            # named dataset_codec in every table, so the report compares them at equal ratio.
+            name = dataset.name if len(config.codecs) == 1 else f"{dataset.name}_{codec}"
+            folder = out / "sweeps" / name
+            base_id = config.base_id + 10 * (index * len(config.codecs) + position)
+            compress = partial(run_quality, dataset, folder, base_id=base_id, workers=workers,
+                               scheduler=scheduler, show_progress=show_progress,
+                               codec=None if codec == "jpeg2k" else codec, name=name)
+            table = compress(ratios)
+            quality_tables.append(table[table["ratio_target"].isin(config.ratios)])
+            if entry.train and "budget" in config.experiments:
+                budgets += _measure_budgets(config, dataset, folder, ratios, table, compress,
+                                            name)
+            if entry.train:
+                sweeps.append(seg.sweep_folders(name, folder))
+                training_quality.append(table)
     quality = pd.concat(quality_tables, ignore_index=True)
     timings["compress (quality)"] = time.perf_counter() - started
 
@@ -231,6 +240,8 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
     _write_table(tidy, out / "results")
 
     sections = [_quality_section(quality, out)]
+    if len(config.codecs) > 1:
+        sections.append(_codec_section(quality, results))
     notes = lossless_ratios(pd.concat(training_quality)) if training_quality else {}
     sections += _segmentation_sections(config, results, footprints, out, notes)
     sections += _reader_section(config)
@@ -244,6 +255,37 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
     preamble = (f"Datasets: {', '.join(names)}. Compression ratios: "
                 f"{', '.join(f'x{r:g}' for r in config.ratios)}. {notes}")
     return write_report(out, "medlossy study report", preamble, sections)
+
+
+def codec_comparison(quality: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """Per codec and ratio: mean PSNR of every image and, where models were trained, the mean
+    Dice (over test cases) of the model trained and tested at that ratio."""
+    lossy = quality[np.isfinite(quality["psnr_db"])]
+    table = lossy.groupby(["study_codec", "ratio_target"]).agg(
+        images=("case", "size"), ratio_achieved=("ratio_achieved", "mean"),
+        psnr_mean_db=("psnr_db", "mean"), psnr_min_db=("psnr_db", "min")).reset_index()
+    dice = results[(results["experiment"] == "train") & (results["metric"] == "dice")
+                   & (results["class"] == "mean")] if not results.empty else results
+    if not dice.empty:
+        codec_of = quality.drop_duplicates("dataset").set_index("dataset")["study_codec"]
+        dice = dice.assign(study_codec=dice["dataset"].map(codec_of),
+                           value=pd.to_numeric(dice["value"], errors="coerce"))
+        mean = dice.groupby(["study_codec", "ratio_train"])["value"].mean().rename(
+            "dice_mean_over_cases")
+        table = table.merge(mean, how="left", left_on=["study_codec", "ratio_target"],
+                            right_index=True)
+    return table.rename(columns={"study_codec": "codec"}).round(
+        {"ratio_achieved": 3, "psnr_mean_db": 2, "psnr_min_db": 2,
+         "dice_mean_over_cases": 4})
+
+
+def _codec_section(quality: pd.DataFrame, results: pd.DataFrame) -> Section:
+    return Section(
+        "Codecs at equal ratio", "Every codec of the config compressed the same images to "
+        "the same ratios (each a sweep of its own; ratio 1 is the same lossless reference for "
+        "all). Mean PSNR over images and, where trained, mean Dice over test cases of the "
+        "model trained and tested at that ratio, per codec. Lossless rows are left out.",
+        codec_comparison(quality, results))
 
 
 def _quality_section(quality: pd.DataFrame, out: Path) -> Section:
