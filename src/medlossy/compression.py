@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import nibabel as nib
 import numpy as np
 
 from medlossy import __version__
@@ -58,7 +59,7 @@ RATIO_TOLERANCE = 0.01
 SEARCH_TOLERANCE = 0.004
 _PSNR_TOLERANCE_DB = 0.1
 _DB_PER_DOUBLING = 6.02  # bytes roughly double per 6 dB (one bit per sample)
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error)
+_READ_ERRORS = (OSError, EOFError, ValueError, OverflowError, zlib.error)
 #: Total bytes that a candidate set of codestreams costs in the output (store or DICOM).
 ByteCounter = Callable[[list[bytes]], int]
 
@@ -138,6 +139,11 @@ def _scan(volume: Volume, source: str) -> _Scan:
         raise MedlossyError(source, f"expected a 3D volume, got shape {volume.shape}")
     if min(volume.shape) == 0:
         raise MedlossyError(source, f"empty volume, shape {volume.shape}")
+    linear = volume.affine[:3, :3]
+    if not np.isfinite(volume.affine).all() or abs(np.linalg.det(linear)) < 1e-12 \
+            or None in nib.aff2axcodes(volume.affine):
+        raise MedlossyError(source, "unusable geometry: the voxel-to-world affine is not "
+                                    "finite or collapses an axis (check qform/sform, pixdim)")
     low, high, all_integral, dtype = math.inf, -math.inf, True, None
     stored = _StoredIntegers(volume.header) if "scl_slope" in volume.header else None
     for _, slab in _read_slabs(volume, source):

@@ -10,8 +10,10 @@ class MedlossyError(Exception):
 
     def __init__(self, path: str | PathLike[str] | None, problem: str) -> None:
         self.path = None if path is None else str(path)
-        self.problem = problem
-        super().__init__(problem if self.path is None else f"{self.path}: {problem}")
+        # One line whatever the cause says (library messages can span several).
+        self.problem = " ".join(str(problem).split())
+        super().__init__(self.problem if self.path is None
+                         else f"{self.path}: {self.problem}")
 
     def __reduce__(self):
         # Pickled when raised in a worker process; the default (cls, args) cannot rebuild it

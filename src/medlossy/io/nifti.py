@@ -13,7 +13,7 @@ from medlossy.errors import MedlossyError
 from medlossy.volume import Volume
 
 SUFFIXES = (".nii", ".nii.gz")
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error)
+_READ_ERRORS = (OSError, EOFError, ValueError, OverflowError, zlib.error)
 _FLOAT32 = np.finfo(np.float32)
 
 
