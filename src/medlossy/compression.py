@@ -489,8 +489,9 @@ def _not_16_bit(scan: _Scan) -> str:
 
 def plan_volume(volume: Volume, codec_name: str | None = None,
                 data_range: float | None = None, source: str = "<volume>",
-                target: Target | None = None) -> Plan:
-    """Scan ``volume`` once (rejecting what cannot be compressed) and plan its encoding.
+                target: Target | None = None, *, unsigned: bool = False) -> Plan:
+    """Scan ``volume`` once (rejecting what cannot be compressed) and plan its encoding;
+    ``unsigned``: uint16 codes only (as for a codec that takes no others).
 
     ``codec_name`` None means JPEG 2000, or lossless Blosc when ``target`` is lossless and
     the values are not 16-bit integers (floats with fractions, wider integers). A lossless
@@ -514,7 +515,7 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
             raise MedlossyError(source, f"codec {codec_name!r} is lossless only; use "
                                         "--lossless, or --codec jpeg2k for a ratio or PSNR")
         mapping = identity_mapping(scan.dtype)
-    elif codec.unsigned_only and mapping.code_dtype != "<u2":
+    elif (codec.unsigned_only or unsigned) and mapping.code_dtype != "<u2":
         mapping = plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral,
                                unsigned=True)
     if lossless and not codec.any_dtype and not mapping.exact:

@@ -4,7 +4,8 @@ into an uncompressed one.
 Data flow (compress): read the source (a DICOM series keeps each slice's header) -> put the
 volume in frame order (DICOM rows along the second array axis, as the reader gives it) -> plan
 and encode with the store's rate control, counting only the pixel data bytes -> write one file
-per slice with the transfer syntax of the codec and the lossy-compression attributes.
+per slice (or one enhanced multi-frame object) with the transfer syntax of the codec and the
+lossy-compression attributes.
 Data flow (decompress): decode the store -> codes through its intensity mapping -> Explicit VR
 Little Endian slices, still flagged lossy when the store was.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
@@ -24,10 +26,12 @@ from pydicom.uid import (
 )
 
 from medlossy import __version__
+from medlossy.codecs.intensity import plan_mapping
 from medlossy.compression import Target, encode_volume, plan_volume
 from medlossy.decompression import read_store
 from medlossy.errors import MedlossyError
 from medlossy.io import read_volume
+from medlossy.io.dicom_multiframe import write_multiframe
 from medlossy.io.dicom_series import read_series_with_sources
 from medlossy.io.dicom_writer import PixelEncoding, template_from_json, write_series
 from medlossy.store import SliceStore
@@ -84,18 +88,33 @@ def _read(source: str | Path, modality: str, allow_gaps: bool):
     return read_volume(path, modality), None
 
 
+def single_frame_storage(modality: str) -> bool:
+    """CT and MR have single-frame storage classes that carry geometry; other modalities
+    (Secondary Capture) need the multi-frame object's functional groups for it."""
+    return modality in ("CT", "MR")
+
+
 def compress_to_dicom(source: str | Path, output: str | Path, target: Target, *,
                       codec_name: str | None = "jpeg2k", modality: str = "OTHER",
                       data_range: float | None = None, workers: int | None = None,
-                      allow_gaps: bool = False, show_progress: bool = False) -> dict:
+                      allow_gaps: bool = False, show_progress: bool = False,
+                      multiframe: bool = False) -> dict:
     """Compress ``source`` (a DICOM series, NIfTI or NRRD) into the DICOM series folder
-    ``output`` at ``target``; the ratio counts raw 16-bit bytes over pixel data bytes."""
+    ``output`` at ``target``; the ratio counts raw 16-bit bytes over pixel data bytes.
+
+    One file per slice (CT / MR Image Storage), or with ``multiframe`` one Enhanced CT / MR
+    object; a volume that is neither CT nor MR is always one Multi-frame Grayscale Word
+    Secondary Capture object (unsigned codes)."""
     codec_name = codec_name or "jpeg2k"
     codec = dicom_codec(codec_name)
     volume, sources = _read(source, modality, allow_gaps)
     volume = frame_order(volume)
     name = str(source)
-    plan = plan_volume(volume, codec_name, data_range, name, target)
+    plan = plan_volume(volume, codec_name, data_range, name, target)  # may recognise CT
+    if not single_frame_storage(volume.modality):
+        multiframe = True
+        if np.dtype(plan.mapping.code_dtype).kind == "i":
+            plan = plan_volume(volume, codec_name, data_range, name, target, unsigned=True)
     encoding = encode_volume(volume, plan, target, pixel_bytes, workers=workers,
                              show_progress=show_progress, source=name)
     lossless = encoding.setting.mode == "lossless"
@@ -112,16 +131,20 @@ def compress_to_dicom(source: str | Path, output: str | Path, target: Target, *,
         signed=np.dtype(mapping.code_dtype).kind == "i", slope=mapping.slope or 1.0 / mapping.scale,
         intercept=mapping.offset, lossy=not lossless, ratio=ratio, method=codec.method,
         derivation=description)
-    template = _template(volume)
-    files = write_series(volume, pixels, output, sources=sources,
-                         template=template if sources is None else None)
+    template = _template(volume) if sources is None else None
+    writer = write_multiframe if multiframe else write_series
+    files = writer(volume, pixels, output, sources=sources, template=template)
     reached = (abs(ratio / target.value - 1.0) <= 0.01 if target.mode == "ratio"
                else encoding.reached)
     return {"files": len(files), "transfer_syntax": pixels.transfer_syntax,
             "pixel_bytes": stored, "raw_bytes": plan.raw, "ratio": ratio,
             "psnr_db": None if lossless or not np.isfinite(psnr) else psnr,
             "max_abs_error": encoding.tally.max_abs_error, "target_reached": reached,
-            "lossless": lossless}
+            "lossless": lossless, "sop_class": _sop_class(files[0])}
+
+
+def _sop_class(file: Path) -> str:
+    return pydicom.dcmread(file, stop_before_pixels=True).SOPClassUID.name
 
 
 def _template(volume: Volume):
@@ -130,9 +153,10 @@ def _template(volume: Volume):
 
 
 def store_to_dicom(store_path: str | Path, output: str | Path, *,
-                   workers: int | None = None) -> dict:
+                   workers: int | None = None, multiframe: bool = False) -> dict:
     """Decode a store into an uncompressed DICOM series (Explicit VR Little Endian), flagged
-    lossy with the store's achieved ratio when its codestreams were lossy."""
+    lossy with the store's achieved ratio when its codestreams were lossy. Objects as in
+    ``compress_to_dicom``: single-frame or enhanced CT / MR, multi-frame SC otherwise."""
     store = SliceStore(store_path)
     attributes = store.attributes
     mapping = store.mapping
@@ -141,6 +165,12 @@ def store_to_dicom(store_path: str | Path, output: str | Path, *,
                                         "(lossless Blosc); DICOM pixel data holds 16-bit "
                                         "integers: decompress to NIfTI or NRRD instead")
     volume = frame_order(read_store(store_path, workers=workers))
+    if not single_frame_storage(volume.modality):
+        multiframe = True
+        if np.dtype(mapping.code_dtype).kind == "i":  # SC holds unsigned pixels only
+            array = np.asarray(volume.array)
+            mapping = plan_mapping(float(array.min()), float(array.max()), array.dtype,
+                                   bool(np.all(np.mod(array, 1) == 0)), unsigned=True)
     axis = volume.axial_axis
     frames = [np.ascontiguousarray(mapping.to_codes(plane)).astype(
         np.dtype(mapping.code_dtype).newbyteorder("<")).tobytes()
@@ -156,6 +186,7 @@ def store_to_dicom(store_path: str | Path, output: str | Path, *,
                            slope=mapping.slope or 1.0 / mapping.scale,
                            intercept=mapping.offset, lossy=lossy, ratio=ratio,
                            method=method[:16], derivation=description)
-    files = write_series(volume, pixels, output, template=_template(volume))
+    writer = write_multiframe if multiframe else write_series
+    files = writer(volume, pixels, output, template=_template(volume))
     return {"files": len(files), "transfer_syntax": str(ExplicitVRLittleEndian),
-            "lossy": lossy, "ratio": ratio}
+            "lossy": lossy, "ratio": ratio, "sop_class": _sop_class(files[0])}

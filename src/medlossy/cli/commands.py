@@ -65,7 +65,13 @@ def _note_dicom_input(arguments: argparse.Namespace, volume: Volume) -> None:
                         "true slice positions recorded in the store")
 
 
+def _refuse_multiframe_without_dicom(arguments: argparse.Namespace) -> None:
+    if arguments.multiframe and arguments.format != "dicom":
+        raise MedlossyError(None, "--multiframe applies only to --format dicom")
+
+
 def compress(arguments: argparse.Namespace) -> None:
+    _refuse_multiframe_without_dicom(arguments)
     target = _target(arguments)
     _refuse_existing(arguments.output, arguments.force, arguments.input)
     modality = "OTHER" if arguments.modality == "auto" else arguments.modality
@@ -114,9 +120,11 @@ def _compress_to_dicom(arguments: argparse.Namespace, target: Target, modality: 
                                codec_name=arguments.codec, modality=modality,
                                data_range=arguments.data_range, workers=arguments.workers,
                                allow_gaps=arguments.allow_gaps,
-                               show_progress=not arguments.quiet)
+                               show_progress=not arguments.quiet,
+                               multiframe=arguments.multiframe)
     psnr = "inf (lossless)" if result["psnr_db"] is None else f"{result['psnr_db']:.2f} dB"
-    _say(arguments, f"{arguments.output}: {result['files']} DICOM files, transfer syntax "
+    _say(arguments, f"{arguments.output}: {result['files']} DICOM file(s) "
+                    f"({result['sop_class']}), transfer syntax "
                     f"{result['transfer_syntax']}, x{result['ratio']:.3f} over pixel data "
                     f"({result['pixel_bytes']} bytes), PSNR {psnr}, max error "
                     f"{result['max_abs_error']:g}")
@@ -126,13 +134,16 @@ def _compress_to_dicom(arguments: argparse.Namespace, target: Target, modality: 
 
 
 def decompress(arguments: argparse.Namespace) -> None:
+    _refuse_multiframe_without_dicom(arguments)
     _refuse_existing(arguments.output, arguments.force, arguments.store,
                      folder=arguments.format == "dicom")
     if arguments.format == "dicom":
         from medlossy.dicom_export import store_to_dicom
 
-        result = store_to_dicom(arguments.store, arguments.output, workers=arguments.workers)
-        _say(arguments, f"{arguments.output}: {result['files']} uncompressed DICOM files"
+        result = store_to_dicom(arguments.store, arguments.output, workers=arguments.workers,
+                                multiframe=arguments.multiframe)
+        _say(arguments, f"{arguments.output}: {result['files']} uncompressed DICOM file(s) "
+                        f"({result['sop_class']})"
                         f"{' (flagged lossy)' if result['lossy'] else ''}")
         return
     volume = decompress_to_file(arguments.store, arguments.output, workers=arguments.workers)

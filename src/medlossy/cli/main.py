@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--format", choices=("store", "dicom"), default="store",
                           help="a Zarr store (default), or a DICOM series folder with JPEG "
                                "2000 (.4.91/.4.90) or HTJ2K (.4.203/.4.201) frames")
+    compress.add_argument("--multiframe", action="store_true",
+                          help="with --format dicom: one Enhanced CT/MR object instead of one "
+                               "file per slice (volumes neither CT nor MR are always one "
+                               "multi-frame Secondary Capture object)")
     compress.add_argument("--allow-gaps", action="store_true",
                           help="accept a DICOM series with missing slices or uneven spacing "
                                "(the store records every slice's true position)")
@@ -89,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     decompress.add_argument("--format", choices=("file", "dicom"), default="file",
                             help="a volume file named by its suffix (default), or an "
                                  "uncompressed DICOM series folder")
+    decompress.add_argument("--multiframe", action="store_true",
+                            help="with --format dicom: one Enhanced CT/MR object")
     decompress.add_argument("--force", action="store_true", help="replace an existing output")
     _add_common(decompress)
     decompress.set_defaults(handler=commands.decompress)

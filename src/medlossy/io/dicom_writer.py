@@ -99,20 +99,20 @@ def slice_geometry(volume: Volume) -> list[SliceGeometry]:
     # Columns advance along the column axis: that is the DICOM "row direction" (first triplet).
     row_direction = lps[:3, column_axis] / spacing[column_axis]
     column_direction = lps[:3, row_axis] / spacing[row_axis]
-    orientation = [_ds_number(v) for v in (*row_direction, *column_direction)]
+    orientation = [ds_number(v) for v in (*row_direction, *column_direction)]
     out = []
     for k in range(volume.shape[axis]):
         index = np.zeros(4)
         index[axis], index[3] = k, 1.0
         position = lps @ index
-        out.append(SliceGeometry([_ds_number(v) for v in position[:3]], orientation,
-                                 [_ds_number(spacing[row_axis]),
-                                  _ds_number(spacing[column_axis])],
+        out.append(SliceGeometry([ds_number(v) for v in position[:3]], orientation,
+                                 [ds_number(spacing[row_axis]),
+                                  ds_number(spacing[column_axis])],
                                  float(spacing[axis])))
     return out
 
 
-def _ds_number(value: float) -> float:
+def ds_number(value: float) -> float:
     # DS holds 16 characters: keep as many significant digits as fit.
     for digits in range(16, 5, -1):
         text = f"{float(value):.{digits}g}"
@@ -121,7 +121,7 @@ def _ds_number(value: float) -> float:
     return float(f"{float(value):.6g}")
 
 
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
+def code_item(value: str, scheme: str, meaning: str) -> Dataset:
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
     return item
@@ -193,8 +193,8 @@ def _set_pixels(ds: Dataset, encoding: PixelEncoding, frame: bytes, rows: int,
     # Every codestream declares 16-bit samples (see codecs.jpeg2k), so the header does too.
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     ds.PixelRepresentation = 1 if encoding.signed else 0
-    ds.RescaleSlope = _ds_number(encoding.slope)
-    ds.RescaleIntercept = _ds_number(encoding.intercept)
+    ds.RescaleSlope = ds_number(encoding.slope)
+    ds.RescaleIntercept = ds_number(encoding.intercept)
     if ds.get("Modality") == "CT" and "RescaleType" not in ds:
         ds.RescaleType = "HU"
     if encoding.encapsulated:
@@ -205,7 +205,7 @@ def _set_pixels(ds: Dataset, encoding: PixelEncoding, frame: bytes, rows: int,
         ds["PixelData"].VR = "OW"
 
 
-def _set_lossy(ds: Dataset, encoding: PixelEncoding) -> None:
+def set_lossy(ds: Dataset, encoding: PixelEncoding) -> None:
     earlier = str(ds.get("LossyImageCompression", "") or "") == "01"
     if not (encoding.lossy or earlier):
         ds.LossyImageCompression = "00"
@@ -215,10 +215,10 @@ def _set_lossy(ds: Dataset, encoding: PixelEncoding) -> None:
         ratios = [float(v) for v in _as_list(ds.get("LossyImageCompressionRatio"))]
         methods = [str(v) for v in _as_list(ds.get("LossyImageCompressionMethod"))]
         if len(ratios) == len(methods):
-            ds.LossyImageCompressionRatio = [*ratios, _ds_number(round(encoding.ratio, 4))]
+            ds.LossyImageCompressionRatio = [*ratios, ds_number(round(encoding.ratio, 4))]
             ds.LossyImageCompressionMethod = [*methods, encoding.method]
         else:  # an inconsistent source history cannot be extended: state this step alone
-            ds.LossyImageCompressionRatio = [_ds_number(round(encoding.ratio, 4))]
+            ds.LossyImageCompressionRatio = [ds_number(round(encoding.ratio, 4))]
             ds.LossyImageCompressionMethod = [encoding.method]
 
 
@@ -237,22 +237,46 @@ def _set_derivation(ds: Dataset, encoding: PixelEncoding, source: Dataset | None
         image_type.append("SECONDARY")
     if len(image_type) < 3 and ds.SOPClassUID == CT_IMAGE_STORAGE:
         image_type.append("AXIAL")  # CT Image requires value 3 (AXIAL or LOCALIZER)
+    if len(image_type) < 3 and ds.SOPClassUID == MR_IMAGE_STORAGE:
+        image_type.append("OTHER")  # MR Image requires value 3 (a PS3.3 C.8.3.1.1.1 term)
     ds.ImageType = image_type
     if encoding.derivation:
         ds.DerivationDescription = encoding.derivation[:1024]
     if encoding.lossy:
-        ds.DerivationCodeSequence = DicomSequence([_code("113040", "DCM",
+        ds.DerivationCodeSequence = DicomSequence([code_item("113040", "DCM",
                                                          "Lossy Compression")])
-    source_uid = str(source.get("SOPInstanceUID", "") or "") if source is not None else ""
-    source_class = _storage_class(source, source) if source is not None else ""
-    if source_uid:
-        item = Dataset()
-        item.ReferencedSOPClassUID = source_class
-        item.ReferencedSOPInstanceUID = source_uid
-        if str(source.get("LossyImageCompression", "") or "") != "01":
-            item.PurposeOfReferenceCodeSequence = DicomSequence([
-                _code("121320", "DCM", "Uncompressed predecessor")])
-        ds.SourceImageSequence = DicomSequence([item])
+    reference = source_reference(source)
+    if reference is not None:
+        ds.SourceImageSequence = DicomSequence([reference])
+
+
+def instance_reference(source: Dataset | None) -> Dataset | None:
+    """Referenced SOP Class and Instance UIDs of ``source``, from its file meta where an
+    anonymiser emptied them in the dataset; None when it has no instance UID."""
+    if source is None:
+        return None
+    meta = source.__dict__.get("file_meta") or Dataset()
+    uid = str(source.get("SOPInstanceUID", "") or "") or str(
+        meta.get("MediaStorageSOPInstanceUID", "") or "")
+    if not uid:
+        return None
+    item = Dataset()
+    item.ReferencedSOPClassUID = str(source.get("SOPClassUID", "") or "") or _storage_class(
+        source, source)
+    item.ReferencedSOPInstanceUID = uid
+    return item
+
+
+def source_reference(source: Dataset | None) -> Dataset | None:
+    """A Source Image Sequence item for ``source`` (None when it has no SOP Instance UID);
+    purpose "Uncompressed predecessor" unless the source was lossy already."""
+    item = instance_reference(source)
+    if item is None:
+        return None
+    if str(source.get("LossyImageCompression", "") or "") != "01":
+        item.PurposeOfReferenceCodeSequence = DicomSequence([
+            code_item("121320", "DCM", "Uncompressed predecessor")])
+    return item
 
 
 def write_series(volume: Volume, encoding: PixelEncoding, output: str | Path, *,
@@ -276,7 +300,7 @@ def write_series(volume: Volume, encoding: PixelEncoding, output: str | Path, *,
             source = sources[k] if sources is not None else None
             ds = _start(source, template, volume.modality, shared)
             if series_number is None:
-                series_number = _next_series_number(ds)
+                series_number = next_series_number(ds)
             ds.SOPInstanceUID = generate_uid()
             ds.SeriesInstanceUID = series_uid
             ds.SeriesNumber = series_number
@@ -287,11 +311,11 @@ def write_series(volume: Volume, encoding: PixelEncoding, output: str | Path, *,
             ds.ImageOrientationPatient = place.orientation
             ds.PixelSpacing = place.pixel_spacing
             if not ds.get("SliceThickness"):
-                ds.SliceThickness = _ds_number(place.thickness)
+                ds.SliceThickness = ds_number(place.thickness)
             if "SliceLocation" in ds:
-                ds.SliceLocation = _ds_number(place.position[2])
+                ds.SliceLocation = ds_number(place.position[2])
             _set_pixels(ds, encoding, frame, rows, columns)
-            _set_lossy(ds, encoding)
+            set_lossy(ds, encoding)
             _set_derivation(ds, encoding, source)
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -304,7 +328,7 @@ def write_series(volume: Volume, encoding: PixelEncoding, output: str | Path, *,
     return written
 
 
-def _next_series_number(ds: Dataset) -> int:
+def next_series_number(ds: Dataset) -> int:
     try:
         return int(ds.get("SeriesNumber") or 0) + 1000
     except (TypeError, ValueError):
