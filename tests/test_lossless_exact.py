@@ -109,3 +109,13 @@ def test_jpeg2k_lossless_of_data_it_cannot_hold_is_refused(cli, request, tmp_pat
     assert len(err.strip().splitlines()) == 1, err
     assert why in err and "--codec blosc" in err
     assert not store.exists()
+
+
+def test_lossless_dicom_output_of_float_data_is_refused_pointing_to_a_store(cli, float_mr_file,
+                                                                            tmp_path):
+    """DICOM pixel data cannot take Blosc: the refusal says what works for that output."""
+    output = tmp_path / "series"
+    code, _, err = _compress(cli, float_mr_file, output, "--format", "dicom")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "fractional" in err and "write a store" in err and "--codec blosc" in err
+    assert not output.exists()

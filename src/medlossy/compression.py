@@ -487,11 +487,17 @@ def _not_16_bit(scan: _Scan) -> str:
     return f"values are fractional ({scan.dtype.name})"
 
 
+#: What works instead when a lossless target cannot be met by a 16-bit codec.
+LOSSLESS_INSTEAD = "use --codec blosc (lossless zstd, any dtype)"
+
+
 def plan_volume(volume: Volume, codec_name: str | None = None,
                 data_range: float | None = None, source: str = "<volume>",
-                target: Target | None = None, *, unsigned: bool = False) -> Plan:
+                target: Target | None = None, *, unsigned: bool = False,
+                instead: str = LOSSLESS_INSTEAD) -> Plan:
     """Scan ``volume`` once (rejecting what cannot be compressed) and plan its encoding;
-    ``unsigned``: uint16 codes only (as for a codec that takes no others).
+    ``unsigned``: uint16 codes only (as for a codec that takes no others); ``instead``: what
+    a refused lossless target should do (the output format decides what works).
 
     ``codec_name`` None means JPEG 2000, or lossless Blosc when ``target`` is lossless and
     the values are not 16-bit integers (floats with fractions, wider integers). A lossless
@@ -521,8 +527,7 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
     if lossless and not codec.any_dtype and not mapping.exact:
         raise MedlossyError(source, f"cannot store losslessly with {codec_name}: "
                                     f"{_not_16_bit(scan)}, and {codec_name} lossless here "
-                                    "holds 16-bit integers; use --codec blosc (lossless zstd, "
-                                    "any dtype)")
+                                    f"holds 16-bit integers; {instead}")
     peak = data_range_for(volume.modality, scan.low, scan.high, data_range)
     rows, columns = volume.slice_shape()
     if not codec.any_dtype and min(rows, columns) < 32:

@@ -110,11 +110,15 @@ def compress_to_dicom(source: str | Path, output: str | Path, target: Target, *,
     volume, sources = _read(source, modality, allow_gaps)
     volume = frame_order(volume)
     name = str(source)
-    plan = plan_volume(volume, codec_name, data_range, name, target)  # may recognise CT
+    instead = ("DICOM pixel data holds 16-bit integers: write a store instead (no --format "
+               "dicom), where --codec blosc keeps any dtype exactly")
+    plan = plan_volume(volume, codec_name, data_range, name, target,  # may recognise CT
+                       instead=instead)
     if not single_frame_storage(volume.modality):
         multiframe = True
         if np.dtype(plan.mapping.code_dtype).kind == "i":
-            plan = plan_volume(volume, codec_name, data_range, name, target, unsigned=True)
+            plan = plan_volume(volume, codec_name, data_range, name, target, unsigned=True,
+                               instead=instead)
     encoding = encode_volume(volume, plan, target, pixel_bytes, workers=workers,
                              show_progress=show_progress, source=name)
     lossless = encoding.setting.mode == "lossless"
