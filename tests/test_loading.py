@@ -151,3 +151,22 @@ def test_block_store_patches_and_reduced_level(block_store):
     assert half.shape == (24, 48, 40)
     np.testing.assert_allclose(half.read((15, 0, 0), (3, 48, 40)),
                                np.stack([block_mean(p, 1) for p in decoded[15:18]]), atol=1e-3)
+
+
+def test_htj2k_stores_decode_reduced_levels_from_the_codestream(ct_b_crop_image,
+                                                                ct_b_crop_array, tmp_path):
+    """HTJ2K stores (now written by medlossy) take OpenJPH's skipres path at level 1."""
+    from medlossy.loading.decoders import has_reduced_decoder
+
+    volume = Volume(ct_b_crop_array, ct_b_crop_image.affine, modality="CT")
+    compress_volume(volume, tmp_path / "ht.zarr", Target("ratio", 10.0), codec_name="htj2k",
+                    workers=1)
+    decoded = np.moveaxis(read_store(tmp_path / "ht.zarr", workers=1).array, 2, 0)
+    assert has_reduced_decoder("htj2k")
+    half = StoreVolume(tmp_path / "ht.zarr", level=1)
+    assert half.shape == (24, 48, 40)
+    values = half.read((0, 0, 0), half.shape)
+    expected = np.stack([block_mean(plane, 1) for plane in decoded])
+    assert np.corrcoef(values.ravel(), expected.ravel())[0, 1] > 0.97
+    full = StoreVolume(tmp_path / "ht.zarr").read((3, 10, 20), (5, 40, 30))
+    np.testing.assert_array_equal(full, decoded[3:8, 10:50, 20:50])
