@@ -188,3 +188,38 @@ def test_a_dicom_root_without_labels_option_is_a_one_line_error(cli, series, tmp
     code, _, err = cli("dataset", "compress", tmp_path / "root", "--ratios", "1", "--out",
                        tmp_path / "sweep", "--quiet")
     assert code == 2 and "--labels seg" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["seg", "rtstruct"])
+def test_a_bad_label_object_stops_dataset_compress_naming_it(cli, series, tmp_path, kind):
+    """A SEG that references another series, or an RTSTRUCT contour outside the image, in
+    the second case: exit 2, one line naming the object's file, nothing half-written."""
+    import shutil
+
+    root = tmp_path / "root"
+    volume, _ = read_series_with_sources(series)
+    for case in ("case1", "case2"):
+        shutil.copytree(series, root / case)
+    for case in ("case1", "case2"):
+        _, sources = read_series_with_sources(root / case)
+        uid = str(sources[0].SeriesInstanceUID)
+        if kind == "seg":
+            if case == "case2":  # the same slices under other SOP Instance UIDs
+                sources = [pydicom.dcmread(ds.filename) for ds in sources]
+                for ds in sources:
+                    ds.SOPInstanceUID = generate_uid()
+            mask = np.zeros((len(sources), volume.shape[1], volume.shape[0]), dtype=bool)
+            mask[3, 5:9, 5:9] = True
+            bad = _seg(sources, mask, root / case / "labels.dcm")
+        else:
+            square = (60.0, 5.0, 120.0, 15.0) if case == "case2" else (1, 1, 5, 5)
+            bad = _rtstruct(volume, uid, {"liver": [(4, square)]}, root / case / "labels.dcm")
+    code, _, err = cli("dataset", "compress", root, "--ratios", "1,10", "--out",
+                       tmp_path / "sweep", "--labels", kind, "--workers", "1", "--quiet")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and str(bad) in err
+    assert ("does not reference the image series" if kind == "seg"
+            else "lies outside the image grid") in err
+    assert not (tmp_path / "sweep" / "prepared" / "root_dicom").exists()
+    assert not list((tmp_path / "sweep").rglob("*.zarr"))
+    assert not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]

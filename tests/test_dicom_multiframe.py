@@ -19,11 +19,12 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate, generate_frames
 
 from medlossy.codecs import get_codec
 from medlossy.compression import Target
 from medlossy.dicom_export import compress_to_dicom, frame_order
+from medlossy.errors import MedlossyError
 from medlossy.io import read_volume
 from medlossy.io.dicom_multiframe import patient_orientation, write_multiframe
 from medlossy.io.dicom_writer import PixelEncoding
@@ -243,3 +244,19 @@ def test_patient_orientation_names_the_body_directions():
     assert patient_orientation([1, 0, 0, 0, 1, 0]) == ["L", "P"]
     assert patient_orientation([-1, 0, 0, 0, 0, -1]) == ["R", "F"]
     assert patient_orientation([0.8, 0.6, 0, 0, 0, 1]) == ["LP", "H"]
+
+
+def test_a_corrupted_frame_of_a_multiframe_object_names_file_and_frame(ct_b_crop_file,
+                                                                        tmp_path):
+    out = tmp_path / "mf"
+    compress_to_dicom(ct_b_crop_file, out, Target("ratio", 6.0), workers=1, multiframe=True)
+    file = _files(out)[0]
+    ds = pydicom.dcmread(file)
+    frames = [bytearray(f) for f in generate_frames(ds.PixelData,
+                                                    number_of_frames=int(ds.NumberOfFrames))]
+    frames[6][100:len(frames[6]) - 20] = bytes(len(frames[6]) - 120)  # packets zeroed
+    ds.PixelData = encapsulate([bytes(f) for f in frames])
+    ds.save_as(file)
+    with pytest.raises(MedlossyError, match="pixel data of frame 7 of 24") as caught:
+        read_volume(out)
+    assert str(file) in str(caught.value) and "\n" not in str(caught.value)

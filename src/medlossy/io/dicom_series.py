@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import iter_pixels
 
 from medlossy.errors import MedlossyError
 from medlossy.io.dicom_writer import shared_template
@@ -316,13 +317,26 @@ def _decode_file(file: Path, count: int) -> np.ndarray:
     try:
         pixels = ds.pixel_array
     except Exception as error:  # decoder plugins raise their own types
-        raise MedlossyError(file, f"cannot decode DICOM pixel data "
+        raise MedlossyError(file, f"cannot decode DICOM pixel data{_bad_frame(ds, count)} "
                                   f"({type(error).__name__}: {error})") from None
     rows, columns = _int(ds, "Rows", 0, file), _int(ds, "Columns", 0, file)
     if pixels.size != count * rows * columns or pixels.dtype.kind not in "iuf":
         raise MedlossyError(file, f"pixel data ({pixels.shape} {pixels.dtype}) does not match "
                                   f"{count} frame(s) of Rows x Columns = {rows}x{columns}")
     return pixels.reshape((count, rows, columns))
+
+
+def _bad_frame(ds: pydicom.Dataset, count: int) -> str:
+    """" of frame N" naming the first frame of a multi-frame object that does not decode."""
+    if count <= 1:
+        return ""
+    decoded = 0
+    try:
+        for _ in iter_pixels(ds):
+            decoded += 1
+    except Exception:  # the frame the whole decode stumbled on
+        return f" of frame {decoded + 1} of {count}"
+    return ""
 
 
 def _smallest_dtype(low: float, high: float) -> np.dtype:
