@@ -258,3 +258,19 @@ def test_a_block_store_names_a_corrupt_block(codec_store, tmp_path, cli):
     assert code == 2 and "block 1 (slices 16-23)" in err
     with pytest.raises(Exception, match=r"block 1 \(slices 16-23\) is corrupt"):
         read_store(path, workers=1)
+
+
+def test_stock_zarr_reads_a_rescaled_float_block_store_as_medlossy(float_mr, mr_path, tmp_path):
+    """3D blocks behind zarr's FixedScaleOffset filter (float MR mapped to uint16 codes)."""
+    import nibabel as nib
+
+    path = tmp_path / "mr_sz3.zarr"
+    attributes = compress_volume(Volume(float_mr, nib.load(mr_path).affine, modality="MR"),
+                                 path, Target("ratio", 6.0), codec_name="sz3", workers=1)
+    assert attributes["intensity"]["code_dtype"] == "<u2" and not attributes["intensity"][
+        "exact"]
+    array = _open(path)
+    assert array.dtype == np.float32 and array.chunks[0] == 16
+    ours = np.moveaxis(read_store(path, workers=1).array,
+                       attributes["geometry"]["axial_axis"], 0)
+    np.testing.assert_array_equal(array[:], ours)
