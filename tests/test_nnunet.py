@@ -91,6 +91,20 @@ def test_a_failing_command_names_its_log(tmp_path: Path) -> None:
     assert "planning" in log.read_text()
 
 
+@pytest.mark.parametrize("content", [{"notes.txt": "mine"}, {"scan.nii.gz": "mine"}],
+                         ids=["other files", "volumes without nnU-Net's marker"])
+def test_predict_never_replaces_a_folder_it_did_not_write(tmp_path: Path, content) -> None:
+    from medlossy.nnunet.run import predict_nnunet
+
+    out = tmp_path / "results"
+    out.mkdir()
+    for name, text in content.items():
+        (out / name).write_text(text)
+    with pytest.raises(MedlossyError, match="choose a new or empty folder"):
+        predict_nnunet(tmp_path / "model", tmp_path, out)
+    assert {p.name: p.read_text() for p in out.iterdir()} == content
+
+
 def test_predict_refuses_a_folder_that_is_no_model(tmp_path: Path) -> None:
     from medlossy.nnunet.run import predict_nnunet
 

@@ -220,3 +220,15 @@ def test_calibration_table_is_frozen_and_complete(calibration):
     assert {model["source"] for model in calibration["model"]["noise"]} == {"CT A", "CT C"}
     table = markdown_table(calibration)
     assert "| liver |" in table and "lag-1 correlation" in table
+
+
+def test_cli_never_replaces_a_dataset_folder_it_did_not_write(tmp_path, cli):
+    folder = tmp_path / dataset_name(951)
+    folder.mkdir()
+    (folder / "dataset.json").write_text('{"name": "mine"}')
+    (folder / "notes.txt").write_text("mine")
+    code, _, err = cli("data", "phantom", "--cases", "1", "--id", "951", "--out", tmp_path,
+                       "--shape", "48,48,32", "--spacing", "6", "--quiet")
+    assert code == 2
+    assert err.count("\n") == 1 and "not a phantom cohort medlossy wrote" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["dataset.json", "notes.txt"]

@@ -42,6 +42,7 @@ from medlossy.data.calibration import (
     erode_mm,
     load_calibration,
 )
+from medlossy.errors import MedlossyError
 from medlossy.io.nifti import write_nifti
 from medlossy.volume import Volume
 
@@ -438,6 +439,10 @@ def write_phantom_dataset(out: str | Path, cases: int = 24, config: PhantomConfi
     generation = _generation(config)
     existing = _read_json(folder / "dataset.json") or {}
     previous = existing.get("phantom", {})
+    if (folder.exists() or folder.is_symlink()) and not previous:
+        # replaced whole below: only a phantom cohort (its dataset.json says so) may be
+        raise MedlossyError(folder, "exists and is not a phantom cohort medlossy wrote; "
+                                    "choose another --out or --id")
     reusable = previous.get("generation") == generation
     if reusable and existing.get("numTraining") == cases:
         return folder

@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,7 @@ from medlossy.jsonfile import write_json
 from medlossy.locks import unit_lock
 from medlossy.nnunet import commands
 from medlossy.nnunet.commands import NnunetFolders
+from medlossy.outputs import check_only
 from medlossy.train.splits import kfold_splits, training_subset
 
 MODEL_FILE = "medlossy-model.json"
@@ -238,6 +240,19 @@ def held_out_cases(model_dir: str | os.PathLike[str]) -> list[str]:
     return list(read_model(model_dir)["test_cases"])
 
 
+#: What nnU-Net's predict_from_files writes beside the label maps.
+_PREDICTION_MARKER = "predict_from_raw_data_args.json"
+_PREDICTION_FILES = re.compile(r".+\.(nii\.gz|nii|nrrd|mha|json)")
+
+
+def _check_predictions_folder(out: Path) -> None:
+    """``out`` is replaced whole: it may only be new, empty, or earlier predictions."""
+    check_only(out, _PREDICTION_FILES, "a predictions folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / _PREDICTION_MARKER).is_file():
+        raise MedlossyError(out, f"holds files but no {_PREDICTION_MARKER}: not an nnU-Net "
+                                 "predictions folder; choose a new or empty folder")
+
+
 def predict_nnunet(model_dir: str | os.PathLike[str], dataset_folder: str | os.PathLike[str],
                    out: str | os.PathLike[str], *, cases: str | Sequence[str] = "test",
                    device: str = "auto", quiet: bool = False) -> Path:
@@ -249,6 +264,7 @@ def predict_nnunet(model_dir: str | os.PathLike[str], dataset_folder: str | os.P
     ``out`` as CASE<file_ending>, all at once; returns ``out``.
     """
     model_dir = Path(model_dir)
+    _check_predictions_folder(Path(out))
     model = read_model(model_dir)
     commands.require_nnunet()
     if not checkpoint(model_dir).exists():
