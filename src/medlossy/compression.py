@@ -13,7 +13,7 @@ import datetime as _dt
 import math
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,9 @@ from medlossy.codecs.intensity import (
 )
 from medlossy.codecs.pool import SliceEncoder, default_workers, slice_encoder
 from medlossy.codecs.verify import VerifyError, verify_chunks
+from medlossy.decompression import read_store, volume_from_codes
 from medlossy.errors import MedlossyError
+from medlossy.layered_rate import encode_ratios
 from medlossy.metrics import (
     ErrorTally,
     bits_per_voxel,
@@ -62,6 +64,8 @@ _DB_PER_DOUBLING = 6.02  # bytes roughly double per 6 dB (one bit per sample)
 _READ_ERRORS = (OSError, EOFError, ValueError, OverflowError, zlib.error)
 #: Total bytes that a candidate set of codestreams costs in the output (store or DICOM).
 ByteCounter = Callable[[list[bytes]], int]
+#: Called with (ratio, store attributes, decoded volume, decode seconds) as a store is written.
+OnStore = Callable[[float, dict[str, Any], Volume, float], None]
 
 
 @dataclass(frozen=True)
@@ -538,6 +542,18 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
     return Plan(codec, mapping, layout, peak, raw_bytes(volume.shape))
 
 
+def _fill(encoder: SliceEncoder, volume: Volume, mapping: CodeMapping,
+          source: str) -> ErrorTally:
+    """Put the volume's 16-bit codes into the encoder; returns the mapping's own error."""
+    mapping_tally = ErrorTally()
+    for start, slab in _read_slabs(volume, source):
+        codes = mapping.to_codes(slab)
+        encoder.slices[start : start + len(slab)] = codes
+        if not mapping.exact:
+            mapping_tally.add(slab, mapping.to_values(codes))
+    return mapping_tally
+
+
 def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteCounter, *,
                   workers: int | None = None, show_progress: bool = False,
                   source: str = "<volume>") -> Encoding:
@@ -561,14 +577,9 @@ def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteC
     workers = workers or default_workers()
     started = time.perf_counter()
     passes = 0
-    mapping_tally = ErrorTally()
     with slice_encoder(codec, (layout.slices, layout.rows, layout.columns),
                        mapping.code_dtype, workers) as encoder:
-        for start, slab in _read_slabs(volume, source):
-            codes = mapping.to_codes(slab)
-            encoder.slices[start : start + len(slab)] = codes
-            if not mapping.exact:
-                mapping_tally.add(slab, mapping.to_values(codes))
+        mapping_tally = _fill(encoder, volume, mapping, source)
 
         def encode(setting: Setting) -> list[bytes]:
             nonlocal passes
@@ -590,19 +601,9 @@ def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteC
                     mapping_tally, codec_tally)
 
 
-def compress_volume(volume: Volume, output: str | Path, target: Target, *,
-                    codec_name: str | None = None, data_range: float | None = None,
-                    workers: int | None = None, show_progress: bool = False,
-                    source: str = "<volume>") -> dict[str, Any]:
-    """Compress ``volume`` into the store ``output``; returns the store's medlossy attributes.
-
-    ``data_range`` is the PSNR peak (default: 4096 for CT, the volume's max - min otherwise;
-    pass the dataset-wide range for MR). ``source`` names the input in error messages.
-    ``codec_name`` None: JPEG 2000, or lossless Blosc for data JPEG 2000 cannot hold exactly.
-    """
-    plan = plan_volume(volume, codec_name, data_range, source, target)
-    codec, mapping, layout, peak, raw = plan.codec, plan.mapping, plan.layout, plan.peak, plan.raw
-    attributes: dict[str, Any] = {
+def _base_attributes(volume: Volume, plan: Plan, target: Target, source: str) -> dict[str, Any]:
+    """What a store records before its codec and results are known."""
+    return {
         "format_version": FORMAT_VERSION,
         "software": f"medlossy {__version__}",
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -615,13 +616,38 @@ def compress_volume(volume: Volume, output: str | Path, target: Target, *,
             "spacing": [_round(v, 9) for v in volume.spacing],
             "orientation": volume.orientation,
         },
-        "intensity": mapping.to_dict(),
+        "intensity": plan.mapping.to_dict(),
         "target": target.to_dict(),
     }
-    measurer = _Measurer(layout, codec, {**attributes, "codec": codec.describe(
+
+
+def _measurer(plan: Plan, target: Target, attributes: dict[str, Any]) -> _Measurer:
+    return _Measurer(plan.layout, plan.codec, {**attributes, "codec": plan.codec.describe(
         Setting("lossless" if target.mode == "lossless" else "quality"))})
-    found = encode_volume(volume, plan, target, measurer.total, workers=workers,
-                          show_progress=show_progress, source=source)
+
+
+def compress_volume(volume: Volume, output: str | Path, target: Target, *,
+                    codec_name: str | None = None, data_range: float | None = None,
+                    workers: int | None = None, show_progress: bool = False,
+                    source: str = "<volume>") -> dict[str, Any]:
+    """Compress ``volume`` into the store ``output``; returns the store's medlossy attributes.
+
+    ``data_range`` is the PSNR peak (default: 4096 for CT, the volume's max - min otherwise;
+    pass the dataset-wide range for MR). ``source`` names the input in error messages.
+    ``codec_name`` None: JPEG 2000, or lossless Blosc for data JPEG 2000 cannot hold exactly.
+    """
+    plan = plan_volume(volume, codec_name, data_range, source, target)
+    attributes = _base_attributes(volume, plan, target, source)
+    found = encode_volume(volume, plan, target, _measurer(plan, target, attributes).total,
+                          workers=workers, show_progress=show_progress, source=source)
+    return _write_encoding(output, plan, volume.shape, target, attributes, found)
+
+
+def _write_encoding(output: str | Path, plan: Plan, shape: tuple[int, ...], target: Target,
+                    attributes: dict[str, Any], found: Encoding) -> dict[str, Any]:
+    """Write ``found``'s codestreams as the store ``output`` (atomically), with the achieved
+    block counting every byte written, itself included."""
+    codec, layout, peak, raw = plan.codec, plan.layout, plan.peak, plan.raw
     tally, passes, seconds = found.tally, found.passes, found.seconds
     attributes["codec"] = {**codec.describe(found.setting), "setting": {
         "mode": found.setting.mode, "value": _round(found.setting.value, 8)}}
@@ -631,7 +657,7 @@ def compress_volume(volume: Volume, output: str | Path, target: Target, *,
         reached = found.reached
         if target.mode == "ratio":
             reached = abs(raw / stored / target.value - 1.0) <= RATIO_TOLERANCE
-        return _achieved_block(stored, raw, volume.shape, tally, peak, reached, passes, seconds,
+        return _achieved_block(stored, raw, shape, tally, peak, reached, passes, seconds,
                                (found.mapping_tally, found.codec_tally))
 
     with atomic_output(output) as temporary:
@@ -653,3 +679,148 @@ def compress_volume(volume: Volume, output: str | Path, target: Target, *,
                     break
                 total = others + written
     return attributes
+
+
+def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
+                           codec_name: str | None = None, data_range: float | None = None,
+                           workers: int | None = None, layered: bool = True,
+                           on_store: OnStore | None = None,
+                           keep: Collection[float] | None = None,
+                           show_progress: bool = False,
+                           source: str = "<volume>") -> dict[float, dict[str, Any]]:
+    """Compress ``volume`` at several ratios (1 = lossless) into one store each, reading and
+    encoding it as few times as possible; returns each store's attributes by ratio.
+
+    The volume is read once. With ``layered`` (JPEG 2000), the lossy ratios come from one
+    layered survey encode and a few final passes (``medlossy.layered_rate``) instead of a
+    search per ratio; a ratio those passes cannot meet, and every ratio without ``layered``,
+    is searched alone as ``compress_volume`` would. Each store is what ``compress_volume``
+    writes, except that ``encode_passes`` and ``encode_seconds`` are the whole group's.
+    ``on_store(ratio, attributes, decoded volume, decode seconds)`` runs as each store is
+    written, with the volume decoded from exactly the stored codestreams (callers need not
+    decode again). ``keep``: the ratios to write (default all); the others are encoded all
+    the same, so that each store is the same whichever ratios a rerun has left to do.
+    """
+    keep = set(outputs if keep is None else keep)
+    ratios = sorted(outputs)
+    lossy = [r for r in ratios if r != 1]
+    if get_codec(codec_name or "jpeg2k").block_depth > 1:  # 3D blocks: one ratio at a time
+        return _compress_each(volume, outputs, keep, codec_name=codec_name,
+                              data_range=data_range, workers=workers, on_store=on_store,
+                              source=source)
+    plan = plan_volume(volume, codec_name, data_range, source,
+                       Target("ratio", lossy[0]) if lossy else Target("lossless"))
+    written: dict[float, dict[str, Any]] = {}
+    if 1 in outputs and (not lossy or not plan.mapping.exact):
+        # Lossless alone, or values JPEG 2000 cannot hold exactly (compress_volume then picks
+        # another codec): ratio 1 on its own.
+        written.update(_compress_each(volume, {1: outputs[1]}, keep, codec_name=codec_name,
+                                      data_range=data_range, workers=workers,
+                                      on_store=on_store, source=source))
+        ratios = lossy
+        if not ratios:
+            return written
+    targets = {r: Target("lossless") if r == 1 else Target("ratio", r) for r in ratios}
+    bases = {r: _base_attributes(volume, plan, targets[r], source) for r in ratios}
+    counters = {r: _measurer(plan, targets[r], bases[r]).total for r in ratios}
+    codec, layout, mapping = plan.codec, plan.layout, plan.mapping
+    workers = workers or default_workers()
+    started = time.perf_counter()
+    passes = 0
+    found: dict[float, _Found] = {}
+    with slice_encoder(codec, (layout.slices, layout.rows, layout.columns),
+                       mapping.code_dtype, workers) as encoder:
+        mapping_tally = _fill(encoder, volume, mapping, source)
+
+        def encode(setting: Setting) -> list[bytes]:
+            nonlocal passes
+            passes += 1
+            return encoder.encode_all(setting, label=f"{Path(source).name} pass {passes}",
+                                      show_progress=show_progress)
+
+        lossless: list[bytes] | None = None
+        if 1 in ratios:
+            lossless = encode(Setting("lossless"))
+            found[1] = _Found(Setting("lossless"), lossless, True, 0.0)
+        if layered and lossy and hasattr(codec, "encode_layers"):
+            budgets = {r: int(plan.raw / r) for r in lossy}
+            cut, layered_passes, best = encode_ratios(
+                encoder, budgets, {r: counters[r] for r in lossy}, codec.quality_range,
+                tolerance=SEARCH_TOLERANCE, show_progress=show_progress)
+            passes += layered_passes
+            for ratio, result in cut.items():
+                setting = Setting("mixed") if result.quality is None \
+                    else Setting("quality", result.quality)
+                found[ratio] = _Found(setting, result.streams, result.reached)
+            for ratio in lossy:
+                if ratio in found or best >= budgets[ratio] * (1.0 - RATIO_TOLERANCE):
+                    continue
+                # Even the best lossy quality is under budget (x2 on most CT): lossless if
+                # it fits, as the search would decide.
+                if lossless is None:
+                    lossless = encode(Setting("lossless"))
+                if counters[ratio](lossless) <= budgets[ratio] * (1.0 + RATIO_TOLERANCE):
+                    found[ratio] = _Found(Setting("lossless"), lossless, False, 0.0)
+        for ratio in lossy:
+            if ratio not in found:
+                found[ratio] = _search(encode, encoder, counters[ratio], targets[ratio],
+                                       plan.raw, plan.peak / mapping.step)
+        seconds = time.perf_counter() - started
+        for ratio in [r for r in ratios if r in keep]:  # one decode: errors, caller's volume
+            streams = found[ratio].streams
+            decode_started = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=workers) as threads:  # decode releases the GIL
+                decoded = list(threads.map(codec.decode, streams))
+            decode_seconds = time.perf_counter() - decode_started
+            _verify_decoded(codec, encoder.slices, decoded, found[ratio].bound, source)
+            if mapping.exact:  # the codes are the source's values: no need to read it again
+                tally = ErrorTally()
+                for codes, plane in zip(encoder.slices, decoded, strict=True):
+                    tally.add(mapping.to_values(codes), mapping.to_values(plane))
+                codec_tally = tally
+            else:
+                tally, codec_tally = _measure_errors(volume, source, streams, codec, layout,
+                                                     workers)
+            encoding = Encoding(found[ratio].setting, streams, found[ratio].reached, tally,
+                                passes, seconds, mapping_tally, codec_tally)
+            written[ratio] = _write_encoding(outputs[ratio], plan, volume.shape,
+                                             targets[ratio], bases[ratio], encoding)
+            if on_store is not None:
+                on_store(ratio, written[ratio],
+                         volume_from_codes(decoded, mapping, written[ratio]), decode_seconds)
+    return written
+
+
+def _compress_each(volume: Volume, outputs: dict[float, str | Path], keep: Collection[float],
+                   *, codec_name: str | None, data_range: float | None, workers: int | None,
+                   on_store: OnStore | None, source: str) -> dict[float, dict[str, Any]]:
+    """``compress_volume_ratios`` the plain way: each kept ratio compressed on its own."""
+    written = {}
+    for ratio in sorted(r for r in outputs if r in keep):
+        target = Target("lossless") if ratio == 1 else Target("ratio", ratio)
+        written[ratio] = compress_volume(volume, outputs[ratio], target,
+                                         codec_name=None if ratio == 1 else codec_name,
+                                         data_range=data_range, workers=workers,
+                                         source=source)
+        if on_store is not None:
+            started = time.perf_counter()
+            decoded = read_store(outputs[ratio], workers=workers)
+            on_store(ratio, written[ratio], decoded, time.perf_counter() - started)
+    return written
+
+
+def _verify_decoded(codec: SliceCodec, codes: np.ndarray, decoded: list[np.ndarray],
+                    bound: float | None, source: str) -> None:
+    """What ``verify_chunks`` checks, on slices already decoded: shape, dtype, error bound."""
+    for index, (expected, plane) in enumerate(zip(codes, decoded, strict=True)):
+        problem = None
+        if plane.shape != expected.shape or plane.dtype != expected.dtype:
+            problem = f"decodes to {plane.shape} {plane.dtype}, encoded {expected.shape} " \
+                      f"{expected.dtype}"
+        elif bound is not None:
+            worst = int(np.abs(plane.astype(np.int32) - expected.astype(np.int32)).max())
+            if worst > bound:
+                problem = f"decodes with error {worst} codes, more than its bound {bound:g}"
+        if problem is not None:
+            raise MedlossyError(source, f"slice {index}: codec {codec.name!r} returned a bad "
+                                        f"codestream: {problem}")

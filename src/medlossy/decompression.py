@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from medlossy.atomic import atomic_output
 from medlossy.codecs import get_codec
+from medlossy.codecs.intensity import CodeMapping
 from medlossy.codecs.pool import default_workers
 from medlossy.errors import MedlossyError
 from medlossy.io import write_volume
@@ -42,6 +44,21 @@ def read_store(path: str | Path, *, workers: int | None = None) -> Volume:
         for index, codes in enumerate(decoded):
             held = store.chunk_slices(index)
             slices_first[held.start : held.stop] = store.mapping.to_values(codes)
+    return Volume(array, np.asarray(geometry["affine"], dtype=float),
+                  modality=attributes.get("modality", "OTHER"), header=header)
+
+
+def volume_from_codes(codes: Iterable[np.ndarray], mapping: CodeMapping,
+                      attributes: dict) -> Volume:
+    """The volume a store's attributes describe, from the decoded codes of its axial slices
+    in order (what ``read_store`` returns, for a caller that has just decoded them)."""
+    geometry = attributes["geometry"]
+    array = np.empty(tuple(geometry["shape"]), dtype=mapping.original_dtype)
+    slices_first = np.moveaxis(array, geometry["axial_axis"], 0)
+    for index, slice_codes in enumerate(codes):
+        slices_first[index] = mapping.to_values(slice_codes)
+    source = attributes.get("source", {})
+    header = {key: value for key, value in source.items() if key != "file"}
     return Volume(array, np.asarray(geometry["affine"], dtype=float),
                   modality=attributes.get("modality", "OTHER"), header=header)
 

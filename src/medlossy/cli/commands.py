@@ -345,7 +345,8 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
     for problem in plan.bad.values():
         _say(arguments, f"skipped: {problem}")
     run_sweep(plan, workers=arguments.workers, scheduler=arguments.scheduler,
-              skip_bad=arguments.skip_bad, show_progress=not arguments.quiet)
+              skip_bad=arguments.skip_bad, layered=not arguments.per_ratio_search,
+              show_progress=not arguments.quiet)
     summary, sweep = write_sweep_report(out)
     if not arguments.quiet:
         print(markdown_table(summary))

@@ -13,6 +13,7 @@ parallelise encodes with processes.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import imagecodecs
 import numpy as np
@@ -77,6 +78,15 @@ class Jpeg2kCodec(SliceCodec):
             stream = encode_array(image, bits_stored=BITS_STORED,
                                   signal_noise_ratios=[setting.value])
         return strip_comment(stream)
+
+    def encode_layers(self, image: np.ndarray, qualities: Sequence[float]) -> bytes:
+        """One lossy encode with a quality layer per PSNR target (increasing, 16-bit peak)
+        and PLT packet lengths, so that ``LayeredStream`` can cut it after any layer."""
+        if image.ndim != 2 or min(image.shape) < MIN_SIDE:
+            raise ValueError(f"JPEG 2000 slices must be 2D and at least {MIN_SIDE}x{MIN_SIDE} "
+                             f"pixels, got {image.shape}")
+        return strip_comment(encode_array(np.ascontiguousarray(image), bits_stored=BITS_STORED,
+                                          signal_noise_ratios=list(qualities), add_plt=True))
 
     def decode(self, data: bytes, shape: tuple[int, ...] | None = None,
                dtype: np.dtype | str | None = None) -> np.ndarray:

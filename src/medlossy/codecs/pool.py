@@ -11,7 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +49,13 @@ def _encode_in_worker(task: tuple[int, Setting]) -> bytes:
     codec, slices = _worker
     index, setting = task
     return codec.encode(chunk_of(slices, index, codec.block_depth), setting)
+
+
+def _call_in_worker(task: tuple[int, str, object]) -> object:
+    assert _worker is not None, "worker not initialised"
+    codec, slices = _worker
+    index, method, argument = task
+    return getattr(codec, method)(np.asarray(slices[index]), argument)
 
 
 def default_workers() -> int:
@@ -89,6 +96,22 @@ class SliceEncoder:
             results = self._executor.map(_encode_in_worker,
                                          [(i, setting) for i in range(count)], chunksize=chunk)
         return list(tqdm(results, total=count, desc=label, unit="chunk", leave=False,
+                         disable=not show_progress))
+
+    def map_slices(self, method: str, arguments: Sequence[object], *, label: str = "encode",
+                   show_progress: bool = False) -> list:
+        """``codec.<method>(slice i, arguments[i])`` for every slice, in slice order (e.g. a
+        layered encode with each slice's own quality layers)."""
+        count = self.slices.shape[0]
+        if self._executor is None:
+            results = (getattr(self.codec, method)(np.asarray(self.slices[i]), arguments[i])
+                       for i in range(count))
+        else:
+            chunk = max(1, count // (self.workers * 8))
+            results = self._executor.map(_call_in_worker,
+                                         [(i, method, arguments[i]) for i in range(count)],
+                                         chunksize=chunk)
+        return list(tqdm(results, total=count, desc=label, unit="slice", leave=False,
                          disable=not show_progress))
 
 

@@ -38,7 +38,7 @@ from medlossy.atomic import atomic_output
 from medlossy.checksums import sha256_file
 from medlossy.codecs import CodecError, get_codec
 from medlossy.codecs.pool import default_workers
-from medlossy.compression import Target, compress_volume
+from medlossy.compression import Target, compress_volume, compress_volume_ratios
 from medlossy.datasets.nnunet_raw import Case, RawDataset
 from medlossy.datasets.validation import case_problem
 from medlossy.decompression import read_store
@@ -50,6 +50,7 @@ from medlossy.metrics import CT_DATA_RANGE
 from medlossy.orphans import die_with_parent
 from medlossy.outputs import check_own_folder
 from medlossy.store import SliceStore
+from medlossy.volume import Volume
 
 STUDY_RATIOS = (1, 2, 5, 10, 20, 50, 70, 100)
 #: nnU-Net's ids for one's own datasets: 500 and up (below: its pretrained models), < 1000.
@@ -120,6 +121,45 @@ def run_task(task: SweepTask) -> dict:
     started = time.perf_counter()
     decoded = read_store(task.store, workers=1)
     decode_seconds = time.perf_counter() - started
+    return _finish(task, attributes, decoded, decode_seconds,
+                   attributes["achieved"]["encode_seconds"])
+
+
+def run_image(tasks: Sequence[SweepTask]) -> list[dict]:
+    """Do every ratio of one image (one channel of one case) together: the image is read
+    once and its lossy ratios cut from layered JPEG 2000 encodes (``compress_volume_ratios``)
+    instead of one search each. Finished ratios are reused as ``run_task`` does."""
+    rows, todo = [], []
+    for task in tasks:
+        done = finished_part(task)
+        if done is not None:
+            rows.append({**done, "reused": True})
+        else:
+            todo.append(task)
+    if not todo:
+        return rows
+    if any(task.codec is not None for task in tasks):
+        return rows + [run_task(task) for task in todo]
+    first = todo[0]
+    by_ratio = {task.ratio: task for task in tasks}
+    volume = read_volume(first.image, first.modality, lazy=True)
+
+    def finish(ratio: float, attributes: dict, decoded: Volume, decode_seconds: float) -> None:
+        # The group's encode time, shared out, so that a report's sums stay true.
+        share = attributes["achieved"]["encode_seconds"] / len(tasks)
+        rows.append(_finish(by_ratio[ratio], attributes, decoded, decode_seconds, share))
+
+    # Every ratio is encoded again even when only some are left to do, so that a redone
+    # store is the one an uninterrupted run writes.
+    compress_volume_ratios(volume, {task.ratio: task.store for task in tasks},
+                           data_range=first.data_range, workers=1, on_store=finish,
+                           keep={task.ratio for task in todo}, source=first.image)
+    return rows
+
+
+def _finish(task: SweepTask, attributes: dict, decoded: Volume, decode_seconds: float,
+            encode_seconds: float) -> dict:
+    """Write the decoded NIfTI and the part file of a compressed task; its manifest row."""
     with atomic_output(task.decoded) as temporary:
         write_nifti(decoded, temporary)
     achieved = attributes["achieved"]
@@ -130,7 +170,8 @@ def run_task(task: SweepTask) -> dict:
         "raw_bytes": achieved["raw_bytes"], "stored_bytes": achieved["stored_bytes"],
         "psnr_db": achieved["psnr_db"], "data_range": achieved["data_range"],
         "mse": achieved["mse"], "max_abs_error": achieved["max_abs_error"],
-        "encode_seconds": achieved["encode_seconds"], "decode_seconds": round(decode_seconds, 4),
+        "encode_seconds": round(encode_seconds, 4),
+        "decode_seconds": round(decode_seconds, 4),
         "codec": attributes["codec"]["name"], "store": task.store, "decoded": task.decoded,
         "store_crc32": _store_checksum(SliceStore(task.store)),
         "decoded_sha256": sha256_file(Path(task.decoded)),
@@ -429,8 +470,13 @@ def _write_sweep_json(plan: SweepPlan, bad: dict[str, str]) -> None:
 
 
 def run_sweep(plan: SweepPlan, *, workers: int | None = None, scheduler: str | None = None,
-              skip_bad: bool = False, show_progress: bool = False) -> pd.DataFrame:
+              skip_bad: bool = False, layered: bool = True,
+              show_progress: bool = False) -> pd.DataFrame:
     """Run every task of ``plan``; returns the manifest (also written to manifest.csv).
+
+    ``layered`` (default): each image's ratios are done together, the lossy ones cut from
+    layered JPEG 2000 encodes (about one search's encodes for all of them); otherwise each
+    ratio is its own job with its own rate search, as before.
 
     A task that fails (say, truncated voxel data) stops the sweep with an error naming the
     file, or with ``skip_bad`` marks its case bad and lets the rest complete.
@@ -440,17 +486,26 @@ def run_sweep(plan: SweepPlan, *, workers: int | None = None, scheduler: str | N
     bad = dict(plan.bad)
     _write_sweep_json(plan, bad)
     workers = workers or default_workers()
+    if layered:  # one job per image: all its ratios from shared encodes
+        images: dict[tuple[str, int], list[SweepTask]] = {}
+        for task in plan.tasks():
+            images.setdefault((task.case, task.channel), []).append(task)
+        jobs = [(run_image, tasks) for tasks in images.values()]
+    else:  # one job per image and ratio, each searching its own rate
+        jobs = [(run_task, task) for task in plan.tasks()]
     with _executor(workers, scheduler) as executor:
-        futures = {executor.submit(run_task, task): task for task in plan.tasks()}
+        futures = {executor.submit(function, argument): argument
+                   for function, argument in jobs}
         for future in tqdm(as_completed(futures), total=len(futures), unit="image",
                            desc=f"{plan.dataset.name} sweep", disable=not show_progress):
-            task = futures[future]
+            job = futures[future]
+            task = job[0] if isinstance(job, list) else job
             try:
                 future.result()
             except Exception as error:  # worker errors arrive as whatever the task raised
+                ratio = "some ratio" if isinstance(job, list) else f"ratio {task.ratio:g}"
                 problem = error.args[0] if isinstance(error, MedlossyError) else \
-                    f"{task.image}: failed at ratio {task.ratio:g} ({type(error).__name__}: " \
-                    f"{error})"
+                    f"{task.image}: failed at {ratio} ({type(error).__name__}: {error})"
                 if not skip_bad:
                     raise MedlossyError(None, str(problem)) from None
                 bad[task.case] = f"case {task.case}: {problem}"
