@@ -392,3 +392,15 @@ def test_cli_max_error_and_refusals_exit_2(cli, ct_b_crop_file, tmp_path):
                        "--max-error", "4", "--quiet")
     assert code == 2 and err.strip().count("\n") == 0
     assert "codec 'jpegxl' has no max_error mode" in err
+
+
+def test_cli_names_the_extra_of_a_codec_that_is_not_installed(cli, ct_b_crop_file, tmp_path,
+                                                               monkeypatch):
+    from medlossy.codecs import sperr
+
+    monkeypatch.setattr(sperr.SperrCodec, "available", False)
+    code, _, err = cli("compress", ct_b_crop_file, tmp_path / "s.zarr", "--codec", "sperr",
+                       "--ratio", "10", "--quiet")
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "codec 'sperr' is not installed: it needs imagecodecs built with SPERR" in err
+    assert not (tmp_path / "s.zarr").exists()
