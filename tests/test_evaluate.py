@@ -174,3 +174,21 @@ def test_cli_bad_input_is_one_line_and_exit_2(dataset: Path, tmp_path: Path, cap
     assert code == 2 and not out.exists()
     error = capsys.readouterr().err.strip()
     assert "no prediction for case case_000" in error and "\n" not in error
+
+
+def test_cli_takes_a_sweep_ratio_like_train_and_predict(dataset: Path, tmp_path: Path,
+                                                        capsys) -> None:
+    """SWEEP/r20 names a sweep's dataset (their nnU-Net ids are derived, not known ahead)."""
+    import shutil
+
+    from medlossy.cli.main import main
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(dataset, sweep / "nnunet" / "Dataset877_Tiny_r20")
+    (sweep / "sweep.json").write_text(json.dumps({"datasets": {"r20": "Dataset877_Tiny_r20"}}))
+    for case in ("case_000", "case_001"):
+        _save(tmp_path / "preds", case, *_labels(dataset, case))
+    out = tmp_path / "dice.csv"
+    code = main(["evaluate", str(tmp_path / "preds"), str(sweep / "r20"), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert len(pd.read_csv(out)) == 6

@@ -38,10 +38,13 @@ def _print_summary(table: pd.DataFrame) -> None:
 
 
 def evaluate(arguments: argparse.Namespace) -> None:
+    from medlossy.datasets.sweep import resolve_dataset_folder
     from medlossy.evaluate.evaluate import evaluate_predictions
 
+    # SWEEP/r20 as train and predict take it: a sweep's ids are not known in advance
+    reference = resolve_dataset_folder(arguments.reference)
     table = evaluate_predictions(
-        arguments.predictions, arguments.reference, ratio_train=arguments.ratio_train,
+        arguments.predictions, reference, ratio_train=arguments.ratio_train,
         ratio_test=arguments.ratio_test, fold=arguments.fold, hd95=arguments.hd95,
         only_predicted=arguments.only_predicted)
     _write_table(table, arguments.out)
