@@ -260,3 +260,24 @@ def test_a_corrupted_frame_of_a_multiframe_object_names_file_and_frame(ct_b_crop
     with pytest.raises(MedlossyError, match="pixel data of frame 7 of 24") as caught:
         read_volume(out)
     assert str(file) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_lossy_htj2k_decodes_alike_in_gdcm_and_pydicom_and_within_one_in_openjph(
+        ct_b_crop_file, tmp_path):
+    """GDCM and pydicom decode lossy HTJ2K with OpenJPEG, bit for bit alike; medlossy's codec
+    decodes with OpenJPH, whose irreversible 9/7 inverse rounds differently: within one code
+    (ISO 15444 sets no bit-exactness for irreversible decoding)."""
+    gdcm = pytest.importorskip("gdcm", reason="python-gdcm not installed")
+    compress_to_dicom(ct_b_crop_file, tmp_path / "ht", Target("ratio", 10.0),
+                      codec_name="htj2k", workers=1, multiframe=True)
+    file = _files(tmp_path / "ht")[0]
+    ds = pydicom.dcmread(file)
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(file))
+    assert reader.Read()
+    buffer = reader.GetImage().GetBuffer().encode("utf-8", errors="surrogateescape")
+    np.testing.assert_array_equal(
+        np.frombuffer(buffer, dtype=np.int16).reshape(ds.pixel_array.shape), ds.pixel_array)
+    ours = np.stack([get_codec("htj2k").decode(f) for f in generate_frames(
+        ds.PixelData, number_of_frames=int(ds.NumberOfFrames))])
+    assert np.abs(ours.astype(np.int32) - ds.pixel_array).max() <= 1
