@@ -281,3 +281,37 @@ def test_lossy_htj2k_decodes_alike_in_gdcm_and_pydicom_and_within_one_in_openjph
     ours = np.stack([get_codec("htj2k").decode(f) for f in generate_frames(
         ds.PixelData, number_of_frames=int(ds.NumberOfFrames))])
     assert np.abs(ours.astype(np.int32) - ds.pixel_array).max() <= 1
+
+
+def test_cli_names_the_secondary_capture_choice_and_mr_option(cli, mr_path, tmp_path):
+    code, out, err = cli("compress", mr_path, tmp_path / "sc", "--ratio", "10", "--format",
+                         "dicom", "--workers", "1")
+    assert code == 0, err
+    assert "pass --modality MR" in out + err
+    code, out, err = cli("compress", mr_path, tmp_path / "mr", "--ratio", "10", "--format",
+                         "dicom", "--modality", "MR", "--workers", "1")
+    assert code == 0 and "Secondary Capture" not in out + err
+    assert pydicom.dcmread(_files(tmp_path / "mr")[0]).SOPClassUID == MR_IMAGE
+
+
+def test_ct_store_decompresses_to_one_enhanced_ct_object(cli, ct_b_crop_file, tmp_path):
+    from medlossy.decompression import read_store
+
+    store = tmp_path / "ct.zarr"
+    assert cli("compress", ct_b_crop_file, store, "--ratio", "10", "--workers", "1",
+               "--quiet")[0] == 0
+    code, _, err = cli("decompress", store, tmp_path / "mf", "--format", "dicom",
+                       "--multiframe")
+    assert code == 0, err
+    files = _files(tmp_path / "mf")
+    ds = pydicom.dcmread(files[0])
+    assert len(files) == 1 and ds.SOPClassUID == ENHANCED_CT
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert ds.LossyImageCompression == "01"
+    assert float(ds.LossyImageCompressionRatio) == pytest.approx(10.0, rel=0.01)
+    decoded = read_store(store)
+    back = read_volume(tmp_path / "mf")
+    np.testing.assert_array_equal(_canonical(back)[0], _canonical(decoded)[0])
+    np.testing.assert_allclose(_canonical(back)[1], _canonical(decoded)[1], atol=1e-4)
+    if _HAS["dciodvfy"]:
+        assert _dciodvfy_errors(files) == []

@@ -128,6 +128,9 @@ def _compress_to_dicom(arguments: argparse.Namespace, target: Target, modality: 
                     f"{result['transfer_syntax']}, x{result['ratio']:.3f} over pixel data "
                     f"({result['pixel_bytes']} bytes), PSNR {psnr}, max error "
                     f"{result['max_abs_error']:g}")
+    if result["sop_class"].startswith("Multi-frame Grayscale"):
+        _say(arguments, "note: neither CT nor MR, so written as one Secondary Capture object; "
+                        "pass --modality MR for MR Image Storage")
     if not result["target_reached"]:
         _say(arguments, "note: target not reached (the codec cannot give that many bytes, or "
                         "lossless already fits the budget)")
