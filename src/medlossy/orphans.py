@@ -70,10 +70,11 @@ def die_with_parent(owner: int | None = None) -> None:
 
     Call it first in a worker: as a pool's ``initializer``, or at the top of a worker's main.
     """
+    owner = owner or os.getppid()
     parent = os.getppid()
-    owner = owner or parent
     _kill_me_when_parent_dies()
-    if os.getppid() != parent or not alive(owner):  # it died before the guards were armed
+    # Either may have died before the guards were armed (then nothing would fire).
+    if os.getppid() != parent or not alive(owner) or not alive(parent):
         os._exit(_ORPHANED)
     threading.Thread(target=_watch, args=(owner,), name="medlossy-die-with-parent",
                      daemon=True).start()
@@ -82,14 +83,13 @@ def die_with_parent(owner: int | None = None) -> None:
 #: Run by ``python -c`` before the command; self-contained, so it works in any environment
 #: (nnU-Net's commands get their own, which need not hold medlossy).
 _LAUNCHER = """import ctypes, os, signal, sys
-parent = os.getppid()
 try:
     ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
 except (OSError, AttributeError):
     pass
-if os.getppid() != parent:
+if os.getppid() != int(sys.argv[1]):  # the parent died before the signal was armed
     os._exit(1)
-os.execvp(sys.argv[1], sys.argv[1:])
+os.execvp(sys.argv[2], sys.argv[2:])
 """
 
 
@@ -98,4 +98,4 @@ def guarded_command(arguments: list[str]) -> list[str]:
     (Linux; elsewhere the command as it is)."""
     if not sys.platform.startswith("linux"):
         return list(arguments)
-    return [sys.executable, "-c", _LAUNCHER, *arguments]
+    return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *arguments]
