@@ -54,6 +54,7 @@ class FloatBlockCodec(SliceCodec):
     modes = frozenset({"ratio", "psnr", "max_error"})
     quality_range = (0.0, 110.0)
     standard: ClassVar[str]
+    transform: ClassVar[str] = ""
 
     @abstractmethod
     def encode_float(self, block: np.ndarray, setting: Setting) -> bytes:
@@ -96,8 +97,6 @@ class FloatBlockCodec(SliceCodec):
         if setting.mode == "quality":
             return math.floor(self.float_bound(setting) + 0.5)
         return super().error_bound(setting)
-
-    transform: ClassVar[str] = ""
 
 
 class BlockCodec(NumcodecsCodec):
