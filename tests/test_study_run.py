@@ -43,7 +43,8 @@ SECTIONS = ("1. Image quality", "2. Train on compressed data",
 EXPERIMENTS = {"quality", "train", "cross", "pretrained", "budget:few-shot",
                "budget:compressed"}
 FIGURES = ("quality", "train_dice", "non_inferiority", "cross_Dataset950_Phantom",
-           "pretrained_dice", "budget")
+           "pretrained_dice", "budget", "pictures/slices_Dataset950_Phantom",
+           "pictures/contours_Dataset950_Phantom")
 
 
 class Study:
@@ -95,6 +96,18 @@ def test_a_ratio_stored_losslessly_is_labelled_so(study: Study) -> None:
 
     assert "x1.2 (lossless)" in text  # lossless coding beats x1.2 on every image
     assert "| lossless |" in text and "x20 (lossless" not in text
+
+
+def test_pictures_show_the_ratios_and_every_class_is_in_the_legend(study: Study) -> None:
+    text = (study.out / "report.md").read_text()
+    curves = (study.out / "train_dice.svg").read_text()
+    contours = (study.out / "pictures" / "contours_Dataset950_Phantom.svg").read_text()
+
+    assert "## Pictures: one slice at each ratio" in text
+    assert "## Pictures: predicted contours" in text
+    for name in ("liver", "spleen", "per-case mean"):
+        assert name in curves
+    assert "liver" in contours and "x20" in contours
 
 
 def test_results_have_rows_for_every_experiment_and_the_config_hash(study: Study) -> None:

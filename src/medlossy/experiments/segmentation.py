@@ -254,9 +254,15 @@ def run_segmentation(config: StudyConfig, sweeps: Sequence[SweepFolders], root: 
     ``runner(function, units)`` runs ``function`` on every unit (``serial``, or one of
     ``scaleout``'s); training units first, evaluation units once every model exists.
     """
+    return run_plan(plan_segmentation(config, sweeps, root, budgets), runner=runner,
+                    show_progress=show_progress)
+
+
+def run_plan(plan: SegmentationPlan, *, runner: Runner = serial, show_progress: bool = False,
+             ) -> pd.DataFrame:
+    """Run ``plan``'s units (training first) and return the results."""
     from functools import partial
 
-    plan = plan_segmentation(config, sweeps, root, budgets)
     runner(partial(run_train_unit, show_progress=show_progress),
            [unit for unit in plan.train.values() if not unit.done()])
     runner(partial(run_eval_unit, show_progress=show_progress),

@@ -27,6 +27,7 @@ from medlossy.experiments.config import StudyConfig
 from medlossy.experiments.quality import run_quality
 from medlossy.experiments.scaleout import dask_cluster, local_gpus
 from medlossy.experiments.statistics import compare_budget_arms, non_inferiority, safe_ratios
+from medlossy.report import pictures
 from medlossy.report import segmentation_figures as figures
 from medlossy.report.lossless import lossless_ratios, ratio_label, stored_column
 from medlossy.report.quality_figure import plot_quality
@@ -201,13 +202,13 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
     timings["compress (quality)"] = time.perf_counter() - started
 
     segmentation_wanted = {"train", "cross", "pretrained", "budget"} & set(config.experiments)
-    results = pd.DataFrame(columns=seg.RESULT_COLUMNS)
+    results, plan = pd.DataFrame(columns=seg.RESULT_COLUMNS), seg.SegmentationPlan()
     footprints = pd.DataFrame([row for arms in budgets for row in arms.rows()])
     if segmentation_wanted and sweeps:
         step = time.perf_counter()
-        results = seg.run_segmentation(config, sweeps, out, budgets=budgets,
-                                       runner=unit_runner(gpus, scheduler),
-                                       show_progress=show_progress)
+        plan = seg.plan_segmentation(config, sweeps, out, budgets)
+        results = seg.run_plan(plan, runner=unit_runner(gpus, scheduler),
+                               show_progress=show_progress)
         if "pretrained" in config.experiments and config.pretrained:
             from medlossy.pretrained.evaluate import evaluate_pretrained
 
@@ -245,6 +246,7 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
     notes = lossless_ratios(pd.concat(training_quality)) if training_quality else {}
     sections += _segmentation_sections(config, results, footprints, out, notes)
     sections += _reader_section(config)
+    sections += _picture_sections(config, out, plan)
     timings["total"] = time.perf_counter() - started
     sections.append(Section(
         "Run", "Wall time per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in
@@ -396,6 +398,53 @@ def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
             sections.append(Section(
                 "Statistics: equal-storage arms", "Paired per test case: Dice(compressed arm) "
                 "- Dice(few-shot arm) on the uncompressed hold-out.", comparison.round(4)))
+    return sections
+
+
+def _picture_sections(config: StudyConfig, out: Path, plan: seg.SegmentationPlan,
+                      ) -> list[Section]:
+    """One slice per dataset at x1 to x100 with its error map; contours of the x1 model and
+    of the model at the highest training ratio on one test case."""
+    folder = out / "pictures"
+    folder.mkdir(exist_ok=True)
+    strips = []
+    for sweep_json in sorted((out / "sweeps").glob("*/sweep.json")):
+        name = sweep_json.parent.name
+        sweep = seg.sweep_folders(name, sweep_json.parent)
+        strips += pictures.plot_ratio_strip(sweep.by_ratio, folder / f"slices_{name}", name)
+    sections = []
+    if strips:
+        sections.append(Section(
+            "Pictures: one slice at each ratio", "The same slice (the first labelled case's, "
+            "where its labels are largest) at x1, x10, x20, x50 and x100 where swept, above "
+            "its absolute error against x1 on one colour scale (the paper's Fig. 1, right); "
+            "CT in the abdomen window (W 400 / L 40), PSNR of the slice in the titles.",
+            figures=strips))
+    contours, drawn = [], set()
+    if 1 in config.train_ratios and len(config.train_ratios) > 1:
+        highest = max(config.train_ratios)
+        train = [row.evaluation for row in plan.rows if row.experiment == "train"]
+        for evaluation in train:
+            model = evaluation.model
+            if model.ratio != 1:
+                continue
+            partner = next((e for e in train if e.model.ratio == highest
+                            and e.model.dataset == model.dataset
+                            and e.model.request.fold == model.request.fold
+                            and e.model.request.seed == model.request.seed), None)
+            if partner is None or model.dataset in drawn:
+                continue
+            drawn.add(model.dataset)
+            contours += pictures.plot_contours(
+                [(1.0, evaluation.folder, evaluation.predictions),
+                 (highest, partner.folder, partner.predictions)],
+                folder / f"contours_{model.dataset}", model.dataset)
+    if contours:
+        sections.append(Section(
+            "Pictures: predicted contours", f"One held-out case: the model trained and "
+            f"tested at x1 against the one trained and tested at x{max(config.train_ratios):g}"
+            " (fold and seed of the first repeat); dashed: ground truth, solid: prediction.",
+            figures=contours))
     return sections
 
 

@@ -13,20 +13,37 @@ from medlossy.report.plotting import finish, log_ticks, plt
 
 def plot_dice_by_ratio(results: pd.DataFrame, experiment: str, stem: Path,
                        title: str, notes: Mapping[float, str] | None = None) -> list[Path]:
-    """Mean Dice per class against the ratio (classes thin, the class mean thick)."""
+    """Mean Dice per class against the ratio, one labelled line per class, and the per-case
+    mean (thick, black); one panel per dataset."""
     rows = results[(results["experiment"] == experiment) & (results["metric"] == "dice")]
-    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for (dataset, name), group in rows.groupby(["dataset", "class"]):
-        means = group.groupby("ratio_train" if experiment == "train" else "ratio_test")[
-            "value"].mean()
-        bold = name == "mean"
-        axes.plot(means.index, means.values, marker="o" if bold else None,
-                  linewidth=2.5 if bold else 0.8, alpha=1 if bold else 0.5,
-                  label=f"{dataset}: mean over classes" if bold else None)
-    log_ticks(axes, rows["ratio_train" if experiment == "train" else "ratio_test"].unique(),
-              notes=notes)
-    axes.set_ylim(0, 1)
-    return finish(figure, axes, stem, xlabel="compression ratio", ylabel="Dice", title=title)
+    column = "ratio_train" if experiment == "train" else "ratio_test"
+    datasets = sorted(rows["dataset"].unique()) or [""]
+    figure, axes_row = plt.subplots(1, len(datasets), figsize=(7.4 * len(datasets), 4.4),
+                                    dpi=120, squeeze=False)
+    colours = plt.get_cmap("tab20")
+    for axes, dataset in zip(axes_row[0], datasets, strict=True):
+        mine = rows[rows["dataset"] == dataset]
+        classes = sorted(c for c in mine["class"].unique() if c != "mean")
+        for index, name in enumerate(classes):
+            means = mine[mine["class"] == name].groupby(column)["value"].mean()
+            axes.plot(means.index, means.values, marker=".", linewidth=1.0,
+                      color=colours(index % 20), label=name)
+        means = mine[mine["class"] == "mean"].groupby(column)["value"].mean()
+        axes.plot(means.index, means.values, marker="o", linewidth=2.5, color="black",
+                  label="per-case mean")
+        log_ticks(axes, mine[column].unique(), notes=notes)
+        axes.set_ylim(0, 1)
+        axes.set_xlabel("compression ratio")
+        axes.set_ylabel("Dice")
+        axes.set_title(f"{title}: {dataset}" if dataset else title, fontsize=10)
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    figure.tight_layout()
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for path in paths:
+        figure.savefig(path, bbox_inches="tight")
+    plt.close(figure)
+    return paths
 
 
 def plot_cross_matrix(matrix: pd.DataFrame, stem: Path, title: str) -> list[Path]:
