@@ -310,3 +310,15 @@ def test_budget_arms_are_compared_paired_with_no_tie_rule(shift: float, verdict:
     assert comparison["cases"] == CASES
     assert comparison["mean_difference"] == pytest.approx(shift, abs=0.006)
     assert comparison["ci_low"] < comparison["mean_difference"] < comparison["ci_high"]
+
+
+def test_cases_of_several_folds_are_each_counted_once() -> None:
+    """Regression: the seed grid once crossed every case with every fold (16 of 8)."""
+    results = _seeded({0: -0.05, 1: -0.05})
+    results["fold"] = results["case"].str[-1].astype(int) % 2
+
+    row = _mean(non_inferiority(results, margin=0.01)).loc[20.0]
+
+    assert row["cases"] == CASES and row["seeds"] == 2
+    assert row["mean_difference"] == pytest.approx(-0.05, abs=0.002)
+    assert row["ci_high"] < -0.01

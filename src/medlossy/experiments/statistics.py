@@ -96,8 +96,9 @@ def repeat_interval(differences: np.ndarray, folds: np.ndarray, level: float = 0
 def difference_interval(paired: pd.DataFrame, level: float = 0.95) -> dict[str, float]:
     """cases, seeds, mean_difference, ci_low, ci_high, seed_sd of one set of paired
     differences (columns case, fold, train_seed, difference), by :func:`repeat_interval`."""
-    grid = paired.pivot_table(index=["case", "fold"], columns="train_seed",
-                              values="difference", aggfunc="mean", dropna=False)
+    # groupby, not pivot_table(dropna=False): that would pair every case with every fold
+    grid = paired.groupby(["case", "fold", "train_seed"])["difference"].mean().unstack(
+        "train_seed")
     cases = len(grid)
     if cases < 2:
         mean, low, high, spread = (float(np.nanmean(grid.to_numpy())) if cases else np.nan,

@@ -118,7 +118,7 @@ def _repeat_note(config: StudyConfig, tests: pd.DataFrame) -> str:
         return ("One model per ratio and fold (one seed): the interval covers the choice of "
                 "test cases but not training noise, which can be as large as the margin; "
                 "`seeds = [0, 1, 2]` in the config repeats training and puts it in.")
-    spread = tests.loc[tests["class"] == "mean", "seed_sd"]
+    spread = tests.loc[(tests["class"] == "mean") & (tests["ratio"] != 1), "seed_sd"]
     return (f"{len(config.training_seeds)} seeds x folds {list(config.train_folds)}: each "
             "case's difference is averaged over the seeds and the interval adds the "
             "between-seed variance of the per-model mean difference (training noise). "
