@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ from medlossy.evaluate.cli import add_evaluate_parsers
 from medlossy.reader_study.cli import add_reader_parser
 
 EXIT_BAD_INPUT = 2
+_TEMPORARY = re.compile(r"(^|/)\.([^/]+?)\.partial-[0-9a-f]{8}[^/]*$")
 
 
 def _positive_float(text: str) -> float:
@@ -334,7 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("medlossy: interrupted; no partial output was left", file=sys.stderr)
         return 130
     except OSError as error:  # an unwritable folder, a full disk: the file and the reason
-        where = f"{error.filename}: " if error.filename else ""
+        # name the output the user gave, not its temporary (see atomic.py)
+        name = _TEMPORARY.sub(r"\1\2", str(error.filename)) if error.filename else ""
+        where = f"{name}: " if name else ""
         print(f"medlossy: error: {where}{error.strerror or error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
