@@ -744,7 +744,7 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
             found[1] = _Found(Setting("lossless"), lossless, True, 0.0)
         if layered and lossy and hasattr(codec, "encode_layers"):
             budgets = {r: int(plan.raw / r) for r in lossy}
-            cut, layered_passes, best = encode_ratios(
+            cut, layered_passes, beyond = encode_ratios(
                 encoder, budgets, {r: counters[r] for r in lossy}, codec.quality_range,
                 tolerance=SEARCH_TOLERANCE, show_progress=show_progress)
             passes += layered_passes
@@ -753,7 +753,7 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
                     else Setting("quality", result.quality)
                 found[ratio] = _Found(setting, result.streams, result.reached)
             for ratio in lossy:
-                if ratio in found or best >= budgets[ratio] * (1.0 - RATIO_TOLERANCE):
+                if ratio in found or ratio not in beyond:
                     continue
                 # Even the best lossy quality is under budget (x2 on most CT): lossless if
                 # it fits, as the search would decide.
