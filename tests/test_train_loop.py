@@ -153,6 +153,36 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
     assert _identical(_weights(out), _weights(model))
 
 
+def test_adamw_resumes_exactly_and_learns_differently_from_sgd(
+        model: Path, dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    config = replace(CONFIG, optimizer="adamw", learning_rate=2e-3, weight_decay=1e-4)
+    whole = train_model(dataset, tmp_path / "whole", config)
+    batch, calls = PatchSampler.batch, []
+
+    def interrupt_in_epoch_2(self):
+        calls.append(1)
+        if len(calls) > CONFIG.iterations_per_epoch:
+            raise KeyboardInterrupt
+        return batch(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PatchSampler, "batch", interrupt_in_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            train_model(dataset, tmp_path / "resumed", config)
+    state = torch.load(tmp_path / "resumed" / CHECKPOINT_FILE, weights_only=False)["optimizer"]
+    assert all("exp_avg_sq" in moments for moments in state["state"].values())
+    resumed = train_model(dataset, tmp_path / "resumed", config)
+
+    assert _identical(_weights(resumed), _weights(whole))
+    assert _description(whole)["config"]["optimizer"] == "adamw"
+    assert not _identical(_weights(whole), _weights(model))
+
+
+def test_unknown_optimizer_is_refused() -> None:
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        replace(CONFIG, optimizer="lion")
+
+
 def test_train_fraction_trains_on_the_fixed_subset(dataset: Path, tmp_path: Path) -> None:
     config = replace(CONFIG, train_fraction=0.5, epochs=1, iterations_per_epoch=1)
 

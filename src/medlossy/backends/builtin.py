@@ -97,12 +97,13 @@ class BuiltinBackend(TrainingBackend):
 
     def workload(self, request: TrainRequest) -> Workload:
         config = self.config(request)
-        # The network state dict and the last checkpoint (with SGD momentum), float32.
-        # About four 3x3x3 convolutions per stage (two down, two up).
+        # The network state dict and the last checkpoint (with SGD momentum, or AdamW's two
+        # moments), float32. About four 3x3x3 convolutions per stage (two down, two up).
         parameters = sum(4 * a * b * 27 for a, b in zip(config.filters, config.filters[1:],
                                                         strict=False))
+        copies = 4 if config.optimizer == "adamw" else 3
         return Workload(config.epochs * config.iterations_per_epoch,
                         math.prod(config.patch_size) * config.batch_size,
-                        checkpoint_bytes=3 * 4 * parameters,
+                        checkpoint_bytes=copies * 4 * parameters,
                         note=f"patch {'x'.join(map(str, config.patch_size))}, batch "
                              f"{config.batch_size}")

@@ -52,6 +52,16 @@ def _save(path: Path, payload: dict) -> None:
         torch.save(payload, temporary)
 
 
+def build_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The config's optimizer at its initial learning rate (the poly schedule sets it)."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(network.parameters(), lr=config.learning_rate,
+                                 weight_decay=config.weight_decay)
+    return torch.optim.SGD(network.parameters(), lr=config.learning_rate,
+                           momentum=config.momentum, nesterov=True,
+                           weight_decay=config.weight_decay)
+
+
 def poly_learning_rate(config: TrainConfig, epoch: int) -> float:
     """lr0 * (1 - epoch / epochs) ** 0.9, the study's schedule."""
     return config.learning_rate * (1 - epoch / config.epochs) ** config.poly_exponent
@@ -84,9 +94,7 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
     arguments = network_arguments(len(dataset.channels), max(labels.values()) + 1,
                                   config.filters)
     network = build_network(arguments).to(device)
-    optimizer = torch.optim.SGD(network.parameters(), lr=config.learning_rate,
-                                momentum=config.momentum, nesterov=True,
-                                weight_decay=config.weight_decay)
+    optimizer = build_optimizer(network, config)
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False,
                                batch=True)
     sampler = PatchSampler(prepared, config)
