@@ -9,6 +9,7 @@ import pandas as pd
 from medlossy.experiments.segmentation import (
     MEAN_OVER_CASES,
     MEAN_OVER_CLASSES,
+    mean_by,
     summarise_dice,
 )
 
@@ -36,3 +37,15 @@ def test_mean_over_classes_and_mean_over_cases_differ_where_a_class_is_absent() 
     assert table.loc[MEAN_OVER_CLASSES, "x20"] == round((0.7 + 0.2) / 2, 3)
     assert table.loc[MEAN_OVER_CASES, "x20"] == round((0.9 + 0.35) / 2, 3)
     assert "mean" not in table.index
+
+
+def test_mean_by_counts_each_test_case_once_across_seeds_and_skips_nan() -> None:
+    rows = [{"experiment": "budget:few-shot", "dataset": "D", "case": case, "class": "mean",
+             "metric": "dice", "value": value, "budget_fraction": 0.2, "train_seed": seed}
+            for case, value in (("a", 0.6), ("b", 0.8), ("c", math.nan))
+            for seed in (0, 1, 2)]
+
+    table = mean_by(pd.DataFrame(rows), "budget", "budget_fraction").iloc[0]
+
+    assert table["cases"] == 2
+    assert table["mean_dice"] == 0.7

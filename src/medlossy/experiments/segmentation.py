@@ -323,10 +323,14 @@ def cross_matrix(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 
 def mean_by(results: pd.DataFrame, experiment: str, column: str) -> pd.DataFrame:
+    """Mean and sd of the per-case mean Dice per dataset, experiment and ``column``, with the
+    number of test cases with a Dice (each counted once however many seeds tested it)."""
     rows = results[(results["experiment"].str.startswith(experiment))
                    & (results["metric"] == "dice") & (results["class"] == "mean")]
+    rows = rows[pd.to_numeric(rows["value"], errors="coerce").notna()]
     if rows.empty:
         return pd.DataFrame()
-    grouped = rows.groupby(["dataset", "experiment", column])["value"]
-    table = grouped.agg(mean_dice="mean", sd=lambda v: float(np.std(v)), cases="count")
+    grouped = rows.groupby(["dataset", "experiment", column])
+    table = grouped["value"].agg(mean_dice="mean", sd=lambda v: float(np.std(v)))
+    table["cases"] = grouped["case"].nunique()
     return table.reset_index().round(4)
