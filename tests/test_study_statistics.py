@@ -322,3 +322,15 @@ def test_cases_of_several_folds_are_each_counted_once() -> None:
     assert row["cases"] == CASES and row["seeds"] == 2
     assert row["mean_difference"] == pytest.approx(-0.05, abs=0.002)
     assert row["ci_high"] < -0.01
+
+
+def test_skewness_flags_a_few_cases_that_fail_badly() -> None:
+    results = _results({20.0: (0.0, 0.002)})
+    failing = (results["ratio_train"] == 20.0) & (results["class"] == "mean") \
+        & results["case"].isin(["c00", "c01"])
+    results.loc[failing, "value"] -= 0.3
+
+    tests = _mean(non_inferiority(results, margin=0.01))
+
+    assert tests.loc[20.0, "skewness"] < -2
+    assert np.isnan(tests.loc[1.0, "skewness"])  # all differences 0
