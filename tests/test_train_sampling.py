@@ -130,3 +130,26 @@ def test_mirroring_the_left_right_axis_swaps_lateral_classes_unless_left_out() -
 
     assert _sides_swapped(TrainConfig(**base)) > 0
     assert _sides_swapped(TrainConfig(**base, mirror_axes=(1, 2))) == 0
+
+
+def test_class_sampling_shows_a_small_organ_far_more_often() -> None:
+    labels = np.zeros((32, 32, 16), np.uint8)
+    labels[4:28, 4:28, 2:14] = 1  # a large organ
+    labels[26:29, 26:29, 6:9] = 2  # a small one in its corner
+    case = PreparedCase("small", np.random.default_rng(0).normal(
+        size=(1, 32, 32, 16)).astype(np.float32), labels)
+    base = dict(patch_size=(8, 8, 8), filters=(4, 8, 16), batch_size=4, seed=0,
+                augment=False, foreground_fraction=0.9)
+
+    def share_with_small_organ(sampling: str) -> float:
+        sampler = PatchSampler([case], TrainConfig(**base, sampling=sampling))
+        patches = torch.cat([sampler.batch()[1] for _ in range(25)])
+        return float((patches == 2).flatten(1).any(1).float().mean())
+
+    assert share_with_small_organ("foreground") < 0.1
+    assert share_with_small_organ("classes") > 0.35
+
+
+def test_unknown_sampling_is_refused() -> None:
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        TrainConfig(sampling="uniform")

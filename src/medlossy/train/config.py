@@ -15,6 +15,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 OPTIMIZERS = ("sgd", "adamw")
+SAMPLINGS = ("foreground", "classes")
 SPEED_OPTIONS = ("channels_last", "compile", "loader_workers", "pin_memory")
 
 
@@ -41,6 +42,11 @@ class TrainConfig:
     poly_exponent: float = 0.9
     weight_decay: float = 3e-5
     foreground_fraction: float = 1 / 3
+    #: Where patches are centred: "foreground" (nnU-Net: ``foreground_fraction`` of patches on
+    #: any label > 0, the rest anywhere) or "classes" (``foreground_fraction`` of patches on
+    #: each foreground class in turn, equally often, so small organs are seen as often as
+    #: large ones; the rest on background).
+    sampling: str = "foreground"
     augment: bool = True
     #: Axes mirrored at random by the augmentation (nnU-Net mirrors all three). Mirroring the
     #: left-right axis swaps the sides of lateral classes (left/right kidney, aorta/IVC):
@@ -91,6 +97,8 @@ class TrainConfig:
             problems.append("foreground fraction must be in [0, 1]")
         if self.loader_workers < 0:
             problems.append(f"loader_workers must be >= 0, got {self.loader_workers}")
+        if self.sampling not in SAMPLINGS:
+            problems.append(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if not self.learning_rate > 0:
