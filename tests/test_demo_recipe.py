@@ -1,0 +1,38 @@
+"""The demo's study recipe: what the built-in backend makes of it, on a small phantom."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from medlossy.data.phantom import LABELS, generate_case
+from medlossy.experiments.config import DatasetEntry, StudyConfig
+from medlossy.experiments.demo import (
+    DEMO_BUDGET_FRACTIONS,
+    DEMO_PHANTOM,
+    DEMO_TRAIN_RATIOS,
+    DEMO_TRAINING,
+)
+
+
+def test_the_backend_accepts_the_demo_recipe_as_written(tmp_path: Path) -> None:
+    config = StudyConfig(datasets=(DatasetEntry(tmp_path, train=True, synthetic=True),),
+                         train_ratios=DEMO_TRAIN_RATIOS, budget_fractions=DEMO_BUDGET_FRACTIONS,
+                         training=dict(DEMO_TRAINING))
+    train = config.backend.config(config.train_request(0))
+
+    assert train.mirror_axes == () and train.sampling == "classes"
+    assert train.optimizer == "adamw" and train.filters[0] >= 16
+    # Five models at most (x1, x20, x100, one few-shot and one compressed budget arm).
+    models = len(set(DEMO_TRAIN_RATIOS) | {1}) + 2 * sum(f < 1 for f in DEMO_BUDGET_FRACTIONS)
+    assert models * train.epochs * train.iterations_per_epoch <= 5 * 480
+
+
+def test_demo_phantom_vessels_and_kidneys_stand_out_from_soft_tissue() -> None:
+    case = generate_case(0, replace(DEMO_PHANTOM, mean_jitter_hu=0.0))
+    image, labels = case.image.array, case.labels.array
+    liver = image[labels == LABELS["liver"]].mean()
+    for name in ("aorta", "inferior_vena_cava", "kidney_left", "kidney_right", "spleen"):
+        assert np.median(image[labels == LABELS[name]]) > liver + 15, name
