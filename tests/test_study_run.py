@@ -96,6 +96,8 @@ def test_a_ratio_stored_losslessly_is_labelled_so(study: Study) -> None:
 
     assert "x1.2 (lossless)" in text  # lossless coding beats x1.2 on every image
     assert "| lossless |" in text and "x20 (lossless" not in text
+    ratios_line = next(line for line in text.splitlines() if "Compression ratios:" in line)
+    assert "x1.2 (lossless)" in ratios_line and "{" not in ratios_line  # not a raw dict
 
 
 def test_pictures_show_the_ratios_and_every_class_is_in_the_legend(study: Study) -> None:

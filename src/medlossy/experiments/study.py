@@ -272,7 +272,7 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
           f"seed {config.seed}. Every measurement: results.csv / results.parquet."))
     names = [e.path.name + (" (SYNTHETIC)" if e.synthetic else "") for e in config.datasets]
     preamble = (f"Datasets: {', '.join(names)}. Compression ratios: "
-                f"{', '.join(f'x{r:g}' for r in config.ratios)}. {notes}")
+                f"{', '.join(ratio_label(r, notes) for r in config.ratios)}.")
     return write_report(out, "medlossy study report", preamble, sections)
 
 

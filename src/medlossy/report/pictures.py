@@ -27,10 +27,14 @@ def _volume(path: Path) -> np.ndarray:
 
 
 def busiest_slice(label: np.ndarray | None, depth: int) -> int:
-    """The axial slice with the most labelled voxels (the middle one without a label)."""
+    """The axial slice showing the most classes, then the most labelled voxels (the middle
+    one without a label): a slice through the body alone would hide the organs."""
     if label is None or not label.any():
         return depth // 2
-    return int(np.argmax((label > 0).sum(axis=(0, 1))))
+    classes = [c for c in np.unique(label) if c > 0]
+    present = sum((label == c).any(axis=(0, 1)).astype(np.int64) for c in classes)
+    voxels = (label > 0).sum(axis=(0, 1))
+    return int(np.lexsort((voxels, present))[-1])
 
 
 def _display(image: np.ndarray) -> np.ndarray:
