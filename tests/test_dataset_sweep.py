@@ -567,3 +567,23 @@ def test_per_ratio_search_is_the_fallback_and_layered_is_as_good(
     stores = [json.loads((Path(p) / ".zattrs").read_text())["medlossy"]["codec"]["setting"]
               for p in searched["store"]]
     assert {s["mode"] for s in stores} == {"quality"}  # one PSNR target each, searched
+
+
+def test_dataset_json_names_the_codec_the_stores_used(tmp_path: Path, serial) -> None:
+    """Data beyond 16 bits is stored at ratio 1 with Blosc (JPEG 2000 cannot hold it): the
+    nnU-Net dataset.json said "jpeg2k" and "decoded from lossy jpeg2k stores" there."""
+    source = write_synthetic_dataset(tmp_path / "Dataset541_Wide", {"wide_a": 1})
+    image_path = source / "imagesTr" / "wide_a_0000.nii.gz"
+    image = nib.load(image_path)
+    codes = np.asarray(image.dataobj, dtype=np.int32)
+    noise = np.random.default_rng(0).integers(0, 100, codes.shape, dtype=np.int32)
+    wide = (codes - codes.min()) * 100 + noise  # a span of ~119000 in steps of 1: 17 bits
+    nib.save(nib.Nifti1Image(wide, image.affine), image_path)
+    out = tmp_path / "sweep"
+
+    assert compress(source, out, "1,5") == 0
+
+    lossless = json.loads((dataset_folder(out, 1) / "dataset.json").read_text())["medlossy"]
+    lossy = json.loads((dataset_folder(out, 5) / "dataset.json").read_text())["medlossy"]
+    assert lossless["codec"] == "blosc" and "lossless blosc" in lossless["note"]
+    assert lossy["codec"] == "jpeg2k" and "lossy jpeg2k" in lossy["note"]

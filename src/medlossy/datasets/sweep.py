@@ -416,7 +416,18 @@ def _copy_exact(source: Path, destination: Path) -> None:
         shutil.copyfile(source, temporary)
 
 
-def _write_nnunet_metadata(plan: SweepPlan, bad: dict[str, str]) -> None:
+def _stored_codecs(plan: SweepPlan, manifest: pd.DataFrame, ratio: float) -> str:
+    """The codec(s) the stores of ``ratio`` really used, from the manifest: ratio 1 is
+    Blosc where JPEG 2000 cannot hold the values exactly (more than 16 bits, floats)."""
+    if not manifest.empty:
+        used = manifest.loc[manifest["ratio_target"] == ratio, "codec"].dropna().unique()
+        if len(used):
+            return ", ".join(sorted(str(name) for name in used))
+    return plan.codec_for(ratio) or "jpeg2k"
+
+
+def _write_nnunet_metadata(plan: SweepPlan, bad: dict[str, str],
+                           manifest: pd.DataFrame) -> None:
     """Labels (bit-exact copies) and dataset.json of every ratio's nnU-Net dataset; cases
     that failed are taken out of it again, so nnU-Net sees a consistent dataset."""
     training = [case for case in plan.cases if case.split == "Tr" and case.name not in bad]
@@ -435,16 +446,17 @@ def _write_nnunet_metadata(plan: SweepPlan, bad: dict[str, str]) -> None:
         metadata = {key: value for key, value in plan.dataset.metadata.items()
                     if key not in ("numTraining", "name")}
         metadata.setdefault("labels", {})
+        codecs = _stored_codecs(plan, manifest, ratio)
         metadata.update({
             "name": folder.name.split("_", 1)[1],
             "numTraining": sum(case.label is not None for case in training),
             "medlossy": {"source": str(plan.dataset.root), "ratio": ratio,
-                         "codec": plan.codec_for(ratio) or "jpeg2k", "lossless": ratio == 1,
+                         "codec": codecs, "lossless": ratio == 1,
                          # where training with [training] source = "store" reads the images
                          "stores": os.path.relpath(plan.out / "stores" / ratio_tag(ratio),
                                                    folder),
-                         "note": f"images decoded from lossy {plan.codec or 'jpeg2k'} "
-                                 "stores; labels exact"},
+                         "note": f"images decoded from {'lossless' if ratio == 1 else 'lossy'} "
+                                 f"{codecs} stores; labels exact"},
         })
         write_json(folder / "dataset.json", metadata)
 
@@ -510,8 +522,9 @@ def run_sweep(plan: SweepPlan, *, workers: int | None = None, scheduler: str | N
                     raise MedlossyError(None, str(problem)) from None
                 bad[task.case] = f"case {task.case}: {problem}"
     _write_sweep_json(plan, bad)
-    _write_nnunet_metadata(plan, bad)
-    return write_manifest(plan.out, exclude=set(bad))
+    manifest = write_manifest(plan.out, exclude=set(bad))
+    _write_nnunet_metadata(plan, bad, manifest)
+    return manifest
 
 
 def write_manifest(out: Path, exclude: set[str] = frozenset()) -> pd.DataFrame:
