@@ -55,6 +55,8 @@ from medlossy.store.slice_store import (
 )
 from medlossy.volume import Volume
 
+#: The smallest tile side: JPEG 2000 here needs 32x32 pixels (six resolutions).
+MIN_TILE = 32
 #: A ratio is met when the whole store is within this fraction of the target.
 RATIO_TOLERANCE = 0.01
 #: The search aims tighter, so that the metadata written afterwards cannot tip it over.
@@ -233,19 +235,22 @@ def _achieved_block(stored: int, raw: int, shape: tuple[int, ...], tally: ErrorT
 
 def _decoded_slices(codec: SliceCodec, streams: list[bytes], layout: StoreLayout,
                     workers: int):
-    """Every decoded slice of the volume, in order (blocks decoded a few at a time)."""
-    shape = (layout.depth, layout.rows, layout.columns) if layout.depth > 1 \
-        else (layout.rows, layout.columns)
+    """Every decoded slice of the volume, in order (blocks decoded a few at a time, tiles
+    put together into their slice)."""
+    grid, per_slice = layout.grid, layout.grid.per_slice
+    shape = layout.chunk_shape if layout.depth > 1 else layout.chunk_shape[1:]
 
     def decode(stream: bytes) -> np.ndarray:
-        return codec.decode(stream, shape=shape, dtype=layout.mapping.code_dtype).reshape(
-            -1, layout.rows, layout.columns)
+        return codec.decode(stream, shape=shape, dtype=layout.mapping.code_dtype)
 
     remaining = layout.slices
     with ThreadPoolExecutor(max_workers=workers) as threads:  # imagecodecs releases the GIL
-        step = max(1, 64 // layout.depth)
+        step = max(1, 64 // layout.depth) * per_slice
         for start in range(0, len(streams), step):
-            for block in threads.map(decode, streams[start : start + step]):
+            decoded = list(threads.map(decode, streams[start : start + step]))
+            for first in range(0, len(decoded), per_slice):
+                block = grid.assemble(decoded[first : first + per_slice]).reshape(
+                    -1, layout.rows, layout.columns)
                 for plane in block[: min(len(block), remaining)]:
                     remaining -= 1
                     yield plane
@@ -406,9 +411,9 @@ def _squared_errors(encoder: SliceEncoder, streams: list[bytes]) -> np.ndarray:
     for index, stream in enumerate(streams):
         codes = encoder.chunk(index)
         decoded = codec.decode(stream, shape=codes.shape, dtype=codes.dtype)
-        held = len(encoder.held(index))  # a padded block's repeats are not the volume's
-        difference = (codes[:held].astype(np.float64) - decoded[:held]) if codes.ndim == 3 \
-            else codes.astype(np.float64) - decoded
+        # A padded block's repeats and an edge tile's padding are not the volume's.
+        difference = encoder.trim(index, codes).astype(np.float64) \
+            - encoder.trim(index, decoded)
         errors[index] = float(np.dot(difference.ravel(), difference.ravel()))
     return errors
 
@@ -444,10 +449,7 @@ def _search_psnr(encode, encoder: SliceEncoder, target: Target, data_range: floa
         for index, stream in enumerate(streams):
             codes = encoder.chunk(index)
             decoded = codec.decode(stream, shape=codes.shape, dtype=codes.dtype)
-            held = len(encoder.held(index))
-            if codes.ndim == 3:
-                codes, decoded = codes[:held], decoded[:held]
-            tally.add(codes, decoded)
+            tally.add(encoder.trim(index, codes), encoder.trim(index, decoded))
         achieved = tally.psnr(data_range)
         if achieved >= target.value and achieved - target.value <= _PSNR_TOLERANCE_DB:
             break
@@ -498,10 +500,11 @@ LOSSLESS_INSTEAD = "use --codec blosc (lossless zstd, any dtype)"
 def plan_volume(volume: Volume, codec_name: str | None = None,
                 data_range: float | None = None, source: str = "<volume>",
                 target: Target | None = None, *, unsigned: bool = False,
-                instead: str = LOSSLESS_INSTEAD) -> Plan:
+                instead: str = LOSSLESS_INSTEAD, tile: int | None = None) -> Plan:
     """Scan ``volume`` once (rejecting what cannot be compressed) and plan its encoding;
     ``unsigned``: uint16 codes only (as for a codec that takes no others); ``instead``: what
-    a refused lossless target should do (the output format decides what works).
+    a refused lossless target should do (the output format decides what works); ``tile``:
+    the side of the square tiles each slice is stored as (None: whole slices).
 
     ``codec_name`` None means JPEG 2000, or lossless Blosc when ``target`` is lossless and
     the values are not 16-bit integers (floats with fractions, wider integers). A lossless
@@ -520,6 +523,8 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
         codec = get_codec(codec_name)
     except ValueError as error:
         raise MedlossyError(source, str(error)) from None
+    if tile is not None:
+        check_tile(codec, tile)
     if codec.any_dtype:
         if target is not None and not lossless:
             raise MedlossyError(source, f"codec {codec_name!r} is lossless only; use "
@@ -538,8 +543,18 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
         raise MedlossyError(source, f"axial slices are {rows}x{columns}; JPEG 2000 here needs "
                                     "at least 32x32")
     layout = StoreLayout(volume.shape[volume.axial_axis], rows, columns, mapping,
-                         codec.block_depth)
+                         codec.block_depth, tile)
     return Plan(codec, mapping, layout, peak, raw_bytes(volume.shape))
+
+
+def check_tile(codec: SliceCodec, tile: int) -> None:
+    """Refuse a tile size the codec cannot store."""
+    if not codec.tiles:
+        raise MedlossyError(None, f"codec {codec.name!r} cannot store tiles; --tile works "
+                                  "with jpeg2k and htj2k")
+    if tile < MIN_TILE:
+        raise MedlossyError(None, f"--tile must be at least {MIN_TILE} (JPEG 2000 needs "
+                                  f"{MIN_TILE}x{MIN_TILE} pixels), got {tile}")
 
 
 def _fill(encoder: SliceEncoder, volume: Volume, mapping: CodeMapping,
@@ -578,7 +593,7 @@ def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteC
     started = time.perf_counter()
     passes = 0
     with slice_encoder(codec, (layout.slices, layout.rows, layout.columns),
-                       mapping.code_dtype, workers) as encoder:
+                       mapping.code_dtype, workers, layout.tile) as encoder:
         mapping_tally = _fill(encoder, volume, mapping, source)
 
         def encode(setting: Setting) -> list[bytes]:
@@ -603,6 +618,7 @@ def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteC
 
 def _base_attributes(volume: Volume, plan: Plan, target: Target, source: str) -> dict[str, Any]:
     """What a store records before its codec and results are known."""
+    tiled = {"tile": list(plan.layout.chunk_shape[1:])} if plan.layout.grid.tiled else {}
     return {
         "format_version": FORMAT_VERSION,
         "software": f"medlossy {__version__}",
@@ -617,6 +633,7 @@ def _base_attributes(volume: Volume, plan: Plan, target: Target, source: str) ->
             "orientation": volume.orientation,
         },
         "intensity": plan.mapping.to_dict(),
+        **tiled,
         "target": target.to_dict(),
     }
 
@@ -629,14 +646,16 @@ def _measurer(plan: Plan, target: Target, attributes: dict[str, Any]) -> _Measur
 def compress_volume(volume: Volume, output: str | Path, target: Target, *,
                     codec_name: str | None = None, data_range: float | None = None,
                     workers: int | None = None, show_progress: bool = False,
-                    source: str = "<volume>") -> dict[str, Any]:
+                    source: str = "<volume>", tile: int | None = None) -> dict[str, Any]:
     """Compress ``volume`` into the store ``output``; returns the store's medlossy attributes.
 
     ``data_range`` is the PSNR peak (default: 4096 for CT, the volume's max - min otherwise;
     pass the dataset-wide range for MR). ``source`` names the input in error messages.
     ``codec_name`` None: JPEG 2000, or lossless Blosc for data JPEG 2000 cannot hold exactly.
+    ``tile``: store each slice as square tiles of this side, one codestream each (slice
+    codecs with ``tiles``), so that readers decode only the tiles a region touches.
     """
-    plan = plan_volume(volume, codec_name, data_range, source, target)
+    plan = plan_volume(volume, codec_name, data_range, source, target, tile=tile)
     attributes = _base_attributes(volume, plan, target, source)
     found = encode_volume(volume, plan, target, _measurer(plan, target, attributes).total,
                           workers=workers, show_progress=show_progress, source=source)

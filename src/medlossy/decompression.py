@@ -1,4 +1,5 @@
-"""Turn a store back into a volume (and a file), every slice checked against its checksum."""
+"""Turn a store back into a volume (and a file), every chunk (slice, block or tile) checked
+against its checksum."""
 
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ def read_store(path: str | Path, *, workers: int | None = None) -> Volume:
         decoded = threads.map(lambda index: store.decode_chunk(index, codec),
                               range(store.chunks))
         for index, codes in enumerate(decoded):
-            held = store.chunk_slices(index)
-            slices_first[held.start : held.stop] = store.mapping.to_values(codes)
+            held, rows, columns = store.chunk_window(index)
+            slices_first[held.start : held.stop, rows, columns] = store.mapping.to_values(codes)
     return Volume(array, np.asarray(geometry["affine"], dtype=float),
                   modality=attributes.get("modality", "OTHER"), header=header)
 

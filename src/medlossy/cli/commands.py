@@ -75,6 +75,9 @@ def compress(arguments: argparse.Namespace) -> None:
     target = _target(arguments)
     _refuse_existing(arguments.output, arguments.force, arguments.input)
     modality = "OTHER" if arguments.modality == "auto" else arguments.modality
+    if arguments.format == "dicom" and arguments.tile is not None:
+        raise MedlossyError(None, "--tile applies only to stores (DICOM frames are whole "
+                                  "slices)")
     if arguments.format == "dicom":
         _compress_to_dicom(arguments, target, modality)
         return
@@ -83,7 +86,8 @@ def compress(arguments: argparse.Namespace) -> None:
     _note_dicom_input(arguments, volume)
     attributes = compress_volume(volume, arguments.output, target, codec_name=arguments.codec,
                                  data_range=arguments.data_range, workers=arguments.workers,
-                                 show_progress=not arguments.quiet, source=arguments.input)
+                                 show_progress=not arguments.quiet, source=arguments.input,
+                                 tile=arguments.tile)
     achieved = attributes["achieved"]
     psnr = "inf (lossless)" if achieved["psnr_db"] is None else f"{achieved['psnr_db']:.2f} dB"
     _say(arguments, f"{arguments.output}: x{achieved['ratio']:.3f}, {achieved['stored_bytes']} "
@@ -168,6 +172,7 @@ def _info_document(path: str) -> dict:
         "codec": attributes["codec"],
         "target": attributes["target"],
         "achieved": achieved,
+        "tile": attributes.get("tile"),
         "bytes_on_disk": stored_bytes(store.path),
         "intensity": attributes["intensity"],
         "source": attributes["source"].get("file"),
@@ -202,6 +207,8 @@ def _info(arguments: argparse.Namespace) -> None:
         ("dtype / modality", f"{np.dtype(document['dtype']).name} / {document['modality']}"),
         ("codec", f"{document['codec']['name']} "
                   f"{document['codec'].get('wavelet', document['codec'].get('transform', ''))}"),
+        ("tiles", "none (one codestream per slice)" if document["tile"] is None
+                  else " x ".join(map(str, document["tile"])) + " per codestream"),
         ("target", ", ".join(f"{k}={v}" for k, v in document["target"].items())),
         ("achieved ratio", f"x{achieved['ratio']:.3f} ({met})"),
         ("stored bytes", f"{achieved['stored_bytes']} (raw 16-bit: {achieved['raw_bytes']})"),
@@ -222,12 +229,14 @@ def verify(arguments: argparse.Namespace) -> None:
     store = SliceStore(arguments.store)
     bad = store.verify()
     if bad:
-        if store.depth == 1:
+        if store.depth == 1 and not store.grid.tiled:
             raise MedlossyError(arguments.store, f"{len(bad)} corrupt or missing slice(s): "
                                                  f"{', '.join(map(str, bad[:20]))}")
-        raise MedlossyError(arguments.store, f"{len(bad)} corrupt or missing block(s): "
+        kind = "tile" if store.grid.tiled else "block"
+        raise MedlossyError(arguments.store, f"{len(bad)} corrupt or missing {kind}(s): "
                             + ", ".join(store.chunk_name(i) for i in bad[:20]))
-    held = f" in {store.chunks} blocks" if store.depth > 1 else ""
+    held = f" in {store.chunks} blocks" if store.depth > 1 else \
+        f" in {store.chunks} tiles" if store.grid.tiled else ""
     print(f"{arguments.store}: all {store.slices} slices{held} match their checksums")
 
 

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--allow-gaps", action="store_true",
                           help="accept a DICOM series with missing slices or uneven spacing "
                                "(the store records every slice's true position)")
+    compress.add_argument("--tile", type=positive_int, default=None, metavar="N",
+                          help="store each slice as NxN tiles, one codestream each, so that "
+                               "patch reads decode only the tiles they touch (jpeg2k, htj2k)")
     _add_common(compress)
     compress.set_defaults(handler=commands.compress)
 

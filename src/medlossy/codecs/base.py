@@ -62,6 +62,8 @@ class SliceCodec(ABC):
     discrete: ClassVar[bool] = False
     #: The codec takes only unsigned 16-bit codes (signed data is offset by its minimum).
     unsigned_only: ClassVar[bool] = False
+    #: Whether a slice may be stored as tiles, each its own codestream (``compress --tile``).
+    tiles: ClassVar[bool] = False
     #: Where it runs, the library that implements it, and what installs it.
     hardware: ClassVar[str] = "CPU"
     library: ClassVar[str] = ""

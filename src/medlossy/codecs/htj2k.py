@@ -42,6 +42,7 @@ class Htj2kCodec(SliceCodec):
     """HTJ2K, 9/7 irreversible wavelet with a quantisation step, or 5/3 reversible lossless."""
 
     name = "htj2k"
+    tiles = True
     available = bool(imagecodecs.HTJ2K.available)
     hardware = "CPU (GPU decode: medlossy[gpu])"
     library = imagecodecs.htj2k_version() if available else "OpenJPH"

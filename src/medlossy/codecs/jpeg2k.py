@@ -57,6 +57,7 @@ class Jpeg2kCodec(SliceCodec):
     """JPEG 2000 Part 1: 9/7 irreversible wavelet for lossy, 5/3 reversible for lossless."""
 
     name = "jpeg2k"
+    tiles = True
     per_chunk_ratio = True
     hardware = "CPU (GPU decode: medlossy[gpu])"
     library = f"OpenJPEG (pylibjpeg-openjpeg {openjpeg.__version__}; imagecodecs decodes)"

@@ -20,16 +20,18 @@ import numpy as np
 from tqdm import tqdm
 
 from medlossy.codecs.base import Setting, SliceCodec, get_codec
+from medlossy.codecs.tiles import TileGrid
 from medlossy.orphans import die_with_parent
 
-_worker: tuple[SliceCodec, np.ndarray] | None = None
+_worker: tuple[SliceCodec, np.ndarray, TileGrid] | None = None
 
 
 def _start_worker(owner: int, codec_name: str, path: str, shape: tuple[int, ...],
-                  dtype: str) -> None:
+                  dtype: str, grid: TileGrid) -> None:
     global _worker
     die_with_parent(owner)
-    _worker = (get_codec(codec_name), np.memmap(path, dtype=dtype, mode="r", shape=shape))
+    _worker = (get_codec(codec_name), np.memmap(path, dtype=dtype, mode="r", shape=shape),
+               grid)
 
 
 def chunk_of(slices: np.ndarray, index: int, depth: int) -> np.ndarray:
@@ -44,16 +46,25 @@ def chunk_of(slices: np.ndarray, index: int, depth: int) -> np.ndarray:
     return block
 
 
+def tiled_chunk_of(slices: np.ndarray, index: int, depth: int, grid: TileGrid) -> np.ndarray:
+    """Chunk ``index`` of a store whose slices are cut into ``grid``'s tiles: chunks run
+    tile by tile within a slice (or block), slice by slice."""
+    if not grid.tiled:
+        return chunk_of(slices, index, depth)
+    plane, tile = divmod(index, grid.per_slice)
+    return grid.cut(slices[plane], tile)
+
+
 def _encode_in_worker(task: tuple[int, Setting]) -> bytes:
     assert _worker is not None, "worker not initialised"
-    codec, slices = _worker
+    codec, slices, grid = _worker
     index, setting = task
-    return codec.encode(chunk_of(slices, index, codec.block_depth), setting)
+    return codec.encode(tiled_chunk_of(slices, index, codec.block_depth, grid), setting)
 
 
 def _call_in_worker(task: tuple[int, str, object]) -> object:
     assert _worker is not None, "worker not initialised"
-    codec, slices = _worker
+    codec, slices, _ = _worker
     index, method, argument = task
     return getattr(codec, method)(np.asarray(slices[index]), argument)
 
@@ -63,27 +74,36 @@ def default_workers() -> int:
 
 
 class SliceEncoder:
-    """Holds a slice-major (slices, rows, columns) array of codes and encodes it on demand."""
+    """Holds a slice-major (slices, rows, columns) array of codes and encodes it on demand,
+    one chunk per slice, block of slices or tile of a slice (``grid``)."""
 
     def __init__(self, codec: SliceCodec, slices: np.ndarray, workers: int,
-                 executor: ProcessPoolExecutor | None) -> None:
+                 executor: ProcessPoolExecutor | None, grid: TileGrid) -> None:
         self.codec = codec
         self.slices = slices
         self.workers = workers
         self.depth = codec.block_depth
+        self.grid = grid
         self._executor = executor
 
     @property
     def chunks(self) -> int:
-        return -(-self.slices.shape[0] // self.depth)
+        return -(-self.slices.shape[0] // self.depth) * self.grid.per_slice
 
     def chunk(self, index: int) -> np.ndarray:
-        """The codes of chunk ``index`` as encoded (a last block padded)."""
-        return chunk_of(self.slices, index, self.depth)
+        """The codes of chunk ``index`` as encoded (a last block or edge tile padded)."""
+        return tiled_chunk_of(self.slices, index, self.depth, self.grid)
 
     def held(self, index: int) -> range:
         """The slices chunk ``index`` holds."""
-        return range(index * self.depth, min((index + 1) * self.depth, self.slices.shape[0]))
+        start = index // self.grid.per_slice * self.depth
+        return range(start, min(start + self.depth, self.slices.shape[0]))
+
+    def trim(self, index: int, codes: np.ndarray) -> np.ndarray:
+        """Chunk ``index``'s ``codes`` without padding (a block's repeats, a tile's edge)."""
+        if self.grid.tiled:
+            return self.grid.trim(codes, index % self.grid.per_slice)
+        return codes[: len(self.held(index))] if codes.ndim == 3 else codes
 
     def encode_all(self, setting: Setting, *, label: str = "encode",
                    show_progress: bool = False) -> list[bytes]:
@@ -101,7 +121,9 @@ class SliceEncoder:
     def map_slices(self, method: str, arguments: Sequence[object], *, label: str = "encode",
                    show_progress: bool = False) -> list:
         """``codec.<method>(slice i, arguments[i])`` for every slice, in slice order (e.g. a
-        layered encode with each slice's own quality layers)."""
+        layered encode with each slice's own quality layers); untiled slices only."""
+        if self.grid.tiled:
+            raise ValueError("whole-slice calls on a tiled encoder")
         count = self.slices.shape[0]
         if self._executor is None:
             results = (getattr(self.codec, method)(np.asarray(self.slices[i]), arguments[i])
@@ -117,14 +139,18 @@ class SliceEncoder:
 
 @contextmanager
 def slice_encoder(codec: SliceCodec, shape: tuple[int, int, int], dtype: str,
-                  workers: int | None = None) -> Iterator[SliceEncoder]:
-    """Yield an encoder whose ``slices`` array the caller fills before encoding.
+                  workers: int | None = None, tile: int | None = None,
+                  ) -> Iterator[SliceEncoder]:
+    """Yield an encoder whose ``slices`` array the caller fills before encoding; ``tile``:
+    the side of the square tiles each slice is cut into (None: whole slices).
 
     With one worker the array is plain memory; with more it is a temporary memory-mapped file.
     """
-    workers = max(1, min(workers or default_workers(), -(-shape[0] // codec.block_depth)))
+    grid = TileGrid.of(shape[1], shape[2], tile)
+    chunks = -(-shape[0] // codec.block_depth) * grid.per_slice
+    workers = max(1, min(workers or default_workers(), chunks))
     if workers == 1:
-        yield SliceEncoder(codec, np.empty(shape, dtype=dtype), 1, None)
+        yield SliceEncoder(codec, np.empty(shape, dtype=dtype), 1, None, grid)
         return
     with tempfile.TemporaryDirectory(prefix="medlossy-") as scratch:
         path = str(Path(scratch) / "slices.raw")
@@ -135,10 +161,11 @@ def slice_encoder(codec: SliceCodec, shape: tuple[int, int, int], dtype: str,
         with ProcessPoolExecutor(max_workers=workers,
                                  mp_context=multiprocessing.get_context(method),
                                  initializer=_start_worker,
-                                 initargs=(os.getpid(), codec.name, path, shape, dtype),
+                                 initargs=(os.getpid(), codec.name, path, shape, dtype,
+                                           grid),
                                  ) as executor:
             try:
-                yield SliceEncoder(codec, slices, workers, executor)
+                yield SliceEncoder(codec, slices, workers, executor, grid)
             except BaseException:
                 # Interrupted (Ctrl-C, SIGTERM, an error): drop queued slices instead of
                 # encoding the rest of the pass before the pool can close.

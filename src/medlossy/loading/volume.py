@@ -3,10 +3,11 @@
 Data flow: patch box (z, y, x in the store's axis order, at resolution ``level``) -> the
 slices z..z+depth, each read and CRC-checked, decoded at that level (threads: imagecodecs and
 OpenJPEG release the GIL) -> the y/x window cropped -> codes mapped to values (float32,
-original units). Slices are whole codestreams, so each decoded slice costs the full slice at
-that level; the y/x crop saves memory, not decode time (see BENCHMARKS.md, loader). Stores of
-3D codecs hold blocks of slices: each block the box touches is decoded once, in full, and
-reduced levels are block means of the decoded slices.
+original units). In an untiled store slices are whole codestreams, so each decoded slice
+costs the full slice at that level and the y/x crop saves memory, not decode time; in a tiled
+store (``compress --tile``) only the tiles the y/x window touches are read and decoded (see
+BENCHMARKS.md, loader). Stores of 3D codecs hold blocks of slices: each block the box touches
+is decoded once, in full, and reduced levels are block means of the decoded slices.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ class StoreVolume:
         self.level = level
         rows, columns = self.store.slice_shape
         factor = 2**level
+        grid = self.store.grid
+        if grid.tiled and (grid.tile_rows % factor or grid.tile_columns % factor):
+            raise MedlossyError(self.path, f"resolution level {level} needs tiles divisible "
+                                           f"by {factor}, the store's are "
+                                           f"{grid.tile_rows}x{grid.tile_columns}")
         self.shape = (self.store.slices, -(-rows // factor), -(-columns // factor))
 
     @property
@@ -54,6 +60,42 @@ class StoreVolume:
                                 f"slice {index} cannot be decoded ({error})") from None
         return codes[rows, columns]
 
+    def _tile(self, index: int) -> np.ndarray:
+        """Chunk ``index`` of a tiled store at the volume's level, its padding dropped."""
+        grid = self.store.grid
+        data = self.store.codestream(index)
+        try:
+            codes = decode_slice(self.codec, data, self.level,
+                                 (grid.tile_rows, grid.tile_columns), self.mapping.code_dtype)
+        except Exception as error:  # decoder errors come in library-specific types
+            raise MedlossyError(self.store.chunk_path(index), f"{self.store.chunk_name(index)} "
+                                f"cannot be decoded ({error})") from None
+        return grid.trim(codes, index % grid.per_slice, self.level)
+
+    def _tiles(self, start: tuple[int, int, int], size: tuple[int, int, int],
+               threads: Executor | None) -> np.ndarray:
+        """Codes of the box from a tiled store: only the tiles its y/x window touches."""
+        grid, factor = self.store.grid, 2**self.level
+        height, width = grid.tile_rows // factor, grid.tile_columns // factor
+        rows = slice(start[1], start[1] + size[1])
+        columns = slice(start[2], start[2] + size[2])
+        tiles = grid.touched(rows, columns, self.level)
+        chunks = [plane * grid.per_slice + tile
+                  for plane in range(start[0], start[0] + size[0]) for tile in tiles]
+        decoded = map(self._tile, chunks) if threads is None else threads.map(self._tile,
+                                                                               chunks)
+        codes = np.empty(size, dtype=self.mapping.code_dtype)
+        for chunk, part in zip(chunks, decoded, strict=True):
+            plane, tile = divmod(chunk, grid.per_slice)
+            down, across = grid.position(tile)
+            top, left = down * height, across * width  # the tile's origin at this level
+            first_row, last_row = max(rows.start, top), min(rows.stop, top + part.shape[0])
+            first, last = max(columns.start, left), min(columns.stop, left + part.shape[1])
+            codes[plane - start[0], first_row - rows.start : last_row - rows.start,
+                  first - columns.start : last - columns.start] = \
+                part[first_row - top : last_row - top, first - left : last - left]
+        return codes
+
     def _block(self, index: int, rows: slice, columns: slice) -> np.ndarray:
         """Every slice of block ``index`` (3D codecs), at the volume's level, cropped."""
         codes = self.store.decode_chunk(index, self.codec)
@@ -67,6 +109,8 @@ class StoreVolume:
         if any(s < 0 or s + n > limit for s, n, limit in zip(start, size, self.shape,
                                                              strict=True)):
             raise ValueError(f"box {start} + {size} is outside {self.shape}")
+        if self.store.grid.tiled:
+            return self._values(self._tiles(start, size, threads))
         rows = slice(start[1], start[1] + size[1])
         columns = slice(start[2], start[2] + size[2])
         indices = range(start[0], start[0] + size[0])
@@ -83,6 +127,10 @@ class StoreVolume:
         else:
             first = start[0] - indices.start * depth
             codes = np.concatenate(planes)[first : first + size[0]]
+        return self._values(codes)
+
+    def _values(self, codes: np.ndarray) -> np.ndarray:
+        """Decoded codes as values (float32, original units)."""
         if self.level == 0:  # exactly what decompression writes, as float32
             return self.mapping.to_values(codes).astype(np.float32)
         values = codes.astype(np.float32)  # reduced levels are not whole codes

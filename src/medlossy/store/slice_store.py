@@ -4,8 +4,9 @@ A store (format version 2) is an OME-Zarr (NGFF 0.4) image in Zarr format 2: a r
 whose ``.zattrs`` hold the NGFF ``multiscales`` and, beside them, the medlossy attributes; the
 full-resolution array at ``0/``: shape (slices, rows, columns), one chunk per axial slice (slice
 codecs) or per block of ``depth`` slices (3D codecs; the last block is padded by repeating its
-last slice, as zarr's edge chunks are full size), and every chunk file is a plain codestream
-(``0/0.0.0`` ... ``0/N.0.0``). Stock ``zarr`` opens it
+last slice, as zarr's edge chunks are full size) or, with tiles (``compress --tile``), per
+tile of a slice, and every chunk file is a plain codestream (``0/0.0.0`` ... ``0/N.0.0``;
+tiled: ``0/z.y.x``). Stock ``zarr`` opens it
 once ``imagecodecs.numcodecs.register_codecs()`` has run, ome-zarr-py recognises it, any
 JPEG 2000 tool reads a chunk file directly, and a DICOM encapsulated frame can carry it
 unchanged. Format 2 rather than 3: zarr 3.x reads imagecodecs' numcodecs codecs only in
@@ -15,7 +16,8 @@ Version 1 stores (the bare array at the root, medlossy attributes in its ``.zatt
 still read: ``SliceStore`` finds the array and the attributes in either layout.
 
 The medlossy attributes (key ``medlossy``) carry geometry, intensity mapping, codec
-parameters, the achieved ratio and errors, and a CRC-32 per chunk.
+parameters, the tile size of a tiled store, the achieved ratio and errors, and a CRC-32 per
+chunk (chunks numbered tile by tile within a slice, slice by slice).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from numcodecs.abc import Codec as NumcodecsCodec
 from medlossy.checksums import crc32
 from medlossy.codecs import SliceCodec, codec_names
 from medlossy.codecs.intensity import CodeMapping
+from medlossy.codecs.tiles import TileGrid
 from medlossy.errors import MedlossyError
 from medlossy.store.ngff import LEVEL0, multiscales
 
@@ -54,14 +57,20 @@ class StoreLayout:
     mapping: CodeMapping
     #: Slices per chunk (1: one codestream per slice; more: 3D codecs' blocks).
     depth: int = 1
+    #: Side of the square tiles a slice is cut into (None: one codestream per slice).
+    tile: int | None = None
+
+    @property
+    def grid(self) -> TileGrid:
+        return TileGrid.of(self.rows, self.columns, self.tile)
 
     @property
     def chunks(self) -> int:
-        return -(-self.slices // self.depth)
+        return -(-self.slices // self.depth) * self.grid.per_slice
 
     @property
     def chunk_shape(self) -> tuple[int, int, int]:
-        return (self.depth, self.rows, self.columns)
+        return (self.depth, self.grid.tile_rows, self.grid.tile_columns)
 
     @property
     def array_dtype(self) -> str:
@@ -78,8 +87,13 @@ class StoreLayout:
                                  astype=self.mapping.code_dtype)]
 
 
-def chunk_key(index: int) -> str:
-    return f"{index}.0.0"
+def chunk_key(index: int, grid: TileGrid | None = None) -> str:
+    """The file name of chunk ``index`` (tile by tile within a slice, slice by slice)."""
+    if grid is None or not grid.tiled:
+        return f"{index}.0.0"
+    plane, tile = divmod(index, grid.per_slice)
+    down, across = grid.position(tile)
+    return f"{plane}.{down}.{across}"
 
 
 def _compact_json(document: dict) -> bytes:
@@ -123,7 +137,7 @@ def write_store(directory: Path, layout: StoreLayout, codec: SliceCodec,
         (directory / name).write_bytes(content)
         total += len(content)
     for index, stream in enumerate(codestreams):
-        (directory / LEVEL0 / chunk_key(index)).write_bytes(stream)
+        (directory / LEVEL0 / chunk_key(index, layout.grid)).write_bytes(stream)
         total += len(stream)
     return total
 
@@ -198,11 +212,18 @@ def check_metadata(attributes: dict, zarray: Any) -> CodeMapping:
     if array_shape != expected:
         raise _Malformed(f"array shape {array_shape!r} does not match geometry {shape}")
     chunks = zarray.get("chunks")
-    if not (isinstance(chunks, list) and len(chunks) == 3 and chunks[1:] == expected[1:]
+    tile = attributes.get("tile")
+    if tile is not None and not (isinstance(tile, list) and len(tile) == 2 and all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 < n <= limit
+            for n, limit in zip(tile, expected[1:], strict=True))):
+        raise _Malformed(f"tile is {tile!r}")
+    planes = expected[1:] if tile is None else tile
+    if not (isinstance(chunks, list) and len(chunks) == 3 and chunks[1:] == planes
             and isinstance(chunks[0], int) and not isinstance(chunks[0], bool)
-            and chunks[0] > 0):
-        raise _Malformed(f"array chunks {chunks!r} are not slices or blocks of slices")
-    count = -(-expected[0] // chunks[0])
+            and chunks[0] > 0 and (tile is None or chunks[0] == 1)):
+        what = "slices or blocks of slices" if tile is None else f"tiles of {tile}"
+        raise _Malformed(f"array chunks {chunks!r} are not {what}")
+    count = -(-expected[0] // chunks[0]) * TileGrid(*expected[1:], *planes).per_slice
     crcs = attributes.get("chunk_crc32")
     if not (isinstance(crcs, list) and len(crcs) == count
             and all(isinstance(c, int) and not isinstance(c, bool) for c in crcs)):
@@ -255,6 +276,9 @@ class SliceStore:
             self.mapping = check_metadata(self.attributes, self.zarray)
         except _Malformed as error:
             raise MedlossyError(self.path, f"corrupt store metadata ({error})") from None
+        #: The tiles of a slice (one tile, the slice itself, in an untiled store).
+        self.grid = TileGrid(*self.slice_shape, int(self.zarray["chunks"][1]),
+                             int(self.zarray["chunks"][2]))
 
     @property
     def slices(self) -> int:
@@ -271,14 +295,26 @@ class SliceStore:
 
     @property
     def chunks(self) -> int:
-        return -(-self.slices // self.depth)
+        return -(-self.slices // self.depth) * self.grid.per_slice
 
     def chunk_slices(self, index: int) -> range:
         """The slices chunk ``index`` holds (the padding of a last block excluded)."""
-        return range(index * self.depth, min((index + 1) * self.depth, self.slices))
+        start = index // self.grid.per_slice * self.depth
+        return range(start, min(start + self.depth, self.slices))
+
+    def chunk_window(self, index: int) -> tuple[range, slice, slice]:
+        """The slices, rows and columns of the volume (store order) chunk ``index`` holds."""
+        grid = self.grid
+        return (self.chunk_slices(index), *grid.window(index % grid.per_slice))
 
     def chunk_name(self, index: int) -> str:
-        """How messages name chunk ``index``: "slice 7", or "block 2 (slices 32-47)"."""
+        """How messages name chunk ``index``: "slice 7", "block 2 (slices 32-47)", or
+        "slice 7 tile 1.2" (tile row 1, tile column 2)."""
+        grid = self.grid
+        if grid.tiled:
+            plane, tile = divmod(index, grid.per_slice)
+            down, across = grid.position(tile)
+            return f"slice {plane} tile {down}.{across}"
         if self.depth == 1:
             return f"slice {index}"
         held = self.chunk_slices(index)
@@ -286,7 +322,7 @@ class SliceStore:
 
     def chunk_path(self, index: int) -> Path:
         """The file holding chunk ``index``'s codestream (slice ``index`` for slice codecs)."""
-        return self.array_path / chunk_key(index)
+        return self.array_path / chunk_key(index, self.grid)
 
     def codestream(self, index: int) -> bytes:
         """The raw codestream of chunk ``index``, after its checksum is verified."""
@@ -301,9 +337,14 @@ class SliceStore:
         return data
 
     def decode_chunk(self, index: int, codec: SliceCodec) -> np.ndarray:
-        """Chunk ``index`` as (slices it holds, rows, columns) 16-bit codes."""
+        """Chunk ``index`` as (slices, rows, columns) 16-bit codes of what it holds
+        (``chunk_window``: padding dropped)."""
         data = self.codestream(index)
-        expected = (self.depth, *self.slice_shape) if self.depth > 1 else self.slice_shape
+        grid = self.grid
+        if grid.tiled:
+            expected: tuple[int, ...] = (grid.tile_rows, grid.tile_columns)
+        else:
+            expected = (self.depth, *self.slice_shape) if self.depth > 1 else self.slice_shape
         try:
             codes = codec.decode(data, shape=expected, dtype=self.mapping.code_dtype)
         except Exception as error:  # decoder errors come in library-specific types
@@ -312,11 +353,18 @@ class SliceStore:
         if codes.shape != expected:
             raise MedlossyError(self.chunk_path(index), f"{self.chunk_name(index)} decodes to "
                                 f"{codes.shape}, expected {expected}")
+        if grid.tiled:
+            return grid.trim(codes, index % grid.per_slice)[np.newaxis]
         return codes.reshape(-1, *self.slice_shape)[: len(self.chunk_slices(index))]
 
     def decode_codes(self, index: int, codec: SliceCodec) -> np.ndarray:
         """Slice ``index`` as the 16-bit codes that were encoded."""
-        return self.decode_chunk(index // self.depth, codec)[index % self.depth]
+        grid = self.grid
+        if not grid.tiled:
+            return self.decode_chunk(index // self.depth, codec)[index % self.depth]
+        first = index * grid.per_slice
+        return grid.assemble([self.decode_chunk(first + tile, codec)[0]
+                              for tile in range(grid.per_slice)])
 
     def verify(self) -> list[int]:
         """Indices of chunks whose file is missing or whose checksum does not match."""

@@ -1,0 +1,160 @@
+"""Tiled stores (``compress --tile``): each slice stored as tiles, one codestream per tile."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import open_with_stock_zarr
+
+from medlossy.compression import Target, compress_volume
+from medlossy.decompression import read_store
+from medlossy.errors import MedlossyError
+from medlossy.loading.volume import StoreVolume
+from medlossy.store import SliceStore, stored_bytes
+from medlossy.volume import Volume
+
+TILE = 128
+#: Three axial slices of CT B, 233 x 167: with 128 tiles both axes end in a partial tile.
+SLICES = slice(80, 83)
+
+
+@pytest.fixture(scope="module")
+def ct_slab(ct_b_image) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(ct_b_image.dataobj[:, :, SLICES]), ct_b_image.affine
+
+
+def _compress(slab, path, target: Target, **options) -> dict:
+    array, affine = slab
+    return compress_volume(Volume(array, affine.copy(), modality="CT"), path, target,
+                           workers=1, **options)
+
+
+@pytest.fixture(scope="module")
+def x10_stores(ct_slab, tmp_path_factory) -> dict[str, tuple]:
+    folder = tmp_path_factory.mktemp("tiles")
+    return {codec: (folder / f"{codec}.zarr",
+                    _compress(ct_slab, folder / f"{codec}.zarr", Target("ratio", 10.0),
+                              codec_name=codec, tile=TILE))
+            for codec in ("jpeg2k", "htj2k")}
+
+
+@pytest.mark.parametrize("codec", ["jpeg2k", "htj2k"])
+def test_a_lossless_tiled_store_decodes_to_what_the_untiled_one_does(ct_slab, tmp_path, codec):
+    _compress(ct_slab, tmp_path / "tiled.zarr", Target("lossless"), codec_name=codec,
+              tile=TILE)
+    _compress(ct_slab, tmp_path / "whole.zarr", Target("lossless"), codec_name=codec)
+    tiled = read_store(tmp_path / "tiled.zarr", workers=1).array
+    np.testing.assert_array_equal(tiled, read_store(tmp_path / "whole.zarr", workers=1).array)
+    np.testing.assert_array_equal(tiled, ct_slab[0])
+
+
+@pytest.mark.parametrize("codec", ["jpeg2k", "htj2k"])
+def test_a_tiled_store_holds_one_codestream_per_tile_and_meets_the_ratio(x10_stores, ct_slab,
+                                                                          codec):
+    path, attributes = x10_stores[codec]
+    raw = int(np.prod((233, 167, 3))) * 2
+    assert raw / stored_bytes(path) == pytest.approx(10.0, rel=0.01)
+    assert attributes["achieved"]["target_reached"]
+    assert attributes["tile"] == [TILE, TILE]
+    keys = sorted(p.name for p in (path / "0").iterdir() if not p.name.startswith("."))
+    assert keys == sorted(f"{z}.{y}.{x}" for z in range(3) for y in range(2) for x in range(2))
+    assert len(attributes["chunk_crc32"]) == 12
+    zarray = json.loads((path / "0" / ".zarray").read_text())
+    assert zarray["chunks"] == [1, TILE, TILE]
+    # lossy, but still the CT, edge tiles included
+    decoded = read_store(path, workers=1).array.astype(np.float64)
+    assert attributes["achieved"]["psnr_db"] > 35
+    assert np.abs(decoded - ct_slab[0])[200:, 130:].mean() < 40
+
+
+def _codec(name: str):
+    from medlossy.codecs import get_codec
+
+    return get_codec(name)
+
+
+@pytest.mark.parametrize("codec", ["jpeg2k", "htj2k"])
+def test_stock_zarr_and_ome_zarr_read_a_tiled_store_as_medlossy_does(x10_stores, codec):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Multiscales, Reader
+
+    path, _ = x10_stores[codec]
+    array = open_with_stock_zarr(path)
+    assert array.chunks == (1, TILE, TILE)
+    ours = np.moveaxis(read_store(path, workers=1).array, 2, 0)
+    np.testing.assert_array_equal(array[:], ours)
+    store = SliceStore(path)
+    np.testing.assert_array_equal(array[2], store.decode_codes(2, _codec(codec)))
+    (node,) = [n for n in Reader(parse_url(str(path)))()
+               if n.specs and isinstance(n.specs[0], Multiscales)]
+    np.testing.assert_array_equal(np.asarray(node.data[0]), ours)
+
+
+def test_the_loader_decodes_only_the_tiles_a_box_touches(x10_stores, monkeypatch):
+    path, _ = x10_stores["htj2k"]
+    volume = StoreVolume(path)
+    read: list[int] = []
+    codestream = volume.store.codestream
+    monkeypatch.setattr(volume.store, "codestream",
+                        lambda index: read.append(index) or codestream(index))
+    box = volume.read((1, 100, 20), (2, 60, 100))  # rows 100-159, columns 20-119
+    decoded = np.moveaxis(read_store(path, workers=1).array, 2, 0)
+    np.testing.assert_array_equal(box, decoded[1:3, 100:160, 20:120].astype(np.float32))
+    # rows 100-159 touch tile rows 0 and 1, columns 20-119 tile column 0: 2 of 4 tiles
+    assert sorted(read) == [4, 6, 8, 10]
+    read.clear()
+    corner = volume.read((0, 200, 150), (1, 33, 17))  # inside the bottom-right edge tile
+    np.testing.assert_array_equal(corner, decoded[0:1, 200:233, 150:167].astype(np.float32))
+    assert read == [3]
+
+
+def test_the_loader_reads_a_tiled_store_at_a_reduced_level(x10_stores):
+    path, _ = x10_stores["htj2k"]
+    volume = StoreVolume(path, level=1)
+    assert volume.shape == (3, 117, 84)
+    whole = volume.read((0, 0, 0), volume.shape)
+    decoded = np.moveaxis(read_store(path, workers=1).array, 2, 0).astype(np.float32)
+    coarse = decoded[:, ::2, ::2]
+    assert np.abs(whole - coarse).mean() < 0.1 * np.abs(coarse - coarse.mean()).mean()
+    with pytest.raises(MedlossyError, match="resolution level 8 needs tiles divisible by 256"):
+        StoreVolume(path, level=8)
+
+
+def test_verify_names_a_corrupt_tile_and_damaged_tile_metadata_is_refused(x10_stores, tmp_path,
+                                                                           cli):
+    import shutil
+
+    source, _ = x10_stores["jpeg2k"]
+    path = tmp_path / "copy.zarr"
+    shutil.copytree(source, path)
+    code, out, _ = cli("verify", path)
+    assert code == 0 and "3 slices in 12 tiles" in out
+    chunk = path / "0" / "1.1.0"
+    chunk.write_bytes(chunk.read_bytes()[:-5] + b"\0" * 5)
+    code, _, err = cli("verify", path)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "1 corrupt or missing tile(s): slice 1 tile 1.0" in err
+    zattrs = json.loads((path / ".zattrs").read_text())
+    zattrs["medlossy"]["tile"] = [TILE, 64]
+    (path / ".zattrs").write_text(json.dumps(zattrs))
+    with pytest.raises(MedlossyError, match=r"array chunks \[1, 128, 128\] are not tiles"):
+        SliceStore(path)
+
+
+@pytest.mark.parametrize(("options", "fragment"), [
+    (["--codec", "jpegls", "--tile", "128"], "codec 'jpegls' cannot store tiles"),
+    (["--tile", "16"], "--tile must be at least 32"),
+    (["--format", "dicom", "--tile", "128"], "--tile applies only to stores"),
+])
+def test_compress_refuses_tiles_it_cannot_write(ct_slab, tmp_path, cli, options, fragment):
+    source = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(ct_slab[0], ct_slab[1]), source)
+    output = tmp_path / "out.zarr"
+    code, _, err = cli("compress", source, output, "--ratio", "10", *options)
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert fragment in line
+    assert not output.exists()
