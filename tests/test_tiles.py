@@ -158,3 +158,19 @@ def test_compress_refuses_tiles_it_cannot_write(ct_slab, tmp_path, cli, options,
     (line,) = err.strip().splitlines()
     assert fragment in line
     assert not output.exists()
+
+
+def test_a_tiled_store_decompresses_to_dicom_and_info_reports_its_tiles(x10_stores, tmp_path,
+                                                                       cli):
+    from medlossy.io import read_volume
+
+    path, _ = x10_stores["jpeg2k"]
+    code, out, _ = cli("info", path)
+    assert code == 0 and "128 x 128 per codestream" in out
+    code, _, err = cli("decompress", path, tmp_path / "series", "--format", "dicom")
+    assert code == 0, err
+    series = read_volume(tmp_path / "series")
+    decoded = read_store(path, workers=1)
+    assert sorted(series.array.shape) == sorted(decoded.array.shape)
+    assert np.array_equal(np.sort(np.asarray(series.array), axis=None),
+                          np.sort(decoded.array, axis=None))
