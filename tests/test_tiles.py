@@ -174,3 +174,26 @@ def test_a_tiled_store_decompresses_to_dicom_and_info_reports_its_tiles(x10_stor
     assert sorted(series.array.shape) == sorted(decoded.array.shape)
     assert np.array_equal(np.sort(np.asarray(series.array), axis=None),
                           np.sort(decoded.array, axis=None))
+
+
+def test_a_dataset_sweep_refuses_tiles_in_one_line(tmp_path, cli):
+    code, _, err = cli("dataset", "compress", tmp_path, "--out", tmp_path / "sweep",
+                       "--tile", "128")
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert "--tile is not available for dataset sweeps" in line
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("tile", ["128", [128], [0, 128], [True, 128], [128, 300], [128.0, 128]])
+def test_a_damaged_tile_attribute_is_one_metadata_error(x10_stores, tmp_path, tile):
+    import shutil
+
+    source, _ = x10_stores["htj2k"]
+    path = tmp_path / "copy.zarr"
+    shutil.copytree(source, path)
+    zattrs = json.loads((path / ".zattrs").read_text())
+    zattrs["medlossy"]["tile"] = tile
+    (path / ".zattrs").write_text(json.dumps(zattrs))
+    with pytest.raises(MedlossyError, match=r"corrupt store metadata \(tile is "):
+        SliceStore(path)

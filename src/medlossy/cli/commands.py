@@ -343,6 +343,10 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
     from medlossy.datasets.sweep_report import write_sweep_report
     from medlossy.tables import markdown_table
 
+    if arguments.tile is not None:
+        raise MedlossyError(None, "--tile is not available for dataset sweeps (their one "
+                                  "encode cuts whole-slice quality layers); write tiled stores "
+                                  "with `medlossy compress --tile N`")
     ratios = _ratios(arguments.ratios)
     out = Path(arguments.out)
     check_sweep_folder(out, Path(arguments.source))  # before anything is prepared in it

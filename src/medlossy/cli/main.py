@@ -227,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--codec", choices=codec_names(), default=None,
                        help="codec of every lossy ratio (default jpeg2k; see `medlossy "
                             "codecs`); ratio 1 is stored losslessly as without --codec")
+    sweep.add_argument("--tile", type=positive_int, default=None, metavar="N",
+                       help="not available here: tiled stores are written one at a time "
+                            "with `medlossy compress --tile N`")
     sweep.add_argument("--per-ratio-search", action="store_true",
                        help="search each ratio's rate on its own (the slower way before "
                             "one-encode sweeps) instead of cutting JPEG 2000 quality layers")
