@@ -38,7 +38,7 @@ def _default_store() -> str:
 
     volume = read_volume(loader.memory.synthetic_ct(200), "CT")
     loader.OUT.mkdir(parents=True, exist_ok=True)
-    return str(loader.jpeg2k_store("CT C x200", volume, loader.OUT))
+    return str(loader.store("CT C x200", volume, "jpeg2k", None, loader.OUT))
 
 
 def check_decode(store_path: str) -> dict:
@@ -131,6 +131,8 @@ def main() -> None:
     if reason is not None:
         raise SystemExit(f"gpu_check: cannot run: {reason}")
     store = arguments.store or _default_store()
+    if SliceStore(store).grid.tiled:
+        parser.error(f"{store}: a tiled store; the GPU checks decode whole slices")
     document = {"machine": _common.machine(), "gpu": torch.cuda.get_device_name(0),
                 "store": store, "decode": check_decode(store),
                 "htj2k_encode": check_htj2k_encode(store),
