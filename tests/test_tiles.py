@@ -197,3 +197,20 @@ def test_a_damaged_tile_attribute_is_one_metadata_error(x10_stores, tmp_path, ti
     (path / ".zattrs").write_text(json.dumps(zattrs))
     with pytest.raises(MedlossyError, match=r"corrupt store metadata \(tile is "):
         SliceStore(path)
+
+
+def test_a_tiled_level_without_a_reduced_decoder_is_the_block_mean_of_the_slice(
+        x10_stores, monkeypatch):
+    from medlossy.loading import decoders
+
+    monkeypatch.setattr(decoders, "REDUCED_DECODERS", {})  # every codec falls back
+    path, _ = x10_stores["jpeg2k"]
+    volume = StoreVolume(path, level=1)
+    box = volume.read((0, 0, 0), volume.shape)
+    decoded = np.moveaxis(read_store(path, workers=1).array, 2, 0)
+    for index, plane in enumerate(decoded):  # CT B has no rescaling: codes are the values
+        # 233 x 167: the last row and column average one voxel with the edge tile's padding
+        # (decoded, so not quite the repeated edge that block_mean assumes)
+        expected = decoders.block_mean(plane, 1)
+        np.testing.assert_array_equal(box[index, :-1, :-1], expected[:-1, :-1])
+        assert np.abs(box[index] - expected).max() < 64

@@ -84,7 +84,8 @@ class StoreVolume:
                   for plane in range(start[0], start[0] + size[0]) for tile in tiles]
         decoded = map(self._tile, chunks) if threads is None else threads.map(self._tile,
                                                                                chunks)
-        codes = np.empty(size, dtype=self.mapping.code_dtype)
+        # reduced levels decoded as block means (no reduced decoder) are not whole codes
+        codes = np.empty(size, dtype=np.float32 if self.level else self.mapping.code_dtype)
         for chunk, part in zip(chunks, decoded, strict=True):
             plane, tile = divmod(chunk, grid.per_slice)
             down, across = grid.position(tile)
