@@ -214,3 +214,17 @@ def test_a_tiled_level_without_a_reduced_decoder_is_the_block_mean_of_the_slice(
         expected = decoders.block_mean(plane, 1)
         np.testing.assert_array_equal(box[index, :-1, :-1], expected[:-1, :-1])
         assert np.abs(box[index] - expected).max() < 64
+
+
+@pytest.mark.parametrize("target", [Target("psnr", 50.0), Target("ratio", 10.0, "optimal")])
+def test_psnr_targets_and_per_tile_allocations_count_only_the_slice_not_the_padding(
+        ct_slab, tmp_path, target):
+    attributes = _compress(ct_slab, tmp_path / "s.zarr", target, codec_name="jpeg2k",
+                           tile=TILE)
+    achieved = attributes["achieved"]
+    assert achieved["target_reached"]
+    decoded = read_store(tmp_path / "s.zarr", workers=1).array.astype(np.float64)
+    mse = np.mean((decoded - ct_slab[0]) ** 2)
+    assert 10 * np.log10(4096.0**2 / mse) == pytest.approx(achieved["psnr_db"], abs=0.01)
+    if target.mode == "psnr":
+        assert 50.0 - 0.1 <= achieved["psnr_db"] < 51.0
