@@ -228,3 +228,16 @@ def test_psnr_targets_and_per_tile_allocations_count_only_the_slice_not_the_padd
     assert 10 * np.log10(4096.0**2 / mse) == pytest.approx(achieved["psnr_db"], abs=0.01)
     if target.mode == "psnr":
         assert 50.0 - 0.1 <= achieved["psnr_db"] < 51.0
+
+
+def test_a_tile_as_large_as_the_slice_writes_an_untiled_store_and_says_so(ct_slab, tmp_path,
+                                                                          cli):
+    source = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(ct_slab[0], ct_slab[1]), source)
+    code, _, err = cli("compress", source, tmp_path / "s.zarr", "--lossless", "--tile", "256",
+                       "--workers", "1")
+    assert code == 0, err
+    assert "--tile 256 covers whole slices here: stored untiled" in err
+    store = SliceStore(tmp_path / "s.zarr")
+    assert "tile" not in store.attributes and not store.grid.tiled
+    assert (tmp_path / "s.zarr" / "0" / "2.0.0").exists()

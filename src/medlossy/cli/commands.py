@@ -93,6 +93,9 @@ def compress(arguments: argparse.Namespace) -> None:
     _say(arguments, f"{arguments.output}: x{achieved['ratio']:.3f}, {achieved['stored_bytes']} "
                     f"bytes, PSNR {psnr}, max error {achieved['max_abs_error']:g}"
                     f"{_error_sources(achieved)}")
+    if arguments.tile is not None and "tile" not in attributes:
+        _say(arguments, f"note: --tile {arguments.tile} covers whole slices here: stored "
+                        "untiled")
     if attributes["codec"]["name"] != (arguments.codec or "jpeg2k"):
         _say(arguments, f"note: stored with {attributes['codec']['standard']}: JPEG 2000 "
                         "lossless holds 16-bit integers only")
