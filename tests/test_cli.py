@@ -171,17 +171,27 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"medlossy {__version__}"
 
 
-def test_unreachable_ratio_is_stored_with_a_note(cli, ct_b_image, tmp_path):
+def test_unreachable_ratio_exits_2_writing_nothing(cli, ct_b_image, tmp_path):
     small = ct_b_image.slicer[60:124, 40:104, 90:98]  # 64 x 64 x 8: metadata dominates
     source = tmp_path / "small.nii.gz"
     nib.save(nib.Nifti1Image(np.asarray(small.dataobj), small.affine, small.header), source)
-    code, _, err = cli("compress", source, tmp_path / "s.zarr", "--ratio", "300", "--workers",
-                       "1")
-    assert code == 0  # stored, at the ratio the codec could give
-    assert "not reached" in err
+    code, out, err = cli("compress", source, tmp_path / "s.zarr", "--ratio", "300",
+                         "--workers", "1", "--quiet")
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0
+    assert f"{source}: codec 'jpeg2k' cannot reach x300: its coarsest setting gives x" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.nii.gz"]
+
+
+def test_lossless_that_beats_the_ratio_is_stored_not_met(cli, ct_b_crop_file, tmp_path):
+    # x1.5 is below what lossless already gives: stored losslessly, flagged, not an error.
+    code, _, err = cli("compress", ct_b_crop_file, tmp_path / "s.zarr", "--ratio", "1.5",
+                       "--workers", "1")
+    assert code == 0 and "not reached" in err
     document = _info(cli, tmp_path / "s.zarr")
     assert document["achieved"]["target_reached"] is False
-    assert document["achieved"]["ratio"] < 297
+    assert document["codec"]["setting"]["mode"] == "lossless"
+    assert document["achieved"]["ratio"] > 1.5 * 1.01
     code, out, _ = cli("info", tmp_path / "s.zarr")
     assert "(NOT met)" in out
 

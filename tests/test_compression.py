@@ -217,7 +217,8 @@ def tiny_ct(ct_b_image, ct_b_array):
     return lambda: Volume(np.asarray(crop.dataobj), crop.affine, modality="CT")
 
 
-@pytest.mark.parametrize("ratio", [8.24, 12.48, 21.49, 25.73, 30.5, 40.57, 55.41])
+# x21.4 is the most this volume reaches (above it: test_unreachable_ratio_fails_...).
+@pytest.mark.parametrize("ratio", [8.24, 12.48, 21.49])
 def test_recorded_bytes_match_the_directory_when_the_count_does_not_settle(
         monkeypatch, tiny_ct, tmp_path, ratio):
     # The byte count is written inside the bytes it counts; its digits can move the total
@@ -230,14 +231,26 @@ def test_recorded_bytes_match_the_directory_when_the_count_does_not_settle(
     assert recorded["achieved"]["stored_bytes"] == walk_bytes(tmp_path / "t.zarr")
 
 
-def test_unreachable_ratio_is_reported_not_reached(tiny_ct, tmp_path):
-    attributes = compress_volume(tiny_ct(), tmp_path / "t.zarr", Target("ratio", 300.0),
-                                 workers=1)
-    achieved = attributes["achieved"]
-    assert achieved["target_reached"] is False
-    assert achieved["ratio"] == pytest.approx(_ratio_on_disk(tmp_path / "t.zarr",
-                                                             (64, 64, 8)), rel=1e-5)
-    assert achieved["ratio"] < 300 * 0.99
+def test_unreachable_ratio_fails_naming_the_highest_ratio(tiny_ct, tmp_path):
+    # The metadata alone is a third of the store at high ratios: x300 is out of reach.
+    with pytest.raises(MedlossyError, match=r"tiny\.nii: codec 'jpeg2k' cannot reach x300: "
+                                            r"its coarsest setting gives x\d+\.\d\d; use "
+                                            r"--codec sperr") as error:
+        compress_volume(tiny_ct(), tmp_path / "t.zarr", Target("ratio", 300.0), workers=1,
+                        source="tiny.nii")
+    highest = float(str(error.value).split("gives x")[1].split(";")[0])
+    assert 20 < highest < 300
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_ratio_just_below_the_highest_is_still_met(tiny_ct, tmp_path):
+    # Just under the codec's reach is no error: out of reach means no setting meets it.
+    with pytest.raises(MedlossyError) as error:
+        compress_volume(tiny_ct(), tmp_path / "t.zarr", Target("ratio", 300.0), workers=1)
+    highest = float(str(error.value).split("gives x")[1].split(";")[0])
+    attributes = compress_volume(tiny_ct(), tmp_path / "t.zarr",
+                                 Target("ratio", round(highest * 0.97, 2)), workers=1)
+    assert attributes["achieved"]["target_reached"] is True
 
 
 # --- every codec under the same ratio rule, verified after encode ---------------------------
@@ -379,6 +392,37 @@ def test_a_codec_returning_garbage_fails_naming_the_slice(ct_b_crop, tmp_path, m
                                             rf"codestream: {problem}"):
         compress_volume(ct_b_crop, tmp_path / "s.zarr", target, codec_name=name, workers=1)
     assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize(("name", "ratio", "problem"), [
+    ("jpegls", 50.0, "its coarsest setting gives x"),  # CharLS's NEAR <= 255 caps it
+    ("zfp", 5000.0, "its coarsest setting gives x"),
+    ("sz3", 1.05, "its finest lossy setting gives x"),  # and it has no lossless mode
+])
+def test_a_ratio_out_of_the_codecs_reach_fails_and_writes_nothing(ct_b_crop, tmp_path, name,
+                                                                   ratio, problem):
+    with pytest.raises(MedlossyError) as error:
+        compress_volume(ct_b_crop, tmp_path / "s.zarr", Target("ratio", ratio),
+                        codec_name=name, workers=1, source="crop.nii.gz")
+    message = str(error.value)
+    assert message.startswith(f"crop.nii.gz: codec {name!r} cannot reach x{ratio:g}: ")
+    assert problem in message and "--codec jpeg2k" in message
+    reached = float(message.split("gives x")[1].split(" ")[0].rstrip(";"))
+    assert (reached < ratio) if ratio > 2 else (reached > ratio)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_jpegls_between_lossless_and_near_1_mixes_them(ct_b_crop, tmp_path):
+    lossless = compress_volume(ct_b_crop, tmp_path / "l.zarr", Target("lossless"),
+                               codec_name="jpegls", workers=1)["achieved"]["ratio"]
+    near_1 = compress_volume(ct_b_crop, tmp_path / "n.zarr", Target("max_error", 1.0),
+                             codec_name="jpegls", workers=1)["achieved"]["ratio"]
+    ratio = round((lossless + near_1) / 2, 3)
+    attributes = compress_volume(ct_b_crop, tmp_path / "m.zarr", Target("ratio", ratio),
+                                 codec_name="jpegls", workers=1)
+    assert attributes["achieved"]["target_reached"] is True
+    assert attributes["achieved"]["ratio"] == pytest.approx(ratio, rel=RATIO_TOLERANCE)
+    assert attributes["achieved"]["max_abs_error"] <= 1
 
 
 def test_cli_max_error_and_refusals_exit_2(cli, ct_b_crop_file, tmp_path):

@@ -52,6 +52,7 @@ def test_budget_above_the_range_returns_the_top_end_not_reached():
     assert not outcome.reached
     assert outcome.best.knob == 40.0
     assert outcome.best.total_bytes == top
+    assert outcome.out_of_reach
     assert outcome.trials < 20  # gives up at the end instead of spending every trial
 
 
@@ -61,6 +62,7 @@ def test_budget_below_the_range_returns_the_bottom_end_not_reached():
     assert not outcome.reached
     assert outcome.best.knob == 0.0
     assert outcome.best.total_bytes == curve.bytes(0.0)
+    assert outcome.out_of_reach
     assert outcome.trials < 20
 
 
@@ -81,6 +83,7 @@ def test_a_jump_across_the_target_returns_the_closer_side():
     outcome = solve_budget(jump, 2000, (0.0, 10.0), start=1.0, slope=0.2, max_trials=20)
     assert not outcome.reached
     assert outcome.best.total_bytes == 2600  # |log(2600/2000)| < |log(1000/2000)|
+    assert not outcome.out_of_reach  # the budget lies inside the range, in a jump
     assert outcome.trials <= 20
     # the bracket closes in on the jump
     assert min(k for k in calls if k >= 5.0) - max(k for k in calls if k < 5.0) < 0.5

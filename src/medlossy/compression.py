@@ -283,6 +283,8 @@ class _Found:
     reached: bool
     #: Largest error (codes) any chunk may show; None when the setting promises none.
     bound: float | None = None
+    #: No setting of the codec meets the ratio: ``streams`` are its closest end.
+    out_of_reach: bool = False
 
 
 def _bound(codec: SliceCodec, settings: list[Setting]) -> float | None:
@@ -317,6 +319,7 @@ def _search(encode, encoder: SliceEncoder, count_bytes: ByteCounter, target: Tar
         return _search_discrete(encode, encoder, count_bytes, budget)
     found = []
     bounds: list[float | None] = []  # error bounds of the settings that went into a mix
+    beyond = False  # a search ended at an end of the codec's range
     if target.allocation in ("psnr", "optimal"):
         def measure_quality(knob: float):
             streams = encode(Setting("quality", knob))
@@ -325,6 +328,7 @@ def _search(encode, encoder: SliceEncoder, count_bytes: ByteCounter, target: Tar
                                start=codec.quality_for_psnr(50.0, 4096.0),
                                slope=math.log(2) / _DB_PER_DOUBLING, tolerance=SEARCH_TOLERANCE)
         found.append((Setting("quality", outcome.best.knob), outcome.best))
+        beyond = outcome.out_of_reach
         if outcome.under is not None and outcome.over is not None:
             # Sizes jump across the budget (ZFP's fixed rate, SZ3): mix the two closest
             # encodes chunk by chunk, which lands within the budget when chunks are many.
@@ -344,21 +348,27 @@ def _search(encode, encoder: SliceEncoder, count_bytes: ByteCounter, target: Tar
                                start=-math.log(target.value), slope=1.0,
                                tolerance=SEARCH_TOLERANCE)
         found.append((Setting("ratio", math.exp(-outcome.best.knob)), outcome.best))
+        beyond = beyond or outcome.out_of_reach
     setting, best = found[0]
-    if best.total_bytes < budget * (1.0 - RATIO_TOLERANCE):
-        # Even the best lossy quality is under budget (x2 on some CT): if lossless fits too,
-        # it is both exact and smaller, so store that and report the ratio achieved.
-        lossless = encode(Setting("lossless")) if "lossless" in codec.modes else None
-        if lossless is not None and count_bytes(lossless) <= budget * (1.0 + RATIO_TOLERANCE):
-            return _Found(Setting("lossless"), lossless, False, 0.0)
     streams = best.payload
     bound = _bound(codec, [s for s, _ in found])
     if bounds:
         bound = None if bound is None or None in bounds else max(bound, *bounds)
+    if best.total_bytes < budget * (1.0 - RATIO_TOLERANCE) and "lossless" in codec.modes:
+        # Even the best lossy quality is under budget (x2 on some CT): if lossless fits too,
+        # it is both exact and smaller, so store that and report the ratio achieved.
+        lossless = encode(Setting("lossless"))
+        if count_bytes(lossless) <= budget * (1.0 + RATIO_TOLERANCE):
+            return _Found(Setting("lossless"), lossless, False, 0.0)
+        if beyond:  # the budget lies between the best lossy quality and lossless: mix them
+            streams = _mix_two(encoder, count_bytes, [lossless, streams], budget)
+            total = count_bytes(streams)
+            return _Found(Setting("mixed"), streams,
+                          abs(total / budget - 1.0) <= RATIO_TOLERANCE, bound)
     if len(found) == 2:
         setting, streams = _best_mix(encoder, count_bytes, found, budget)
-    total = count_bytes(streams)
-    return _Found(setting, streams, abs(total / budget - 1.0) <= RATIO_TOLERANCE, bound)
+    reached = abs(count_bytes(streams) / budget - 1.0) <= RATIO_TOLERANCE
+    return _Found(setting, streams, reached, bound, beyond and not reached)
 
 
 def _search_discrete(encode, encoder: SliceEncoder, count_bytes: ByteCounter,
@@ -380,11 +390,11 @@ def _search_discrete(encode, encoder: SliceEncoder, count_bytes: ByteCounter,
         low, high = high, min(2 * high, top)
     if size(high) > budget:
         setting = Setting("max_error", float(high))
-        return _Found(setting, encoded[high], False, float(high))
-    if low == 0:  # even NEAR 1 fits: there is nothing coarser to mix with
-        setting = Setting("max_error", 1.0)
-        reached = abs(size(1) / budget - 1.0) <= RATIO_TOLERANCE
-        return _Found(setting, encoded[1], reached, 1.0)
+        reached = abs(size(high) / budget - 1.0) <= RATIO_TOLERANCE
+        return _Found(setting, encoded[high], reached, float(high), not reached)
+    if low == 0 and size(0) <= budget * (1.0 + RATIO_TOLERANCE):
+        # Even lossless fits the budget: exact and within it, so store that (as _search).
+        return _Found(Setting("lossless"), encoded[0], False, 0.0)
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (middle, high) if size(middle) > budget else (low, middle)
@@ -458,6 +468,27 @@ def _search_psnr(encode, encoder: SliceEncoder, target: Target, data_range: floa
     setting = Setting("quality", knob)
     return _Found(setting, streams, achieved >= target.value - _PSNR_TOLERANCE_DB,
                   codec.error_bound(setting))
+
+
+#: Codecs that reach the highest ratios (suggested when another cannot).
+_FAR_REACHING = ("jpeg2k", "sperr")
+
+
+def _refuse_out_of_reach(found: _Found, codec: SliceCodec, target: Target, ratio: float,
+                         source: str) -> None:
+    """Stop, writing nothing, when no setting of the codec meets the ratio; ``ratio`` is what
+    its closest end gives (every stored byte counted)."""
+    if not found.out_of_reach:
+        return
+    if ratio < target.value:
+        others = [n for n in _FAR_REACHING if n != codec.name]
+        advice = f"use --codec {' or '.join(others)}, or a lower ratio" if others \
+            else "use a lower ratio (or a larger volume)"
+        raise MedlossyError(source, f"codec {codec.name!r} cannot reach x{target.value:g}: "
+                                    f"its coarsest setting gives x{ratio:.2f}; {advice}")
+    raise MedlossyError(source, f"codec {codec.name!r} cannot reach x{target.value:g}: its "
+                                f"finest lossy setting gives x{ratio:.2f} and it has no "
+                                "lossless mode; use a higher ratio, or --codec jpeg2k")
 
 
 @dataclass(frozen=True)
@@ -605,6 +636,8 @@ def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteC
         # The search measures PSNR on codes: the peak in code units.
         found = _search(encode, encoder, count_bytes, target, plan.raw,
                         plan.peak / mapping.step, max_error_codes)
+        _refuse_out_of_reach(found, codec, target, plan.raw / count_bytes(found.streams),
+                             source)
         try:
             verify_chunks(codec, encoder.chunk, found.streams, found.bound,
                           [encoder.held(i).start for i in range(encoder.chunks)], workers)
@@ -660,6 +693,28 @@ def compress_volume(volume: Volume, output: str | Path, target: Target, *,
     found = encode_volume(volume, plan, target, _measurer(plan, target, attributes).total,
                           workers=workers, show_progress=show_progress, source=source)
     return _write_encoding(output, plan, volume.shape, target, attributes, found)
+
+
+def ratio_reach(volume: Volume, codec_name: str | None = None, *,
+                workers: int | None = None, source: str = "<volume>",
+                ) -> tuple[float, float | None]:
+    """What ``--ratio`` can ask of ``codec_name`` (None: JPEG 2000) on ``volume``, every
+    stored byte counted: the ratio of its coarsest setting and, for a codec without a
+    lossless mode, of its finest lossy setting (None for the others: lossless takes over)."""
+    target = Target("ratio", 2.0)  # any ratio: the store's metadata is the same
+    plan = plan_volume(volume, codec_name or "jpeg2k", None, source, target)
+    codec, layout, mapping = plan.codec, plan.layout, plan.mapping
+    count_bytes = _measurer(plan, target, _base_attributes(volume, plan, target, source)).total
+    coarsest = Setting("max_error", codec.quality_range[1]) if codec.discrete \
+        else Setting("quality", codec.quality_range[0])
+    with slice_encoder(codec, (layout.slices, layout.rows, layout.columns),
+                       mapping.code_dtype, workers or default_workers()) as encoder:
+        _fill(encoder, volume, mapping, source)
+        highest = plan.raw / count_bytes(encoder.encode_all(coarsest))
+        if "lossless" in codec.modes:
+            return highest, None
+        finest = encoder.encode_all(Setting("quality", codec.quality_range[1]))
+        return highest, plan.raw / count_bytes(finest)
 
 
 def _write_encoding(output: str | Path, plan: Plan, shape: tuple[int, ...], target: Target,
@@ -784,6 +839,8 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
             if ratio not in found:
                 found[ratio] = _search(encode, encoder, counters[ratio], targets[ratio],
                                        plan.raw, plan.peak / mapping.step)
+            _refuse_out_of_reach(found[ratio], codec, targets[ratio],
+                                 plan.raw / counters[ratio](found[ratio].streams), source)
         seconds = time.perf_counter() - started
         for ratio in [r for r in ratios if r in keep]:  # one decode: errors, caller's volume
             streams = found[ratio].streams

@@ -37,6 +37,9 @@ class Outcome(Generic[Payload]):
     #: (payloads kept), for a caller that can mix them chunk by chunk.
     under: Trial[Payload] | None = None
     over: Trial[Payload] | None = None
+    #: The search stopped at an end of the knob range with the budget still beyond it: no
+    #: setting of the codec meets the budget (``best`` is the closest end).
+    out_of_reach: bool = False
 
 
 def solve_budget(
@@ -70,6 +73,7 @@ def solve_budget(
     below: Trial[None] | None = None  # largest knob known to give too few bytes
     above: Trial[None] | None = None  # smallest knob known to give too many bytes
     knob = min(max(start, low), high)
+    out_of_reach = False
     while len(trials) < max_trials:
         total, payload = measure(knob)
         trial = Trial(knob, total, None)
@@ -105,13 +109,14 @@ def solve_budget(
                 slope = secant
         step = -error / slope
         if (error < 0 and knob >= high) or (error > 0 and knob <= low):
-            break  # the budget is out of the codec's reach
+            out_of_reach = True
+            break
         knob = min(max(knob + step, low), high)
     assert best is not None
     reached = abs(best.total_bytes / target_bytes - 1.0) <= tolerance
     if reached:
         return Outcome(best, len(trials), reached)
-    return Outcome(best, len(trials), reached, under, over)
+    return Outcome(best, len(trials), reached, under, over, out_of_reach)
 
 
 def choose_per_slice(sizes: np.ndarray, errors: np.ndarray, budget: int) -> np.ndarray:

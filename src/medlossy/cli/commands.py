@@ -100,9 +100,11 @@ def compress(arguments: argparse.Namespace) -> None:
         _say(arguments, f"note: stored with {attributes['codec']['standard']}: JPEG 2000 "
                         "lossless holds 16-bit integers only")
     if not achieved["target_reached"]:
-        _say(arguments, f"note: target {attributes['target']} not reached: see "
-                        "`medlossy info` (the codec cannot give that many bytes, or lossless "
-                        "already fits the budget)")
+        why = "lossless already fits the budget, so it was stored losslessly" \
+            if attributes["codec"]["setting"]["mode"] == "lossless" \
+            else "the codec's sizes step across the budget"
+        _say(arguments, f"note: target {attributes['target']} not reached: {why} (see "
+                        "`medlossy info`)")
 
 
 def _error_sources(achieved: dict) -> str:
@@ -139,8 +141,8 @@ def _compress_to_dicom(arguments: argparse.Namespace, target: Target, modality: 
         _say(arguments, "note: neither CT nor MR, so written as one Secondary Capture object; "
                         "pass --modality MR for MR Image Storage")
     if not result["target_reached"]:
-        _say(arguments, "note: target not reached (the codec cannot give that many bytes, or "
-                        "lossless already fits the budget)")
+        _say(arguments, "note: target not reached (lossless already fits the budget, or the "
+                        "codec's sizes step across it)")
 
 
 def decompress(arguments: argparse.Namespace) -> None:
