@@ -546,6 +546,21 @@ def test_sweep_refuses_a_lossless_only_codec_for_lossy_ratios(tmp_path: Path, cl
     assert code == EXIT_BAD_INPUT and "codec 'blosc' has no ratio mode" in err
 
 
+def test_sweep_refuses_a_ratio_out_of_the_codecs_reach_before_writing(tmp_path: Path, cli,
+                                                                      serial) -> None:
+    # CharLS's NEAR <= 255 caps JPEG-LS near x30 on CT: x100 cannot be met, x5 can.
+    source = write_synthetic_dataset(tmp_path / "Dataset542_Syn", {"syn_a": 1, "syn_b": 2})
+    out = tmp_path / "sweep"
+    code, out_text, err = cli("dataset", "compress", source, "--ratios", "1,5,100", "--out",
+                              out, "--codec", "jpegls", "--quiet")
+    assert code == EXIT_BAD_INPUT and out_text == ""
+    assert err.strip().count("\n") == 0
+    assert "syn_a_0000.nii.gz: ratio x100 is out of codec 'jpegls''s reach: its coarsest " \
+           "setting gives x" in err
+    assert not out.exists()
+    assert compress(source, out, "1,5", "--codec", "jpegls") == 0  # reachable: as before
+
+
 def test_per_ratio_search_is_the_fallback_and_layered_is_as_good(
         ct_source: Path, manifest: pd.DataFrame, tmp_path: Path) -> None:
     """`--per-ratio-search`: every ratio its own rate search (the way before one-encode

@@ -38,7 +38,13 @@ from medlossy.atomic import atomic_output
 from medlossy.checksums import sha256_file
 from medlossy.codecs import CodecError, get_codec
 from medlossy.codecs.pool import default_workers
-from medlossy.compression import Target, compress_volume, compress_volume_ratios
+from medlossy.compression import (
+    RATIO_TOLERANCE,
+    Target,
+    compress_volume,
+    compress_volume_ratios,
+    ratio_reach,
+)
 from medlossy.datasets.nnunet_raw import Case, RawDataset
 from medlossy.datasets.validation import case_problem
 from medlossy.decompression import read_store
@@ -178,6 +184,41 @@ def _finish(task: SweepTask, attributes: dict, decoded: Volume, decode_seconds: 
     }
     write_json(Path(task.part), row)
     return {**row, "reused": False}
+
+
+def image_reach(task: SweepTask) -> tuple[float, float | None] | None:
+    """``ratio_reach`` of a task's image with its codec (one encode at each end); None when
+    the image cannot be compressed at all (its task reports why, or skips the case)."""
+    try:
+        volume = read_volume(task.image, task.modality, lazy=True)
+        return ratio_reach(volume, task.codec, workers=1, source=task.image)
+    except MedlossyError:
+        return None
+
+
+def _check_reach(plan: SweepPlan, executor: Executor) -> None:
+    """Refuse, before anything is written, a lossy ratio that the codec cannot reach on
+    some image still to do (a store at every ratio or none: sweeps compare ratios)."""
+    firsts: dict[str, SweepTask] = {}
+    for task in plan.tasks():
+        if task.ratio > 1 and finished_part(task) is None:
+            firsts.setdefault(task.image, task)
+    if not firsts:
+        return
+    lossy = [r for r in plan.ratios if r > 1]
+    name = plan.codec or "jpeg2k"
+    for image, reach in zip(firsts, executor.map(image_reach, firsts.values()), strict=True):
+        if reach is None:
+            continue
+        highest, lowest = reach
+        if max(lossy) > highest * (1.0 + RATIO_TOLERANCE):
+            raise MedlossyError(image, f"ratio x{max(lossy):g} is out of codec {name!r}'s "
+                                       f"reach: its coarsest setting gives x{highest:.2f} "
+                                       "here; drop that ratio or use --codec jpeg2k or sperr")
+        if lowest is not None and min(lossy) < lowest * (1.0 - RATIO_TOLERANCE):
+            raise MedlossyError(image, f"ratio x{min(lossy):g} is out of codec {name!r}'s "
+                                       f"reach: its finest lossy setting gives x{lowest:.2f} "
+                                       "here and it has no lossless mode; drop that ratio")
 
 
 def _channel_ranges(dataset: RawDataset, cases: Sequence[Case]) -> dict[int, float]:
@@ -490,14 +531,25 @@ def run_sweep(plan: SweepPlan, *, workers: int | None = None, scheduler: str | N
     layered JPEG 2000 encodes (about one search's encodes for all of them); otherwise each
     ratio is its own job with its own rate search, as before.
 
+    A ratio out of the codec's reach on any image still to do stops the sweep before
+    anything is written (one encode per image at the codec's coarsest setting finds it).
     A task that fails (say, truncated voxel data) stops the sweep with an error naming the
     file, or with ``skip_bad`` marks its case bad and lets the rest complete.
     """
+    workers = workers or default_workers()
+    with _executor(workers, scheduler) as executor:
+        _check_reach(plan, executor)
+        return _run_jobs(plan, executor, skip_bad=skip_bad, layered=layered,
+                         show_progress=show_progress)
+
+
+def _run_jobs(plan: SweepPlan, executor: Executor, *, skip_bad: bool, layered: bool,
+              show_progress: bool) -> pd.DataFrame:
+    """``run_sweep`` once every ratio is known to be in reach."""
     plan.out.mkdir(parents=True, exist_ok=True)
     _clean_partials(plan.out)
     bad = dict(plan.bad)
     _write_sweep_json(plan, bad)
-    workers = workers or default_workers()
     if layered:  # one job per image: all its ratios from shared encodes
         images: dict[tuple[str, int], list[SweepTask]] = {}
         for task in plan.tasks():
@@ -505,22 +557,20 @@ def run_sweep(plan: SweepPlan, *, workers: int | None = None, scheduler: str | N
         jobs = [(run_image, tasks) for tasks in images.values()]
     else:  # one job per image and ratio, each searching its own rate
         jobs = [(run_task, task) for task in plan.tasks()]
-    with _executor(workers, scheduler) as executor:
-        futures = {executor.submit(function, argument): argument
-                   for function, argument in jobs}
-        for future in tqdm(as_completed(futures), total=len(futures), unit="image",
-                           desc=f"{plan.dataset.name} sweep", disable=not show_progress):
-            job = futures[future]
-            task = job[0] if isinstance(job, list) else job
-            try:
-                future.result()
-            except Exception as error:  # worker errors arrive as whatever the task raised
-                ratio = "some ratio" if isinstance(job, list) else f"ratio {task.ratio:g}"
-                problem = error.args[0] if isinstance(error, MedlossyError) else \
-                    f"{task.image}: failed at {ratio} ({type(error).__name__}: {error})"
-                if not skip_bad:
-                    raise MedlossyError(None, str(problem)) from None
-                bad[task.case] = f"case {task.case}: {problem}"
+    futures = {executor.submit(function, argument): argument for function, argument in jobs}
+    for future in tqdm(as_completed(futures), total=len(futures), unit="image",
+                       desc=f"{plan.dataset.name} sweep", disable=not show_progress):
+        job = futures[future]
+        task = job[0] if isinstance(job, list) else job
+        try:
+            future.result()
+        except Exception as error:  # worker errors arrive as whatever the task raised
+            ratio = "some ratio" if isinstance(job, list) else f"ratio {task.ratio:g}"
+            problem = error.args[0] if isinstance(error, MedlossyError) else \
+                f"{task.image}: failed at {ratio} ({type(error).__name__}: {error})"
+            if not skip_bad:
+                raise MedlossyError(None, str(problem)) from None
+            bad[task.case] = f"case {task.case}: {problem}"
     _write_sweep_json(plan, bad)
     manifest = write_manifest(plan.out, exclude=set(bad))
     _write_nnunet_metadata(plan, bad, manifest)
