@@ -471,7 +471,7 @@ def _search_psnr(encode, encoder: SliceEncoder, target: Target, data_range: floa
 
 
 #: Codecs that reach the highest ratios (suggested when another cannot).
-_FAR_REACHING = ("jpeg2k", "sperr")
+FAR_REACHING = ("jpeg2k", "sperr")
 
 
 def _refuse_out_of_reach(found: _Found, codec: SliceCodec, target: Target, ratio: float,
@@ -481,7 +481,7 @@ def _refuse_out_of_reach(found: _Found, codec: SliceCodec, target: Target, ratio
     if not found.out_of_reach:
         return
     if ratio < target.value:
-        others = [n for n in _FAR_REACHING if n != codec.name]
+        others = [n for n in FAR_REACHING if n != codec.name]
         advice = f"use --codec {' or '.join(others)}, or a lower ratio" if others \
             else "use a lower ratio (or a larger volume)"
         raise MedlossyError(source, f"codec {codec.name!r} cannot reach x{target.value:g}: "

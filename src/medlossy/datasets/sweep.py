@@ -39,6 +39,7 @@ from medlossy.checksums import sha256_file
 from medlossy.codecs import CodecError, get_codec
 from medlossy.codecs.pool import default_workers
 from medlossy.compression import (
+    FAR_REACHING,
     RATIO_TOLERANCE,
     Target,
     compress_volume,
@@ -196,6 +197,11 @@ def image_reach(task: SweepTask) -> tuple[float, float | None] | None:
         return None
 
 
+def _further(codec: str) -> str:
+    others = [name for name in FAR_REACHING if name != codec]
+    return f" or use --codec {' or '.join(others)}" if others else ""
+
+
 def _check_reach(plan: SweepPlan, executor: Executor) -> None:
     """Refuse, before anything is written, a lossy ratio that the codec cannot reach on
     some image still to do (a store at every ratio or none: sweeps compare ratios)."""
@@ -214,7 +220,7 @@ def _check_reach(plan: SweepPlan, executor: Executor) -> None:
         if max(lossy) > highest * (1.0 + RATIO_TOLERANCE):
             raise MedlossyError(image, f"ratio x{max(lossy):g} is out of codec {name!r}'s "
                                        f"reach: its coarsest setting gives x{highest:.2f} "
-                                       "here; drop that ratio or use --codec jpeg2k or sperr")
+                                       f"here; drop that ratio{_further(name)}")
         if lowest is not None and min(lossy) < lowest * (1.0 - RATIO_TOLERANCE):
             raise MedlossyError(image, f"ratio x{min(lossy):g} is out of codec {name!r}'s "
                                        f"reach: its finest lossy setting gives x{lowest:.2f} "
