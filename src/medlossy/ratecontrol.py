@@ -149,3 +149,82 @@ def choose_per_slice(sizes: np.ndarray, errors: np.ndarray, budget: int) -> np.n
         else:
             low = middle
     return pick(10.0**high)
+
+
+def fill_budget(sizes: np.ndarray, errors: np.ndarray, choice: np.ndarray,
+                budget: int) -> np.ndarray:
+    """Spend what ``choice`` leaves of ``budget``: switch slices, one at a time, to a bigger
+    candidate with less error, the most error removed per byte first, while the total fits.
+
+    A Lagrangian choice lands on a corner of the convex hull, which can sit a whole slice's
+    step under the budget when slices are few; the leftover bytes still buy error.
+    """
+    sizes, errors = np.asarray(sizes, dtype=float), np.asarray(errors, dtype=float)
+    choice = np.array(choice)
+    rows = np.arange(len(choice))
+    while True:
+        left = budget - sizes[rows, choice].sum()
+        extra = sizes - sizes[rows, choice][:, None]
+        gain = errors[rows, choice][:, None] - errors
+        fits = (extra > 0) & (extra <= left) & (gain > 0)
+        if not fits.any():
+            return choice
+        value = np.where(fits, gain / np.where(fits, extra, 1.0), -np.inf)
+        row, column = np.unravel_index(int(np.argmax(value)), value.shape)
+        choice[row] = column
+
+
+def land_budget(sizes: np.ndarray, errors: np.ndarray, choice: np.ndarray,
+                window: tuple[float, float], max_pairs: int = 4_000_000) -> np.ndarray:
+    """Move the total of ``choice`` into ``window`` (low, high bytes) by switching one slice,
+    or else two, to another candidate: of the switches that land, the one adding the least
+    error. Returns ``choice`` unchanged when it is already inside or nothing lands.
+
+    Error-led choices stop where no switch removes error within the budget, which with few
+    slices can be percents under it; landing matters more than the last bit of error.
+    """
+    sizes, errors = np.asarray(sizes, dtype=float), np.asarray(errors, dtype=float)
+    rows = np.arange(len(choice))
+    low, high = window
+    total = sizes[rows, choice].sum()
+    if low <= total <= high:
+        return choice
+    grow = (sizes - sizes[rows, choice][:, None]).ravel()
+    worse = (errors - errors[rows, choice][:, None]).ravel()
+    owner = np.repeat(rows, sizes.shape[1])
+    lands = (total + grow >= low) & (total + grow <= high)
+    best = None
+    if lands.any():
+        best = (int(np.argmin(np.where(lands, worse, np.inf))),)
+    elif grow.size ** 2 <= max_pairs:
+        pair_total = total + grow[:, None] + grow[None, :]
+        lands = (pair_total >= low) & (pair_total <= high) & (owner[:, None] < owner[None, :])
+        if lands.any():
+            cost = np.where(lands, worse[:, None] + worse[None, :], np.inf)
+            best = np.unravel_index(int(np.argmin(cost)), cost.shape)
+    choice = np.array(choice)
+    if best is None:
+        return _walk_to(sizes, errors, choice, window)
+    for flat in best:
+        choice[owner[flat]] = int(flat) % sizes.shape[1]
+    return choice
+
+
+def _walk_to(sizes: np.ndarray, errors: np.ndarray, choice: np.ndarray,
+             window: tuple[float, float]) -> np.ndarray:
+    """Switch slices one at a time towards ``window``, least added error per byte moved
+    first, never past its far side; stops inside it or when no switch is left."""
+    rows, (low, high) = np.arange(len(choice)), window
+    while True:
+        total = sizes[rows, choice].sum()
+        if low <= total <= high:
+            return choice
+        move = sizes - sizes[rows, choice][:, None]
+        usable = (move > 0) & (total + move <= high) if total < low \
+            else (move < 0) & (total + move >= low)
+        if not usable.any():
+            return choice
+        worse = errors - errors[rows, choice][:, None]
+        cost = np.where(usable, worse / np.where(usable, np.abs(move), 1.0), np.inf)
+        row, column = np.unravel_index(int(np.argmin(cost)), cost.shape)
+        choice[row] = column
