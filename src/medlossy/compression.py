@@ -44,7 +44,13 @@ from medlossy.metrics import (
     data_range_for,
     raw_bytes,
 )
-from medlossy.ratecontrol import Trial, choose_per_slice, solve_budget
+from medlossy.ratecontrol import (
+    Trial,
+    choose_per_slice,
+    fill_budget,
+    land_budget,
+    solve_budget,
+)
 from medlossy.store.slice_store import (
     FORMAT_VERSION,
     StoreLayout,
@@ -62,6 +68,8 @@ RATIO_TOLERANCE = 0.01
 #: The search aims tighter, so that the metadata written afterwards cannot tip it over.
 SEARCH_TOLERANCE = 0.004
 _PSNR_TOLERANCE_DB = 0.1
+#: Knobs (dB from the two closest trials) encoded when a search's mix misses its budget.
+_REFINE_KNOBS = (-1.0, -0.5, -0.2, 0.2, 0.5, 1.0)
 _DB_PER_DOUBLING = 6.02  # bytes roughly double per 6 dB (one bit per sample)
 _READ_ERRORS = (OSError, EOFError, ValueError, OverflowError, zlib.error)
 #: Total bytes that a candidate set of codestreams costs in the output (store or DICOM).
@@ -331,12 +339,17 @@ def _search(encode, encoder: SliceEncoder, count_bytes: ByteCounter, target: Tar
         beyond = outcome.out_of_reach
         if outcome.under is not None and outcome.over is not None:
             # Sizes jump across the budget (ZFP's fixed rate, SZ3): mix the two closest
-            # encodes chunk by chunk, which lands within the budget when chunks are many.
+            # encodes chunk by chunk, then re-encode single chunks at knobs between the two
+            # to spend what the mix leaves (few chunks: a short volume in 16-slice blocks).
             streams = _mix_two(encoder, count_bytes, [outcome.over.payload,
                                                       outcome.under.payload], budget)
-            if abs(count_bytes(streams) / budget - 1.0) < abs(outcome.best.error(budget)):
-                bounds.extend(codec.error_bound(Setting("quality", t.knob))
-                              for t in (outcome.under, outcome.over))
+            if abs(count_bytes(streams) / budget - 1.0) >= abs(outcome.best.error(budget)):
+                streams = outcome.best.payload
+            streams, knobs = _refine_chunks(encode, encoder, count_bytes, streams,
+                                            outcome.under, outcome.over, budget)
+            if streams is not outcome.best.payload:
+                bounds.extend(codec.error_bound(Setting("quality", k)) for k in
+                              (outcome.under.knob, outcome.over.knob, *knobs))
                 found[-1] = (Setting("mixed"), Trial(outcome.best.knob, count_bytes(streams),
                                                      streams))
     if target.allocation in ("equal", "optimal"):
@@ -412,7 +425,35 @@ def _mix_two(encoder: SliceEncoder, count_bytes: ByteCounter, candidates: list[l
     errors = np.stack([_squared_errors(encoder, c) for c in candidates], axis=1)
     overhead = count_bytes(candidates[0]) - int(sizes[:, 0].sum())
     choice = choose_per_slice(sizes, errors, budget - overhead)
+    choice = fill_budget(sizes, errors, choice, budget - overhead)
+    window = (budget * (1.0 - SEARCH_TOLERANCE) - overhead,
+              budget * (1.0 + SEARCH_TOLERANCE) - overhead)
+    choice = land_budget(sizes, errors, choice, window)
     return [candidates[c][i] for i, c in enumerate(choice)]
+
+
+def _refine_chunks(encode, encoder: SliceEncoder, count_bytes: ByteCounter,
+                   streams: list[bytes], under: Trial, over: Trial,
+                   budget: int) -> tuple[list[bytes], list[float]]:
+    """Land ``streams`` (chunks encoded at ``under``'s or ``over``'s quality knob) within the
+    search tolerance of ``budget``: encode the volume at a few knobs around the two and
+    choose chunk by chunk among all of these encodes (least total error, then the switch
+    that lands). Chunk sizes step, and with SZ3 wander, from knob to knob: more candidates
+    per chunk give totals close to any budget. Returns the streams and the knobs encoded
+    (``streams`` and no knob when it is already within the tolerance or nothing helps).
+    """
+    def miss(candidate: list[bytes]) -> float:
+        return abs(count_bytes(candidate) / budget - 1.0)
+
+    if miss(streams) <= SEARCH_TOLERANCE:
+        return streams, []
+    centre = (under.knob + over.knob) / 2
+    knobs = [min(max(centre + k, encoder.codec.quality_range[0]),
+                 encoder.codec.quality_range[1]) for k in _REFINE_KNOBS]
+    candidates = [over.payload, under.payload,
+                  *(encode(Setting("quality", k)) for k in knobs)]
+    mixed = _mix_two(encoder, count_bytes, candidates, budget)
+    return (mixed, knobs) if miss(mixed) < miss(streams) else (streams, [])
 
 
 def _squared_errors(encoder: SliceEncoder, streams: list[bytes]) -> np.ndarray:
