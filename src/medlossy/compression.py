@@ -68,6 +68,8 @@ RATIO_TOLERANCE = 0.01
 #: The search aims tighter, so that the metadata written afterwards cannot tip it over.
 SEARCH_TOLERANCE = 0.004
 _PSNR_TOLERANCE_DB = 0.1
+#: Knobs (dB from the search's last) whose encodes help a ladder mix land on its budget.
+_LADDER_KNOBS = (-6.0, -3.0, -1.0, 1.0, 3.0)
 #: Knobs (dB from the two closest trials) encoded when a search's mix misses its budget.
 _REFINE_KNOBS = (-1.0, -0.5, -0.2, 0.2, 0.5, 1.0)
 _DB_PER_DOUBLING = 6.02  # bytes roughly double per 6 dB (one bit per sample)
@@ -352,6 +354,13 @@ def _search(encode, encoder: SliceEncoder, count_bytes: ByteCounter, target: Tar
                               (outcome.under.knob, outcome.over.knob, *knobs))
                 found[-1] = (Setting("mixed"), Trial(outcome.best.knob, count_bytes(streams),
                                                      streams))
+        laddered = _ladder_mix(encode, encoder, count_bytes, found[-1][1].payload,
+                               outcome.best.knob, budget, land=beyond)
+        if laddered is not None:
+            streams, used = laddered
+            bounds.extend(codec.error_bound(s) for s in used)
+            found[-1] = (Setting("mixed"), Trial(outcome.best.knob, count_bytes(streams),
+                                                 streams))
     if target.allocation in ("equal", "optimal"):
         # The knob -log(per-slice ratio) grows with bytes.
         def measure_ratio(knob: float):
@@ -454,6 +463,49 @@ def _refine_chunks(encode, encoder: SliceEncoder, count_bytes: ByteCounter,
                   *(encode(Setting("quality", k)) for k in knobs)]
     mixed = _mix_two(encoder, count_bytes, candidates, budget)
     return (mixed, knobs) if miss(mixed) < miss(streams) else (streams, [])
+
+
+def _ladder_mix(encode, encoder: SliceEncoder, count_bytes: ByteCounter,
+                streams: list[bytes], knob: float, budget: int, *, land: bool,
+                ) -> tuple[list[bytes], list[Setting]] | None:
+    """Mix ``streams`` (the answer of the quality knob, last tried at ``knob``) chunk by
+    chunk with encodes of the codec's ``ratio_ladder`` around the budget (the two that
+    bracket it and one on either side, found by bisection) and, to land, with encodes at a
+    few knobs around ``knob``. Returns the mix and the settings used, or None when the codec
+    has no ladder, or the mix lands less well (with ``land``: not within the search
+    tolerance) or with more error than ``streams``."""
+    ladder = encoder.codec.ratio_ladder()
+    if not ladder:
+        return None
+    encoded: dict[int, list[bytes]] = {}
+
+    def size(index: int) -> int:
+        if index not in encoded:
+            encoded[index] = encode(ladder[index])
+        return count_bytes(encoded[index])
+
+    fine, coarse = 0, len(ladder) - 1  # bytes fall along the ladder
+    if size(fine) < budget or size(coarse) > budget:
+        return None  # the knob alone reaches further than the ladder
+    while coarse - fine > 1:
+        middle = (fine + coarse) // 2
+        fine, coarse = (middle, coarse) if size(middle) > budget else (fine, middle)
+    low, high = encoder.codec.quality_range
+    rungs = [i for i in (fine - 1, fine, coarse, coarse + 1) if 0 <= i < len(ladder)]
+    knobs = [Setting("quality", min(max(knob + step, low), high)) for step in _LADDER_KNOBS]
+    candidates = [streams, *(encoded.get(i) or encode(ladder[i]) for i in rungs),
+                  *(encode(setting) for setting in knobs)]
+    used = [*(ladder[i] for i in rungs), *knobs]
+    mixed = _mix_two(encoder, count_bytes, candidates, budget)
+
+    def miss(candidate: list[bytes]) -> float:
+        return abs(count_bytes(candidate) / budget - 1.0)
+
+    limit = SEARCH_TOLERANCE if land else max(miss(streams), SEARCH_TOLERANCE)
+    if miss(mixed) > limit or \
+            _squared_errors(encoder, mixed).sum() >= _squared_errors(encoder, streams).sum():
+        return None
+    return mixed, used
 
 
 def _squared_errors(encoder: SliceEncoder, streams: list[bytes]) -> np.ndarray:

@@ -93,6 +93,12 @@ class SliceCodec(ABC):
     def describe(self, setting: Setting) -> dict:
         """Parameters to record in the store (library, version, transform, levels)."""
 
+    def ratio_ladder(self) -> list[Setting]:
+        """Settings, from most to fewest bytes, whose encodes a ratio search may also mix
+        chunk by chunk with its quality knob's (a mode better than the knob's whose sizes
+        jump); none by default."""
+        return []
+
     def quality_for_psnr(self, psnr_db: float, data_range: float) -> float:
         """The quality knob value expected to give ``psnr_db`` at peak ``data_range``."""
         raise NotImplementedError(f"codec {self.name!r} has no PSNR target")

@@ -3,7 +3,8 @@
 ZFP's accuracy mode rounds its tolerance down to a power of two, so whole-volume sizes jump
 by about 2x between neighbouring tolerances: a ratio or PSNR is searched in fixed-rate mode
 (quality knob = 6.02 dB per bit per value), the maximum error in fixed-accuracy mode. Fixed
-rate is poor on CT (shared/CODECS.md: 33 dB at x50); it is what ZFP offers for a size.
+rate is poor on CT (shared/CODECS.md: 33 dB at x50), so a ratio search also mixes, block by
+block, fixed-accuracy encodes around the budget with fixed-rate ones (``ratio_ladder``).
 
 ZFP's tolerance is a loose bound: on CT blocks the error stays at a quarter of it or less. A
 maximum-error target therefore tries each block at doubling tolerances and keeps the
@@ -21,6 +22,8 @@ from medlossy.codecs.blocks import ROUNDING_MARGIN, FloatBlockCodec
 _DB_PER_BIT = 6.02
 #: Doublings of the tolerance tried beyond ZFP's guarantee for a maximum error.
 _WIDENINGS = 4
+#: Maximum errors 1, 2, 4 ... 2**15 codes offered to a ratio search.
+_LADDER_STEPS = 16
 
 
 @register
@@ -55,6 +58,11 @@ class ZfpCodec(FloatBlockCodec):
                 break
             best = stream
         return best
+
+    def ratio_ladder(self) -> list[Setting]:
+        # Fixed accuracy is 2-9 dB better than fixed rate at equal ratio on CT (BENCHMARKS.md)
+        # but its sizes double between tolerances: blocks mix with fixed-rate ones to land.
+        return [Setting("max_error", float(2**k)) for k in range(_LADDER_STEPS)]
 
     def decode_float(self, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
         return imagecodecs.zfp_decode(data).reshape(shape)
