@@ -148,8 +148,8 @@ def test_gpu_lists_are_checked() -> None:
 
 STUDY = """\
 experiments = ["train", "cross"]
-ratios = [1, 20]
-train_ratios = [1, 20]
+ratios = [1, 5]
+train_ratios = [1, 5]
 folds = 2
 
 [[datasets]]
