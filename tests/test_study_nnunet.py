@@ -93,7 +93,7 @@ def test_each_ratio_is_planned_on_its_own(study: tuple[Path, float]) -> None:
     prepared = sorted(p.parent.name for p in (out / "cache").glob("*/*/prepared.json"))
     assert len(prepared) == 2 and all(name.endswith("_3d_fullres_per-ratio")
                                       for name in prepared)
-    assert any("_r20_" in name for name in prepared)
+    assert any("_r5_" in name for name in prepared)
 
 
 def test_report_names_the_backend(study: tuple[Path, float]) -> None:
