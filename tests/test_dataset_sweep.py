@@ -29,6 +29,9 @@ from test_dataset_validation import (
 )
 
 from medlossy.cli.main import main as cli_main
+from medlossy.datasets.nnunet_raw import open_raw_dataset
+from medlossy.experiments.quality import run_quality
+from medlossy.experiments.study import _out_of_reach_notes
 
 RATIOS = (1, 5, 10)  # the smallest crop reaches x15.6 at most (its metadata)
 MANIFEST_COLUMNS = [
@@ -559,6 +562,22 @@ def test_sweep_refuses_a_ratio_out_of_the_codecs_reach_before_writing(tmp_path: 
            "setting gives x" in err
     assert not out.exists()
     assert compress(source, out, "1,5", "--codec", "jpegls") == 0  # reachable: as before
+
+
+def test_a_study_sweep_leaves_a_ratio_out_of_reach_out_and_says_why(tmp_path: Path,
+                                                                     serial) -> None:
+    source = write_synthetic_dataset(tmp_path / "Dataset543_Syn", {"syn_a": 1, "syn_b": 2})
+    manifest = run_quality(open_raw_dataset(source), tmp_path / "sweep", (1, 5, 100), base_id=600,
+                           codec="jpegls")
+    assert sorted(set(manifest.ratio_target)) == [1.0, 5.0]
+    assert manifest.target_reached.all()
+    sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert list(sweep["out_of_reach"]) == ["r100"]
+    assert "ratio x100 is out of codec 'jpegls''s reach: its coarsest setting gives x" in \
+        sweep["out_of_reach"]["r100"]
+    assert not (tmp_path / "sweep" / "stores" / "r100").exists()
+    assert _out_of_reach_notes(tmp_path / "sweep")[0].startswith(
+        "x100 on sweep (syn_a_0000.nii.gz: its coarsest setting gives x")
 
 
 def test_per_ratio_search_is_the_fallback_and_layered_is_as_good(

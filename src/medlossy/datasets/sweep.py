@@ -202,29 +202,30 @@ def _further(codec: str) -> str:
     return f" or use --codec {' or '.join(others)}" if others else ""
 
 
-def _check_reach(plan: SweepPlan, executor: Executor) -> None:
-    """Refuse, before anything is written, a lossy ratio that the codec cannot reach on
-    some image still to do (a store at every ratio or none: sweeps compare ratios)."""
+def _out_of_reach(plan: SweepPlan, executor: Executor) -> dict[float, str]:
+    """Lossy ratios that the codec cannot reach on some image still to do, each with why
+    (a store at every ratio or none: sweeps compare ratios)."""
     firsts: dict[str, SweepTask] = {}
     for task in plan.tasks():
         if task.ratio > 1 and finished_part(task) is None:
             firsts.setdefault(task.image, task)
-    if not firsts:
-        return
-    lossy = [r for r in plan.ratios if r > 1]
     name = plan.codec or "jpeg2k"
+    reasons: dict[float, str] = {}
     for image, reach in zip(firsts, executor.map(image_reach, firsts.values()), strict=True):
         if reach is None:
             continue
         highest, lowest = reach
-        if max(lossy) > highest * (1.0 + RATIO_TOLERANCE):
-            raise MedlossyError(image, f"ratio x{max(lossy):g} is out of codec {name!r}'s "
-                                       f"reach: its coarsest setting gives x{highest:.2f} "
-                                       f"here; drop that ratio{_further(name)}")
-        if lowest is not None and min(lossy) < lowest * (1.0 - RATIO_TOLERANCE):
-            raise MedlossyError(image, f"ratio x{min(lossy):g} is out of codec {name!r}'s "
-                                       f"reach: its finest lossy setting gives x{lowest:.2f} "
-                                       "here and it has no lossless mode; drop that ratio")
+        for ratio in plan.ratios:
+            if ratio in reasons or ratio == 1:
+                continue
+            if ratio > highest * (1.0 + RATIO_TOLERANCE):
+                reasons[ratio] = (f"{image}: ratio x{ratio:g} is out of codec {name!r}'s "
+                                  f"reach: its coarsest setting gives x{highest:.2f} here")
+            elif lowest is not None and ratio < lowest * (1.0 - RATIO_TOLERANCE):
+                reasons[ratio] = (f"{image}: ratio x{ratio:g} is out of codec {name!r}'s "
+                                  f"reach: its finest lossy setting gives x{lowest:.2f} "
+                                  "here and it has no lossless mode")
+    return reasons
 
 
 def _channel_ranges(dataset: RawDataset, cases: Sequence[Case]) -> dict[int, float]:
@@ -517,7 +518,8 @@ def _clean_partials(out: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _write_sweep_json(plan: SweepPlan, bad: dict[str, str]) -> None:
+def _write_sweep_json(plan: SweepPlan, bad: dict[str, str],
+                      out_of_reach: dict[str, str]) -> None:
     write_json(plan.out / "sweep.json", {
         "source": str(plan.dataset.root), "input": str(plan.origin or plan.dataset.root),
         "ratios": list(plan.ratios),
@@ -525,11 +527,12 @@ def _write_sweep_json(plan: SweepPlan, bad: dict[str, str]) -> None:
         "datasets": {ratio_tag(r): plan.dataset_folder(r).name for r in plan.ratios},
         "psnr_ranges": {str(c): r for c, r in plan.ranges.items()},
         "bad_cases": bad,
+        "out_of_reach": out_of_reach,
     })
 
 
 def run_sweep(plan: SweepPlan, *, workers: int | None = None, scheduler: str | None = None,
-              skip_bad: bool = False, layered: bool = True,
+              skip_bad: bool = False, layered: bool = True, drop_out_of_reach: bool = False,
               show_progress: bool = False) -> pd.DataFrame:
     """Run every task of ``plan``; returns the manifest (also written to manifest.csv).
 
@@ -538,24 +541,32 @@ def run_sweep(plan: SweepPlan, *, workers: int | None = None, scheduler: str | N
     ratio is its own job with its own rate search, as before.
 
     A ratio out of the codec's reach on any image still to do stops the sweep before
-    anything is written (one encode per image at the codec's coarsest setting finds it).
+    anything is written (one encode per image at the codec's coarsest setting finds it);
+    with ``drop_out_of_reach`` (a study's grid of ratios over datasets of any size) such
+    ratios are left out instead, and sweep.json says why under "out_of_reach".
     A task that fails (say, truncated voxel data) stops the sweep with an error naming the
     file, or with ``skip_bad`` marks its case bad and lets the rest complete.
     """
     workers = workers or default_workers()
     with _executor(workers, scheduler) as executor:
-        _check_reach(plan, executor)
+        unreachable = _out_of_reach(plan, executor)
+        if unreachable and not drop_out_of_reach:
+            ratio = max(unreachable)
+            raise MedlossyError(None, f"{unreachable[ratio]}; drop that ratio"
+                                      f"{_further(plan.codec or 'jpeg2k')}")
+        plan = replace(plan, ratios=tuple(r for r in plan.ratios if r not in unreachable))
         return _run_jobs(plan, executor, skip_bad=skip_bad, layered=layered,
-                         show_progress=show_progress)
+                         show_progress=show_progress,
+                         out_of_reach={ratio_tag(r): why for r, why in unreachable.items()})
 
 
 def _run_jobs(plan: SweepPlan, executor: Executor, *, skip_bad: bool, layered: bool,
-              show_progress: bool) -> pd.DataFrame:
-    """``run_sweep`` once every ratio is known to be in reach."""
+              show_progress: bool, out_of_reach: dict[str, str]) -> pd.DataFrame:
+    """``run_sweep`` once every ratio left is known to be in reach."""
     plan.out.mkdir(parents=True, exist_ok=True)
     _clean_partials(plan.out)
     bad = dict(plan.bad)
-    _write_sweep_json(plan, bad)
+    _write_sweep_json(plan, bad, out_of_reach)
     if layered:  # one job per image: all its ratios from shared encodes
         images: dict[tuple[str, int], list[SweepTask]] = {}
         for task in plan.tasks():
@@ -577,7 +588,7 @@ def _run_jobs(plan: SweepPlan, executor: Executor, *, skip_bad: bool, layered: b
             if not skip_bad:
                 raise MedlossyError(None, str(problem)) from None
             bad[task.case] = f"case {task.case}: {problem}"
-    _write_sweep_json(plan, bad)
+    _write_sweep_json(plan, bad, out_of_reach)
     manifest = write_manifest(plan.out, exclude=set(bad))
     _write_nnunet_metadata(plan, bad, manifest)
     return manifest

@@ -126,6 +126,9 @@ def plan_budget(dataset: str, labelled: Sequence[str], folds: int, fold: int,
 
     def stored(ratio: float) -> int:
         at_ratio = case_bytes(measure(ratio), ratio)
+        if not at_ratio:  # the sweep left the ratio out: see its sweep.json
+            raise ValueError(f"{dataset}: x{ratio:g} is out of the codec's reach, so no "
+                             f"compressed arm matches the budget share {fraction:g}")
         return sum(at_ratio[c] for c in train)
 
     ratio, compressed = search_ratio(stored, target, raw_total / target)

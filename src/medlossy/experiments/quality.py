@@ -26,10 +26,11 @@ def run_quality(dataset: RawDataset, sweep_folder: Path, ratios: Sequence[float]
     JPEG 2000); one row per image and ratio, its ``dataset`` column ``name`` (default: the
     dataset's name) and ``study_codec`` the codec compared.
 
-    Lossless rows (no error at all) get an infinite PSNR.
+    Lossless rows (no error at all) get an infinite PSNR. A ratio out of the codec's reach
+    on some image of the dataset gets no rows (sweep.json's "out_of_reach" says why).
     """
     plan = plan_sweep(dataset, sweep_folder, ratios, base_id=base_id, codec=codec)
-    manifest = run_sweep(plan, workers=workers, scheduler=scheduler,
+    manifest = run_sweep(plan, workers=workers, scheduler=scheduler, drop_out_of_reach=True,
                          show_progress=show_progress)
     manifest.insert(0, "dataset", name or dataset.name)
     manifest.insert(1, "study_codec", codec or "jpeg2k")

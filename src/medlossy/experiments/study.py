@@ -7,6 +7,7 @@ the tidy results table and the report. Every step is cached, so a rerun after a 
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import time
@@ -103,6 +104,13 @@ def _budget_verdict(comparison: pd.DataFrame) -> str:
     return "; ".join(lines) + "." if lines else ""
 
 
+def _out_of_reach_notes(folder: Path) -> list[str]:
+    """Why a sweep left ratios out (sweep.json), one phrase per ratio."""
+    reasons = json.loads((folder / "sweep.json").read_text()).get("out_of_reach", {})
+    return [f"{tag.replace('r', 'x', 1)} on {folder.name} ({Path(why.split(': ', 1)[0]).name}: "
+            f"{why.split('reach: ', 1)[-1]})" for tag, why in reasons.items()]
+
+
 def _lossless_note(notes: dict[float, str]) -> str:
     if not notes:
         return ""
@@ -192,6 +200,7 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
     started = time.perf_counter()
     timings: dict[str, float] = {}
     quality_tables, sweeps, budgets, training_quality = [], [], [], []
+    unreached: list[str] = []
     for index, entry in enumerate(config.datasets):
         dataset = open_raw_dataset(entry.path)
         if entry.crop_to_label:
@@ -208,6 +217,7 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
                                scheduler=scheduler, show_progress=show_progress,
                                codec=None if codec == "jpeg2k" else codec, name=name)
             table = compress(ratios)
+            unreached += _out_of_reach_notes(folder)
             quality_tables.append(table[table["ratio_target"].isin(config.ratios)])
             if entry.train and "budget" in config.experiments:
                 budgets += _measure_budgets(config, dataset, folder, ratios, table, compress,
@@ -273,6 +283,9 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
     names = [e.path.name + (" (SYNTHETIC)" if e.synthetic else "") for e in config.datasets]
     preamble = (f"Datasets: {', '.join(names)}. Compression ratios: "
                 f"{', '.join(ratio_label(r, notes) for r in config.ratios)}.")
+    if unreached:
+        preamble += (" Not swept, out of the codec's reach (every stored byte counted): "
+                     + "; ".join(unreached) + ".")
     return write_report(out, "medlossy study report", preamble, sections)
 
 
