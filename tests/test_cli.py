@@ -224,6 +224,17 @@ def test_bench_codecs_writes_the_table_and_figure(cli, ct_b_crop_file, tmp_path)
     assert "| htj2k |" in (out / "codecs.md").read_text() and "PSNR (dB)" in stdout
 
 
+def test_bench_codecs_marks_a_ratio_out_of_reach(cli, ct_b_crop_file, tmp_path):
+    out = tmp_path / "bench"
+    code, _, _ = cli("bench", "codecs", ct_b_crop_file, "--ratios", "5,100", "--codecs",
+                     "jpegls", "--out", out, "--quiet")
+    assert code == 0
+    rows = pd.read_csv(out / "codecs.csv")
+    assert list(rows.reached) == [True, False] and rows.ratio.isna().tolist() == [False, True]
+    assert "cannot reach x100" in rows.refused[1]
+    assert "out of reach" in (out / "codecs.md").read_text()
+
+
 @pytest.mark.parametrize(("arguments", "problem"), [
     (["--ratios", "1,10"], "--ratios must be greater than 1 here (lossy)"),
     (["--ratios", "ten"], "--ratios must be numbers separated by commas"),

@@ -100,8 +100,12 @@ def bench_codecs(volume: Volume, ratios: Sequence[float] = DEFAULT_RATIOS,
     with tempfile.TemporaryDirectory(prefix="medlossy-bench-") as scratch:
         for name in codecs:
             for ratio in ratios:
-                row = bench_one(volume, name, float(ratio), Path(scratch), workers=workers,
-                                source=source)
+                try:
+                    row = bench_one(volume, name, float(ratio), Path(scratch),
+                                    workers=workers, source=source)
+                except MedlossyError as error:  # out of this codec's reach on this volume
+                    row = {"codec": name, "ratio_target": float(ratio), "ratio": math.nan,
+                           "reached": False, "psnr_db": math.nan, "refused": error.problem}
                 rows.append(row)
                 if progress is not None:
                     progress(row)
@@ -110,8 +114,10 @@ def bench_codecs(volume: Volume, ratios: Sequence[float] = DEFAULT_RATIOS,
 
 def rd_table(results: pd.DataFrame) -> pd.DataFrame:
     """PSNR (dB) per codec (rows) and target ratio (columns); achieved ratio off by more
-    than 1% or not reached shown in brackets."""
+    than 1% or not reached shown in brackets, a ratio the codec cannot reach as such."""
     def cell(row: pd.Series) -> str:
+        if math.isnan(row.ratio):
+            return "out of reach"
         text = f"{row.psnr_db:.2f}" if row.psnr_db is not None else "inf"
         return text if row.reached else f"{text} (x{row.ratio:.3g})"
 

@@ -560,6 +560,9 @@ def bench_codecs(arguments: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     def progress(row: dict) -> None:
+        if "refused" in row:
+            _say(arguments, f"{row['codec']} x{row['ratio_target']:g}: {row['refused']}")
+            return
         _say(arguments, f"{row['codec']} x{row['ratio_target']:g}: x{row['ratio']:.3f}, "
                         f"{row['psnr_db']} dB, encode {row['encode_pass_mvox_s']} Mvox/s per "
                         f"pass, decode {row['decode_mvox_s']} Mvox/s")
