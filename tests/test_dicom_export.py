@@ -239,3 +239,16 @@ def test_a_codec_without_a_dicom_transfer_syntax_is_refused(ct_b_crop_file, tmp_
     with pytest.raises(MedlossyError, match="no DICOM transfer syntax"):
         compress_to_dicom(ct_b_crop_file, tmp_path / "x", Target("ratio", 10.0),
                           codec_name="sz3", workers=1)
+
+
+def test_a_ratio_out_of_reach_writes_no_series_and_suggests_no_store_codec(cli, tmp_path,
+                                                                           ct_b_image):
+    small = ct_b_image.slicer[60:124, 40:104, 90:98]  # 64 x 64 x 8
+    source = tmp_path / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(small.dataobj), small.affine, small.header), source)
+    code, _, err = cli("compress", source, tmp_path / "series", "--ratio", "3000",
+                       "--format", "dicom", "--quiet")
+    assert code == 2 and err.strip().count("\n") == 0
+    assert f"{source}: codec 'jpeg2k' cannot reach x3000: its coarsest setting gives x" in err
+    assert "use a lower ratio" in err and "sperr" not in err  # no DICOM syntax for SPERR
+    assert not (tmp_path / "series").exists()

@@ -13,7 +13,7 @@ import datetime as _dt
 import math
 import time
 import zlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -568,13 +568,13 @@ FAR_REACHING = ("jpeg2k", "sperr")
 
 
 def _refuse_out_of_reach(found: _Found, codec: SliceCodec, target: Target, ratio: float,
-                         source: str) -> None:
+                         source: str, further: Sequence[str] = FAR_REACHING) -> None:
     """Stop, writing nothing, when no setting of the codec meets the ratio; ``ratio`` is what
-    its closest end gives (every stored byte counted)."""
+    its closest end gives (every stored byte counted); ``further``: codecs to suggest."""
     if not found.out_of_reach:
         return
     if ratio < target.value:
-        others = [n for n in FAR_REACHING if n != codec.name]
+        others = [n for n in further if n != codec.name]
         advice = f"use --codec {' or '.join(others)}, or a lower ratio" if others \
             else "use a lower ratio (or a larger volume)"
         raise MedlossyError(source, f"codec {codec.name!r} cannot reach x{target.value:g}: "
@@ -695,11 +695,13 @@ def _fill(encoder: SliceEncoder, volume: Volume, mapping: CodeMapping,
 
 def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteCounter, *,
                   workers: int | None = None, show_progress: bool = False,
-                  source: str = "<volume>") -> Encoding:
+                  source: str = "<volume>", further: Sequence[str] = FAR_REACHING,
+                  ) -> Encoding:
     """Encode every axial slice so that ``count_bytes`` of the codestreams meets ``target``.
 
     ``count_bytes`` says what a candidate costs in the output: the whole store with its
     metadata for a store, the pixel data for DICOM. Errors are measured against the source.
+    A ratio no setting of the codec meets is refused, suggesting the codecs ``further``.
     """
     codec, layout, mapping = plan.codec, plan.layout, plan.mapping
     try:
@@ -730,7 +732,7 @@ def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteC
         found = _search(encode, encoder, count_bytes, target, plan.raw,
                         plan.peak / mapping.step, max_error_codes)
         _refuse_out_of_reach(found, codec, target, plan.raw / count_bytes(found.streams),
-                             source)
+                             source, further)
         try:
             verify_chunks(codec, encoder.chunk, found.streams, found.bound,
                           [encoder.held(i).start for i in range(encoder.chunks)], workers)

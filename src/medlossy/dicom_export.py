@@ -120,7 +120,8 @@ def compress_to_dicom(source: str | Path, output: str | Path, target: Target, *,
             plan = plan_volume(volume, codec_name, data_range, name, target, unsigned=True,
                                instead=instead)
     encoding = encode_volume(volume, plan, target, pixel_bytes, workers=workers,
-                             show_progress=show_progress, source=name)
+                             show_progress=show_progress, source=name,
+                             further=())  # its other codec, HTJ2K, reaches no further
     lossless = encoding.setting.mode == "lossless"
     stored = pixel_bytes(encoding.streams)
     ratio = plan.raw / stored
