@@ -129,3 +129,16 @@ def test_data_range_errors():
         data_range_for("MR")
     with pytest.raises(ValueError, match="positive"):
         data_range_for("CT", data_range=0)
+
+
+def test_mse_of_wide_integers_does_not_overflow():
+    # Errors of 3e9 (a uint32 or int64 volume compressed lossily): their squares pass int64's
+    # range; an int64 sum wrapped to a negative MSE and PSNR failed with "math domain error".
+    reference = np.array([[0, 4_000_000_000], [7, 2**40]], dtype=np.int64)
+    test = np.array([[3_000_000_000, 1_000_000_000], [7, 2**40 - 5]], dtype=np.int64)
+    expected = (9e18 + 9e18 + 0 + 25) / 4
+    assert mse(reference, test) == pytest.approx(expected)
+    low = np.array([[0], [7]], dtype=np.uint32)
+    assert mse(low, low + np.array([[4_000_000_000], [0]], dtype=np.uint32)) \
+        == pytest.approx(16e18 / 2)
+    assert psnr(reference, test, 2.0**41) == pytest.approx(10 * np.log10(2.0**82 / expected))

@@ -34,6 +34,11 @@ def psnr_from_mse(mse: float, data_range: float) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
 
 
+def _int64_safe(array: np.ndarray) -> bool:
+    """Integers whose differences int64 holds exactly (at most 32 bits, or bool)."""
+    return array.dtype.kind in "iub" and array.dtype.itemsize <= 4
+
+
 @dataclass
 class ErrorTally:
     """Squared and absolute errors summed slice by slice, so no volume-sized temporary exists."""
@@ -50,10 +55,14 @@ class ErrorTally:
             for reference_slice, test_slice in zip(reference, test, strict=True):
                 self.add(reference_slice, test_slice)
             return
-        if reference.dtype.kind in "iub" and test.dtype.kind in "iub":
-            # Integers (most CT): exact int64 differences and sum, about 3x faster.
+        if _int64_safe(reference) and _int64_safe(test):
+            # Integers (most CT): exact int64 differences and sum, about 3x faster, while the
+            # sum of squares cannot overflow int64 (it wraps silently); else in float64.
             difference = np.subtract(reference, test, dtype=np.int64)
-            self.squared_error += float(np.dot(difference.ravel(), difference.ravel()))
+            flat = difference.ravel()
+            if flat.size and int(np.abs(flat).max()) ** 2 * flat.size >= 2**63:
+                flat = flat.astype(np.float64)
+            self.squared_error += float(np.dot(flat, flat))
         else:
             difference = reference.astype(np.float64) - test.astype(np.float64)
             self.squared_error += float(np.dot(difference.ravel(), difference.ravel()))
