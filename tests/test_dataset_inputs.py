@@ -233,6 +233,8 @@ def test_plain_folder_works_like_an_nnunet_dataset(tmp_path: Path, serial, cli) 
         folder = dataset_folder(out, ratio)
         document = json.loads((folder / "dataset.json").read_text())
         assert document["channel_names"] == {"0": "CT"}
+        # nnU-Net and `medlossy train` need the label values named (the files hold 0, 1, 2)
+        assert document["labels"] == {"background": 0, "label_1": 1, "label_2": 2}
         assert document["numTraining"] == 2 and document["file_ending"] == ".nii.gz"
         assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == \
             ["p_one_0000.nii.gz", "p_two_0000.nii.gz"]

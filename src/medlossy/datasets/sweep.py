@@ -474,11 +474,26 @@ def _stored_codecs(plan: SweepPlan, manifest: pd.DataFrame, ratio: float) -> str
     return plan.codec_for(ratio) or "jpeg2k"
 
 
+def _label_names(cases: Sequence[Case]) -> dict[str, int]:
+    """nnU-Net's ``labels`` for a folder without dataset.json: the values its label files
+    hold, 0 as background, the others ``label_<value>`` (empty when no case has a label)."""
+    import nibabel as nib
+
+    values: set[int] = set()
+    for case in cases:
+        if case.label is not None:
+            values.update(np.unique(np.asarray(nib.load(case.label).dataobj)).astype(int).tolist())
+    if not values:
+        return {}
+    return {"background": 0} | {f"label_{value}": value for value in sorted(values - {0})}
+
+
 def _write_nnunet_metadata(plan: SweepPlan, bad: dict[str, str],
                            manifest: pd.DataFrame) -> None:
     """Labels (bit-exact copies) and dataset.json of every ratio's nnU-Net dataset; cases
     that failed are taken out of it again, so nnU-Net sees a consistent dataset."""
     training = [case for case in plan.cases if case.split == "Tr" and case.name not in bad]
+    labels_found = {} if plan.dataset.metadata.get("labels") else _label_names(training)
     for ratio in plan.ratios:
         folder = plan.dataset_folder(ratio)
         for case in plan.cases:
@@ -493,7 +508,7 @@ def _write_nnunet_metadata(plan: SweepPlan, bad: dict[str, str],
                             f"{case.name}{plan.dataset.file_ending}")
         metadata = {key: value for key, value in plan.dataset.metadata.items()
                     if key not in ("numTraining", "name")}
-        metadata.setdefault("labels", {})
+        metadata["labels"] = metadata.get("labels") or labels_found
         codecs = _stored_codecs(plan, manifest, ratio)
         metadata.update({
             "name": folder.name.split("_", 1)[1],
