@@ -167,6 +167,11 @@ def test_slices_smaller_than_32_pixels_are_refused(tmp_path):
     with pytest.raises(MedlossyError, match="at least 32x32"):
         compress_volume(volume, tmp_path / "s.zarr", Target("ratio", 5.0), workers=1)
     assert not (tmp_path / "s.zarr").exists()
+    # The refusal names the codec asked for, not JPEG 2000
+    with pytest.raises(MedlossyError, match="; sperr here needs at least 32x32"):
+        compress_volume(volume, tmp_path / "s.zarr", Target("ratio", 5.0), codec_name="sperr",
+                        workers=1)
+    assert not (tmp_path / "s.zarr").exists()
 
 
 def test_target_validation():

@@ -664,8 +664,8 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
     peak = data_range_for(volume.modality, scan.low, scan.high, data_range)
     rows, columns = volume.slice_shape()
     if not codec.any_dtype and min(rows, columns) < 32:
-        raise MedlossyError(source, f"axial slices are {rows}x{columns}; JPEG 2000 here needs "
-                                    "at least 32x32")
+        raise MedlossyError(source, f"axial slices are {rows}x{columns}; {codec.name} here "
+                                    "needs at least 32x32")
     layout = StoreLayout(volume.shape[volume.axial_axis], rows, columns, mapping,
                          codec.block_depth, tile)
     return Plan(codec, mapping, layout, peak, raw_bytes(volume.shape))
