@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -119,6 +120,20 @@ def test_bench_loader_refuses_a_bad_patch_in_one_line(crop_case, cli):
     stores, _, _, _ = crop_case
     code, _, err = cli("bench", "loader", str(stores), "--patch", "8,48")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--patch" in err
+
+
+def test_bench_loader_names_a_corrupt_tile_in_one_line_from_a_worker(crop_case, cli,
+                                                                     tmp_path):
+    # A worker process's MedlossyError reached the user as PyTorch's RuntimeError traceback.
+    stores, _, _, _ = crop_case
+    store = tmp_path / "ct_0000.zarr"
+    shutil.copytree(stores / "ct_0000.zarr", store)
+    for chunk in (store / "0").glob("*.0.0"):
+        chunk.write_bytes(chunk.read_bytes()[:-40] + bytes(40))
+    code, _, err = cli("bench", "loader", str(store), "--patch", "8,48,40", "--workers", "1",
+                       "--seconds", "0.5")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "ct_0000.zarr" in err and "corrupt (CRC-32 mismatch)" in err
 
 
 @pytest.fixture(scope="module")

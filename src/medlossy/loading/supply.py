@@ -23,6 +23,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from medlossy.loading.dataset import StorePatchDataset
+from medlossy.loading.workers import items
 
 
 def _cpu_seconds() -> float:
@@ -40,7 +41,7 @@ def measure_supply(dataset: StorePatchDataset, *, workers: int, seconds: float,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     patch_voxels = math.prod(dataset.patch_size)
     patches, started = 0, None
-    for _ in loader:
+    for _ in items(loader):
         if started is None:
             started = time.perf_counter()
             continue

@@ -22,6 +22,7 @@ from monai.transforms import (
 from monai.transforms.utils import map_classes_to_indices
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from medlossy.loading.workers import items
 from medlossy.train.config import TrainConfig
 from medlossy.train.preprocessing import PreparedCase
 
@@ -164,4 +165,4 @@ def epoch_batches(sampler: PatchSampler, config: TrainConfig, epoch: int, *,
     loader = DataLoader(_EpochPatches(sampler.cases, config, epoch), batch_size=None,
                         num_workers=config.loader_workers, pin_memory=pin_memory,
                         prefetch_factor=4)
-    yield from loader
+    yield from items(loader)
