@@ -6,13 +6,15 @@ Why two bindings (measured here, see BENCHMARKS.md and shared/CODECS.md):
   takes a PSNR-like ``level`` and glymur writes only files, of uint8/uint16 only.
 - imagecodecs' decoder releases the GIL (threads scale) and is what stock zarr uses to read the
   store, so decoding with it tests exactly what other tools will see.
-pylibjpeg-openjpeg's encoder is not thread-safe (it segfaulted from two threads): callers
-parallelise encodes with processes.
+pylibjpeg-openjpeg's encoder is not thread-safe (four threads encoding at once segfault within
+a second): every encode holds one process-wide lock, so threaded callers (a Dask worker's
+threads running two sweep images) are safe; medlossy parallelises encodes with processes.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 import imagecodecs
@@ -31,6 +33,13 @@ MIN_SIDE = 32
 _PEAK_16 = 2.0**BITS_STORED - 1
 _COM_MARKER = b"\xff\x64"
 _SOT_MARKER = b"\xff\x90"
+_ENCODER_LOCK = threading.Lock()
+
+
+def _encode(image: np.ndarray, **options: object) -> bytes:
+    """pylibjpeg-openjpeg's encode_array under the process-wide lock (see the module notes)."""
+    with _ENCODER_LOCK:
+        return encode_array(np.ascontiguousarray(image), bits_stored=BITS_STORED, **options)
 
 
 def strip_comment(codestream: bytes) -> bytes:
@@ -69,15 +78,12 @@ class Jpeg2kCodec(SliceCodec):
         if image.ndim != 2 or min(image.shape) < MIN_SIDE:
             raise ValueError(f"JPEG 2000 slices must be 2D and at least {MIN_SIDE}x{MIN_SIDE} "
                              f"pixels, got {image.shape}")
-        image = np.ascontiguousarray(image)
         if setting.mode == "lossless":
-            stream = encode_array(image, bits_stored=BITS_STORED)
+            stream = _encode(image)
         elif setting.mode == "ratio":
-            stream = encode_array(image, bits_stored=BITS_STORED,
-                                  compression_ratios=[max(setting.value, 1.0)])
+            stream = _encode(image, compression_ratios=[max(setting.value, 1.0)])
         else:
-            stream = encode_array(image, bits_stored=BITS_STORED,
-                                  signal_noise_ratios=[setting.value])
+            stream = _encode(image, signal_noise_ratios=[setting.value])
         return strip_comment(stream)
 
     def encode_layers(self, image: np.ndarray, qualities: Sequence[float]) -> bytes:
@@ -86,8 +92,7 @@ class Jpeg2kCodec(SliceCodec):
         if image.ndim != 2 or min(image.shape) < MIN_SIDE:
             raise ValueError(f"JPEG 2000 slices must be 2D and at least {MIN_SIDE}x{MIN_SIDE} "
                              f"pixels, got {image.shape}")
-        return strip_comment(encode_array(np.ascontiguousarray(image), bits_stored=BITS_STORED,
-                                          signal_noise_ratios=list(qualities), add_plt=True))
+        return strip_comment(_encode(image, signal_noise_ratios=list(qualities), add_plt=True))
 
     def decode(self, data: bytes, shape: tuple[int, ...] | None = None,
                dtype: np.dtype | str | None = None) -> np.ndarray:
