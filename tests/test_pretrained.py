@@ -47,7 +47,7 @@ def sweep(tmp_path_factory) -> Path:
     affine = np.diag([-1.5, -1.5, 2.0, 1.0])
     source = write_raw_dataset(root / "Dataset905_Tiny", cases=2, shape=(48, 48, 24),
                                affine=affine)
-    run_sweep(plan_sweep(open_raw_dataset(source), root / "out", [1, 20], base_id=905),
+    run_sweep(plan_sweep(open_raw_dataset(source), root / "out", [1, 10], base_id=905),
               workers=1)
     return root / "out"
 
@@ -135,10 +135,10 @@ def test_evaluate_pretrained_on_every_ratio(checkpoint: Path, sweep: Path, tmp_p
     assert list(table.columns) == list(COLUMNS)
     assert len(table) == 2 * 2 * 3  # ratios x cases x (liver, spleen, mean)
     assert table["ratio_train"].isna().all() and table["fold"].isna().all()
-    assert sorted(set(table["ratio_test"])) == [1.0, 20.0]
+    assert sorted(set(table["ratio_test"])) == [1.0, 10.0]
     assert set(table["class"]) == {"liver", "spleen", "mean"}
     assert table["value"].between(0, 1).all()
-    for ratio in ("r1", "r20"):
+    for ratio in ("r1", "r10"):
         prediction = nib.load(tmp_path / "preds" / ratio / "case_000.nii.gz")
         reference = nib.load(sweep.glob("nnunet/*_r1/labelsTr/case_000.nii.gz").__next__())
         assert prediction.shape == reference.shape
