@@ -208,12 +208,17 @@ def test_codecs_lists_every_codec_with_its_modes(cli):
     assert code == 0 and "htj2k" in out and "openjph" in out
 
 
+def bench_codecs(cli, volume, ratios: str, codecs: str, out):
+    """``medlossy bench codecs`` on ``volume``: (exit code, stdout, its codecs.csv rows)."""
+    code, stdout, _ = cli("bench", "codecs", volume, "--ratios", ratios, "--codecs", codecs,
+                          "--out", out, "--quiet")
+    return code, stdout, pd.read_csv(out / "codecs.csv") if code == 0 else None
+
+
 def test_bench_codecs_writes_the_table_and_figure(cli, ct_b_crop_file, tmp_path):
     out = tmp_path / "bench"
-    code, stdout, _ = cli("bench", "codecs", ct_b_crop_file, "--ratios", "8,20", "--codecs",
-                          "htj2k,sz3", "--out", out, "--quiet")
+    code, stdout, rows = bench_codecs(cli, ct_b_crop_file, "8,20", "htj2k,sz3", out)
     assert code == 0
-    rows = pd.read_csv(out / "codecs.csv")
     assert list(rows.codec) == ["htj2k", "htj2k", "sz3", "sz3"]
     assert list(rows.ratio_target) == [8, 20, 8, 20]
     reached = rows[rows.reached]
@@ -226,10 +231,8 @@ def test_bench_codecs_writes_the_table_and_figure(cli, ct_b_crop_file, tmp_path)
 
 def test_bench_codecs_marks_a_ratio_out_of_reach(cli, ct_b_crop_file, tmp_path):
     out = tmp_path / "bench"
-    code, _, _ = cli("bench", "codecs", ct_b_crop_file, "--ratios", "5,100", "--codecs",
-                     "jpegls", "--out", out, "--quiet")
+    code, _, rows = bench_codecs(cli, ct_b_crop_file, "5,100", "jpegls", out)
     assert code == 0
-    rows = pd.read_csv(out / "codecs.csv")
     assert list(rows.reached) == [True, False] and rows.ratio.isna().tolist() == [False, True]
     assert "cannot reach x100" in rows.refused[1]
     assert "out of reach" in (out / "codecs.md").read_text()
