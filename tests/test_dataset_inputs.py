@@ -255,6 +255,33 @@ def test_plain_folder_works_like_an_nnunet_dataset(tmp_path: Path, serial, cli) 
     assert code == 0, stderr
 
 
+def test_plain_folder_image_without_label_goes_to_imagests(tmp_path: Path, serial, cli
+                                                          ) -> None:
+    # Found by a new user: 3 labelled images and 1 without a label all went to imagesTr
+    # (4 images, 3 labels, numTraining 3), which nnU-Net's integrity check rejects.
+    root = tmp_path / "scans"
+    affine = np.diag([1.2, 1.2, 2.5, 1.0])
+    for name, seed in (("a", 1), ("b", 2), ("c", 3), ("unlabelled", 4)):
+        image, labels = synthetic_case(seed)
+        save_nifti(root / "images" / f"{name}.nii.gz", image, affine)
+        if name != "unlabelled":
+            save_nifti(root / "labels" / f"{name}.nii.gz", labels, affine)
+    out = tmp_path / "sweep"
+    assert compress(root, out, "1") == 0
+    folder = dataset_folder(out, 1)
+    document = json.loads((folder / "dataset.json").read_text())
+    assert document["numTraining"] == 3
+    assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == \
+        ["a_0000.nii.gz", "b_0000.nii.gz", "c_0000.nii.gz"]
+    assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == \
+        ["a.nii.gz", "b.nii.gz", "c.nii.gz"]
+    assert [p.name for p in (folder / "imagesTs").iterdir()] == ["unlabelled_0000.nii.gz"]
+    assert np.array_equal(voxels(folder / "imagesTs" / "unlabelled_0000.nii.gz"),
+                          voxels(root / "images" / "unlabelled.nii.gz"))
+    code, _, stderr = cli("dataset", "verify", out)
+    assert code == 0, stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # --crop-to-label
 # ---------------------------------------------------------------------------------------------

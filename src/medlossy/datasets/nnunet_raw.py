@@ -3,7 +3,8 @@ folder of image/label pairs presented the same way.
 
 nnU-Net's naming: ``CASE_XXXX<file_ending>`` where XXXX is the channel index; labels are
 ``labelsTr/CASE<file_ending>``. A plain folder holds ``images/NAME.nii.gz`` and optionally
-``labels/NAME.nii.gz``: one channel, every case a training case.
+``labels/NAME.nii.gz``: one channel; a case with a label is a training case, one without is
+a test case (nnU-Net's imagesTs), so a sweep never puts an unlabelled image in imagesTr.
 """
 
 from __future__ import annotations
@@ -76,18 +77,21 @@ class RawDataset:
                 continue
             for path in sorted(folder.glob(f"*{self.file_ending}")):
                 stem = path.name[: -len(self.file_ending)]
+                case_split = split
                 if self.plain:
                     case, channel = stem, 0
+                    if not self._label_path(case).exists():
+                        case_split = "Ts"  # imagesTr holds labelled cases only (nnU-Net)
                 else:
                     case, _, suffix = stem.rpartition("_")
                     if not case or not suffix.isdigit() or len(suffix) != 4:
                         raise MedlossyError(path, "not named CASE_XXXX as nnU-Net expects")
                     channel = int(suffix)
                 files.append(ImageFile(case, channel, self.channel_modality(channel), path,
-                                       split))
+                                       case_split))
         if not files:
             raise MedlossyError(self.root, f"no images ending in {self.file_ending}")
-        return files
+        return sorted(files, key=lambda image: image.split != "Tr")  # stable: Tr first
 
     def cases(self) -> list[Case]:
         """Cases with their channel files and label (training cases only)."""
@@ -96,8 +100,6 @@ class RawDataset:
             key = (image.split, image.case)
             if key not in cases:
                 label = self._label_path(image.case) if image.split == "Tr" else None
-                if self.plain and label is not None and not label.exists():
-                    label = None  # a plain folder's labels are optional
                 cases[key] = Case(image.case, image.split, {}, label)
             cases[key].images[image.channel] = image.path
         return list(cases.values())
