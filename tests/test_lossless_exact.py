@@ -119,3 +119,74 @@ def test_lossless_dicom_output_of_float_data_is_refused_pointing_to_a_store(cli,
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "fractional" in err and "write a store" in err and "--codec blosc" in err
     assert not output.exists()
+
+
+@pytest.fixture(scope="module")
+def scaled_signed_file(ct_b_crop_array, ct_b_crop_image, tmp_path_factory):
+    """Signed int16 stored integers (CT, negatives) under scl_slope 0.37 / scl_inter -12.5:
+    fractional values that are exactly the file's integers scaled."""
+    image = nib.Nifti1Image(np.asarray(ct_b_crop_array, dtype=np.int16), ct_b_crop_image.affine)
+    image.header["scl_slope"], image.header["scl_inter"] = 0.37, -12.5
+    path = tmp_path_factory.mktemp("lossless") / "scaled_signed.nii.gz"
+    nib.save(image, path)
+    return path
+
+
+@pytest.mark.parametrize("codec", ["jpegxl", "jpegls"])
+def test_uint16_only_codecs_keep_a_scaled_signed_file_exactly(cli, scaled_signed_file,
+                                                               tmp_path, codec):
+    # Found by a new user: JPEG XL / JPEG-LS refused this file that JPEG 2000 keeps exactly
+    # ("values are fractional (float64)"): their unsigned-codes plan dropped the integers.
+    source = nib.load(scaled_signed_file)
+    store, back = _round_trip(cli, scaled_signed_file, tmp_path, "--codec", codec)
+    np.testing.assert_array_equal(back.dataobj.get_unscaled(), source.dataobj.get_unscaled())
+    np.testing.assert_array_equal(np.asarray(back.dataobj), np.asarray(source.dataobj))
+    assert back.get_data_dtype() == np.int16
+    assert (back.dataobj.slope, back.dataobj.inter) == (source.dataobj.slope, -12.5)
+    intensity = SliceStore(store).attributes["intensity"]
+    assert intensity["code_dtype"] == "<u2" and intensity["exact"] is True
+    assert intensity["shift"] == int(np.min(source.dataobj.get_unscaled())) < 0
+    # stock zarr applies one scale and offset: the same values to float64 rounding
+    np.testing.assert_allclose(open_with_stock_zarr(store)[:],
+                               np.moveaxis(np.asarray(source.dataobj), 2, 0), rtol=0,
+                               atol=1e-9)
+
+
+def test_lossless_dicom_of_a_scaled_signed_file_keeps_integers_and_rescale(
+        cli, scaled_signed_file, tmp_path):
+    # Found by a new user: refused although Rescale Slope / Intercept hold the scaling.
+    import pydicom
+
+    from medlossy.io import read_volume
+
+    output = tmp_path / "series"
+    code, _, err = _compress(cli, scaled_signed_file, output, "--format", "dicom")
+    assert code == 0, err
+    source = nib.load(scaled_signed_file)
+    (frames,) = output.iterdir()  # neither CT nor MR here: one Secondary Capture object
+    dataset = pydicom.dcmread(frames)
+    assert dataset.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"  # J2K lossless
+    assert np.float32(dataset.RescaleSlope) == np.float32(0.37)  # as NIfTI holds it
+    raw = np.asarray(source.dataobj.get_unscaled()).astype(np.int64)
+    assert np.array_equal(np.unique(dataset.pixel_array.astype(np.int64) + raw.min()),
+                          np.unique(raw))
+    back = read_volume(output)  # float32, the smallest type holding the rescaled values
+    np.testing.assert_allclose(back.array, np.asarray(source.dataobj), rtol=1e-6, atol=1e-5)
+
+
+def test_scaled_float32_file_keeps_its_floats_and_its_scaling(cli, ct_b_crop_image,
+                                                               tmp_path):
+    # Found by a new user: blosc --lossless of float32 with scl_slope gave slope 1 and
+    # values off by up to 7.6e-6 (the scaled values cast back into float32).
+    rng = np.random.default_rng(5)
+    raw = rng.normal(0, 300, ct_b_crop_image.shape).astype(np.float32)
+    image = nib.Nifti1Image(raw, ct_b_crop_image.affine)
+    image.header["scl_slope"], image.header["scl_inter"] = 0.37, -12.5
+    path = tmp_path / "float_scaled.nii.gz"
+    nib.save(image, path)
+    source = nib.load(path)
+    _, back = _round_trip(cli, path, tmp_path)
+    assert back.get_data_dtype() == np.float32
+    assert (back.dataobj.slope, back.dataobj.inter) == (source.dataobj.slope, -12.5)
+    np.testing.assert_array_equal(back.dataobj.get_unscaled(), raw)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), np.asarray(source.dataobj))

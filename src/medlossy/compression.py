@@ -122,9 +122,14 @@ class _Scan:
     high: float
     dtype: np.dtype
     all_integral: bool
-    #: The file's stored integers (NIfTI scl_slope/scl_inter) as 16-bit codes, when every
-    #: value is exactly such an integer scaled; None otherwise.
-    stored: CodeMapping | None = None
+    #: The file's stored integers (NIfTI scl_slope/scl_inter), when every value is exactly
+    #: such an integer scaled; None otherwise.
+    stored: _StoredIntegers | None = None
+
+    def stored_mapping(self, *, unsigned: bool = False) -> CodeMapping | None:
+        """The stored integers as 16-bit codes, if they span 16 bits."""
+        return None if self.stored is None else self.stored.mapping(self.dtype,
+                                                                    unsigned=unsigned)
 
 
 class _StoredIntegers:
@@ -142,11 +147,11 @@ class _StoredIntegers:
         self.exact = bool(np.array_equal(again, slab))
         self.low, self.high = min(self.low, stored.min()), max(self.high, stored.max())
 
-    def mapping(self, dtype: np.dtype) -> CodeMapping | None:
+    def mapping(self, dtype: np.dtype, *, unsigned: bool = False) -> CodeMapping | None:
         if not self.exact:
             return None
         return stored_integer_mapping(dtype, self.slope, self.inter, int(self.low),
-                                      int(self.high))
+                                      int(self.high), unsigned=unsigned)
 
 
 def _scan(volume: Volume, source: str) -> _Scan:
@@ -176,7 +181,7 @@ def _scan(volume: Volume, source: str) -> _Scan:
         low, high = min(low, float(slab.min())), max(high, float(slab.max()))
     dtype = np.dtype(dtype)
     return _Scan(low, high, dtype, all_integral,
-                 None if stored is None or dtype.kind != "f" else stored.mapping(dtype))
+                 stored if stored is not None and stored.exact and dtype.kind == "f" else None)
 
 
 def _read_slabs(volume: Volume, source: str):
@@ -638,8 +643,8 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
     if volume.modality == "OTHER" and looks_like_ct(scan.low, scan.high):
         volume.modality = "CT"
     mapping = plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral)
-    if not mapping.exact and scan.stored is not None:
-        mapping = scan.stored
+    if not mapping.exact:
+        mapping = scan.stored_mapping() or mapping
     lossless = target is not None and target.mode == "lossless"
     if codec_name is None:
         codec_name = "blosc" if lossless and not mapping.exact else "jpeg2k"
@@ -655,8 +660,9 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
                                         "--lossless, or --codec jpeg2k for a ratio or PSNR")
         mapping = identity_mapping(scan.dtype)
     elif (codec.unsigned_only or unsigned) and mapping.code_dtype != "<u2":
-        mapping = plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral,
-                               unsigned=True)
+        mapping = (scan.stored_mapping(unsigned=True) if mapping.slope is not None
+                   else None) or plan_mapping(scan.low, scan.high, scan.dtype,
+                                              scan.all_integral, unsigned=True)
     if lossless and not codec.any_dtype and not mapping.exact:
         raise MedlossyError(source, f"cannot store losslessly with {codec_name}: "
                                     f"{_not_16_bit(scan)}, and {codec_name} lossless here "

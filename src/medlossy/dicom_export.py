@@ -134,7 +134,7 @@ def compress_to_dicom(source: str | Path, output: str | Path, target: Target, *,
     pixels = PixelEncoding(
         codec.lossless if lossless else codec.lossy, encoding.streams,
         signed=np.dtype(mapping.code_dtype).kind == "i", slope=mapping.slope or 1.0 / mapping.scale,
-        intercept=mapping.offset, lossy=not lossless, ratio=ratio, method=codec.method,
+        intercept=mapping.linear_offset, lossy=not lossless, ratio=ratio, method=codec.method,
         derivation=description)
     template = _template(volume) if sources is None else None
     writer = write_multiframe if multiframe else write_series
@@ -189,7 +189,7 @@ def store_to_dicom(store_path: str | Path, output: str | Path, *,
     pixels = PixelEncoding(ExplicitVRLittleEndian, frames,
                            signed=np.dtype(mapping.code_dtype).kind == "i",
                            slope=mapping.slope or 1.0 / mapping.scale,
-                           intercept=mapping.offset, lossy=lossy, ratio=ratio,
+                           intercept=mapping.linear_offset, lossy=lossy, ratio=ratio,
                            method=method[:16], derivation=description)
     writer = write_multiframe if multiframe else write_series
     files = writer(volume, pixels, output, template=_template(volume))

@@ -26,8 +26,10 @@ class CodeMapping:
     """value = code / scale + offset (the convention of numcodecs' FixedScaleOffset).
 
     ``slope`` is set when the codes are the source file's own stored integers (NIfTI
-    scl_slope/scl_inter): values are then ``code * slope + offset``, computed as the file's
-    reader (nibabel) computes them, and ``scale`` is ``1 / slope`` for zarr's filter.
+    scl_slope/scl_inter): values are then ``(code + shift) * slope + offset``, computed as
+    the file's reader (nibabel) computes them, and ``scale`` is ``1 / slope`` for zarr's
+    filter. ``shift`` moves signed stored integers into uint16 for codecs that take no
+    others (JPEG XL, JPEG-LS, DICOM Secondary Capture); it is exact, being integer.
     """
 
     original_dtype: str
@@ -35,6 +37,7 @@ class CodeMapping:
     offset: float = 0.0
     scale: float = 1.0
     slope: float | None = None
+    shift: int = 0
 
     @property
     def rescaled(self) -> bool:
@@ -45,6 +48,14 @@ class CodeMapping:
         """True when codes map back to the original values without rounding."""
         return self.slope is not None or (self.scale == 1.0
                                            and float(self.offset).is_integer())
+
+    @property
+    def linear_offset(self) -> float:
+        """The value of code 0, for decoders that apply one scale and offset (zarr's
+        FixedScaleOffset, DICOM Rescale Intercept)."""
+        if self.slope is None:
+            return self.offset
+        return self.shift * self.slope + self.offset
 
     @property
     def step(self) -> float:
@@ -66,7 +77,7 @@ class CodeMapping:
             return values.astype(self.code_dtype, copy=False)
         if self.slope is not None:
             codes = np.rint((values.astype(np.float64) - self.offset) / self.slope)
-            return codes.astype(self.code_dtype)
+            return (codes - self.shift).astype(self.code_dtype)
         codes = np.rint((values.astype(np.float64) - self.offset) * self.scale)
         return np.clip(codes, _UINT16.min, _UINT16.max).astype(np.uint16)
 
@@ -75,7 +86,7 @@ class CodeMapping:
         if not self.rescaled:
             return codes.astype(self.original_dtype, copy=False)
         if self.slope is not None:
-            values = codes.astype(np.float64) * self.slope + self.offset
+            values = (codes.astype(np.float64) + self.shift) * self.slope + self.offset
         else:
             values = codes.astype(np.float64) / self.scale + self.offset
         if np.issubdtype(np.dtype(self.original_dtype), np.integer):
@@ -87,6 +98,8 @@ class CodeMapping:
                     "max_rounding_error": self.max_rounding_error}
         if self.slope is None:
             del document["slope"]
+        if not self.shift:
+            del document["shift"]
         return document
 
 
@@ -117,12 +130,16 @@ def plan_mapping(low: float, high: float, dtype: np.dtype, all_integral: bool, *
 
 
 def stored_integer_mapping(dtype: np.dtype, slope: float, inter: float, low: int,
-                           high: int) -> CodeMapping | None:
-    """Codes = the file's stored integers in [low, high], when they fit 16 bits."""
-    for code_dtype, limits in (("<i2", _INT16), ("<u2", _UINT16)):
-        if limits.min <= low and high <= limits.max:
-            return CodeMapping(np.dtype(dtype).str, code_dtype, offset=float(inter),
-                               scale=1.0 / slope, slope=float(slope))
+                           high: int, *, unsigned: bool = False) -> CodeMapping | None:
+    """Codes = the file's stored integers in [low, high] (shifted into uint16 when they do
+    not fit as they are, or ``unsigned`` codes are needed), when they span 16 bits."""
+    exact = {"offset": float(inter), "scale": 1.0 / slope, "slope": float(slope)}
+    if not unsigned and _INT16.min <= low and high <= _INT16.max:
+        return CodeMapping(np.dtype(dtype).str, "<i2", **exact)
+    if _UINT16.min <= low and high <= _UINT16.max:
+        return CodeMapping(np.dtype(dtype).str, "<u2", **exact)
+    if high - low <= _UINT16.max:
+        return CodeMapping(np.dtype(dtype).str, "<u2", **exact, shift=int(low))
     return None
 
 

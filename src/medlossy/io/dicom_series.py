@@ -372,7 +372,9 @@ def _values(path: Path, frames: list[_Frame]) -> np.ndarray:
     integral = all(f.slope.is_integer() and f.intercept.is_integer() for f in frames) and all(
         np.issubdtype(p.dtype, np.integer) for p in planes)
     if not integral:
-        return np.stack([p.astype(np.float32) * np.float32(f.slope) + np.float32(f.intercept)
+        # Computed in float64, then rounded once: in float32 a large intercept cancelling a
+        # large product loses digits (6.37 read as 6.370026 under intercept -511.26).
+        return np.stack([(p.astype(np.float64) * f.slope + f.intercept).astype(np.float32)
                          for p, f in zip(planes, frames, strict=True)])
     low = min(float(p.min()) * f.slope + f.intercept if f.slope >= 0
               else float(p.max()) * f.slope + f.intercept for p, f in zip(planes, frames,

@@ -59,9 +59,10 @@ def read_nifti(path: Path, modality: str = "OTHER", *, lazy: bool = False) -> Vo
     header = {"format": "nifti2" if isinstance(image, nib.Nifti2Image) else "nifti1"}
     slope = float(getattr(image.dataobj, "slope", 1.0))
     inter = float(getattr(image.dataobj, "inter", 0.0))
-    if (slope, inter) != (1.0, 0.0) and image.get_data_dtype().kind in "iu":
+    if (slope, inter) != (1.0, 0.0) and image.get_data_dtype().kind in "iuf":
         # nibabel moves the scaling from the header into the proxy: put it back, so the
-        # header written on decompression has the source's scl_slope / scl_inter.
+        # header written on decompression has the source's scl_slope / scl_inter (for
+        # float files too: their stored floats times the slope are what nibabel reads).
         saved.set_slope_inter(slope, inter)
         header.update(scl_slope=slope, scl_inter=inter)
     header["header_b64"] = base64.b64encode(saved.binaryblock).decode("ascii")
@@ -71,12 +72,20 @@ def read_nifti(path: Path, modality: str = "OTHER", *, lazy: bool = False) -> Vo
         raise MedlossyError(path, f"unusable NIfTI geometry ({error})") from None
 
 
-def _stored_integers(volume: Volume, dtype: np.dtype) -> np.ndarray:
-    """Values back to the integers a scaled file holds: (value - inter) / slope, rounded."""
+def _stored_values(volume: Volume, dtype: np.dtype) -> np.ndarray | None:
+    """Values back to what a scaled file holds: (value - inter) / slope, rounded to its
+    integers; for a float file None when its floats under the scaling do not give the
+    values back exactly."""
     slope, inter = volume.header["scl_slope"], volume.header["scl_inter"]
-    stored = np.rint((np.asarray(volume.array, dtype=np.float64) - inter) / slope)
-    limits = np.iinfo(dtype)
-    return np.clip(stored, limits.min, limits.max).astype(dtype)
+    values = np.asarray(volume.array, dtype=np.float64)
+    stored = (values - inter) / slope
+    if dtype.kind in "iu":
+        limits = np.iinfo(dtype)
+        return np.clip(np.rint(stored), limits.min, limits.max).astype(dtype)
+    stored = stored.astype(dtype)
+    # nibabel reads stored * slope + inter in float64, as here
+    return stored if np.array_equal(stored.astype(np.float64) * slope + inter, values) \
+        else None
 
 
 def saved_header(saved: dict) -> nib.Nifti1Header | None:
@@ -114,12 +123,20 @@ def write_nifti(volume: Volume, path: Path) -> None:
         raise MedlossyError(path, str(error)) from None
     if header is not None:
         image_type = nib.Nifti2Image if saved["format"] == "nifti2" else nib.Nifti1Image
-        if "scl_slope" in saved and header.get_data_dtype().kind in "iu":
-            image = image_type(_stored_integers(volume, header.get_data_dtype()), None,
-                               header=header)
+        stored = _stored_values(volume, header.get_data_dtype()) \
+            if "scl_slope" in saved else None
+        if stored is not None:
+            image = image_type(stored, None, header=header)
             # Set after construction (which resets scaling): nibabel then writes the
-            # integers as they are under the source's scl_slope / scl_inter.
+            # stored values as they are under the source's scl_slope / scl_inter.
             image.header.set_slope_inter(saved["scl_slope"], saved["scl_inter"])
+        elif "scl_slope" in saved:
+            # Floats that the source's scaling cannot give back exactly: written as they
+            # are (float64, no scaling), so nibabel reads the same values.
+            header.set_data_dtype(np.float64)
+            image = image_type(np.asarray(volume.array, dtype=np.float64), None,
+                               header=header)
+            image.header.set_slope_inter(1.0, 0.0)
         else:
             image = image_type(volume.array, None, header=header)
     else:

@@ -136,5 +136,6 @@ class StoreVolume:
             return self.mapping.to_values(codes).astype(np.float32)
         values = codes.astype(np.float32)  # reduced levels are not whole codes
         if self.mapping.rescaled:
-            values = values / np.float32(self.mapping.scale) + np.float32(self.mapping.offset)
+            values = values / np.float32(self.mapping.scale) \
+                + np.float32(self.mapping.linear_offset)
         return values

@@ -82,7 +82,7 @@ class StoreLayout:
     def filters(self) -> list[NumcodecsCodec] | None:
         if self.array_dtype == self.mapping.code_dtype:
             return None
-        return [FixedScaleOffset(offset=self.mapping.offset, scale=self.mapping.scale,
+        return [FixedScaleOffset(offset=self.mapping.linear_offset, scale=self.mapping.scale,
                                  dtype=self.mapping.original_dtype,
                                  astype=self.mapping.code_dtype)]
 
@@ -171,6 +171,12 @@ def _number(value: Any, name: str, *, nonzero: bool = False) -> float:
     return float(value)
 
 
+def _integer(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Malformed(f"{name} is {value!r}")
+    return value
+
+
 def _dtype(value: Any, name: str) -> str:
     try:
         dtype = np.dtype(value) if isinstance(value, str) else None
@@ -242,7 +248,8 @@ def check_metadata(attributes: dict, zarray: Any) -> CodeMapping:
                        _number(intensity.get("offset"), "intensity.offset"),
                        _number(intensity.get("scale"), "intensity.scale", nonzero=True),
                        None if slope is None else _number(slope, "intensity.slope",
-                                                          nonzero=True))
+                                                          nonzero=True),
+                       _integer(intensity.get("shift", 0), "intensity.shift"))
 
 
 class SliceStore:
