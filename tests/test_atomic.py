@@ -8,6 +8,7 @@ from conftest import leftovers
 import medlossy.compression
 from medlossy.atomic import atomic_output
 from medlossy.compression import Target, compress_volume
+from medlossy.errors import MedlossyError
 
 
 def test_success_renames_a_file_into_place(tmp_path):
@@ -26,6 +27,34 @@ def test_success_replaces_an_existing_directory(tmp_path):
         temporary.mkdir()
         (temporary / "new").write_text("new")
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["new"]
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+@pytest.mark.parametrize("meanwhile", ["file", "folder"])
+def test_without_replace_what_appeared_meanwhile_is_kept(tmp_path, kind, meanwhile):
+    final = tmp_path / "out"
+    with pytest.raises(MedlossyError, match="appeared while this run was writing it"), \
+            atomic_output(final, replace=False) as temporary:
+        if kind == "folder":
+            temporary.mkdir()
+            (temporary / "ours").write_text("ours")
+        else:
+            temporary.write_text("ours")
+        if meanwhile == "folder":  # another run's output, committed first
+            final.mkdir()
+            (final / "theirs").write_text("theirs")
+        else:
+            final.write_text("theirs")
+    theirs = final / "theirs" if meanwhile == "folder" else final
+    assert theirs.read_text() == "theirs"
+    assert leftovers(tmp_path) == []
+
+
+def test_without_replace_a_new_output_is_committed(tmp_path):
+    with atomic_output(tmp_path / "out.txt", replace=False) as temporary:
+        temporary.write_text("done")
+    assert (tmp_path / "out.txt").read_text() == "done"
     assert leftovers(tmp_path) == []
 
 

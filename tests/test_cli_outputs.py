@@ -131,20 +131,112 @@ def test_force_never_replaces_the_input(cli, small_file, tmp_path):
     assert sorted(os.listdir(folder)) == before
 
 
-def test_decompress_force_replaces_a_volume_file_but_not_other_files(cli, small_store,
-                                                                    small_file, tmp_path):
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_decompress_force_replaces_its_own_output_but_never_a_users_scan(
+        cli, small_store, small_file, tmp_path, suffix):
+    # Found by a new user: --force overwrote any readable NIfTI, their original scan too.
     precious = tmp_path / "ct.nii.gz"
     precious.write_bytes(b"precious")
     code, _, err = cli("decompress", small_store, precious, "--force", "--workers", "1")
     assert code == EXIT_BAD_INPUT
-    _one_line(err, str(precious), "not a NIfTI or NRRD volume file")
+    _one_line(err, str(precious), "not a volume file written by medlossy decompress")
     assert precious.read_bytes() == b"precious"
-    volume = tmp_path / "old.nii.gz"
-    volume.write_bytes(small_file.read_bytes())
-    code, _, err = cli("decompress", small_store, volume, "--force", "--workers", "1")
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes(small_file.read_bytes())  # a readable NIfTI that medlossy did not write
+    code, _, err = cli("decompress", small_store, scan, "--force", "--workers", "1")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(scan), "medlossy did not write")
+    assert scan.read_bytes() == small_file.read_bytes()
+    decoded = tmp_path / f"decoded{suffix}"
+    assert cli("decompress", small_store, decoded, "--workers", "1")[0] == 0
+    first = decoded.read_bytes()
+    code, _, err = cli("decompress", small_store, decoded, "--force", "--workers", "1")
     assert code == 0, err
-    assert nib.load(volume).shape == (40, 32, 6)
-    assert volume.read_bytes() != small_file.read_bytes()  # the decoded store, not the copy
+    assert decoded.read_bytes() == first
+    assert leftovers(tmp_path) == []
+
+
+def test_force_never_deletes_a_users_file_inside_a_store(cli, small_file, tmp_path):
+    # Found by a new user: --force replaced a store whole, deleting their notes in it.
+    store = tmp_path / "ct.zarr"
+    assert cli("compress", small_file, store, "--ratio", "3", "--workers", "1",
+               "--quiet")[0] == 0
+    (store / "notes.txt").write_text("my notes")
+    code, _, err = cli("compress", small_file, store, "--ratio", "4", "--force",
+                       "--workers", "1", "--quiet")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(store), "'notes.txt'", "--force would delete it")
+    assert (store / "notes.txt").read_text() == "my notes"
+    code, out, _ = cli("info", store, "--json")
+    assert json.loads(out)["target"]["value"] == 3.0  # the store itself is untouched too
+    (store / "notes.txt").unlink()
+    (store / "0" / "extra").mkdir()
+    code, _, err = cli("compress", small_file, store, "--ratio", "4", "--force",
+                       "--workers", "1", "--quiet")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, "'0/extra/'")
+    assert leftovers(tmp_path) == []
+
+
+def test_force_replaces_an_empty_folder_and_a_multiframe_dicom_medlossy_wrote(
+        cli, small_file, tmp_path):
+    empty = tmp_path / "empty.zarr"
+    empty.mkdir()
+    code, _, err = cli("compress", small_file, empty, "--ratio", "3", "--force",
+                       "--workers", "1", "--quiet")
+    assert code == 0, err
+    assert (empty / ".zattrs").is_file()
+    series = tmp_path / "enhanced"
+    for force in ((), ("--force",)):
+        code, _, err = cli("compress", small_file, series, "--ratio", "3", "--format",
+                           "dicom", "--multiframe", "--modality", "CT", "--workers", "1",
+                           "--quiet", *force)
+        assert code == 0, err
+    assert os.listdir(series) == ["MF00001.dcm"]
+
+
+def test_a_concurrent_compress_into_one_output_never_replaces_the_first(
+        cli, small_file, tmp_path, monkeypatch):
+    # Found by a new user: two compress runs into one output both exited 0; the later one
+    # replaced the first without --force (the output was checked only at the start).
+    from medlossy import compression
+    from medlossy.cli.main import main as cli_main
+
+    store = tmp_path / "ct.zarr"
+    encode = compression.encode_volume
+
+    def other_run_finishes_first(*arguments, **options):
+        monkeypatch.setattr(compression, "encode_volume", encode)
+        assert cli_main(["compress", str(small_file), str(store), "--ratio", "4",
+                         "--workers", "1", "--quiet"]) == 0
+        return encode(*arguments, **options)
+
+    monkeypatch.setattr(compression, "encode_volume", other_run_finishes_first)
+    code, _, err = cli("compress", small_file, store, "--ratio", "3", "--workers", "1",
+                       "--quiet")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(store), "appeared while this run was writing it")
+    code, out, _ = cli("info", store, "--json")
+    assert json.loads(out)["target"]["value"] == 4.0  # the first run's store, whole
+    assert leftovers(tmp_path) == []
+
+
+def test_a_concurrent_decompress_into_one_file_never_replaces_the_first(
+        cli, small_store, tmp_path, monkeypatch):
+    from medlossy import decompression
+
+    output = tmp_path / "ct.nii.gz"
+    read = decompression.read_store
+
+    def other_file_appears_first(*arguments, **options):
+        output.write_bytes(b"written meanwhile")
+        return read(*arguments, **options)
+
+    monkeypatch.setattr(decompression, "read_store", other_file_appears_first)
+    code, _, err = cli("decompress", small_store, output, "--workers", "1")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(output), "appeared while this run was writing it")
+    assert output.read_bytes() == b"written meanwhile"
     assert leftovers(tmp_path) == []
 
 

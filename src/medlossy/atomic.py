@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from medlossy.errors import MedlossyError
 
 
 def _temporary_sibling(path: Path) -> Path:
@@ -23,9 +26,26 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _commit_new(temporary: Path, final: Path) -> None:
+    """Rename ``temporary`` to ``final`` only if nothing is there: a check and a rename in one
+    step, so that of two runs writing one output the later cannot replace the earlier."""
+    try:
+        if temporary.is_dir():
+            os.rename(temporary, final)  # fails onto a non-empty folder or a file
+        else:
+            os.link(temporary, final)  # fails if final exists, whatever it is
+            temporary.unlink()
+    except OSError as error:
+        if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise
+        raise MedlossyError(final, "appeared while this run was writing it (another run?); "
+                                   "left as it is: use --force to replace it") from None
+
+
 @contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path to write a file or directory to; it replaces ``path`` on success.
+def atomic_output(path: str | os.PathLike[str], *, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write a file or directory to; it becomes ``path`` on success,
+    replacing what is there, or with ``replace`` False refusing if anything is there by then.
 
     On any exception the temporary output is removed and ``path`` is left as it was.
     """
@@ -34,7 +54,9 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     temporary = _temporary_sibling(final)
     try:
         yield temporary
-        if final.is_dir() and not final.is_symlink():
+        if not replace:
+            _commit_new(temporary, final)
+        elif final.is_dir() and not final.is_symlink():
             # A directory cannot be replaced in one rename: move the old one aside first.
             retired = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
             final.rename(retired)

@@ -780,7 +780,8 @@ def _measurer(plan: Plan, target: Target, attributes: dict[str, Any]) -> _Measur
 def compress_volume(volume: Volume, output: str | Path, target: Target, *,
                     codec_name: str | None = None, data_range: float | None = None,
                     workers: int | None = None, show_progress: bool = False,
-                    source: str = "<volume>", tile: int | None = None) -> dict[str, Any]:
+                    source: str = "<volume>", tile: int | None = None,
+                    replace: bool = True) -> dict[str, Any]:
     """Compress ``volume`` into the store ``output``; returns the store's medlossy attributes.
 
     ``data_range`` is the PSNR peak (default: 4096 for CT, the volume's max - min otherwise;
@@ -788,12 +789,14 @@ def compress_volume(volume: Volume, output: str | Path, target: Target, *,
     ``codec_name`` None: JPEG 2000, or lossless Blosc for data JPEG 2000 cannot hold exactly.
     ``tile``: store each slice as square tiles of this side, one codestream each (slice
     codecs with ``tiles``), so that readers decode only the tiles a region touches.
+    ``replace`` False: refuse, at the end, an ``output`` that exists by then.
     """
     plan = plan_volume(volume, codec_name, data_range, source, target, tile=tile)
     attributes = _base_attributes(volume, plan, target, source)
     found = encode_volume(volume, plan, target, _measurer(plan, target, attributes).total,
                           workers=workers, show_progress=show_progress, source=source)
-    return _write_encoding(output, plan, volume.shape, target, attributes, found)
+    return _write_encoding(output, plan, volume.shape, target, attributes, found,
+                           replace=replace)
 
 
 def ratio_reach(volume: Volume, codec_name: str | None = None, *,
@@ -819,7 +822,8 @@ def ratio_reach(volume: Volume, codec_name: str | None = None, *,
 
 
 def _write_encoding(output: str | Path, plan: Plan, shape: tuple[int, ...], target: Target,
-                    attributes: dict[str, Any], found: Encoding) -> dict[str, Any]:
+                    attributes: dict[str, Any], found: Encoding, *, replace: bool = True,
+                    ) -> dict[str, Any]:
     """Write ``found``'s codestreams as the store ``output`` (atomically), with the achieved
     block counting every byte written, itself included."""
     codec, layout, peak, raw = plan.codec, plan.layout, plan.peak, plan.raw
@@ -835,7 +839,7 @@ def _write_encoding(output: str | Path, plan: Plan, shape: tuple[int, ...], targ
         return _achieved_block(stored, raw, shape, tally, peak, reached, passes, seconds,
                                (found.mapping_tally, found.codec_tally))
 
-    with atomic_output(output) as temporary:
+    with atomic_output(output, replace=replace) as temporary:
         attributes["achieved"] = achieved(sum(map(len, found.streams)))
         write_store(temporary, layout, codec, found.streams, attributes)
         for _ in range(5):  # the byte count is written inside what it counts: iterate to fit

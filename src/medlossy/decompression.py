@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medlossy import __version__
 from medlossy.atomic import atomic_output
 from medlossy.codecs import get_codec
 from medlossy.codecs.intensity import CodeMapping
@@ -16,6 +17,7 @@ from medlossy.codecs.pool import default_workers
 from medlossy.errors import MedlossyError
 from medlossy.io import write_volume
 from medlossy.io.nifti import saved_header
+from medlossy.outputs import DECOMPRESSED_NOTE
 from medlossy.store import SliceStore
 from medlossy.volume import Volume
 
@@ -65,12 +67,14 @@ def volume_from_codes(codes: Iterable[np.ndarray], mapping: CodeMapping,
 
 
 def decompress_to_file(store_path: str | Path, output: str | Path, *,
-                       workers: int | None = None) -> Volume:
-    """Decode a store and write it (.nii, .nii.gz or .nrrd), atomically."""
+                       workers: int | None = None, replace: bool = True) -> Volume:
+    """Decode a store and write it (.nii, .nii.gz or .nrrd), atomically; ``replace`` False
+    refuses an ``output`` that exists by then."""
     volume = read_store(store_path, workers=workers)
     try:
-        with atomic_output(output) as temporary:
-            write_volume(volume, temporary)
+        with atomic_output(output, replace=replace) as temporary:
+            write_volume(volume, temporary,
+                         note=f"{DECOMPRESSED_NOTE} {__version__} from {Path(store_path).name}")
     except MedlossyError as error:
         raise MedlossyError(output, error.problem) from None
     return volume

@@ -98,13 +98,14 @@ def compress_to_dicom(source: str | Path, output: str | Path, target: Target, *,
                       codec_name: str | None = "jpeg2k", modality: str = "OTHER",
                       data_range: float | None = None, workers: int | None = None,
                       allow_gaps: bool = False, show_progress: bool = False,
-                      multiframe: bool = False) -> dict:
+                      multiframe: bool = False, replace: bool = True) -> dict:
     """Compress ``source`` (a DICOM series, NIfTI or NRRD) into the DICOM series folder
     ``output`` at ``target``; the ratio counts raw 16-bit bytes over pixel data bytes.
 
     One file per slice (CT / MR Image Storage), or with ``multiframe`` one Enhanced CT / MR
     object; a volume that is neither CT nor MR is always one Multi-frame Grayscale Word
-    Secondary Capture object (unsigned codes)."""
+    Secondary Capture object (unsigned codes). ``replace`` False refuses an ``output`` that
+    exists by the time the series is written."""
     codec_name = codec_name or "jpeg2k"
     codec = dicom_codec(codec_name)
     volume, sources = _read(source, modality, allow_gaps)
@@ -138,7 +139,8 @@ def compress_to_dicom(source: str | Path, output: str | Path, target: Target, *,
         derivation=description)
     template = _template(volume) if sources is None else None
     writer = write_multiframe if multiframe else write_series
-    files = writer(volume, pixels, output, sources=sources, template=template)
+    files = writer(volume, pixels, output, sources=sources, template=template,
+                   replace=replace)
     reached = (abs(ratio / target.value - 1.0) <= 0.01 if target.mode == "ratio"
                else encoding.reached)
     return {"files": len(files), "transfer_syntax": pixels.transfer_syntax,
@@ -158,10 +160,12 @@ def _template(volume: Volume):
 
 
 def store_to_dicom(store_path: str | Path, output: str | Path, *,
-                   workers: int | None = None, multiframe: bool = False) -> dict:
+                   workers: int | None = None, multiframe: bool = False,
+                   replace: bool = True) -> dict:
     """Decode a store into an uncompressed DICOM series (Explicit VR Little Endian), flagged
     lossy with the store's achieved ratio when its codestreams were lossy. Objects as in
-    ``compress_to_dicom``: single-frame or enhanced CT / MR, multi-frame SC otherwise."""
+    ``compress_to_dicom``: single-frame or enhanced CT / MR, multi-frame SC otherwise;
+    ``replace`` as there."""
     store = SliceStore(store_path)
     attributes = store.attributes
     mapping = store.mapping
@@ -192,6 +196,6 @@ def store_to_dicom(store_path: str | Path, output: str | Path, *,
                            intercept=mapping.linear_offset, lossy=lossy, ratio=ratio,
                            method=method[:16], derivation=description)
     writer = write_multiframe if multiframe else write_series
-    files = writer(volume, pixels, output, template=_template(volume))
+    files = writer(volume, pixels, output, template=_template(volume), replace=replace)
     return {"files": len(files), "transfer_syntax": str(ExplicitVRLittleEndian),
             "lossy": lossy, "ratio": ratio, "sop_class": _sop_class(files[0])}

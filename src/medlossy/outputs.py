@@ -1,11 +1,13 @@
 """Outputs that cannot destroy: ``--force`` replaces only what medlossy itself wrote.
 
 An existing output is recognised by medlossy's own metadata before anything is removed: a
-store by the ``medlossy`` attributes in its ``.zattrs``, a DICOM series folder by its file
-names and the "by medlossy" derivation every slice carries, a decoded volume by reading as
-the volume file its name says. Folders that commands write into (a dataset sweep, a study, a
-reader study) must be new, empty, or already laid out by that command. Anything else is
-refused with one line, so a mistyped path never costs a user their files.
+store by the ``medlossy`` attributes in its ``.zattrs`` and by holding nothing but the files a
+store is made of, a DICOM series folder by its file names and the "by medlossy" derivation
+every slice carries, a decoded volume by the note ``decompress`` writes in its header (a
+NIfTI comment extension, an NRRD ``medlossy`` field). Folders that commands write into (a
+dataset sweep, a study, a reader study) must be new, empty, or already laid out by that
+command. Anything else is refused with one line, so a mistyped path never costs a user their
+files.
 """
 
 from __future__ import annotations
@@ -17,8 +19,14 @@ from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 from medlossy.errors import MedlossyError
+from medlossy.store.ngff import LEVEL0
 
-_DICOM_NAME = re.compile(r"IM\d{5}\.dcm")
+_DICOM_NAME = re.compile(r"(IM|MF)\d{5}\.dcm")  # single-frame slices, multi-frame object
+#: Every file of a store, relative to it: group and array metadata, chunks "z.y.x" of the
+#: array "0" (see store/slice_store.py).
+_STORE_FILE = re.compile(rf"\.zattrs|\.zgroup|{LEVEL0}/\.zarray|{LEVEL0}/\d+\.\d+\.\d+")
+#: How ``decompress`` marks the volume files it writes (the start of their note).
+DECOMPRESSED_NOTE = "written by medlossy decompress"
 #: Temporaries of an interrupted atomic write (see atomic.py): never user files.
 _TEMPORARY = re.compile(r"\..*\.(partial|old)-[0-9a-f]{8}.*")
 
@@ -32,8 +40,22 @@ def is_store(path: Path) -> bool:
     return isinstance(attributes, dict) and isinstance(attributes.get("medlossy"), dict)
 
 
+def foreign_store_files(path: Path) -> list[str]:
+    """Files and folders inside a store that a store is not made of (a user's notes, say)."""
+    foreign = []
+    for root, folders, names in os.walk(path):
+        relative = Path(root).relative_to(path)
+        foreign += [entry for entry in ((relative / name).as_posix() for name in names)
+                    if not _STORE_FILE.fullmatch(entry)]
+        foreign += [f"{(relative / name).as_posix()}/" for name in folders
+                    if (relative / name).as_posix() != LEVEL0]
+        folders[:] = [name for name in folders if (relative / name).as_posix() == LEVEL0]
+    return sorted(foreign)
+
+
 def is_dicom_output(path: Path) -> bool:
-    """A folder of ``IM00001.dcm``... that medlossy wrote (their derivation says so)."""
+    """A folder of ``IM00001.dcm``... (or ``MF00001.dcm``) that medlossy wrote (their
+    derivation or comments say so)."""
     import pydicom
 
     try:
@@ -46,39 +68,58 @@ def is_dicom_output(path: Path) -> bool:
     for entry in entries:
         try:
             ds = pydicom.dcmread(entry, stop_before_pixels=True,
-                                 specific_tags=["DerivationDescription"])
+                                 specific_tags=["DerivationDescription", "ImageComments"])
         except Exception:  # pydicom raises many types for files that are no DICOM
             return False
-        if "by medlossy" not in str(ds.get("DerivationDescription", "")):
+        # Single-frame slices carry the derivation; a multi-frame object's top level has it
+        # in its comments (its derivation lives in functional groups).
+        if not any("by medlossy" in str(ds.get(keyword, ""))
+                   for keyword in ("DerivationDescription", "ImageComments")):
             return False
     return True
 
 
-def is_volume_file(path: Path) -> bool:
-    """A regular file that reads as the NIfTI or NRRD volume its name says."""
-    if not path.is_file():
+def is_decompressed_volume(path: Path) -> bool:
+    """A NIfTI or NRRD file that ``medlossy decompress`` wrote (its header note says so)."""
+    if not path.is_file() or path.is_symlink():
         return False
     name = path.name.lower()
     try:
         if name.endswith((".nii", ".nii.gz")):
-            import nibabel as nib
+            from medlossy.io.nifti import notes
 
-            nib.load(path).header  # noqa: B018 (parsing the header is the check)
-            return True
+            return any(note.startswith(DECOMPRESSED_NOTE) for note in notes(path))
         if name.endswith(".nrrd"):
             import nrrd
 
-            nrrd.read_header(str(path))
-            return True
+            from medlossy.io.nrrd_format import NOTE_FIELD
+
+            note = nrrd.read_header(str(path)).get(NOTE_FIELD, "")
+            return isinstance(note, str) and note.startswith(DECOMPRESSED_NOTE)
     except Exception:  # nibabel and pynrrd raise many types for damaged headers
         return False
     return False
 
 
 def medlossy_output(path: Path) -> bool:
-    """A store or DICOM series folder written by medlossy (what compress may replace)."""
-    return path.is_dir() and not path.is_symlink() and (is_store(path) or
-                                                         is_dicom_output(path))
+    """A store or DICOM series folder written by medlossy (what compress may replace), or an
+    empty folder (nothing to lose).
+
+    A store that also holds other files is refused here, naming one: replacing it whole
+    would delete them."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    if not any(path.iterdir()):
+        return True
+    if is_store(path):
+        foreign = foreign_store_files(path)
+        if foreign:
+            others = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            raise MedlossyError(path, f"is a medlossy store that also holds {foreign[0]!r}"
+                                      f"{others}, which medlossy did not write: --force "
+                                      "would delete it; move it out first")
+        return True
+    return is_dicom_output(path)
 
 
 def check_replaceable(path: str | os.PathLike[str], force: bool,

@@ -18,7 +18,7 @@ from medlossy.outputs import (
     check_not_input,
     check_own_folder,
     check_replaceable,
-    is_volume_file,
+    is_decompressed_volume,
     medlossy_output,
 )
 from medlossy.store import SliceStore, stored_bytes
@@ -37,7 +37,8 @@ def _refuse_existing(output: str, force: bool, source: str, *, folder: bool = Tr
         check_replaceable(output, force, medlossy_output,
                           "a medlossy store or DICOM series folder")
     else:
-        check_replaceable(output, force, is_volume_file, "a NIfTI or NRRD volume file")
+        check_replaceable(output, force, is_decompressed_volume,
+                          "a volume file written by medlossy decompress")
     if Path(output).exists():
         check_not_input(output, [source])
 
@@ -87,7 +88,7 @@ def compress(arguments: argparse.Namespace) -> None:
     attributes = compress_volume(volume, arguments.output, target, codec_name=arguments.codec,
                                  data_range=arguments.data_range, workers=arguments.workers,
                                  show_progress=not arguments.quiet, source=arguments.input,
-                                 tile=arguments.tile)
+                                 tile=arguments.tile, replace=arguments.force)
     achieved = attributes["achieved"]
     psnr = "inf (lossless)" if achieved["psnr_db"] is None else f"{achieved['psnr_db']:.2f} dB"
     _say(arguments, f"{arguments.output}: x{achieved['ratio']:.3f}, {achieved['stored_bytes']} "
@@ -130,7 +131,7 @@ def _compress_to_dicom(arguments: argparse.Namespace, target: Target, modality: 
                                data_range=arguments.data_range, workers=arguments.workers,
                                allow_gaps=arguments.allow_gaps,
                                show_progress=not arguments.quiet,
-                               multiframe=arguments.multiframe)
+                               multiframe=arguments.multiframe, replace=arguments.force)
     psnr = "inf (lossless)" if result["psnr_db"] is None else f"{result['psnr_db']:.2f} dB"
     _say(arguments, f"{arguments.output}: {result['files']} DICOM file(s) "
                     f"({result['sop_class']}), transfer syntax "
@@ -153,12 +154,13 @@ def decompress(arguments: argparse.Namespace) -> None:
         from medlossy.dicom_export import store_to_dicom
 
         result = store_to_dicom(arguments.store, arguments.output, workers=arguments.workers,
-                                multiframe=arguments.multiframe)
+                                multiframe=arguments.multiframe, replace=arguments.force)
         _say(arguments, f"{arguments.output}: {result['files']} uncompressed DICOM file(s) "
                         f"({result['sop_class']})"
                         f"{' (flagged lossy)' if result['lossy'] else ''}")
         return
-    volume = decompress_to_file(arguments.store, arguments.output, workers=arguments.workers)
+    volume = decompress_to_file(arguments.store, arguments.output, workers=arguments.workers,
+                                replace=arguments.force)
     _say(arguments, f"{arguments.output}: {volume.shape} {volume.array.dtype}")
 
 

@@ -286,8 +286,8 @@ def _pixels(ds: Dataset, encoding: PixelEncoding, rows: int, columns: int) -> No
 
 
 def write_multiframe(volume: Volume, encoding: PixelEncoding, output: str | Path, *,
-                     sources: Sequence[Dataset] | None = None, template: Dataset | None = None
-                     ) -> list[Path]:
+                     sources: Sequence[Dataset] | None = None,
+                     template: Dataset | None = None, replace: bool = True) -> list[Path]:
     """Write ``volume`` (in frame order) as one multi-frame object in the folder ``output``,
     atomically: Enhanced CT / MR for those modalities, Multi-frame Grayscale Word SC
     (unsigned pixels only) otherwise. ``sources``: each frame's source slice, if any."""
@@ -332,7 +332,7 @@ def write_multiframe(volume: Volume, encoding: PixelEncoding, output: str | Path
     meta.TransferSyntaxUID = UID(encoding.transfer_syntax)
     ds.file_meta = meta
     name = "MF00001.dcm"
-    with atomic_output(output) as folder:
+    with atomic_output(output, replace=replace) as folder:
         folder.mkdir()
         ds.save_as(folder / name, enforce_file_format=True)
     return [Path(output) / name]

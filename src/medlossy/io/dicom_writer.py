@@ -281,7 +281,8 @@ def source_reference(source: Dataset | None) -> Dataset | None:
 
 def write_series(volume: Volume, encoding: PixelEncoding, output: str | Path, *,
                  sources: Sequence[Dataset] | None = None, template: Dataset | None = None,
-                 series_description: str | None = None) -> list[Path]:
+                 series_description: str | None = None,
+                 replace: bool = True) -> list[Path]:
     """Write one single-frame DICOM file per slice of ``volume`` (in frame order) to the
     folder ``output``, atomically. ``sources``: the source slice of each output slice."""
     geometry = slice_geometry(volume)
@@ -294,7 +295,7 @@ def write_series(volume: Volume, encoding: PixelEncoding, output: str | Path, *,
     series_uid = generate_uid()
     series_number = None
     written: list[Path] = []
-    with atomic_output(output) as folder:
+    with atomic_output(output, replace=replace) as folder:
         folder.mkdir()
         for k, (place, frame) in enumerate(zip(geometry, encoding.frames, strict=True)):
             source = sources[k] if sources is not None else None

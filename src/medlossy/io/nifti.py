@@ -113,9 +113,10 @@ def saved_header(saved: dict) -> nib.Nifti1Header | None:
     return header
 
 
-def write_nifti(volume: Volume, path: Path) -> None:
+def write_nifti(volume: Volume, path: Path, *, note: str | None = None) -> None:
     """Write ``volume``; a header kept from a NIfTI source restores dtype, codes, units and
-    scaling (a scaled integer source gets its integers and scl_slope / scl_inter back)."""
+    scaling (a scaled integer source gets its integers and scl_slope / scl_inter back).
+    ``note`` is written as a NIfTI comment extension (what wrote the file)."""
     saved = volume.header
     try:
         header = saved_header(saved)
@@ -144,4 +145,13 @@ def write_nifti(volume: Volume, path: Path) -> None:
         image.set_qform(volume.affine, code=1)
         image.set_sform(volume.affine, code=1)
         image.header.set_xyzt_units("mm")
+    if note is not None:
+        image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", note.encode()))
     nib.save(image, path)
+
+
+def notes(path: Path) -> list[str]:
+    """The comment extensions of a NIfTI file (``write_nifti``'s ``note``)."""
+    extensions = nib.load(path).header.extensions
+    return [ext.get_content().decode("utf-8", "replace") for ext in extensions
+            if ext.get_code() == nib.nifti1.extension_codes["comment"]]

@@ -11,6 +11,7 @@ from medlossy.errors import MedlossyError
 from medlossy.volume import Volume
 
 SUFFIXES = (".nrrd", ".nhdr")
+NOTE_FIELD = "medlossy"
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 _SPACE_TO_RAS = {
     "left-posterior-superior": _LPS_TO_RAS,
@@ -40,12 +41,15 @@ def read_nrrd(path: Path, modality: str = "OTHER") -> Volume:
     return Volume(array, affine, modality=modality, header={"format": "nrrd"})
 
 
-def write_nrrd(volume: Volume, path: Path) -> None:
-    """Write ``volume`` as NRRD in LPS space, gzip-encoded."""
+def write_nrrd(volume: Volume, path: Path, *, note: str | None = None) -> None:
+    """Write ``volume`` as NRRD in LPS space, gzip-encoded; ``note`` goes in the key/value
+    field ``medlossy`` (what wrote the file)."""
     header = {
         "space": "left-posterior-superior",
         "space directions": (_LPS_TO_RAS @ volume.affine[:3, :3]).T,
         "space origin": _LPS_TO_RAS @ volume.affine[:3, 3],
         "encoding": "gzip",
     }
+    if note is not None:
+        header[NOTE_FIELD] = note
     nrrd.write(str(path), volume.array, header, index_order="F")

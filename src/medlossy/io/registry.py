@@ -11,7 +11,7 @@ from medlossy.io import dicom_series, nifti, nrrd_format
 from medlossy.volume import Volume
 
 Reader = Callable[[Path, str], Volume]
-Writer = Callable[[Volume, Path], None]
+Writer = Callable[..., None]  # (volume, path, *, note=None)
 
 _READERS: dict[str, Reader] = {
     **dict.fromkeys(nifti.SUFFIXES, nifti.read_nifti),
@@ -53,10 +53,12 @@ def read_volume(path: str | os.PathLike[str], modality: str = "OTHER", *,
     return _READERS[key](path, modality)
 
 
-def write_volume(volume: Volume, path: str | os.PathLike[str]) -> None:
-    """Write ``volume`` in the format its name says (.nii, .nii.gz, .nrrd)."""
+def write_volume(volume: Volume, path: str | os.PathLike[str], *,
+                 note: str | None = None) -> None:
+    """Write ``volume`` in the format its name says (.nii, .nii.gz, .nrrd); ``note`` (what
+    wrote it) is kept in the file's header."""
     path = Path(path)
     key = _format_key(path, _WRITERS)
     if key is None:
         raise MedlossyError(path, "cannot write this format (use .nii, .nii.gz or .nrrd)")
-    _WRITERS[key](volume, path)
+    _WRITERS[key](volume, path, note=note)
