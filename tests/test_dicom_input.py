@@ -167,3 +167,18 @@ def test_values_beyond_int16_keep_a_wider_type_and_fractions_become_float(ct_c_d
         ds.RescaleSlope = 0.5
         ds.save_as(file)
     assert read_volume(tmp_path / "series").array.dtype == np.float32
+
+
+def test_padded_pixel_data_reads_without_pydicoms_warning(tmp_path):
+    # Found by a new user: MR_small_padded.dcm printed pydicom's multi-line UserWarning
+    # about 128 bytes of excess padding above medlossy's one-line summary.
+    import warnings
+
+    source = Path(get_testdata_file("MR_small_padded.dcm"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        volume = read_volume(source)
+    assert [str(w.message) for w in caught] == []
+    reference = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
+    assert volume.array.shape[:2] == reference.shape[::-1]
+    np.testing.assert_array_equal(np.squeeze(volume.array).T, reference)

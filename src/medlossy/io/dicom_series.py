@@ -11,6 +11,7 @@ pydicom has no notion of a volume, so grouping, geometry checks and the affine a
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,7 +316,11 @@ def _decode_file(file: Path, count: int) -> np.ndarray:
         raise MedlossyError(file, f"{ds.get('PhotometricInterpretation', 'colour')} images "
                                   "are not supported; medlossy compresses greyscale CT/MR")
     try:
-        pixels = ds.pixel_array
+        with warnings.catch_warnings():
+            # pydicom warns when it drops padding after the pixel data: nothing is lost, and
+            # its multi-line warning would bury the one-line summary.
+            warnings.filterwarnings("ignore", message=".*excess padding", category=UserWarning)
+            pixels = ds.pixel_array
     except Exception as error:  # decoder plugins raise their own types
         raise MedlossyError(file, f"cannot decode DICOM pixel data{_bad_frame(ds, count)} "
                                   f"({type(error).__name__}: {error})") from None
