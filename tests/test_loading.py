@@ -185,3 +185,17 @@ def test_htj2k_stores_decode_reduced_levels_from_the_codestream(ct_b_crop_image,
     assert np.corrcoef(values.ravel(), expected.ravel())[0, 1] > 0.97
     full = StoreVolume(tmp_path / "ht.zarr").read((3, 10, 20), (5, 40, 30))
     np.testing.assert_array_equal(full, decoded[3:8, 10:50, 20:50])
+
+
+def test_bench_loader_counts_decoded_voxels_not_padding(crop_case, cli):
+    # Found by a new user: with a patch larger than the volume, Mvox/s counted the padding
+    # (48x128x128 = 786432 voxels a patch, of which the 24x96x80 store fills 184320).
+    stores, _, _, _ = crop_case
+    code, out, err = cli("bench", "loader", str(stores), "--patch", "48,128,128",
+                         "--workers", "0", "--seconds", "0.5", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["patches"] > 0
+    filled = 24 * 96 * 80
+    assert result["mvox_per_s"] == pytest.approx(
+        result["patches"] * filled / result["seconds"] / 1e6, rel=0.01)

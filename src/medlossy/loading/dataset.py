@@ -166,12 +166,18 @@ class StorePatchDataset(Dataset):
         state["_pool"], state["_pool_pid"] = None, -1  # threads do not cross processes
         return state
 
+    def read_size(self, case: str) -> tuple[int, ...]:
+        """The part of a patch that ``case`` fills (the rest, where the volume is smaller
+        than the patch, is padding)."""
+        return tuple(min(p, n) for p, n in zip(self.patch_size, self.volumes[case][0].shape,
+                                               strict=True))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.samples:
             raise IndexError(index)
         case, start = self.box(index)
         volumes = self.volumes[case]
-        size = tuple(min(p, n) for p, n in zip(self.patch_size, volumes[0].shape, strict=True))
+        size = self.read_size(case)
         image = np.stack([v.read(start, size, self._threads()) for v in volumes])
         sample: dict[str, Any] = {"image": image, "case": case, "start": start}
         if case in self.labels:

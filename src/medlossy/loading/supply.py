@@ -4,6 +4,8 @@ Data flow: a ``StorePatchDataset`` -> a PyTorch DataLoader with ``workers`` proc
 calling process) -> patches consumed as fast as they come for ``seconds`` after the first one
 (worker start-up is not counted) -> patches, voxels and Mvox/s. This is what ``medlossy bench
 loader`` prints; a GPU training at N Mvox/s of patches never waits when supply exceeds N.
+Voxels are those decoded from the stores: padding, where a volume is smaller than the patch,
+is not counted.
 
 Wall-clock supply depends on what else runs on the machine, so the CPU time of this process
 and of its (finished) workers is reported too: ``mvox_per_cpu_s`` counts every CPU second
@@ -39,20 +41,21 @@ def measure_supply(dataset: StorePatchDataset, *, workers: int, seconds: float,
     cpu_started = _cpu_seconds()
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
-    patch_voxels = math.prod(dataset.patch_size)
-    patches, started = 0, None
-    for _ in items(loader):
+    patches, decoded, first, started = 0, 0, 0, None
+    for sample in items(loader):
         if started is None:
             started = time.perf_counter()
+            first = math.prod(dataset.read_size(sample["case"]))
             continue
         patches += 1
+        decoded += math.prod(dataset.read_size(sample["case"]))
         if time.perf_counter() - started >= seconds:
             break
     elapsed = time.perf_counter() - started if started is not None else 0.0
     del loader
     gc.collect()  # shuts the workers down, so that their CPU time is counted
     cpu = _cpu_seconds() - cpu_started
-    voxels = (patches + 1) * patch_voxels
+    voxels = first + decoded
     volume = dataset.volumes[dataset.names[0]][0]
     return {
         "stores": sum(len(v) for v in dataset.volumes.values()),
@@ -68,7 +71,7 @@ def measure_supply(dataset: StorePatchDataset, *, workers: int, seconds: float,
         "patches": patches,
         "seconds": round(elapsed, 3),
         "patches_per_s": round(patches / elapsed, 3) if elapsed else None,
-        "mvox_per_s": round(patches * patch_voxels / elapsed / 1e6, 3) if elapsed else None,
+        "mvox_per_s": round(decoded / elapsed / 1e6, 3) if elapsed else None,
         "cpu_seconds": round(cpu, 3),
         "mvox_per_cpu_s": round(voxels / cpu / 1e6, 3) if cpu > 0 else None,
         "load_average": [round(v, 2) for v in os.getloadavg()],
