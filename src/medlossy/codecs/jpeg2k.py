@@ -42,6 +42,12 @@ def _encode(image: np.ndarray, **options: object) -> bytes:
         return encode_array(np.ascontiguousarray(image), bits_stored=BITS_STORED, **options)
 
 
+def _check_slice(image: np.ndarray) -> None:
+    if image.ndim != 2 or min(image.shape) < MIN_SIDE:
+        raise ValueError(f"JPEG 2000 slices must be 2D and at least {MIN_SIDE}x{MIN_SIDE} "
+                         f"pixels, got {image.shape}")
+
+
 def strip_comment(codestream: bytes) -> bytes:
     """Drop COM segments ("Created by OpenJPEG ...", 39 bytes) from the main header.
 
@@ -75,9 +81,7 @@ class Jpeg2kCodec(SliceCodec):
     quality_range = (30.0, 130.0)
 
     def encode(self, image: np.ndarray, setting: Setting) -> bytes:
-        if image.ndim != 2 or min(image.shape) < MIN_SIDE:
-            raise ValueError(f"JPEG 2000 slices must be 2D and at least {MIN_SIDE}x{MIN_SIDE} "
-                             f"pixels, got {image.shape}")
+        _check_slice(image)
         if setting.mode == "lossless":
             stream = _encode(image)
         elif setting.mode == "ratio":
@@ -89,9 +93,7 @@ class Jpeg2kCodec(SliceCodec):
     def encode_layers(self, image: np.ndarray, qualities: Sequence[float]) -> bytes:
         """One lossy encode with a quality layer per PSNR target (increasing, 16-bit peak)
         and PLT packet lengths, so that ``LayeredStream`` can cut it after any layer."""
-        if image.ndim != 2 or min(image.shape) < MIN_SIDE:
-            raise ValueError(f"JPEG 2000 slices must be 2D and at least {MIN_SIDE}x{MIN_SIDE} "
-                             f"pixels, got {image.shape}")
+        _check_slice(image)
         return strip_comment(_encode(image, signal_noise_ratios=list(qualities), add_plt=True))
 
     def decode(self, data: bytes, shape: tuple[int, ...] | None = None,
