@@ -92,3 +92,33 @@ def test_cli_interrupt_says_no_partial_output_was_left(monkeypatch, cli, ct_b_cr
     assert code == 130
     assert "no partial output" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_concurrent_replacing_writers_leave_one_whole_output_and_no_leftovers(tmp_path):
+    # Runs with --force writing one output at once: each must end with a whole output (one
+    # writer's), never an error or a retired copy left behind.
+    import threading
+
+    final = tmp_path / "store"
+    errors: list[BaseException] = []
+
+    def writer(name: str) -> None:
+        try:
+            for round_ in range(30):
+                with atomic_output(final) as temporary:
+                    temporary.mkdir()
+                    for part in range(3):
+                        (temporary / f"part{part}").write_text(f"{name} {round_}")
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(f"w{k}",)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    contents = {(final / f"part{part}").read_text() for part in range(3)}
+    assert len(contents) == 1  # one writer's whole output
+    assert sorted(p.name for p in final.iterdir()) == ["part0", "part1", "part2"]
+    assert leftovers(tmp_path) == []

@@ -42,6 +42,37 @@ def _commit_new(temporary: Path, final: Path) -> None:
                                    "left as it is: use --force to replace it") from None
 
 
+#: Tries before a replacing commit gives up on an output that other runs keep replacing.
+_REPLACE_TRIES = 100
+
+
+def _commit_replacing(temporary: Path, final: Path) -> None:
+    """Rename ``temporary`` to ``final``, replacing what is there. A folder cannot be
+    replaced in one rename: the old one is moved aside first, and again if another run puts
+    its own output there in between (the later run wins, whole)."""
+    retired: list[Path] = []
+    try:
+        for _ in range(_REPLACE_TRIES):
+            if final.is_dir() and not final.is_symlink():
+                aside = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+                try:
+                    final.rename(aside)
+                    retired.append(aside)
+                except FileNotFoundError:
+                    pass  # another run moved it aside meanwhile
+            try:
+                os.replace(temporary, final)
+                return
+            except OSError as error:
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        raise MedlossyError(final, "was replaced by other runs over and over while this one "
+                                   "wrote it; left as they made it")
+    finally:
+        for aside in retired:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike[str], *, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write a file or directory to; it becomes ``path`` on success,
@@ -54,16 +85,10 @@ def atomic_output(path: str | os.PathLike[str], *, replace: bool = True) -> Iter
     temporary = _temporary_sibling(final)
     try:
         yield temporary
-        if not replace:
-            _commit_new(temporary, final)
-        elif final.is_dir() and not final.is_symlink():
-            # A directory cannot be replaced in one rename: move the old one aside first.
-            retired = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            final.rename(retired)
-            temporary.rename(final)
-            shutil.rmtree(retired, ignore_errors=True)
+        if replace:
+            _commit_replacing(temporary, final)
         else:
-            os.replace(temporary, final)
+            _commit_new(temporary, final)
     except BaseException:
         _remove(temporary)
         raise
