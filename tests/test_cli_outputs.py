@@ -195,6 +195,18 @@ def test_force_replaces_an_empty_folder_and_a_multiframe_dicom_medlossy_wrote(
     assert os.listdir(series) == ["MF00001.dcm"]
 
 
+def test_force_replaces_a_version_1_store(cli, small_file, tmp_path):
+    import shutil
+
+    store = tmp_path / "old.zarr"
+    shutil.copytree(Path(__file__).parent / "data" / "store_v1.zarr", store)
+    assert (store / ".zarray").is_file()  # the array at the root, as version 1 kept it
+    code, _, err = cli("compress", small_file, store, "--ratio", "3", "--force",
+                       "--workers", "1", "--quiet")
+    assert code == 0, err
+    assert not (store / ".zarray").exists() and (store / "0" / ".zarray").is_file()
+
+
 def test_a_concurrent_compress_into_one_output_never_replaces_the_first(
         cli, small_file, tmp_path, monkeypatch):
     # Found by a new user: two compress runs into one output both exited 0; the later one

@@ -23,8 +23,8 @@ from medlossy.store.ngff import LEVEL0
 
 _DICOM_NAME = re.compile(r"(IM|MF)\d{5}\.dcm")  # single-frame slices, multi-frame object
 #: Every file of a store, relative to it: group and array metadata, chunks "z.y.x" of the
-#: array "0" (see store/slice_store.py).
-_STORE_FILE = re.compile(rf"\.zattrs|\.zgroup|{LEVEL0}/\.zarray|{LEVEL0}/\d+\.\d+\.\d+")
+#: array "0" (see store/slice_store.py); version 1 stores kept the array at the root.
+_STORE_FILE = re.compile(rf"\.zattrs|\.zgroup|({LEVEL0}/)?\.zarray|({LEVEL0}/)?\d+\.\d+\.\d+")
 #: How ``decompress`` marks the volume files it writes (the start of their note).
 DECOMPRESSED_NOTE = "written by medlossy decompress"
 #: Temporaries of an interrupted atomic write (see atomic.py): never user files.
