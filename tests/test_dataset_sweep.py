@@ -37,7 +37,7 @@ RATIOS = (1, 5, 10)  # the smallest crop reaches x15.6 at most (its metadata)
 MANIFEST_COLUMNS = [
     "case", "split", "channel", "modality", "ratio_target", "ratio_achieved", "target_reached",
     "raw_bytes", "stored_bytes", "psnr_db", "data_range", "mse", "max_abs_error",
-    "encode_seconds", "decode_seconds", "codec", "store", "decoded", "store_crc32",
+    "encode_seconds", "decode_seconds", "codec", "tile", "store", "decoded", "store_crc32",
     "decoded_sha256",
 ]
 CT_PEAK = 4096.0

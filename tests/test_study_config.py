@@ -59,6 +59,11 @@ BAD = {
                                 "safe_ratio_over must be 'classes' or 'mean', got 'worst'"),
     "too few minimum cases": (("folds = 2", "folds = 2\nmin_test_cases = 1"),
                               "min_test_cases must be at least 2"),
+    "tile a codec cannot store": (("folds = 2", 'folds = 2\ncodec = "jpegls"\ntile = 64'),
+                                  "codec 'jpegls' cannot store tiles; tile works with"),
+    "tile too small": (("folds = 2", "folds = 2\ntile = 16"), "tile must be at least 32"),
+    "tile not a number": (("folds = 2", 'folds = 2\ntile = "256"'),
+                          "tile must be a whole number of pixels, got '256'"),
 }
 
 
@@ -101,6 +106,12 @@ def test_values_reach_the_study_and_training_configs(data: Path) -> None:
     assert training.patch_size == (16, 16, 16) and training.filters == (4, 8, 16)
     assert (training.fold, training.folds, training.train_fraction) == (1, 2, 0.5)
     assert (training.epochs, training.device) == (2, "cpu")
+
+
+def test_tile_reaches_the_study(data: Path) -> None:
+    assert load_config(_write(data, GOOD)).tile is None
+    assert load_config(_write(data, GOOD.replace("folds = 2", "folds = 2\ntile = 64"))).tile \
+        == 64
 
 
 def test_config_hash_follows_the_settings(data: Path) -> None:

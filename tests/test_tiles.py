@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import open_with_stock_zarr
 
@@ -176,13 +178,62 @@ def test_a_tiled_store_decompresses_to_dicom_and_info_reports_its_tiles(x10_stor
                           np.sort(decoded.array, axis=None))
 
 
-def test_a_dataset_sweep_refuses_tiles_in_one_line(tmp_path, cli):
-    code, _, err = cli("dataset", "compress", tmp_path, "--out", tmp_path / "sweep",
-                       "--tile", "128")
+def _plain_dataset(root, cases: int = 2, shape=(80, 72, 6)) -> None:
+    from test_dataset_validation import save_nifti, synthetic_case
+
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    for seed in range(cases):
+        image, labels = synthetic_case(seed, shape)
+        save_nifti(root / "images" / f"c{seed}.nii.gz", image, affine)
+        save_nifti(root / "labels" / f"c{seed}.nii.gz", labels, affine)
+
+
+def test_a_dataset_sweep_writes_tiled_stores_and_redoes_them_untiled(tmp_path, cli,
+                                                                     monkeypatch):
+    # Was refused ("not available for dataset sweeps"): training from a sweep's stores could
+    # not have tiles, which the loader needs for its speed (BENCHMARKS.md).
+    from test_dataset_validation import run_sweeps_serially
+
+    run_sweeps_serially(monkeypatch)
+    source, out = tmp_path / "scans", tmp_path / "sweep"
+    _plain_dataset(source)
+    code, _, err = cli("dataset", "compress", source, "--out", out, "--ratios", "1,5",
+                       "--tile", "32", "--quiet")
+    assert code == 0, err
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert len(manifest) == 4 and set(manifest["tile"]) == {32}
+    assert json.loads((out / "sweep.json").read_text())["tile"] == 32
+    for row in manifest.itertuples():
+        store = SliceStore(row.store)
+        assert store.attributes["tile"] == [32, 32]
+        chunks = {p.name for p in (Path(row.store) / "0").iterdir()} - {".zarray"}
+        # 6 slices of 80 x 72 (the phantom's x, y) in 3 x 3 tiles of 32
+        assert chunks == {f"{z}.{y}.{x}" for z in range(6) for y in range(3) for x in range(3)}
+        decoded = np.asarray(nib.load(row.decoded).dataobj)
+        np.testing.assert_array_equal(decoded, read_store(row.store, workers=1).array)
+        if row.ratio_target == 5:
+            assert row.ratio_achieved == pytest.approx(5, rel=0.01)
+        else:
+            np.testing.assert_array_equal(decoded, np.asarray(nib.load(
+                source / "images" / f"{row.case}.nii.gz").dataobj))
+    # a rerun without --tile redoes every store whole-slice
+    code, _, err = cli("dataset", "compress", source, "--out", out, "--ratios", "1,5",
+                       "--quiet")
+    assert code == 0, err
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert manifest["tile"].isna().all()
+    assert all("tile" not in SliceStore(store).attributes for store in manifest["store"])
+
+
+def test_a_dataset_sweep_refuses_tiles_a_codec_cannot_store_in_one_line(tmp_path, cli):
+    source, out = tmp_path / "scans", tmp_path / "sweep"
+    _plain_dataset(source, cases=1)
+    code, _, err = cli("dataset", "compress", source, "--out", out, "--ratios", "5",
+                       "--codec", "jpegls", "--tile", "32")
     assert code == 2
     (line,) = err.strip().splitlines()
-    assert "--tile is not available for dataset sweeps" in line
-    assert not (tmp_path / "sweep").exists()
+    assert "codec 'jpegls' cannot store tiles" in line
+    assert not (out / "stores").exists()
 
 
 @pytest.mark.parametrize("tile", ["128", [128], [0, 128], [True, 128], [128, 300], [128.0, 128]])

@@ -648,6 +648,8 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
     lossless = target is not None and target.mode == "lossless"
     if codec_name is None:
         codec_name = "blosc" if lossless and not mapping.exact else "jpeg2k"
+        if codec_name == "blosc":
+            tile = None  # Blosc slices are stored whole: zstd decodes a slice in no time
     try:
         codec = get_codec(codec_name)
     except ValueError as error:
@@ -801,18 +803,20 @@ def compress_volume(volume: Volume, output: str | Path, target: Target, *,
 
 def ratio_reach(volume: Volume, codec_name: str | None = None, *,
                 workers: int | None = None, source: str = "<volume>",
-                ) -> tuple[float, float | None]:
+                tile: int | None = None) -> tuple[float, float | None]:
     """What ``--ratio`` can ask of ``codec_name`` (None: JPEG 2000) on ``volume``, every
     stored byte counted: the ratio of its coarsest setting and, for a codec without a
-    lossless mode, of its finest lossy setting (None for the others: lossless takes over)."""
+    lossless mode, of its finest lossy setting (None for the others: lossless takes over).
+    ``tile``: as stored in tiles of this side."""
     target = Target("ratio", 2.0)  # any ratio: the store's metadata is the same
-    plan = plan_volume(volume, codec_name or "jpeg2k", None, source, target)
+    plan = plan_volume(volume, codec_name or "jpeg2k", None, source, target, tile=tile)
     codec, layout, mapping = plan.codec, plan.layout, plan.mapping
     count_bytes = _measurer(plan, target, _base_attributes(volume, plan, target, source)).total
     coarsest = Setting("max_error", codec.quality_range[1]) if codec.discrete \
         else Setting("quality", codec.quality_range[0])
     with slice_encoder(codec, (layout.slices, layout.rows, layout.columns),
-                       mapping.code_dtype, workers or default_workers()) as encoder:
+                       mapping.code_dtype, workers or default_workers(),
+                       layout.tile) as encoder:
         _fill(encoder, volume, mapping, source)
         highest = plan.raw / count_bytes(encoder.encode_all(coarsest))
         if "lossless" in codec.modes:
@@ -865,8 +869,8 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
                            workers: int | None = None, layered: bool = True,
                            on_store: OnStore | None = None,
                            keep: Collection[float] | None = None,
-                           show_progress: bool = False,
-                           source: str = "<volume>") -> dict[float, dict[str, Any]]:
+                           show_progress: bool = False, source: str = "<volume>",
+                           tile: int | None = None) -> dict[float, dict[str, Any]]:
     """Compress ``volume`` at several ratios (1 = lossless) into one store each, reading and
     encoding it as few times as possible; returns each store's attributes by ratio.
 
@@ -879,14 +883,17 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
     written, with the volume decoded from exactly the stored codestreams (callers need not
     decode again). ``keep``: the ratios to write (default all); the others are encoded all
     the same, so that each store is the same whichever ratios a rerun has left to do.
+    ``tile``: stores in tiles of this side, each ratio then searched on its own (the layered
+    encode cuts whole slices).
     """
     keep = set(outputs if keep is None else keep)
     ratios = sorted(outputs)
     lossy = [r for r in ratios if r != 1]
-    if get_codec(codec_name or "jpeg2k").block_depth > 1:  # 3D blocks: one ratio at a time
+    if get_codec(codec_name or "jpeg2k").block_depth > 1 or tile is not None:
+        # 3D blocks, tiles: one ratio at a time
         return _compress_each(volume, outputs, keep, codec_name=codec_name,
                               data_range=data_range, workers=workers, on_store=on_store,
-                              source=source)
+                              source=source, tile=tile)
     plan = plan_volume(volume, codec_name, data_range, source,
                        Target("ratio", lossy[0]) if lossy else Target("lossless"))
     written: dict[float, dict[str, Any]] = {}
@@ -895,7 +902,7 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
         # another codec): ratio 1 on its own.
         written.update(_compress_each(volume, {1: outputs[1]}, keep, codec_name=codec_name,
                                       data_range=data_range, workers=workers,
-                                      on_store=on_store, source=source))
+                                      on_store=on_store, source=source, tile=None))
         ratios = lossy
         if not ratios:
             return written
@@ -974,7 +981,8 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
 
 def _compress_each(volume: Volume, outputs: dict[float, str | Path], keep: Collection[float],
                    *, codec_name: str | None, data_range: float | None, workers: int | None,
-                   on_store: OnStore | None, source: str) -> dict[float, dict[str, Any]]:
+                   on_store: OnStore | None, source: str, tile: int | None,
+                   ) -> dict[float, dict[str, Any]]:
     """``compress_volume_ratios`` the plain way: each kept ratio compressed on its own."""
     written = {}
     for ratio in sorted(r for r in outputs if r in keep):
@@ -982,7 +990,7 @@ def _compress_each(volume: Volume, outputs: dict[float, str | Path], keep: Colle
         written[ratio] = compress_volume(volume, outputs[ratio], target,
                                          codec_name=None if ratio == 1 else codec_name,
                                          data_range=data_range, workers=workers,
-                                         source=source)
+                                         source=source, tile=tile)
         if on_store is not None:
             started = time.perf_counter()
             decoded = read_store(outputs[ratio], workers=workers)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medlossy.codecs import get_codec
 from medlossy.compression import Target, compress_volume
 from medlossy.decompression import decompress_to_file, read_store
 from medlossy.errors import MedlossyError
@@ -95,8 +96,9 @@ def compress(arguments: argparse.Namespace) -> None:
                     f"bytes, PSNR {psnr}, max error {achieved['max_abs_error']:g}"
                     f"{_error_sources(achieved)}")
     if arguments.tile is not None and "tile" not in attributes:
-        _say(arguments, f"note: --tile {arguments.tile} covers whole slices here: stored "
-                        "untiled")
+        why = "covers whole slices here" if get_codec(attributes["codec"]["name"]).tiles \
+            else f"does not apply to {attributes['codec']['standard']} (slices decode whole)"
+        _say(arguments, f"note: --tile {arguments.tile} {why}: stored untiled")
     if attributes["codec"]["name"] != (arguments.codec or "jpeg2k"):
         _say(arguments, f"note: stored with {attributes['codec']['standard']}: JPEG 2000 "
                         "lossless holds 16-bit integers only")
@@ -350,10 +352,6 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
     from medlossy.datasets.sweep_report import write_sweep_report
     from medlossy.tables import markdown_table
 
-    if arguments.tile is not None:
-        raise MedlossyError(None, "--tile is not available for dataset sweeps (their one "
-                                  "encode cuts whole-slice quality layers); write tiled stores "
-                                  "with `medlossy compress --tile N`")
     ratios = _ratios(arguments.ratios)
     out = Path(arguments.out)
     check_sweep_folder(out, Path(arguments.source))  # before anything is prepared in it
@@ -364,7 +362,7 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
         dataset = crop_dataset(dataset, values, arguments.margin, out / "prepared")
     plan = plan_sweep(dataset, out, ratios, base_id=arguments.base_id,
                       skip_bad=arguments.skip_bad, origin=Path(arguments.source),
-                      codec=arguments.codec)
+                      codec=arguments.codec, tile=arguments.tile)
     for problem in plan.bad.values():
         _say(arguments, f"skipped: {problem}")
     run_sweep(plan, workers=arguments.workers, scheduler=arguments.scheduler,

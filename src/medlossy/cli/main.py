@@ -228,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="codec of every lossy ratio (default jpeg2k; see `medlossy "
                             "codecs`); ratio 1 is stored losslessly as without --codec")
     sweep.add_argument("--tile", type=positive_int, default=None, metavar="N",
-                       help="not available here: tiled stores are written one at a time "
-                            "with `medlossy compress --tile N`")
+                       help="store each slice as NxN tiles, one codestream each, for "
+                            "training from the stores (jpeg2k, htj2k; each ratio is then "
+                            "searched on its own, slower than the shared encode)")
     sweep.add_argument("--per-ratio-search", action="store_true",
                        help="search each ratio's rate on its own (the slower way before "
                             "one-encode sweeps) instead of cutting JPEG 2000 quality layers")

@@ -42,6 +42,7 @@ from medlossy.compression import (
     FAR_REACHING,
     RATIO_TOLERANCE,
     Target,
+    check_tile,
     compress_volume,
     compress_volume_ratios,
     ratio_reach,
@@ -84,6 +85,8 @@ class SweepTask:
     part: str
     #: None: JPEG 2000, or lossless Blosc at ratio 1 for data JPEG 2000 cannot hold exactly.
     codec: str | None = None
+    #: Side of the square tiles each slice is stored as (None: whole slices).
+    tile: int | None = None
 
 
 def ratio_tag(ratio: float) -> str:
@@ -104,6 +107,8 @@ def finished_part(task: SweepTask) -> dict | None:
         return None
     if task.codec is not None and row.get("codec") != task.codec:
         return None  # the sweep was rerun with another codec
+    if row.get("tile") != task.tile:
+        return None  # or with other tiles
     if row.get("store_crc32") != _store_checksum(store):
         return None
     decoded = Path(task.decoded)
@@ -124,7 +129,8 @@ def run_task(task: SweepTask) -> dict:
     volume = read_volume(task.image, task.modality, lazy=True)
     target = Target("lossless") if task.ratio == 1 else Target("ratio", task.ratio)
     attributes = compress_volume(volume, task.store, target, codec_name=task.codec,
-                                 data_range=task.data_range, workers=1, source=task.image)
+                                 data_range=task.data_range, workers=1, source=task.image,
+                                 tile=task.tile)
     started = time.perf_counter()
     decoded = read_store(task.store, workers=1)
     decode_seconds = time.perf_counter() - started
@@ -160,7 +166,8 @@ def run_image(tasks: Sequence[SweepTask]) -> list[dict]:
     # store is the one an uninterrupted run writes.
     compress_volume_ratios(volume, {task.ratio: task.store for task in tasks},
                            data_range=first.data_range, workers=1, on_store=finish,
-                           keep={task.ratio for task in todo}, source=first.image)
+                           keep={task.ratio for task in todo}, source=first.image,
+                           tile=first.tile)
     return rows
 
 
@@ -179,7 +186,8 @@ def _finish(task: SweepTask, attributes: dict, decoded: Volume, decode_seconds: 
         "mse": achieved["mse"], "max_abs_error": achieved["max_abs_error"],
         "encode_seconds": round(encode_seconds, 4),
         "decode_seconds": round(decode_seconds, 4),
-        "codec": attributes["codec"]["name"], "store": task.store, "decoded": task.decoded,
+        "codec": attributes["codec"]["name"], "tile": task.tile,
+        "store": task.store, "decoded": task.decoded,
         "store_crc32": _store_checksum(SliceStore(task.store)),
         "decoded_sha256": sha256_file(Path(task.decoded)),
     }
@@ -192,7 +200,7 @@ def image_reach(task: SweepTask) -> tuple[float, float | None] | None:
     the image cannot be compressed at all (its task reports why, or skips the case)."""
     try:
         volume = read_volume(task.image, task.modality, lazy=True)
-        return ratio_reach(volume, task.codec, workers=1, source=task.image)
+        return ratio_reach(volume, task.codec, workers=1, source=task.image, tile=task.tile)
     except MedlossyError:
         return None
 
@@ -278,6 +286,8 @@ class SweepPlan:
     #: lossless choice (JPEG 2000, or Blosc for data it cannot hold exactly), since every
     #: lossless codec holds the same values and not every codec has a lossless mode
     codec: str | None = None
+    #: every store's tile side (None: whole slices); see ``SweepTask.tile``
+    tile: int | None = None
 
     def codec_for(self, ratio: float) -> str | None:
         return None if ratio == 1 else self.codec
@@ -301,7 +311,7 @@ class SweepPlan:
                         decoded=str(folder / f"images{case.split}" /
                                     f"{stem}{self.dataset.file_ending}"),
                         part=str(self.out / "parts" / tag / f"{stem}.json"),
-                        codec=self.codec_for(ratio)))
+                        codec=self.codec_for(ratio), tile=self.tile))
         return tasks
 
 
@@ -388,13 +398,16 @@ def _dataset_ids(out: Path, ratios: Sequence[float], base_id: int | None,
 
 def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
                base_id: int | None = None, skip_bad: bool = False,
-               origin: Path | None = None, codec: str | None = None) -> SweepPlan:
+               origin: Path | None = None, codec: str | None = None,
+               tile: int | None = None) -> SweepPlan:
     """Validate every case, then lay out what to do; bad cases stop here unless skipped.
 
     ``origin``: the source as the user named it, when ``dataset`` was prepared from it
     (cropped, converted from DICOM); ``out`` must be new or this origin's sweep.
     ``base_id``: the first ratio's nnU-Net id; default: derived from the origin, see
-    :func:`_dataset_ids`. ``codec``: every ratio's codec (None: JPEG 2000).
+    :func:`_dataset_ids`. ``codec``: every ratio's codec (None: JPEG 2000). ``tile``:
+    store every slice as square tiles of this side (jpeg2k, htj2k; each ratio is then
+    searched on its own, and ratio 1 of data that needs Blosc is stored whole).
     """
     if not ratios or any(r < 1 for r in ratios):
         raise MedlossyError(None, f"ratios must be >= 1 (1 = lossless), got {list(ratios)}")
@@ -406,6 +419,8 @@ def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
         if "ratio" not in modes and any(r > 1 for r in ratios):
             raise MedlossyError(None, f"codec {codec!r} has no ratio mode; use it for ratio 1 "
                                       "(lossless) only")
+    if tile is not None:
+        check_tile(get_codec(codec or "jpeg2k"), tile)
     if base_id is not None and (base_id < 1 or base_id + len(ratios) - 1 > 999):
         raise MedlossyError(None, f"dataset ids {base_id}..{base_id + len(ratios) - 1} are "
                                   "outside nnU-Net's 1..999")
@@ -432,7 +447,7 @@ def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
     if max(ids.values()) > 999:
         raise MedlossyError(None, f"dataset id {max(ids.values())} is outside nnU-Net's 1..999")
     return SweepPlan(dataset, out, ratios, base_id, tuple(good), bad, ranges, ids, origin,
-                     codec)
+                     codec, tile)
 
 
 @contextmanager
@@ -538,6 +553,8 @@ def _write_sweep_json(plan: SweepPlan, bad: dict[str, str],
     write_json(plan.out / "sweep.json", {
         "source": str(plan.dataset.root), "input": str(plan.origin or plan.dataset.root),
         "ratios": list(plan.ratios),
+        "codec": plan.codec or "jpeg2k",
+        "tile": plan.tile,
         "base_id": plan.base_id,
         "datasets": {ratio_tag(r): plan.dataset_folder(r).name for r in plan.ratios},
         "psnr_ranges": {str(c): r for c, r in plan.ranges.items()},

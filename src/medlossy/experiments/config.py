@@ -15,6 +15,7 @@ Example (every key optional except ``datasets``)::
     safe_ratio_over = "classes"                   # smallest over classes; or "mean"
     reader_results = "rs/report/answers.csv"      # optional, from medlossy reader analyze
     codec = "jpeg2k"                              # or a list to compare: ["jpeg2k", "htj2k"]
+    tile = 256                                    # optional: stores in tiles (jpeg2k, htj2k)
 
     [[datasets]]
     path = "nnUNet_raw/Dataset011_AMOS"
@@ -38,15 +39,18 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medlossy.backends import TrainingBackend, TrainRequest, get_backend
 from medlossy.errors import MedlossyError
 
+if TYPE_CHECKING:
+    from medlossy.codecs.base import SliceCodec
+
 EXPERIMENTS = ("quality", "train", "cross", "pretrained", "budget", "reader")
 _TOP_KEYS = {"experiments", "ratios", "train_ratios", "folds", "train_folds", "seed", "seeds",
              "budget_fractions", "margin", "min_test_cases", "safe_ratio_over", "datasets",
-             "training", "pretrained", "reader_results", "base_id", "codec"}
+             "training", "pretrained", "reader_results", "base_id", "codec", "tile"}
 #: [training] keys of the study; every other key is an option of the chosen backend.
 _STUDY_TRAINING_KEYS = ("backend", "epochs", "iterations_per_epoch")
 _DATASET_KEYS = {"path", "train", "synthetic", "cases", "voxels_per_case", "crop_to_label",
@@ -83,6 +87,8 @@ class StudyConfig:
     safe_ratio_over: str = "classes"  # or "mean": the per-case mean alone
     #: One codec, or several to compare (each gets its own sweep, models and report rows).
     codec: str | tuple[str, ...] = "jpeg2k"
+    #: Stores in square tiles of this side (None: whole slices), for training from stores.
+    tile: int | None = None
     base_id: int = 800
     training: dict[str, Any] = field(default_factory=dict)
     pretrained: dict[str, str] = field(default_factory=dict)
@@ -145,6 +151,19 @@ def _check_codecs(config: StudyConfig, source: str) -> None:
         if "ratio" not in codec.modes and any(r > 1 for r in config.ratios
                                               + config.train_ratios):
             raise _fail(source, f"codec {name!r} has no ratio mode (see `medlossy codecs`)")
+        if config.tile is not None:
+            _check_tile(codec, config.tile, source)
+
+
+def _check_tile(codec: SliceCodec, tile: object, source: str) -> None:
+    from medlossy.compression import check_tile
+
+    if isinstance(tile, bool) or not isinstance(tile, int):
+        raise _fail(source, f"tile must be a whole number of pixels, got {tile!r}")
+    try:
+        check_tile(codec, tile)
+    except MedlossyError as error:
+        raise _fail(source, error.problem.replace("--tile", "tile")) from None
 
 
 def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> StudyConfig:

@@ -215,7 +215,8 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
             base_id = config.base_id + 10 * (index * len(config.codecs) + position)
             compress = partial(run_quality, dataset, folder, base_id=base_id, workers=workers,
                                scheduler=scheduler, show_progress=show_progress,
-                               codec=None if codec == "jpeg2k" else codec, name=name)
+                               codec=None if codec == "jpeg2k" else codec, name=name,
+                               tile=config.tile)
             table = compress(ratios)
             unreached += _out_of_reach_notes(folder)
             quality_tables.append(table[table["ratio_target"].isin(config.ratios)])
