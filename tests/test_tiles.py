@@ -292,3 +292,21 @@ def test_a_tile_as_large_as_the_slice_writes_an_untiled_store_and_says_so(ct_sla
     store = SliceStore(tmp_path / "s.zarr")
     assert "tile" not in store.attributes and not store.grid.tiled
     assert (tmp_path / "s.zarr" / "0" / "2.0.0").exists()
+
+
+def test_lossless_tiles_of_data_only_blosc_holds_are_stored_whole_and_said_so(ct_slab, tmp_path,
+                                                                             cli):
+    # Fractional floats go to Blosc for --lossless; its slices decode whole and fast, so
+    # --tile stores them untiled with a note (an explicit --codec blosc --tile is refused).
+    values = ct_slab[0].astype(np.float32) * np.float32(0.37)
+    source = tmp_path / "float.nii.gz"
+    nib.save(nib.Nifti1Image(values, ct_slab[1]), source)
+    code, _, err = cli("compress", source, tmp_path / "s.zarr", "--lossless", "--tile", "64",
+                       "--workers", "1", "--quiet")
+    assert code == 0, err
+    store = SliceStore(tmp_path / "s.zarr")
+    assert store.attributes["codec"]["name"] == "blosc" and "tile" not in store.attributes
+    np.testing.assert_array_equal(read_store(tmp_path / "s.zarr", workers=1).array, values)
+    code, _, err = cli("compress", source, tmp_path / "t.zarr", "--lossless", "--tile", "64",
+                       "--workers", "1")
+    assert "note: --tile 64 does not apply to blosc" in err

@@ -97,7 +97,7 @@ def compress(arguments: argparse.Namespace) -> None:
                     f"{_error_sources(achieved)}")
     if arguments.tile is not None and "tile" not in attributes:
         why = "covers whole slices here" if get_codec(attributes["codec"]["name"]).tiles \
-            else f"does not apply to {attributes['codec']['standard']} (slices decode whole)"
+            else f"does not apply to {attributes['codec']['name']} (whole slices, quick to decode)"
         _say(arguments, f"note: --tile {arguments.tile} {why}: stored untiled")
     if attributes["codec"]["name"] != (arguments.codec or "jpeg2k"):
         _say(arguments, f"note: stored with {attributes['codec']['standard']}: JPEG 2000 "
