@@ -282,6 +282,34 @@ def test_plain_folder_image_without_label_goes_to_imagests(tmp_path: Path, seria
     assert code == 0, stderr
 
 
+@pytest.mark.parametrize(("image", "label", "problem"), [
+    # Found by a new user: each of these was silently left out (an image, or every label, so
+    # that labelled cases became test cases), the sweep exiting 0.
+    ("a.nii", None, "images/a.nii"),                     # .nii among .nii.gz images
+    ("a.nii.gz", "a.nii", "labels/a.nii"),               # .nii label of a .nii.gz image
+    ("a.nii.gz", "orphan.nii.gz", "labels/orphan.nii.gz"),  # a label without its image
+    ("a.nii.gz", "A.nii.gz", "labels/A.nii.gz"),         # names differing in case
+])
+def test_plain_folder_refuses_files_it_would_leave_out(tmp_path: Path, serial, cli,
+                                                       image: str, label: str | None,
+                                                       problem: str) -> None:
+    root = tmp_path / "scans"
+    affine = np.diag([1.2, 1.2, 2.5, 1.0])
+    volume, labels = synthetic_case(1)
+    save_nifti(root / "images" / "b.nii.gz", volume, affine)
+    save_nifti(root / "labels" / "b.nii.gz", labels, affine)
+    save_nifti(root / "images" / image, volume, affine)
+    if label is not None:
+        save_nifti(root / "labels" / label, labels, affine)
+    out = tmp_path / "sweep"
+    code, _, stderr = cli("dataset", "compress", root, "--ratios", "1", "--out", out,
+                          "--quiet")
+    assert code == EXIT_BAD_INPUT
+    assert stderr.startswith("medlossy: error: ") and stderr.count("\n") == 1, stderr
+    assert problem in stderr
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # --crop-to-label
 # ---------------------------------------------------------------------------------------------

@@ -105,6 +105,31 @@ class RawDataset:
         return list(cases.values())
 
 
+def _nifti_names(folder: Path) -> list[str]:
+    """The NIfTI files in ``folder`` (none if it is missing)."""
+    if not folder.is_dir():
+        return []
+    return sorted(f.name for f in folder.iterdir() if f.name.endswith((".nii", ".nii.gz")))
+
+
+def _check_plain_pairs(root: Path, ending: str) -> None:
+    """Refuse what a plain folder's sweep would silently leave out: a file with the other
+    NIfTI ending, or a label whose image is missing (names must match exactly)."""
+    images = _nifti_names(root / "images")
+    for folder, names in (("images", images), ("labels", _nifti_names(root / "labels"))):
+        for name in names:
+            if not name.endswith(ending):
+                raise MedlossyError(root / folder / name, f"does not end in {ending} like the "
+                                                          "other images: give every image and "
+                                                          "label one ending (gzip or gunzip)")
+            if folder == "labels" and name not in images:
+                twin = [i for i in images if i.lower() == name.lower()]
+                hint = f" (images/{twin[0]} differs in case)" if twin else ""
+                raise MedlossyError(root / folder / name, f"matches no image{hint}: a label "
+                                                          "is named exactly like its image in "
+                                                          "images/")
+
+
 def open_raw_dataset(root: str | Path, *, modality: str = "CT") -> RawDataset:
     """Open an nnU-Net raw dataset, or a plain ``images/`` + ``labels/`` folder.
 
@@ -116,6 +141,7 @@ def open_raw_dataset(root: str | Path, *, modality: str = "CT") -> RawDataset:
         files = sorted((root / "images").iterdir())
         ending = ".nii.gz" if any(f.name.endswith(".nii.gz") for f in files) else ".nii"
         metadata = {"channel_names": {"0": modality}, "file_ending": ending, "labels": {}}
+        _check_plain_pairs(root, ending)
         return RawDataset(root, metadata, plain=True)
     if not description.exists():
         raise MedlossyError(root, "not a dataset: no dataset.json (nnU-Net raw) and no "
