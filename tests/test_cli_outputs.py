@@ -131,6 +131,20 @@ def test_force_never_replaces_the_input(cli, small_file, tmp_path):
     assert sorted(os.listdir(folder)) == before
 
 
+@pytest.mark.parametrize("inside", ["out.nii.gz", "0/out.nrrd"])
+def test_decompress_never_writes_inside_its_store(cli, small_file, tmp_path, inside):
+    # Found by a new user: `decompress a.zarr a.zarr/0/out.nii.gz` exited 0, leaving a file
+    # in the store that a later `compress --force` then refused as a user's.
+    store = tmp_path / "ct.zarr"
+    assert cli("compress", small_file, store, "--ratio", "3", "--workers", "1",
+               "--quiet")[0] == 0
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    code, _, err = cli("decompress", store, store / inside, "--quiet")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(store / inside), "inside the input")
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+
+
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
 def test_decompress_force_replaces_its_own_output_but_never_a_users_scan(
         cli, small_store, small_file, tmp_path, suffix):

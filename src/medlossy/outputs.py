@@ -139,12 +139,14 @@ def check_replaceable(path: str | os.PathLike[str], force: bool,
 
 def check_not_input(output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]],
                     ) -> None:
-    """Refuse an output that is, or holds, one of the inputs."""
+    """Refuse an output that is, holds, or lies inside one of the inputs."""
     final = Path(output).absolute().resolve()
     for source in inputs:
         resolved = Path(source).absolute().resolve()
         if resolved == final or final in resolved.parents:
             raise MedlossyError(output, f"would replace the input {source}")
+        if resolved in final.parents:
+            raise MedlossyError(output, f"lies inside the input {source}: write it elsewhere")
 
 
 def check_own_folder(path: str | os.PathLike[str], layout: Iterable[str], what: str,

@@ -40,8 +40,7 @@ def _refuse_existing(output: str, force: bool, source: str, *, folder: bool = Tr
     else:
         check_replaceable(output, force, is_decompressed_volume,
                           "a volume file written by medlossy decompress")
-    if Path(output).exists():
-        check_not_input(output, [source])
+    check_not_input(output, [source])
 
 
 def _target(arguments: argparse.Namespace) -> Target:
