@@ -182,3 +182,16 @@ def test_padded_pixel_data_reads_without_pydicoms_warning(tmp_path):
     reference = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
     assert volume.array.shape[:2] == reference.shape[::-1]
     np.testing.assert_array_equal(np.squeeze(volume.array).T, reference)
+
+
+def test_a_file_with_the_other_vr_encoding_reads_without_pydicoms_warning():
+    # Found by a new user: a file whose transfer syntax says explicit VR but holds implicit VR
+    # (pydicom reads it right) printed pydicom's two-line UserWarning above the one-line error.
+    import warnings
+
+    source = Path(get_testdata_file("SC_rgb_jpeg.dcm"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(MedlossyError, match="ImageOrientationPatient"):
+            read_volume(source)
+    assert [str(w.message) for w in caught] == []

@@ -75,9 +75,19 @@ def _kind(ds: pydicom.Dataset) -> str:
     return pydicom.uid.UID(str(sop_class)).name if sop_class else "no modality"
 
 
+def _dcmread(file: Path, **options: object) -> pydicom.Dataset:
+    """pydicom.dcmread without its warning that a file holds the other VR encoding than its
+    transfer syntax says: pydicom reads it right, and the two-line warning would bury the
+    one-line summary (or error)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Expected (explicit|implicit) VR",
+                                category=UserWarning)
+        return pydicom.dcmread(file, **options)
+
+
 def _read_header(file: Path) -> pydicom.Dataset | None:
     try:
-        return pydicom.dcmread(file, stop_before_pixels=True)
+        return _dcmread(file, stop_before_pixels=True)
     except InvalidDicomError:
         return None  # not DICOM: folders hold notes and thumbnails
     except Exception as error:  # pydicom's parser raises struct, EOF, value... errors
@@ -307,7 +317,7 @@ def check_spacing(path: Path, frames: list[_Frame], offsets: np.ndarray,
 def _decode_file(file: Path, count: int) -> np.ndarray:
     """Stored pixel values of every frame of ``file``: (frames, rows, columns)."""
     try:
-        ds = pydicom.dcmread(file)
+        ds = _dcmread(file)
     except Exception as error:  # the header read before: the file changed or is truncated
         raise MedlossyError(file, f"cannot read DICOM file ({error})") from None
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
