@@ -192,6 +192,25 @@ def test_force_never_deletes_a_users_file_inside_a_store(cli, small_file, tmp_pa
     assert leftovers(tmp_path) == []
 
 
+def test_force_names_a_users_file_inside_a_dicom_output(cli, small_file, tmp_path):
+    # Found by a new user: a store names the file --force would delete, but a DICOM series
+    # folder medlossy wrote, holding one file of the user's, was refused as "a folder that
+    # medlossy did not write", leaving them to guess which file was the problem.
+    folder = tmp_path / "series"
+    assert cli("compress", small_file, folder, "--ratio", "3", "--format", "dicom",
+               "--workers", "1", "--quiet")[0] == 0
+    (folder / "notes.txt").write_text("my notes")
+    before = sorted(os.listdir(folder))
+    code, _, err = cli("compress", small_file, folder, "--ratio", "4", "--format", "dicom",
+                       "--force", "--workers", "1", "--quiet")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(folder), "'notes.txt'", "--force would delete it")
+    assert sorted(os.listdir(folder)) == before
+    (folder / "notes.txt").unlink()
+    assert cli("compress", small_file, folder, "--ratio", "4", "--format", "dicom",
+               "--force", "--workers", "1", "--quiet")[0] == 0
+
+
 def test_force_replaces_an_empty_folder_and_a_multiframe_dicom_medlossy_wrote(
         cli, small_file, tmp_path):
     empty = tmp_path / "empty.zarr"

@@ -53,30 +53,41 @@ def foreign_store_files(path: Path) -> list[str]:
     return sorted(foreign)
 
 
+def _medlossy_dicom(entry: Path) -> bool:
+    """A file named like medlossy's DICOM output (``IM00001.dcm``, ``MF00001.dcm``) whose
+    derivation or comments say medlossy wrote it."""
+    import pydicom
+
+    if not _DICOM_NAME.fullmatch(entry.name) or not entry.is_file():
+        return False
+    try:
+        ds = pydicom.dcmread(entry, stop_before_pixels=True,
+                             specific_tags=["DerivationDescription", "ImageComments"])
+    except Exception:  # pydicom raises many types for files that are no DICOM
+        return False
+    # Single-frame slices carry the derivation; a multi-frame object's top level has it in
+    # its comments (its derivation lives in functional groups).
+    return any("by medlossy" in str(ds.get(keyword, ""))
+               for keyword in ("DerivationDescription", "ImageComments"))
+
+
+def _dicom_output_entries(path: Path) -> tuple[int, list[str]]:
+    """How many of medlossy's DICOM files ``path`` holds, and its other entries (folders
+    with a trailing slash)."""
+    try:
+        entries = sorted(path.iterdir())
+    except OSError:
+        return 0, []
+    others = [f"{e.name}/" if e.is_dir() else e.name
+              for e in entries if not _medlossy_dicom(e)]
+    return len(entries) - len(others), others
+
+
 def is_dicom_output(path: Path) -> bool:
     """A folder of ``IM00001.dcm``... (or ``MF00001.dcm``) that medlossy wrote (their
     derivation or comments say so)."""
-    import pydicom
-
-    try:
-        entries = list(path.iterdir())
-    except OSError:
-        return False
-    if not entries or any(not _DICOM_NAME.fullmatch(e.name) or not e.is_file()
-                          for e in entries):
-        return False
-    for entry in entries:
-        try:
-            ds = pydicom.dcmread(entry, stop_before_pixels=True,
-                                 specific_tags=["DerivationDescription", "ImageComments"])
-        except Exception:  # pydicom raises many types for files that are no DICOM
-            return False
-        # Single-frame slices carry the derivation; a multi-frame object's top level has it
-        # in its comments (its derivation lives in functional groups).
-        if not any("by medlossy" in str(ds.get(keyword, ""))
-                   for keyword in ("DerivationDescription", "ImageComments")):
-            return False
-    return True
+    ours, others = _dicom_output_entries(path)
+    return ours > 0 and not others
 
 
 def is_decompressed_volume(path: Path) -> bool:
@@ -101,12 +112,16 @@ def is_decompressed_volume(path: Path) -> bool:
     return False
 
 
+def _and_more(names: list[str]) -> str:
+    return f" and {len(names) - 1} more" if len(names) > 1 else ""
+
+
 def medlossy_output(path: Path) -> bool:
     """A store or DICOM series folder written by medlossy (what compress may replace), or an
     empty folder (nothing to lose).
 
-    A store that also holds other files is refused here, naming one: replacing it whole
-    would delete them."""
+    A store or DICOM series folder that also holds other files is refused here, naming one:
+    replacing it whole would delete them."""
     if not path.is_dir() or path.is_symlink():
         return False
     if not any(path.iterdir()):
@@ -114,12 +129,16 @@ def medlossy_output(path: Path) -> bool:
     if is_store(path):
         foreign = foreign_store_files(path)
         if foreign:
-            others = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
             raise MedlossyError(path, f"is a medlossy store that also holds {foreign[0]!r}"
-                                      f"{others}, which medlossy did not write: --force "
-                                      "would delete it; move it out first")
+                                      f"{_and_more(foreign)}, which medlossy did not write: "
+                                      "--force would delete it; move it out first")
         return True
-    return is_dicom_output(path)
+    ours, others = _dicom_output_entries(path)
+    if ours and others:
+        raise MedlossyError(path, f"is a medlossy DICOM series folder that also holds "
+                                  f"{others[0]!r}{_and_more(others)}, which medlossy did not "
+                                  "write: --force would delete it; move it out first")
+    return ours > 0 and not others
 
 
 def check_replaceable(path: str | os.PathLike[str], force: bool,
