@@ -190,3 +190,18 @@ def test_scaled_float32_file_keeps_its_floats_and_its_scaling(cli, ct_b_crop_ima
     assert (back.dataobj.slope, back.dataobj.inter) == (source.dataobj.slope, -12.5)
     np.testing.assert_array_equal(back.dataobj.get_unscaled(), raw)
     np.testing.assert_array_equal(np.asarray(back.dataobj), np.asarray(source.dataobj))
+
+
+def test_a_scaled_file_whose_stored_integers_span_17_bits_is_refused_saying_so(cli, tmp_path):
+    # Found by a new user: int32 stored integers -40000..39999 under scl_slope 0.5 were
+    # refused as "values are fractional (float64)", hiding that the integers need 17 bits.
+    stored = np.random.default_rng(7).integers(-40000, 40000, (40, 36, 4)).astype(np.int32)
+    image = nib.Nifti1Image(stored, np.diag([1.0, 1.0, 2.0, 1.0]))
+    image.header["scl_slope"], image.header["scl_inter"] = 0.5, 1.0
+    source = tmp_path / "wide_scaled.nii.gz"
+    nib.save(image, source)
+    store = tmp_path / "s.zarr"
+    code, _, err = _compress(cli, source, store, "--codec", "jpeg2k")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "stored integers" in err and "17 bits" in err and "--codec blosc" in err
+    assert not store.exists()

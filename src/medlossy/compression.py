@@ -617,6 +617,10 @@ class Encoding:
 
 def _not_16_bit(scan: _Scan) -> str:
     """Why JPEG 2000 lossless cannot hold a volume's values exactly."""
+    stored = scan.stored
+    if stored is not None and stored.exact and stored.low <= stored.high:
+        return (f"the file's stored integers (under scl_slope {stored.slope:g}, scl_inter "
+                f"{stored.inter:g}) need {bits_needed(stored.low, stored.high)} bits")
     if np.issubdtype(scan.dtype, np.integer) or scan.all_integral:
         return f"values need {bits_needed(scan.low, scan.high)} bits"
     return f"values are fractional ({scan.dtype.name})"
