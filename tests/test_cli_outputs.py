@@ -170,6 +170,32 @@ def test_decompress_force_replaces_its_own_output_but_never_a_users_scan(
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_decompress_force_never_replaces_a_file_saved_with_its_header(cli, small_store,
+                                                                       tmp_path, suffix):
+    # Found by a new user: a mask saved with the decoded image's header (nibabel copies its
+    # extensions, pynrrd its fields) inherited the "written by medlossy decompress" note, and
+    # --force overwrote the user's segmentation.
+    import nrrd
+
+    decoded = tmp_path / f"decoded{suffix}"
+    assert cli("decompress", small_store, decoded, "--workers", "1")[0] == 0
+    mask = tmp_path / f"my_seg{suffix}"
+    if suffix == ".nrrd":
+        values, header = nrrd.read(str(decoded), index_order="F")
+        nrrd.write(str(mask), (values > 0).astype(np.uint8), header, index_order="F")
+    else:
+        image = nib.load(decoded)
+        nib.save(nib.Nifti1Image((image.get_fdata() > 0).astype(np.uint8), image.affine,
+                                 image.header), mask)
+    before = mask.read_bytes()
+    code, _, err = cli("decompress", small_store, mask, "--force", "--workers", "1")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(mask), "medlossy did not write")
+    assert mask.read_bytes() == before
+    assert leftovers(tmp_path) == []
+
+
 def test_force_never_deletes_a_users_file_inside_a_store(cli, small_file, tmp_path):
     # Found by a new user: --force replaced a store whole, deleting their notes in it.
     store = tmp_path / "ct.zarr"

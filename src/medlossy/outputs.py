@@ -18,6 +18,9 @@ import re
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
+import numpy as np
+
+from medlossy.checksums import voxels_match_note
 from medlossy.errors import MedlossyError
 from medlossy.store.ngff import LEVEL0
 
@@ -91,23 +94,31 @@ def is_dicom_output(path: Path) -> bool:
 
 
 def is_decompressed_volume(path: Path) -> bool:
-    """A NIfTI or NRRD file that ``medlossy decompress`` wrote (its header note says so)."""
+    """A NIfTI or NRRD file that ``medlossy decompress`` wrote and nobody changed since: its
+    header note says so, and the voxels are still those the note's digest was taken of (a
+    mask saved with the decoded image's header inherits the note, not the voxels)."""
     if not path.is_file() or path.is_symlink():
         return False
     name = path.name.lower()
     try:
         if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
             from medlossy.io.nifti import notes
 
-            return any(note.startswith(DECOMPRESSED_NOTE) for note in notes(path))
+            ours = [note for note in notes(path) if note.startswith(DECOMPRESSED_NOTE)]
+            return bool(ours) and voxels_match_note(
+                ours[-1], np.asanyarray(nib.load(path).dataobj.get_unscaled()))
         if name.endswith(".nrrd"):
             import nrrd
 
             from medlossy.io.nrrd_format import NOTE_FIELD
 
             note = nrrd.read_header(str(path)).get(NOTE_FIELD, "")
-            return isinstance(note, str) and note.startswith(DECOMPRESSED_NOTE)
-    except Exception:  # nibabel and pynrrd raise many types for damaged headers
+            if not (isinstance(note, str) and note.startswith(DECOMPRESSED_NOTE)):
+                return False
+            return voxels_match_note(note, nrrd.read(str(path), index_order="F")[0])
+    except Exception:  # nibabel and pynrrd raise many types for damaged files
         return False
     return False
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medlossy.checksums import with_voxel_digest
 from medlossy.errors import MedlossyError
 from medlossy.volume import Volume
 
@@ -116,7 +117,8 @@ def saved_header(saved: dict) -> nib.Nifti1Header | None:
 def write_nifti(volume: Volume, path: Path, *, note: str | None = None) -> None:
     """Write ``volume``; a header kept from a NIfTI source restores dtype, codes, units and
     scaling (a scaled integer source gets its integers and scl_slope / scl_inter back).
-    ``note`` is written as a NIfTI comment extension (what wrote the file)."""
+    ``note`` is written as a NIfTI comment extension (what wrote the file), ending in the
+    digest of the voxels written (``checksums.with_voxel_digest``)."""
     saved = volume.header
     try:
         header = saved_header(saved)
@@ -146,7 +148,9 @@ def write_nifti(volume: Volume, path: Path, *, note: str | None = None) -> None:
         image.set_sform(volume.affine, code=1)
         image.header.set_xyzt_units("mm")
     if note is not None:
-        image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", note.encode()))
+        written = np.asarray(image.dataobj, dtype=image.get_data_dtype())
+        image.header.extensions.append(nib.nifti1.Nifti1Extension(
+            "comment", with_voxel_digest(note, written).encode()))
     nib.save(image, path)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import nrrd
 import numpy as np
 
+from medlossy.checksums import with_voxel_digest
 from medlossy.errors import MedlossyError
 from medlossy.volume import Volume
 
@@ -43,7 +44,7 @@ def read_nrrd(path: Path, modality: str = "OTHER") -> Volume:
 
 def write_nrrd(volume: Volume, path: Path, *, note: str | None = None) -> None:
     """Write ``volume`` as NRRD in LPS space, gzip-encoded; ``note`` goes in the key/value
-    field ``medlossy`` (what wrote the file)."""
+    field ``medlossy`` (what wrote the file), ending in the digest of the voxels written."""
     header = {
         "space": "left-posterior-superior",
         "space directions": (_LPS_TO_RAS @ volume.affine[:3, :3]).T,
@@ -51,5 +52,5 @@ def write_nrrd(volume: Volume, path: Path, *, note: str | None = None) -> None:
         "encoding": "gzip",
     }
     if note is not None:
-        header[NOTE_FIELD] = note
+        header[NOTE_FIELD] = with_voxel_digest(note, np.asarray(volume.array))
     nrrd.write(str(path), volume.array, header, index_order="F")
