@@ -166,7 +166,64 @@ def test_values_beyond_int16_keep_a_wider_type_and_fractions_become_float(ct_c_d
         ds = pydicom.dcmread(file)
         ds.RescaleSlope = 0.5
         ds.save_as(file)
-    assert read_volume(tmp_path / "series").array.dtype == np.float32
+    # one fractional rescale: exact float64 values, the stored integers' scaling recorded
+    halves = read_volume(tmp_path / "series")
+    assert halves.array.dtype == np.float64
+    assert (halves.header["scl_slope"], halves.header["scl_inter"]) == (0.5, -1024.0)
+    assert np.array_equal(halves.array * 2, np.rint(halves.array * 2))
+    for index, file in enumerate(files):  # a rescale per slice (as PET has): float32
+        ds = pydicom.dcmread(file)
+        ds.RescaleSlope = 0.5 + index / 8
+        ds.save_as(file)
+    mixed = read_volume(tmp_path / "series")
+    assert mixed.array.dtype == np.float32 and "scl_slope" not in mixed.header
+
+
+def _fractional_rescale_series(folder: Path, slope: str = "0.37",
+                               intercept: str = "-1024.3") -> Path:
+    """Six CT slices of random int16 under one fractional RescaleSlope / RescaleIntercept."""
+    import copy
+
+    from pydicom.uid import generate_uid
+
+    folder.mkdir()
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    rng = np.random.default_rng(0)
+    series = generate_uid()
+    for k in range(6):
+        ds = copy.deepcopy(source)
+        ds.PixelData = rng.integers(-2000, 3000, (ds.Rows, ds.Columns)).astype(
+            np.int16).tobytes()
+        ds.PixelRepresentation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 16, 15
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.SeriesInstanceUID, ds.InstanceNumber = series, k + 1
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        position = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [*position[:2], position[2] + 2.5 * k]
+        ds.save_as(folder / f"{k}.dcm")
+    return folder
+
+
+@pytest.mark.parametrize("codec", ["jpeg2k", "jpegls"])
+def test_lossless_of_a_fractional_rescale_series_keeps_its_integers(tmp_path, cli, codec):
+    # Found by a new user: the series was read as float32, so lossless JPEG 2000 / JPEG-LS /
+    # DICOM were refused as "fractional" and Blosc kept float32 values off by up to 5.9e-5
+    # from stored * slope + intercept (the same data as a scaled NIfTI was kept exactly).
+    from medlossy.decompression import read_store
+
+    series = _fractional_rescale_series(tmp_path / "series")
+    truth = [pydicom.dcmread(f) for f in sorted(series.iterdir())]
+    expected = np.stack([d.pixel_array.astype(np.float64) * 0.37 - 1024.3 for d in truth])
+    code, _, err = cli("compress", series, tmp_path / "s.zarr", "--lossless", "--codec", codec,
+                       "--workers", "1", "--quiet")
+    assert code == 0, err
+    back = read_store(tmp_path / "s.zarr", workers=1).array  # (columns, rows, slices)
+    np.testing.assert_array_equal(np.moveaxis(back, 2, 0).transpose(0, 2, 1), expected)
+    assert SliceStore(tmp_path / "s.zarr").attributes["intensity"]["slope"] == 0.37
+    code, _, err = cli("compress", series, tmp_path / "out", "--lossless", "--format", "dicom",
+                       "--workers", "1", "--quiet")
+    assert code == 0, err
+    np.testing.assert_array_equal(read_volume(tmp_path / "out").array, read_volume(series).array)
 
 
 def test_padded_pixel_data_reads_without_pydicoms_warning(tmp_path):
@@ -195,3 +252,24 @@ def test_a_file_with_the_other_vr_encoding_reads_without_pydicoms_warning():
         with pytest.raises(MedlossyError, match="ImageOrientationPatient"):
             read_volume(source)
     assert [str(w.message) for w in caught] == []
+
+
+def test_decompressing_a_rescaled_series_writes_nifti_integers_where_scl_holds_the_rescale(
+        tmp_path, cli):
+    import nibabel as nib
+
+    for slope, intercept, stored in (("0.5", "-1024", np.int16), ("0.37", "-1024.3", None)):
+        case = tmp_path / slope
+        case.mkdir()
+        series = _fractional_rescale_series(case / "series", slope, intercept)
+        for command in (("compress", series, case / "s.zarr", "--lossless"),
+                        ("decompress", case / "s.zarr", case / "back.nii.gz")):
+            code, _, err = cli(*command, "--workers", "1")
+            assert code == 0, err
+        back = nib.load(case / "back.nii.gz")
+        np.testing.assert_array_equal(np.asarray(back.dataobj), read_volume(series).array)
+        if stored is None:  # NIfTI's float32 scl_slope cannot hold 0.37: the values as they are
+            assert back.get_data_dtype() == np.float64 and back.dataobj.slope == 1.0
+        else:  # as dcm2niix writes it: the stored integers under scl_slope / scl_inter
+            assert back.get_data_dtype() == stored
+            assert (back.dataobj.slope, back.dataobj.inter) == (0.5, -1024.0)

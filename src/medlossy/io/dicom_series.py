@@ -364,8 +364,10 @@ def _smallest_dtype(low: float, high: float) -> np.dtype:
     return np.dtype(np.float64)
 
 
-def _values(path: Path, frames: list[_Frame]) -> np.ndarray:
-    """Decode and rescale every frame; (slices, rows, columns) in ``frames`` order."""
+def _values(path: Path, frames: list[_Frame]) -> tuple[np.ndarray, dict]:
+    """Decode and rescale every frame; (slices, rows, columns) in ``frames`` order, and the
+    scaling to record when the values are the stored integers under one fractional rescale
+    (``scl_slope``, ``scl_inter``, ``scl_dtype``, as for a scaled NIfTI), else {}."""
     by_file: dict[Path, list[int]] = defaultdict(list)
     for position, frame in enumerate(frames):
         by_file[frame.file].append(position)
@@ -387,10 +389,18 @@ def _values(path: Path, frames: list[_Frame]) -> np.ndarray:
     integral = all(f.slope.is_integer() and f.intercept.is_integer() for f in frames) and all(
         np.issubdtype(p.dtype, np.integer) for p in planes)
     if not integral:
+        one_rescale = len({(f.slope, f.intercept) for f in frames}) == 1
+        if one_rescale and all(np.issubdtype(p.dtype, np.integer) for p in planes):
+            # float64, exactly integer * slope + intercept: lossless stores keep the stored
+            # integers and the rescale (float32 could not hold these values exactly).
+            slope, intercept = frames[0].slope, frames[0].intercept
+            return (np.stack([p.astype(np.float64) * slope + intercept for p in planes]),
+                    {"scl_slope": slope, "scl_inter": intercept,
+                     "scl_dtype": np.result_type(*planes).str})
         # Computed in float64, then rounded once: in float32 a large intercept cancelling a
         # large product loses digits (6.37 read as 6.370026 under intercept -511.26).
         return np.stack([(p.astype(np.float64) * f.slope + f.intercept).astype(np.float32)
-                         for p, f in zip(planes, frames, strict=True)])
+                         for p, f in zip(planes, frames, strict=True)]), {}
     low = min(float(p.min()) * f.slope + f.intercept if f.slope >= 0
               else float(p.max()) * f.slope + f.intercept for p, f in zip(planes, frames,
                                                                            strict=True))
@@ -400,14 +410,14 @@ def _values(path: Path, frames: list[_Frame]) -> np.ndarray:
     dtype = _smallest_dtype(low, high)
     if dtype.itemsize > 4:  # beyond int32 is no CT/MR value: keep it exact enough as float64
         return np.stack([p.astype(np.float64) * f.slope + f.intercept
-                         for p, f in zip(planes, frames, strict=True)])
+                         for p, f in zip(planes, frames, strict=True)]), {}
     out = np.empty((len(planes), *planes[0].shape), dtype=dtype)
     for k, (plane, frame) in enumerate(zip(planes, frames, strict=True)):
         if frame.slope == 1 and frame.intercept == 0:
             out[k] = plane
         else:
             out[k] = plane.astype(np.int64) * int(frame.slope) + int(frame.intercept)
-    return out
+    return out, {}
 
 
 def read_dicom_series(path: Path, modality: str = "OTHER", *,
@@ -439,7 +449,7 @@ def read_series_with_sources(path: Path, modality: str = "OTHER", *, allow_gaps:
     order = np.argsort(offsets, kind="stable")
     frames, offsets = [frames[k] for k in order], offsets[order]
     irregular = check_spacing(path, frames, offsets, allow_gaps)
-    slices = _values(path, frames)
+    slices, scaling = _values(path, frames)
     # DICOM rows run along the column direction: array axes (column, row, slice) give i, j, k.
     array = np.ascontiguousarray(np.moveaxis(slices, 0, -1).transpose(1, 0, 2))
     first = frames[0]
@@ -464,7 +474,7 @@ def read_series_with_sources(path: Path, modality: str = "OTHER", *, allow_gaps:
     series_modality = _modality(headers[0][1])
     if modality == "OTHER" and series_modality in ("CT", "MR"):
         modality = series_modality
-    header: dict = {"format": "dicom"}
+    header: dict = {"format": "dicom", **scaling}
     if ignored:
         header["ignored"] = ignored
     if irregular:

@@ -89,6 +89,20 @@ def _stored_values(volume: Volume, dtype: np.dtype) -> np.ndarray | None:
         else None
 
 
+def _rescaled_integers(volume: Volume) -> np.ndarray | None:
+    """The stored integers of a source read with a rescale (a DICOM series: ``scl_dtype``),
+    when NIfTI's float32 scl_slope / scl_inter hold that rescale exactly; None otherwise
+    (the values are then written as they are)."""
+    saved = volume.header
+    try:
+        dtype = np.dtype(saved["scl_dtype"])
+        exact = all(float(np.float32(saved[key])) == float(saved[key])
+                    for key in ("scl_slope", "scl_inter"))
+    except (KeyError, TypeError, ValueError):  # absent, or damaged store metadata
+        return None
+    return _stored_values(volume, dtype) if exact and dtype.kind in "iu" else None
+
+
 def saved_header(saved: dict) -> nib.Nifti1Header | None:
     """The NIfTI header kept from a source (None if the source was not NIfTI); ValueError
     when what was kept is damaged."""
@@ -143,7 +157,10 @@ def write_nifti(volume: Volume, path: Path, *, note: str | None = None) -> None:
         else:
             image = image_type(volume.array, None, header=header)
     else:
-        image = nib.Nifti1Image(volume.array, volume.affine)
+        stored = _rescaled_integers(volume)
+        image = nib.Nifti1Image(volume.array if stored is None else stored, volume.affine)
+        if stored is not None:
+            image.header.set_slope_inter(saved["scl_slope"], saved["scl_inter"])
         image.set_qform(volume.affine, code=1)
         image.set_sform(volume.affine, code=1)
         image.header.set_xyzt_units("mm")
