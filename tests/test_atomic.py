@@ -122,3 +122,22 @@ def test_concurrent_replacing_writers_leave_one_whole_output_and_no_leftovers(tm
     assert len(contents) == 1  # one writer's whole output
     assert sorted(p.name for p in final.iterdir()) == ["part0", "part1", "part2"]
     assert leftovers(tmp_path) == []
+
+
+def test_a_replacing_commit_that_fails_puts_the_old_folder_back(tmp_path, monkeypatch):
+    from medlossy import atomic
+
+    final = tmp_path / "store"
+    final.mkdir()
+    (final / "old").write_text("old")
+
+    def no_space(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "replace", no_space)
+    with pytest.raises(OSError, match="No space"), atomic_output(final) as temporary:
+        temporary.mkdir()
+        (temporary / "new").write_text("new")
+    monkeypatch.undo()
+    assert (final / "old").read_text() == "old"
+    assert leftovers(tmp_path) == []

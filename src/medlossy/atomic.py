@@ -51,6 +51,7 @@ def _commit_replacing(temporary: Path, final: Path) -> None:
     replaced in one rename: the old one is moved aside first, and again if another run puts
     its own output there in between (the later run wins, whole)."""
     retired: list[Path] = []
+    committed = False
     try:
         for _ in range(_REPLACE_TRIES):
             if final.is_dir() and not final.is_symlink():
@@ -62,6 +63,7 @@ def _commit_replacing(temporary: Path, final: Path) -> None:
                     pass  # another run moved it aside meanwhile
             try:
                 os.replace(temporary, final)
+                committed = True
                 return
             except OSError as error:
                 if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
@@ -69,6 +71,8 @@ def _commit_replacing(temporary: Path, final: Path) -> None:
         raise MedlossyError(final, "was replaced by other runs over and over while this one "
                                    "wrote it; left as they made it")
     finally:
+        if not committed and retired and not final.exists():
+            retired.pop().rename(final)  # failed: the output it replaced goes back in place
         for aside in retired:
             shutil.rmtree(aside, ignore_errors=True)
 
