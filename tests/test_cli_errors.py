@@ -273,3 +273,10 @@ def test_existing_file_is_not_replaced_by_decompress_without_force(cli, good_sto
         assert code == 0
     assert nib.load(output).shape == (96, 80, 24)
     assert leftovers(tmp_path) == []
+
+
+def test_info_on_a_dicom_series_folder_says_what_it_is(cli, tmp_path, ct_c_dicom):
+    # Found by a new user: "not a medlossy store: 0/.zarray is missing" for a DICOM output.
+    code, _, err = cli("info", ct_c_dicom)
+    assert code == 2
+    _assert_one_line_error(err, str(ct_c_dicom), "is a DICOM series folder, not a medlossy store")

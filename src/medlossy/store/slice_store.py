@@ -252,6 +252,18 @@ def check_metadata(attributes: dict, zarray: Any) -> CodeMapping:
                        _integer(intensity.get("shift", 0), "intensity.shift"))
 
 
+def _holds_dicom(folder: Path) -> bool:
+    """Whether one of the first few files of ``folder`` is a DICOM file ("DICM" preamble)."""
+    for entry in sorted(folder.iterdir())[:8]:
+        try:
+            with entry.open("rb") as file:
+                if file.read(132)[128:] == b"DICM":
+                    return True
+        except OSError:  # a folder, unreadable: not what tells a DICOM folder
+            continue
+    return False
+
+
 class SliceStore:
     """Read access to a store written by medlossy, every chunk checked against its CRC-32."""
 
@@ -267,6 +279,9 @@ class SliceStore:
             attributes = json.loads((self.path / ".zattrs").read_bytes())
         except FileNotFoundError as error:
             missing = Path(error.filename).relative_to(self.path)
+            if _holds_dicom(self.path):
+                raise MedlossyError(self.path, "is a DICOM series folder, not a medlossy store "
+                                               "(this command reads stores)") from None
             raise MedlossyError(self.path, f"not a medlossy store: {missing} is missing"
                                 ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
