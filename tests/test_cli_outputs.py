@@ -196,6 +196,33 @@ def test_decompress_force_never_replaces_a_file_saved_with_its_header(cli, small
     assert leftovers(tmp_path) == []
 
 
+def test_decompress_force_never_replaces_a_file_whose_scaling_was_changed(cli, tmp_path):
+    # Found by a new user: the note's digest covered the stored integers only, so a decoded
+    # scaled NIfTI whose scl_slope was then edited (every value changed) was overwritten.
+    values = np.random.default_rng(0).integers(-1000, 2000, (32, 32, 4)).astype(np.int16)
+    image = nib.Nifti1Image(values, np.diag([0.8, 0.8, 2.5, 1]))
+    image.header.set_slope_inter(0.5, -1024)
+    source = tmp_path / "scaled.nii.gz"
+    nib.save(image, source)
+    store = tmp_path / "scaled.zarr"
+    assert cli("compress", source, store, "--lossless", "--workers", "1", "--quiet")[0] == 0
+    decoded = tmp_path / "decoded.nii"
+    assert cli("decompress", store, decoded, "--workers", "1")[0] == 0
+    assert cli("decompress", store, decoded, "--force", "--workers", "1")[0] == 0
+    edited = nib.load(decoded, mmap=False)
+    header = edited.header.copy()
+    raw = np.array(edited.dataobj.get_unscaled())
+    changed = nib.Nifti1Image(raw, edited.affine, header)
+    changed.header.set_slope_inter(2.0, 0.0)
+    nib.save(changed, decoded)
+    assert nib.load(decoded).dataobj.slope == 2.0
+    before = decoded.read_bytes()
+    code, _, err = cli("decompress", store, decoded, "--force", "--workers", "1")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(decoded), "medlossy did not write")
+    assert decoded.read_bytes() == before
+
+
 def test_force_never_deletes_a_users_file_inside_a_store(cli, small_file, tmp_path):
     # Found by a new user: --force replaced a store whole, deleting their notes in it.
     store = tmp_path / "ct.zarr"

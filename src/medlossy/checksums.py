@@ -26,21 +26,30 @@ def crc32(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def voxel_digest(array: np.ndarray) -> str:
-    """Hex SHA-256 of an array's values (little-endian, C order), its dtype and shape."""
+def voxel_digest(array: np.ndarray, scaling: tuple[float, float] = (1.0, 0.0)) -> str:
+    """Hex SHA-256 of an array's values (little-endian, C order), its dtype and shape, and
+    of the scaling (slope, intercept) that turns them into voxel values, where not 1, 0."""
     little = np.ascontiguousarray(array, dtype=np.dtype(array.dtype).newbyteorder("<"))
-    digest = hashlib.sha256(f"{little.dtype.str} {little.shape}".encode())
+    prefix = f"{little.dtype.str} {little.shape}"
+    slope, intercept = (float(value) for value in scaling)
+    if (slope, intercept) != (1.0, 0.0):
+        prefix += f" scaled {slope!r} {intercept!r}"
+    digest = hashlib.sha256(prefix.encode())
     digest.update(little.reshape(-1).view(np.uint8))
     return digest.hexdigest()
 
 
-def with_voxel_digest(note: str, array: np.ndarray) -> str:
-    """``note`` ending in the digest of the voxels it is written with."""
-    return f"{note}; voxels sha256 {voxel_digest(array)}"
+def with_voxel_digest(note: str, array: np.ndarray,
+                      scaling: tuple[float, float] = (1.0, 0.0)) -> str:
+    """``note`` ending in the digest of the voxels it is written with (stored values and
+    the scaling they are written under)."""
+    return f"{note}; voxels sha256 {voxel_digest(array, scaling)}"
 
 
-def voxels_match_note(note: str, array: np.ndarray) -> bool:
-    """Whether ``array`` still holds the voxels ``note`` was written with (a file saved
-    from another with its header copies the note, not the voxels)."""
+def voxels_match_note(note: str, array: np.ndarray,
+                      scaling: tuple[float, float] = (1.0, 0.0)) -> bool:
+    """Whether ``array`` under ``scaling`` still holds the voxels ``note`` was written with
+    (a file saved from another with its header copies the note, not the voxels; an edited
+    scl_slope changes every voxel but no stored value)."""
     match = _VOXELS.search(note)
-    return match is not None and match.group(1) == voxel_digest(array)
+    return match is not None and match.group(1) == voxel_digest(array, scaling)

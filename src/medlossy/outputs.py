@@ -107,8 +107,9 @@ def is_decompressed_volume(path: Path) -> bool:
             from medlossy.io.nifti import notes
 
             ours = [note for note in notes(path) if note.startswith(DECOMPRESSED_NOTE)]
+            proxy = nib.load(path).dataobj
             return bool(ours) and voxels_match_note(
-                ours[-1], np.asanyarray(nib.load(path).dataobj.get_unscaled()))
+                ours[-1], np.asanyarray(proxy.get_unscaled()), (proxy.slope, proxy.inter))
         if name.endswith(".nrrd"):
             import nrrd
 

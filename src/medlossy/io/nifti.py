@@ -166,8 +166,10 @@ def write_nifti(volume: Volume, path: Path, *, note: str | None = None) -> None:
         image.header.set_xyzt_units("mm")
     if note is not None:
         written = np.asarray(image.dataobj, dtype=image.get_data_dtype())
+        slope, intercept = image.header.get_slope_inter()
+        scaling = (1.0 if slope is None else slope, 0.0 if intercept is None else intercept)
         image.header.extensions.append(nib.nifti1.Nifti1Extension(
-            "comment", with_voxel_digest(note, written).encode()))
+            "comment", with_voxel_digest(note, written, scaling).encode()))
     nib.save(image, path)
 
 
