@@ -216,6 +216,10 @@ def test_a_dataset_sweep_writes_tiled_stores_and_redoes_them_untiled(tmp_path, c
         else:
             np.testing.assert_array_equal(decoded, np.asarray(nib.load(
                 source / "images" / f"{row.case}.nii.gz").dataobj))
+    # Found by a new user: verify read every tiled task as "does not match its checksums"
+    # (it checked the parts against whole-slice stores).
+    code, _, err = cli("dataset", "verify", out)
+    assert code == 0, err
     # a rerun without --tile redoes every store whole-slice
     code, _, err = cli("dataset", "compress", source, "--out", out, "--ratios", "1,5",
                        "--quiet")

@@ -96,9 +96,11 @@ def verify_sweep(out: Path) -> list[str]:
     sweep, manifest = _read(out)
     problems = _mixing(out, sweep, manifest)
     for row in manifest.to_dict("records"):
+        tile = row.get("tile")  # absent before tiles; empty (NaN) for whole-slice stores
         task = SweepTask(case=row["case"], split=row["split"], channel=int(row["channel"]),
                          modality=row["modality"], image="", ratio=float(row["ratio_target"]),
                          data_range=0.0, store=row["store"], decoded=row["decoded"],
+                         tile=None if tile is None or pd.isna(tile) else int(tile),
                          part=str(out / "parts" / f"r{row['ratio_target']:g}" /
                                   f"{row['case']}_{int(row['channel']):04d}.json"))
         if finished_part(task) is None:
