@@ -666,9 +666,9 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
                                         "--lossless, or --codec jpeg2k for a ratio or PSNR")
         mapping = identity_mapping(scan.dtype)
     elif (codec.unsigned_only or unsigned) and mapping.code_dtype != "<u2":
-        mapping = (scan.stored_mapping(unsigned=True) if mapping.slope is not None
-                   else None) or plan_mapping(scan.low, scan.high, scan.dtype,
-                                              scan.all_integral, unsigned=True)
+        stored = scan.stored_mapping(unsigned=True) if mapping.slope is not None else None
+        mapping = stored or plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral,
+                                         unsigned=True)
     if lossless and not codec.any_dtype and not mapping.exact:
         raise MedlossyError(source, f"cannot store losslessly with {codec_name}: "
                                     f"{_not_16_bit(scan)}, and {codec_name} lossless here "
@@ -683,13 +683,13 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
     return Plan(codec, mapping, layout, peak, raw_bytes(volume.shape))
 
 
-def check_tile(codec: SliceCodec, tile: int) -> None:
-    """Refuse a tile size the codec cannot store."""
+def check_tile(codec: SliceCodec, tile: int, option: str = "--tile") -> None:
+    """Refuse a tile size the codec cannot store; ``option`` names the setting in errors."""
     if not codec.tiles:
-        raise MedlossyError(None, f"codec {codec.name!r} cannot store tiles; --tile works "
+        raise MedlossyError(None, f"codec {codec.name!r} cannot store tiles; {option} works "
                                   "with jpeg2k and htj2k")
     if tile < MIN_TILE:
-        raise MedlossyError(None, f"--tile must be at least {MIN_TILE} (JPEG 2000 needs "
+        raise MedlossyError(None, f"{option} must be at least {MIN_TILE} (JPEG 2000 needs "
                                   f"{MIN_TILE}x{MIN_TILE} pixels), got {tile}")
 
 

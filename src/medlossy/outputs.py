@@ -208,6 +208,5 @@ def check_only(path: str | os.PathLike[str], names: Collection[str] | re.Pattern
     foreign = sorted(entry.name for entry in folder.iterdir()
                      if not _TEMPORARY.fullmatch(entry.name) and not ours(entry.name))
     if foreign:
-        others = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
-        raise MedlossyError(path, f"holds {foreign[0]!r}{others}, which medlossy did not "
-                                  f"write: not {what}; choose a new or empty folder")
+        raise MedlossyError(path, f"holds {foreign[0]!r}{_and_more(foreign)}, which medlossy "
+                                  f"did not write: not {what}; choose a new or empty folder")

@@ -161,9 +161,9 @@ def _check_tile(codec: SliceCodec, tile: object, source: str) -> None:
     if isinstance(tile, bool) or not isinstance(tile, int):
         raise _fail(source, f"tile must be a whole number of pixels, got {tile!r}")
     try:
-        check_tile(codec, tile)
+        check_tile(codec, tile, option="tile")
     except MedlossyError as error:
-        raise _fail(source, error.problem.replace("--tile", "tile")) from None
+        raise _fail(source, error.problem) from None
 
 
 def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> StudyConfig:
