@@ -5,6 +5,8 @@ nnU-Net's naming: ``CASE_XXXX<file_ending>`` where XXXX is the channel index; la
 ``labelsTr/CASE<file_ending>``. A plain folder holds ``images/NAME.nii.gz`` and optionally
 ``labels/NAME.nii.gz``: one channel; a case with a label is a training case, one without is
 a test case (nnU-Net's imagesTs), so a sweep never puts an unlabelled image in imagesTr.
+A plain folder's modality is given, or detected over all its cases by the rule every command
+uses (``medlossy.metrics.detect_modality``): nnU-Net plans CT normalisation for "CT" only.
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medlossy.errors import MedlossyError
+from medlossy.io import read_volume
 from medlossy.jsonfile import read_json
+from medlossy.metrics import detect_modality
+
+#: Why a dataset's channel is CT or not, when its dataset.json says so.
+NAMED_CHANNELS = "dataset.json channel_names"
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,8 @@ class RawDataset:
     root: Path
     metadata: dict
     plain: bool = False
+    #: why channel_names say what they say ("given", "auto: ..." for a plain folder)
+    modality_how: str = NAMED_CHANNELS
 
     @property
     def name(self) -> str:
@@ -130,19 +139,65 @@ def _check_plain_pairs(root: Path, ending: str) -> None:
                                                           "images/")
 
 
-def open_raw_dataset(root: str | Path, *, modality: str = "CT") -> RawDataset:
+def _value_span(path: Path) -> tuple[float, float] | None:
+    """(min, max) of an image's values, or None when it cannot be read (the sweep's checks
+    then report its case)."""
+    low, high = float("inf"), float("-inf")
+    try:
+        for _, slab in read_volume(path, lazy=True).slabs(64):
+            low, high = min(low, float(slab.min())), max(high, float(slab.max()))
+    except Exception:  # any damage: its case is reported when the sweep validates it
+        return None
+    return (low, high) if low <= high else None
+
+
+def agreed_modality(found: dict[str, tuple[str, str]], where: Path | str) -> tuple[str, str]:
+    """The one modality of a dataset from each case's (modality, why), or a one-line refusal
+    asking for --modality when cases disagree."""
+    kinds = sorted({modality for modality, _ in found.values()})
+    if len(kinds) > 1:
+        groups = "; ".join(
+            f"{kind} ({found_how}): " + ", ".join(sorted(
+                case for case, (modality, how) in found.items()
+                if modality == kind and how == found_how)[:5])
+            for kind, found_how in sorted(set(found.values())))
+        raise MedlossyError(where, f"cases disagree on the modality ({groups}); pass "
+                                   f"--modality {' or '.join(kinds)}")
+    modality, how = next(iter(found.values()))
+    return modality, f"{how}, all {len(found)} case(s)" if how != "given" else how
+
+
+def _plain_modality(root: Path, images: list[Path]) -> tuple[str, str]:
+    """A plain folder's modality by the one rule, over every image that can be read."""
+    found = {}
+    for path in images:
+        span = _value_span(path)
+        if span is not None:
+            found[path.name] = detect_modality("auto", *span, not_ct="MR")
+    if not found:
+        return "MR", "no image readable to detect it"  # the sweep reports every case bad
+    return agreed_modality(found, root)
+
+
+def open_raw_dataset(root: str | Path, *, modality: str = "auto") -> RawDataset:
     """Open an nnU-Net raw dataset, or a plain ``images/`` + ``labels/`` folder.
 
-    ``modality`` applies to plain folders only (nnU-Net datasets name their channels).
+    ``modality`` applies to plain folders only (nnU-Net datasets name their channels):
+    "CT", "MR", or "auto" (default): CT when every readable image's values are Hounsfield
+    units, MR when none is; cases that disagree are refused.
     """
     root = Path(root)
     description = root / "dataset.json"
     if not description.exists() and (root / "images").is_dir():
         files = sorted((root / "images").iterdir())
         ending = ".nii.gz" if any(f.name.endswith(".nii.gz") for f in files) else ".nii"
-        metadata = {"channel_names": {"0": modality}, "file_ending": ending, "labels": {}}
         _check_plain_pairs(root, ending)
-        return RawDataset(root, metadata, plain=True)
+        how = "given"
+        if modality == "auto":
+            modality, how = _plain_modality(root, [f for f in files
+                                                   if f.name.endswith(ending)])
+        metadata = {"channel_names": {"0": modality}, "file_ending": ending, "labels": {}}
+        return RawDataset(root, metadata, plain=True, modality_how=how)
     if not description.exists():
         raise MedlossyError(root, "not a dataset: no dataset.json (nnU-Net raw) and no "
                                   "images/ folder")
