@@ -296,9 +296,15 @@ def _plain_folder(root: Path, cases: dict[str, np.ndarray], labels: np.ndarray) 
     return root
 
 
-def test_plain_folder_of_mr_is_named_mr(tmp_path: Path, serial, cli) -> None:
+def test_plain_folder_of_mr_is_named_mr(tmp_path: Path, serial, cli, monkeypatch) -> None:
     # Found by a new user: a plain folder of MR became channel_names {"0": "CT"} with
     # r = 4096, without a word, and nnU-Net then planned CT normalisation.
+    from medlossy.datasets import sweep
+
+    def read_again(path: Path) -> None:
+        raise AssertionError(f"{path} read again for its range")
+
+    monkeypatch.setattr(sweep, "value_span", read_again)  # detection's spans serve the range
     (one, labels), (two, _) = _mr_like(1), _mr_like(2)
     root = _plain_folder(tmp_path / "mr", {"m_one": one, "m_two": two}, labels)
     out = tmp_path / "sweep"

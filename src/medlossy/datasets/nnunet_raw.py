@@ -51,6 +51,8 @@ class RawDataset:
     plain: bool = False
     #: why channel_names say what they say ("given", "auto: ..." for a plain folder)
     modality_how: str = NAMED_CHANNELS
+    #: (min, max) of each image read to detect the modality, by absolute path: not read again
+    value_spans: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -139,16 +141,12 @@ def _check_plain_pairs(root: Path, ending: str) -> None:
                                                           "images/")
 
 
-def _value_span(path: Path) -> tuple[float, float] | None:
-    """(min, max) of an image's values, or None when it cannot be read (the sweep's checks
-    then report its case)."""
+def value_span(path: Path) -> tuple[float, float]:
+    """(min, max) of an image's values, read slab by slab."""
     low, high = float("inf"), float("-inf")
-    try:
-        for _, slab in read_volume(path, lazy=True).slabs(64):
-            low, high = min(low, float(slab.min())), max(high, float(slab.max()))
-    except Exception:  # any damage: its case is reported when the sweep validates it
-        return None
-    return (low, high) if low <= high else None
+    for _, slab in read_volume(path, lazy=True).slabs(64):
+        low, high = min(low, float(slab.min())), max(high, float(slab.max()))
+    return low, high
 
 
 def agreed_modality(found: dict[str, tuple[str, str]], where: Path | str) -> tuple[str, str]:
@@ -167,12 +165,18 @@ def agreed_modality(found: dict[str, tuple[str, str]], where: Path | str) -> tup
     return modality, f"{how}, all {len(found)} case(s)" if how != "given" else how
 
 
-def _plain_modality(root: Path, images: list[Path]) -> tuple[str, str]:
-    """A plain folder's modality by the one rule, over every image that can be read."""
+def _plain_modality(root: Path, images: list[Path],
+                    spans: dict[str, tuple[float, float]]) -> tuple[str, str]:
+    """A plain folder's modality by the one rule, over every image that can be read; fills
+    ``spans`` with each image's (min, max)."""
     found = {}
     for path in images:
-        span = _value_span(path)
-        if span is not None:
+        try:
+            span = value_span(path)
+        except Exception:  # any damage: its case is reported when the sweep validates it
+            continue
+        if span[0] <= span[1]:
+            spans[str(path.absolute())] = span
             found[path.name] = detect_modality("auto", *span, not_ct="MR")
     if not found:
         return "MR", "no image readable to detect it"  # the sweep reports every case bad
@@ -192,12 +196,12 @@ def open_raw_dataset(root: str | Path, *, modality: str = "auto") -> RawDataset:
         files = sorted((root / "images").iterdir())
         ending = ".nii.gz" if any(f.name.endswith(".nii.gz") for f in files) else ".nii"
         _check_plain_pairs(root, ending)
-        how = "given"
+        how, spans = "given", {}
         if modality == "auto":
             modality, how = _plain_modality(root, [f for f in files
-                                                   if f.name.endswith(ending)])
+                                                   if f.name.endswith(ending)], spans)
         metadata = {"channel_names": {"0": modality}, "file_ending": ending, "labels": {}}
-        return RawDataset(root, metadata, plain=True, modality_how=how)
+        return RawDataset(root, metadata, plain=True, modality_how=how, value_spans=spans)
     if not description.exists():
         raise MedlossyError(root, "not a dataset: no dataset.json (nnU-Net raw) and no "
                                   "images/ folder")
