@@ -112,6 +112,10 @@ def test_psnr_reorients_a_dicom_series_onto_its_nifti_source(cli, mr_pair, tmp_p
     document, err = _psnr(cli, flipped, series)
     assert document["psnr_db"] is None and document["max_abs_error"] == 0
     assert "reoriented" in err
+    store = tmp_path / "from_series.zarr"  # NIfTI -> DICOM -> store
+    assert cli("compress", series, store, "--lossless", "--workers", "1", "--quiet")[0] == 0
+    document, _ = _psnr(cli, flipped, store)
+    assert document["psnr_db"] is None and document["max_abs_error"] == 0
 
 
 @pytest.mark.parametrize(("change", "what"), [
