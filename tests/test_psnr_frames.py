@@ -144,11 +144,13 @@ def test_psnr_and_info_agree_on_an_mr_store(cli, mr_pair, tmp_path) -> None:
     # which took r = 4096 (CT) unless told otherwise.
     reference, _, _, _ = mr_pair
     store = tmp_path / "mr.zarr"
-    assert cli("compress", reference, store, "--ratio", "8", "--workers", "1",
-               "--quiet")[0] == 0
+    code, _, compressed = cli("compress", reference, store, "--ratio", "8", "--workers", "1")
+    assert code == 0
     code, out, _ = cli("info", store, "--json")
     assert code == 0
     achieved = json.loads(out)["achieved"]
+    assert ("note: modality OTHER (auto: values not in HU range), r = max - min = "
+            f"{achieved['data_range']:g}") in compressed
     document, err = _psnr(cli, reference, store)
     assert document["data_range"] == achieved["data_range"] != 4096
     assert document["psnr_db"] == pytest.approx(achieved["psnr_db"], rel=1e-5)

@@ -124,8 +124,8 @@ def _chosen_peak(arguments: argparse.Namespace, recorded: str, attributes: dict)
     """How the store's modality and PSNR peak were chosen, in words (``detect_modality``
     gave the modality, ``data_range_for`` the peak)."""
     modality = attributes["modality"]
-    if arguments.modality != "auto":
-        how = "given"
+    if arguments.modality in ("CT", "MR"):
+        how = "given"  # OTHER, like auto, lets CT values be recognised (compress_volume)
     elif recorded != "OTHER":
         how = "recorded in the input"
     else:

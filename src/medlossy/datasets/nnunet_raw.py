@@ -152,17 +152,16 @@ def value_span(path: Path) -> tuple[float, float]:
 def agreed_modality(found: dict[str, tuple[str, str]], where: Path | str) -> tuple[str, str]:
     """The one modality of a dataset from each case's (modality, why), or a one-line refusal
     asking for --modality when cases disagree."""
-    kinds = sorted({modality for modality, _ in found.values()})
-    if len(kinds) > 1:
-        groups = "; ".join(
-            f"{kind} ({found_how}): " + ", ".join(sorted(
-                case for case, (modality, how) in found.items()
-                if modality == kind and how == found_how)[:5])
-            for kind, found_how in sorted(set(found.values())))
-        raise MedlossyError(where, f"cases disagree on the modality ({groups}); pass "
-                                   f"--modality {' or '.join(kinds)}")
+    groups: dict[str, list[str]] = {}
+    for case, (modality, how) in sorted(found.items()):
+        groups.setdefault(f"{modality} ({how})", []).append(case)
+    if len({modality for modality, _ in found.values()}) > 1:
+        listed = "; ".join(f"{group}: {', '.join(cases[:5])}{', ...' if cases[5:] else ''}"
+                           for group, cases in groups.items())
+        raise MedlossyError(where, f"cases disagree on the modality ({listed}); pass "
+                                   "--modality CT or MR")
     modality, how = next(iter(found.values()))
-    return modality, f"{how}, all {len(found)} case(s)" if how != "given" else how
+    return modality, how if how == "given" else f"{how}, all {len(found)} case(s)"
 
 
 def _plain_modality(root: Path, images: list[Path],
