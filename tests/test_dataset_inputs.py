@@ -282,6 +282,68 @@ def test_plain_folder_image_without_label_goes_to_imagests(tmp_path: Path, seria
     assert code == 0, stderr
 
 
+def _mr_like(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """An MR-like case: the CT-like case moved to 0 and up (no air at -1000 HU)."""
+    image, labels = synthetic_case(seed)
+    return np.clip(image.astype(np.int32) + 1000, 0, None).astype(np.int16), labels
+
+
+def _plain_folder(root: Path, cases: dict[str, np.ndarray], labels: np.ndarray) -> Path:
+    affine = np.diag([1.2, 1.2, 2.5, 1.0])
+    for name, image in cases.items():
+        save_nifti(root / "images" / f"{name}.nii.gz", image, affine)
+        save_nifti(root / "labels" / f"{name}.nii.gz", labels, affine)
+    return root
+
+
+def test_plain_folder_of_mr_is_named_mr(tmp_path: Path, serial, cli, monkeypatch) -> None:
+    # Found by a new user: a plain folder of MR became channel_names {"0": "CT"} with
+    # r = 4096, without a word, and nnU-Net then planned CT normalisation.
+    from medlossy.datasets import sweep
+
+    def read_again(path: Path) -> None:
+        raise AssertionError(f"{path} read again for its range")
+
+    monkeypatch.setattr(sweep, "value_span", read_again)  # detection's spans serve the range
+    (one, labels), (two, _) = _mr_like(1), _mr_like(2)
+    root = _plain_folder(tmp_path / "mr", {"m_one": one, "m_two": two}, labels)
+    out = tmp_path / "sweep"
+    code, _, stderr = cli("dataset", "compress", root, "--ratios", "1,5", "--out", out,
+                          "--workers", "1")
+    assert code == 0, stderr
+    for ratio in (1, 5):
+        document = json.loads((dataset_folder(out, ratio) / "dataset.json").read_text())
+        assert document["channel_names"] == {"0": "MR"}
+    span = float(max(one.max(), two.max()) - min(one.min(), two.min()))
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert set(manifest["modality"]) == {"MR"} and set(manifest["data_range"]) == {span}
+    assert ("channel 0: modality MR (auto: values not in HU range, all 2 case(s)), r = max - "
+            f"min over the dataset = {span:g}") in stderr
+
+
+def test_plain_folder_modality_can_be_given(tmp_path: Path, serial) -> None:
+    (one, labels) = _mr_like(1)
+    root = _plain_folder(tmp_path / "mr", {"m_one": one}, labels)
+    out = tmp_path / "sweep"
+    assert compress(root, out, "1", "--modality", "CT") == 0
+    document = json.loads((dataset_folder(out, 1) / "dataset.json").read_text())
+    assert document["channel_names"] == {"0": "CT"}
+    assert set(pd.read_csv(out / "manifest.csv")["data_range"]) == {4096}
+
+
+def test_plain_folder_of_ct_and_mr_asks_for_the_modality(tmp_path: Path, cli) -> None:
+    (mr, labels), (ct, _) = _mr_like(1), synthetic_case(2)
+    root = _plain_folder(tmp_path / "mixed", {"m_one": mr, "c_two": ct}, labels)
+    out = tmp_path / "sweep"
+    code, _, stderr = cli("dataset", "compress", root, "--ratios", "1", "--out", out,
+                          "--quiet")
+    assert code == EXIT_BAD_INPUT
+    assert stderr.startswith("medlossy: error: ") and stderr.count("\n") == 1, stderr
+    assert "disagree" in stderr and "c_two" in stderr and "m_one" in stderr
+    assert "--modality CT or MR" in stderr
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(("image", "label", "problem"), [
     # Found by a new user: each of these was silently left out (an image, or every label, so
     # that labelled cases became test cases), the sweep exiting 0.

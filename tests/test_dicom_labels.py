@@ -223,3 +223,30 @@ def test_a_bad_label_object_stops_dataset_compress_naming_it(cli, series, tmp_pa
     assert not (tmp_path / "sweep" / "prepared" / "root_dicom").exists()
     assert not list((tmp_path / "sweep").rglob("*.zarr"))
     assert not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]
+
+
+def _study_with_seg(series: Path, case: Path) -> None:
+    import shutil
+
+    shutil.copytree(series, case)
+    volume, sources = read_series_with_sources(case)
+    mask = np.zeros((len(sources), volume.shape[1], volume.shape[0]), dtype=bool)
+    mask[1:3, 10:20, 10:20] = True
+    _seg(sources, mask, case / "seg.dcm")
+
+
+def test_dicom_studies_name_their_channel_by_their_modality(mr_path, series, tmp_path):
+    # A root of MR studies was written as channel_names {"0": "CT"} (the --modality default),
+    # so nnU-Net planned CT normalisation for MR.
+    from medlossy.datasets.dicom_root import prepare_dicom_dataset
+
+    mr_series = tmp_path / "mr_series"
+    compress_to_dicom(mr_path, mr_series, Target("lossless"), modality="MR", workers=1)
+    _study_with_seg(mr_series, tmp_path / "mr_root" / "mr_one")
+    dataset = prepare_dicom_dataset(tmp_path / "mr_root", tmp_path / "prepared", labels="seg")
+    assert dataset.metadata["channel_names"] == {"0": "MR"}
+    assert dataset.modality_how == "recorded in the input, all 1 case(s)"
+    _study_with_seg(mr_series, tmp_path / "mixed" / "mr_one")
+    _study_with_seg(series, tmp_path / "mixed" / "ct_two")
+    with pytest.raises(MedlossyError, match=r"disagree.*--modality CT or MR"):
+        prepare_dicom_dataset(tmp_path / "mixed", tmp_path / "prepared", labels="seg")

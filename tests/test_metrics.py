@@ -14,6 +14,8 @@ from medlossy.metrics import (
     bits_per_voxel,
     compression_ratio,
     data_range_for,
+    describe_peak,
+    detect_modality,
     max_abs_error,
     mse,
     psnr,
@@ -122,6 +124,30 @@ def test_data_range_rules():
     assert data_range_for("MR", -5, 830) == 835.0
     assert data_range_for("MR", 0, 830, data_range=1200) == 1200.0  # explicit wins
     assert data_range_for("OTHER", 7, 7) == 1.0  # constant volume: no zero peak
+
+
+@pytest.mark.parametrize(("requested", "low", "high", "known", "expected"), [
+    ("auto", -1024, 3071, "OTHER", ("CT", "auto: values in HU range")),
+    ("auto", 0, 254, "OTHER", ("OTHER", "auto: values not in HU range")),  # uint8 T1
+    ("auto", -3, 809, "OTHER", ("OTHER", "auto: values not in HU range")),
+    ("auto", -1024, 3071, "MR", ("MR", "recorded in the input")),  # a DICOM header says so
+    ("MR", -1024, 3071, "CT", ("MR", "given")),  # the user's word wins
+    ("OTHER", 0, 254, "OTHER", ("OTHER", "given")),
+])
+def test_one_modality_rule(requested, low, high, known, expected):
+    assert detect_modality(requested, low, high, known=known) == expected
+
+
+def test_datasets_name_what_is_not_ct_mr():
+    assert detect_modality("auto", 0, 812, not_ct="MR") == ("MR", "auto: values not in HU range")
+    assert detect_modality("auto", -1000, 2000, not_ct="MR")[0] == "CT"
+
+
+def test_peak_is_stated_with_its_rule():
+    assert describe_peak("MR", "auto: values not in HU range", 812.0, "max - min") == \
+        "modality MR (auto: values not in HU range), r = max - min = 812"
+    assert describe_peak("CT", "given", 4096.0, "CT") == "modality CT (given), r = 4096 (CT)"
+    assert describe_peak("MR", "given", 900.0, "given").endswith("r = 900 (given)")
 
 
 def test_data_range_errors():

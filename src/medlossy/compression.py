@@ -42,6 +42,7 @@ from medlossy.metrics import (
     ErrorTally,
     bits_per_voxel,
     data_range_for,
+    detect_modality,
     raw_bytes,
 )
 from medlossy.ratecontrol import (
@@ -189,11 +190,6 @@ def _read_slabs(volume: Volume, source: str):
         yield from volume.slabs()
     except _READ_ERRORS as error:
         raise MedlossyError(source, f"truncated or corrupt voxel data ({error})") from None
-
-
-def looks_like_ct(low: float, high: float) -> bool:
-    """Air near -1000 HU and nothing far beyond the 12-bit HU range: Hounsfield units."""
-    return -3100 <= low <= -600 and high <= 4096 * 4
 
 
 class _Measurer:
@@ -644,8 +640,8 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
     target that the chosen codec cannot hold exactly is refused.
     """
     scan = _scan(volume, source)
-    if volume.modality == "OTHER" and looks_like_ct(scan.low, scan.high):
-        volume.modality = "CT"
+    # "OTHER" is what a reader gives when it does not know (--modality auto)
+    volume.modality, _ = detect_modality("auto", scan.low, scan.high, known=volume.modality)
     mapping = plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral)
     if not mapping.exact:
         mapping = scan.stored_mapping() or mapping

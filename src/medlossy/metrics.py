@@ -2,6 +2,8 @@
 
 PSNR = 10 log10(r^2 / MSE), MSE over all voxels; r = 4096 for CT, and for MR r = max - min
 measured over the whole dataset (the caller passes it, since one volume cannot know it).
+Whether a volume is CT is decided by one rule, ``detect_modality``, everywhere: as given,
+else as the input records it, else CT when its values are Hounsfield units.
 """
 
 from __future__ import annotations
@@ -13,6 +15,43 @@ import numpy as np
 
 CT_DATA_RANGE = 4096.0
 RAW_BYTES_PER_VOXEL = 2  # the study's ratios count against 16-bit raw storage
+#: Why ``detect_modality`` chose what it chose, in the words the commands print.
+AUTO_CT = "auto: values in HU range"
+AUTO_NOT_CT = "auto: values not in HU range"
+
+
+def looks_like_ct(low: float, high: float) -> bool:
+    """Air near -1000 HU and nothing far beyond the 12-bit HU range: Hounsfield units."""
+    return -3100 <= low <= -600 and high <= 4096 * 4
+
+
+def detect_modality(requested: str, low: float, high: float, *, known: str = "OTHER",
+                    not_ct: str = "OTHER") -> tuple[str, str]:
+    """The modality of values in [low, high], and why: ``requested`` ("CT", "MR", "OTHER")
+    wins; "auto" takes what the input records (``known``: a DICOM header's CT or MR), else
+    CT when the values are Hounsfield units, else ``not_ct`` (nnU-Net datasets say "MR":
+    any name but CT gets nnU-Net's z-score normalisation)."""
+    if requested != "auto":
+        return requested, "given"
+    if known in ("CT", "MR"):
+        return known, "recorded in the input"
+    if looks_like_ct(low, high):
+        return "CT", AUTO_CT
+    return not_ct, AUTO_NOT_CT
+
+
+def describe_peak(modality: str, how: str, data_range: float, rule: str) -> str:
+    """One line for the user: 'modality MR (auto: values not in HU range), r = max - min =
+    812'; ``rule`` says where r came from: "given", "CT", "recorded" (in a store), or the
+    span it measures, such as "max - min"."""
+    if rule in ("given", "CT", "recorded"):
+        return f"modality {modality} ({how}), r = {data_range:g} ({rule})"
+    return f"modality {modality} ({how}), r = {rule} = {data_range:g}"
+
+
+def peak_rule(modality: str, data_range: float | None, span: str = "max - min") -> str:
+    """Where ``data_range_for`` takes r from, for ``describe_peak``."""
+    return "given" if data_range is not None else "CT" if modality == "CT" else span
 
 
 def data_range_for(modality: str, low: float | None = None, high: float | None = None,

@@ -13,8 +13,17 @@ from medlossy.codecs import get_codec
 from medlossy.compression import Target, compress_volume
 from medlossy.decompression import decompress_to_file, read_store
 from medlossy.errors import MedlossyError
+from medlossy.frames import to_reference_frame
 from medlossy.io import read_volume
-from medlossy.metrics import ErrorTally, data_range_for
+from medlossy.metrics import (
+    AUTO_CT,
+    AUTO_NOT_CT,
+    ErrorTally,
+    data_range_for,
+    describe_peak,
+    detect_modality,
+    peak_rule,
+)
 from medlossy.outputs import (
     check_not_input,
     check_own_folder,
@@ -85,11 +94,13 @@ def compress(arguments: argparse.Namespace) -> None:
     volume = read_volume(arguments.input, modality, lazy=True,
                          allow_gaps=arguments.allow_gaps)
     _note_dicom_input(arguments, volume)
+    recorded = volume.modality  # a DICOM series' own; else the values decide below
     attributes = compress_volume(volume, arguments.output, target, codec_name=arguments.codec,
                                  data_range=arguments.data_range, workers=arguments.workers,
                                  show_progress=not arguments.quiet, source=arguments.input,
                                  tile=arguments.tile, replace=arguments.force)
     achieved = attributes["achieved"]
+    _say(arguments, f"note: {_chosen_peak(arguments, recorded, attributes)}")
     psnr = "inf (lossless)" if achieved["psnr_db"] is None else f"{achieved['psnr_db']:.2f} dB"
     _say(arguments, f"{arguments.output}: x{achieved['ratio']:.3f}, {achieved['stored_bytes']} "
                     f"bytes, PSNR {psnr}, max error {achieved['max_abs_error']:g}"
@@ -107,6 +118,20 @@ def compress(arguments: argparse.Namespace) -> None:
             else "the codec's sizes step across the budget"
         _say(arguments, f"note: target {attributes['target']} not reached: {why} (see "
                         "`medlossy info`)")
+
+
+def _chosen_peak(arguments: argparse.Namespace, recorded: str, attributes: dict) -> str:
+    """How the store's modality and PSNR peak were chosen, in words (``detect_modality``
+    gave the modality, ``data_range_for`` the peak)."""
+    modality = attributes["modality"]
+    if arguments.modality in ("CT", "MR"):
+        how = "given"  # OTHER, like auto, lets CT values be recognised (compress_volume)
+    elif recorded != "OTHER":
+        how = "recorded in the input"
+    else:
+        how = AUTO_CT if modality == "CT" else AUTO_NOT_CT
+    return describe_peak(modality, how, attributes["achieved"]["data_range"],
+                         peak_rule(modality, arguments.data_range))
 
 
 def _error_sources(achieved: dict) -> str:
@@ -248,30 +273,62 @@ def verify(arguments: argparse.Namespace) -> None:
     print(f"{arguments.store}: all {store.slices} slices{held} match their checksums")
 
 
-def _load(path: str) -> Volume:
+def _store_attributes(path: str) -> dict | None:
+    """A medlossy store's attributes, or None for a volume file or DICOM folder."""
     if Path(path).is_dir() and (Path(path) / ".zattrs").exists():
+        return SliceStore(path).attributes
+    return None
+
+
+def _load(path: str) -> Volume:
+    if _store_attributes(path) is not None:
         return read_store(path)
     return read_volume(path)
 
 
+def _psnr_peak(arguments: argparse.Namespace, reference: Volume) -> tuple[str, float, str]:
+    """(modality, r, what to tell the user): --range and --modality as given; under auto a
+    store's recorded modality and r (what `info` reports), else the one detection rule on the
+    reference's values."""
+    if arguments.modality == "auto" and arguments.data_range is None:
+        for path in (arguments.test, arguments.reference):
+            attributes = _store_attributes(path)
+            if attributes is not None:
+                modality = attributes.get("modality", "OTHER")
+                peak = float(attributes["achieved"]["data_range"])
+                return modality, peak, describe_peak(modality, f"recorded in {path}", peak,
+                                                     "recorded")
+    low, high = float(np.min(reference.array)), float(np.max(reference.array))
+    modality, how = detect_modality(arguments.modality, low, high, known=reference.modality)
+    peak = data_range_for(modality, low, high, arguments.data_range)
+    rule = peak_rule(modality, arguments.data_range, "max - min of the reference")
+    note = describe_peak(modality, how, peak, rule)
+    if rule not in ("given", "CT"):
+        note += "; pass --range with the dataset's range to match the study"
+    return modality, peak, note
+
+
 def psnr(arguments: argparse.Namespace) -> None:
     reference, test = _load(arguments.reference), _load(arguments.test)
-    if reference.shape != test.shape:
-        raise MedlossyError(arguments.test, f"shape {test.shape} differs from the reference's "
-                                            f"{reference.shape}")
-    low, high = float(np.min(reference.array)), float(np.max(reference.array))
-    peak = data_range_for(arguments.modality, low, high, arguments.data_range)
+    try:
+        aligned = to_reference_frame(reference, test)
+    except ValueError as error:
+        raise MedlossyError(arguments.test, f"voxel grid differs from {arguments.reference}'s "
+                                            f"({error}): cannot compare voxel by voxel") from None
+    if aligned.reoriented:
+        print(f"note: {arguments.test} reoriented to {arguments.reference}'s voxel frame "
+              f"({aligned.reoriented})", file=sys.stderr)
+    modality, peak, note = _psnr_peak(arguments, reference)
+    print(f"note: {note}", file=sys.stderr)
     tally = ErrorTally()
-    tally.add(np.asarray(reference.array), np.asarray(test.array))
+    tally.add(np.asarray(reference.array), aligned.array)
     value = tally.psnr(peak)
     document = {"psnr_db": None if value == float("inf") else value, "data_range": peak,
-                "mse": tally.mse, "max_abs_error": tally.max_abs_error}
+                "modality": modality, "mse": tally.mse, "max_abs_error": tally.max_abs_error,
+                "reoriented": aligned.reoriented}
     if arguments.json:
         print(json.dumps(document, indent=2))
         return
-    if arguments.modality != "CT" and arguments.data_range is None:
-        print(f"note: r = max - min of the reference ({peak:g}); pass --range with the "
-              "dataset's range to match the study", file=sys.stderr)
     shown = "inf (identical)" if document["psnr_db"] is None else f"{value:.3f} dB"
     print(f"PSNR {shown} (r={peak:g}), MSE {tally.mse:.6g}, max abs error "
           f"{tally.max_abs_error:g}")
@@ -362,6 +419,11 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
     plan = plan_sweep(dataset, out, ratios, base_id=arguments.base_id,
                       skip_bad=arguments.skip_bad, origin=Path(arguments.source),
                       codec=arguments.codec, tile=arguments.tile)
+    for channel, peak in plan.ranges.items():
+        modality = plan.dataset.channel_modality(channel)
+        _say(arguments, f"channel {channel}: " + describe_peak(
+            modality, plan.dataset.modality_how, peak,
+            peak_rule(modality, None, "max - min over the dataset")))
     for problem in plan.bad.values():
         _say(arguments, f"skipped: {problem}")
     run_sweep(plan, workers=arguments.workers, scheduler=arguments.scheduler,

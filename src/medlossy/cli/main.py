@@ -67,9 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
                                "every slice the same ratio, or pick per slice the better of "
                                "both (slower, never worse)")
     compress.add_argument("--modality", choices=("auto", "CT", "MR", "OTHER"), default="auto",
-                          help="decides the PSNR peak (CT: 4096); auto recognises HU")
+                          help="decides the PSNR peak (CT: 4096, others: max - min); auto "
+                               "(default): a DICOM series' own Modality, else CT when the "
+                               "values are Hounsfield units, else OTHER")
     compress.add_argument("--range", dest="data_range", type=_positive_float,
-                          help="PSNR peak r for MR/other (dataset max - min)")
+                          help="PSNR peak r for MR/other (the dataset's max - min; default: "
+                               "the volume's max - min, 4096 for CT)")
     compress.add_argument("--codec", choices=codec_names(), default=None,
                           help="jpeg2k (default), or blosc: lossless zstd for any dtype, "
                                "chosen by default for --lossless on data JPEG 2000 cannot "
@@ -114,12 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=commands.verify)
 
     psnr = sub.add_parser("psnr", help="PSNR (and MSE, max error) of a volume against another")
-    psnr.add_argument("reference")
-    psnr.add_argument("test", help="a volume file or a medlossy store")
-    psnr.add_argument("--modality", choices=("CT", "MR", "OTHER"), default="CT",
-                      help="CT uses r = 4096; others need --range or use the reference's span")
+    psnr.add_argument("reference", help="the original: a volume file (.nii, .nii.gz, "
+                                        ".nrrd), a DICOM series folder or a medlossy store")
+    psnr.add_argument("test", help="the volume to measure, in any of those forms; reoriented "
+                                   "onto the reference's voxel grid by the two affines "
+                                   "(refused when the grids differ otherwise)")
+    psnr.add_argument("--modality", choices=("auto", "CT", "MR", "OTHER"), default="auto",
+                      help="decides the PSNR peak r: CT uses 4096, the others the reference's "
+                           "max - min; auto (default): a store's recorded modality and r, "
+                           "else CT when the reference's values are Hounsfield units")
     psnr.add_argument("--range", dest="data_range", type=_positive_float,
-                      help="PSNR peak r (MR: max - min over the dataset)")
+                      help="PSNR peak r (MR: max - min over the dataset; default: see "
+                           "--modality)")
     psnr.add_argument("--json", action="store_true", help="machine-readable output")
     psnr.set_defaults(handler=commands.psnr)
 
@@ -207,8 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: from a hash of the source's path, within 500..999, "
                             "skipping ids in this sweep and in $nnUNet_raw/_preprocessed/"
                             "_results)")
-    sweep.add_argument("--modality", choices=("CT", "MR"), default="CT",
-                       help="modality of a plain images/ folder (nnU-Net datasets say it)")
+    sweep.add_argument("--modality", choices=("auto", "CT", "MR"), default="auto",
+                       help="modality of a plain images/ folder or of DICOM studies, written "
+                            "to dataset.json channel_names (nnU-Net plans CT normalisation "
+                            "for CT only) and deciding the PSNR peak (CT: 4096, MR: max - "
+                            "min over the dataset); auto (default): a DICOM series' own "
+                            "Modality, else CT when every case's values are Hounsfield "
+                            "units, MR when none is (cases that disagree are refused); "
+                            "nnU-Net datasets name their channels")
     sweep.add_argument("--crop-to-label", default=None, metavar="VALUES",
                        help="crop images and labels to these label values first, e.g. 1,2 "
                             "(the study crops LiTS to the liver)")

@@ -13,17 +13,19 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
 
 from medlossy.atomic import atomic_output
-from medlossy.datasets.nnunet_raw import RawDataset, open_raw_dataset
+from medlossy.datasets.nnunet_raw import RawDataset, agreed_modality, open_raw_dataset
 from medlossy.errors import MedlossyError
 from medlossy.io.dicom_labels import read_rtstruct_labels, read_seg_labels
 from medlossy.io.dicom_series import read_series_with_sources
 from medlossy.io.nifti import write_nifti
+from medlossy.metrics import detect_modality
 from medlossy.volume import Volume
 
 LABEL_KINDS = {"seg": "SEG", "rtstruct": "RTSTRUCT"}
@@ -60,8 +62,12 @@ def _case_name(folder: Path) -> str:
 
 def prepare_dicom_dataset(root: str | Path, out: Path, *, labels: str = "seg",
                           label_map: Mapping[str, int] | None = None,
-                          modality: str = "CT", allow_gaps: bool = False) -> RawDataset:
-    """Write the DICOM studies under ``root`` as an nnU-Net raw dataset in ``out``."""
+                          modality: str = "auto", allow_gaps: bool = False) -> RawDataset:
+    """Write the DICOM studies under ``root`` as an nnU-Net raw dataset in ``out``.
+
+    ``modality`` "auto": each series' DICOM Modality (CT, MR), else the values decide as
+    everywhere (``detect_modality``); studies that disagree are refused.
+    """
     root = Path(root)
     if labels not in LABEL_KINDS:
         raise MedlossyError(None, f"--labels must be one of {', '.join(LABEL_KINDS)}")
@@ -83,11 +89,13 @@ def prepare_dicom_dataset(root: str | Path, out: Path, *, labels: str = "seg",
     marker = folder / "medlossy_dicom.json"
     if marker.exists() and json.loads(marker.read_text()) == settings:
         return open_raw_dataset(folder)
+    found: dict[str, tuple[str, str]] = {}
     with atomic_output(folder) as temporary:
         (temporary / "imagesTr").mkdir(parents=True)
         (temporary / "labelsTr").mkdir()
         for case in cases:
-            volume, sources = read_series_with_sources(case, modality, allow_gaps=allow_gaps)
+            volume, sources = read_series_with_sources(
+                case, "OTHER" if modality == "auto" else modality, allow_gaps=allow_gaps)
             series_uid = str(sources[0].get("SeriesInstanceUID", "")) if sources else ""
             label = np.zeros(volume.shape, dtype=np.uint8)
             for file, _ in objects[case]:
@@ -97,13 +105,17 @@ def prepare_dicom_dataset(root: str | Path, out: Path, *, labels: str = "seg",
                     part = read_rtstruct_labels(file, volume, series_uid, label_map)
                 label = np.where(part > 0, part, label)
             name = _case_name(case)
+            found[name] = detect_modality(modality, float(np.min(volume.array)),
+                                          float(np.max(volume.array)),
+                                          known=volume.modality, not_ct="MR")
             write_nifti(Volume(volume.array, volume.affine, modality=volume.modality),
                         temporary / "imagesTr" / f"{name}_0000.nii.gz")
             write_nifti(Volume(label, volume.affine), temporary / "labelsTr" / f"{name}.nii.gz")
-        metadata = {"name": root.name, "channel_names": {"0": modality},
+        channel, how = agreed_modality(found, root)
+        metadata = {"name": root.name, "channel_names": {"0": channel},
                     "labels": {"background": 0, **{k: int(v) for k, v in label_map.items()}},
                     "numTraining": len(cases), "file_ending": ".nii.gz",
                     "description": f"DICOM studies from {root} with {kind} labels"}
         (temporary / "dataset.json").write_text(json.dumps(metadata, indent=2) + "\n")
         (temporary / "medlossy_dicom.json").write_text(json.dumps(settings))
-    return open_raw_dataset(folder)
+    return replace(open_raw_dataset(folder), modality_how=how)

@@ -5,6 +5,8 @@ nnU-Net's naming: ``CASE_XXXX<file_ending>`` where XXXX is the channel index; la
 ``labelsTr/CASE<file_ending>``. A plain folder holds ``images/NAME.nii.gz`` and optionally
 ``labels/NAME.nii.gz``: one channel; a case with a label is a training case, one without is
 a test case (nnU-Net's imagesTs), so a sweep never puts an unlabelled image in imagesTr.
+A plain folder's modality is given, or detected over all its cases by the rule every command
+uses (``medlossy.metrics.detect_modality``): nnU-Net plans CT normalisation for "CT" only.
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medlossy.errors import MedlossyError
+from medlossy.io import read_volume
 from medlossy.jsonfile import read_json
+from medlossy.metrics import detect_modality
+
+#: Why a dataset's channel is CT or not, when its dataset.json says so.
+NAMED_CHANNELS = "dataset.json channel_names"
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,10 @@ class RawDataset:
     root: Path
     metadata: dict
     plain: bool = False
+    #: why channel_names say what they say ("given", "auto: ..." for a plain folder)
+    modality_how: str = NAMED_CHANNELS
+    #: (min, max) of each image read to detect the modality, by absolute path: not read again
+    value_spans: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -130,19 +141,66 @@ def _check_plain_pairs(root: Path, ending: str) -> None:
                                                           "images/")
 
 
-def open_raw_dataset(root: str | Path, *, modality: str = "CT") -> RawDataset:
+def value_span(path: Path) -> tuple[float, float]:
+    """(min, max) of an image's values, read slab by slab."""
+    low, high = float("inf"), float("-inf")
+    for _, slab in read_volume(path, lazy=True).slabs(64):
+        low, high = min(low, float(slab.min())), max(high, float(slab.max()))
+    return low, high
+
+
+def agreed_modality(found: dict[str, tuple[str, str]], where: Path | str) -> tuple[str, str]:
+    """The one modality of a dataset from each case's (modality, why), or a one-line refusal
+    asking for --modality when cases disagree."""
+    groups: dict[str, list[str]] = {}
+    for case, (modality, how) in sorted(found.items()):
+        groups.setdefault(f"{modality} ({how})", []).append(case)
+    if len({modality for modality, _ in found.values()}) > 1:
+        listed = "; ".join(f"{group}: {', '.join(cases[:5])}{', ...' if cases[5:] else ''}"
+                           for group, cases in groups.items())
+        raise MedlossyError(where, f"cases disagree on the modality ({listed}); pass "
+                                   "--modality CT or MR")
+    modality, how = next(iter(found.values()))
+    return modality, how if how == "given" else f"{how}, all {len(found)} case(s)"
+
+
+def _plain_modality(root: Path, images: list[Path],
+                    spans: dict[str, tuple[float, float]]) -> tuple[str, str]:
+    """A plain folder's modality by the one rule, over every image that can be read; fills
+    ``spans`` with each image's (min, max)."""
+    found = {}
+    for path in images:
+        try:
+            span = value_span(path)
+        except Exception:  # any damage: its case is reported when the sweep validates it
+            continue
+        if span[0] <= span[1]:
+            spans[str(path.absolute())] = span
+            found[path.name] = detect_modality("auto", *span, not_ct="MR")
+    if not found:
+        return "MR", "no image readable to detect it"  # the sweep reports every case bad
+    return agreed_modality(found, root)
+
+
+def open_raw_dataset(root: str | Path, *, modality: str = "auto") -> RawDataset:
     """Open an nnU-Net raw dataset, or a plain ``images/`` + ``labels/`` folder.
 
-    ``modality`` applies to plain folders only (nnU-Net datasets name their channels).
+    ``modality`` applies to plain folders only (nnU-Net datasets name their channels):
+    "CT", "MR", or "auto" (default): CT when every readable image's values are Hounsfield
+    units, MR when none is; cases that disagree are refused.
     """
     root = Path(root)
     description = root / "dataset.json"
     if not description.exists() and (root / "images").is_dir():
         files = sorted((root / "images").iterdir())
         ending = ".nii.gz" if any(f.name.endswith(".nii.gz") for f in files) else ".nii"
-        metadata = {"channel_names": {"0": modality}, "file_ending": ending, "labels": {}}
         _check_plain_pairs(root, ending)
-        return RawDataset(root, metadata, plain=True)
+        how, spans = "given", {}
+        if modality == "auto":
+            modality, how = _plain_modality(root, [f for f in files
+                                                   if f.name.endswith(ending)], spans)
+        metadata = {"channel_names": {"0": modality}, "file_ending": ending, "labels": {}}
+        return RawDataset(root, metadata, plain=True, modality_how=how, value_spans=spans)
     if not description.exists():
         raise MedlossyError(root, "not a dataset: no dataset.json (nnU-Net raw) and no "
                                   "images/ folder")

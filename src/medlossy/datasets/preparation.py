@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +47,15 @@ def crop_dataset(dataset: RawDataset, values: Sequence[int], margin_mm: float,
                  out: Path) -> RawDataset:
     """Write ``dataset`` cropped to ``values`` (labelled cases) under ``out``; reused if done.
 
-    Test cases have no label to crop to and are copied unchanged.
+    Test cases have no label to crop to and are copied unchanged. The cropped dataset keeps
+    ``dataset``'s channel names and says why they are what they are as ``dataset`` does.
     """
-    settings = {"source": str(dataset.root), "values": list(values), "margin_mm": margin_mm}
+    settings = {"source": str(dataset.root), "values": list(values), "margin_mm": margin_mm,
+                "channel_names": dataset.metadata["channel_names"]}
     folder = out / dataset.name
     marker = folder / "medlossy_crop.json"
     if marker.exists() and json.loads(marker.read_text()) == settings:
-        return open_raw_dataset(folder)
+        return replace(open_raw_dataset(folder), modality_how=dataset.modality_how)
     with atomic_output(folder) as temporary:
         for case in dataset.cases():
             if case.label is None:
@@ -74,4 +77,4 @@ def crop_dataset(dataset: RawDataset, values: Sequence[int], margin_mm: float,
             write_nifti(crop_volume(label, box), temporary / "labelsTr" / case.label.name)
         (temporary / "dataset.json").write_text(json.dumps(dataset.metadata, indent=2) + "\n")
         (temporary / "medlossy_crop.json").write_text(json.dumps(settings))
-    return open_raw_dataset(folder)
+    return replace(open_raw_dataset(folder), modality_how=dataset.modality_how)

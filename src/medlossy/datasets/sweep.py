@@ -47,7 +47,7 @@ from medlossy.compression import (
     compress_volume_ratios,
     ratio_reach,
 )
-from medlossy.datasets.nnunet_raw import Case, RawDataset
+from medlossy.datasets.nnunet_raw import Case, RawDataset, value_span
 from medlossy.datasets.validation import case_problem
 from medlossy.decompression import read_store
 from medlossy.errors import MedlossyError
@@ -237,7 +237,8 @@ def _out_of_reach(plan: SweepPlan, executor: Executor) -> dict[float, str]:
 
 
 def _channel_ranges(dataset: RawDataset, cases: Sequence[Case]) -> dict[int, float]:
-    """PSNR peak per channel: 4096 for CT, max - min over the whole dataset for MR."""
+    """PSNR peak per channel: 4096 for CT, max - min over the whole dataset for MR (the
+    spans read to detect a plain folder's modality are not read again)."""
     ranges = {}
     for channel in dataset.channels:
         if dataset.channel_modality(channel) == "CT":
@@ -245,8 +246,9 @@ def _channel_ranges(dataset: RawDataset, cases: Sequence[Case]) -> dict[int, flo
             continue
         low, high = np.inf, -np.inf
         for case in cases:
-            for _, slab in read_volume(case.images[channel], "MR", lazy=True).slabs(64):
-                low, high = min(low, float(slab.min())), max(high, float(slab.max()))
+            image = Path(case.images[channel]).absolute()
+            span = dataset.value_spans.get(str(image)) or value_span(image)
+            low, high = min(low, span[0]), max(high, span[1])
         ranges[channel] = float(high - low) or 1.0
     return ranges
 
