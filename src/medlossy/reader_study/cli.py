@@ -38,8 +38,8 @@ def _database_url(arguments: argparse.Namespace) -> str:
 
 
 def _private() -> None:
-    """Every file this process creates (study folder, database, -wal, -shm) is 0600 / 0700:
-    the key and the answers unblind the study."""
+    """Every file this process creates (study folder, database, -wal, -shm, report) is
+    0600 / 0700: the key and the answers unblind the study."""
     os.umask(0o077)
 
 
@@ -129,6 +129,7 @@ def _loopback(host: str) -> bool:
 
 def analyze(arguments: argparse.Namespace) -> None:
     _require("sklearn", "krippendorff")
+    _private()
     from medlossy.reader_study.analysis import analyze_study
     from medlossy.reader_study.db import Database
 
