@@ -47,6 +47,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from medlossy.errors import MedlossyError
 from medlossy.reader_study.assets import CSS, JS
@@ -437,10 +438,13 @@ async def _form(request: Request) -> dict[str, str]:
     if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
         raise _Refused(413, "Request too large.")
     body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise _Refused(413, "Request too large.")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise _Refused(413, "Request too large.")
+    except ClientDisconnect:  # gone, or cut off by the server's request deadline
+        raise _Refused(400, "The request was cut off; nothing was saved.") from None
     try:
         parsed = parse_qs(body.decode("ascii"), keep_blank_values=True, strict_parsing=True,
                           max_num_fields=len(_FIELDS) + 1)
