@@ -17,6 +17,8 @@ import pytest
 from test_reader_app import form_of, new_database, running_server
 from test_reader_pairs import demo_study
 
+from medlossy.cli.main import main
+
 TIMEOUT_S = 1.5
 KEEP_ALIVE_S = 1
 #: Margin for a loaded machine: the server closes within TIMEOUT_S plus this.
@@ -117,6 +119,8 @@ def test_a_kept_alive_connection_is_closed_when_idle_or_stalled(study, tmp_path)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
-def test_a_bad_request_timeout_is_refused_in_one_line(study, cli, value):
-    code, _, err = cli("reader", "serve", study, "--request-timeout", value)
-    assert code == 2 and "not a positive number of seconds" in err.splitlines()[-1]
+def test_a_bad_request_timeout_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reader", "serve", "rs", "--request-timeout", value])
+    assert exit_info.value.code == 2
+    assert "not a positive number of seconds" in capsys.readouterr().err.splitlines()[-1]
