@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from test_reader_pairs import demo_study
 
 from medlossy.reader_study.analysis import (
     POOLED,
+    REPORT_FILES,
     agreement_table,
+    analyze_study,
     bootstrap_mean_ci,
     cohen_kappa,
     crossed_bootstrap_ci,
@@ -220,3 +223,33 @@ def test_identical_pairs_are_flagged_left_out_and_counted():
     pooled = kept[kept["rater"] == POOLED].iloc[0]
     assert (pooled["n"], pooled["mean_score"], pooled["identical_left_out"]) == (8, 0.0, 0)
     assert agreement_table(scored).iloc[0]["n"] == 2
+
+
+@pytest.fixture
+def common_umask():
+    """The usual umask (022), under which the first version wrote the report 0644 / 0755."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def _modes(folder: Path) -> dict[str, str]:
+    return {path.name: oct(path.stat().st_mode & 0o777)
+            for path in [folder, *folder.iterdir()]}
+
+
+def test_the_report_is_private_like_the_key(study, tmp_path, cli, common_umask):
+    # Reproduced on the first version: answers.csv (every answer joined with the key, which
+    # unblinds the study) was 0644 in a 0755 folder.
+    database, (rater, _), _ = new_database(study, tmp_path)
+    for pair_id, entry in load_key(study).items():
+        database.record(rater.id, pair_id, entry["less_compressed"])
+    private = {name: "0o600" for name in REPORT_FILES} | {"report": "0o700"}
+    out = tmp_path / "report"
+    code, _, err = cli("reader", "analyze", study, "--db", f"sqlite:///{database.path}",
+                       "--out", out, "--bootstrap", "100")
+    assert code == 0, err
+    assert _modes(out) == private
+    os.umask(0o022)  # the library call, without the command's umask
+    analyze_study(study, database, out, bootstrap=100)
+    assert _modes(out) == private

@@ -24,8 +24,10 @@ from test_reader_pairs import demo_study
 
 from medlossy.reader_study import app as app_module
 from medlossy.reader_study.app import create_app
+from medlossy.reader_study.cli import KEEP_ALIVE_S, REQUEST_TIMEOUT_S
 from medlossy.reader_study.db import Database, form_token
 from medlossy.reader_study.pairs import load_key, load_pairs
+from medlossy.reader_study.server import deadline_protocol
 
 _FIELD = re.compile(r'name="(\w+)" value="([^"]*)"')
 
@@ -65,11 +67,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(study: Path, database: Database) -> Iterator[str]:
-    """A real uvicorn server on loopback, in a thread; yields its base URL."""
+def running_server(study: Path, database: Database, *,
+                   request_timeout: float = REQUEST_TIMEOUT_S,
+                   keep_alive: int = KEEP_ALIVE_S) -> Iterator[str]:
+    """A real uvicorn server on loopback, in a thread, with the HTTP protocol and timeouts
+    of ``reader serve``; yields its base URL."""
     port = free_port()
     config = uvicorn.Config(create_app(study, database), host="127.0.0.1", port=port,
-                            log_level="warning", limit_concurrency=200)
+                            log_level="warning", limit_concurrency=200,
+                            http=deadline_protocol(request_timeout),
+                            timeout_keep_alive=keep_alive)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

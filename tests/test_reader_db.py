@@ -219,3 +219,24 @@ def test_not_a_database_is_one_error(tmp_path):
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(MedlossyError, match="SQLite"):
         Database(f"sqlite:///{path}")
+
+
+def test_sessions_of_a_database_made_before_they_could_end_are_kept_or_ended(issued):
+    database, tokens = issued
+    rater = database.rater_by_token(tokens["rater1"])
+    recent, old = database.open_session(rater.id), database.open_session(rater.id)
+    with sqlite3.connect(database.path) as connection:  # the sessions table as it was
+        rows = connection.execute("SELECT token_sha256, rater_id, created_at FROM sessions"
+                                  ).fetchall()
+        connection.execute("DROP TABLE sessions")
+        connection.execute("CREATE TABLE sessions (token_sha256 TEXT PRIMARY KEY, rater_id "
+                           "INTEGER NOT NULL REFERENCES raters (id), created_at TEXT NOT NULL)")
+        connection.executemany("INSERT INTO sessions VALUES (?, ?, ?)", rows)
+        connection.execute("UPDATE sessions SET created_at = '2000-01-01T00:00:00.000+00:00' "
+                           "WHERE token_sha256 = ?", (hashlib.sha256(old.encode()).hexdigest(),))
+    reopened = Database(f"sqlite:///{database.path}")
+    assert reopened.rater_by_session(recent).name == "rater1"
+    assert reopened.rater_by_session(old) is None
+    reopened.open_session(rater.id)  # purges the ended one
+    count = sqlite3.connect(database.path).execute("SELECT COUNT(*) FROM sessions").fetchone()
+    assert count == (2,)

@@ -11,6 +11,7 @@ import re
 import sqlite3
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -20,12 +21,23 @@ from test_reader_app import form_of, new_database, running_server
 from test_reader_pairs import demo_study
 
 from medlossy.reader_study.app import SESSION_COOKIE, create_app
-from medlossy.reader_study.db import BUSY_TIMEOUT_S
+from medlossy.reader_study.db import (
+    BUSY_TIMEOUT_S,
+    MAX_SESSIONS_PER_RATER,
+    SESSION_IDLE,
+    SESSION_LIFETIME,
+    SESSION_TOUCH,
+)
 from medlossy.reader_study.pairs import load_pairs
 
 PUBLIC = "https://reader.example.org/study"
 UPSTREAM = "127.0.0.1:8000"  # what nginx sends as Host by default (proxy_pass's address)
 _LINKS = re.compile(r'(?:href|src|action)="([^"]*)"')
+
+
+def _stamp(moment: datetime) -> str:
+    """A time as the database stores it."""
+    return moment.isoformat(timespec="milliseconds")
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +203,100 @@ def test_reader_link_issues_a_new_link_and_the_old_one_stops(study, tmp_path, cl
     assert database.rater_by_token(new).name == "rater1"
     code, _, err = cli("reader", "link", study, "nobody", "--db", f"sqlite:///{database.path}")
     assert code == 2 and "no rater named 'nobody'" in err
+
+
+def _cookie_client(study: Path, database) -> TestClient:
+    return TestClient(create_app(study, database, public_url="https://reader.example.org",
+                                 session_cookie=True),
+                      base_url="https://reader.example.org", follow_redirects=False)
+
+
+def _sessions(database) -> list[tuple[int, str, str]]:
+    with sqlite3.connect(database.path) as connection:
+        return connection.execute("SELECT rater_id, created_at, last_seen FROM sessions "
+                                  "ORDER BY created_at").fetchall()
+
+
+def _age_sessions(database, column: str, stamp: str) -> None:
+    with sqlite3.connect(database.path) as connection:
+        connection.execute(f"UPDATE sessions SET {column} = ?", (stamp,))
+
+
+def test_a_session_ends_on_the_server_not_only_in_the_browser(study, tmp_path):
+    # Reproduced on the first version: a session row created in 2000 still opened the pages
+    # (only the cookie's Max-Age ended it, and a client can keep a cookie as long as it likes).
+    database, (rater, _), _ = new_database(study, tmp_path)
+    client = _cookie_client(study, database)
+    client.get(f"/r/{rater.token}")
+    assert client.get("/s/p/1").status_code == 200
+    stranger = _cookie_client(study, database)
+    stranger.cookies.set(SESSION_COOKIE, "x" * 43)
+    unknown = stranger.get("/s/p/1")
+    assert unknown.status_code == 403
+    ended = _stamp(datetime.now(UTC) - SESSION_LIFETIME - timedelta(minutes=1))
+    idle = _stamp(datetime.now(UTC) - SESSION_IDLE - timedelta(minutes=1))
+    for column, stamp in (("created_at", "2000-01-01T00:00:00.000+00:00"),
+                          ("created_at", ended), ("last_seen", idle)):
+        _age_sessions(database, column, _stamp(datetime.now(UTC)))
+        assert client.get("/s/p/1").status_code == 200
+        _age_sessions(database, column, stamp)
+        for path in ("/s", "/s/p/1", "/s/done", "/s/img/" + "0" * 32 + ".png"):
+            refused = client.get(path)
+            assert (refused.status_code, refused.text) == (403, unknown.text), (column, path)
+        form = form_of(client.get(f"/r/{rater.token}/p/1").text)
+        assert client.post("/s/answer", data=form).status_code == 403
+        # The link still works and gives this browser a new session.
+        again = client.get(f"/r/{rater.token}")
+        assert again.status_code == 303 and SESSION_COOKIE in again.headers["set-cookie"]
+        assert client.get("/s/p/1").status_code == 200
+    assert database.all_answers() == []
+
+
+def test_a_used_session_notes_its_last_use_at_most_hourly(study, tmp_path):
+    database, (rater, _), _ = new_database(study, tmp_path)
+    client = _cookie_client(study, database)
+    client.get(f"/r/{rater.token}")
+    quiet = _stamp(datetime.now(UTC) - SESSION_TOUCH - timedelta(minutes=1))
+    _age_sessions(database, "last_seen", quiet)
+    assert client.get("/s/p/1").status_code == 200
+    (_, _, noted), = _sessions(database)
+    assert noted > quiet
+    assert client.get("/s/p/2").status_code == 200
+    assert _sessions(database)[0][2] == noted  # within the hour: no write per page view
+
+
+def test_revisits_keep_one_session_and_new_browsers_do_not_pile_up(study, tmp_path):
+    # Reproduced on the first version: 51 visits of a link from one browser made 51 session
+    # rows, and every new browser one more, for ever.
+    database, (rater, other), _ = new_database(study, tmp_path)
+    client = _cookie_client(study, database)
+    for visit in range(51):
+        response = client.get(f"/r/{rater.token}")
+        assert response.status_code == 303
+        assert ("set-cookie" in response.headers) == (visit == 0)
+    assert len(_sessions(database)) == 1
+    page = client.get("/s/p/1")
+    assert client.post("/s/answer", data=form_of(page.text),
+                       headers={"origin": "https://reader.example.org"}).status_code == 303
+    first_session = client.cookies[SESSION_COOKIE]
+    # Another rater's link in the same browser gets that rater's own session.
+    client.get(f"/r/{other.token}")
+    assert client.get("/s/p/1").status_code == 200
+    assert [r for r, _, _ in _sessions(database)].count(other.id) == 1
+    # Many browsers: at most MAX_SESSIONS_PER_RATER live, the least recently used end.
+    browsers = [_cookie_client(study, database) for _ in range(MAX_SESSIONS_PER_RATER + 3)]
+    for browser in browsers:
+        browser.get(f"/r/{rater.token}")
+    assert [r for r, _, _ in _sessions(database)].count(rater.id) == MAX_SESSIONS_PER_RATER
+    assert [b.get("/s/p/1").status_code for b in browsers] == \
+        [403] * 3 + [200] * MAX_SESSIONS_PER_RATER
+    first = _cookie_client(study, database)
+    first.cookies.set(SESSION_COOKIE, first_session)
+    assert first.get("/s/p/1").status_code == 403  # it was the least recently used
+    # Ended sessions of every rater are deleted when a new one opens.
+    _age_sessions(database, "created_at", "2000-01-01T00:00:00.000+00:00")
+    _cookie_client(study, database).get(f"/r/{rater.token}")
+    assert len(_sessions(database)) == 1
+    # The answer given through a session stays the rater's.
+    assert [(a["rater"], a["pair"]) for a in database.all_answers()] == [
+        ("rater1", form_of(page.text)["pair"])]

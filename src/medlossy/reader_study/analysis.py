@@ -282,7 +282,8 @@ def analyze_study(study: str | os.PathLike[str], database: Database,
                   out: str | os.PathLike[str], *, bootstrap: int = 2000, seed: int = 0,
                   include_identical: bool = False) -> dict[str, Any]:
     """Write answers.csv, scores.csv, agreement.csv, reader_study.png, report.md and
-    summary.json to ``out`` (replaced as a whole, so it may hold nothing else)."""
+    summary.json to ``out`` (replaced as a whole, so it may hold nothing else), readable by
+    their owner only."""
     study, out = Path(study), Path(out)
     check_only(out, REPORT_FILES, "a reader study report folder")
     if bootstrap < 100:
@@ -344,11 +345,20 @@ def analyze_study(study: str | os.PathLike[str], database: Database,
         if len(agreement) else "Fewer than two raters answered: no agreement to report.",
     ]) + "\n"
     with atomic_output(out) as folder:
-        folder.mkdir()
+        folder.mkdir(mode=0o700)  # whatever the umask: nobody else gets in while it is written
         scored.to_csv(folder / "answers.csv", index=False)
         table.to_csv(folder / "scores.csv", index=False)
         agreement.to_csv(folder / "agreement.csv", index=False)
         plot_matrix(table, ratios, folder / "reader_study.png")
         (folder / "report.md").write_text(report)
         (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        _owner_only(folder)
     return {**summary, "files": list(REPORT_FILES)}
+
+
+def _owner_only(folder: Path) -> None:
+    """The report unblinds the study (answers.csv joins every answer with the key): 0700 and
+    0600, as the key and the database."""
+    folder.chmod(0o700)
+    for path in folder.iterdir():
+        path.chmod(0o600)

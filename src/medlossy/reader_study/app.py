@@ -13,7 +13,9 @@ links, or ``/s`` with a session cookie, see below):
 Session cookies (``session_cookie=True``): the first visit of ``/r/TOKEN`` exchanges the
 link's token for a session cookie (HttpOnly, SameSite=Lax, Secure behind HTTPS) and redirects
 to token-free URLs under ``/s``, so proxies and browser history no longer record the token
-beyond that first request.
+beyond that first request. A browser that opens the link again while its session lasts keeps
+that session (no new one); sessions end on the server (see ``db``), and an ended one is
+refused as an unknown one: the rater opens their link again for a new one.
 
 Behind a reverse proxy, ``public_url`` is the address raters use: every link and redirect is
 built from it and a POST's Origin must match it; the request's Host (which a proxy may
@@ -45,12 +47,14 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from medlossy.errors import MedlossyError
 from medlossy.reader_study.assets import CSS, JS
 from medlossy.reader_study.committer import Committer
 from medlossy.reader_study.db import (
     ANSWERS,
+    SESSION_LIFETIME,
     Database,
     DatabaseBusy,
     Rater,
@@ -65,7 +69,6 @@ _POSITION = re.compile(r"^[0-9]{1,9}$")  # ASCII digits: str.isdigit() also acce
 _FIELDS = {"pair", "answer", "position", "form_token"}
 MAX_BODY_BYTES = 1024
 SESSION_COOKIE = "medlossy_reader"
-SESSION_DAYS = 30
 RETRY_AFTER_S = 2
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -226,15 +229,25 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
         return Response(status_code=204)
 
     @app.get("/r/{token}")
-    async def start(token: str) -> Response:
+    async def start(token: str, request: Request) -> Response:
         visit = await db(by_link(token))
         if not session_cookie:
             return await resume(lambda: visit)
-        session = await db(database.open_session, visit.rater.id)
+        held = request.cookies.get(SESSION_COOKIE, "")
+
+        def session_of_this_browser() -> tuple[str, bool]:
+            """(session, whether it is new): the browser's own if it still lasts."""
+            current = database.rater_by_session(held) if _TOKEN.match(held) else None
+            if current is not None and current.id == visit.rater.id:
+                return held, False
+            return database.open_session(visit.rater.id), True
+        session, new = await db(session_of_this_browser)
         response = await resume(lambda: _Visit(visit.rater, session, "/s"))
-        response.set_cookie(SESSION_COOKIE, session, max_age=SESSION_DAYS * 86400,
-                            path=(urlsplit(base).path or "") + "/", secure=secure,
-                            httponly=True, samesite="lax")
+        if new:
+            response.set_cookie(SESSION_COOKIE, session,
+                                max_age=int(SESSION_LIFETIME.total_seconds()),
+                                path=(urlsplit(base).path or "") + "/", secure=secure,
+                                httponly=True, samesite="lax")
         return response
 
     @app.get("/s")
@@ -425,10 +438,13 @@ async def _form(request: Request) -> dict[str, str]:
     if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
         raise _Refused(413, "Request too large.")
     body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise _Refused(413, "Request too large.")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise _Refused(413, "Request too large.")
+    except ClientDisconnect:  # gone, or cut off by the server's request deadline
+        raise _Refused(400, "The request was cut off; nothing was saved.") from None
     try:
         parsed = parse_qs(body.decode("ascii"), keep_blank_values=True, strict_parsing=True,
                           max_num_fields=len(_FIELDS) + 1)

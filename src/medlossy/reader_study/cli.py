@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,10 @@ from medlossy.errors import MedlossyError
 
 DEFAULT_RATIOS = "1,2,5,10,20,50"
 DEFAULT_DB = "answers.sqlite"
+#: Seconds a client has to send a whole request (a page request or a 1 KiB answer).
+REQUEST_TIMEOUT_S = 10.0
+#: Seconds an idle connection is kept open after a response (uvicorn's default).
+KEEP_ALIVE_S = 5
 
 
 def _ratios(text: str) -> tuple[float, ...]:
@@ -21,6 +26,16 @@ def _ratios(text: str) -> tuple[float, ...]:
     except ValueError:
         message = f"not a comma-separated list of numbers: {text!r}"
         raise argparse.ArgumentTypeError(message) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
 
 
 def _require(*modules: str) -> None:
@@ -38,8 +53,8 @@ def _database_url(arguments: argparse.Namespace) -> str:
 
 
 def _private() -> None:
-    """Every file this process creates (study folder, database, -wal, -shm) is 0600 / 0700:
-    the key and the answers unblind the study."""
+    """Every file this process creates (study folder, database, -wal, -shm, report) is
+    0600 / 0700: the key and the answers unblind the study."""
     os.umask(0o077)
 
 
@@ -68,6 +83,7 @@ def serve(arguments: argparse.Namespace) -> None:
     from medlossy.reader_study.app import create_app, public_base
     from medlossy.reader_study.db import Database
     from medlossy.reader_study.pairs import load_pairs
+    from medlossy.reader_study.server import deadline_protocol
 
     if arguments.raters < 1:
         raise MedlossyError(None, f"--raters must be at least 1, got {arguments.raters}")
@@ -87,7 +103,9 @@ def serve(arguments: argparse.Namespace) -> None:
               "pass --public-url https://...", file=sys.stderr)
     sys.stdout.flush()
     uvicorn.run(app, host=arguments.host, port=arguments.port, log_level="warning",
-                server_header=False, date_header=False, proxy_headers=False)
+                server_header=False, date_header=False, proxy_headers=False,
+                http=deadline_protocol(arguments.request_timeout),
+                timeout_keep_alive=KEEP_ALIVE_S)
 
 
 def _base(arguments: argparse.Namespace) -> str:
@@ -129,6 +147,7 @@ def _loopback(host: str) -> bool:
 
 def analyze(arguments: argparse.Namespace) -> None:
     _require("sklearn", "krippendorff")
+    _private()
     from medlossy.reader_study.analysis import analyze_study
     from medlossy.reader_study.db import Database
 
@@ -190,6 +209,12 @@ def add_reader_parser(subparsers) -> None:
     serve_parser.add_argument("--session-cookie", action="store_true",
                               help="exchange the link's token for a session cookie on the "
                                    "first visit and redirect to token-free URLs")
+    serve_parser.add_argument("--request-timeout", type=_seconds, default=REQUEST_TIMEOUT_S,
+                              metavar="SECONDS",
+                              help="close a connection whose request has not arrived whole "
+                                   "this long after it opened or began (default "
+                                   f"{REQUEST_TIMEOUT_S:g}); idle kept-alive connections "
+                                   f"close after {KEEP_ALIVE_S} s")
     serve_parser.set_defaults(handler=serve)
 
     link_parser = sub.add_parser(

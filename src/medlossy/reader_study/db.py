@@ -13,6 +13,12 @@ on each request, so it is not stored either. Every file (the database, its -wal 
 created with mode 0600 (umask 077 around each connection), and a database made by an older
 version that kept plain tokens is rewritten without them at first open.
 
+Sessions (``open_session``, for the app's session cookie) end on the server, not only in the
+browser: one older than ``SESSION_LIFETIME`` or unused for ``SESSION_IDLE`` opens nothing, as
+an unknown one. A rater keeps at most ``MAX_SESSIONS_PER_RATER`` (one per browser; the least
+recently used goes first) and ended sessions are deleted whenever a new one is opened, so the
+table cannot grow with every visit.
+
 Waiting on a lock is bounded (``BUSY_TIMEOUT_S``): a database locked from outside for longer
 raises ``DatabaseBusy`` instead of hanging, and nothing is committed then.
 """
@@ -38,6 +44,16 @@ ANSWERS = ("left", "right", "undecided")
 TOKEN_BYTES = 32
 #: Longest wait for a lock held by someone else before giving up (``DatabaseBusy``).
 BUSY_TIMEOUT_S = 2.0
+#: A session ends this long after it was opened (the cookie's Max-Age is the same).
+SESSION_LIFETIME = _dt.timedelta(days=30)
+#: ... or after this long without a request.
+SESSION_IDLE = _dt.timedelta(days=7)
+#: A session's last use is written at most this often (a write per page view would cost an
+#: fsync each), so the idle limit holds to within this much.
+SESSION_TOUCH = _dt.timedelta(hours=1)
+#: Sessions a rater keeps (e.g. one per computer); opening one more ends the least recently
+#: used.
+MAX_SESSIONS_PER_RATER = 5
 _FILE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 _UMASK_LOCK = threading.Lock()  # the umask is per process: one connection opens at a time
 _SCHEMA = """
@@ -55,8 +71,10 @@ CREATE TABLE IF NOT EXISTS raters (
 CREATE TABLE IF NOT EXISTS sessions (
     token_sha256 TEXT PRIMARY KEY,
     rater_id INTEGER NOT NULL REFERENCES raters (id),
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    last_seen TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS sessions_by_rater ON sessions (rater_id);
 CREATE TABLE IF NOT EXISTS answers (
     rater_id INTEGER NOT NULL REFERENCES raters (id),
     pair_id TEXT NOT NULL REFERENCES pairs (id),
@@ -86,7 +104,12 @@ class Rater:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+    return _stamp(_dt.datetime.now(_dt.UTC))
+
+
+def _stamp(moment: _dt.datetime) -> str:
+    """UTC time as stored: fixed width, so stamps compare as strings."""
+    return moment.isoformat(timespec="milliseconds")
 
 
 def _digest(token: str) -> str:
@@ -134,6 +157,11 @@ def private_files() -> Iterator[None]:
             yield
         finally:
             os.umask(previous)
+
+
+def _session_cutoffs(now: _dt.datetime) -> tuple[str, str]:
+    """(opened after, last used after): the stamps a live session must be later than."""
+    return _stamp(now - SESSION_LIFETIME), _stamp(now - SESSION_IDLE)
 
 
 def _is_busy(error: sqlite3.OperationalError) -> bool:
@@ -184,6 +212,21 @@ class Database:
         return connection
 
     def _migrate(self) -> None:
+        """Bring a database of an earlier version up to date."""
+        self._add_last_seen()
+        self._drop_plain_tokens()
+
+    def _add_last_seen(self) -> None:
+        """Sessions made before they could end get their opening time as their last use."""
+        columns = {row[1] for row in self._query("PRAGMA table_info(sessions)")}
+        if "last_seen" in columns:
+            return
+        with self._transaction() as connection:
+            connection.execute("ALTER TABLE sessions ADD COLUMN last_seen TEXT NOT NULL "
+                               "DEFAULT ''")
+            connection.execute("UPDATE sessions SET last_seen = created_at")
+
+    def _drop_plain_tokens(self) -> None:
         """Drop the plain-token columns of a first-version database, and scrub its pages."""
         columns = {row[1] for row in self._query("PRAGMA table_info(raters)")}
         if "token" not in columns:
@@ -292,10 +335,34 @@ class Database:
                                "FROM raters r WHERE r.token_sha256 = ?", token)
 
     def rater_by_session(self, session: str) -> Rater | None:
-        """The rater a session cookie (``open_session``) belongs to."""
-        return self._by_digest("SELECT s.token_sha256, r.id, r.name, r.role, r.order_seed "
-                               "FROM sessions s JOIN raters r ON r.id = s.rater_id "
-                               "WHERE s.token_sha256 = ?", session)
+        """The rater a session cookie (``open_session``) belongs to, while the session lasts
+        (``SESSION_LIFETIME``, ``SESSION_IDLE``); an ended one is unknown."""
+        now = _dt.datetime.now(_dt.UTC)
+        opened_after, used_after = _session_cutoffs(now)
+        digest = _digest(session)
+        rows = self._query("SELECT s.token_sha256, r.id, r.name, r.role, r.order_seed, "
+                           "s.last_seen FROM sessions s JOIN raters r ON r.id = s.rater_id "
+                           "WHERE s.token_sha256 = ? AND s.created_at > ? AND s.last_seen > ?",
+                           (digest, opened_after, used_after))
+        if not rows or not tokens_equal(rows[0][0], digest):
+            return None
+        if rows[0][5] <= _stamp(now - SESSION_TOUCH):
+            self._touch(digest, _stamp(now))
+        return Rater(*rows[0][1:5])
+
+    def _touch(self, digest: str, now: str) -> None:
+        """Note a session's use, without waiting: a page view never stalls on a lock held by
+        a commit or another program; a missed note is retried on the next request."""
+        connection = self._connection()
+        connection.execute("PRAGMA busy_timeout = 0")
+        try:
+            connection.execute("UPDATE sessions SET last_seen = ? WHERE token_sha256 = ?",
+                               (now, digest))
+        except sqlite3.OperationalError as error:
+            if not _is_busy(error):
+                raise
+        finally:
+            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
     def _by_digest(self, sql: str, token: str) -> Rater | None:
         digest = _digest(token)
@@ -325,11 +392,23 @@ class Database:
     # Writes ---------------------------------------------------------------------------------
 
     def open_session(self, rater_id: int) -> str:
-        """A new session token for ``rater_id`` (for a cookie); only its digest is kept."""
+        """A new session token for ``rater_id`` (for a cookie); only its digest is kept.
+
+        Ended sessions (of every rater) are deleted, and the rater's least recently used
+        ones beyond ``MAX_SESSIONS_PER_RATER`` - 1, to make room for this one.
+        """
         session = new_token()
+        now = _dt.datetime.now(_dt.UTC)
         with self._transaction() as connection:
-            connection.execute("INSERT INTO sessions (token_sha256, rater_id, created_at) "
-                               "VALUES (?, ?, ?)", (_digest(session), rater_id, _now()))
+            connection.execute("DELETE FROM sessions WHERE created_at <= ? OR last_seen <= ?",
+                               _session_cutoffs(now))
+            connection.execute(
+                "DELETE FROM sessions WHERE rater_id = ? AND token_sha256 NOT IN (SELECT "
+                "token_sha256 FROM sessions WHERE rater_id = ? ORDER BY last_seen DESC, "
+                "created_at DESC LIMIT ?)", (rater_id, rater_id, MAX_SESSIONS_PER_RATER - 1))
+            connection.execute("INSERT INTO sessions (token_sha256, rater_id, created_at, "
+                               "last_seen) VALUES (?, ?, ?, ?)",
+                               (_digest(session), rater_id, _stamp(now), _stamp(now)))
         return session
 
     def record(self, rater_id: int, pair_id: str, answer: str) -> None:
