@@ -245,6 +245,38 @@ def test_force_never_deletes_a_users_file_inside_a_store(cli, small_file, tmp_pa
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("name", ["1.2.3", "0/20240101.1.1", "0/6.0.0", "0/0.0.01"])
+def test_force_never_deletes_a_users_file_named_like_a_chunk(cli, small_file, tmp_path, name):
+    # Found by a new user: any "N.N.N" counted as a chunk, so --force deleted their files
+    # s.zarr/1.2.3 and s.zarr/0/20240101.1.1. Only keys of the store's own chunk grid (6
+    # slices: 0/0.0.0 ... 0/5.0.0) are the store's.
+    store = tmp_path / "s.zarr"
+    assert cli("compress", small_file, store, "--ratio", "3", "--workers", "1",
+               "--quiet")[0] == 0
+    (store / name).write_text("a user's file")
+    code, _, err = cli("compress", small_file, store, "--ratio", "4", "--force",
+                       "--workers", "1", "--quiet")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(store), f"{name!r}", "--force would delete it")
+    assert (store / name).read_text() == "a user's file"
+    assert (store / "0" / "5.0.0").is_file()
+
+
+def test_nested_chunk_keys_are_a_stores_own_files(tmp_path):
+    from medlossy.outputs import foreign_store_files
+
+    store = tmp_path / "nested.zarr"
+    (store / "0" / "1" / "0").mkdir(parents=True)
+    (store / ".zattrs").write_text('{"medlossy": {}}')
+    (store / "0" / ".zarray").write_text(json.dumps(
+        {"shape": [3, 8, 8], "chunks": [1, 8, 8], "dimension_separator": "/"}))
+    (store / "0" / "1" / "0" / "0").write_bytes(b"chunk")
+    assert foreign_store_files(store) == []
+    (store / "0" / "1" / "0" / "1").write_bytes(b"user")
+    (store / "0" / "3").mkdir()
+    assert foreign_store_files(store) == ["0/1/0/1", "0/3/"]
+
+
 def test_force_names_a_users_file_inside_a_dicom_output(cli, small_file, tmp_path):
     # Found by a new user: a store names the file --force would delete, but a DICOM series
     # folder medlossy wrote, holding one file of the user's, was refused as "a folder that
