@@ -196,6 +196,35 @@ def test_decompress_force_never_replaces_a_file_saved_with_its_header(cli, small
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_decompress_force_never_replaces_a_file_whose_affine_was_edited(cli, small_store,
+                                                                         tmp_path, suffix):
+    # Found by a new user: the note's digest covered the voxels only, so a decoded NIfTI
+    # whose affine they had corrected (header extension kept) was overwritten by --force.
+    import nrrd
+
+    decoded = tmp_path / f"decoded{suffix}"
+    assert cli("decompress", small_store, decoded, "--workers", "1")[0] == 0
+    assert cli("decompress", small_store, decoded, "--force", "--workers", "1")[0] == 0
+    if suffix == ".nrrd":
+        values, header = nrrd.read(str(decoded), index_order="F")
+        header["space origin"] = header["space origin"] + [0.0, 0.0, 5.0]
+        nrrd.write(str(decoded), values, header, index_order="F")
+    else:
+        image = nib.load(decoded)
+        affine = image.affine.copy()
+        affine[2, 3] += 5.0  # moved 5 mm up; voxels, scaling and extensions as they were
+        edited = nib.Nifti1Image(np.asarray(image.dataobj.get_unscaled()), affine,
+                                 image.header)
+        nib.save(edited, decoded)
+        assert len(nib.load(decoded).header.extensions) == len(image.header.extensions)
+    before = decoded.read_bytes()
+    code, _, err = cli("decompress", small_store, decoded, "--force", "--workers", "1")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(decoded), "medlossy did not write")
+    assert decoded.read_bytes() == before
+
+
 def test_decompress_force_never_replaces_a_file_whose_scaling_was_changed(cli, tmp_path):
     # Found by a new user: the note's digest covered the stored integers only, so a decoded
     # scaled NIfTI whose scl_slope was then edited (every value changed) was overwritten.

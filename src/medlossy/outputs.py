@@ -150,8 +150,9 @@ def is_dicom_output(path: Path) -> bool:
 
 def is_decompressed_volume(path: Path) -> bool:
     """A NIfTI or NRRD file that ``medlossy decompress`` wrote and nobody changed since: its
-    header note says so, and the voxels are still those the note's digest was taken of (a
-    mask saved with the decoded image's header inherits the note, not the voxels)."""
+    header note says so, and the voxels and geometry are still those the note's digest was
+    taken of (a mask saved with the decoded image's header inherits the note, not the
+    voxels; an edited affine keeps the voxels, not the geometry)."""
     if not path.is_file() or path.is_symlink():
         return False
     name = path.name.lower()
@@ -159,21 +160,24 @@ def is_decompressed_volume(path: Path) -> bool:
         if name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
 
-            from medlossy.io.nifti import notes
+            from medlossy.io.nifti import geometry_fields, notes
 
             ours = [note for note in notes(path) if note.startswith(DECOMPRESSED_NOTE)]
-            proxy = nib.load(path).dataobj
+            image = nib.load(path)
+            proxy = image.dataobj
             return bool(ours) and voxels_match_note(
-                ours[-1], np.asanyarray(proxy.get_unscaled()), (proxy.slope, proxy.inter))
+                ours[-1], np.asanyarray(proxy.get_unscaled()), geometry_fields(image.header),
+                (proxy.slope, proxy.inter))
         if name.endswith(".nrrd"):
             import nrrd
 
-            from medlossy.io.nrrd_format import NOTE_FIELD
+            from medlossy.io.nrrd_format import NOTE_FIELD, geometry_fields
 
             note = nrrd.read_header(str(path)).get(NOTE_FIELD, "")
             if not (isinstance(note, str) and note.startswith(DECOMPRESSED_NOTE)):
                 return False
-            return voxels_match_note(note, nrrd.read(str(path), index_order="F")[0])
+            values, header = nrrd.read(str(path), index_order="F")
+            return voxels_match_note(note, values, geometry_fields(header))
     except Exception:  # nibabel and pynrrd raise many types for damaged files
         return False
     return False
