@@ -156,3 +156,19 @@ def test_a_version_1_store_is_unprotected_and_readable(cli):
     code, out, err = cli("verify", store)
     assert code == 0, err
     assert "metadata unprotected" in out
+
+
+def test_the_layered_writer_of_sweeps_seals_every_store(tmp_path, cli):
+    # dataset compress writes its stores through compress_volume_ratios (layered encode)
+    from medlossy.compression import compress_volume_ratios
+
+    rng = np.random.default_rng(5)
+    array = (rng.normal(300, 40, (48, 40, 6)) + np.arange(48)[:, None, None] * 4).astype(
+        np.int16)
+    outputs = {ratio: tmp_path / f"r{ratio:g}.zarr" for ratio in (1.0, 3.0)}
+    compress_volume_ratios(Volume(array, np.eye(4), modality="MR"), outputs, workers=1)
+    for store in outputs.values():
+        code, out, err = cli("verify", store)
+        assert code == 0 and "and the metadata match" in out, (out, err)
+        _edit(store, _offset)
+        assert cli("verify", store)[0] == EXIT_CHECK_FAILED
