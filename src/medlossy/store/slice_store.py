@@ -354,8 +354,7 @@ class SliceStore:
         self.protected = unmatched is not None
         if unmatched:
             raise MetadataMismatch(self.path, "metadata no longer matches its checksum ("
-                                   f"{', '.join(unmatched)} changed since compress): "
-                                   "refusing to decode it")
+                                   f"{', '.join(unmatched)} changed since compress)")
         #: The tiles of a slice (one tile, the slice itself, in an untiled store).
         self.grid = TileGrid(*self.slice_shape, int(self.zarray["chunks"][1]),
                              int(self.zarray["chunks"][2]))
