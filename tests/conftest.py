@@ -129,3 +129,17 @@ def cli(capsys) -> Callable[..., CliResult]:
         return code, captured.out, captured.err
 
     return run
+
+
+def reseal(attributes: dict, store: Path) -> None:
+    """Recompute the metadata checksum of edited ``.zattrs`` contents (``attributes``, the
+    whole document), as a tool that means its edit would: for tests that damage a store
+    below its metadata (a chunk whose CRC is re-stamped to match)."""
+    import json
+
+    from medlossy.store.slice_store import ATTRIBUTE_KEY, METADATA_KEY, metadata_digests
+
+    array_path = store if (store / ".zarray").exists() else store / "0"
+    zarray = json.loads((array_path / ".zarray").read_bytes())
+    medlossy = attributes[ATTRIBUTE_KEY]
+    medlossy[METADATA_KEY] = metadata_digests(medlossy, zarray)

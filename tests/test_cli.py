@@ -139,7 +139,7 @@ def test_psnr_refuses_volumes_of_different_shapes(cli, ct_b_crop_file, mr_path):
 def test_verify_a_good_store(cli, store):
     code, out, err = cli("verify", store)
     assert code == 0 and err == ""
-    assert out.strip() == f"{store}: all 24 slices match their checksums"
+    assert out.strip() == f"{store}: all 24 slices and the metadata match their checksums"
 
 
 def test_lossless_via_cli_is_exact_and_keeps_dtype(cli, ct_a_path, tmp_path):

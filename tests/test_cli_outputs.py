@@ -196,6 +196,35 @@ def test_decompress_force_never_replaces_a_file_saved_with_its_header(cli, small
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_decompress_force_never_replaces_a_file_whose_affine_was_edited(cli, small_store,
+                                                                         tmp_path, suffix):
+    # Found by a new user: the note's digest covered the voxels only, so a decoded NIfTI
+    # whose affine they had corrected (header extension kept) was overwritten by --force.
+    import nrrd
+
+    decoded = tmp_path / f"decoded{suffix}"
+    assert cli("decompress", small_store, decoded, "--workers", "1")[0] == 0
+    assert cli("decompress", small_store, decoded, "--force", "--workers", "1")[0] == 0
+    if suffix == ".nrrd":
+        values, header = nrrd.read(str(decoded), index_order="F")
+        header["space origin"] = header["space origin"] + [0.0, 0.0, 5.0]
+        nrrd.write(str(decoded), values, header, index_order="F")
+    else:
+        image = nib.load(decoded)
+        affine = image.affine.copy()
+        affine[2, 3] += 5.0  # moved 5 mm up; voxels, scaling and extensions as they were
+        edited = nib.Nifti1Image(np.asarray(image.dataobj.get_unscaled()), affine,
+                                 image.header)
+        nib.save(edited, decoded)
+        assert len(nib.load(decoded).header.extensions) == len(image.header.extensions)
+    before = decoded.read_bytes()
+    code, _, err = cli("decompress", small_store, decoded, "--force", "--workers", "1")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(decoded), "medlossy did not write")
+    assert decoded.read_bytes() == before
+
+
 def test_decompress_force_never_replaces_a_file_whose_scaling_was_changed(cli, tmp_path):
     # Found by a new user: the note's digest covered the stored integers only, so a decoded
     # scaled NIfTI whose scl_slope was then edited (every value changed) was overwritten.
@@ -243,6 +272,38 @@ def test_force_never_deletes_a_users_file_inside_a_store(cli, small_file, tmp_pa
     assert code == EXIT_BAD_INPUT
     _one_line(err, "'0/extra/'")
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["1.2.3", "0/20240101.1.1", "0/6.0.0", "0/0.0.01"])
+def test_force_never_deletes_a_users_file_named_like_a_chunk(cli, small_file, tmp_path, name):
+    # Found by a new user: any "N.N.N" counted as a chunk, so --force deleted their files
+    # s.zarr/1.2.3 and s.zarr/0/20240101.1.1. Only keys of the store's own chunk grid (6
+    # slices: 0/0.0.0 ... 0/5.0.0) are the store's.
+    store = tmp_path / "s.zarr"
+    assert cli("compress", small_file, store, "--ratio", "3", "--workers", "1",
+               "--quiet")[0] == 0
+    (store / name).write_text("a user's file")
+    code, _, err = cli("compress", small_file, store, "--ratio", "4", "--force",
+                       "--workers", "1", "--quiet")
+    assert code == EXIT_BAD_INPUT
+    _one_line(err, str(store), f"{name!r}", "--force would delete it")
+    assert (store / name).read_text() == "a user's file"
+    assert (store / "0" / "5.0.0").is_file()
+
+
+def test_nested_chunk_keys_are_a_stores_own_files(tmp_path):
+    from medlossy.outputs import foreign_store_files
+
+    store = tmp_path / "nested.zarr"
+    (store / "0" / "1" / "0").mkdir(parents=True)
+    (store / ".zattrs").write_text('{"medlossy": {}}')
+    (store / "0" / ".zarray").write_text(json.dumps(
+        {"shape": [3, 8, 8], "chunks": [1, 8, 8], "dimension_separator": "/"}))
+    (store / "0" / "1" / "0" / "0").write_bytes(b"chunk")
+    assert foreign_store_files(store) == []
+    (store / "0" / "1" / "0" / "1").write_bytes(b"user")
+    (store / "0" / "3").mkdir()
+    assert foreign_store_files(store) == ["0/1/0/1", "0/3/"]
 
 
 def test_force_names_a_users_file_inside_a_dicom_output(cli, small_file, tmp_path):

@@ -19,3 +19,7 @@ class MedlossyError(Exception):
         # Pickled when raised in a worker process; the default (cls, args) cannot rebuild it
         # and breaks the whole process pool.
         return type(self), (self.path, self.problem)
+
+
+class CheckFailed(MedlossyError):
+    """A check that ran and found a mismatch (``verify``): exit status 1, not 2."""

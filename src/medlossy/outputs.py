@@ -25,9 +25,8 @@ from medlossy.errors import MedlossyError
 from medlossy.store.ngff import LEVEL0
 
 _DICOM_NAME = re.compile(r"(IM|MF)\d{5}\.dcm")  # single-frame slices, multi-frame object
-#: Every file of a store, relative to it: group and array metadata, chunks "z.y.x" of the
-#: array "0" (see store/slice_store.py); version 1 stores kept the array at the root.
-_STORE_FILE = re.compile(rf"\.zattrs|\.zgroup|({LEVEL0}/)?\.zarray|({LEVEL0}/)?\d+\.\d+\.\d+")
+#: A chunk index as zarr writes it in a key (no sign, no leading zeros).
+_INDEX = re.compile(r"0|[1-9]\d*")
 #: How ``decompress`` marks the volume files it writes (the start of their note).
 DECOMPRESSED_NOTE = "written by medlossy decompress"
 #: Temporaries of an interrupted atomic write (see atomic.py): never user files.
@@ -43,16 +42,72 @@ def is_store(path: Path) -> bool:
     return isinstance(attributes, dict) and isinstance(attributes.get("medlossy"), dict)
 
 
+class _StoreFiles:
+    """The files a store is made of: group and array metadata and the chunk keys of the
+    array's own chunk grid (from its ``.zarray``: shape, chunks, dimension separator). The
+    array is at ``0/`` (version 1 stores kept it at the root; see store/slice_store.py)."""
+
+    def __init__(self, path: Path) -> None:
+        self.array = "" if (path / ".zarray").is_file() else LEVEL0
+        prefix = f"{self.array}/" if self.array else ""
+        self.metadata = {".zattrs", ".zgroup", f"{prefix}.zarray"}
+        self.grid, self.separator = self._grid(path / self.array / ".zarray")
+
+    @staticmethod
+    def _grid(zarray: Path) -> tuple[list[int], str]:
+        """Chunks along each axis and the key separator; no chunks when unreadable."""
+        try:
+            document = json.loads(zarray.read_bytes())
+            shape, chunks = document["shape"], document["chunks"]
+            separator = document.get("dimension_separator") or "."
+            if not (len(shape) == len(chunks) and separator in (".", "/") and all(
+                    type(n) is int and n >= 0 for n in shape)
+                    and all(type(c) is int and c > 0 for c in chunks)):
+                return [], "."
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return [], "."
+        return [-(-n // c) for n, c in zip(shape, chunks, strict=True)], separator
+
+    def _indices(self, entry: str) -> list[str] | None:
+        """The chunk key parts of ``entry`` (relative to the store), None when it is not
+        under the array."""
+        if self.array:
+            if not entry.startswith(f"{self.array}/"):
+                return None
+            entry = entry[len(self.array) + 1:]
+        return entry.split(self.separator)
+
+    def _in_grid(self, parts: list[str]) -> bool:
+        return all(_INDEX.fullmatch(part) and int(part) < count
+                   for part, count in zip(parts, self.grid, strict=False))
+
+    def is_file(self, entry: str) -> bool:
+        if entry in self.metadata:
+            return True
+        parts = self._indices(entry)
+        return parts is not None and len(parts) == len(self.grid) > 0 and self._in_grid(parts)
+
+    def is_folder(self, entry: str) -> bool:
+        """The array's folder, or one level of a nested key ("/" separator: ``0/z/y``)."""
+        if entry == self.array:
+            return True
+        parts = self._indices(entry)
+        return (self.separator == "/" and parts is not None
+                and 0 < len(parts) < len(self.grid) and self._in_grid(parts))
+
+
 def foreign_store_files(path: Path) -> list[str]:
-    """Files and folders inside a store that a store is not made of (a user's notes, say)."""
+    """Files and folders inside a store that a store is not made of (a user's notes, a file
+    named like a chunk outside the store's chunk grid, say)."""
+    ours = _StoreFiles(path)
     foreign = []
     for root, folders, names in os.walk(path):
         relative = Path(root).relative_to(path)
         foreign += [entry for entry in ((relative / name).as_posix() for name in names)
-                    if not _STORE_FILE.fullmatch(entry)]
+                    if not ours.is_file(entry)]
         foreign += [f"{(relative / name).as_posix()}/" for name in folders
-                    if (relative / name).as_posix() != LEVEL0]
-        folders[:] = [name for name in folders if (relative / name).as_posix() == LEVEL0]
+                    if not ours.is_folder((relative / name).as_posix())]
+        folders[:] = [name for name in folders if ours.is_folder((relative / name).as_posix())]
     return sorted(foreign)
 
 
@@ -95,8 +150,9 @@ def is_dicom_output(path: Path) -> bool:
 
 def is_decompressed_volume(path: Path) -> bool:
     """A NIfTI or NRRD file that ``medlossy decompress`` wrote and nobody changed since: its
-    header note says so, and the voxels are still those the note's digest was taken of (a
-    mask saved with the decoded image's header inherits the note, not the voxels)."""
+    header note says so, and the voxels and geometry are still those the note's digest was
+    taken of (a mask saved with the decoded image's header inherits the note, not the
+    voxels; an edited affine keeps the voxels, not the geometry)."""
     if not path.is_file() or path.is_symlink():
         return False
     name = path.name.lower()
@@ -104,21 +160,24 @@ def is_decompressed_volume(path: Path) -> bool:
         if name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
 
-            from medlossy.io.nifti import notes
+            from medlossy.io.nifti import geometry_fields, notes
 
             ours = [note for note in notes(path) if note.startswith(DECOMPRESSED_NOTE)]
-            proxy = nib.load(path).dataobj
+            image = nib.load(path)
+            proxy = image.dataobj
             return bool(ours) and voxels_match_note(
-                ours[-1], np.asanyarray(proxy.get_unscaled()), (proxy.slope, proxy.inter))
+                ours[-1], np.asanyarray(proxy.get_unscaled()), geometry_fields(image.header),
+                (proxy.slope, proxy.inter))
         if name.endswith(".nrrd"):
             import nrrd
 
-            from medlossy.io.nrrd_format import NOTE_FIELD
+            from medlossy.io.nrrd_format import NOTE_FIELD, geometry_fields
 
             note = nrrd.read_header(str(path)).get(NOTE_FIELD, "")
             if not (isinstance(note, str) and note.startswith(DECOMPRESSED_NOTE)):
                 return False
-            return voxels_match_note(note, nrrd.read(str(path), index_order="F")[0])
+            values, header = nrrd.read(str(path), index_order="F")
+            return voxels_match_note(note, values, geometry_fields(header))
     except Exception:  # nibabel and pynrrd raise many types for damaged files
         return False
     return False

@@ -12,7 +12,7 @@ import numpy as np
 from medlossy.codecs import get_codec
 from medlossy.compression import Target, compress_volume
 from medlossy.decompression import decompress_to_file, read_store
-from medlossy.errors import MedlossyError
+from medlossy.errors import CheckFailed, MedlossyError
 from medlossy.frames import to_reference_frame
 from medlossy.io import read_volume
 from medlossy.metrics import (
@@ -31,8 +31,11 @@ from medlossy.outputs import (
     is_decompressed_volume,
     medlossy_output,
 )
-from medlossy.store import SliceStore, stored_bytes
+from medlossy.store import MetadataMismatch, SliceStore, stored_bytes
 from medlossy.volume import Volume
+
+#: How a store written before metadata checksums is reported (readable, not refused).
+_UNPROTECTED = "unprotected (written before metadata checksums: edits cannot be detected)"
 
 
 def _say(arguments: argparse.Namespace, text: str) -> None:
@@ -172,10 +175,18 @@ def _compress_to_dicom(arguments: argparse.Namespace, target: Target, modality: 
                         "codec's sizes step across it)")
 
 
+def _note_unprotected(path: str) -> None:
+    """Say on stderr when a store's metadata has no checksum (an edited store is refused
+    by ``SliceStore`` itself)."""
+    if not SliceStore(path).protected:
+        print(f"note: {path}: metadata {_UNPROTECTED}", file=sys.stderr)
+
+
 def decompress(arguments: argparse.Namespace) -> None:
     _refuse_multiframe_without_dicom(arguments)
     _refuse_existing(arguments.output, arguments.force, arguments.store,
                      folder=arguments.format == "dicom")
+    _note_unprotected(arguments.store)
     if arguments.format == "dicom":
         from medlossy.dicom_export import store_to_dicom
 
@@ -206,6 +217,7 @@ def _info_document(path: str) -> dict:
         "target": attributes["target"],
         "achieved": achieved,
         "tile": attributes.get("tile"),
+        "metadata": "checksum matches" if store.protected else _UNPROTECTED,
         "bytes_on_disk": stored_bytes(store.path),
         "intensity": attributes["intensity"],
         "source": attributes["source"].get("file"),
@@ -242,6 +254,7 @@ def _info(arguments: argparse.Namespace) -> None:
                   f"{document['codec'].get('wavelet', document['codec'].get('transform', ''))}"),
         ("tiles", "none (one codestream per slice)" if document["tile"] is None
                   else " x ".join(map(str, document["tile"])) + " per codestream"),
+        ("metadata", document["metadata"]),
         ("target", ", ".join(f"{k}={v}" for k, v in document["target"].items())),
         ("achieved ratio", f"x{achieved['ratio']:.3f} ({met})"),
         ("stored bytes", f"{achieved['stored_bytes']} (raw 16-bit: {achieved['raw_bytes']})"),
@@ -259,18 +272,26 @@ def _info(arguments: argparse.Namespace) -> None:
 
 
 def verify(arguments: argparse.Namespace) -> None:
-    store = SliceStore(arguments.store)
+    try:
+        store = SliceStore(arguments.store)
+    except MetadataMismatch as error:  # a check that failed (exit 1), not unreadable input
+        raise CheckFailed(error.path, error.problem) from None
     bad = store.verify()
     if bad:
         if store.depth == 1 and not store.grid.tiled:
-            raise MedlossyError(arguments.store, f"{len(bad)} corrupt or missing slice(s): "
-                                                 f"{', '.join(map(str, bad[:20]))}")
+            raise CheckFailed(arguments.store, f"{len(bad)} corrupt or missing slice(s): "
+                                               f"{', '.join(map(str, bad[:20]))}")
         kind = "tile" if store.grid.tiled else "block"
-        raise MedlossyError(arguments.store, f"{len(bad)} corrupt or missing {kind}(s): "
-                            + ", ".join(store.chunk_name(i) for i in bad[:20]))
+        raise CheckFailed(arguments.store, f"{len(bad)} corrupt or missing {kind}(s): "
+                          + ", ".join(store.chunk_name(i) for i in bad[:20]))
     held = f" in {store.chunks} blocks" if store.depth > 1 else \
         f" in {store.chunks} tiles" if store.grid.tiled else ""
-    print(f"{arguments.store}: all {store.slices} slices{held} match their checksums")
+    if store.protected:
+        print(f"{arguments.store}: all {store.slices} slices{held} and the metadata match "
+              "their checksums")
+    else:
+        print(f"{arguments.store}: all {store.slices} slices{held} match their checksums; "
+              f"metadata {_UNPROTECTED}")
 
 
 def _store_attributes(path: str) -> dict | None:

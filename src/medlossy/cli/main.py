@@ -16,10 +16,11 @@ from medlossy.cli import commands
 from medlossy.cli.types import positive_int
 from medlossy.codecs import codec_names
 from medlossy.datasets.sweep import STUDY_RATIOS
-from medlossy.errors import MedlossyError
+from medlossy.errors import CheckFailed, MedlossyError
 from medlossy.evaluate.cli import add_evaluate_parsers
 from medlossy.reader_study.cli import add_reader_parser
 
+EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
 _TEMPORARY = re.compile(r"(^|/)\.([^/]+?)\.partial-[0-9a-f]{8}[^/]*$")
 
@@ -344,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         arguments.handler(arguments)
     except MedlossyError as error:
         print(f"medlossy: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_CHECK_FAILED if isinstance(error, CheckFailed) else EXIT_BAD_INPUT
     except ValueError as error:
         print(f"medlossy: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -14,6 +14,11 @@ from medlossy.errors import MedlossyError
 from medlossy.volume import Volume
 
 SUFFIXES = (".nii", ".nii.gz")
+#: The header fields that place the voxels in the world (NIfTI-1 and -2 name them alike):
+#: qform and sform with their codes, voxel sizes and qfac (pixdim), units.
+_GEOMETRY_FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d",
+                    "qoffset_x", "qoffset_y", "qoffset_z", "pixdim", "srow_x", "srow_y",
+                    "srow_z", "xyzt_units")
 _READ_ERRORS = (OSError, EOFError, ValueError, OverflowError, zlib.error)
 _FLOAT32 = np.finfo(np.float32)
 
@@ -132,7 +137,7 @@ def write_nifti(volume: Volume, path: Path, *, note: str | None = None) -> None:
     """Write ``volume``; a header kept from a NIfTI source restores dtype, codes, units and
     scaling (a scaled integer source gets its integers and scl_slope / scl_inter back).
     ``note`` is written as a NIfTI comment extension (what wrote the file), ending in the
-    digest of the voxels written (``checksums.with_voxel_digest``)."""
+    digest of the voxels and geometry written (``checksums.with_voxel_digest``)."""
     saved = volume.header
     try:
         header = saved_header(saved)
@@ -165,12 +170,19 @@ def write_nifti(volume: Volume, path: Path, *, note: str | None = None) -> None:
         image.set_sform(volume.affine, code=1)
         image.header.set_xyzt_units("mm")
     if note is not None:
+        image.update_header()  # the geometry fields as nib.save writes them
         written = np.asarray(image.dataobj, dtype=image.get_data_dtype())
         slope, intercept = image.header.get_slope_inter()
         scaling = (1.0 if slope is None else slope, 0.0 if intercept is None else intercept)
         image.header.extensions.append(nib.nifti1.Nifti1Extension(
-            "comment", with_voxel_digest(note, written, scaling).encode()))
+            "comment", with_voxel_digest(note, written, geometry_fields(image.header),
+                                         scaling).encode()))
     nib.save(image, path)
+
+
+def geometry_fields(header: nib.Nifti1Header) -> dict:
+    """The header's geometry fields as plain numbers (what a note's digest covers)."""
+    return {name: np.asarray(header[name]).tolist() for name in _GEOMETRY_FIELDS}
 
 
 def notes(path: Path) -> list[str]:

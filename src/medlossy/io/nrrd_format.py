@@ -42,9 +42,20 @@ def read_nrrd(path: Path, modality: str = "OTHER") -> Volume:
     return Volume(array, affine, modality=modality, header={"format": "nrrd"})
 
 
+def geometry_fields(header: dict) -> dict:
+    """The fields that place the voxels in the world, as plain numbers (what a note's digest
+    covers; pynrrd writes floats with 17 digits, so they read back equal)."""
+    fields = {"space": header.get("space")}
+    for key in ("space directions", "space origin"):
+        value = header.get(key)
+        fields[key] = None if value is None else np.asarray(value, dtype=float).tolist()
+    return fields
+
+
 def write_nrrd(volume: Volume, path: Path, *, note: str | None = None) -> None:
     """Write ``volume`` as NRRD in LPS space, gzip-encoded; ``note`` goes in the key/value
-    field ``medlossy`` (what wrote the file), ending in the digest of the voxels written."""
+    field ``medlossy`` (what wrote the file), ending in the digest of the voxels and
+    geometry written."""
     header = {
         "space": "left-posterior-superior",
         "space directions": (_LPS_TO_RAS @ volume.affine[:3, :3]).T,
@@ -52,5 +63,6 @@ def write_nrrd(volume: Volume, path: Path, *, note: str | None = None) -> None:
         "encoding": "gzip",
     }
     if note is not None:
-        header[NOTE_FIELD] = with_voxel_digest(note, np.asarray(volume.array))
+        header[NOTE_FIELD] = with_voxel_digest(note, np.asarray(volume.array),
+                                               geometry_fields(header))
     nrrd.write(str(path), volume.array, header, index_order="F")

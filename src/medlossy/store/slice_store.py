@@ -16,12 +16,16 @@ Version 1 stores (the bare array at the root, medlossy attributes in its ``.zatt
 still read: ``SliceStore`` finds the array and the attributes in either layout.
 
 The medlossy attributes (key ``medlossy``) carry geometry, intensity mapping, codec
-parameters, the tile size of a tiled store, the achieved ratio and errors, and a CRC-32 per
-chunk (chunks numbered tile by tile within a slice, slice by slice).
+parameters, the tile size of a tiled store, the achieved ratio and errors, a CRC-32 per
+chunk (chunks numbered tile by tile within a slice, slice by slice), and ``metadata_sha256``:
+a digest of each part of the metadata that decides the decoded values (``SEALED`` and the
+array's ``.zarray``), so that an edited offset, dtype, axis or shape is refused instead of
+decoded into other values. Stores written before it have none and are read as unprotected.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -45,6 +49,15 @@ FORMAT_VERSION = 2
 #: Versions this reader opens (1: bare array at the root, before OME-Zarr).
 READABLE_VERSIONS = (1, 2)
 ATTRIBUTE_KEY = "medlossy"
+#: The medlossy attribute holding the digests of the metadata that decides decoded values.
+METADATA_KEY = "metadata_sha256"
+#: The medlossy attributes that decide what a store decodes to (values, dtype, geometry, the
+#: header a decoded file is written with, the chunks' checksums); ``target``, ``achieved``,
+#: ``software`` and ``created`` describe the store and are not sealed.
+SEALED = ("format_version", "modality", "geometry", "intensity", "codec", "tile", "source",
+          "chunk_crc32")
+#: The section that seals the array metadata (dtype, shape, chunks, compressor, filters).
+ARRAY_SECTION = ".zarray"
 
 
 @dataclass(frozen=True)
@@ -100,11 +113,40 @@ def _compact_json(document: dict) -> bytes:
     return json.dumps(document, separators=(",", ":"), allow_nan=True).encode()
 
 
-def root_attributes(attributes: dict[str, Any]) -> bytes:
-    """The root group's ``.zattrs``: NGFF multiscales beside the medlossy attributes."""
+def _section_digest(value: Any) -> str:
+    """First 16 hex digits of the SHA-256 of ``value`` as canonical JSON (sorted keys, no
+    spaces): 64 bits, against edits and damage rather than forgery (anyone can recompute)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def metadata_digests(attributes: dict[str, Any], zarray: Any) -> dict[str, str]:
+    """The digest of each sealed section (an absent attribute is sealed as null)."""
+    sections = {name: attributes.get(name) for name in SEALED}
+    sections[ARRAY_SECTION] = zarray
+    return {name: _section_digest(value) for name, value in sections.items()}
+
+
+def unmatched_sections(attributes: dict[str, Any], zarray: Any) -> list[str] | None:
+    """The sealed sections that no longer match their recorded digest; None for a store
+    written before metadata was sealed (no ``metadata_sha256``: unprotected)."""
+    recorded = attributes.get(METADATA_KEY)
+    if recorded is None:
+        return None
+    if not isinstance(recorded, dict):
+        return [METADATA_KEY]
+    expected = metadata_digests(attributes, zarray)
+    return sorted(name for name in expected.keys() | recorded.keys()
+                  if recorded.get(name) != expected.get(name))
+
+
+def root_attributes(attributes: dict[str, Any], zarray: dict[str, Any]) -> bytes:
+    """The root group's ``.zattrs``: NGFF multiscales beside the medlossy attributes, sealed
+    against ``zarray`` (the array metadata as written)."""
     name = attributes.get("source", {}).get("file", "")
+    sealed = {**attributes, METADATA_KEY: metadata_digests(attributes, zarray)}
     return _compact_json({"multiscales": multiscales(attributes["geometry"], name),
-                          ATTRIBUTE_KEY: attributes})
+                          ATTRIBUTE_KEY: sealed})
 
 
 def render_metadata(layout: StoreLayout, codec: SliceCodec, attributes: dict[str, Any],
@@ -122,9 +164,11 @@ def render_metadata(layout: StoreLayout, codec: SliceCodec, attributes: dict[str
     )
     zarray = array.metadata.to_dict()
     zarray.pop("attributes", None)
+    rendered = _compact_json(zarray)
+    # Sealed as readers parse it back (tuples become lists)
     return {".zgroup": _compact_json({"zarr_format": 2}),
-            ".zattrs": root_attributes(attributes),
-            f"{LEVEL0}/.zarray": _compact_json(zarray)}
+            ".zattrs": root_attributes(attributes, json.loads(rendered)),
+            f"{LEVEL0}/.zarray": rendered}
 
 
 def write_store(directory: Path, layout: StoreLayout, codec: SliceCodec,
@@ -148,7 +192,8 @@ def rewrite_attributes(directory: Path, attributes: dict[str, Any], size: int = 
     The file is padded with trailing spaces (still valid JSON) up to ``size`` bytes; returns
     its length.
     """
-    content = root_attributes(attributes)
+    zarray = json.loads((directory / LEVEL0 / ".zarray").read_bytes())
+    content = root_attributes(attributes, zarray)
     content += b" " * (size - len(content))
     (directory / ".zattrs").write_bytes(content)
     return len(content)
@@ -197,8 +242,8 @@ def _section(attributes: dict, name: str) -> dict:
 def check_metadata(attributes: dict, zarray: Any) -> CodeMapping:
     """Check what readers use (geometry, slice array, checksums, codec, intensity mapping)
     against itself, so damage shows as one error instead of a crash later; returns the
-    intensity mapping. Checksums protect the chunks, not these values: a value rewritten to
-    another valid one cannot be detected here."""
+    intensity mapping. A value rewritten to another valid one passes here: the metadata
+    digests (``unmatched_sections``) catch those."""
     geometry = _section(attributes, "geometry")
     shape, axis = geometry.get("shape"), geometry.get("axial_axis")
     if not (isinstance(shape, list) and len(shape) == 3
@@ -264,8 +309,13 @@ def _holds_dicom(folder: Path) -> bool:
     return False
 
 
+class MetadataMismatch(MedlossyError):
+    """Store metadata that no longer matches its recorded digests (edited or damaged)."""
+
+
 class SliceStore:
-    """Read access to a store written by medlossy, every chunk checked against its CRC-32."""
+    """Read access to a store written by medlossy: its metadata checked against its digests
+    (refused when edited), every chunk against its CRC-32."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -298,6 +348,13 @@ class SliceStore:
             self.mapping = check_metadata(self.attributes, self.zarray)
         except _Malformed as error:
             raise MedlossyError(self.path, f"corrupt store metadata ({error})") from None
+        # Values that are valid but not those written (an edited offset, axis, shape)
+        unmatched = unmatched_sections(self.attributes, self.zarray)
+        #: Whether the metadata carries digests (stores written before them do not).
+        self.protected = unmatched is not None
+        if unmatched:
+            raise MetadataMismatch(self.path, "metadata no longer matches its checksum ("
+                                   f"{', '.join(unmatched)} changed since compress)")
         #: The tiles of a slice (one tile, the slice itself, in an untiled store).
         self.grid = TileGrid(*self.slice_shape, int(self.zarray["chunks"][1]),
                              int(self.zarray["chunks"][2]))
