@@ -20,7 +20,10 @@ from medlossy.errors import MedlossyError
 from medlossy.evaluate.cli import add_evaluate_parsers
 from medlossy.reader_study.cli import add_reader_parser
 
+EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
 _TEMPORARY = re.compile(r"(^|/)\.([^/]+?)\.partial-[0-9a-f]{8}[^/]*$")
 
 
@@ -34,10 +37,37 @@ def _positive_float(text: str) -> float:
     return value
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already names it (flags
+    and options without a default have none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+def subparsers_of(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every parser below it, depth first."""
+    found = [parser]
+    for action in parser._actions:  # argparse keeps subcommands only here
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases repeat a parser
+                found += subparsers_of(child)
+    return found
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars or notes (results are still printed)")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help="processes/threads to use (default: all cores)")
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document on stdout instead of text")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "into a Zarr store of JPEG 2000 slices (or another "
                                           "codec's slices or blocks, --codec).")
     compress.add_argument("input", help=".nii, .nii.gz, .nrrd, or a folder of DICOM files")
-    compress.add_argument("output", help="store to create (a directory, e.g. ct_r20.zarr)")
+    compress.add_argument("output", help="store to create (a folder, e.g. ct_r20.zarr), or "
+                                         "with --format dicom a DICOM series folder")
     target = compress.add_mutually_exclusive_group(required=True)
     target.add_argument("--ratio", type=_positive_float,
                         help="raw 16-bit bytes / stored bytes, e.g. 20")
@@ -89,10 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="store each slice as NxN tiles, one codestream each, so that "
                                "patch reads decode only the tiles they touch (jpeg2k, htj2k)")
     _add_common(compress)
+    _add_json(compress)
     compress.set_defaults(handler=commands.compress)
 
     decompress = sub.add_parser("decompress", help="decode a store to NIfTI or NRRD")
-    decompress.add_argument("store")
+    decompress.add_argument("store", help="a medlossy store (a .zarr folder)")
     decompress.add_argument("output", help=".nii, .nii.gz or .nrrd, or a folder with "
                                            "--format dicom")
     decompress.add_argument("--format", choices=("file", "dicom"), default="file",
@@ -102,19 +134,26 @@ def build_parser() -> argparse.ArgumentParser:
                             help="with --format dicom: one Enhanced CT/MR object")
     decompress.add_argument("--force", action="store_true", help="replace an existing output")
     _add_common(decompress)
+    _add_json(decompress)
     decompress.set_defaults(handler=commands.decompress)
 
-    info = sub.add_parser("info", help="what a store holds and what it cost")
-    info.add_argument("store")
-    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info = sub.add_parser("info", help="what a store or medlossy DICOM series holds and what "
+                                       "it cost")
+    info.add_argument("store", help="a medlossy store, or a DICOM series folder that "
+                                    "compress/decompress --format dicom wrote")
+    _add_json(info)
     info.set_defaults(handler=commands.info)
 
-    verify = sub.add_parser("verify", help="check every slice of a store against its CRC-32")
-    verify.add_argument("store")
+    verify = sub.add_parser("verify", help="check every slice of a store against its CRC-32 "
+                                           "(exit 1 when one fails)")
+    verify.add_argument("store", help="a medlossy store, or a DICOM series folder that "
+                                      "compress/decompress --format dicom wrote (every frame "
+                                      "decoded, its recorded ratio checked)")
+    _add_json(verify)
     verify.set_defaults(handler=commands.verify)
 
     psnr = sub.add_parser("psnr", help="PSNR (and MSE, max error) of a volume against another")
-    psnr.add_argument("reference")
+    psnr.add_argument("reference", help="a volume file or a medlossy store")
     psnr.add_argument("test", help="a volume file or a medlossy store")
     psnr.add_argument("--modality", choices=("CT", "MR", "OTHER"), default="CT",
                       help="CT uses r = 4096; others need --range or use the reference's span")
@@ -237,17 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(sweep)
     sweep.set_defaults(handler=commands.dataset_compress)
     report = dataset_sub.add_parser("report", help="per-ratio table of a sweep")
-    report.add_argument("sweep")
+    report.add_argument("sweep", help="sweep folder written by dataset compress")
+    _add_json(report)
     report.set_defaults(handler=commands.dataset_report)
-    check = dataset_sub.add_parser("verify", help="re-check every checksum of a sweep")
-    check.add_argument("sweep")
+    check = dataset_sub.add_parser("verify", help="re-check every checksum of a sweep (exit 1 "
+                                                  "when one fails)")
+    check.add_argument("sweep", help="sweep folder written by dataset compress")
+    _add_json(check)
     check.set_defaults(handler=commands.dataset_verify)
 
     add_reader_parser(sub)
     add_evaluate_parsers(sub)
 
     codecs = sub.add_parser("codecs", help="available codecs, their modes, CPU/GPU, extras")
-    codecs.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_json(codecs)
     codecs.set_defaults(handler=commands.list_codecs)
 
     bench = sub.add_parser("bench", help="measure medlossy on your data")
@@ -312,12 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="nnU-Net dataset id (default: 950 -> Dataset950_Phantom)")
     phantom.add_argument("--quiet", action="store_true")
     phantom.set_defaults(handler=commands.data_phantom)
+    for each in subparsers_of(parser):
+        each.formatter_class = _HelpWithDefaults
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C so that worker pools shut down and temporary outputs are
+    removed, then reported with its own exit status."""
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
-    # Unwind like Ctrl-C, so worker pools shut down and temporary outputs are removed.
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -327,6 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     try:
         arguments.handler(arguments)
+    except commands.CheckFailed as error:
+        print(f"medlossy: error: {error}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
     except MedlossyError as error:
         print(f"medlossy: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -339,9 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # flush cannot fail again, and exit like a process killed by SIGPIPE.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         print("medlossy: interrupted; no partial output was left", file=sys.stderr)
-        return 130
+        return EXIT_TERMINATED if isinstance(interruption, Terminated) else EXIT_INTERRUPTED
     except OSError as error:  # an unwritable folder, a full disk: the file and the reason
         # name the output the user gave, not its temporary (see atomic.py)
         name = _TEMPORARY.sub(r"\1\2", str(error.filename)) if error.filename else ""
