@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import signal
@@ -43,7 +44,9 @@ class _HelpWithDefaults(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+        unset = action.default in (None, False, argparse.SUPPRESS) or (
+            isinstance(action.default, float) and math.isnan(action.default))  # "not given"
+        if unset or "default" in text.lower():
             return text
         return f"{text} (default: %(default)s)".lstrip()
 
@@ -198,25 +201,29 @@ def build_parser() -> argparse.ArgumentParser:
                             "nnU-Net v2 with the study's trainer (see docs/study.md)")
     train.add_argument("--fold", type=int, default=0, help="fold of the study's split")
     train.add_argument("--folds", type=int, default=3, help="folds of the study's split")
-    train.add_argument("--epochs", type=int, default=300)
+    train.add_argument("--epochs", type=int, default=300, help="training epochs")
     train.add_argument("--iterations", type=int, default=250, help="iterations per epoch")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    train.add_argument("--seed", type=int, default=0, help="random seed")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                       help="where to train (default: auto, a GPU when there is one)")
     builtin = train.add_argument_group("built-in backend")
-    builtin.add_argument("--preset", choices=("lowres", "fullres"), default=None)
-    builtin.add_argument("--batch-size", type=int, default=None)
+    builtin.add_argument("--preset", choices=("lowres", "fullres"), default=None,
+                         help="resolution preset (default: lowres)")
+    builtin.add_argument("--batch-size", type=int, default=None,
+                         help="patches per iteration (default: the preset's, 2)")
     builtin.add_argument("--patch-size", default=None, help="e.g. 64,64,64")
     builtin.add_argument("--no-augment", action="store_true", help="switch augmentation off")
     nnunet = train.add_argument_group("nnunet backend")
     nnunet.add_argument("--configuration", "--config", dest="configuration", default=None,
-                        help="nnU-Net configuration (default 3d_lowres, the paper's)")
+                        help="nnU-Net configuration (default: 3d_lowres, the paper's)")
     nnunet.add_argument("--plans", choices=("per-ratio", "x1"), default=None,
                         help="plan this dataset (default) or reuse --reference's plans")
     nnunet.add_argument("--reference", default=None,
                         help="the uncompressed dataset, for --plans x1")
     nnunet.add_argument("--validation-iterations", type=int, default=None,
-                        help="nnU-Net's pseudo-validation batches per epoch (default 50)")
-    train.add_argument("--quiet", action="store_true")
+                        help="nnU-Net's pseudo-validation batches per epoch (default: 50)")
+    train.add_argument("--quiet", action="store_true",
+                       help="no progress bars or notes (results are still printed)")
     train.set_defaults(handler=commands.train)
 
     predict = sub.add_parser("predict", help="segment a dataset with a trained model")
@@ -225,8 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, help="folder for CASE.nii.gz label maps")
     predict.add_argument("--cases", choices=("test", "all"), default="test",
                          help="the model's held-out fold cases (default) or every case")
-    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    predict.add_argument("--quiet", action="store_true")
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                         help="where to predict (auto: a GPU when there is one)")
+    predict.add_argument("--quiet", action="store_true",
+                         help="no progress bars or notes (results are still printed)")
     predict.set_defaults(handler=commands.predict)
 
     dataset = sub.add_parser("dataset", help="a whole dataset at every ratio")
@@ -252,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="crop images and labels to these label values first, e.g. 1,2 "
                             "(the study crops LiTS to the liver)")
     sweep.add_argument("--margin", type=float, default=10.0,
-                       help="margin around the crop, in mm (default 10)")
+                       help="margin around the crop, in mm (default: 10)")
     sweep.add_argument("--scheduler", default=None,
                        help="Dask scheduler address (tcp://host:8786); default: local processes")
     sweep.add_argument("--labels", choices=("seg", "rtstruct"), default=None,
@@ -264,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--skip-bad", action="store_true",
                        help="skip cases with bad input and list them in the report")
     sweep.add_argument("--codec", choices=codec_names(), default=None,
-                       help="codec of every lossy ratio (default jpeg2k; see `medlossy "
+                       help="codec of every lossy ratio (default: jpeg2k; see `medlossy "
                             "codecs`); ratio 1 is stored losslessly as without --codec")
     sweep.add_argument("--tile", type=positive_int, default=None, metavar="N",
                        help="store each slice as NxN tiles, one codestream each, for "
@@ -301,13 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "(codecs.csv, codecs.md) and a figure (codecs.png) to --out.")
     bench_codecs.add_argument("volume", help=".nii, .nii.gz, .nrrd, or a DICOM series folder")
     bench_codecs.add_argument("--ratios", default="5,10,20,50,100",
-                              help="comma-separated target ratios (default 5,10,20,50,100)")
+                              help="comma-separated target ratios (default: 5,10,20,50,100)")
     bench_codecs.add_argument("--codecs", default=None,
                               help="comma-separated codecs (default: every installed codec "
                                    "with a ratio mode)")
     bench_codecs.add_argument("--out", default="bench-codecs", help="output folder")
     bench_codecs.add_argument("--workers", type=int, default=1,
-                              help="processes/threads per compress (default 1: speeds per "
+                              help="processes/threads per compress (default: 1, speeds per "
                                    "core)")
     bench_codecs.add_argument("--modality", choices=("auto", "CT", "MR", "OTHER"),
                               default="auto", help="decides the PSNR peak (CT: 4096)")
@@ -319,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "decoding only the slices each patch needs, for --seconds after the first "
                     "patch; print patches and Mvox/s.")
     loader.add_argument("store", help="a store or a folder of *.zarr stores")
-    loader.add_argument("--patch", default="64,160,160", help="z,y,x voxels (default "
+    loader.add_argument("--patch", default="64,160,160", help="z,y,x voxels (default: "
                                                               "64,160,160)")
     loader.add_argument("--workers", type=int, default=2,
                         help="DataLoader worker processes (0: decode in this process)")
@@ -327,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     loader.add_argument("--level", type=int, default=0,
                         help="resolution level to decode (1 = half size in-plane)")
     loader.add_argument("--labels", default=None, help="folder of label volumes CASE.nii.gz")
-    loader.add_argument("--seconds", type=_positive_float, default=10.0)
+    loader.add_argument("--seconds", type=_positive_float, default=10.0,
+                        help="how long to measure, after the first patch")
     loader.add_argument("--json", action="store_true", help="print JSON")
     loader.set_defaults(handler=commands.bench_loader)
 
@@ -338,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-data", help="where to write the datasets")
     demo.add_argument("--cache", default=None,
                       help="download cache (default: ~/.cache/medlossy)")
-    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--quiet", action="store_true", help="no progress or notes")
     demo.set_defaults(handler=commands.data_demo)
     phantom = data_sub.add_parser("phantom", help="a SYNTHETIC cohort of abdominal CTs with "
                                                   "exact labels, as an nnU-Net raw dataset")
@@ -352,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "organs and vessels enhanced, typical values)")
     phantom.add_argument("--id", dest="dataset_id", type=int, default=950,
                          help="nnU-Net dataset id (default: 950 -> Dataset950_Phantom)")
-    phantom.add_argument("--quiet", action="store_true")
+    phantom.add_argument("--quiet", action="store_true", help="no progress or notes")
     phantom.set_defaults(handler=commands.data_phantom)
     for each in subparsers_of(parser):
         each.formatter_class = _HelpWithDefaults
