@@ -17,6 +17,7 @@ from medlossy.compression import Target, compress_volume
 from medlossy.volume import Volume
 
 EXIT_BAD_INPUT = 2
+EXIT_CHECK_FAILED = 1
 
 
 def _assert_one_line_error(err: str, *fragments: str) -> str:
@@ -172,7 +173,7 @@ def test_decompress_names_a_corrupt_slice(cli, damaged_store, tmp_path):
 def test_verify_names_a_corrupt_slice(cli, damaged_store):
     _flip_a_byte(damaged_store / "0" / "5.0.0")
     code, out, err = cli("verify", damaged_store)
-    assert code == EXIT_BAD_INPUT
+    assert code == EXIT_CHECK_FAILED
     line = _assert_one_line_error(err, str(damaged_store), "1 corrupt or missing")
     # verify lists the bad slice indices ("slice(s): 5"), not "slice 5"
     assert line.endswith("slice(s): 5")
@@ -183,7 +184,7 @@ def test_verify_lists_every_bad_slice(cli, damaged_store):
     _flip_a_byte(damaged_store / "0" / "3.0.0")
     (damaged_store / "0" / "17.0.0").unlink()
     code, _, err = cli("verify", damaged_store)
-    assert code == EXIT_BAD_INPUT
+    assert code == EXIT_CHECK_FAILED
     assert _assert_one_line_error(err, "2 corrupt or missing").endswith("slice(s): 3, 17")
 
 

@@ -255,7 +255,7 @@ def test_a_block_store_names_a_corrupt_block(codec_store, tmp_path, cli):
     chunk = path / "0" / "1.0.0"
     chunk.write_bytes(chunk.read_bytes()[:-7] + b"garbage")
     code, _, err = cli("verify", path)
-    assert code == 2 and "block 1 (slices 16-23)" in err
+    assert code == 1 and "block 1 (slices 16-23)" in err
     with pytest.raises(Exception, match=r"block 1 \(slices 16-23\) is corrupt"):
         read_store(path, workers=1)
 

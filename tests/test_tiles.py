@@ -137,7 +137,7 @@ def test_verify_names_a_corrupt_tile_and_damaged_tile_metadata_is_refused(x10_st
     chunk = path / "0" / "1.1.0"
     chunk.write_bytes(chunk.read_bytes()[:-5] + b"\0" * 5)
     code, _, err = cli("verify", path)
-    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert code == 1 and len(err.strip().splitlines()) == 1
     assert "1 corrupt or missing tile(s): slice 1 tile 1.0" in err
     zattrs = json.loads((path / ".zattrs").read_text())
     zattrs["medlossy"]["tile"] = [TILE, 64]

@@ -262,7 +262,8 @@ def _dicom_info(arguments: argparse.Namespace) -> None:
         else f"x{document['recorded_ratio']:g} ({document['method']})"
     _print_rows([
         ("files", f"{document['files']} ({document['sop_class']})"),
-        ("frames", f"{document['frames']} of {document['rows']} x {document['columns']}"),
+        ("frames", f"{document['frames']} of {document['rows']} rows x "
+                   f"{document['columns']} columns"),
         ("modality", document["modality"]),
         ("transfer syntax", f"{document['transfer_syntax_name']} "
                             f"({document['transfer_syntax']})"),
