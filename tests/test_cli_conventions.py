@@ -246,3 +246,18 @@ def test_verify_names_a_truncated_dicom_file(cli, dicom_output, tmp_path):
     assert json.loads(out)["ok"] is False
     assert err.startswith(f"medlossy: error: {damaged}: 1 problem(s): IM00003.dcm: ")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("no_color", "terminal", "expected"), [
+    (None, True, True), ("1", True, False), ("", True, True), (None, False, False)])
+def test_colour_only_on_a_terminal_without_no_color(monkeypatch, no_color, terminal, expected):
+    from medlossy.terminal import colours
+
+    class Stream:
+        def isatty(self) -> bool:
+            return terminal
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    if no_color is not None:
+        monkeypatch.setenv("NO_COLOR", no_color)
+    assert colours(Stream()) is expected

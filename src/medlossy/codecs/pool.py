@@ -21,7 +21,7 @@ import numpy as np
 from medlossy.codecs.base import Setting, SliceCodec, get_codec
 from medlossy.codecs.tiles import TileGrid
 from medlossy.orphans import die_with_parent
-from medlossy.progress import progress_bar
+from medlossy.terminal import progress_bar
 
 _worker: tuple[SliceCodec, np.ndarray, TileGrid] | None = None
 

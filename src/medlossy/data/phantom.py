@@ -44,7 +44,7 @@ from medlossy.data.calibration import (
 )
 from medlossy.errors import MedlossyError
 from medlossy.io.nifti import write_nifti
-from medlossy.progress import on_terminal
+from medlossy.terminal import on_terminal
 from medlossy.volume import Volume
 
 #: nnU-Net labels, consecutive from 0.

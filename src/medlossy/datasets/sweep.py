@@ -56,8 +56,8 @@ from medlossy.jsonfile import write_json
 from medlossy.metrics import CT_DATA_RANGE
 from medlossy.orphans import die_with_parent
 from medlossy.outputs import check_own_folder
-from medlossy.progress import progress_bar
 from medlossy.store import SliceStore
+from medlossy.terminal import progress_bar
 from medlossy.volume import Volume
 
 STUDY_RATIOS = (1, 2, 5, 10, 20, 50, 70, 100)

@@ -34,7 +34,7 @@ from medlossy.pretrained.swin_unetr import (
     predict_image,
     resolve_device,
 )
-from medlossy.progress import progress_bar
+from medlossy.terminal import progress_bar
 from medlossy.volume import Volume
 
 ARCHITECTURES = ("swin_unetr", "nnunet")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from medlossy.cli.types import positive_int
 from medlossy.errors import MedlossyError
+from medlossy.terminal import colours
 
 DEFAULT_RATIOS = "1,2,5,10,20,50"
 DEFAULT_DB = "answers.sqlite"
@@ -87,7 +88,8 @@ def serve(arguments: argparse.Namespace) -> None:
               "pass --public-url https://...", file=sys.stderr)
     sys.stdout.flush()
     uvicorn.run(app, host=arguments.host, port=arguments.port, log_level="warning",
-                server_header=False, date_header=False, proxy_headers=False)
+                server_header=False, date_header=False, proxy_headers=False,
+                use_colors=colours(sys.stderr))
 
 
 def _base(arguments: argparse.Namespace) -> str:

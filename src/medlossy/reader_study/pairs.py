@@ -43,9 +43,9 @@ from medlossy.errors import MedlossyError
 from medlossy.io import read_volume
 from medlossy.jsonfile import read_json
 from medlossy.outputs import check_only
-from medlossy.progress import progress_bar
 from medlossy.reader_study.windows import Window
 from medlossy.store import SliceStore
+from medlossy.terminal import progress_bar
 from medlossy.volume import Volume
 
 FORMAT_VERSION = 1

@@ -15,7 +15,7 @@ from medlossy.atomic import atomic_output
 from medlossy.datasets.nnunet_raw import RawDataset, open_raw_dataset
 from medlossy.errors import MedlossyError
 from medlossy.io.nifti import write_nifti
-from medlossy.progress import progress_bar
+from medlossy.terminal import progress_bar
 from medlossy.train.loop import DESCRIPTION_FILE, MODEL_FILE, resolve_device
 from medlossy.train.network import build_network
 from medlossy.train.preprocessing import (

@@ -18,7 +18,7 @@ from medlossy.atomic import atomic_output
 from medlossy.datasets.nnunet_raw import RawDataset, open_raw_dataset
 from medlossy.errors import MedlossyError
 from medlossy.jsonfile import write_json
-from medlossy.progress import progress_bar
+from medlossy.terminal import progress_bar
 from medlossy.train.config import TrainConfig
 from medlossy.train.network import build_network, network_arguments
 from medlossy.train.preprocessing import fit_normalisation, load_case, prepare, store_folder
