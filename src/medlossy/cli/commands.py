@@ -595,10 +595,9 @@ def train(arguments: argparse.Namespace) -> None:
     info = backend.describe(folder)
     speed = f" ({info.epochs * info.iterations_per_epoch / info.seconds:.2f} it/s)" \
         if info.seconds else ""
-    _say(arguments, f"{folder}: {backend.name} backend, fold {info.fold} "
-                    f"({len(info.train_cases)} training, {len(info.test_cases)} test cases), "
-                    f"{info.epochs} epochs x {info.iterations_per_epoch} iterations on "
-                    f"{info.device}{speed}")
+    print(f"{folder}: {backend.name} backend, fold {info.fold} ({len(info.train_cases)} "
+          f"training, {len(info.test_cases)} test cases), {info.epochs} epochs x "
+          f"{info.iterations_per_epoch} iterations on {info.device}{speed}")
 
 
 def predict(arguments: argparse.Namespace) -> None:
@@ -610,7 +609,7 @@ def predict(arguments: argparse.Namespace) -> None:
     out = backend.predict(Path(arguments.model), Path(dataset), Path(arguments.out),
                           cases=arguments.cases, device=arguments.device,
                           show_progress=not arguments.quiet)
-    _say(arguments, f"{out}: {backend.name} predictions")
+    print(f"{out}: {backend.name} predictions")
 
 
 def _patch_size(text: str) -> tuple[int, int, int]:
