@@ -492,10 +492,9 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
               skip_bad=arguments.skip_bad, layered=not arguments.per_ratio_search,
               show_progress=not arguments.quiet)
     summary, sweep = write_sweep_report(out)
-    if not arguments.quiet:
-        print(markdown_table(summary))
-        for problem in sweep["bad_cases"].values():
-            print(f"bad case: {problem}")
+    print(markdown_table(summary))  # the result: --quiet silences progress and notes only
+    for problem in sweep["bad_cases"].values():
+        print(f"bad case: {problem}")
 
 
 def _dicom_root_dataset(arguments: argparse.Namespace, out: Path):
