@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -180,10 +181,12 @@ def test_every_argument_has_help():
 
 def test_help_shows_defaults_in_one_form(capsys):
     for parser, action in _actions():
-        if action.option_strings and action.default not in (None, False) \
-                and not (isinstance(action.default, float) and np.isnan(action.default)):
-            text = parser.format_help()
-            assert "(default: " in text, parser.prog
+        default = action.default
+        if action.option_strings and default is not None and default is not False \
+                and not (isinstance(default, float) and np.isnan(default)):
+            shown = parser._get_formatter()._expand_help(action)
+            assert "default: " in shown, f"{parser.prog} {action.option_strings}: {shown}"
+            assert not re.search(r"\(default [^:]", shown), shown  # one form: "(default: X)"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["reader", "serve", "--help"])
     assert "(default: 8000)" in capsys.readouterr().out  # --port had no help at all

@@ -44,9 +44,10 @@ class _HelpWithDefaults(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        unset = action.default in (None, False, argparse.SUPPRESS) or (
-            isinstance(action.default, float) and math.isnan(action.default))  # "not given"
-        if unset or "default" in text.lower():
+        default = action.default  # by identity: a default of 0 is shown, False is a flag's
+        unset = default is None or default is False or default is argparse.SUPPRESS or (
+            isinstance(default, float) and math.isnan(default))  # NaN: "not given"
+        if unset or "default:" in text.lower():
             return text
         return f"{text} (default: %(default)s)".lstrip()
 
@@ -97,21 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
                              "sz3, zfp; see `medlossy codecs`)")
     compress.add_argument("--allocation", choices=("psnr", "equal", "optimal"),
                           default="psnr",
-                          help="spread bytes for equal distortion per slice (default), give "
-                               "every slice the same ratio, or pick per slice the better of "
-                               "both (slower, never worse)")
+                          help="psnr: spread bytes for equal distortion per slice; equal: "
+                               "give every slice the same ratio; optimal: pick per slice the "
+                               "better of both (slower, never worse)")
     compress.add_argument("--modality", choices=("auto", "CT", "MR", "OTHER"), default="auto",
                           help="decides the PSNR peak (CT: 4096); auto recognises HU")
     compress.add_argument("--range", dest="data_range", type=_positive_float,
                           help="PSNR peak r for MR/other (dataset max - min)")
     compress.add_argument("--codec", choices=codec_names(), default=None,
-                          help="jpeg2k (default), or blosc: lossless zstd for any dtype, "
-                               "chosen by default for --lossless on data JPEG 2000 cannot "
-                               "hold exactly (fractional floats, integers beyond 16 bits)")
+                          help="see `medlossy codecs`; blosc (lossless zstd, any dtype) is "
+                               "chosen for --lossless on data JPEG 2000 cannot hold exactly "
+                               "(fractional floats, integers beyond 16 bits) (default: "
+                               "jpeg2k)")
     compress.add_argument("--force", action="store_true", help="replace an existing output")
     compress.add_argument("--format", choices=("store", "dicom"), default="store",
-                          help="a Zarr store (default), or a DICOM series folder with JPEG "
-                               "2000 (.4.91/.4.90) or HTJ2K (.4.203/.4.201) frames")
+                          help="a Zarr store, or a DICOM series folder with JPEG 2000 "
+                               "(.4.91/.4.90) or HTJ2K (.4.203/.4.201) frames")
     compress.add_argument("--multiframe", action="store_true",
                           help="with --format dicom: one Enhanced CT/MR object instead of one "
                                "file per slice (volumes neither CT nor MR are always one "
@@ -131,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     decompress.add_argument("output", help=".nii, .nii.gz or .nrrd, or a folder with "
                                            "--format dicom")
     decompress.add_argument("--format", choices=("file", "dicom"), default="file",
-                            help="a volume file named by its suffix (default), or an "
-                                 "uncompressed DICOM series folder")
+                            help="a volume file named by its suffix, or an uncompressed "
+                                 "DICOM series folder")
     decompress.add_argument("--multiframe", action="store_true",
                             help="with --format dicom: one Enhanced CT/MR object")
     decompress.add_argument("--force", action="store_true", help="replace an existing output")
@@ -197,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("dataset", help="nnU-Net raw dataset folder, or SWEEP/r20")
     train.add_argument("--out", required=True, help="model folder")
     train.add_argument("--backend", choices=[*backend_names(), "monai"], default="builtin",
-                       help="the built-in MONAI U-Net (default; 'monai' is its old name), or "
+                       help="builtin: the MONAI U-Net ('monai' is its old name); nnunet: "
                             "nnU-Net v2 with the study's trainer (see docs/study.md)")
     train.add_argument("--fold", type=int, default=0, help="fold of the study's split")
     train.add_argument("--folds", type=int, default=3, help="folds of the study's split")
@@ -217,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     nnunet.add_argument("--configuration", "--config", dest="configuration", default=None,
                         help="nnU-Net configuration (default: 3d_lowres, the paper's)")
     nnunet.add_argument("--plans", choices=("per-ratio", "x1"), default=None,
-                        help="plan this dataset (default) or reuse --reference's plans")
+                        help="plan this dataset or reuse --reference's plans (default: "
+                             "per-ratio)")
     nnunet.add_argument("--reference", default=None,
                         help="the uncompressed dataset, for --plans x1")
     nnunet.add_argument("--validation-iterations", type=int, default=None,
@@ -231,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("dataset", help="nnU-Net raw dataset folder, or SWEEP/r50")
     predict.add_argument("--out", required=True, help="folder for CASE.nii.gz label maps")
     predict.add_argument("--cases", choices=("test", "all"), default="test",
-                         help="the model's held-out fold cases (default) or every case")
+                         help="the model's held-out fold cases or every case")
     predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                          help="where to predict (auto: a GPU when there is one)")
     predict.add_argument("--quiet", action="store_true",

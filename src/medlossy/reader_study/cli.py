@@ -169,7 +169,7 @@ def add_reader_parser(subparsers) -> None:
                              help="reuse stores of an earlier run (e.g. a study output folder)")
     make_parser.add_argument("--max-images", type=int, default=None,
                              help="draw slices from at most this many images per dataset "
-                                  "(chosen at random; default all)")
+                                  "(chosen at random; default: all)")
     make_parser.add_argument("--workers", type=positive_int, default=None,
                              help="processes for compression (default: all cores)")
     make_parser.add_argument("--quiet", action="store_true", help="no progress bars or notes")
