@@ -1,4 +1,9 @@
-"""Parse the command line and dispatch to one thin function per command."""
+"""Parse the command line and dispatch to one thin function per command.
+
+Exit status: 0 done, 1 a check that failed (``verify``, ``dataset verify``), 2 bad usage or
+bad input (one line on stderr), 130 on SIGINT and 143 on SIGTERM (both unwound, so that no
+partial output is left), 141 when the reader of stdout went away.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ def _positive_float(text: str) -> float:
 
 
 class _HelpWithDefaults(argparse.HelpFormatter):
-    """Every option's help ends with its default, unless the help already names it (flags
+    """Every option's help ends with "(default: X)", unless it already says "default:" (flags
     and options without a default have none to show)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
