@@ -37,20 +37,22 @@ def _info(cli, store: Path) -> dict:
     return json.loads(out)
 
 
-def test_compress_quiet_prints_nothing(cli, ct_b_crop_file, tmp_path):
+def test_compress_quiet_prints_only_its_result(cli, ct_b_crop_file, tmp_path):
+    # --quiet silences progress and notes, never the result (which goes to stdout)
     code, out, err = cli("compress", ct_b_crop_file, tmp_path / "q.zarr", "--ratio", "10",
                          "--workers", "1", "--quiet")
     assert code == 0
-    assert err == "" and out == ""
+    assert err == ""
+    assert out.startswith(f"{tmp_path / 'q.zarr'}: x") and out.count("\n") == 1
     assert (tmp_path / "q.zarr" / "0" / ".zarray").exists()
     assert leftovers(tmp_path) == []
 
 
 def test_compress_reports_the_ratio_and_psnr(cli, ct_b_crop_file, tmp_path):
     output = tmp_path / "loud.zarr"
-    code, _, err = cli("compress", ct_b_crop_file, output, "--psnr", "50", "--workers", "1")
+    code, out, _ = cli("compress", ct_b_crop_file, output, "--psnr", "50", "--workers", "1")
     assert code == 0
-    summary = [line for line in err.splitlines() if line.startswith(str(output))]
+    summary = [line for line in out.splitlines() if line.startswith(str(output))]
     assert len(summary) == 1
     found = re.search(r": x([0-9.]+), ([0-9]+) bytes, PSNR ([0-9.]+) dB", summary[0])
     assert found, summary[0]
@@ -86,8 +88,8 @@ def test_info_text(cli, store):
 
 def test_decompress_then_psnr_matches_info(cli, store, ct_b_crop_file, tmp_path):
     output = tmp_path / "back.nii.gz"
-    code, _, err = cli("decompress", store, output, "--workers", "1")
-    assert code == 0 and "(96, 80, 24) int16" in err
+    code, out, _ = cli("decompress", store, output, "--workers", "1")
+    assert code == 0 and "(96, 80, 24) int16" in out
     image = nib.load(output)
     decoded = np.asarray(image.dataobj)
     original = np.asarray(nib.load(ct_b_crop_file).dataobj)

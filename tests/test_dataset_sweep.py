@@ -28,6 +28,7 @@ from test_dataset_validation import (
     write_synthetic_dataset,
 )
 
+from medlossy.cli.main import EXIT_CHECK_FAILED
 from medlossy.cli.main import main as cli_main
 from medlossy.datasets.nnunet_raw import open_raw_dataset
 from medlossy.experiments.quality import run_quality
@@ -323,7 +324,7 @@ def test_damaged_task_is_detected_and_redone(small_sweep, cli, damage) -> None:
     damage(out)
     before = snapshot(out)
     code, _, stderr = cli("dataset", "verify", out)
-    assert code == EXIT_BAD_INPUT
+    assert code == EXIT_CHECK_FAILED
     assert len(stderr.strip().splitlines()) == 1, stderr
     assert "1 problem(s)" in stderr
     assert str(out / "stores" / "r5" / "syn_a_0000.zarr") in stderr
@@ -353,7 +354,7 @@ def test_verify_names_a_label_copy_that_changed(small_sweep, cli) -> None:
     values[0, 0, 0] = 2
     nib.save(nib.Nifti1Image(values, label.affine), copy)
     code, _, stderr = cli("dataset", "verify", out)
-    assert code == EXIT_BAD_INPUT
+    assert code == EXIT_CHECK_FAILED
     assert f"{copy}: label differs" in stderr
 
 
@@ -442,7 +443,7 @@ def test_verify_catches_a_mixed_sweep_folder(tmp_path: Path, serial, cli) -> Non
         shutil.copytree(other / folder, out / folder, dirs_exist_ok=True)
     write_manifest(out)
     code, _, stderr = cli("dataset", "verify", out)
-    assert code == EXIT_BAD_INPUT
+    assert code == EXIT_CHECK_FAILED
     assert "Dataset800_Second_r1: not a dataset of this sweep" in stderr
     assert "2 datasets share one nnU-Net id: Dataset800_First_r1, Dataset800_Second_r1" \
         in stderr

@@ -39,6 +39,17 @@ def test_amos_dry_run_from_the_command_line(tmp_path: Path, capsys) -> None:
     assert "## Totals" in output and "Mvox/s" in output
     assert "300 cases" in output
     assert not (tmp_path / "models").exists()  # nothing ran
+    # users have the repository only: no path to the developers' shared notes
+    assert "shared" not in output and "CODECS.md" not in output
+
+
+@pytest.mark.parametrize("document", sorted(
+    [*(Path(__file__).parent.parent / "docs").glob("*.md"),
+     Path(__file__).parent.parent / "README.md"]), ids=lambda path: path.name)
+def test_docs_cite_nothing_outside_the_repository(document: Path) -> None:
+    text = document.read_text()
+    for outside in ("../shared", "shared/", "STUDY.md", "/work/"):
+        assert outside not in text, f"{document.name} cites {outside}"
 
 
 def test_lits_is_cropped_to_the_liver() -> None:

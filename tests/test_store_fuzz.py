@@ -93,6 +93,8 @@ def _run(*arguments: str | os.PathLike[str]) -> tuple[int, str, str]:
 
 
 def _assert_clean_failure(code: int, err: str, codes: tuple[int, ...] = (2,)) -> None:
+    """One error line; exit 2 (bad input) unless ``codes`` also allows verify's 1 (a check
+    that failed)."""
     assert code in codes, err
     assert err.startswith("medlossy: error: ") and err.count("\n") == 1, err
 

@@ -29,6 +29,8 @@ from medlossy.outputs import (
     check_own_folder,
     check_replaceable,
     is_decompressed_volume,
+    is_dicom_output,
+    is_store,
     medlossy_output,
 )
 from medlossy.store import MetadataMismatch, SliceStore, stored_bytes
@@ -39,8 +41,37 @@ _UNPROTECTED = "unprotected (written before metadata checksums: edits cannot be 
 
 
 def _say(arguments: argparse.Namespace, text: str) -> None:
+    """A note or warning: stderr, silenced by --quiet."""
     if not getattr(arguments, "quiet", False):
         print(text, file=sys.stderr)
+
+
+def _finite(value: object) -> object:
+    """``value`` with every NaN or infinity as None (JSON has neither), numpy scalars as
+    Python's."""
+    if isinstance(value, dict):
+        return {str(key): _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _print_json(document: dict | list) -> None:
+    """The command's one result document on stdout."""
+    print(json.dumps(_finite(document), indent=2, allow_nan=False))
+
+
+def _result(arguments: argparse.Namespace, document: dict, text: str) -> None:
+    """A command's result on stdout, as JSON with --json, else as ``text``; --quiet does not
+    silence it."""
+    if getattr(arguments, "json", False):
+        _print_json(document)
+    else:
+        print(text)
 
 
 def _refuse_existing(output: str, force: bool, source: str, *, folder: bool = True) -> None:
@@ -83,8 +114,22 @@ def _refuse_multiframe_without_dicom(arguments: argparse.Namespace) -> None:
         raise MedlossyError(None, "--multiframe applies only to --format dicom")
 
 
+#: Names of single files: compress writes a folder, so such an output is a slip.
+_FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".dcm", ".mha", ".mhd")
+
+
+def _refuse_file_name(arguments: argparse.Namespace) -> None:
+    if arguments.output.lower().rstrip("/").endswith(_FILE_SUFFIXES):
+        what = "a store (e.g. ct_r20.zarr)" if arguments.format == "store" \
+            else "a DICOM series folder"
+        raise MedlossyError(arguments.output, f"is named like a volume file, but compress "
+                                              f"writes {what}; `medlossy decompress` writes "
+                                              ".nii.gz and .nrrd files")
+
+
 def compress(arguments: argparse.Namespace) -> None:
     _refuse_multiframe_without_dicom(arguments)
+    _refuse_file_name(arguments)
     target = _target(arguments)
     _refuse_existing(arguments.output, arguments.force, arguments.input)
     modality = "OTHER" if arguments.modality == "auto" else arguments.modality
@@ -105,9 +150,12 @@ def compress(arguments: argparse.Namespace) -> None:
     achieved = attributes["achieved"]
     _say(arguments, f"note: {_chosen_peak(arguments, recorded, attributes)}")
     psnr = "inf (lossless)" if achieved["psnr_db"] is None else f"{achieved['psnr_db']:.2f} dB"
-    _say(arguments, f"{arguments.output}: x{achieved['ratio']:.3f}, {achieved['stored_bytes']} "
-                    f"bytes, PSNR {psnr}, max error {achieved['max_abs_error']:g}"
-                    f"{_error_sources(achieved)}")
+    _result(arguments, {"output": arguments.output, "format": "store",
+                        "codec": attributes["codec"]["name"], "target": attributes["target"],
+                        "tile": attributes.get("tile"), **achieved},
+            f"{arguments.output}: x{achieved['ratio']:.3f}, {achieved['stored_bytes']} "
+            f"bytes, PSNR {psnr}, max error {achieved['max_abs_error']:g}"
+            f"{_error_sources(achieved)}")
     if arguments.tile is not None and "tile" not in attributes:
         why = "covers whole slices here" if get_codec(attributes["codec"]["name"]).tiles \
             else f"does not apply to {attributes['codec']['name']} (whole slices, quick to decode)"
@@ -162,11 +210,12 @@ def _compress_to_dicom(arguments: argparse.Namespace, target: Target, modality: 
                                show_progress=not arguments.quiet,
                                multiframe=arguments.multiframe, replace=arguments.force)
     psnr = "inf (lossless)" if result["psnr_db"] is None else f"{result['psnr_db']:.2f} dB"
-    _say(arguments, f"{arguments.output}: {result['files']} DICOM file(s) "
-                    f"({result['sop_class']}), transfer syntax "
-                    f"{result['transfer_syntax']}, x{result['ratio']:.3f} over pixel data "
-                    f"({result['pixel_bytes']} bytes), PSNR {psnr}, max error "
-                    f"{result['max_abs_error']:g}")
+    _result(arguments, {"output": arguments.output, "format": "dicom",
+                        "codec": arguments.codec or "jpeg2k", **result},
+            f"{arguments.output}: {result['files']} DICOM file(s) ({result['sop_class']}), "
+            f"transfer syntax {result['transfer_syntax']}, x{result['ratio']:.3f} over pixel "
+            f"data ({result['pixel_bytes']} bytes), PSNR {psnr}, max error "
+            f"{result['max_abs_error']:g}")
     if result["sop_class"].startswith("Multi-frame Grayscale"):
         _say(arguments, "note: neither CT nor MR, so written as one Secondary Capture object; "
                         "pass --modality MR for MR Image Storage")
@@ -192,13 +241,15 @@ def decompress(arguments: argparse.Namespace) -> None:
 
         result = store_to_dicom(arguments.store, arguments.output, workers=arguments.workers,
                                 multiframe=arguments.multiframe, replace=arguments.force)
-        _say(arguments, f"{arguments.output}: {result['files']} uncompressed DICOM file(s) "
-                        f"({result['sop_class']})"
-                        f"{' (flagged lossy)' if result['lossy'] else ''}")
+        _result(arguments, {"output": arguments.output, "format": "dicom", **result},
+                f"{arguments.output}: {result['files']} uncompressed DICOM file(s) "
+                f"({result['sop_class']}){' (flagged lossy)' if result['lossy'] else ''}")
         return
     volume = decompress_to_file(arguments.store, arguments.output, workers=arguments.workers,
                                 replace=arguments.force)
-    _say(arguments, f"{arguments.output}: {volume.shape} {volume.array.dtype}")
+    _result(arguments, {"output": arguments.output, "format": "file",
+                        "shape": list(volume.shape), "dtype": str(volume.array.dtype)},
+            f"{arguments.output}: {volume.shape} {volume.array.dtype}")
 
 
 def _info_document(path: str) -> dict:
@@ -226,7 +277,46 @@ def _info_document(path: str) -> dict:
     }
 
 
+def _dicom_folder(path: str) -> bool:
+    """A DICOM series folder that medlossy wrote (info and verify read those too)."""
+    return Path(path).is_dir() and not is_store(Path(path)) and is_dicom_output(Path(path))
+
+
+def _dicom_info(arguments: argparse.Namespace) -> None:
+    from medlossy.dicom_output import describe_dicom_output
+
+    document = describe_dicom_output(arguments.store)
+    if arguments.json:
+        _print_json(document)
+        return
+    ratio = "n/a (uncompressed pixel data)" if document["ratio"] is None \
+        else f"x{document['ratio']:.3f} over pixel data"
+    recorded = "none (lossless)" if not document["lossy"] \
+        else f"x{document['recorded_ratio']:g} ({document['method']})"
+    _print_rows([
+        ("files", f"{document['files']} ({document['sop_class']})"),
+        ("frames", f"{document['frames']} of {document['rows']} rows x "
+                   f"{document['columns']} columns"),
+        ("modality", document["modality"]),
+        ("transfer syntax", f"{document['transfer_syntax_name']} "
+                            f"({document['transfer_syntax']})"),
+        ("achieved ratio", ratio),
+        ("pixel bytes", f"{document['pixel_bytes']} (raw 16-bit: {document['raw_bytes']})"),
+        ("lossy ratio recorded", recorded),
+        ("derivation", document["derivation"]),
+    ])
+
+
+def _print_rows(rows: list[tuple[str, object]]) -> None:
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
 def info(arguments: argparse.Namespace) -> None:
+    if _dicom_folder(arguments.store):
+        _dicom_info(arguments)
+        return
     try:
         _info(arguments)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -239,7 +329,7 @@ def info(arguments: argparse.Namespace) -> None:
 def _info(arguments: argparse.Namespace) -> None:
     document = _info_document(arguments.store)
     if arguments.json:
-        print(json.dumps(document, indent=2))
+        _print_json(document)
         return
     achieved = document["achieved"]
     psnr = "inf (lossless)" if achieved["psnr_db"] is None else f"{achieved['psnr_db']:.2f} dB"
@@ -266,32 +356,65 @@ def _info(arguments: argparse.Namespace) -> None:
         rows.append((f"  from {source.replace('_', ' ')}",
                      f"PSNR {_db(errors['psnr_db'])}, MSE {errors['mse']:g}, max abs error "
                      f"{errors['max_abs_error']:g}"))
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    _print_rows(rows)
+
+
+def _failed(arguments: argparse.Namespace, document: dict, problem: str) -> CheckFailed:
+    """A failed check: its document on stdout with --json; the returned error says it on
+    stderr (exit 1)."""
+    if getattr(arguments, "json", False):
+        _print_json(document)
+    return CheckFailed(None, problem)
 
 
 def verify(arguments: argparse.Namespace) -> None:
+    if _dicom_folder(arguments.store):
+        _verify_dicom(arguments)
+        return
     try:
         store = SliceStore(arguments.store)
     except MetadataMismatch as error:  # a check that failed (exit 1), not unreadable input
-        raise CheckFailed(error.path, error.problem) from None
+        document = {"store": arguments.store, "ok": False, "metadata": "changed",
+                    "problems": [error.problem]}
+        raise _failed(arguments, document, str(error)) from None
     bad = store.verify()
+    slices = store.depth == 1 and not store.grid.tiled
+    document = {"store": arguments.store, "ok": not bad, "slices": store.slices,
+                "chunks": store.chunks,
+                "bad": [i if slices else store.chunk_name(i) for i in bad],
+                "metadata": "protected" if store.protected else "unprotected"}
     if bad:
-        if store.depth == 1 and not store.grid.tiled:
-            raise CheckFailed(arguments.store, f"{len(bad)} corrupt or missing slice(s): "
-                                               f"{', '.join(map(str, bad[:20]))}")
+        if slices:
+            raise _failed(arguments, document, f"{arguments.store}: {len(bad)} corrupt or "
+                          f"missing slice(s): {', '.join(map(str, bad[:20]))}")
         kind = "tile" if store.grid.tiled else "block"
-        raise CheckFailed(arguments.store, f"{len(bad)} corrupt or missing {kind}(s): "
-                          + ", ".join(store.chunk_name(i) for i in bad[:20]))
+        raise _failed(arguments, document, f"{arguments.store}: {len(bad)} corrupt or missing "
+                      f"{kind}(s): " + ", ".join(store.chunk_name(i) for i in bad[:20]))
     held = f" in {store.chunks} blocks" if store.depth > 1 else \
         f" in {store.chunks} tiles" if store.grid.tiled else ""
     if store.protected:
-        print(f"{arguments.store}: all {store.slices} slices{held} and the metadata match "
-              "their checksums")
+        text = (f"{arguments.store}: all {store.slices} slices{held} and the metadata match "
+                "their checksums")
     else:
-        print(f"{arguments.store}: all {store.slices} slices{held} match their checksums; "
-              f"metadata {_UNPROTECTED}")
+        text = (f"{arguments.store}: all {store.slices} slices{held} match their checksums; "
+                f"metadata {_UNPROTECTED}")
+    _result(arguments, document, text)
+
+
+def _verify_dicom(arguments: argparse.Namespace) -> None:
+    from medlossy.dicom_output import check_dicom_output
+
+    summary, problems = check_dicom_output(arguments.store)
+    document = {"store": arguments.store, "ok": not problems, "problems": problems,
+                **summary}
+    if problems:
+        raise _failed(arguments, document, f"{arguments.store}: {len(problems)} problem(s): "
+                                           + "; ".join(problems[:5]))
+    checked = "" if summary["ratio"] is None or not summary["lossy"] \
+        else f", recorded ratio x{summary['recorded_ratio']:g} matches its pixel data"
+    _result(arguments, document,
+            f"{arguments.store}: all {summary['frames']} frames in {summary['files']} DICOM "
+            f"file(s) decode{checked} (DICOM holds no medlossy checksum)")
 
 
 def _store_attributes(path: str) -> dict | None:
@@ -451,10 +574,9 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
               skip_bad=arguments.skip_bad, layered=not arguments.per_ratio_search,
               show_progress=not arguments.quiet)
     summary, sweep = write_sweep_report(out)
-    if not arguments.quiet:
-        print(markdown_table(summary))
-        for problem in sweep["bad_cases"].values():
-            print(f"bad case: {problem}")
+    print(markdown_table(summary))  # the result: --quiet silences progress and notes only
+    for problem in sweep["bad_cases"].values():
+        print(f"bad case: {problem}")
 
 
 def _dicom_root_dataset(arguments: argparse.Namespace, out: Path):
@@ -478,6 +600,10 @@ def dataset_report(arguments: argparse.Namespace) -> None:
     from medlossy.tables import markdown_table
 
     summary, sweep = write_sweep_report(Path(arguments.sweep))
+    if arguments.json:
+        _print_json({"sweep": arguments.sweep, "ratios": summary.to_dict("records"),
+                     "bad_cases": sweep["bad_cases"]})
+        return
     print(markdown_table(summary))
     for problem in sweep["bad_cases"].values():
         print(f"bad case: {problem}")
@@ -487,11 +613,13 @@ def dataset_verify(arguments: argparse.Namespace) -> None:
     from medlossy.datasets.sweep_report import verify_sweep
 
     problems = verify_sweep(Path(arguments.sweep))
+    document = {"sweep": arguments.sweep, "ok": not problems, "problems": problems}
     if problems:
         for problem in problems[1:]:
             print(problem, file=sys.stderr)
-        raise MedlossyError(None, f"{len(problems)} problem(s); first: {problems[0]}")
-    print(f"{arguments.sweep}: every store, decoded image and label matches its checksum")
+        raise _failed(arguments, document, f"{len(problems)} problem(s); first: {problems[0]}")
+    _result(arguments, document,
+            f"{arguments.sweep}: every store, decoded image and label matches its checksum")
 
 
 def _numbers(text: str, option: str, kind: type, count: int = 3) -> tuple:
@@ -548,10 +676,9 @@ def train(arguments: argparse.Namespace) -> None:
     info = backend.describe(folder)
     speed = f" ({info.epochs * info.iterations_per_epoch / info.seconds:.2f} it/s)" \
         if info.seconds else ""
-    _say(arguments, f"{folder}: {backend.name} backend, fold {info.fold} "
-                    f"({len(info.train_cases)} training, {len(info.test_cases)} test cases), "
-                    f"{info.epochs} epochs x {info.iterations_per_epoch} iterations on "
-                    f"{info.device}{speed}")
+    print(f"{folder}: {backend.name} backend, fold {info.fold} ({len(info.train_cases)} "
+          f"training, {len(info.test_cases)} test cases), {info.epochs} epochs x "
+          f"{info.iterations_per_epoch} iterations on {info.device}{speed}")
 
 
 def predict(arguments: argparse.Namespace) -> None:
@@ -563,7 +690,7 @@ def predict(arguments: argparse.Namespace) -> None:
     out = backend.predict(Path(arguments.model), Path(dataset), Path(arguments.out),
                           cases=arguments.cases, device=arguments.device,
                           show_progress=not arguments.quiet)
-    _say(arguments, f"{out}: {backend.name} predictions")
+    print(f"{out}: {backend.name} predictions")
 
 
 def _patch_size(text: str) -> tuple[int, int, int]:
@@ -600,7 +727,7 @@ def list_codecs(arguments: argparse.Namespace) -> None:
 
     entries = catalog()
     if arguments.json:
-        print(json.dumps(entries, indent=2))
+        _print_json(entries)
         return
     rows = [("codec", "chunk", "modes", "runs on", "library", "installed")]
     rows += [(e["name"], e["chunk"], " ".join(e["modes"]), e["hardware"], e["library"],

@@ -1,8 +1,14 @@
-"""Parse the command line and dispatch to one thin function per command."""
+"""Parse the command line and dispatch to one thin function per command.
+
+Exit status: 0 done, 1 a check that failed (``verify``, ``dataset verify``), 2 bad usage or
+bad input (one line on stderr), 130 on SIGINT and 143 on SIGTERM (both unwound, so that no
+partial output is left), 141 when the reader of stdout went away.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import signal
@@ -22,6 +28,8 @@ from medlossy.reader_study.cli import add_reader_parser
 
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
 _TEMPORARY = re.compile(r"(^|/)\.([^/]+?)\.partial-[0-9a-f]{8}[^/]*$")
 
 
@@ -35,10 +43,40 @@ def _positive_float(text: str) -> float:
     return value
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Every option's help ends with "(default: X)", unless it already says "default:" (flags
+    and options without a default have none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default  # by identity: a default of 0 is shown, False is a flag's
+        unset = default is None or default is False or default is argparse.SUPPRESS or (
+            isinstance(default, float) and math.isnan(default))  # NaN: "not given"
+        if unset or "default:" in text.lower():
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+def subparsers_of(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every parser below it, depth first."""
+    found = [parser]
+    for action in parser._actions:  # argparse keeps subcommands only here
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases repeat a parser
+                found += subparsers_of(child)
+    return found
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars or notes (results are still printed)")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help="processes/threads to use (default: all cores)")
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document on stdout instead of text")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "into a Zarr store of JPEG 2000 slices (or another "
                                           "codec's slices or blocks, --codec).")
     compress.add_argument("input", help=".nii, .nii.gz, .nrrd, or a folder of DICOM files")
-    compress.add_argument("output", help="store to create (a directory, e.g. ct_r20.zarr)")
+    compress.add_argument("output", help="store to create (a folder, e.g. ct_r20.zarr), or "
+                                         "with --format dicom a DICOM series folder")
     target = compress.add_mutually_exclusive_group(required=True)
     target.add_argument("--ratio", type=_positive_float,
                         help="raw 16-bit bytes / stored bytes, e.g. 20")
@@ -64,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "sz3, zfp; see `medlossy codecs`)")
     compress.add_argument("--allocation", choices=("psnr", "equal", "optimal"),
                           default="psnr",
-                          help="spread bytes for equal distortion per slice (default), give "
-                               "every slice the same ratio, or pick per slice the better of "
-                               "both (slower, never worse)")
+                          help="psnr: spread bytes for equal distortion per slice; equal: "
+                               "give every slice the same ratio; optimal: pick per slice the "
+                               "better of both (slower, never worse)")
     compress.add_argument("--modality", choices=("auto", "CT", "MR", "OTHER"), default="auto",
                           help="decides the PSNR peak (CT: 4096, others: max - min); auto "
                                "(default): a DICOM series' own Modality, else CT when the "
@@ -75,13 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="PSNR peak r for MR/other (the dataset's max - min; default: "
                                "the volume's max - min, 4096 for CT)")
     compress.add_argument("--codec", choices=codec_names(), default=None,
-                          help="jpeg2k (default), or blosc: lossless zstd for any dtype, "
-                               "chosen by default for --lossless on data JPEG 2000 cannot "
-                               "hold exactly (fractional floats, integers beyond 16 bits)")
+                          help="see `medlossy codecs`; blosc (lossless zstd, any dtype) is "
+                               "chosen for --lossless on data JPEG 2000 cannot hold exactly "
+                               "(fractional floats, integers beyond 16 bits) (default: "
+                               "jpeg2k)")
     compress.add_argument("--force", action="store_true", help="replace an existing output")
     compress.add_argument("--format", choices=("store", "dicom"), default="store",
-                          help="a Zarr store (default), or a DICOM series folder with JPEG "
-                               "2000 (.4.91/.4.90) or HTJ2K (.4.203/.4.201) frames")
+                          help="a Zarr store, or a DICOM series folder with JPEG 2000 "
+                               "(.4.91/.4.90) or HTJ2K (.4.203/.4.201) frames")
     compress.add_argument("--multiframe", action="store_true",
                           help="with --format dicom: one Enhanced CT/MR object instead of one "
                                "file per slice (volumes neither CT nor MR are always one "
@@ -93,28 +133,36 @@ def build_parser() -> argparse.ArgumentParser:
                           help="store each slice as NxN tiles, one codestream each, so that "
                                "patch reads decode only the tiles they touch (jpeg2k, htj2k)")
     _add_common(compress)
+    _add_json(compress)
     compress.set_defaults(handler=commands.compress)
 
     decompress = sub.add_parser("decompress", help="decode a store to NIfTI or NRRD")
-    decompress.add_argument("store")
+    decompress.add_argument("store", help="a medlossy store (a .zarr folder)")
     decompress.add_argument("output", help=".nii, .nii.gz or .nrrd, or a folder with "
                                            "--format dicom")
     decompress.add_argument("--format", choices=("file", "dicom"), default="file",
-                            help="a volume file named by its suffix (default), or an "
-                                 "uncompressed DICOM series folder")
+                            help="a volume file named by its suffix, or an uncompressed "
+                                 "DICOM series folder")
     decompress.add_argument("--multiframe", action="store_true",
                             help="with --format dicom: one Enhanced CT/MR object")
     decompress.add_argument("--force", action="store_true", help="replace an existing output")
     _add_common(decompress)
+    _add_json(decompress)
     decompress.set_defaults(handler=commands.decompress)
 
-    info = sub.add_parser("info", help="what a store holds and what it cost")
-    info.add_argument("store")
-    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info = sub.add_parser("info", help="what a store or medlossy DICOM series holds and what "
+                                       "it cost")
+    info.add_argument("store", help="a medlossy store, or a DICOM series folder that "
+                                    "compress/decompress --format dicom wrote")
+    _add_json(info)
     info.set_defaults(handler=commands.info)
 
-    verify = sub.add_parser("verify", help="check every slice of a store against its CRC-32")
-    verify.add_argument("store")
+    verify = sub.add_parser("verify", help="check every slice of a store against its CRC-32 "
+                                           "(exit 1 when one fails)")
+    verify.add_argument("store", help="a medlossy store, or a DICOM series folder that "
+                                      "compress/decompress --format dicom wrote (every frame "
+                                      "decoded, its recorded ratio checked)")
+    _add_json(verify)
     verify.set_defaults(handler=commands.verify)
 
     psnr = sub.add_parser("psnr", help="PSNR (and MSE, max error) of a volume against another")
@@ -165,29 +213,34 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("dataset", help="nnU-Net raw dataset folder, or SWEEP/r20")
     train.add_argument("--out", required=True, help="model folder")
     train.add_argument("--backend", choices=[*backend_names(), "monai"], default="builtin",
-                       help="the built-in MONAI U-Net (default; 'monai' is its old name), or "
+                       help="builtin: the MONAI U-Net ('monai' is its old name); nnunet: "
                             "nnU-Net v2 with the study's trainer (see docs/study.md)")
     train.add_argument("--fold", type=int, default=0, help="fold of the study's split")
     train.add_argument("--folds", type=int, default=3, help="folds of the study's split")
-    train.add_argument("--epochs", type=int, default=300)
+    train.add_argument("--epochs", type=int, default=300, help="training epochs")
     train.add_argument("--iterations", type=int, default=250, help="iterations per epoch")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    train.add_argument("--seed", type=int, default=0, help="random seed")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                       help="where to train (default: auto, a GPU when there is one)")
     builtin = train.add_argument_group("built-in backend")
-    builtin.add_argument("--preset", choices=("lowres", "fullres"), default=None)
-    builtin.add_argument("--batch-size", type=int, default=None)
+    builtin.add_argument("--preset", choices=("lowres", "fullres"), default=None,
+                         help="resolution preset (default: lowres)")
+    builtin.add_argument("--batch-size", type=int, default=None,
+                         help="patches per iteration (default: the preset's, 2)")
     builtin.add_argument("--patch-size", default=None, help="e.g. 64,64,64")
     builtin.add_argument("--no-augment", action="store_true", help="switch augmentation off")
     nnunet = train.add_argument_group("nnunet backend")
     nnunet.add_argument("--configuration", "--config", dest="configuration", default=None,
-                        help="nnU-Net configuration (default 3d_lowres, the paper's)")
+                        help="nnU-Net configuration (default: 3d_lowres, the paper's)")
     nnunet.add_argument("--plans", choices=("per-ratio", "x1"), default=None,
-                        help="plan this dataset (default) or reuse --reference's plans")
+                        help="plan this dataset or reuse --reference's plans (default: "
+                             "per-ratio)")
     nnunet.add_argument("--reference", default=None,
                         help="the uncompressed dataset, for --plans x1")
     nnunet.add_argument("--validation-iterations", type=int, default=None,
-                        help="nnU-Net's pseudo-validation batches per epoch (default 50)")
-    train.add_argument("--quiet", action="store_true")
+                        help="nnU-Net's pseudo-validation batches per epoch (default: 50)")
+    train.add_argument("--quiet", action="store_true",
+                       help="no progress bars or notes (results are still printed)")
     train.set_defaults(handler=commands.train)
 
     predict = sub.add_parser("predict", help="segment a dataset with a trained model")
@@ -195,9 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("dataset", help="nnU-Net raw dataset folder, or SWEEP/r50")
     predict.add_argument("--out", required=True, help="folder for CASE.nii.gz label maps")
     predict.add_argument("--cases", choices=("test", "all"), default="test",
-                         help="the model's held-out fold cases (default) or every case")
-    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    predict.add_argument("--quiet", action="store_true")
+                         help="the model's held-out fold cases or every case")
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                         help="where to predict (auto: a GPU when there is one)")
+    predict.add_argument("--quiet", action="store_true",
+                         help="no progress bars or notes (results are still printed)")
     predict.set_defaults(handler=commands.predict)
 
     dataset = sub.add_parser("dataset", help="a whole dataset at every ratio")
@@ -229,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="crop images and labels to these label values first, e.g. 1,2 "
                             "(the study crops LiTS to the liver)")
     sweep.add_argument("--margin", type=float, default=10.0,
-                       help="margin around the crop, in mm (default 10)")
+                       help="margin around the crop, in mm (default: 10)")
     sweep.add_argument("--scheduler", default=None,
                        help="Dask scheduler address (tcp://host:8786); default: local processes")
     sweep.add_argument("--labels", choices=("seg", "rtstruct"), default=None,
@@ -241,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--skip-bad", action="store_true",
                        help="skip cases with bad input and list them in the report")
     sweep.add_argument("--codec", choices=codec_names(), default=None,
-                       help="codec of every lossy ratio (default jpeg2k; see `medlossy "
+                       help="codec of every lossy ratio (default: jpeg2k; see `medlossy "
                             "codecs`); ratio 1 is stored losslessly as without --codec")
     sweep.add_argument("--tile", type=positive_int, default=None, metavar="N",
                        help="store each slice as NxN tiles, one codestream each, for "
@@ -253,17 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(sweep)
     sweep.set_defaults(handler=commands.dataset_compress)
     report = dataset_sub.add_parser("report", help="per-ratio table of a sweep")
-    report.add_argument("sweep")
+    report.add_argument("sweep", help="sweep folder written by dataset compress")
+    _add_json(report)
     report.set_defaults(handler=commands.dataset_report)
-    check = dataset_sub.add_parser("verify", help="re-check every checksum of a sweep")
-    check.add_argument("sweep")
+    check = dataset_sub.add_parser("verify", help="re-check every checksum of a sweep (exit 1 "
+                                                  "when one fails)")
+    check.add_argument("sweep", help="sweep folder written by dataset compress")
+    _add_json(check)
     check.set_defaults(handler=commands.dataset_verify)
 
     add_reader_parser(sub)
     add_evaluate_parsers(sub)
 
     codecs = sub.add_parser("codecs", help="available codecs, their modes, CPU/GPU, extras")
-    codecs.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_json(codecs)
     codecs.set_defaults(handler=commands.list_codecs)
 
     bench = sub.add_parser("bench", help="measure medlossy on your data")
@@ -275,13 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "(codecs.csv, codecs.md) and a figure (codecs.png) to --out.")
     bench_codecs.add_argument("volume", help=".nii, .nii.gz, .nrrd, or a DICOM series folder")
     bench_codecs.add_argument("--ratios", default="5,10,20,50,100",
-                              help="comma-separated target ratios (default 5,10,20,50,100)")
+                              help="comma-separated target ratios (default: 5,10,20,50,100)")
     bench_codecs.add_argument("--codecs", default=None,
                               help="comma-separated codecs (default: every installed codec "
                                    "with a ratio mode)")
     bench_codecs.add_argument("--out", default="bench-codecs", help="output folder")
     bench_codecs.add_argument("--workers", type=int, default=1,
-                              help="processes/threads per compress (default 1: speeds per "
+                              help="processes/threads per compress (default: 1, speeds per "
                                    "core)")
     bench_codecs.add_argument("--modality", choices=("auto", "CT", "MR", "OTHER"),
                               default="auto", help="decides the PSNR peak (CT: 4096)")
@@ -293,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "decoding only the slices each patch needs, for --seconds after the first "
                     "patch; print patches and Mvox/s.")
     loader.add_argument("store", help="a store or a folder of *.zarr stores")
-    loader.add_argument("--patch", default="64,160,160", help="z,y,x voxels (default "
+    loader.add_argument("--patch", default="64,160,160", help="z,y,x voxels (default: "
                                                               "64,160,160)")
     loader.add_argument("--workers", type=int, default=2,
                         help="DataLoader worker processes (0: decode in this process)")
@@ -301,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     loader.add_argument("--level", type=int, default=0,
                         help="resolution level to decode (1 = half size in-plane)")
     loader.add_argument("--labels", default=None, help="folder of label volumes CASE.nii.gz")
-    loader.add_argument("--seconds", type=_positive_float, default=10.0)
+    loader.add_argument("--seconds", type=_positive_float, default=10.0,
+                        help="how long to measure, after the first patch")
     loader.add_argument("--json", action="store_true", help="print JSON")
     loader.set_defaults(handler=commands.bench_loader)
 
@@ -312,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-data", help="where to write the datasets")
     demo.add_argument("--cache", default=None,
                       help="download cache (default: ~/.cache/medlossy)")
-    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--quiet", action="store_true", help="no progress or notes")
     demo.set_defaults(handler=commands.data_demo)
     phantom = data_sub.add_parser("phantom", help="a SYNTHETIC cohort of abdominal CTs with "
                                                   "exact labels, as an nnU-Net raw dataset")
@@ -326,14 +385,20 @@ def build_parser() -> argparse.ArgumentParser:
                               "organs and vessels enhanced, typical values)")
     phantom.add_argument("--id", dest="dataset_id", type=int, default=950,
                          help="nnU-Net dataset id (default: 950 -> Dataset950_Phantom)")
-    phantom.add_argument("--quiet", action="store_true")
+    phantom.add_argument("--quiet", action="store_true", help="no progress or notes")
     phantom.set_defaults(handler=commands.data_phantom)
+    for each in subparsers_of(parser):
+        each.formatter_class = _HelpWithDefaults
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C so that worker pools shut down and temporary outputs are
+    removed, then reported with its own exit status."""
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
-    # Unwind like Ctrl-C, so worker pools shut down and temporary outputs are removed.
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -355,9 +420,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # flush cannot fail again, and exit like a process killed by SIGPIPE.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         print("medlossy: interrupted; no partial output was left", file=sys.stderr)
-        return 130
+        return EXIT_TERMINATED if isinstance(interruption, Terminated) else EXIT_INTERRUPTED
     except OSError as error:  # an unwritable folder, a full disk: the file and the reason
         # name the output the user gave, not its temporary (see atomic.py)
         name = _TEMPORARY.sub(r"\1\2", str(error.filename)) if error.filename else ""

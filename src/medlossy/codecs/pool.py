@@ -17,11 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from medlossy.codecs.base import Setting, SliceCodec, get_codec
 from medlossy.codecs.tiles import TileGrid
 from medlossy.orphans import die_with_parent
+from medlossy.terminal import progress_bar
 
 _worker: tuple[SliceCodec, np.ndarray, TileGrid] | None = None
 
@@ -115,8 +115,8 @@ class SliceEncoder:
             chunk = max(1, count // (self.workers * 8))
             results = self._executor.map(_encode_in_worker,
                                          [(i, setting) for i in range(count)], chunksize=chunk)
-        return list(tqdm(results, total=count, desc=label, unit="chunk", leave=False,
-                         disable=not show_progress))
+        return list(progress_bar(results, total=count, desc=label, unit="chunk", leave=False,
+                                 show=show_progress))
 
     def map_slices(self, method: str, arguments: Sequence[object], *, label: str = "encode",
                    show_progress: bool = False) -> list:
@@ -133,8 +133,8 @@ class SliceEncoder:
             results = self._executor.map(_call_in_worker,
                                          [(i, method, arguments[i]) for i in range(count)],
                                          chunksize=chunk)
-        return list(tqdm(results, total=count, desc=label, unit="slice", leave=False,
-                         disable=not show_progress))
+        return list(progress_bar(results, total=count, desc=label, unit="slice", leave=False,
+                                 show=show_progress))
 
 
 @contextmanager

@@ -44,6 +44,7 @@ from medlossy.data.calibration import (
 )
 from medlossy.errors import MedlossyError
 from medlossy.io.nifti import write_nifti
+from medlossy.terminal import on_terminal
 from medlossy.volume import Volume
 
 #: nnU-Net labels, consecutive from 0.
@@ -448,6 +449,7 @@ def write_phantom_dataset(out: str | Path, cases: int = 24, config: PhantomConfi
         return folder
     calibration = load_calibration()
     records = []
+    show_progress = on_terminal(show_progress)  # a carriage-return counter: terminals only
     with atomic_output(folder) as scratch:
         (scratch / "imagesTr").mkdir(parents=True)
         (scratch / "labelsTr").mkdir()

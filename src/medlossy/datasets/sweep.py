@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from medlossy.atomic import atomic_output
 from medlossy.checksums import sha256_file
@@ -58,6 +57,7 @@ from medlossy.metrics import CT_DATA_RANGE
 from medlossy.orphans import die_with_parent
 from medlossy.outputs import check_own_folder
 from medlossy.store import SliceStore
+from medlossy.terminal import progress_bar
 from medlossy.volume import Volume
 
 STUDY_RATIOS = (1, 2, 5, 10, 20, 50, 70, 100)
@@ -609,8 +609,8 @@ def _run_jobs(plan: SweepPlan, executor: Executor, *, skip_bad: bool, layered: b
     else:  # one job per image and ratio, each searching its own rate
         jobs = [(run_task, task) for task in plan.tasks()]
     futures = {executor.submit(function, argument): argument for function, argument in jobs}
-    for future in tqdm(as_completed(futures), total=len(futures), unit="image",
-                       desc=f"{plan.dataset.name} sweep", disable=not show_progress):
+    for future in progress_bar(as_completed(futures), total=len(futures), unit="image",
+                               desc=f"{plan.dataset.name} sweep", show=show_progress):
         job = futures[future]
         task = job[0] if isinstance(job, list) else job
         try:

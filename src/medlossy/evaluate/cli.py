@@ -103,16 +103,18 @@ def add_evaluate_parsers(sub: argparse._SubParsersAction) -> None:
     pretrained.add_argument("checkpoint", help="checkpoint file (swin_unetr) or model folder "
                                                "(nnunet)")
     pretrained.add_argument("sweep", help="sweep folder (medlossy dataset compress --out)")
-    pretrained.add_argument("--arch", choices=("swin_unetr", "nnunet"), required=True)
+    pretrained.add_argument("--arch", choices=("swin_unetr", "nnunet"), required=True,
+                            help="the checkpoint's architecture")
     pretrained.add_argument("--label-map", default=None,
                             help='JSON {"model class id": "dataset class id"}; unmapped model '
                                  "classes become background (default: identity)")
     pretrained.add_argument("--out", required=True, help="CSV to write (e.g. results.csv)")
-    pretrained.add_argument("--roi", type=int, default=96, help="sliding-window size (96)")
-    pretrained.add_argument("--feature-size", type=int, default=48, help="Swin UNETR (48)")
+    pretrained.add_argument("--roi", type=int, default=96, help="sliding-window size")
+    pretrained.add_argument("--feature-size", type=int, default=48, help="Swin UNETR feature size")
     pretrained.add_argument("--out-channels", type=int, default=14,
-                            help="classes the network predicts, background included (14)")
-    pretrained.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+                            help="classes the network predicts, background included")
+    pretrained.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                            help="where to predict (auto: a GPU when there is one)")
     pretrained.add_argument("--hd95", action="store_true", help="also HD95 in mm")
     pretrained.add_argument("--predictions", default=None,
                             help="keep the predicted label maps here (default: discarded)")

@@ -7,9 +7,9 @@ real run (``segmentation.plan_segmentation``, with the same unit keys, so "cache
 run will skip it) -> GPU-hours and storage from measured speeds:
 
 - training: iterations x batch x patch voxels at 38 Mvox/s, the training throughput of an
-  nnU-Net-sized 3D U-Net in bf16 on one H100 (measured, /work/shared/CODECS.md "GPU" and
-  DATA.md "Sizing the demo"); the paper's 300 x 250 iterations of 2 x 128^3 voxels give
-  2.3 h per model, the issue's "about 2 h on an H100";
+  nnU-Net-sized 3D U-Net in bf16 on one H100 (measured by the developers; BENCHMARKS.md);
+  the paper's 300 x 250 iterations of 2 x 128^3 voxels give 2.3 h per model, about the 2 h
+  on an H100 that the paper reports;
 - prediction: every test voxel covered 8 times by sliding windows at half-patch steps and
   8 times again by nnU-Net's mirroring, a forward pass costing a third of a training step;
 - storage: raw 16-bit bytes / ratio per store (the ratio is exact by construction), the
@@ -143,7 +143,7 @@ def dry_run(config: StudyConfig, out: Path) -> tuple[pd.DataFrame, pd.DataFrame,
     total = {"unit": "total", **{c: totals[c].sum() for c in totals.columns if c != "unit"}}
     totals = pd.concat([totals, pd.DataFrame([total])], ignore_index=True)
     notes.append(f"GPU-hours: training at {TRAIN_VOXELS_PER_SECOND / 1e6:g} Mvox/s (one H100, "
-                 "bf16, measured: /work/shared/CODECS.md); prediction "
+                 "bf16, measured by medlossy's developers); prediction "
                  f"{PREDICTION_PASSES:.1f} training-voxel equivalents per test voxel.")
     return units.drop(columns=["to_run"]), totals, notes
 

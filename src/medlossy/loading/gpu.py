@@ -18,10 +18,9 @@ import imagecodecs
 import numpy as np
 import torch
 
-try:  # optional: the CUDA wheels exist only for GPU machines
-    from nvidia import nvimgcodec
-except ImportError:
-    nvimgcodec = None
+from medlossy.gpu_libraries import NVIMGCODEC_NOTES, import_nvimgcodec
+
+nvimgcodec = import_nvimgcodec()  # optional: the CUDA wheels exist only for GPU machines
 
 _NOTICE = "medlossy: note: no nvImageCodec GPU decoder ({why}); decoding on the CPU"
 
@@ -41,7 +40,8 @@ class GpuSliceCodec:
     def __init__(self, device: str = "auto") -> None:
         reason = gpu_unavailable_reason()
         if device == "cuda" and reason is not None:
-            raise RuntimeError(f"GPU decoding asked for, but {reason}")
+            said = f" (nvImageCodec: {NVIMGCODEC_NOTES[0]})" if NVIMGCODEC_NOTES else ""
+            raise RuntimeError(f"GPU decoding asked for, but {reason}{said}")
         self.on_gpu = device != "cpu" and reason is None
         if self.on_gpu:
             self._decoder = nvimgcodec.Decoder()

@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from medlossy.atomic import atomic_output
 from medlossy.datasets.nnunet_raw import open_raw_dataset
@@ -35,6 +34,7 @@ from medlossy.pretrained.swin_unetr import (
     predict_image,
     resolve_device,
 )
+from medlossy.terminal import progress_bar
 from medlossy.volume import Volume
 
 ARCHITECTURES = ("swin_unetr", "nnunet")
@@ -73,8 +73,8 @@ def _predict_swin_unetr(model, folder: Path, out: Path, table, setup: SwinUNETRS
     cases = [case for case in dataset.cases() if case.name in labelled]
     with atomic_output(out) as temporary:
         temporary.mkdir(parents=True)
-        for case in tqdm(cases, desc=f"swin_unetr x{ratio:g}", unit="case",
-                         disable=not show_progress):
+        for case in progress_bar(cases, desc=f"swin_unetr x{ratio:g}", unit="case",
+                                 show=show_progress):
             labels, affine = predict_image(model, case.images[0], setup, device)
             write_volume(Volume(table[labels].astype("uint8"), affine),
                          temporary / f"{case.name}{dataset.file_ending}")

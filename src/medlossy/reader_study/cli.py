@@ -11,6 +11,7 @@ from pathlib import Path
 
 from medlossy.cli.types import positive_int
 from medlossy.errors import MedlossyError
+from medlossy.terminal import colours
 
 DEFAULT_RATIOS = "1,2,5,10,20,50"
 DEFAULT_DB = "answers.sqlite"
@@ -105,7 +106,7 @@ def serve(arguments: argparse.Namespace) -> None:
     uvicorn.run(app, host=arguments.host, port=arguments.port, log_level="warning",
                 server_header=False, date_header=False, proxy_headers=False,
                 http=deadline_protocol(arguments.request_timeout),
-                timeout_keep_alive=KEEP_ALIVE_S)
+                timeout_keep_alive=KEEP_ALIVE_S, use_colors=colours(sys.stderr))
 
 
 def _base(arguments: argparse.Namespace) -> str:
@@ -175,32 +176,32 @@ def add_reader_parser(subparsers) -> None:
     make_parser.add_argument("input", help="an nnU-Net raw dataset folder, or a folder of them")
     make_parser.add_argument("--out", required=True, help="study folder to create")
     make_parser.add_argument("--ratios", type=_ratios, default=_ratios(DEFAULT_RATIOS),
-                             help=f"comma-separated, 1 = lossless (default {DEFAULT_RATIOS})")
+                             help=f"comma-separated, 1 = lossless (default: {DEFAULT_RATIOS})")
     make_parser.add_argument("--per-pair", type=int, default=10,
-                             help="slices per ratio pair per dataset (default 10)")
+                             help="slices per ratio pair per dataset (default: 10)")
     make_parser.add_argument("--window", default="abdomen",
                              help="CT window: abdomen, liver, brain, lung, auto or WIDTH/LEVEL "
-                                  "(default abdomen); MR always uses auto")
-    make_parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+                                  "(default: abdomen); MR always uses auto")
+    make_parser.add_argument("--seed", type=int, default=0, help="random seed")
     make_parser.add_argument("--stores", default=None,
                              help="reuse stores of an earlier run (e.g. a study output folder)")
     make_parser.add_argument("--max-images", type=int, default=None,
                              help="draw slices from at most this many images per dataset "
-                                  "(chosen at random; default all)")
+                                  "(chosen at random; default: all)")
     make_parser.add_argument("--workers", type=positive_int, default=None,
                              help="processes for compression (default: all cores)")
-    make_parser.add_argument("--quiet", action="store_true")
+    make_parser.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     make_parser.set_defaults(handler=make)
 
     serve_parser = sub.add_parser("serve", help="serve the pairs to raters in the browser")
     serve_parser.add_argument("study", help="folder made by `medlossy reader make`")
-    serve_parser.add_argument("--port", type=int, default=8000)
+    serve_parser.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     serve_parser.add_argument("--host", default="127.0.0.1",
-                              help="address to listen on (default 127.0.0.1)")
+                              help="address to listen on (default: 127.0.0.1)")
     serve_parser.add_argument("--db", default=None,
-                              help=f"database URL (default sqlite:///STUDY/{DEFAULT_DB})")
+                              help=f"database URL (default: sqlite:///STUDY/{DEFAULT_DB})")
     serve_parser.add_argument("--raters", type=int, default=2,
-                              help="raters to have links for (default 2; more can be added "
+                              help="raters to have links for (default: 2; more can be added "
                                    "later, never removed)")
     serve_parser.add_argument("--public-url", default=None,
                               help="the address raters use, behind a reverse proxy (e.g. "
@@ -222,23 +223,23 @@ def add_reader_parser(subparsers) -> None:
         description="The database keeps only hashes of the tokens, so a lost link cannot be "
                     "shown again: this issues a new one; the old link stops working, the "
                     "rater's answers are kept.")
-    link_parser.add_argument("study")
+    link_parser.add_argument("study", help="folder made by `medlossy reader make`")
     link_parser.add_argument("name", help="rater1, rater2, ... or admin")
     link_parser.add_argument("--db", default=None,
-                             help=f"database URL (default sqlite:///STUDY/{DEFAULT_DB})")
+                             help=f"database URL (default: sqlite:///STUDY/{DEFAULT_DB})")
     link_parser.add_argument("--public-url", default=None, help="as given to serve")
-    link_parser.add_argument("--host", default="127.0.0.1")
-    link_parser.add_argument("--port", type=int, default=8000)
+    link_parser.add_argument("--host", default="127.0.0.1", help="as given to serve")
+    link_parser.add_argument("--port", type=int, default=8000, help="as given to serve")
     link_parser.set_defaults(handler=link)
 
     analyze_parser = sub.add_parser("analyze", help="score the answers, plot, export CSV")
-    analyze_parser.add_argument("study")
-    analyze_parser.add_argument("--out", default=None, help="default STUDY/report")
+    analyze_parser.add_argument("study", help="folder made by `medlossy reader make`")
+    analyze_parser.add_argument("--out", default=None, help="report folder (default: STUDY/report)")
     analyze_parser.add_argument("--db", default=None,
-                                help=f"database URL (default sqlite:///STUDY/{DEFAULT_DB})")
+                                help=f"database URL (default: sqlite:///STUDY/{DEFAULT_DB})")
     analyze_parser.add_argument("--bootstrap", type=int, default=2000,
-                                help="bootstrap resamples for the CIs (default 2000)")
-    analyze_parser.add_argument("--seed", type=int, default=0)
+                                help="bootstrap resamples for the CIs (default: 2000)")
+    analyze_parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     analyze_parser.add_argument("--include-identical", action="store_true",
                                 help="score pairs whose two images are pixel-identical too "
                                      "(left out by default, and counted)")

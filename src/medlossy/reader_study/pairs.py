@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from medlossy.atomic import atomic_output
 from medlossy.codecs import get_codec
@@ -46,6 +45,7 @@ from medlossy.jsonfile import read_json
 from medlossy.outputs import check_only
 from medlossy.reader_study.windows import Window
 from medlossy.store import SliceStore
+from medlossy.terminal import progress_bar
 from medlossy.volume import Volume
 
 FORMAT_VERSION = 1
@@ -302,8 +302,8 @@ def make_pairs(inputs: str | os.PathLike[str], out: str | os.PathLike[str],
     by_path = {d.image.path: (d.dataset, d.image) for d in draws}
     opened: dict[tuple[Path, float], SliceStore] = {}
     sweep = None if stores is None else Path(stores)
-    for _, path, ratio in tqdm(needed, desc="reader study stores", unit="store",
-                               disable=not show_progress):
+    for _, path, ratio in progress_bar(needed, desc="reader study stores", unit="store",
+                                       show=show_progress):
         dataset, image = by_path[path]
         opened[path, ratio] = _open_or_compress(dataset, image, ratio, out, sweep, workers)
 
@@ -314,8 +314,9 @@ def make_pairs(inputs: str | os.PathLike[str], out: str | os.PathLike[str],
         draws_by_image[draw.image.path].append((pair_id, draw))
     with atomic_output(out / "images") as folder:
         folder.mkdir()
-        for path, image_draws in tqdm(draws_by_image.items(), desc="reader study pairs",
-                                      unit="image", disable=not show_progress):
+        for path, image_draws in progress_bar(draws_by_image.items(),
+                                              desc="reader study pairs", unit="image",
+                                              show=show_progress):
             dataset, image = by_path[path]
             volume = read_volume(path, image.modality, lazy=True)
             orient = display_orientation(volume.affine, volume.axial_axis)

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
-from tqdm import tqdm
 
 from medlossy.atomic import atomic_output
 from medlossy.datasets.nnunet_raw import RawDataset, open_raw_dataset
 from medlossy.errors import MedlossyError
 from medlossy.io.nifti import write_nifti
+from medlossy.terminal import progress_bar
 from medlossy.train.loop import DESCRIPTION_FILE, MODEL_FILE, resolve_device
 from medlossy.train.network import build_network
 from medlossy.train.preprocessing import (
@@ -105,7 +105,7 @@ def predict_dataset(model_folder: str | Path, dataset_folder: str | Path, out: s
                                           "dataset")
     written = []
     out = Path(out)
-    for case in tqdm(chosen, desc="predict", unit="case", disable=not show_progress):
+    for case in progress_bar(chosen, desc="predict", unit="case", show=show_progress):
         target = out / f"{case.name}{dataset.file_ending}"
         if not target.exists():
             loaded = load_case(dataset, case)

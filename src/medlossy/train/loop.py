@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 from monai.utils import set_determinism
-from tqdm import tqdm
 
 from medlossy import __version__
 from medlossy.atomic import atomic_output
 from medlossy.datasets.nnunet_raw import RawDataset, open_raw_dataset
 from medlossy.errors import MedlossyError
 from medlossy.jsonfile import write_json
+from medlossy.terminal import progress_bar
 from medlossy.train.config import TrainConfig
 from medlossy.train.network import build_network, network_arguments
 from medlossy.train.preprocessing import fit_normalisation, load_case, prepare, store_folder
@@ -126,8 +126,9 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
             group["lr"] = poly_learning_rate(config, epoch)
         losses = []
         batches = epoch_batches(sampler, config, epoch, pin_memory=config.pin_memory and use_amp)
-        progress = tqdm(batches, total=config.iterations_per_epoch, desc=f"epoch {epoch + 1}/"
-                        f"{config.epochs}", unit="it", leave=False, disable=not show_progress)
+        progress = progress_bar(batches, total=config.iterations_per_epoch,
+                                desc=f"epoch {epoch + 1}/{config.epochs}", unit="it",
+                                leave=False, show=show_progress)
         for images, targets in progress:
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             targets = targets.to(device, non_blocking=True)
