@@ -213,9 +213,8 @@ def add_reader_parser(subparsers) -> None:
     serve_parser.add_argument("--request-timeout", type=_seconds, default=REQUEST_TIMEOUT_S,
                               metavar="SECONDS",
                               help="close a connection whose request has not arrived whole "
-                                   "this long after it opened or began (default "
-                                   f"{REQUEST_TIMEOUT_S:g}); idle kept-alive connections "
-                                   f"close after {KEEP_ALIVE_S} s")
+                                   "this long after it opened or began; idle kept-alive "
+                                   f"connections close after {KEEP_ALIVE_S} s")
     serve_parser.set_defaults(handler=serve)
 
     link_parser = sub.add_parser(
