@@ -137,7 +137,12 @@ def test_a_store_written_before_the_checksum_still_decodes_as_unprotected(
         cli, t1_store, tmp_path):
     store = tmp_path / "legacy.zarr"
     shutil.copytree(t1_store, store)
-    _edit(store, lambda attributes, zarray: attributes.pop("metadata_sha256"))
+
+    def _as_version_2(attributes: dict, zarray: dict) -> None:
+        del attributes["metadata_sha256"]
+        attributes["format_version"] = 2
+
+    _edit(store, _as_version_2)
     output = tmp_path / "legacy.nii.gz"
     code, _, err = cli("decompress", store, output, "--workers", "1")
     assert code == 0, err
@@ -149,6 +154,25 @@ def test_a_store_written_before_the_checksum_still_decodes_as_unprotected(
     code, out, _ = cli("info", store, "--json")
     assert json.loads(out)["metadata"].startswith("unprotected")
     assert StoreVolume(store).store.protected is False
+
+
+def test_a_current_store_whose_checksum_was_removed_is_refused(cli, t1_store, tmp_path):
+    """Removing the seal does not pass an edited store off as one written before seals."""
+    store = tmp_path / "unsealed.zarr"
+    shutil.copytree(t1_store, store)
+
+    def _unseal_and_edit(attributes: dict, zarray: dict) -> None:
+        del attributes["metadata_sha256"]
+        attributes["intensity"]["offset"] += 1
+
+    _edit(store, _unseal_and_edit)
+    code, _, err = cli("verify", store)
+    assert code == EXIT_CHECK_FAILED and "metadata_sha256 is missing" in err, err
+    code, _, err = cli("decompress", store, tmp_path / "out.nii.gz", "--workers", "1")
+    assert code == EXIT_BAD_INPUT and "metadata_sha256 is missing" in err, err
+    assert not (tmp_path / "out.nii.gz").exists()
+    with pytest.raises(MedlossyError, match="metadata_sha256 is missing"):
+        StoreVolume(store)
 
 
 def test_a_version_1_store_is_unprotected_and_readable(cli):

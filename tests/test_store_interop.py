@@ -183,9 +183,9 @@ def test_a_version_1_store_still_opens_and_decodes(tmp_path):
     np.testing.assert_array_equal(read_store(data / "store_v1.zarr", workers=1).array, source)
 
 
-def test_a_new_store_declares_version_2_and_its_array_at_level_0(ct_store):
+def test_a_new_store_declares_version_3_and_its_array_at_level_0(ct_store):
     store = SliceStore(ct_store)
-    assert store.format_version == 2 and store.array_path == ct_store / "0"
+    assert store.format_version == 3 and store.array_path == ct_store / "0"
     assert json.loads((ct_store / ".zgroup").read_bytes()) == {"zarr_format": 2}
     assert not (ct_store / ".zarray").exists()
 

@@ -45,9 +45,13 @@ from medlossy.codecs.tiles import TileGrid
 from medlossy.errors import MedlossyError
 from medlossy.store.ngff import LEVEL0, multiscales
 
-FORMAT_VERSION = 2
-#: Versions this reader opens (1: bare array at the root, before OME-Zarr).
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+#: Versions this reader opens (1: bare array at the root, before OME-Zarr; 2: before the
+#: metadata was sealed).
+READABLE_VERSIONS = (1, 2, 3)
+#: The first version whose stores always carry ``metadata_sha256``: one without it was
+#: edited (its seal removed), not written before seals existed.
+SEALED_SINCE = 3
 ATTRIBUTE_KEY = "medlossy"
 #: The medlossy attribute holding the digests of the metadata that decides decoded values.
 METADATA_KEY = "metadata_sha256"
@@ -129,10 +133,11 @@ def metadata_digests(attributes: dict[str, Any], zarray: Any) -> dict[str, str]:
 
 def unmatched_sections(attributes: dict[str, Any], zarray: Any) -> list[str] | None:
     """The sealed sections that no longer match their recorded digest; None for a store
-    written before metadata was sealed (no ``metadata_sha256``: unprotected)."""
+    written before metadata was sealed (version 1 or 2 without ``metadata_sha256``:
+    unprotected)."""
     recorded = attributes.get(METADATA_KEY)
     if recorded is None:
-        return None
+        return [METADATA_KEY] if attributes.get("format_version", 0) >= SEALED_SINCE else None
     if not isinstance(recorded, dict):
         return [METADATA_KEY]
     expected = metadata_digests(attributes, zarray)
@@ -353,6 +358,10 @@ class SliceStore:
         #: Whether the metadata carries digests (stores written before them do not).
         self.protected = unmatched is not None
         if unmatched:
+            if METADATA_KEY not in self.attributes:
+                raise MetadataMismatch(self.path, f"{METADATA_KEY} is missing: a version "
+                                       f"{self.format_version} store always carries it, so "
+                                       "its metadata was edited since compress")
             raise MetadataMismatch(self.path, "metadata no longer matches its checksum ("
                                    f"{', '.join(unmatched)} changed since compress)")
         #: The tiles of a slice (one tile, the slice itself, in an untiled store).
