@@ -1,8 +1,9 @@
 """DICOM out in any voxel orientation: frames advance along the slice normal, and independent
 readers give the source's voxel values, not only its affine (issue 20).
 
-Data: a small uint16 MR-like volume under axial affines of both handednesses (LPS, LAS, and
-RAS with a negative z step), written lossless, so every reader must return the exact values.
+Data: a small uint16 MR-like volume under axial affines of both handednesses (LPS, LAS, RAS
+with a negative z step, an oblique LAS), written lossless, so every reader must return the
+exact values.
 Readers: dcm2niix (Debian; multi-frame J2K through gdcmconv --raw, since Debian's dcm2niix
 decodes a single fragment only), SimpleITK (GDCM, what TorchIO reads with) and medlossy's own.
 """
@@ -24,9 +25,12 @@ from medlossy.io import read_volume
 
 _HAS = {tool: shutil.which(tool) is not None for tool in ("dcm2niix", "gdcmconv")}
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-#: RAS voxel sizes of each test affine: right-handed LPS, and two left-handed ones (x flipped;
-#: z descending), the cases whose frames used to run against the normal.
-AFFINES = {"LPS": (-2.0, -2.0, 3.0), "LAS": (-2.0, 2.0, 3.0), "RAS-z": (2.0, 2.0, -3.0)}
+#: RAS voxel sizes of each test affine: right-handed LPS, and left-handed ones (x flipped;
+#: z descending; x flipped and tilted 12 degrees about x), the cases whose frames used to run
+#: against the normal.
+AFFINES = {"LPS": (-2.0, -2.0, 3.0), "LAS": (-2.0, 2.0, 3.0), "RAS-z": (2.0, 2.0, -3.0),
+           "LAS-oblique": (-2.0, 2.0, 3.0)}
+_TILT = np.deg2rad(12.0)
 #: How each output is made: (modality, multiframe) -> single-frame MR, Enhanced MR, SC.
 KINDS = {"mr": ("MR", False), "enhanced": ("MR", True), "sc": ("OTHER", False)}
 
@@ -37,6 +41,10 @@ def _source(folder: Path, name: str) -> Path:
     values = rng.integers(0, 900, (40, 36, 12), dtype=np.uint16)
     values[:, :, :6] += 1000  # the lower half brighter: a reversed stack cannot pass
     affine = np.diag([*AFFINES[name], 1.0])
+    if name.endswith("oblique"):
+        tilt = np.eye(4)
+        tilt[1:3, 1:3] = [[np.cos(_TILT), -np.sin(_TILT)], [np.sin(_TILT), np.cos(_TILT)]]
+        affine = tilt @ affine
     affine[:3, 3] = (12.5, -30.0, 41.0)
     path = folder / f"{name}.nii.gz"
     nib.save(nib.Nifti1Image(values, affine), path)
