@@ -203,9 +203,10 @@ def main() -> None:
                 messages[f"{name}, {label}"] = lines
             case = work / f"case_{len(rows)}"
             case.mkdir()
-            compress_volume(read_volume(source, modality), case / "s.zarr",
-                            Target("ratio", 20.0), workers=2)
+            attributes = compress_volume(read_volume(source, modality), case / "s.zarr",
+                                         Target("ratio", 20.0), workers=2)
             result = store_to_dicom(case / "s.zarr", case / "out")
+            result["max_abs_error"] = attributes["achieved"]["max_abs_error"]
             row, lines = _row(name, "store x20, decompress --format dicom", result, case,
                               reference)
             rows.append(row)
@@ -226,7 +227,8 @@ def _row(name: str, label: str, result: dict, case: Path,
             "dciodvfy": f"{errors} errors, {warnings} warnings"
                         + (" (HTJ2K relabelled)" if relabelled else ""),
             "decoders": _decoders_agree(files),
-            "geometry": _geometry(files, reference, geometry)}, lines
+            "geometry": _geometry(files, reference, geometry)
+                        + f"; medlossy reported max error {result['max_abs_error']:g}"}, lines
 
 
 def _write(rows: list[dict], messages: dict[str, collections.Counter]) -> None:
