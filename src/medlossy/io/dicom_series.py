@@ -304,7 +304,7 @@ def check_spacing(path: Path, frames: list[_Frame], offsets: np.ndarray,
         what = f"{missing} slice(s) missing" if missing else "uneven step"
         problems.append(f"{what} between {frames[k].name} ({offsets[k]:.3f} mm) and "
                         f"{frames[k + 1].name} ({offsets[k + 1]:.3f} mm): {step:.3f} mm")
-    intervals = slice_intervals(offsets)
+    intervals = _slice_intervals(offsets)
     mean = (offsets[-1] - offsets[0]) / intervals
     summary = (f"slice spacing is not regular (typical step {typical:.3f} mm, steps "
                f"{steps.min():.3f} to {steps.max():.3f} mm; "
@@ -329,7 +329,7 @@ def _missing(step: float, typical: float) -> int:
     return 0
 
 
-def slice_intervals(offsets: np.ndarray) -> int:
+def _slice_intervals(offsets: np.ndarray) -> int:
     """Slice intervals between the first and last of sorted ``offsets``, counting the slices
     missing from gaps: the mean step is then the nominal one across a gap, and the mean of
     uneven steps elsewhere."""
@@ -361,7 +361,7 @@ def _slice_column(frames: list[_Frame], offsets: np.ndarray, normal: np.ndarray,
     """
     if not irregular:
         return (frames[-1].position - frames[0].position) / (len(frames) - 1)
-    return normal * (offsets[-1] - offsets[0]) / slice_intervals(offsets)
+    return normal * (offsets[-1] - offsets[0]) / _slice_intervals(offsets)
 
 
 def _decode_file(file: Path, count: int) -> np.ndarray:

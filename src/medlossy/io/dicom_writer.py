@@ -15,8 +15,9 @@ a volume, so the geometry per slice is computed here.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +126,7 @@ def along_normal(geometry: list[SliceGeometry], encoding: PixelEncoding,
     step = np.asarray(geometry[-1].position) - np.asarray(geometry[0].position)
     if float(np.dot(normal, step)) >= 0:
         return geometry, encoding, None if sources is None else list(sources)
-    return (geometry[::-1], replace(encoding, frames=list(encoding.frames)[::-1]),
+    return (geometry[::-1], dataclasses.replace(encoding, frames=list(encoding.frames)[::-1]),
             None if sources is None else list(sources)[::-1])
 
 
