@@ -151,7 +151,7 @@ def _geometry(files: list[Path], reference: tuple[np.ndarray, np.ndarray],
     affine, values = _canonical(image)
     if values.shape != reference[1].shape:
         return f"dcm2niix gives {values.shape}, not {reference[1].shape} ({how})"
-    return (f"{np.abs(affine - reference[0]).max():.1e} mm, values max |difference| "
+    return (f"{np.abs(affine - reference[0]).max():.1e} mm, values max abs difference "
             f"{np.abs(values - reference[1]).max():g} ({how})")
 
 
