@@ -122,8 +122,17 @@ def _dcm2niix(folder: Path, out: Path) -> nib.Nifti1Image | str:
     return nib.load(found[0])
 
 
-def _geometry(files: list[Path], reference: np.ndarray, work: Path) -> str:
-    """dcm2niix's affine for the written files against ``reference`` (canonical RAS)."""
+def _canonical(image: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
+    """Affine and values (scaling applied) in the closest canonical (RAS) voxel order."""
+    image = nib.as_closest_canonical(image)
+    return image.affine, np.asarray(image.get_fdata(dtype=np.float64))
+
+
+def _geometry(files: list[Path], reference: tuple[np.ndarray, np.ndarray],
+              work: Path) -> str:
+    """dcm2niix's affine and voxel values for the written files against ``reference``
+    (canonical RAS affine and values): a stack read in the wrong order fails the values
+    even where the affine matches."""
     folder = work / "direct"
     folder.mkdir()
     for file in files:
@@ -139,8 +148,11 @@ def _geometry(files: list[Path], reference: np.ndarray, work: Path) -> str:
         how = "after GDCM decoding"
         if isinstance(image, str):
             return f"dcm2niix failed: {image}"
-    affine = nib.as_closest_canonical(image).affine
-    return f"{np.abs(affine - reference).max():.1e} mm ({how})"
+    affine, values = _canonical(image)
+    if values.shape != reference[1].shape:
+        return f"dcm2niix gives {values.shape}, not {reference[1].shape} ({how})"
+    return (f"{np.abs(affine - reference[0]).max():.1e} mm, values max abs difference "
+            f"{np.abs(values - reference[1]).max():g} ({how})")
 
 
 def _sources(work: Path) -> dict[str, tuple[Path, str]]:
@@ -157,12 +169,14 @@ def _sources(work: Path) -> dict[str, tuple[Path, str]]:
                                                   "OTHER")}
 
 
-def _reference_affine(source: Path, work: Path) -> np.ndarray:
-    if source.is_dir():  # what dcm2niix says about the source series itself
+def _reference(source: Path, work: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical affine and values of the source: what dcm2niix says about a source series
+    itself, or the source NIfTI."""
+    if source.is_dir():
         image = _dcm2niix(source, work / "nii_source")
         assert not isinstance(image, str), image
-        return nib.as_closest_canonical(image).affine
-    return nib.as_closest_canonical(nib.load(source)).affine
+        return _canonical(image)
+    return _canonical(nib.load(source))
 
 
 def main() -> None:
@@ -177,7 +191,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dicom_interop_") as temporary:
         work = Path(temporary)
         for name, (source, modality) in _sources(work).items():
-            reference = _reference_affine(source, work / f"reference_{len(rows)}")
+            reference = _reference(source, work / f"reference_{len(rows)}")
             for label, codec, target, multiframe in variants:
                 case = work / f"case_{len(rows)}"
                 case.mkdir()
@@ -189,9 +203,10 @@ def main() -> None:
                 messages[f"{name}, {label}"] = lines
             case = work / f"case_{len(rows)}"
             case.mkdir()
-            compress_volume(read_volume(source, modality), case / "s.zarr",
-                            Target("ratio", 20.0), workers=2)
+            attributes = compress_volume(read_volume(source, modality), case / "s.zarr",
+                                         Target("ratio", 20.0), workers=2)
             result = store_to_dicom(case / "s.zarr", case / "out")
+            result["max_abs_error"] = attributes["achieved"]["max_abs_error"]
             row, lines = _row(name, "store x20, decompress --format dicom", result, case,
                               reference)
             rows.append(row)
@@ -200,7 +215,7 @@ def main() -> None:
 
 
 def _row(name: str, label: str, result: dict, case: Path,
-         reference: np.ndarray) -> tuple[dict, collections.Counter]:
+         reference: tuple[np.ndarray, np.ndarray]) -> tuple[dict, collections.Counter]:
     files = sorted((case / "out").glob("*.dcm"))
     lines, relabelled = _dciodvfy(files, case)
     errors = sum(n for line, n in lines.items() if line.startswith("Error"))
@@ -212,7 +227,8 @@ def _row(name: str, label: str, result: dict, case: Path,
             "dciodvfy": f"{errors} errors, {warnings} warnings"
                         + (" (HTJ2K relabelled)" if relabelled else ""),
             "decoders": _decoders_agree(files),
-            "geometry": _geometry(files, reference, geometry)}, lines
+            "geometry": _geometry(files, reference, geometry)
+                        + f"; medlossy reported max error {result['max_abs_error']:g}"}, lines
 
 
 def _write(rows: list[dict], messages: dict[str, collections.Counter]) -> None:
@@ -227,10 +243,11 @@ def _write(rows: list[dict], messages: dict[str, collections.Counter]) -> None:
              f"dicom3tools dciodvfy, dcm2niix ({tools['dcm2niix']}), GDCM (gdcmconv "
              f"{tools['gdcmconv'].split(' ')[2] if tools['gdcmconv'] != 'missing' else '-'}, "
              f"python-gdcm {gdcm.Version.GetVersion()}), pydicom {pydicom.__version__}.",
-             "Affine: dcm2niix's (canonical RAS) against dcm2niix's for the source series, "
-             "or the source NIfTI's affine; max |difference|.", "",
+             "Geometry: dcm2niix's affine and voxel values, both in canonical RAS voxel "
+             "order, against dcm2niix's for the source series or the source NIfTI's; max "
+             "|difference| (values: 0 when lossless, the codec's error when lossy).", "",
              "| input | output | SOP class | files | ratio | dciodvfy | decoded pixels "
-             "| dcm2niix affine |", "|---|---|---|---|---|---|---|---|"]
+             "| dcm2niix affine and values |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['input']} | {row['output']} | {row['class']} | {row['files']} "
                      f"| {row['ratio']:.2f} | {row['dciodvfy']} | {row['decoders']} | "

@@ -152,11 +152,14 @@ def _dcm2niix(folder: Path, out: Path) -> nib.Nifti1Image:
 @pytest.mark.skipif(not _HAS["dcm2niix"], reason="dcm2niix (Debian) not installed")
 def test_dcm2niix_gives_the_source_geometry(real_x20, ct_c_dicom, ct_b_crop_file,
                                             nifti_lossless, tmp_path):
-    out, _ = real_x20
-    written = _dcm2niix(out, tmp_path / "written")
-    original = _dcm2niix(ct_c_dicom, tmp_path / "original")
+    out, result = real_x20
+    written = nib.as_closest_canonical(_dcm2niix(out, tmp_path / "written"))
+    original = nib.as_closest_canonical(_dcm2niix(ct_c_dicom, tmp_path / "original"))
     assert written.shape == original.shape
     np.testing.assert_allclose(written.affine, original.affine, atol=1e-4)
+    # The values too, in one voxel order: a stack read reversed keeps the affine.
+    error = np.abs(written.get_fdata() - original.get_fdata()).max()
+    assert error == result["max_abs_error"]
     from_nifti = nib.as_closest_canonical(_dcm2niix(nifti_lossless, tmp_path / "crop"))
     source = nib.as_closest_canonical(nib.load(ct_b_crop_file))
     np.testing.assert_allclose(from_nifti.affine, source.affine, atol=1e-4)

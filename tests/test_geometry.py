@@ -47,7 +47,8 @@ def _headers_match(a: nib.Nifti1Image, b: nib.Nifti1Image) -> None:
 @pytest.mark.parametrize("target", [Target("ratio", 6.0), Target("lossless")],
                          ids=["lossy", "lossless"])
 def test_nifti_round_trip_keeps_geometry_and_dtype(mr_path, mr_array, tmp_path, target):
-    compress_volume(read_volume(mr_path, "MR"), tmp_path / "mr.zarr", target, workers=1)
+    attributes = compress_volume(read_volume(mr_path, "MR"), tmp_path / "mr.zarr", target,
+                                 workers=1)
     decompress_to_file(tmp_path / "mr.zarr", tmp_path / "mr.nii.gz", workers=1)
     source, result = nib.load(mr_path), nib.load(tmp_path / "mr.nii.gz")
     _headers_match(source, result)
@@ -55,6 +56,9 @@ def test_nifti_round_trip_keeps_geometry_and_dtype(mr_path, mr_array, tmp_path, 
     assert data.dtype == np.int16
     if target.mode == "lossless":
         np.testing.assert_array_equal(data, mr_array)
+    else:  # the values in the same voxel order: the error compress reported, not more
+        error = np.abs(data.astype(np.int32) - mr_array).max()
+        assert error == attributes["achieved"]["max_abs_error"]
 
 
 def test_nifti_int32_ct_keeps_its_dtype_through_a_file(ct_a_path, tmp_path):
@@ -90,12 +94,14 @@ def test_nrrd_in_ras_space_is_read_as_ras(tmp_path):
 def test_nrrd_compress_decompress_keeps_the_affine(ct_b_crop_array, tmp_path):
     volume = Volume(ct_b_crop_array, _oblique_affine(), modality="CT")
     write_volume(volume, tmp_path / "ct.nrrd")
-    compress_volume(read_volume(tmp_path / "ct.nrrd"), tmp_path / "ct.zarr",
-                    Target("ratio", 10.0), workers=1)
+    attributes = compress_volume(read_volume(tmp_path / "ct.nrrd"), tmp_path / "ct.zarr",
+                                 Target("ratio", 10.0), workers=1)
     decompress_to_file(tmp_path / "ct.zarr", tmp_path / "back.nrrd", workers=1)
     back = read_volume(tmp_path / "back.nrrd")
     np.testing.assert_allclose(back.affine, volume.affine, rtol=0, atol=1e-6)
     assert back.shape == volume.shape and back.array.dtype == np.int16
+    error = np.abs(back.array.astype(np.int32) - ct_b_crop_array).max()
+    assert error == attributes["achieved"]["max_abs_error"]
 
 
 def test_dicom_series_reads_in_hounsfield_units(ct_c_dicom):

@@ -31,6 +31,7 @@ from medlossy.atomic import atomic_output
 from medlossy.io.dicom_writer import (
     PixelEncoding,
     SliceGeometry,
+    along_normal,
     code_item,
     ds_number,
     instance_reference,
@@ -290,12 +291,14 @@ def write_multiframe(volume: Volume, encoding: PixelEncoding, output: str | Path
                      template: Dataset | None = None, replace: bool = True) -> list[Path]:
     """Write ``volume`` (in frame order) as one multi-frame object in the folder ``output``,
     atomically: Enhanced CT / MR for those modalities, Multi-frame Grayscale Word SC
-    (unsigned pixels only) otherwise. ``sources``: each frame's source slice, if any."""
+    (unsigned pixels only) otherwise; frames advance along the slice normal. ``sources``:
+    each frame's source slice, if any."""
     geometry = slice_geometry(volume)
     if len(encoding.frames) != len(geometry):
         raise ValueError(f"{len(encoding.frames)} frames for {len(geometry)} slices")
     if sources is not None and len(sources) != len(geometry):
         raise ValueError(f"{len(sources)} source slices for {len(geometry)} slices")
+    geometry, encoding, sources = along_normal(geometry, encoding, sources)
     first = sources[0] if sources else template
     shared = {"StudyInstanceUID": generate_uid(), "FrameOfReferenceUID": generate_uid()}
     ds = _root(first, volume.modality, shared)

@@ -15,6 +15,7 @@ a volume, so the geometry per slice is computed here.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,23 @@ def slice_geometry(volume: Volume) -> list[SliceGeometry]:
                                   ds_number(spacing[column_axis])],
                                  float(spacing[axis])))
     return out
+
+
+def along_normal(geometry: list[SliceGeometry], encoding: PixelEncoding,
+                 sources: Sequence[Dataset] | None) -> tuple[list[SliceGeometry], PixelEncoding,
+                                                             list[Dataset] | None]:
+    """Slices, frames and source slices reordered to advance along the slice normal (row
+    direction x column direction): readers that take frame order, or In-Stack Position, as
+    the slice axis then get the volume right whatever the handedness of its affine."""
+    if len(geometry) < 2:
+        return geometry, encoding, None if sources is None else list(sources)
+    orientation = np.asarray(geometry[0].orientation, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    step = np.asarray(geometry[-1].position) - np.asarray(geometry[0].position)
+    if float(np.dot(normal, step)) >= 0:
+        return geometry, encoding, None if sources is None else list(sources)
+    return (geometry[::-1], dataclasses.replace(encoding, frames=list(encoding.frames)[::-1]),
+            None if sources is None else list(sources)[::-1])
 
 
 def ds_number(value: float) -> float:
@@ -284,12 +302,14 @@ def write_series(volume: Volume, encoding: PixelEncoding, output: str | Path, *,
                  series_description: str | None = None,
                  replace: bool = True) -> list[Path]:
     """Write one single-frame DICOM file per slice of ``volume`` (in frame order) to the
-    folder ``output``, atomically. ``sources``: the source slice of each output slice."""
+    folder ``output``, atomically; Instance Numbers advance along the slice normal.
+    ``sources``: the source slice of each output slice."""
     geometry = slice_geometry(volume)
     if len(encoding.frames) != len(geometry):
         raise ValueError(f"{len(encoding.frames)} frames for {len(geometry)} slices")
     if sources is not None and len(sources) != len(geometry):
         raise ValueError(f"{len(sources)} source slices for {len(geometry)} slices")
+    geometry, encoding, sources = along_normal(geometry, encoding, sources)
     rows, columns = volume.slice_shape()
     shared = {"StudyInstanceUID": generate_uid(), "FrameOfReferenceUID": generate_uid()}
     series_uid = generate_uid()
