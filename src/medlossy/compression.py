@@ -9,7 +9,6 @@ the store under a temporary name and rename it into place.
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import time
 import zlib
@@ -204,7 +203,7 @@ class _Measurer:
         # The achieved block is written last; reserve room for it with a typical rendering.
         typical = ErrorTally(1.0, 3, 1.0)
         placeholder = _achieved_block(10**9, 10**8, (512, 512, 512), typical, 4096.0, True,
-                                      12, 123.456, (typical, typical))
+                                      12, (typical, typical))
         self.reserve = len(str(placeholder)) + 16
 
     def total(self, streams: list[bytes]) -> int:
@@ -225,7 +224,7 @@ def _errors(tally: ErrorTally, data_range: float) -> dict:
 
 
 def _achieved_block(stored: int, raw: int, shape: tuple[int, ...], tally: ErrorTally,
-                    data_range: float, reached: bool, passes: int, seconds: float,
+                    data_range: float, reached: bool, passes: int,
                     sources: tuple[ErrorTally, ErrorTally] | None = None) -> dict:
     block = {
         "stored_bytes": stored,
@@ -238,7 +237,6 @@ def _achieved_block(stored: int, raw: int, shape: tuple[int, ...], tally: ErrorT
         "max_abs_error": _round(tally.max_abs_error),
         "target_reached": reached,
         "encode_passes": passes,
-        "encode_seconds": _round(seconds, 4),
     }
     if sources is not None:
         # Where the loss came from: the 16-bit intensity mapping alone (values -> codes ->
@@ -762,7 +760,6 @@ def _base_attributes(volume: Volume, plan: Plan, target: Target, source: str) ->
     return {
         "format_version": FORMAT_VERSION,
         "software": f"medlossy {__version__}",
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "source": {"file": Path(source).name, **{k: v for k, v in volume.header.items()}},
         "modality": volume.modality,
         "geometry": {
@@ -788,7 +785,9 @@ def compress_volume(volume: Volume, output: str | Path, target: Target, *,
                     workers: int | None = None, show_progress: bool = False,
                     source: str = "<volume>", tile: int | None = None,
                     replace: bool = True) -> dict[str, Any]:
-    """Compress ``volume`` into the store ``output``; returns the store's medlossy attributes.
+    """Compress ``volume`` into the store ``output``; returns the store's medlossy attributes
+    and, under ``timing``, the run's ``encode_seconds`` (not stored: a store's bytes depend
+    only on its input and settings, so identical runs write identical stores).
 
     ``data_range`` is the PSNR peak (default: 4096 for CT, the volume's max - min otherwise;
     pass the dataset-wide range for MR). ``source`` names the input in error messages.
@@ -835,7 +834,7 @@ def _write_encoding(output: str | Path, plan: Plan, shape: tuple[int, ...], targ
     """Write ``found``'s codestreams as the store ``output`` (atomically), with the achieved
     block counting every byte written, itself included."""
     codec, layout, peak, raw = plan.codec, plan.layout, plan.peak, plan.raw
-    tally, passes, seconds = found.tally, found.passes, found.seconds
+    tally, passes = found.tally, found.passes
     attributes["codec"] = {**codec.describe(found.setting), "setting": {
         "mode": found.setting.mode, "value": _round(found.setting.value, 8)}}
     attributes["chunk_crc32"] = [crc32(s) for s in found.streams]
@@ -844,7 +843,7 @@ def _write_encoding(output: str | Path, plan: Plan, shape: tuple[int, ...], targ
         reached = found.reached
         if target.mode == "ratio":
             reached = abs(raw / stored / target.value - 1.0) <= RATIO_TOLERANCE
-        return _achieved_block(stored, raw, shape, tally, peak, reached, passes, seconds,
+        return _achieved_block(stored, raw, shape, tally, peak, reached, passes,
                                (found.mapping_tally, found.codec_tally))
 
     with atomic_output(output, replace=replace) as temporary:
@@ -865,7 +864,7 @@ def _write_encoding(output: str | Path, plan: Plan, shape: tuple[int, ...], targ
                 if others + written == total:
                     break
                 total = others + written
-    return attributes
+    return {**attributes, "timing": {"encode_seconds": _round(found.seconds, 4)}}
 
 
 def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
@@ -882,7 +881,7 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
     layered survey encode and a few final passes (``medlossy.layered_rate``) instead of a
     search per ratio; a ratio those passes cannot meet, and every ratio without ``layered``,
     is searched alone as ``compress_volume`` would. Each store is what ``compress_volume``
-    writes, except that ``encode_passes`` and ``encode_seconds`` are the whole group's.
+    writes, except that ``encode_passes`` and ``timing.encode_seconds`` are the whole group's.
     ``on_store(ratio, attributes, decoded volume, decode seconds)`` runs as each store is
     written, with the volume decoded from exactly the stored codestreams (callers need not
     decode again). ``keep``: the ratios to write (default all); the others are encoded all
