@@ -631,9 +631,11 @@ LOSSLESS_INSTEAD = "use --codec blosc (lossless zstd, any dtype)"
 def plan_volume(volume: Volume, codec_name: str | None = None,
                 data_range: float | None = None, source: str = "<volume>",
                 target: Target | None = None, *, unsigned: bool = False,
-                instead: str = LOSSLESS_INSTEAD, tile: int | None = None) -> Plan:
+                sixteen_bit: bool = False, instead: str = LOSSLESS_INSTEAD,
+                tile: int | None = None) -> Plan:
     """Scan ``volume`` once (rejecting what cannot be compressed) and plan its encoding;
-    ``unsigned``: uint16 codes only (as for a codec that takes no others); ``instead``: what
+    ``unsigned``: unsigned codes only (as for a codec that takes no others); ``sixteen_bit``:
+    16-bit codes only (DICOM pixel data), 8-bit sources widened; ``instead``: what
     a refused lossless target should do (the output format decides what works); ``tile``:
     the side of the square tiles each slice is stored as (None: whole slices).
 
@@ -644,7 +646,8 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
     scan = _scan(volume, source)
     if volume.modality == "OTHER" and looks_like_ct(scan.low, scan.high):
         volume.modality = "CT"
-    mapping = plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral)
+    mapping = plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral,
+                           sixteen_bit=sixteen_bit)
     if not mapping.exact:
         mapping = scan.stored_mapping() or mapping
     lossless = target is not None and target.mode == "lossless"
@@ -658,15 +661,19 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
         raise MedlossyError(source, str(error)) from None
     if tile is not None:
         check_tile(codec, tile)
+    if not codec.clamps and np.dtype(mapping.code_dtype).itemsize == 1:
+        sixteen_bit = True  # headroom for what its decoder returns beyond the type
+        mapping = plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral,
+                               sixteen_bit=True)
     if codec.any_dtype:
         if target is not None and not lossless:
             raise MedlossyError(source, f"codec {codec_name!r} is lossless only; use "
                                         "--lossless, or --codec jpeg2k for a ratio or PSNR")
         mapping = identity_mapping(scan.dtype)
-    elif (codec.unsigned_only or unsigned) and mapping.code_dtype != "<u2":
+    elif (codec.unsigned_only or unsigned) and np.dtype(mapping.code_dtype).kind != "u":
         stored = scan.stored_mapping(unsigned=True) if mapping.slope is not None else None
         mapping = stored or plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral,
-                                         unsigned=True)
+                                         unsigned=True, sixteen_bit=sixteen_bit)
     if lossless and not codec.any_dtype and not mapping.exact:
         raise MedlossyError(source, f"cannot store losslessly with {codec_name}: "
                                     f"{_not_16_bit(scan)}, and {codec_name} lossless here "
