@@ -2,8 +2,9 @@
 
 Integer data that fits 16 bits passes through unchanged (lossless). Integers of 8 or 16 bits
 are coded in their own type (uint8 as 8-bit codes, uint16 as unsigned 16-bit ones), so that a
-lossy decoder, which clamps its output to the codestream's sample range as every image codec
-does, returns values within the source type's range to every reader (stock zarr included).
+lossy decoder that clamps its output to the codestream's sample range (OpenJPEG, libjxl and
+CharLS do; see ``SliceCodec.clamps``) returns values within the source type's range to every
+reader, stock zarr included.
 Integers stored with a file's own scaling (NIfTI scl_slope/scl_inter) keep those integers as
 codes and the file's scaling as the mapping, so nothing is rounded. Anything else (float MR,
 wide integers) is rescaled linearly onto 0..65535; the scale and offset are stored and the

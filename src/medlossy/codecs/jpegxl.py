@@ -2,9 +2,8 @@
 
 libjxl's quality control is ``distance`` (0 = lossless, 1 = visually lossless for photos,
 larger = smaller files), not imagecodecs' ``level``. The knob is ``-10 log10(distance)``:
-a decade of distance is about 11 dB of PSNR on CT codes. libjxl takes unsigned 16-bit
-samples only (8 or 16 bits here), so signed volumes are offset by their minimum
-(``unsigned_only``).
+a decade of distance is about 11 dB of PSNR on CT codes. libjxl takes unsigned samples only
+(8- or 16-bit codes here), so signed volumes are offset by their minimum (``unsigned_only``).
 """
 
 from __future__ import annotations
