@@ -225,15 +225,33 @@ def tiny_ct(ct_b_image, ct_b_array):
 # x19.5 is the most this volume reaches (above it: test_unreachable_ratio_fails_...).
 @pytest.mark.parametrize("ratio", [8.24, 12.48, 19.05])
 def test_recorded_bytes_match_the_directory_when_the_count_does_not_settle(
-        monkeypatch, tiny_ct, tmp_path, ratio):
+        tiny_ct, tmp_path, ratio):
     # The byte count is written inside the bytes it counts; its digits can move the total
-    # without settling. A fixed clock makes encode_seconds, and so the run, reproducible.
-    monkeypatch.setattr("medlossy.compression.time.perf_counter", lambda: 0.0)
+    # without settling.
     attributes = compress_volume(tiny_ct(), tmp_path / "t.zarr", Target("ratio", ratio),
                                  workers=1)
     recorded = json.loads((tmp_path / "t.zarr" / ".zattrs").read_bytes())["medlossy"]
     assert recorded["achieved"] == attributes["achieved"]
     assert recorded["achieved"]["stored_bytes"] == walk_bytes(tmp_path / "t.zarr")
+
+
+def test_identical_runs_write_identical_stores(tiny_ct, tmp_path):
+    # The encode time (and a creation time) used to be stored: two runs of the same input
+    # differed in bytes, in stored_bytes and so in the achieved ratio.
+    first, second = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    runs = [compress_volume(tiny_ct(), path, Target("ratio", 12.0), workers=1)
+            for path in (first, second)]
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    for name in files:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert runs[0]["achieved"] == runs[1]["achieved"]
+    assert runs[0]["achieved"]["stored_bytes"] == walk_bytes(first) == walk_bytes(second)
+    # the timing is the run's result, not the store's
+    assert all(run["timing"]["encode_seconds"] > 0 for run in runs)
+    stored = json.loads((first / ".zattrs").read_bytes())["medlossy"]
+    assert "timing" not in stored and "created" not in stored
+    assert "encode_seconds" not in stored["achieved"]
 
 
 def test_unreachable_ratio_fails_naming_the_highest_ratio(tiny_ct, tmp_path):

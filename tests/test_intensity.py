@@ -36,10 +36,11 @@ def test_uint16_above_int16_passes_through_as_unsigned():
     np.testing.assert_array_equal(back, values)
 
 
-def test_small_uint16_uses_signed_codes_and_comes_back_unsigned():
+def test_small_uint16_uses_unsigned_codes_and_comes_back_unsigned():
+    # unsigned codes: a lossy decoder clamps at 0, as the type does (signed ones went below)
     values = np.array([0, 12, 32767], dtype=np.uint16)
     mapping = _plan(values)
-    assert mapping.code_dtype == "<i2" and mapping.original_dtype == "<u2"
+    assert mapping.code_dtype == "<u2" and mapping.original_dtype == "<u2"
     back = mapping.to_values(mapping.to_codes(values))
     assert back.dtype == np.uint16
     np.testing.assert_array_equal(back, values)
@@ -162,3 +163,63 @@ def test_to_dict_reports_exactness_and_error():
     assert document["max_rounding_error"] == pytest.approx(0.005)
     assert CodeMapping(**{k: document[k] for k in
                           ("original_dtype", "code_dtype", "offset", "scale")}) == mapping
+
+
+@pytest.mark.parametrize(("dtype", "unsigned", "code_dtype", "offset"), [
+    (np.uint8, False, "|u1", 0.0), (np.uint8, True, "|u1", 0.0),
+    (np.int8, False, "|i1", 0.0), (np.int8, True, "|u1", -128.0),
+    (np.uint16, False, "<u2", 0.0), (np.int16, False, "<i2", 0.0)])
+def test_small_integer_types_are_coded_in_a_type_of_their_own_range(dtype, unsigned,
+                                                                    code_dtype, offset):
+    # A decoder clamps to its codestream's range: codes of the source's range make every
+    # reader, stock zarr included, return values the source type holds.
+    info = np.iinfo(dtype)
+    values = np.array([info.min, 0, info.max], dtype=dtype)
+    mapping = plan_mapping(float(info.min), float(info.max), np.dtype(dtype), True,
+                           unsigned=unsigned)
+    assert (mapping.code_dtype, mapping.offset, mapping.exact) == (code_dtype, offset, True)
+    np.testing.assert_array_equal(mapping.to_values(mapping.to_codes(values)), values)
+    codes_range = np.iinfo(np.dtype(code_dtype))
+    np.testing.assert_array_equal(
+        mapping.to_values(np.array([codes_range.min, codes_range.max], dtype=code_dtype)),
+        [info.min, info.max])
+
+
+def test_sixteen_bit_codes_widen_8_bit_types():
+    mapping = plan_mapping(0.0, 254.0, np.dtype(np.uint8), True, sixteen_bit=True)
+    assert mapping.code_dtype == "<u2" and mapping.exact
+
+
+@pytest.mark.parametrize(("codes", "dtype", "expected"), [
+    (np.array([-7, 0, 254, 300], dtype=np.int16), np.uint8, [0, 0, 254, 255]),
+    (np.array([-200, 5, 200], dtype=np.int16), np.int8, [-128, 5, 127]),
+    (np.array([-3, 70], dtype=np.int16), np.uint16, [0, 70]),
+    (np.array([-32768, 32767], dtype=np.int16), np.int32, [-32768, 32767])])
+def test_decoded_codes_beyond_the_type_are_clipped_not_wrapped(codes, dtype, expected):
+    # A lossy decoder overshoots the source's extremes (ringing at 0 and at bright fat):
+    # uint8 used to turn -7 into 249 and 300 into 44.
+    mapping = CodeMapping(np.dtype(dtype).str, codes.dtype.str)
+    back = mapping.to_values(codes)
+    assert back.dtype == dtype
+    np.testing.assert_array_equal(back, expected)
+
+
+def test_rescaled_codes_beyond_the_type_are_clipped_not_wrapped():
+    # int32 spanning its whole range: the top code maps one step above the type's maximum
+    info = np.iinfo(np.int32)
+    mapping = plan_mapping(float(info.min), float(info.max), np.dtype(np.int32), True)
+    back = mapping.to_values(np.array([0, 65535], dtype=np.uint16))
+    assert back.dtype == np.int32 and back[0] == info.min and back[1] == info.max
+
+
+def test_wide_integers_near_the_type_maximum_keep_every_code_within_the_type():
+    # zarr's FixedScaleOffset casts code / scale + offset to the type without clipping: an
+    # offset that maps code 65535 beyond the type would wrap what a lossy decoder returns.
+    info = np.iinfo(np.int32)
+    low, high = float(info.max - 2_000_000), float(info.max)
+    mapping = plan_mapping(low, high, np.dtype(np.int32), True)
+    assert mapping.offset <= low
+    assert mapping.offset + 65535 / mapping.scale <= info.max
+    values = np.array([low, high], dtype=np.int32)
+    back = mapping.to_values(mapping.to_codes(values))
+    assert np.abs(back.astype(np.int64) - values).max() <= mapping.max_rounding_error

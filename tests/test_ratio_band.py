@@ -59,7 +59,9 @@ def test_jpegls_lands_where_more_bytes_add_error(volumes, tmp_path):
 @pytest.mark.parametrize("name", ["sz3", "zfp"])
 def test_a_mixed_block_store_reads_the_same_in_stock_zarr(volumes, tmp_path, name):
     store = tmp_path / "s.zarr"
-    attributes = compress_volume(volumes("phantom1"), store, Target("ratio", 20.0),
+    # x25: a ratio whose search ends in a mix for both codecs (where a single setting lands
+    # within the tolerance, as SZ3's does at x20 since timings left the metadata, none mixes)
+    attributes = compress_volume(volumes("phantom1"), store, Target("ratio", 25.0),
                                  codec_name=name, workers=1)
     assert attributes["codec"]["setting"]["mode"] == "mixed"  # blocks at several settings
     stock = open_with_stock_zarr(store)[...]

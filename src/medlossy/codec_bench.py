@@ -81,7 +81,7 @@ def bench_one(volume: Volume, codec: str, ratio: float, scratch: Path, *, worker
         "compress_mvox_s": round(mvox / compress_wall, 2),
         "compress_mvox_cpu_s": round(mvox / max(compress_cpu, 1e-9), 2),
         "encode_pass_mvox_s": round(mvox * achieved["encode_passes"]
-                                    / achieved["encode_seconds"], 2),
+                                    / attributes["timing"]["encode_seconds"], 2),
         "decode_s": round(decode_wall, 3),
         "decode_mvox_s": round(mvox / decode_wall, 2),
         "decode_mvox_cpu_s": round(mvox / max(decode_cpu, 1e-9), 2),

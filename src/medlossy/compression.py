@@ -9,7 +9,6 @@ the store under a temporary name and rename it into place.
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import time
 import zlib
@@ -200,7 +199,7 @@ class _Measurer:
         # The achieved block is written last; reserve room for it with a typical rendering.
         typical = ErrorTally(1.0, 3, 1.0)
         placeholder = _achieved_block(10**9, 10**8, (512, 512, 512), typical, 4096.0, True,
-                                      12, 123.456, (typical, typical))
+                                      12, (typical, typical))
         self.reserve = len(str(placeholder)) + 16
 
     def total(self, streams: list[bytes]) -> int:
@@ -221,7 +220,7 @@ def _errors(tally: ErrorTally, data_range: float) -> dict:
 
 
 def _achieved_block(stored: int, raw: int, shape: tuple[int, ...], tally: ErrorTally,
-                    data_range: float, reached: bool, passes: int, seconds: float,
+                    data_range: float, reached: bool, passes: int,
                     sources: tuple[ErrorTally, ErrorTally] | None = None) -> dict:
     block = {
         "stored_bytes": stored,
@@ -234,7 +233,6 @@ def _achieved_block(stored: int, raw: int, shape: tuple[int, ...], tally: ErrorT
         "max_abs_error": _round(tally.max_abs_error),
         "target_reached": reached,
         "encode_passes": passes,
-        "encode_seconds": _round(seconds, 4),
     }
     if sources is not None:
         # Where the loss came from: the 16-bit intensity mapping alone (values -> codes ->
@@ -629,9 +627,11 @@ LOSSLESS_INSTEAD = "use --codec blosc (lossless zstd, any dtype)"
 def plan_volume(volume: Volume, codec_name: str | None = None,
                 data_range: float | None = None, source: str = "<volume>",
                 target: Target | None = None, *, unsigned: bool = False,
-                instead: str = LOSSLESS_INSTEAD, tile: int | None = None) -> Plan:
+                sixteen_bit: bool = False, instead: str = LOSSLESS_INSTEAD,
+                tile: int | None = None) -> Plan:
     """Scan ``volume`` once (rejecting what cannot be compressed) and plan its encoding;
-    ``unsigned``: uint16 codes only (as for a codec that takes no others); ``instead``: what
+    ``unsigned``: unsigned codes only (as for a codec that takes no others); ``sixteen_bit``:
+    16-bit codes only (DICOM pixel data), 8-bit sources widened; ``instead``: what
     a refused lossless target should do (the output format decides what works); ``tile``:
     the side of the square tiles each slice is stored as (None: whole slices).
 
@@ -642,7 +642,8 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
     scan = _scan(volume, source)
     # "OTHER" is what a reader gives when it does not know (--modality auto)
     volume.modality, _ = detect_modality("auto", scan.low, scan.high, known=volume.modality)
-    mapping = plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral)
+    mapping = plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral,
+                           sixteen_bit=sixteen_bit)
     if not mapping.exact:
         mapping = scan.stored_mapping() or mapping
     lossless = target is not None and target.mode == "lossless"
@@ -656,15 +657,19 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
         raise MedlossyError(source, str(error)) from None
     if tile is not None:
         check_tile(codec, tile)
+    if not codec.clamps and np.dtype(mapping.code_dtype).itemsize == 1:
+        sixteen_bit = True  # headroom for what its decoder returns beyond the type
+        mapping = plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral,
+                               sixteen_bit=True)
     if codec.any_dtype:
         if target is not None and not lossless:
             raise MedlossyError(source, f"codec {codec_name!r} is lossless only; use "
                                         "--lossless, or --codec jpeg2k for a ratio or PSNR")
         mapping = identity_mapping(scan.dtype)
-    elif (codec.unsigned_only or unsigned) and mapping.code_dtype != "<u2":
+    elif (codec.unsigned_only or unsigned) and np.dtype(mapping.code_dtype).kind != "u":
         stored = scan.stored_mapping(unsigned=True) if mapping.slope is not None else None
         mapping = stored or plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral,
-                                         unsigned=True)
+                                         unsigned=True, sixteen_bit=sixteen_bit)
     if lossless and not codec.any_dtype and not mapping.exact:
         raise MedlossyError(source, f"cannot store losslessly with {codec_name}: "
                                     f"{_not_16_bit(scan)}, and {codec_name} lossless here "
@@ -758,7 +763,6 @@ def _base_attributes(volume: Volume, plan: Plan, target: Target, source: str) ->
     return {
         "format_version": FORMAT_VERSION,
         "software": f"medlossy {__version__}",
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "source": {"file": Path(source).name, **{k: v for k, v in volume.header.items()}},
         "modality": volume.modality,
         "geometry": {
@@ -784,7 +788,9 @@ def compress_volume(volume: Volume, output: str | Path, target: Target, *,
                     workers: int | None = None, show_progress: bool = False,
                     source: str = "<volume>", tile: int | None = None,
                     replace: bool = True) -> dict[str, Any]:
-    """Compress ``volume`` into the store ``output``; returns the store's medlossy attributes.
+    """Compress ``volume`` into the store ``output``; returns the store's medlossy attributes
+    and, under ``timing``, the run's ``encode_seconds`` (not stored: a store's bytes depend
+    only on its input and settings, so identical runs write identical stores).
 
     ``data_range`` is the PSNR peak (default: 4096 for CT, the volume's max - min otherwise;
     pass the dataset-wide range for MR). ``source`` names the input in error messages.
@@ -831,7 +837,7 @@ def _write_encoding(output: str | Path, plan: Plan, shape: tuple[int, ...], targ
     """Write ``found``'s codestreams as the store ``output`` (atomically), with the achieved
     block counting every byte written, itself included."""
     codec, layout, peak, raw = plan.codec, plan.layout, plan.peak, plan.raw
-    tally, passes, seconds = found.tally, found.passes, found.seconds
+    tally, passes = found.tally, found.passes
     attributes["codec"] = {**codec.describe(found.setting), "setting": {
         "mode": found.setting.mode, "value": _round(found.setting.value, 8)}}
     attributes["chunk_crc32"] = [crc32(s) for s in found.streams]
@@ -840,7 +846,7 @@ def _write_encoding(output: str | Path, plan: Plan, shape: tuple[int, ...], targ
         reached = found.reached
         if target.mode == "ratio":
             reached = abs(raw / stored / target.value - 1.0) <= RATIO_TOLERANCE
-        return _achieved_block(stored, raw, shape, tally, peak, reached, passes, seconds,
+        return _achieved_block(stored, raw, shape, tally, peak, reached, passes,
                                (found.mapping_tally, found.codec_tally))
 
     with atomic_output(output, replace=replace) as temporary:
@@ -861,7 +867,7 @@ def _write_encoding(output: str | Path, plan: Plan, shape: tuple[int, ...], targ
                 if others + written == total:
                     break
                 total = others + written
-    return attributes
+    return {**attributes, "timing": {"encode_seconds": _round(found.seconds, 4)}}
 
 
 def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
@@ -878,7 +884,7 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
     layered survey encode and a few final passes (``medlossy.layered_rate``) instead of a
     search per ratio; a ratio those passes cannot meet, and every ratio without ``layered``,
     is searched alone as ``compress_volume`` would. Each store is what ``compress_volume``
-    writes, except that ``encode_passes`` and ``encode_seconds`` are the whole group's.
+    writes, except that ``encode_passes`` and ``timing.encode_seconds`` are the whole group's.
     ``on_store(ratio, attributes, decoded volume, decode seconds)`` runs as each store is
     written, with the volume decoded from exactly the stored codestreams (callers need not
     decode again). ``keep``: the ratios to write (default all); the others are encoded all

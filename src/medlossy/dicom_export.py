@@ -114,12 +114,12 @@ def compress_to_dicom(source: str | Path, output: str | Path, target: Target, *,
     instead = ("DICOM pixel data holds 16-bit integers: write a store instead (no --format "
                "dicom), where --codec blosc keeps any dtype exactly")
     plan = plan_volume(volume, codec_name, data_range, name, target,  # may recognise CT
-                       instead=instead)
+                       sixteen_bit=True, instead=instead)
     if not single_frame_storage(volume.modality):
         multiframe = True
         if np.dtype(plan.mapping.code_dtype).kind == "i":
             plan = plan_volume(volume, codec_name, data_range, name, target, unsigned=True,
-                               instead=instead)
+                               sixteen_bit=True, instead=instead)
     encoding = encode_volume(volume, plan, target, pixel_bytes, workers=workers,
                              show_progress=show_progress, source=name,
                              further=())  # its other codec, HTJ2K, reaches no further
@@ -174,12 +174,14 @@ def store_to_dicom(store_path: str | Path, output: str | Path, *,
                                         "(lossless Blosc); DICOM pixel data holds 16-bit "
                                         "integers: decompress to NIfTI or NRRD instead")
     volume = frame_order(read_store(store_path, workers=workers))
-    if not single_frame_storage(volume.modality):
-        multiframe = True
-        if np.dtype(mapping.code_dtype).kind == "i":  # SC holds unsigned pixels only
-            array = np.asarray(volume.array)
-            mapping = plan_mapping(float(array.min()), float(array.max()), array.dtype,
-                                   bool(np.all(np.mod(array, 1) == 0)), unsigned=True)
+    unsigned = not single_frame_storage(volume.modality)  # SC holds unsigned pixels only
+    multiframe = multiframe or unsigned
+    code_type = np.dtype(mapping.code_dtype)
+    if code_type.itemsize == 1 or (unsigned and code_type.kind == "i"):  # 16-bit pixels
+        array = np.asarray(volume.array)
+        mapping = plan_mapping(float(array.min()), float(array.max()), array.dtype,
+                               bool(np.all(np.mod(array, 1) == 0)), unsigned=unsigned,
+                               sixteen_bit=True)
     axis = volume.axial_axis
     frames = [np.ascontiguousarray(mapping.to_codes(plane)).astype(
         np.dtype(mapping.code_dtype).newbyteorder("<")).tobytes()

@@ -152,10 +152,12 @@ def compress(arguments: argparse.Namespace) -> None:
     psnr = "inf (lossless)" if achieved["psnr_db"] is None else f"{achieved['psnr_db']:.2f} dB"
     _result(arguments, {"output": arguments.output, "format": "store",
                         "codec": attributes["codec"]["name"], "target": attributes["target"],
-                        "tile": attributes.get("tile"), **achieved},
+                        "tile": attributes.get("tile"), **achieved,
+                        "encode_seconds": attributes["timing"]["encode_seconds"]},
             f"{arguments.output}: x{achieved['ratio']:.3f}, {achieved['stored_bytes']} "
             f"bytes, PSNR {psnr}, max error {achieved['max_abs_error']:g}"
-            f"{_error_sources(achieved)}")
+            f"{_error_sources(achieved)}, encoded in "
+            f"{attributes['timing']['encode_seconds']:g} s")
     if arguments.tile is not None and "tile" not in attributes:
         why = "covers whole slices here" if get_codec(attributes["codec"]["name"]).tiles \
             else f"does not apply to {attributes['codec']['name']} (whole slices, quick to decode)"
@@ -273,7 +275,9 @@ def _info_document(path: str) -> dict:
         "intensity": attributes["intensity"],
         "source": attributes["source"].get("file"),
         "software": attributes["software"],
-        "created": attributes["created"],
+        # Stores written since timings left the store (so that identical runs write
+        # identical bytes) have no creation time.
+        "created": attributes.get("created"),
     }
 
 

@@ -60,8 +60,13 @@ class SliceCodec(ABC):
     #: Only whole-number quality values exist (JPEG-LS NEAR): a ratio is met by mixing the two
     #: neighbouring values chunk by chunk instead of a continuous search.
     discrete: ClassVar[bool] = False
-    #: The codec takes only unsigned 16-bit codes (signed data is offset by its minimum).
+    #: The codec takes only unsigned codes (signed data is offset by its minimum).
     unsigned_only: ClassVar[bool] = False
+    #: The decoder clamps what it returns to the codestream's sample range (OpenJPEG, libjxl,
+    #: CharLS do), so 8-bit sources are coded as 8-bit samples and every reader, stock zarr
+    #: included, gets values the source type holds. False: 8-bit sources get 16-bit codes,
+    #: whose headroom keeps what the decoder returns unwrapped (medlossy clips it).
+    clamps: ClassVar[bool] = True
     #: Whether a slice may be stored as tiles, each its own codestream (``compress --tile``).
     tiles: ClassVar[bool] = False
     #: Where it runs, the library that implements it, and what installs it.

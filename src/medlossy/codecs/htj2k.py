@@ -49,6 +49,9 @@ class Htj2kCodec(SliceCodec):
     extra = "imagecodecs built with OpenJPH (the PyPI wheels of imagecodecs>=2024.9.22)"
     # Steps from 0.1 of full scale (useless) down to 1e-6 (below one code: lossless-like).
     quality_range = (20.0, 120.0)
+    # imagecodecs' OpenJPH decoder wraps values past the top of the sample range (an 8-bit
+    # 254 overshooting to 256 comes back as 0), where OpenJPEG clamps.
+    clamps = False
 
     def encode(self, image: np.ndarray, setting: Setting) -> bytes:
         image = np.ascontiguousarray(image)

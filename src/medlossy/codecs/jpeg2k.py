@@ -25,8 +25,10 @@ from openjpeg.utils import encode_array
 
 from medlossy.codecs.base import Setting, SliceCodec, register
 
-#: Every slice is declared 16 bits deep, so OpenJPEG's ratio counts against 16-bit raw bytes,
-#: as medlossy's ratio does (12-bit declarations would inflate ratios by 4/3).
+#: Every slice of 16-bit codes is declared 16 bits deep, so OpenJPEG's ratio counts against
+#: 16-bit raw bytes, as medlossy's ratio does (12-bit declarations would inflate ratios by
+#: 4/3). 8-bit codes (uint8, int8 sources) are declared 8 bits deep, so that the decoder
+#: clamps to their range; their settings are converted to keep 16-bit meanings (below).
 BITS_STORED = 16
 #: pylibjpeg-openjpeg always uses 6 resolutions: OpenJPEG needs 2**5 pixels per side.
 MIN_SIDE = 32
@@ -39,7 +41,22 @@ _ENCODER_LOCK = threading.Lock()
 def _encode(image: np.ndarray, **options: object) -> bytes:
     """pylibjpeg-openjpeg's encode_array under the process-wide lock (see the module notes)."""
     with _ENCODER_LOCK:
-        return encode_array(np.ascontiguousarray(image), bits_stored=BITS_STORED, **options)
+        return encode_array(np.ascontiguousarray(image), bits_stored=_bits(image), **options)
+
+
+def _bits(image: np.ndarray) -> int:
+    """The depth a slice is declared: its codes' own (8 or 16 bits)."""
+    return min(BITS_STORED, 8 * image.dtype.itemsize)
+
+
+def _psnr_targets(image: np.ndarray, qualities: Sequence[float]) -> list[float]:
+    """OpenJPEG PSNR targets, against the declared peak, of ``qualities`` (increasing, dB
+    against the 16-bit peak): the same squared error in codes whatever the depth. Targets
+    below what an 8-bit slice can mean (all give its coarsest encode) stay positive and
+    increasing, as OpenJPEG requires."""
+    below = 20.0 * math.log10(_PEAK_16 / (2.0 ** _bits(image) - 1))
+    return [max(quality - below, 0.01 * (index + 1))
+            for index, quality in enumerate(qualities)]
 
 
 def _check_slice(image: np.ndarray) -> None:
@@ -84,17 +101,19 @@ class Jpeg2kCodec(SliceCodec):
         _check_slice(image)
         if setting.mode == "lossless":
             stream = _encode(image)
-        elif setting.mode == "ratio":
-            stream = _encode(image, compression_ratios=[max(setting.value, 1.0)])
+        elif setting.mode == "ratio":  # against 16-bit raw bytes, whatever the depth
+            stream = _encode(image, compression_ratios=[
+                max(setting.value * _bits(image) / BITS_STORED, 1.0)])
         else:
-            stream = _encode(image, signal_noise_ratios=[setting.value])
+            stream = _encode(image, signal_noise_ratios=_psnr_targets(image, [setting.value]))
         return strip_comment(stream)
 
     def encode_layers(self, image: np.ndarray, qualities: Sequence[float]) -> bytes:
         """One lossy encode with a quality layer per PSNR target (increasing, 16-bit peak)
         and PLT packet lengths, so that ``LayeredStream`` can cut it after any layer."""
         _check_slice(image)
-        return strip_comment(_encode(image, signal_noise_ratios=list(qualities), add_plt=True))
+        return strip_comment(_encode(image, signal_noise_ratios=_psnr_targets(image, qualities),
+                                     add_plt=True))
 
     def decode(self, data: bytes, shape: tuple[int, ...] | None = None,
                dtype: np.dtype | str | None = None) -> np.ndarray:

@@ -34,12 +34,15 @@ class JpeglsCodec(SliceCodec):
 
     def encode(self, image: np.ndarray, setting: Setting) -> bytes:
         image = np.ascontiguousarray(image)
-        if image.dtype != np.uint16:
-            raise ValueError(f"JPEG-LS here takes uint16 codes, got {image.dtype}")
+        if image.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"JPEG-LS here takes uint8 or uint16 codes, got {image.dtype}")
         near = 0 if setting.mode == "lossless" else int(setting.value)
         if setting.mode not in ("lossless", "max_error") or near != setting.value:
             raise ValueError(f"JPEG-LS encodes lossless or an integer maximum error, not "
                              f"{setting}")
+        # CharLS writes, without a word, streams it cannot read for NEAR above half the
+        # samples' maximum (127 for 8-bit codes): a larger NEAR is that one, still in bound.
+        near = min(near, np.iinfo(image.dtype).max // 2)
         return bytes(imagecodecs.jpegls_encode(image, level=near))
 
     def decode(self, data: bytes, shape: tuple[int, ...] | None = None,

@@ -2,8 +2,8 @@
 
 libjxl's quality control is ``distance`` (0 = lossless, 1 = visually lossless for photos,
 larger = smaller files), not imagecodecs' ``level``. The knob is ``-10 log10(distance)``:
-a decade of distance is about 11 dB of PSNR on CT codes. libjxl takes unsigned 16-bit
-samples only, so signed volumes are offset by their minimum (``unsigned_only``).
+a decade of distance is about 11 dB of PSNR on CT codes. libjxl takes unsigned samples only
+(8- or 16-bit codes here), so signed volumes are offset by their minimum (``unsigned_only``).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ class JpegxlCodec(SliceCodec):
 
     def encode(self, image: np.ndarray, setting: Setting) -> bytes:
         image = np.ascontiguousarray(image)
-        if image.dtype != np.uint16:
-            raise ValueError(f"JPEG XL here takes uint16 codes, got {image.dtype}")
+        if image.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"JPEG XL here takes uint8 or uint16 codes, got {image.dtype}")
         if setting.mode == "lossless":
             return bytes(imagecodecs.jpegxl_encode(image, lossless=True, effort=EFFORT))
         return bytes(imagecodecs.jpegxl_encode(image, distance=distance_for(setting.value),

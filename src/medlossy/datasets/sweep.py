@@ -135,7 +135,7 @@ def run_task(task: SweepTask) -> dict:
     decoded = read_store(task.store, workers=1)
     decode_seconds = time.perf_counter() - started
     return _finish(task, attributes, decoded, decode_seconds,
-                   attributes["achieved"]["encode_seconds"])
+                   attributes["timing"]["encode_seconds"])
 
 
 def run_image(tasks: Sequence[SweepTask]) -> list[dict]:
@@ -159,7 +159,7 @@ def run_image(tasks: Sequence[SweepTask]) -> list[dict]:
 
     def finish(ratio: float, attributes: dict, decoded: Volume, decode_seconds: float) -> None:
         # The group's encode time, shared out, so that a report's sums stay true.
-        share = attributes["achieved"]["encode_seconds"] / len(tasks)
+        share = attributes["timing"]["encode_seconds"] / len(tasks)
         rows.append(_finish(by_ratio[ratio], attributes, decoded, decode_seconds, share))
 
     # Every ratio is encoded again even when only some are left to do, so that a redone

@@ -54,7 +54,7 @@ class GpuSliceCodec:
     def decode(self, streams: Sequence[bytes], dtype: np.dtype | str) -> torch.Tensor:
         """(N, rows, columns) codes of ``dtype`` (the store's code dtype) on ``self.device``.
 
-        The GPU decoder returns unsigned samples for 16-bit data; signed codes are
+        The GPU decoder returns unsigned samples for 8- and 16-bit data; signed codes are
         reinterpreted, as OpenJPEG does with the codestream's sign flag.
         """
         if not self.on_gpu:
@@ -66,8 +66,9 @@ class GpuSliceCodec:
         planes = [torch.as_tensor(image, device=self.device).reshape(image.shape[:2])
                   for image in images]
         stacked = torch.stack(planes)
-        if np.dtype(dtype) == np.int16 and stacked.dtype == torch.uint16:
-            stacked = stacked.view(torch.int16)
+        signed = {torch.uint16: torch.int16, torch.uint8: torch.int8}
+        if np.dtype(dtype).kind == "i" and stacked.dtype in signed:
+            stacked = stacked.view(signed[stacked.dtype])
         return stacked
 
     def encode_htj2k(self, planes: torch.Tensor, quantisation_step: float) -> list[bytes]:

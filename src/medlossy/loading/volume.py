@@ -131,11 +131,12 @@ class StoreVolume:
         return self._values(codes)
 
     def _values(self, codes: np.ndarray) -> np.ndarray:
-        """Decoded codes as values (float32, original units)."""
+        """Decoded codes as values (float32, original units, within an integer source type's
+        range as decompression writes them)."""
         if self.level == 0:  # exactly what decompression writes, as float32
             return self.mapping.to_values(codes).astype(np.float32)
         values = codes.astype(np.float32)  # reduced levels are not whole codes
         if self.mapping.rescaled:
             values = values / np.float32(self.mapping.scale) \
                 + np.float32(self.mapping.linear_offset)
-        return values
+        return self.mapping.clip(values)
