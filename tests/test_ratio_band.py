@@ -58,12 +58,16 @@ def test_jpegls_lands_where_more_bytes_add_error(volumes, tmp_path):
 
 @pytest.mark.parametrize("name", ["sz3", "zfp"])
 def test_a_mixed_block_store_reads_the_same_in_stock_zarr(volumes, tmp_path, name):
-    store = tmp_path / "s.zarr"
-    # x25: a ratio whose search ends in a mix for both codecs (where a single setting lands
-    # within the tolerance, as SZ3's does at x20 since timings left the metadata, none mixes)
-    attributes = compress_volume(volumes("phantom1"), store, Target("ratio", 25.0),
-                                 codec_name=name, workers=1)
-    assert attributes["codec"]["setting"]["mode"] == "mixed"  # blocks at several settings
+    # Whether a search ends in a mix depends on the metadata's few hundred bytes (a single
+    # setting that lands within the tolerance wins): take the first of these ratios that mixes.
+    for ratio in (25.0, 20.0, 30.0, 15.0):
+        store = tmp_path / f"x{ratio:g}.zarr"
+        attributes = compress_volume(volumes("phantom1"), store, Target("ratio", ratio),
+                                     codec_name=name, workers=1)
+        if attributes["codec"]["setting"]["mode"] == "mixed":  # blocks at several settings
+            break
+    else:
+        pytest.fail(f"no {name} search ended in a mix of settings")
     stock = open_with_stock_zarr(store)[...]
     assert np.array_equal(stock, read_store(store, workers=1).array.transpose(2, 0, 1))
 
