@@ -513,8 +513,12 @@ def _write_nnunet_metadata(plan: SweepPlan, bad: dict[str, str],
         folder = plan.dataset_folder(ratio)
         for case in plan.cases:
             if case.name in bad:
-                for stale in (folder / f"images{case.split}").glob(f"{case.name}_*"):
-                    stale.unlink()
+                # the case's own channels only: a glob on its name would also match the
+                # files of a case whose name extends it (p1 -> p1_b_0000)
+                for channel in plan.dataset.channels:
+                    (folder / f"images{case.split}" /
+                     f"{case.name}_{channel:04d}{plan.dataset.file_ending}").unlink(
+                        missing_ok=True)
                 (folder / "labelsTr" / f"{case.name}{plan.dataset.file_ending}").unlink(
                     missing_ok=True)
         for case in training:
