@@ -170,3 +170,51 @@ def test_kill_9_of_compress_leaves_no_encoder(tmp_path: Path) -> None:
                str(tmp_path / "ct.zarr"), "--ratio", "20", "--quiet", "--workers", "2"]
     _kill_9_leaves_no_process(command, lambda: True, tmp_path / "stderr.txt", workers=2)
     assert not (tmp_path / "ct.zarr").exists()
+
+
+def _kill_9_while_encoding(command: list[str], environment: dict[str, str]) -> None:
+    """Run ``command``, SIGKILL it (it alone) once its encoder workers run, and wait until
+    every process it started has gone."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env=environment, start_new_session=True)
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while len([p for p in seen if _running(p)]) <= 2:  # the workers and the resource tracker
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "the workers never started"
+            seen |= _descendants(process.pid)
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(_running(p) for p in seen):
+            time.sleep(0.1)
+    finally:
+        for pid in seen:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        process.stderr.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_kill_9_of_compress_leaves_no_copy_of_the_scan_in_temporary_space(
+        tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    volume = (rng.normal(40, 300, (64, 64, 16))).astype(np.int16)
+    source = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 2.5, 1])), source)
+    temporary, out = tmp_path / "tmp", tmp_path / "out"
+    temporary.mkdir()
+    out.mkdir()
+    command = [sys.executable, "-m", "medlossy.cli.main", "compress", str(source),
+               str(out / "ct.zarr"), "--ratio", "20", "--quiet", "--workers", "2"]
+    environment = {**os.environ, "PYTHONPATH": str(SOURCE), "TMPDIR": str(temporary)}
+    _kill_9_while_encoding(command, environment)
+    left = [p for p in temporary.rglob("*") if not p.is_dir()]
+    assert [p for p in left if p.stat().st_size > 0] == []  # no slices, nothing of the scan
+    assert [p for p in temporary.iterdir() if p.stat().st_mode & 0o077] == []  # private
+    completed = subprocess.run(command, env=environment, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert list(temporary.iterdir()) == []  # the killed runs' folders removed, its own too
+    assert [p.name for p in out.iterdir()] == ["ct.zarr"]

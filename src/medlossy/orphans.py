@@ -12,21 +12,35 @@ report). Two guards, both armed first thing in every worker:
 
 :func:`guarded_command` arms the first guard in a small launcher that then becomes the
 command (the parent-death signal survives exec), for external programs such as nnU-Net's.
+
+Pools start their workers with :func:`worker_context` (spawn: no file of its own), and
+files that must outlive a call lie in :func:`private_scratch`, a 0700 folder named after the
+process that made it, which that process removes at exit and the next run removes once its
+owner is dead (killed).
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import multiprocessing
+import multiprocessing.context
 import os
+import re
 import select
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 _POLL_SECONDS = 0.5
 _ORPHANED = 1  # exit status of a worker whose owner died
+_SCRATCH = re.compile(r"medlossy-(\d+)-[^/]+")
+_scratch: tuple[int, Path] | None = None  # (the process that made it, the folder)
 
 
 def _kill_me_when_parent_dies() -> bool:
@@ -99,3 +113,39 @@ def guarded_command(arguments: list[str]) -> list[str]:
     if not sys.platform.startswith("linux"):
         return list(arguments)
     return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *arguments]
+
+
+def _remove_dead_scratch(folder: Path) -> None:
+    """Remove the scratch folders of this user's medlossy processes that are gone (killed:
+    a process that exits removes its own)."""
+    for entry in folder.glob("medlossy-*-*"):
+        match = _SCRATCH.fullmatch(entry.name)
+        try:
+            mine = entry.is_dir() and not entry.is_symlink() and \
+                entry.stat().st_uid == os.getuid()
+        except OSError:  # removed meanwhile by another run
+            continue
+        if match and mine and not alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def private_scratch() -> Path:
+    """This process's private temporary folder, ``$TMPDIR/medlossy-<pid>-XXXXXXXX`` (0700),
+    made on first use; it is removed when the process exits, or by the next run once the
+    process is gone (killed)."""
+    global _scratch
+    if _scratch is None or _scratch[0] != os.getpid():  # a forked child makes its own
+        root = Path(tempfile.gettempdir())
+        _remove_dead_scratch(root)
+        folder = Path(tempfile.mkdtemp(prefix=f"medlossy-{os.getpid()}-", dir=root))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _scratch = (os.getpid(), folder)
+    return _scratch[1]
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The start method for worker pools: spawn, so a worker never inherits the threads of
+    its parent (zarr runs an event loop) and leaves no file behind if the parent is killed
+    (a forkserver listens on a socket in a ``pymp-*`` folder that only a normal exit
+    removes)."""
+    return multiprocessing.get_context("spawn")

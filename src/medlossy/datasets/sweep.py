@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -55,7 +54,7 @@ from medlossy.io import read_volume
 from medlossy.io.nifti import write_nifti
 from medlossy.jsonfile import write_json
 from medlossy.metrics import CT_DATA_RANGE
-from medlossy.orphans import die_with_parent
+from medlossy.orphans import die_with_parent, worker_context
 from medlossy.outputs import check_own_folder
 from medlossy.store import SliceStore
 from medlossy.volume import Volume
@@ -465,9 +464,7 @@ def _executor(workers: int, scheduler: str | None) -> Iterator[Executor]:
         with client, client.get_executor() as executor:
             yield executor
         return
-    # forkserver: workers never inherit the parent's threads (zarr runs an event loop).
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+    with ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(),
                              initializer=die_with_parent, initargs=(os.getpid(),)) as executor:
         yield executor
 
