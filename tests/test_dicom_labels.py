@@ -223,3 +223,20 @@ def test_a_bad_label_object_stops_dataset_compress_naming_it(cli, series, tmp_pa
     assert not (tmp_path / "sweep" / "prepared" / "root_dicom").exists()
     assert not list((tmp_path / "sweep").rglob("*.zarr"))
     assert not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]
+
+
+@pytest.mark.parametrize(("data", "why"), [([], "0 values"), (["1.0", "2.0"], "2 values"),
+                                           (["1.0", "NOTANUM", "3.0"], "could not convert")])
+def test_rtstruct_contour_without_usable_points_is_refused_in_one_line(series, tmp_path, data,
+                                                                      why):
+    volume, sources = read_series_with_sources(series)
+    uid = str(sources[0].SeriesInstanceUID)
+    rt = _rtstruct(volume, uid, {"liver": [(4, (1, 1, 5, 5))]}, tmp_path / "rt.dcm")
+    ds = pydicom.dcmread(rt)
+    ds.ROIContourSequence[0].ContourSequence[0].ContourData = \
+        [value.replace("NOTANUM", "98765.4") for value in data]
+    ds.save_as(rt)
+    rt.write_bytes(rt.read_bytes().replace(b"98765.4", b"NOTANUM"))  # pydicom would refuse it
+    with pytest.raises(MedlossyError, match=f"a contour of ROI 'liver' has unusable "
+                                            f"ContourData \\({why}"):
+        read_rtstruct_labels(rt, volume, uid, LABELS)
