@@ -273,3 +273,17 @@ def test_decompressing_a_rescaled_series_writes_nifti_integers_where_scl_holds_t
         else:  # as dcm2niix writes it: the stored integers under scl_slope / scl_inter
             assert back.get_data_dtype() == stored
             assert (back.dataobj.slope, back.dataobj.inter) == (0.5, -1024.0)
+
+
+def test_colour_dicom_is_named_colour_not_by_its_photometric_interpretation(tmp_path, cli):
+    # A colour capture whose header still says MONOCHROME2 was called "MONOCHROME2 images
+    # are not supported".
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    pixels = np.repeat(ds.pixel_array[..., np.newaxis], 3, axis=2).astype(np.uint16)
+    ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(tmp_path / "rgb.dcm")
+    code, _, err = cli("compress", tmp_path / "rgb.dcm", tmp_path / "s.zarr", "--lossless")
+    assert code == 2
+    assert err.count("\n") == 1 and "rgb.dcm: colour (3 samples per pixel) DICOM is not " \
+        "supported" in err, err
