@@ -83,12 +83,12 @@ def test_scratch_of_a_dead_process_is_removed_by_the_next_run(tmp_path: Path,
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    stale = tmp_path / f"medlossy-{int(dead.stdout)}-abcd1234"
+    stale = tmp_path / f"medlossy-scratch-{int(dead.stdout)}-abcd1234"
     (stale / "slices-x").mkdir(parents=True)
     (stale / "slices-x" / "slices.raw").write_bytes(b"scan" * 100)
-    living = tmp_path / f"medlossy-{os.getpid()}-living00"
+    living = tmp_path / f"medlossy-scratch-{os.getpid()}-living00"
     living.mkdir()
-    other = tmp_path / "medlossy-report"
+    other = tmp_path / f"medlossy-scratch-{int(dead.stdout)}-report"  # not one of ours
     other.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(orphans, "_scratch", None)

@@ -39,7 +39,7 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1
 _POLL_SECONDS = 0.5
 _ORPHANED = 1  # exit status of a worker whose owner died
-_SCRATCH = re.compile(r"medlossy-(\d+)-[^/]+")
+_SCRATCH = re.compile(r"medlossy-scratch-(\d+)-[a-z0-9_]{8}")  # as mkdtemp names them
 _scratch: tuple[int, Path] | None = None  # (the process that made it, the folder)
 
 
@@ -118,7 +118,7 @@ def guarded_command(arguments: list[str]) -> list[str]:
 def _remove_dead_scratch(folder: Path) -> None:
     """Remove the scratch folders of this user's medlossy processes that are gone (killed:
     a process that exits removes its own)."""
-    for entry in folder.glob("medlossy-*-*"):
+    for entry in folder.glob("medlossy-scratch-*"):
         match = _SCRATCH.fullmatch(entry.name)
         try:
             mine = entry.is_dir() and not entry.is_symlink() and \
@@ -130,14 +130,15 @@ def _remove_dead_scratch(folder: Path) -> None:
 
 
 def private_scratch() -> Path:
-    """This process's private temporary folder, ``$TMPDIR/medlossy-<pid>-XXXXXXXX`` (0700),
+    """This process's private temporary folder, ``$TMPDIR/medlossy-scratch-<pid>-XXXXXXXX``
+    (0700),
     made on first use; it is removed when the process exits, or by the next run once the
     process is gone (killed)."""
     global _scratch
     if _scratch is None or _scratch[0] != os.getpid():  # a forked child makes its own
         root = Path(tempfile.gettempdir())
         _remove_dead_scratch(root)
-        folder = Path(tempfile.mkdtemp(prefix=f"medlossy-{os.getpid()}-", dir=root))
+        folder = Path(tempfile.mkdtemp(prefix=f"medlossy-scratch-{os.getpid()}-", dir=root))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         _scratch = (os.getpid(), folder)
     return _scratch[1]
