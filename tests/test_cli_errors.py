@@ -285,8 +285,14 @@ def test_info_on_a_dicom_series_folder_says_what_it_is(cli, tmp_path, ct_c_dicom
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="ulimit -f through bash")
-@pytest.mark.parametrize("layout", [[], ["--multiframe"]])
-def test_dicom_output_on_a_full_disk_is_one_line_naming_the_file(cli, tmp_path, layout):
+@pytest.mark.parametrize(("output", "options", "named"), [
+    ("dicom", ["--format", "dicom"], "dicom/IM00001.dcm"),
+    ("dicom", ["--format", "dicom", "--multiframe"], "dicom/MF00001.dcm"),
+    ("ct.nii.gz", [], "ct.nii.gz"),
+    ("ct.nrrd", [], "ct.nrrd"),
+])
+def test_output_on_a_full_disk_is_one_line_naming_the_file(cli, tmp_path, output, options,
+                                                            named):
     # A file size limit (ulimit -f) fails the write as a full disk does, without root.
     rng = np.random.default_rng(0)
     nib.save(nib.Nifti1Image(rng.normal(40, 300, (256, 256, 3)).astype(np.int16),
@@ -298,11 +304,9 @@ def test_dicom_output_on_a_full_disk_is_one_line_naming_the_file(cli, tmp_path, 
     out.mkdir()
     source = Path(__file__).resolve().parents[1] / "src"
     command = " ".join([sys.executable, "-m", "medlossy.cli.main", "decompress",
-                        str(tmp_path / "s.zarr"), str(out / "dicom"), "--format", "dicom",
-                        "--quiet", *layout])
+                        str(tmp_path / "s.zarr"), str(out / output), "--quiet", *options])
     done = subprocess.run(["bash", "-c", f"ulimit -f 64; exec {command}"], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(source)}, timeout=120)
     assert done.returncode == EXIT_BAD_INPUT
-    name = "MF00001.dcm" if layout else "IM00001.dcm"
-    _assert_one_line_error(done.stderr, f"{out / 'dicom' / name}: File too large")
-    _assert_no_output(out / "dicom")
+    _assert_one_line_error(done.stderr, f"{out / named}: File too large")
+    _assert_no_output(out / output)

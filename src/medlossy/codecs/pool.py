@@ -177,7 +177,12 @@ def _shared_slices(shape: tuple[int, int, int], dtype: str,
     if hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd"):
         descriptor = os.memfd_create("medlossy-slices", os.MFD_CLOEXEC)
         try:  # open while workers may start: they open it by this path
-            os.ftruncate(descriptor, size)
+            try:
+                os.ftruncate(descriptor, size)
+            except OSError as error:  # a file size limit (ulimit -f) covers memory files too
+                raise OSError(error.errno, f"{error.strerror}: no room for the {size} bytes "
+                                           "the encoder workers share (--workers 1 needs "
+                                           "none)") from None
             path = f"/proc/{os.getpid()}/fd/{descriptor}"
             yield np.memmap(path, dtype=dtype, mode="r+", shape=shape), path
         finally:
