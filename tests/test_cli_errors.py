@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -281,3 +283,31 @@ def test_info_on_a_dicom_series_folder_says_what_it_is(cli, tmp_path, ct_c_dicom
     code, _, err = cli("info", ct_c_dicom)
     assert code == 2
     _assert_one_line_error(err, str(ct_c_dicom), "is a DICOM series folder, not a medlossy store")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="ulimit -f through bash")
+@pytest.mark.parametrize(("output", "options", "named"), [
+    ("dicom", ["--format", "dicom"], "dicom/IM00001.dcm"),
+    ("dicom", ["--format", "dicom", "--multiframe"], "dicom/MF00001.dcm"),
+    ("ct.nii.gz", [], "ct.nii.gz"),
+    ("ct.nrrd", [], "ct.nrrd"),
+])
+def test_output_on_a_full_disk_is_one_line_naming_the_file(cli, tmp_path, output, options,
+                                                            named):
+    # A file size limit (ulimit -f) fails the write as a full disk does, without root.
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.normal(40, 300, (256, 256, 3)).astype(np.int16),
+                             np.diag([0.8, 0.8, 2.5, 1])), tmp_path / "ct.nii.gz")
+    code, _, err = cli("compress", tmp_path / "ct.nii.gz", tmp_path / "s.zarr", "--lossless",
+                       "--modality", "CT", "--quiet")
+    assert code == 0, err
+    out = tmp_path / "out"
+    out.mkdir()
+    source = Path(__file__).resolve().parents[1] / "src"
+    command = " ".join([sys.executable, "-m", "medlossy.cli.main", "decompress",
+                        str(tmp_path / "s.zarr"), str(out / output), "--quiet", *options])
+    done = subprocess.run(["bash", "-c", f"ulimit -f 64; exec {command}"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(source)}, timeout=120)
+    assert done.returncode == EXIT_BAD_INPUT
+    _assert_one_line_error(done.stderr, f"{out / named}: File too large")
+    _assert_no_output(out / output)

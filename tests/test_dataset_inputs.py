@@ -141,6 +141,18 @@ def test_case_failing_while_running_leaves_no_trace_in_the_nnunet_datasets(
     assert [p.name for p in (folder / "labelsTr").iterdir()] == ["t_a.nii.gz"]
 
 
+def test_skipping_a_case_keeps_the_case_whose_name_extends_it(tmp_path: Path, serial) -> None:
+    root = write_synthetic_dataset(tmp_path / "Dataset622_Prefix", {"p1": 1, "p1_b": 2},
+                                   shape=(32, 32, 8))
+    _truncate_voxels(root, "p1")
+    out = tmp_path / "sweep"
+    assert compress(root, out, "1", "--skip-bad") == 0
+    folder = dataset_folder(out, 1)
+    assert [p.name for p in (folder / "imagesTr").iterdir()] == ["p1_b_0000.nii.gz"]
+    assert [p.name for p in (folder / "labelsTr").iterdir()] == ["p1_b.nii.gz"]
+    assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Two-channel MR (like BraTS)
 # ---------------------------------------------------------------------------------------------

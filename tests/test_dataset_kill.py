@@ -5,9 +5,11 @@ three seconds after the kill, some for 40 minutes)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -170,3 +172,58 @@ def test_kill_9_of_compress_leaves_no_encoder(tmp_path: Path) -> None:
                str(tmp_path / "ct.zarr"), "--ratio", "20", "--quiet", "--workers", "2"]
     _kill_9_leaves_no_process(command, lambda: True, tmp_path / "stderr.txt", workers=2)
     assert not (tmp_path / "ct.zarr").exists()
+
+
+def _kill_9_while_encoding(command: list[str], environment: dict[str, str]) -> None:
+    """Run ``command``, SIGKILL it (it alone) once its encoder workers run, and wait until
+    every process it started has gone."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env=environment, start_new_session=True)
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while len([p for p in seen if _running(p)]) <= 2:  # workers, forkserver, tracker
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "the workers never started"
+            seen |= _descendants(process.pid)
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(_running(p) for p in seen):
+            time.sleep(0.1)
+    finally:
+        for pid in seen:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        process.stderr.close()
+
+
+@pytest.fixture
+def short_tmpdir() -> Path:
+    """A TMPDIR of its own, short like /tmp: a forkserver's socket path must fit 107 bytes."""
+    folder = Path(tempfile.mkdtemp(prefix="tmpdir-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_kill_9_of_compress_leaves_no_copy_of_the_scan_in_temporary_space(
+        tmp_path: Path, short_tmpdir: Path) -> None:
+    rng = np.random.default_rng(1)
+    volume = (rng.normal(40, 300, (64, 64, 16))).astype(np.int16)
+    source = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 2.5, 1])), source)
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [sys.executable, "-m", "medlossy.cli.main", "compress", str(source),
+               str(out / "ct.zarr"), "--ratio", "20", "--quiet", "--workers", "2"]
+    environment = {**os.environ, "PYTHONPATH": str(SOURCE), "TMPDIR": str(short_tmpdir)}
+    _kill_9_while_encoding(command, environment)
+    left = [p for p in short_tmpdir.rglob("*") if not p.is_dir()]
+    assert [p for p in left if p.stat().st_size > 0] == []  # no slices, nothing of the scan
+    assert [p.name for p in short_tmpdir.iterdir() if p.stat().st_mode & 0o077] == []
+    completed = subprocess.run(command, env=environment, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert list(short_tmpdir.iterdir()) == []  # the killed run's folder removed, its own too
+    assert [p.name for p in out.iterdir()] == ["ct.zarr"]

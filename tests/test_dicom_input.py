@@ -352,3 +352,17 @@ def test_allow_gaps_on_an_oblique_series_puts_the_slice_axis_on_the_normal(cli, 
                                    getattr(images["nrrd"], attribute)(), atol=1e-4)
     nifti = nib.load(tmp_path / "back.nii.gz")
     np.testing.assert_allclose(nifti.get_qform(), nifti.get_sform(), atol=1e-4)
+
+
+def test_colour_dicom_is_named_colour_not_by_its_photometric_interpretation(tmp_path, cli):
+    # A colour capture whose header still says MONOCHROME2 was called "MONOCHROME2 images
+    # are not supported".
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    pixels = np.repeat(ds.pixel_array[..., np.newaxis], 3, axis=2).astype(np.uint16)
+    ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(tmp_path / "rgb.dcm")
+    code, _, err = cli("compress", tmp_path / "rgb.dcm", tmp_path / "s.zarr", "--lossless")
+    assert code == 2
+    assert err.count("\n") == 1 and "rgb.dcm: colour (3 samples per pixel) DICOM is not " \
+        "supported" in err, err

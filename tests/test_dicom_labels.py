@@ -250,3 +250,59 @@ def test_dicom_studies_name_their_channel_by_their_modality(mr_path, series, tmp
     _study_with_seg(series, tmp_path / "mixed" / "ct_two")
     with pytest.raises(MedlossyError, match=r"disagree.*--modality CT or MR"):
         prepare_dicom_dataset(tmp_path / "mixed", tmp_path / "prepared", labels="seg")
+
+
+@pytest.mark.parametrize(("data", "why"), [([], "0 values"), (["1.0", "2.0"], "2 values"),
+                                           (["1.0", "NOTANUM", "3.0"], "could not convert")])
+def test_rtstruct_contour_without_usable_points_is_refused_in_one_line(series, tmp_path, data,
+                                                                      why):
+    volume, sources = read_series_with_sources(series)
+    uid = str(sources[0].SeriesInstanceUID)
+    rt = _rtstruct(volume, uid, {"liver": [(4, (1, 1, 5, 5))]}, tmp_path / "rt.dcm")
+    ds = pydicom.dcmread(rt)
+    ds.ROIContourSequence[0].ContourSequence[0].ContourData = \
+        [value.replace("NOTANUM", "98765.4") for value in data]
+    ds.save_as(rt)
+    rt.write_bytes(rt.read_bytes().replace(b"98765.4", b"NOTANUM"))  # pydicom would refuse it
+    with pytest.raises(MedlossyError, match=f"a contour of ROI 'liver' has unusable "
+                                            f"ContourData \\({why}"):
+        read_rtstruct_labels(rt, volume, uid, LABELS)
+
+
+def _rtstruct_root(series, root: Path, cases: list[str]) -> None:
+    import shutil
+
+    volume, _ = read_series_with_sources(series)
+    for case in cases:
+        shutil.copytree(series, root / case)
+        _, sources = read_series_with_sources(root / case)
+        _rtstruct(volume, str(sources[0].SeriesInstanceUID), {"liver": [(4, (1, 1, 5, 5))]},
+                  root / case / "rt.dcm")
+
+
+def test_dicom_root_case_ids_keep_underscores_and_renames_are_said(cli, series, tmp_path):
+    root = tmp_path / "root"
+    _rtstruct_root(series, root, ["pat_1", "pat 2"])
+    code, _, err = cli("dataset", "compress", root, "--ratios", "1", "--out",
+                       tmp_path / "sweep", "--labels", "rtstruct", "--workers", "1")
+    assert code == 0, err
+    assert "note: study folder 'pat 2' is case 'pat-2'" in err
+    assert "pat_1'" not in err
+    sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    folders = [tmp_path / "sweep" / "prepared" / "root_dicom",
+               *(tmp_path / "sweep" / "nnunet" / name for name in sweep["datasets"].values())]
+    for folder in folders:
+        assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == \
+            ["pat-2_0000.nii.gz", "pat_1_0000.nii.gz"]
+        metadata = json.loads((folder / "dataset.json").read_text())
+        assert metadata["case_folders"] == {"pat-2": "pat 2"}
+
+
+def test_dicom_root_folders_that_would_share_a_case_id_are_refused(cli, series, tmp_path):
+    root = tmp_path / "root"
+    _rtstruct_root(series, root, ["pat 1", "pat-1"])
+    code, _, err = cli("dataset", "compress", root, "--ratios", "1", "--out",
+                       tmp_path / "sweep", "--labels", "rtstruct", "--quiet")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "becomes case 'pat-1'" in err and "rename one" in err

@@ -93,6 +93,12 @@ def atomic_output(path: str | os.PathLike[str], *, replace: bool = True) -> Iter
             _commit_replacing(temporary, final)
         else:
             _commit_new(temporary, final)
+    except OSError as error:
+        _remove(temporary)
+        if error.filename is None and error.errno is not None:
+            # a library's failed write (nibabel, pynrrd: a full disk) names no file
+            raise OSError(error.errno, error.strerror, str(final)) from None
+        raise
     except BaseException:
         _remove(temporary)
         raise

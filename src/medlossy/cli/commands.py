@@ -595,8 +595,13 @@ def _dicom_root_dataset(arguments: argparse.Namespace, out: Path):
     label_map = None
     if arguments.label_map:
         label_map = read_json(Path(arguments.label_map), "no such label map file")
-    return prepare_dicom_dataset(arguments.source, out / "prepared", labels=arguments.labels,
-                                 label_map=label_map, modality=arguments.modality)
+    dataset = prepare_dicom_dataset(arguments.source, out / "prepared", labels=arguments.labels,
+                                    label_map=label_map, modality=arguments.modality)
+    for name, folder in dataset.metadata.get("case_folders", {}).items():
+        _say(arguments, f"note: study folder {folder!r} is case '{name}' (a file name holds "
+                        "only letters, digits, '.', '_' and '-'; see case_folders in "
+                        "dataset.json)")
+    return dataset
 
 
 def dataset_report(arguments: argparse.Namespace) -> None:

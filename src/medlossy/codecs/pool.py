@@ -2,13 +2,16 @@
 processes when more than one core is asked for.
 
 Processes, not threads: pylibjpeg-openjpeg's encoder crashes when called from two threads.
-The slices live in a memory-mapped temporary file that workers map read-only, so a volume is
-held once however many workers there are (no per-task copies, no shared-memory bookkeeping).
+The slices live in one memory-mapped file that workers map read-only, so a volume is held
+once however many workers there are (no per-task copies, no shared-memory bookkeeping). On
+Linux that file is anonymous memory (``memfd_create``) the workers open through
+``/proc/<owner>/fd``: it exists only while a process maps it, so no copy of the scan outlives
+a killed run. Elsewhere it is a file in the process's private scratch folder
+(:func:`medlossy.orphans.private_scratch`), which the next run removes.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -20,7 +23,7 @@ import numpy as np
 
 from medlossy.codecs.base import Setting, SliceCodec, get_codec
 from medlossy.codecs.tiles import TileGrid
-from medlossy.orphans import die_with_parent
+from medlossy.orphans import die_with_parent, private_scratch, worker_context
 from medlossy.terminal import progress_bar
 
 _worker: tuple[SliceCodec, np.ndarray, TileGrid] | None = None
@@ -144,7 +147,7 @@ def slice_encoder(codec: SliceCodec, shape: tuple[int, int, int], dtype: str,
     """Yield an encoder whose ``slices`` array the caller fills before encoding; ``tile``:
     the side of the square tiles each slice is cut into (None: whole slices).
 
-    With one worker the array is plain memory; with more it is a temporary memory-mapped file.
+    With one worker the array is plain memory; with more it is memory shared with the workers.
     """
     grid = TileGrid.of(shape[1], shape[2], tile)
     chunks = -(-shape[0] // codec.block_depth) * grid.per_slice
@@ -152,23 +155,41 @@ def slice_encoder(codec: SliceCodec, shape: tuple[int, int, int], dtype: str,
     if workers == 1:
         yield SliceEncoder(codec, np.empty(shape, dtype=dtype), 1, None, grid)
         return
-    with tempfile.TemporaryDirectory(prefix="medlossy-") as scratch:
+    with _shared_slices(shape, dtype) as (slices, path), \
+            ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(),
+                                initializer=_start_worker,
+                                initargs=(os.getpid(), codec.name, path, shape, dtype, grid),
+                                ) as executor:
+        try:
+            yield SliceEncoder(codec, slices, workers, executor, grid)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM, an error): drop queued slices instead of
+            # encoding the rest of the pass before the pool can close.
+            executor.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+@contextmanager
+def _shared_slices(shape: tuple[int, int, int], dtype: str,
+                   ) -> Iterator[tuple[np.ndarray, str]]:
+    """A writable (slices, rows, columns) array and the path workers map it read-only by."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd"):
+        descriptor = os.memfd_create("medlossy-slices", os.MFD_CLOEXEC)
+        try:  # open while workers may start: they open it by this path
+            try:
+                os.ftruncate(descriptor, size)
+            except OSError as error:  # a file size limit (ulimit -f) covers memory files too
+                raise OSError(error.errno, f"{error.strerror}: no room for the {size} bytes "
+                                           "the encoder workers share (--workers 1 needs "
+                                           "none)") from None
+            path = f"/proc/{os.getpid()}/fd/{descriptor}"
+            yield np.memmap(path, dtype=dtype, mode="r+", shape=shape), path
+        finally:
+            os.close(descriptor)
+        return
+    with tempfile.TemporaryDirectory(prefix="slices-", dir=private_scratch()) as scratch:
         path = str(Path(scratch) / "slices.raw")
         slices = np.memmap(path, dtype=dtype, mode="w+", shape=shape)
-        # forkserver: workers never inherit the threads of the parent (zarr runs an event loop).
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() \
-            else "spawn"
-        with ProcessPoolExecutor(max_workers=workers,
-                                 mp_context=multiprocessing.get_context(method),
-                                 initializer=_start_worker,
-                                 initargs=(os.getpid(), codec.name, path, shape, dtype,
-                                           grid),
-                                 ) as executor:
-            try:
-                yield SliceEncoder(codec, slices, workers, executor, grid)
-            except BaseException:
-                # Interrupted (Ctrl-C, SIGTERM, an error): drop queued slices instead of
-                # encoding the rest of the pass before the pool can close.
-                executor.shutdown(wait=True, cancel_futures=True)
-                raise
+        yield slices, path
         del slices

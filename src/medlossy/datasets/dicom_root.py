@@ -29,6 +29,7 @@ from medlossy.metrics import detect_modality
 from medlossy.volume import Volume
 
 LABEL_KINDS = {"seg": "SEG", "rtstruct": "RTSTRUCT"}
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def is_dicom_root(root: Path) -> bool:
@@ -57,7 +58,24 @@ def _names(ds: pydicom.Dataset) -> list[str]:
 
 
 def _case_name(folder: Path) -> str:
-    return re.sub(r"[^A-Za-z0-9-]+", "-", folder.name).strip("-") or "case"
+    """The folder's name where it is a plain file name (nnU-Net allows any, underscores
+    included: it takes the channel from the name's end, ``CASE_0000``); other characters
+    (spaces, slashes, non-ASCII) become '-'."""
+    if _PLAIN_NAME.fullmatch(folder.name):
+        return folder.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", folder.name).strip("-.") or "case"
+
+
+def case_names(cases: list[Path]) -> dict[Path, str]:
+    """Each case folder's case id; two folders that would share one are refused."""
+    names: dict[str, Path] = {}
+    for case in cases:
+        name = _case_name(case)
+        if name in names:
+            raise MedlossyError(case, f"becomes case '{name}' like {names[name].name!r}: "
+                                      "rename one of the two folders")
+        names[name] = case
+    return {case: name for name, case in names.items()}
 
 
 def prepare_dicom_dataset(root: str | Path, out: Path, *, labels: str = "seg",
@@ -75,6 +93,7 @@ def prepare_dicom_dataset(root: str | Path, out: Path, *, labels: str = "seg",
     cases = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not cases:
         raise MedlossyError(root, "no case folders (one DICOM study per subfolder)")
+    case_ids = case_names(cases)
     objects = {case: _label_objects(case, kind) for case in cases}
     for case, found in objects.items():
         if not found:
@@ -84,7 +103,8 @@ def prepare_dicom_dataset(root: str | Path, out: Path, *, labels: str = "seg",
                         for name in _names(ds)}, key=str.lower)
         label_map = {name: index for index, name in enumerate(names, start=1)}
     settings = {"source": str(root.resolve()), "labels": labels, "label_map": dict(label_map),
-                "modality": modality, "allow_gaps": allow_gaps}
+                "modality": modality, "allow_gaps": allow_gaps,
+                "cases": {name: case.name for case, name in case_ids.items()}}
     folder = out / f"{root.name}_dicom"
     marker = folder / "medlossy_dicom.json"
     if marker.exists() and json.loads(marker.read_text()) == settings:
@@ -104,7 +124,7 @@ def prepare_dicom_dataset(root: str | Path, out: Path, *, labels: str = "seg",
                 else:
                     part = read_rtstruct_labels(file, volume, series_uid, label_map)
                 label = np.where(part > 0, part, label)
-            name = _case_name(case)
+            name = case_ids[case]
             found[name] = detect_modality(modality, float(np.min(volume.array)),
                                           float(np.max(volume.array)),
                                           known=volume.modality, not_ct="MR")
@@ -116,6 +136,9 @@ def prepare_dicom_dataset(root: str | Path, out: Path, *, labels: str = "seg",
                     "labels": {"background": 0, **{k: int(v) for k, v in label_map.items()}},
                     "numTraining": len(cases), "file_ending": ".nii.gz",
                     "description": f"DICOM studies from {root} with {kind} labels"}
+        renamed = {name: case.name for case, name in case_ids.items() if name != case.name}
+        if renamed:  # which study each renamed case came from (copied to every ratio's)
+            metadata["case_folders"] = renamed
         (temporary / "dataset.json").write_text(json.dumps(metadata, indent=2) + "\n")
         (temporary / "medlossy_dicom.json").write_text(json.dumps(settings))
     return replace(open_raw_dataset(folder), modality_how=how)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -54,7 +53,7 @@ from medlossy.io import read_volume
 from medlossy.io.nifti import write_nifti
 from medlossy.jsonfile import write_json
 from medlossy.metrics import CT_DATA_RANGE
-from medlossy.orphans import die_with_parent
+from medlossy.orphans import die_with_parent, worker_context
 from medlossy.outputs import check_own_folder
 from medlossy.store import SliceStore
 from medlossy.terminal import progress_bar
@@ -467,9 +466,7 @@ def _executor(workers: int, scheduler: str | None) -> Iterator[Executor]:
         with client, client.get_executor() as executor:
             yield executor
         return
-    # forkserver: workers never inherit the parent's threads (zarr runs an event loop).
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+    with ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(),
                              initializer=die_with_parent, initargs=(os.getpid(),)) as executor:
         yield executor
 
@@ -515,8 +512,12 @@ def _write_nnunet_metadata(plan: SweepPlan, bad: dict[str, str],
         folder = plan.dataset_folder(ratio)
         for case in plan.cases:
             if case.name in bad:
-                for stale in (folder / f"images{case.split}").glob(f"{case.name}_*"):
-                    stale.unlink()
+                # the case's own channels only: a glob on its name would also match the
+                # files of a case whose name extends it (p1 -> p1_b_0000)
+                for channel in plan.dataset.channels:
+                    (folder / f"images{case.split}" /
+                     f"{case.name}_{channel:04d}{plan.dataset.file_ending}").unlink(
+                        missing_ok=True)
                 (folder / "labelsTr" / f"{case.name}{plan.dataset.file_ending}").unlink(
                     missing_ok=True)
         for case in training:

@@ -92,6 +92,21 @@ def _grid(image: Volume) -> np.ndarray:
     return np.linalg.inv(_RAS_TO_LPS @ image.affine)
 
 
+def _contour_points(contour: pydicom.Dataset, name: str, rt_path: Path) -> np.ndarray:
+    """A contour's (x, y, z) points in mm; one line for a contour that has none, or values
+    that are not triplets of numbers."""
+    try:
+        points = np.asarray([float(v) for v in contour.get("ContourData") or []], dtype=float)
+    except (TypeError, ValueError) as error:  # pydicom converts the strings when read
+        raise MedlossyError(rt_path, f"a contour of ROI '{name}' has unusable ContourData "
+                                     f"({error})") from None
+    if not len(points) or len(points) % 3 or not np.isfinite(points).all():
+        raise MedlossyError(rt_path, f"a contour of ROI '{name}' has unusable ContourData "
+                                     f"({len(points)} values; it needs x, y, z numbers for "
+                                     "each point)")
+    return points.reshape(-1, 3)
+
+
 def read_rtstruct_labels(rt_path: Path, image: Volume, series_uid: str,
                          label_map: Mapping[str, int]) -> np.ndarray:
     """A label volume on ``image``'s grid from an RTSTRUCT's closed planar contours."""
@@ -120,7 +135,7 @@ def read_rtstruct_labels(rt_path: Path, image: Volume, series_uid: str,
         for contour in roi.get("ContourSequence", []):
             if str(contour.get("ContourGeometricType", "")) not in ("CLOSED_PLANAR", ""):
                 continue  # points and open polylines have no inside
-            points = np.asarray([float(v) for v in contour.ContourData]).reshape(-1, 3)
+            points = _contour_points(contour, name, rt_path)
             voxels = (to_voxel @ np.c_[points, np.ones(len(points))].T)[:3].T
             k = np.round(voxels[:, 2])
             outside = ((voxels < -_VOXEL_TOLERANCE) |

@@ -36,6 +36,7 @@ from medlossy.io.dicom_writer import (
     ds_number,
     instance_reference,
     next_series_number,
+    save,
     set_lossy,
     slice_geometry,
     source_reference,
@@ -337,5 +338,5 @@ def write_multiframe(volume: Volume, encoding: PixelEncoding, output: str | Path
     name = "MF00001.dcm"
     with atomic_output(output, replace=replace) as folder:
         folder.mkdir()
-        ds.save_as(folder / name, enforce_file_format=True)
+        save(ds, folder / name, Path(output) / name)
     return [Path(output) / name]

@@ -372,9 +372,11 @@ def _decode_file(file: Path, count: int) -> np.ndarray:
         raise MedlossyError(file, f"cannot read DICOM file ({error})") from None
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise MedlossyError(file, "has no pixel data")
-    if _int(ds, "SamplesPerPixel", 1, file) != 1:
-        raise MedlossyError(file, f"{ds.get('PhotometricInterpretation', 'colour')} images "
-                                  "are not supported; medlossy compresses greyscale CT/MR")
+    samples = _int(ds, "SamplesPerPixel", 1, file)
+    if samples != 1:  # named by the count: PhotometricInterpretation may still say MONOCHROME2
+        kind = "colour (3 samples per pixel)" if samples == 3 else f"{samples} samples per pixel"
+        raise MedlossyError(file, f"{kind} DICOM is not supported; medlossy compresses "
+                                  "greyscale CT/MR")
     try:
         with warnings.catch_warnings():
             # pydicom warns when it drops padding after the pixel data: nothing is lost, and

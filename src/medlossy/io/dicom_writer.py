@@ -344,9 +344,22 @@ def write_series(volume: Volume, encoding: PixelEncoding, output: str | Path, *,
             meta.TransferSyntaxUID = UID(encoding.transfer_syntax)
             ds.file_meta = meta
             name = f"IM{k + 1:05d}.dcm"
-            ds.save_as(folder / name, enforce_file_format=True)
+            save(ds, folder / name, Path(output) / name)
             written.append(Path(output) / name)
     return written
+
+
+def save(ds: Dataset, path: Path, shown: Path) -> None:
+    """Write ``ds`` as a DICOM file at ``path`` (a temporary name); a failed write (a full
+    disk, a file size limit) is an OSError naming ``shown``, the file the user asked for,
+    with the system's reason: pydicom re-raises it with the tag and its own traceback as
+    the message, and no file name."""
+    try:
+        ds.save_as(path, enforce_file_format=True)
+    except OSError as error:
+        cause = error.__cause__ if isinstance(error.__cause__, OSError) else error
+        raise OSError(cause.errno, cause.strerror or str(cause).splitlines()[0],
+                      str(shown)) from None
 
 
 def next_series_number(ds: Dataset) -> int:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import base64
+import logging
+import math
+import os
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -21,6 +26,7 @@ _GEOMETRY_FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quate
                     "srow_z", "xyzt_units")
 _READ_ERRORS = (OSError, EOFError, ValueError, OverflowError, zlib.error)
 _FLOAT32 = np.finfo(np.float32)
+_DEFLATE_MAX_RATIO = 1032  # deflate (gzip) never inflates more than this
 
 
 def _squeezed(image: nib.Nifti1Image, path: Path, lazy: bool):
@@ -31,6 +37,7 @@ def _squeezed(image: nib.Nifti1Image, path: Path, lazy: bool):
     if len(shape) != 3:
         raise MedlossyError(path, f"expected a 3D volume, got shape {tuple(image.shape)}")
     proxy = image.dataobj
+    _check_size(path, shape, proxy.dtype, int(proxy.offset))
     if lazy:
         if shape == tuple(image.shape):
             return proxy
@@ -43,6 +50,54 @@ def _squeezed(image: nib.Nifti1Image, path: Path, lazy: bool):
         raise MedlossyError(path, f"truncated or corrupt voxel data ({error})") from None
 
 
+@contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """nibabel logs the header fields it repairs straight to stderr ("pixdim[1,2,3] should
+    be non-zero"): lines before ours that break the one-line errors. Its logger's level
+    alone is raised (with no handler, Python's last-resort handler would print them);
+    what nibabel refuses still raises."""
+    logger = nib.imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _in_units(count: float) -> str:
+    """A byte count for people: 70.4 TB, 25.6 kB."""
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if count < 1000:
+            return f"{count:.3g} {unit}"
+        count /= 1000
+    return f"{count:.3g} TB"
+
+
+def _check_size(path: Path, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> None:
+    """Refuse a header that claims more voxels than its file can hold or this machine can
+    read, in one line, before any allocation (a damaged dim field otherwise ends in a
+    MemoryError)."""
+    need = math.prod(shape) * np.dtype(dtype).itemsize
+    claim = f"header claims {'x'.join(map(str, shape))} {np.dtype(dtype)} voxels " \
+            f"({_in_units(need)})"
+    size = path.stat().st_size
+    if path.name.lower().endswith(".gz"):
+        if need > size * _DEFLATE_MAX_RATIO:
+            raise MedlossyError(path, f"{claim}, more than a {size}-byte gzip file can hold "
+                                      "(corrupt header?)")
+    elif offset + need > size:
+        raise MedlossyError(path, f"{claim} from byte {offset}, but the file has {size} bytes "
+                                  "(truncated, or a corrupt header)")
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare
+        return
+    if need > memory:
+        raise MedlossyError(path, f"{claim}, more than this machine's memory "
+                                  f"({_in_units(memory)})")
+
+
 def read_nifti(path: Path, modality: str = "OTHER", *, lazy: bool = False) -> Volume:
     """Read a NIfTI file; scaling (scl_slope/inter) is applied as nibabel does.
 
@@ -50,17 +105,18 @@ def read_nifti(path: Path, modality: str = "OTHER", *, lazy: bool = False) -> Vo
     file holding integers with a scaling records it (``scl_slope``, ``scl_inter`` in the
     header dict), so those integers can be stored and written back exactly.
     """
-    try:
-        # keep_file_open: a lazy read goes slab by slab; reopening a .nii.gz for each slab
-        # re-inflates it from the start (72 s instead of 2 s for a 512x512x1000 CT here).
-        image = nib.load(path, keep_file_open=lazy)
-    except FileNotFoundError:
-        raise MedlossyError(path, "no such file") from None
-    except Exception as error:  # nibabel raises many types for corrupt headers
-        raise MedlossyError(path, f"not a readable NIfTI file ({error})") from None
-    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
-        raise MedlossyError(path, f"not a NIfTI image ({type(image).__name__})")
-    array = _squeezed(image, path, lazy)
+    with _quiet_nibabel():
+        try:
+            # keep_file_open: a lazy read goes slab by slab; reopening a .nii.gz for each
+            # slab re-inflates it from the start (72 s instead of 2 s for a 512x512x1000 CT).
+            image = nib.load(path, keep_file_open=lazy)
+        except FileNotFoundError:
+            raise MedlossyError(path, "no such file") from None
+        except Exception as error:  # nibabel raises many types for corrupt headers
+            raise MedlossyError(path, f"not a readable NIfTI file ({error})") from None
+        if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+            raise MedlossyError(path, f"not a NIfTI image ({type(image).__name__})")
+        array = _squeezed(image, path, lazy)
     saved = image.header.copy()
     header = {"format": "nifti2" if isinstance(image, nib.Nifti2Image) else "nifti1"}
     slope = float(getattr(image.dataobj, "slope", 1.0))

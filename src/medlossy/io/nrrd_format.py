@@ -27,7 +27,12 @@ def read_nrrd(path: Path, modality: str = "OTHER") -> Volume:
     if not path.exists():
         raise MedlossyError(path, "no such file")
     try:
-        array, header = nrrd.read(str(path))
+        with path.open("rb") as handle:
+            header = nrrd.read_header(handle)
+            _check_data_file(path, header)
+            array = nrrd.read_data(header, handle, str(path), index_order="F")
+    except MedlossyError:
+        raise
     except Exception as error:  # pynrrd raises NRRDError, ValueError, OSError, ...
         raise MedlossyError(path, f"not a readable NRRD file ({error})") from None
     to_ras = _SPACE_TO_RAS.get(header.get("space", "left-posterior-superior"))
@@ -50,6 +55,24 @@ def geometry_fields(header: dict) -> dict:
         value = header.get(key)
         fields[key] = None if value is None else np.asarray(value, dtype=float).tolist()
     return fields
+
+
+def _check_data_file(path: Path, header: dict) -> None:
+    """A detached header may name only one data file in its own folder: a header is input
+    that anyone can craft, and ``data file: ../../etc/passwd`` would otherwise be read and
+    stored as if it were the scan."""
+    name = header.get("data file", header.get("datafile"))
+    if name is None:
+        return
+    name = str(name).strip()
+    if name.startswith("LIST") or len(name.split()) > 1:
+        raise MedlossyError(path, f"data file {name!r}: lists and patterns of data files are "
+                                  "not supported (name one data file beside the header)")
+    folder = path.absolute().parent
+    data = (folder / name).resolve()
+    if not data.is_relative_to(folder.resolve()):
+        raise MedlossyError(path, f"data file {name!r} ({data}) is outside the header's folder "
+                                  f"{folder}; refused (put the header beside its data file)")
 
 
 def write_nrrd(volume: Volume, path: Path, *, note: str | None = None) -> None:
