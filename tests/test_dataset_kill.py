@@ -117,7 +117,8 @@ def _running(pid: int) -> bool:
 
 def _kill_9_leaves_no_process(command: list[str], ready, log: Path, workers: int) -> None:
     """Run ``command``; once ``ready()`` and its workers run, SIGKILL it (it alone) and
-    check that every process it started is gone within a few seconds."""
+    check that every process it started is gone within 30 s (a worker still importing when
+    its parent dies watches for that only once it runs: seconds on a loaded machine)."""
     environment = {**os.environ, "PYTHONPATH": str(SOURCE)}
     with log.open("wb") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
@@ -135,12 +136,12 @@ def _kill_9_leaves_no_process(command: list[str], ready, log: Path, workers: int
         seen |= _descendants(process.pid)
         os.kill(process.pid, signal.SIGKILL)  # the CLI only: not its process group
         process.wait()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(_running(p) for p in seen):
             time.sleep(0.1)
         survivors = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
                      for pid in seen if _running(pid)}
-        assert survivors == {}, f"alive 5 s after kill -9 of their parent: {survivors}"
+        assert survivors == {}, f"alive 30 s after kill -9 of their parent: {survivors}"
     finally:
         for pid in seen:  # never leave a test's processes behind, whatever happened
             if _running(pid):
