@@ -32,7 +32,7 @@ def _record_a_threaded_fork() -> None:
     stop the fork (os.fork ignores its exceptions); the test fails at its teardown."""
     others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
     if others:
-        _FORKS.append((_RUNNING[0], others, "".join(traceback.format_stack()[:-1])))
+        _FORKS.append((_RUNNING[0], others, "".join(traceback.format_stack(limit=12)[:-1])))
 
 
 os.register_at_fork(before=_record_a_threaded_fork)
