@@ -9,18 +9,17 @@ TORCH_VERSION ?= 2.13.0
 
 .PHONY: install demo test lint bench clean
 
-$(STAMP): pyproject.toml requirements/nnunet-no-deps.txt
+$(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "medlossy needs Python >= 3.11 (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of PyTorch, pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	# The README's one command for medlossy with nnU-Net v2, plus the test tools.
 	$(BIN)/python -m pip install --quiet -e ".[test,nnunet]"
-	# nnU-Net v2 without its dependencies (the extra above brought them): see the file.
-	$(BIN)/python -m pip install --quiet --no-deps -r requirements/nnunet-no-deps.txt
 	$(BIN)/python -c 'import sys, torch; sys.exit(not torch.__version__.startswith("$(TORCH_VERSION)"))' \
-	  || { echo "torch is no longer $(TORCH_VERSION); see requirements/nnunet-no-deps.txt"; exit 1; }
+	  || { echo "torch is no longer $(TORCH_VERSION); see the nnunet extra in pyproject.toml"; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -7,7 +7,9 @@ source archive, fetched once with pip into ~/.cache/medlossy or $MEDLOSSY_CACHE)
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import threading
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -17,6 +19,52 @@ import pytest
 from medlossy.cli.main import main as cli_main
 from medlossy.data.demo import demo_reference_files
 from medlossy.volume import Volume
+
+#: Forks made while the test named first ran: (test id, the other threads alive, stack).
+_FORKS: list[tuple[str, list[str], str]] = []
+_RUNNING = ["(no test)"]
+
+
+def _record_a_threaded_fork() -> None:
+    """os.fork's before-hook: note a fork while other Python threads run (zarr's event loop,
+    tqdm's monitor, Dask, thread pools): a lock one of them holds stays locked in the child
+    forever, which hung `make test` for 19 minutes in nnU-Net's fork pool. The hook cannot
+    stop the fork (os.fork ignores its exceptions); the test fails at its teardown."""
+    others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+    if others:
+        _FORKS.append((_RUNNING[0], others, "".join(traceback.format_stack(limit=12)[:-1])))
+
+
+os.register_at_fork(before=_record_a_threaded_fork)
+
+
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    _RUNNING[0] = item.nodeid
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked slow (training, whole studies) get 20 minutes rather than the default
+    timeout of pyproject.toml, unless they set their own."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(1200))
+
+
+@pytest.fixture(autouse=True)
+def _no_fork_from_threads(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that forked while other threads were alive (use a subprocess, or
+    multiprocessing's "spawn" or "forkserver" context)."""
+    yield
+    if request.node.get_closest_marker("threaded_fork_allowed"):
+        _FORKS.clear()
+        return
+    mine = [fork for fork in _FORKS if fork[0] == request.node.nodeid]
+    _FORKS[:] = [fork for fork in _FORKS if fork[0] != request.node.nodeid]
+    if mine:
+        _, threads, stack = mine[0]
+        pytest.fail(f"forked {len(mine)} time(s) while threads {threads} were alive; first "
+                    f"fork from:\n{stack}", pytrace=False)
+
 
 #: A 96 x 80 x 24 block of CT B (abdomen, about 60 % body voxels); rows != columns on purpose,
 #: so a transposed slice cannot pass for the right one.

@@ -8,6 +8,7 @@ datasets run their tasks serially in-process (see ``run_sweeps_serially``).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import itertools
 import json
 import os
@@ -488,7 +489,9 @@ def test_default_ids_of_two_sources_sharing_nnunet_raw_do_not_collide(
 
 
 class _InProcessPool:
-    """multiprocessing.Pool's starmap, run here: nnU-Net's spawn pool would import torch again."""
+    """multiprocessing.Pool's starmap, run here: nnU-Net's spawn pool would import torch again
+    in each worker, and its fork pool (listing the images) forked from this threaded process,
+    which hung the suite for 19 minutes (tests/conftest.py now fails any such fork)."""
 
     def __init__(self, processes: int) -> None:
         pass
@@ -510,6 +513,8 @@ def test_nnunet_accepts_the_decoded_dataset(ct_sweep: Path, ratio: float, monkey
     in_process = types.SimpleNamespace(
         get_context=lambda method: types.SimpleNamespace(Pool=_InProcessPool))
     monkeypatch.setattr(module, "multiprocessing", in_process)
+    monkeypatch.setattr(importlib.import_module("nnunetv2.utilities.utils"), "Pool",
+                        _InProcessPool)
     module.verify_dataset_integrity(str(dataset_folder(ct_sweep, ratio)), num_processes=1)
     printed = capsys.readouterr().out
     assert "verify_dataset_integrity Done" in printed

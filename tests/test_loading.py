@@ -15,6 +15,7 @@ from medlossy.compression import Target, compress_volume
 from medlossy.decompression import read_store
 from medlossy.loading import StorePatchDataset, StoreVolume
 from medlossy.loading.decoders import block_mean, glymur_available
+from medlossy.loading.workers import START_METHOD
 from medlossy.volume import Volume
 
 PATCH = (8, 48, 40)
@@ -71,7 +72,8 @@ def test_worker_processes_and_threads_give_the_same_patches(crop_case):
     stores, labels, _, _ = crop_case
     serial = StorePatchDataset(stores, PATCH, labels, samples=6, seed=5)
     threaded = StorePatchDataset(stores, PATCH, labels, samples=6, seed=5, threads=2)
-    loaded = list(DataLoader(threaded, batch_size=None, num_workers=2))
+    loaded = list(DataLoader(threaded, batch_size=None, num_workers=2,
+                             multiprocessing_context=START_METHOD))
     for index, sample in enumerate(loaded):
         torch.testing.assert_close(sample["image"], serial[index]["image"])
         torch.testing.assert_close(sample["label"], serial[index]["label"])

@@ -201,6 +201,9 @@ def test_more_folds_than_labelled_cases_is_a_medlossy_error(dataset: Path,
     assert not (tmp_path / "m").exists()
 
 
+# Known: the training loader forks its workers from this threaded process (they share the
+# prepared volumes copy-on-write; "spawn" would pickle every volume to every worker each epoch).
+@pytest.mark.threaded_fork_allowed
 def test_loader_workers_repeat_every_epoch_exactly_after_a_resume(
         dataset: Path, tmp_path: Path, monkeypatch) -> None:
     """Batches made by two loader processes, seeded per (seed, epoch, process): a run

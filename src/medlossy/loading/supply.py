@@ -25,7 +25,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from medlossy.loading.dataset import StorePatchDataset
-from medlossy.loading.workers import items
+from medlossy.loading.workers import START_METHOD, items
 
 
 def _cpu_seconds() -> float:
@@ -40,7 +40,8 @@ def measure_supply(dataset: StorePatchDataset, *, workers: int, seconds: float,
     """Consume patches for ``seconds``; returns the supply figures."""
     cpu_started = _cpu_seconds()
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                        persistent_workers=False, prefetch_factor=4 if workers else None)
+                        persistent_workers=False, prefetch_factor=4 if workers else None,
+                        multiprocessing_context=START_METHOD if workers else None)
     patches, decoded, first, started = 0, 0, 0, None
     for sample in items(loader):
         if started is None:

@@ -13,6 +13,10 @@ from typing import TypeVar
 from medlossy.errors import MedlossyError
 
 Item = TypeVar("Item")
+#: How DataLoader worker processes start: fresh ("spawn"), never forked, since this process
+#: runs threads (zarr's event loop, tqdm's monitor, decode pools) whose locks a forked child
+#: would inherit held. Each worker gets the dataset pickled: stores' paths, not their voxels.
+START_METHOD = "spawn"
 _PREFIX = f"{MedlossyError.__module__}.{MedlossyError.__qualname__}: "
 
 

@@ -25,11 +25,8 @@ from pathlib import Path
 from medlossy.errors import MedlossyError
 from medlossy.orphans import guarded_command
 
-#: nnunetv2 and dynamic-network-architectures go in without their dependencies: the latter
-#: requires timm, hence torchvision, hence a CUDA torch (see the Makefile's install step).
-NO_DEPS = ("nnunetv2==2.8.1", "dynamic-network-architectures==0.4.4")
-INSTALL_HINT = (f"pip install 'medlossy[nnunet]' && pip install --no-deps {' '.join(NO_DEPS)}"
-                " (or: make install)")
+#: After `pip install torch==2.13.0`; the extra keeps that torch (see pyproject.toml).
+INSTALL_HINT = "pip install 'medlossy[nnunet]' (or: make install)"
 ENTRY_POINTS = ("nnUNetv2_plan_and_preprocess", "nnUNetv2_extract_fingerprint",
                 "nnUNetv2_move_plans_between_datasets", "nnUNetv2_preprocess")
 PLANS = "nnUNetPlans"
