@@ -156,6 +156,34 @@ def test_signals_exit_128_plus_their_number(signum, code):
     assert run.stderr == "medlossy: interrupted; no partial output was left\n"
 
 
+#: Run the console script's entry with importing the CLI interrupted, as Ctrl-C in the first
+#: seconds does (found by a tester: an 18-51 line KeyboardInterrupt traceback, no message).
+_CTRL_C_WHILE_IMPORTING = """
+import sys
+class _CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "medlossy.cli.main":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, _CtrlC())
+from medlossy.cli.entry import main
+sys.exit(main())
+"""
+
+
+def test_ctrl_c_while_the_cli_is_importing_is_one_line_and_exit_130():
+    run = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_IMPORTING], capture_output=True,
+                         text=True, env=_environment(), timeout=120, check=False)
+    assert run.returncode == 130, run.stderr
+    assert run.stderr == "medlossy: interrupted; no partial output was left\n"
+
+
+def test_the_console_script_runs_the_entry():
+    import tomllib
+
+    scripts = tomllib.loads((SOURCE.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["medlossy"] == "medlossy.cli.entry:main"
+
+
 def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     found = [parser]
     for action in parser._actions:

@@ -15,21 +15,24 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
 #: What nvImageCodec's extensions said while loading (their missing CUDA libraries).
 NVIMGCODEC_NOTES: list[str] = []
-_NOISE = re.compile(r"Failed to load|\[ERROR\]|^Note: If using nvImageCodec")
+#: What of its loading output is noise (a pattern for ``re.search``).
+_NOISE = r"Failed to load|\[ERROR\]|^Note: If using nvImageCodec"
 
 
 @contextmanager
 def _descriptor_2_captured() -> Iterator[list[str]]:
     """Everything written to file descriptor 2 meanwhile, as lines (filled on exit)."""
+    # Imported here, not at the top: every ``import medlossy`` runs this module, and the
+    # console script catches Ctrl-C only once that import is done (cli/entry.py).
+    import tempfile
+
     lines: list[str] = []
     sys.stderr.flush()
     saved = os.dup(2)
@@ -64,8 +67,10 @@ def import_nvimgcodec() -> ModuleType | None:
             from nvidia import nvimgcodec
         except ImportError:
             nvimgcodec = None
+    import re
+
     for line in lines:
-        if _NOISE.search(line):
+        if re.search(_NOISE, line):
             NVIMGCODEC_NOTES.append(line.strip())
         else:
             print(line, file=sys.stderr)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from medlossy import __version__
 from medlossy.backends import backend_names
 from medlossy.cli import commands
+from medlossy.cli.entry import INTERRUPTED
 from medlossy.cli.types import positive_int
 from medlossy.codecs import codec_names
 from medlossy.datasets.sweep import STUDY_RATIOS
@@ -421,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except KeyboardInterrupt as interruption:
-        print("medlossy: interrupted; no partial output was left", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return EXIT_TERMINATED if isinstance(interruption, Terminated) else EXIT_INTERRUPTED
     except OSError as error:  # an unwritable folder, a full disk: the file and the reason
         # name the output the user gave, not its temporary (see atomic.py)
