@@ -77,9 +77,21 @@ def _drop_last_slice(attributes: dict, zarray: dict) -> None:
     zarray["shape"][0] -= 1
 
 
+def _axial_axis_alone(attributes: dict, zarray: dict) -> None:
+    # inconsistent with the array: was reported as "corrupt store metadata", exit 2 from
+    # verify, without naming the edit (found by a tester)
+    attributes["geometry"]["axial_axis"] = 0
+
+
+def _array_shape_alone(attributes: dict, zarray: dict) -> None:
+    zarray["shape"][0] -= 1
+
+
 TAMPERING = {"offset": (_offset, "intensity"), "scale": (_scale, "intensity"),
              "original_dtype": (_original_dtype, "intensity"),
              "axial_axis": (_axial_axis, "geometry"),
+             "axial_axis_alone": (_axial_axis_alone, "geometry"),
+             "array_shape_alone": (_array_shape_alone, ".zarray"),
              "last_slice": (_drop_last_slice, ".zarray")}
 
 

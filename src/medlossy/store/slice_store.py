@@ -349,11 +349,8 @@ class SliceStore:
             raise MedlossyError(self.path, "not a medlossy store (no medlossy attributes of "
                                            "format version "
                                            f"{' or '.join(map(str, READABLE_VERSIONS))})")
-        try:
-            self.mapping = check_metadata(self.attributes, self.zarray)
-        except _Malformed as error:
-            raise MedlossyError(self.path, f"corrupt store metadata ({error})") from None
-        # Values that are valid but not those written (an edited offset, axis, shape)
+        # Sealed values edited since compress (an offset, an axis, a shape), named as such
+        # before the checks below would call an inconsistent edit corrupt
         unmatched = unmatched_sections(self.attributes, self.zarray)
         #: Whether the metadata carries digests (stores written before them do not).
         self.protected = unmatched is not None
@@ -364,6 +361,10 @@ class SliceStore:
                                        "its metadata was edited since compress")
             raise MetadataMismatch(self.path, "metadata no longer matches its checksum ("
                                    f"{', '.join(unmatched)} changed since compress)")
+        try:
+            self.mapping = check_metadata(self.attributes, self.zarray)
+        except _Malformed as error:
+            raise MedlossyError(self.path, f"corrupt store metadata ({error})") from None
         #: The tiles of a slice (one tile, the slice itself, in an untiled store).
         self.grid = TileGrid(*self.slice_shape, int(self.zarray["chunks"][1]),
                              int(self.zarray["chunks"][2]))
