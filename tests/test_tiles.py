@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import open_with_stock_zarr
+from conftest import open_with_stock_zarr, reseal
 
 from medlossy.compression import Target, compress_volume
 from medlossy.decompression import read_store
@@ -142,6 +142,10 @@ def test_verify_names_a_corrupt_tile_and_damaged_tile_metadata_is_refused(x10_st
     zattrs = json.loads((path / ".zattrs").read_text())
     zattrs["medlossy"]["tile"] = [TILE, 64]
     (path / ".zattrs").write_text(json.dumps(zattrs))
+    with pytest.raises(MedlossyError, match=r"tile changed since compress"):
+        SliceStore(path)
+    reseal(zattrs, path)  # as a tool meaning the edit would: then the tiles do not fit
+    (path / ".zattrs").write_text(json.dumps(zattrs))
     with pytest.raises(MedlossyError, match=r"array chunks \[1, 128, 128\] are not tiles"):
         SliceStore(path)
 
@@ -249,6 +253,7 @@ def test_a_damaged_tile_attribute_is_one_metadata_error(x10_stores, tmp_path, ti
     shutil.copytree(source, path)
     zattrs = json.loads((path / ".zattrs").read_text())
     zattrs["medlossy"]["tile"] = tile
+    reseal(zattrs, path)  # past the seal, to the check of the value itself
     (path / ".zattrs").write_text(json.dumps(zattrs))
     with pytest.raises(MedlossyError, match=r"corrupt store metadata \(tile is "):
         SliceStore(path)
