@@ -689,3 +689,26 @@ def test_a_moved_sweep_verifies_reports_and_resumes(tmp_path: Path, serial, cli)
     code, _, stderr = cli("dataset", "verify", moved)
     assert code == EXIT_CHECK_FAILED
     assert f"{tmp_path / 'elsewhere.nii.gz'}: outside the sweep folder {moved}" in stderr
+
+
+def test_a_moved_study_reuses_the_sweep_of_its_cropped_copy(tmp_path: Path, serial,
+                                                            cli) -> None:
+    """A study sweeps a cropped copy in its own prepared/; its sweep recorded the copy as
+    the source, so the moved study's sweep was refused as another source's."""
+    from medlossy.datasets.preparation import crop_dataset
+
+    source = write_synthetic_dataset(tmp_path / "Dataset551_Syn", {"m_a": 1, "m_b": 2},
+                                     shape=(64, 64, 8))
+
+    def sweep(study: Path, **origin: Path) -> pd.DataFrame:
+        cropped = crop_dataset(open_raw_dataset(source), [1], 50.0, study / "prepared")
+        return run_quality(cropped, study / "sweeps" / "syn", (1, 2), base_id=600, **origin)
+
+    sweep(tmp_path / "study")  # as earlier versions: the copy recorded as the source
+    sweep(tmp_path / "study", origin=source)  # resumes in place
+    (tmp_path / "study").rename(tmp_path / "moved")
+    before = snapshot(tmp_path / "moved" / "sweeps" / "syn")
+    assert len(sweep(tmp_path / "moved", origin=source)) == 4
+    assert snapshot(tmp_path / "moved" / "sweeps" / "syn") == before  # every task reused
+    code, _, stderr = cli("dataset", "verify", tmp_path / "moved" / "sweeps" / "syn")
+    assert code == 0, stderr

@@ -355,9 +355,10 @@ def _read_sweep_json(out: Path) -> dict:
         raise MedlossyError(out / "sweep.json", f"corrupt ({error})") from None
 
 
-def check_sweep_folder(out: Path, origin: Path) -> None:
+def check_sweep_folder(out: Path, origin: Path, swept: Path | None = None) -> None:
     """Refuse an ``out`` that holds another source's sweep (the two would merge: one report,
-    two datasets under one nnU-Net id), or that holds files a sweep does not write."""
+    two datasets under one nnU-Net id), or that holds files a sweep does not write.
+    ``swept``: the dataset compressed, when prepared from ``origin``."""
     out = Path(out)
     earlier = _read_sweep_json(out)
     if not earlier:
@@ -368,7 +369,9 @@ def check_sweep_folder(out: Path, origin: Path) -> None:
         recorded = earlier.get("source", "")
         if Path(recorded).is_relative_to(out.absolute() / "prepared"):
             return  # cropped or converted from DICOM: the original source was not recorded
-    if Path(recorded).resolve() != Path(origin).absolute().resolve():
+    # a study's sweeps of a cropped copy recorded the copy before they recorded its origin
+    sources = {Path(path).absolute().resolve() for path in (origin, swept) if path is not None}
+    if Path(recorded).resolve() not in sources:
         raise MedlossyError(out, f"holds the sweep of {recorded}, not of {origin}; a sweep "
                                  "folder holds one source: choose another --out")
 
@@ -460,7 +463,7 @@ def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
     dataset = replace(dataset, root=dataset.root.absolute())
     out = Path(out).absolute()
     origin = Path(origin or dataset.root).absolute()
-    check_sweep_folder(out, origin)
+    check_sweep_folder(out, origin, dataset.root)
     good, bad = [], {}
     for case in dataset.cases():
         problem = case_problem(dataset, case)
