@@ -85,7 +85,7 @@ def _mixing(out: Path, sweep: dict, manifest: pd.DataFrame) -> list[str]:
                             f"{', '.join(names)}")
     for row in manifest.to_dict("records"):  # decoded: nnunet/<dataset>/images*/<file>
         if Path(row["decoded"]).parent.parent.name not in datasets:
-            problems.append(f"{row['decoded']}: manifest row of case {row['case']} is not in "
+            problems.append(f"{out / row['decoded']}: manifest row of case {row['case']} is not in "
                             "this sweep's datasets (mixed sweep folder)")
     return problems
 
