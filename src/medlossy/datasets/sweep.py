@@ -677,7 +677,6 @@ def write_manifest(out: Path, exclude: set[str] = frozenset()) -> pd.DataFrame:
     return manifest
 
 
-
 def _relative_paths(row: dict) -> dict:
     """A part's row with its paths relative to the sweep folder: parts of earlier versions
     recorded absolute ones, of wherever the sweep was then."""
