@@ -103,7 +103,9 @@ def bench_ct(name: str, description: str, volume) -> tuple[list[list], list[list
     psnr_rows = []
     for ratio in STUDY_RATIOS:
         old, new = old_rows[float(ratio)], new_rows[float(ratio)]
-        at_bytes = old_psnr_at(image, Path(old["store"]), Path(new["store"])) \
+        # rows name their stores relative to their sweep folder
+        at_bytes = old_psnr_at(image, scratch / "old" / old["store"],
+                               scratch / "new" / new["store"]) \
             if ratio > 1 else None
 
         def db(value: float | None) -> str:

@@ -36,7 +36,7 @@ def test_dask_cluster_gives_the_same_manifest_as_the_process_pool(tmp_path: Path
     # may differ by a few characters, so stored bytes (and the ratio) may differ by that.
     assert (dask["stored_bytes"] - pool["stored_bytes"]).abs().max() <= 8
     pd.testing.assert_series_equal(dask["ratio_achieved"], pool["ratio_achieved"], rtol=1e-3)
-    assert all(Path(path).is_relative_to(tmp_path / "dask") for path in dask["store"])
+    assert all((tmp_path / "dask" / path).is_dir() for path in dask["store"])  # the sweep's own
     code, _, stderr = cli("dataset", "verify", tmp_path / "dask")
     assert code == 0, stderr
 

@@ -184,10 +184,11 @@ def test_manifest_has_one_row_per_case_channel_and_ratio(manifest: pd.DataFrame)
     assert splits == {name: split for split, name in CT_CROPS}
 
 
-def test_manifest_bytes_are_the_bytes_on_disk(manifest: pd.DataFrame, ct_source: Path) -> None:
+def test_manifest_bytes_are_the_bytes_on_disk(manifest: pd.DataFrame, ct_source: Path,
+                                               ct_sweep: Path) -> None:
     shapes = {name: nib.load(path).shape for (_, name), path in source_images(ct_source).items()}
     for row in manifest.itertuples():
-        assert row.stored_bytes == walk_bytes(Path(row.store))
+        assert row.stored_bytes == walk_bytes(ct_sweep / row.store)
         assert row.raw_bytes == 2 * np.prod(shapes[f"{row.case}_0000.nii.gz"])
         assert row.ratio_achieved == pytest.approx(row.raw_bytes / row.stored_bytes, rel=1e-4)
 
@@ -227,7 +228,7 @@ def test_manifest_psnr_matches_the_decoded_images(ct_sweep: Path, ct_source: Pat
                                                   manifest: pd.DataFrame) -> None:
     sources = {name: path for (_, name), path in source_images(ct_source).items()}
     for row in manifest[manifest["ratio_target"] > 1].itertuples():
-        expected = _psnr(sources[Path(row.decoded).name], Path(row.decoded))
+        expected = _psnr(sources[Path(row.decoded).name], ct_sweep / row.decoded)
         assert row.psnr_db == pytest.approx(expected, abs=0.01)
         assert row.data_range == CT_PEAK
 
@@ -604,7 +605,7 @@ def test_per_ratio_search_is_the_fallback_and_layered_is_as_good(
                 assert abs(row[f"ratio_achieved_{way}"] / row["ratio_target"] - 1) <= 0.01
         assert row["target_reached_layered"] == row["target_reached_search"]
         assert row["psnr_db_layered"] >= row["psnr_db_search"] - 0.15, row["case"]
-    stores = [json.loads((Path(p) / ".zattrs").read_text())["medlossy"]["codec"]["setting"]
+    stores = [json.loads((out / p / ".zattrs").read_text())["medlossy"]["codec"]["setting"]
               for p in searched["store"]]
     assert {s["mode"] for s in stores} == {"quality"}  # one PSNR target each, searched
 
@@ -627,3 +628,87 @@ def test_dataset_json_names_the_codec_the_stores_used(tmp_path: Path, serial) ->
     lossy = json.loads((dataset_folder(out, 5) / "dataset.json").read_text())["medlossy"]
     assert lossless["codec"] == "blosc" and "lossless blosc" in lossless["note"]
     assert lossy["codec"] == "jpeg2k" and "lossy jpeg2k" in lossy["note"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A copied or moved sweep folder checks and reuses its own files, never the original's
+# ---------------------------------------------------------------------------------------------
+
+
+def _tiny_sweep(tmp_path: Path) -> Path:
+    source = write_synthetic_dataset(tmp_path / "Dataset550_Syn", {"m_a": 1, "m_b": 2},
+                                     shape=(32, 32, 8))
+    out = tmp_path / "sweep"
+    assert compress(source, out, "1,2") == 0
+    return out
+
+
+def test_verify_of_a_copied_sweep_checks_the_copy(tmp_path: Path, serial, cli) -> None:
+    """Found by a tester: verify of a copy checked the original's stores (absolute paths in
+    the manifest), so a tampered copy passed."""
+    out = _tiny_sweep(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    store = copy / "stores" / "r2" / "m_a_0000.zarr"
+    attributes = json.loads((store / ".zattrs").read_text())
+    attributes["medlossy"]["intensity"]["offset"] += 1
+    (store / ".zattrs").write_text(json.dumps(attributes))
+    code, _, stderr = cli("dataset", "verify", copy)
+    assert code == EXIT_CHECK_FAILED
+    assert f"{store}: store or decoded image does not match" in stderr
+    code, _, stderr = cli("dataset", "verify", out)
+    assert code == 0, stderr
+
+
+def test_a_moved_sweep_verifies_reports_and_resumes(tmp_path: Path, serial, cli) -> None:
+    """Also a moved sweep written by earlier versions (absolute paths in its parts and
+    manifest): they are rebased onto the folder, a path outside it is not read."""
+    out = _tiny_sweep(tmp_path)
+    manifest = pd.read_csv(out / "manifest.csv")
+    for part in out.glob("parts/*/*.json"):  # as earlier versions wrote them
+        row = json.loads(part.read_text())
+        row.update(store=str(out / row["store"]), decoded=str(out / row["decoded"]))
+        part.write_text(json.dumps(row))
+    manifest.assign(store=[str(out / p) for p in manifest["store"]],
+                    decoded=[str(out / p) for p in manifest["decoded"]]).to_csv(
+        out / "manifest.csv", index=False)
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    code, _, stderr = cli("dataset", "verify", moved)
+    assert code == 0, stderr
+    code, stdout, stderr = cli("dataset", "report", moved)
+    assert code == 0 and "| 2 " in stdout, stderr
+    before = snapshot(moved)
+    assert compress(tmp_path / "Dataset550_Syn", moved, "1,2") == 0
+    assert snapshot(moved) == before  # every task reused
+    again = pd.read_csv(moved / "manifest.csv")
+    assert list(again["store"]) == list(manifest["store"])
+    assert not any(Path(p).is_absolute() for p in [*again["store"], *again["decoded"]])
+    manifest.loc[0, "decoded"] = str(tmp_path / "elsewhere.nii.gz")
+    manifest.to_csv(moved / "manifest.csv", index=False)
+    code, _, stderr = cli("dataset", "verify", moved)
+    assert code == EXIT_CHECK_FAILED
+    assert f"{tmp_path / 'elsewhere.nii.gz'}: outside the sweep folder {moved}" in stderr
+
+
+def test_a_moved_study_reuses_the_sweep_of_its_cropped_copy(tmp_path: Path, serial,
+                                                            cli) -> None:
+    """A study sweeps a cropped copy in its own prepared/; its sweep recorded the copy as
+    the source, so the moved study's sweep was refused as another source's."""
+    from medlossy.datasets.preparation import crop_dataset
+
+    source = write_synthetic_dataset(tmp_path / "Dataset551_Syn", {"m_a": 1, "m_b": 2},
+                                     shape=(64, 64, 8))
+
+    def sweep(study: Path, **origin: Path) -> pd.DataFrame:
+        cropped = crop_dataset(open_raw_dataset(source), [1], 50.0, study / "prepared")
+        return run_quality(cropped, study / "sweeps" / "syn", (1, 2), base_id=600, **origin)
+
+    sweep(tmp_path / "study")  # as earlier versions: the copy recorded as the source
+    sweep(tmp_path / "study", origin=source)  # resumes in place
+    (tmp_path / "study").rename(tmp_path / "moved")
+    before = snapshot(tmp_path / "moved" / "sweeps" / "syn")
+    assert len(sweep(tmp_path / "moved", origin=source)) == 4
+    assert snapshot(tmp_path / "moved" / "sweeps" / "syn") == before  # every task reused
+    code, _, stderr = cli("dataset", "verify", tmp_path / "moved" / "sweeps" / "syn")
+    assert code == 0, stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -207,14 +206,14 @@ def test_a_dataset_sweep_writes_tiled_stores_and_redoes_them_untiled(tmp_path, c
     manifest = pd.read_csv(out / "manifest.csv")
     assert len(manifest) == 4 and set(manifest["tile"]) == {32}
     assert json.loads((out / "sweep.json").read_text())["tile"] == 32
-    for row in manifest.itertuples():
-        store = SliceStore(row.store)
+    for row in manifest.itertuples():  # paths relative to the sweep folder
+        store = SliceStore(out / row.store)
         assert store.attributes["tile"] == [32, 32]
-        chunks = {p.name for p in (Path(row.store) / "0").iterdir()} - {".zarray"}
+        chunks = {p.name for p in (out / row.store / "0").iterdir()} - {".zarray"}
         # 6 slices of 80 x 72 (the phantom's x, y) in 3 x 3 tiles of 32
         assert chunks == {f"{z}.{y}.{x}" for z in range(6) for y in range(3) for x in range(3)}
-        decoded = np.asarray(nib.load(row.decoded).dataobj)
-        np.testing.assert_array_equal(decoded, read_store(row.store, workers=1).array)
+        decoded = np.asarray(nib.load(out / row.decoded).dataobj)
+        np.testing.assert_array_equal(decoded, read_store(out / row.store, workers=1).array)
         if row.ratio_target == 5:
             assert row.ratio_achieved == pytest.approx(5, rel=0.01)
         else:
@@ -230,7 +229,7 @@ def test_a_dataset_sweep_writes_tiled_stores_and_redoes_them_untiled(tmp_path, c
     assert code == 0, err
     manifest = pd.read_csv(out / "manifest.csv")
     assert manifest["tile"].isna().all()
-    assert all("tile" not in SliceStore(store).attributes for store in manifest["store"])
+    assert all("tile" not in SliceStore(out / store).attributes for store in manifest["store"])
 
 
 def test_a_dataset_sweep_refuses_tiles_a_codec_cannot_store_in_one_line(tmp_path, cli):

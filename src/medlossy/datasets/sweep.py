@@ -9,6 +9,9 @@ Layout of a sweep folder::
     parts/r20/CASE_0000.json         one finished task: metrics and checksums
     manifest.csv                     all parts, one row per case x channel x ratio
 
+Parts and the manifest name stores and decoded images relative to the sweep folder, so a
+copied or moved sweep checks and reuses its own files (see :func:`sweep_file`).
+
 Every file appears atomically. A task counts as done only when its part file exists and the
 store and decoded image still match the checksums it records, so a run killed at any moment
 (kill -9 included) resumes where it stopped and never uses anything half-written.
@@ -82,6 +85,8 @@ class SweepTask:
     store: str
     decoded: str
     part: str
+    #: the sweep folder; parts record ``store`` and ``decoded`` relative to it
+    root: str
     #: None: JPEG 2000, or lossless Blosc at ratio 1 for data JPEG 2000 cannot hold exactly.
     codec: str | None = None
     #: Side of the square tiles each slice is stored as (None: whole slices).
@@ -186,12 +191,37 @@ def _finish(task: SweepTask, attributes: dict, decoded: Volume, decode_seconds: 
         "encode_seconds": round(encode_seconds, 4),
         "decode_seconds": round(decode_seconds, 4),
         "codec": attributes["codec"]["name"], "tile": task.tile,
-        "store": task.store, "decoded": task.decoded,
+        "store": Path(task.store).relative_to(task.root).as_posix(),
+        "decoded": Path(task.decoded).relative_to(task.root).as_posix(),
         "store_crc32": _store_checksum(SliceStore(task.store)),
         "decoded_sha256": sha256_file(Path(task.decoded)),
     }
     write_json(Path(task.part), row)
     return {**row, "reused": False}
+
+
+def written_root(store: str) -> Path | None:
+    """The sweep folder an absolute store path was written in (parts and manifests of
+    earlier versions): a store is ROOT/stores/<ratio>/<image>.zarr. None: a relative path."""
+    path = Path(store)
+    if not path.is_absolute() or len(path.parts) < 4 or path.parents[1].name != "stores":
+        return None
+    return path.parents[2]
+
+
+def sweep_file(out: Path, row: dict, column: str) -> Path:
+    """Where the ``column`` (store, decoded) of a manifest row of the sweep folder ``out``
+    is: relative paths are relative to ``out``; absolute ones (earlier versions) are rebased
+    from the folder the sweep was written in onto ``out``, so a copied or moved sweep reads
+    its own files. A path outside the sweep folder raises: it is never read."""
+    path = Path(row[column])
+    root = written_root(row["store"])
+    if root is not None and path.is_relative_to(root):
+        path = path.relative_to(root)
+    if path.is_absolute() or ".." in path.parts:
+        raise MedlossyError(path, f"outside the sweep folder {out} (manifest row of case "
+                                  f"{row['case']}, ratio {row['ratio_target']:g}): not read")
+    return Path(out) / path
 
 
 def image_reach(task: SweepTask) -> tuple[float, float | None] | None:
@@ -312,7 +342,7 @@ class SweepPlan:
                         decoded=str(folder / f"images{case.split}" /
                                     f"{stem}{self.dataset.file_ending}"),
                         part=str(self.out / "parts" / tag / f"{stem}.json"),
-                        codec=self.codec_for(ratio), tile=self.tile))
+                        root=str(self.out), codec=self.codec_for(ratio), tile=self.tile))
         return tasks
 
 
@@ -325,9 +355,10 @@ def _read_sweep_json(out: Path) -> dict:
         raise MedlossyError(out / "sweep.json", f"corrupt ({error})") from None
 
 
-def check_sweep_folder(out: Path, origin: Path) -> None:
+def check_sweep_folder(out: Path, origin: Path, swept: Path | None = None) -> None:
     """Refuse an ``out`` that holds another source's sweep (the two would merge: one report,
-    two datasets under one nnU-Net id), or that holds files a sweep does not write."""
+    two datasets under one nnU-Net id), or that holds files a sweep does not write.
+    ``swept``: the dataset compressed, when prepared from ``origin``."""
     out = Path(out)
     earlier = _read_sweep_json(out)
     if not earlier:
@@ -338,7 +369,9 @@ def check_sweep_folder(out: Path, origin: Path) -> None:
         recorded = earlier.get("source", "")
         if Path(recorded).is_relative_to(out.absolute() / "prepared"):
             return  # cropped or converted from DICOM: the original source was not recorded
-    if Path(recorded).resolve() != Path(origin).absolute().resolve():
+    # a study's sweeps of a cropped copy recorded the copy before they recorded its origin
+    sources = {Path(path).absolute().resolve() for path in (origin, swept) if path is not None}
+    if Path(recorded).resolve() not in sources:
         raise MedlossyError(out, f"holds the sweep of {recorded}, not of {origin}; a sweep "
                                  "folder holds one source: choose another --out")
 
@@ -430,7 +463,7 @@ def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
     dataset = replace(dataset, root=dataset.root.absolute())
     out = Path(out).absolute()
     origin = Path(origin or dataset.root).absolute()
-    check_sweep_folder(out, origin)
+    check_sweep_folder(out, origin, dataset.root)
     good, bad = [], {}
     for case in dataset.cases():
         problem = case_problem(dataset, case)
@@ -555,6 +588,9 @@ def _write_sweep_json(plan: SweepPlan, bad: dict[str, str],
                       out_of_reach: dict[str, str]) -> None:
     write_json(plan.out / "sweep.json", {
         "source": str(plan.dataset.root), "input": str(plan.origin or plan.dataset.root),
+        # where the sweep was written: "source" under it (a cropped or converted copy in
+        # prepared/) moves with the folder
+        "root": str(plan.out),
         "ratios": list(plan.ratios),
         "codec": plan.codec or "jpeg2k",
         "tile": plan.tile,
@@ -631,7 +667,8 @@ def _run_jobs(plan: SweepPlan, executor: Executor, *, skip_bad: bool, layered: b
 
 def write_manifest(out: Path, exclude: set[str] = frozenset()) -> pd.DataFrame:
     """Rebuild manifest.csv from the part files, so it always matches what is on disk."""
-    rows = [json.loads(p.read_text()) for p in sorted((out / "parts").glob("*/*.json"))]
+    rows = [_relative_paths(json.loads(p.read_text()))
+            for p in sorted((out / "parts").glob("*/*.json"))]
     manifest = pd.DataFrame([row for row in rows if row["case"] not in exclude])
     if not manifest.empty:
         manifest = manifest.sort_values(["ratio_target", "case", "channel"])
@@ -639,3 +676,12 @@ def write_manifest(out: Path, exclude: set[str] = frozenset()) -> pd.DataFrame:
         manifest.to_csv(temporary, index=False)
     return manifest
 
+
+def _relative_paths(row: dict) -> dict:
+    """A part's row with its paths relative to the sweep folder: parts of earlier versions
+    recorded absolute ones, of wherever the sweep was then."""
+    root = written_root(row["store"])
+    if root is None:
+        return row
+    return row | {column: Path(row[column]).relative_to(root).as_posix()
+                  for column in ("store", "decoded") if Path(row[column]).is_relative_to(root)}

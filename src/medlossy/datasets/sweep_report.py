@@ -10,7 +10,7 @@ import pandas as pd
 
 from medlossy.atomic import atomic_output
 from medlossy.checksums import sha256_file
-from medlossy.datasets.sweep import SweepTask, finished_part
+from medlossy.datasets.sweep import SweepTask, finished_part, sweep_file, written_root
 from medlossy.errors import MedlossyError
 from medlossy.tables import markdown_table
 
@@ -85,9 +85,19 @@ def _mixing(out: Path, sweep: dict, manifest: pd.DataFrame) -> list[str]:
                             f"{', '.join(names)}")
     for row in manifest.to_dict("records"):  # decoded: nnunet/<dataset>/images*/<file>
         if Path(row["decoded"]).parent.parent.name not in datasets:
-            problems.append(f"{row['decoded']}: manifest row of case {row['case']} is not in "
+            problems.append(f"{out / row['decoded']}: manifest row of case {row['case']} is not in "
                             "this sweep's datasets (mixed sweep folder)")
     return problems
+
+
+def _source(out: Path, sweep: dict, manifest: pd.DataFrame) -> Path:
+    """The dataset the sweep compressed; a cropped or converted copy in the sweep's own
+    prepared/ is taken from ``out`` (the folder may have been copied or moved since)."""
+    source = Path(sweep["source"])
+    written = sweep.get("root") or written_root(manifest["store"].iloc[0])  # before "root"
+    if written is not None and source.is_relative_to(written):
+        return out / source.relative_to(written)
+    return source
 
 
 def verify_sweep(out: Path) -> list[str]:
@@ -96,17 +106,22 @@ def verify_sweep(out: Path) -> list[str]:
     sweep, manifest = _read(out)
     problems = _mixing(out, sweep, manifest)
     for row in manifest.to_dict("records"):
+        try:
+            store, decoded = sweep_file(out, row, "store"), sweep_file(out, row, "decoded")
+        except MedlossyError as error:
+            problems.append(str(error))
+            continue
         tile = row.get("tile")  # absent before tiles; empty (NaN) for whole-slice stores
         task = SweepTask(case=row["case"], split=row["split"], channel=int(row["channel"]),
                          modality=row["modality"], image="", ratio=float(row["ratio_target"]),
-                         data_range=0.0, store=row["store"], decoded=row["decoded"],
-                         tile=None if tile is None or pd.isna(tile) else int(tile),
+                         data_range=0.0, store=str(store), decoded=str(decoded),
+                         root=str(out), tile=None if tile is None or pd.isna(tile) else int(tile),
                          part=str(out / "parts" / f"r{row['ratio_target']:g}" /
                                   f"{row['case']}_{int(row['channel']):04d}.json"))
         if finished_part(task) is None:
-            problems.append(f"{row['store']}: store or decoded image does not match its "
+            problems.append(f"{store}: store or decoded image does not match its "
                             f"checksums (case {row['case']}, ratio {row['ratio_target']:g})")
-    source_labels = Path(sweep["source"]) / "labelsTr"
+    source_labels = _source(out, sweep, manifest) / "labelsTr"
     for name in sweep["datasets"].values():
         for copy in sorted((out / "nnunet" / name / "labelsTr").glob("*")):
             original = source_labels / copy.name

@@ -21,16 +21,19 @@ __all__ = ["STUDY_RATIOS", "run_quality"]
 def run_quality(dataset: RawDataset, sweep_folder: Path, ratios: Sequence[float] = STUDY_RATIOS,
                 *, base_id: int, workers: int | None = None, scheduler: str | None = None,
                 show_progress: bool = False, codec: str | None = None,
-                name: str | None = None, tile: int | None = None) -> pd.DataFrame:
+                name: str | None = None, tile: int | None = None,
+                origin: Path | None = None) -> pd.DataFrame:
     """Sweep ``dataset`` into ``sweep_folder`` with ``codec`` at the lossy ratios (None:
     JPEG 2000); one row per image and ratio, its ``dataset`` column ``name`` (default: the
     dataset's name) and ``study_codec`` the codec compared. ``tile``: stores in tiles of
-    this side.
+    this side. ``origin``: the dataset ``dataset`` was cropped from (sweep.json's "input", so
+    that the sweep stays the same source's when the study folder holding the copy moves).
 
     Lossless rows (no error at all) get an infinite PSNR. A ratio out of the codec's reach
     on some image of the dataset gets no rows (sweep.json's "out_of_reach" says why).
     """
-    plan = plan_sweep(dataset, sweep_folder, ratios, base_id=base_id, codec=codec, tile=tile)
+    plan = plan_sweep(dataset, sweep_folder, ratios, base_id=base_id, codec=codec, tile=tile,
+                      origin=origin)
     manifest = run_sweep(plan, workers=workers, scheduler=scheduler, drop_out_of_reach=True,
                          show_progress=show_progress)
     manifest.insert(0, "dataset", name or dataset.name)

@@ -216,7 +216,8 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
             compress = partial(run_quality, dataset, folder, base_id=base_id, workers=workers,
                                scheduler=scheduler, show_progress=show_progress,
                                codec=None if codec == "jpeg2k" else codec, name=name,
-                               tile=config.tile)
+                               tile=config.tile,
+                               origin=entry.path if entry.crop_to_label else None)
             table = compress(ratios)
             unreached += _out_of_reach_notes(folder)
             quality_tables.append(table[table["ratio_target"].isin(config.ratios)])
