@@ -44,8 +44,8 @@ _INT32 = np.iinfo(np.int32)
 CASES = [(np.uint8, 0, 254, 50.0), (np.int8, -128, 127, 50.0),
          (np.uint16, 0, 4095, 50.0), (np.uint16, 0, 65535, 10.0),
          (np.int16, -32768, 32767, 10.0), (np.int32, _INT32.max - 2e6, _INT32.max, 10.0)]
-#: HTJ2K's decoder wraps past the top of a full 16-bit range (compress then refuses its
-#: codestreams), so it is checked where codes have headroom.
+#: HTJ2K's decoder wraps past the top of a full 16-bit range (lossy HTJ2K is refused there,
+#: tested below), so it is checked where codes have headroom.
 HTJ2K_CASES = CASES[:3]
 
 
@@ -125,3 +125,16 @@ def test_htj2k_lossless_keeps_the_top_of_16_bits(tmp_path):
     compress_volume(Volume(source, np.eye(4), modality="MR"), tmp_path / "s.zarr",
                     Target("lossless"), codec_name="htj2k", workers=1)
     np.testing.assert_array_equal(read_store(tmp_path / "s.zarr", workers=1).array, source)
+
+
+def test_htj2k_float_codes_keep_headroom(tmp_path):
+    """Float MR rescaled onto all of 0..65535 wrapped its brightest voxels under lossy HTJ2K
+    (x10: 'bad codestream', error 65535 codes); its codes now stop a quarter below the top."""
+    source = _block(np.uint16, 0, 9000).astype(np.float32) + np.float32(0.25)
+    store = tmp_path / "s.zarr"
+    attributes = compress_volume(Volume(source, np.eye(4), modality="MR"), store,
+                                 Target("ratio", 10.0), codec_name="htj2k", workers=1)
+    ours = read_store(store, workers=1).array.astype(np.float64)
+    error = np.abs(ours - source)
+    assert attributes["achieved"]["max_abs_error"] == pytest.approx(error.max(), rel=1e-5)
+    assert error.max() < 9000 / 4
