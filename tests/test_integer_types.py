@@ -12,6 +12,7 @@ from conftest import open_with_stock_zarr
 from medlossy.codecs import get_codec
 from medlossy.compression import Target, compress_volume
 from medlossy.decompression import decompress_to_file, read_store
+from medlossy.errors import MedlossyError
 from medlossy.loading import StoreVolume
 from medlossy.volume import Volume
 
@@ -43,8 +44,8 @@ _INT32 = np.iinfo(np.int32)
 CASES = [(np.uint8, 0, 254, 50.0), (np.int8, -128, 127, 50.0),
          (np.uint16, 0, 4095, 50.0), (np.uint16, 0, 65535, 10.0),
          (np.int16, -32768, 32767, 10.0), (np.int32, _INT32.max - 2e6, _INT32.max, 10.0)]
-#: HTJ2K's decoder wraps past the top of a full 16-bit range (compress then refuses its
-#: codestreams), so it is checked where codes have headroom.
+#: HTJ2K's decoder wraps past the top of a full 16-bit range (lossy HTJ2K is refused there,
+#: tested below), so it is checked where codes have headroom.
 HTJ2K_CASES = CASES[:3]
 
 
@@ -83,3 +84,57 @@ def test_every_reader_gets_the_same_clipped_values(dtype, low, high, ratio, code
     psnr = 10 * np.log10(achieved["data_range"] ** 2 / np.mean(error**2))
     assert achieved["psnr_db"] == pytest.approx(psnr, abs=1e-4)
     assert get_codec(codec).clamps == clamps
+
+
+def _block(dtype: type, background: int, top: int) -> np.ndarray:
+    """A bright block at ``top`` (its type's maximum) on ``background``, a band mid-way."""
+    volume = np.full(SHAPE, background, dtype)
+    volume[40:90, 40:90] = top
+    volume[20:30] = (background + top) // 2
+    return volume
+
+
+@pytest.mark.parametrize("ratio", [10.0, 30.0, 50.0])
+@pytest.mark.parametrize(("dtype", "background"), [(np.uint16, 0), (np.int16, -1000)],
+                         ids=["uint16", "int16"])
+def test_htj2k_never_wraps_the_top_of_16_bits(dtype, background, ratio, tmp_path):
+    """OpenJPH wraps what overshoots 65535 (int16: 32767) to the bottom: 96 voxels of a
+    uint16 block at 65535 came back 0 at x30 (rc 0), x10 was blamed on a bad codestream.
+    Lossy HTJ2K there is refused with jpeg2k suggested, or returns unwrapped values."""
+    top = int(np.iinfo(dtype).max)
+    source = _block(dtype, background, top)
+    store = tmp_path / "s.zarr"
+    try:
+        attributes = compress_volume(Volume(source, np.eye(4), modality="MR"), store,
+                                     Target("ratio", ratio), codec_name="htj2k", workers=1,
+                                     source="edge.nii.gz")
+    except MedlossyError as error:
+        assert str(error).startswith("edge.nii.gz: lossy htj2k cannot code values")
+        assert str(error).endswith("use --codec jpeg2k")
+        assert not store.exists()
+        return
+    ours = read_store(store, workers=1).array.astype(np.float64)
+    error = np.abs(ours - source)
+    assert attributes["achieved"]["max_abs_error"] == pytest.approx(error.max(), rel=1e-6)
+    assert error.max() < (top - background) / 4
+
+
+def test_htj2k_lossless_keeps_the_top_of_16_bits(tmp_path):
+    """Lossless cannot overshoot: HTJ2K still stores a block at 65535 bit-exactly."""
+    source = _block(np.uint16, 0, 65535)
+    compress_volume(Volume(source, np.eye(4), modality="MR"), tmp_path / "s.zarr",
+                    Target("lossless"), codec_name="htj2k", workers=1)
+    np.testing.assert_array_equal(read_store(tmp_path / "s.zarr", workers=1).array, source)
+
+
+def test_htj2k_float_codes_keep_headroom(tmp_path):
+    """Float MR rescaled onto all of 0..65535 wrapped its brightest voxels under lossy HTJ2K
+    (x10: 'bad codestream', error 65535 codes); its codes now stop a quarter below the top."""
+    source = _block(np.uint16, 0, 9000).astype(np.float32) + np.float32(0.25)
+    store = tmp_path / "s.zarr"
+    attributes = compress_volume(Volume(source, np.eye(4), modality="MR"), store,
+                                 Target("ratio", 10.0), codec_name="htj2k", workers=1)
+    ours = read_store(store, workers=1).array.astype(np.float64)
+    error = np.abs(ours - source)
+    assert attributes["achieved"]["max_abs_error"] == pytest.approx(error.max(), rel=1e-5)
+    assert error.max() < 9000 / 4

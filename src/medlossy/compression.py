@@ -26,6 +26,7 @@ from medlossy.atomic import atomic_output
 from medlossy.checksums import crc32
 from medlossy.codecs import CodecError, Setting, SliceCodec, get_codec, require_mode
 from medlossy.codecs.intensity import (
+    WRAP_HEADROOM,
     CodeMapping,
     bits_needed,
     identity_mapping,
@@ -657,10 +658,14 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
         raise MedlossyError(source, str(error)) from None
     if tile is not None:
         check_tile(codec, tile)
+    # a decoder that wraps overshoot (no clamping) needs headroom: 8-bit sources get 16-bit
+    # codes, and lossy rescaled or offset codes stop WRAP_HEADROOM below the top
+    headroom = 0 if codec.clamps or target is None or lossless else WRAP_HEADROOM
     if not codec.clamps and np.dtype(mapping.code_dtype).itemsize == 1:
-        sixteen_bit = True  # headroom for what its decoder returns beyond the type
+        sixteen_bit = True
+    if not codec.clamps and mapping.slope is None:
         mapping = plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral,
-                               sixteen_bit=True)
+                               sixteen_bit=sixteen_bit, headroom=headroom)
     if codec.any_dtype:
         if target is not None and not lossless:
             raise MedlossyError(source, f"codec {codec_name!r} is lossless only; use "
@@ -669,7 +674,10 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
     elif (codec.unsigned_only or unsigned) and np.dtype(mapping.code_dtype).kind != "u":
         stored = scan.stored_mapping(unsigned=True) if mapping.slope is not None else None
         mapping = stored or plan_mapping(scan.low, scan.high, scan.dtype, scan.all_integral,
-                                         unsigned=True, sixteen_bit=sixteen_bit)
+                                         unsigned=True, sixteen_bit=sixteen_bit,
+                                         headroom=headroom)
+    if headroom:
+        _refuse_wrapping(codec, mapping, scan, source)
     if lossless and not codec.any_dtype and not mapping.exact:
         raise MedlossyError(source, f"cannot store losslessly with {codec_name}: "
                                     f"{_not_16_bit(scan)}, and {codec_name} lossless here "
@@ -682,6 +690,19 @@ def plan_volume(volume: Volume, codec_name: str | None = None,
     layout = StoreLayout(volume.shape[volume.axial_axis], rows, columns, mapping,
                          codec.block_depth, tile)
     return Plan(codec, mapping, layout, peak, raw_bytes(volume.shape))
+
+
+def _refuse_wrapping(codec: SliceCodec, mapping: CodeMapping, scan: _Scan,
+                     source: str) -> None:
+    """Refuse lossy coding whose codes come within ``WRAP_HEADROOM`` of the top of their
+    type with a codec whose decoder wraps overshoot (16-bit data near its type's top)."""
+    top = int(np.max(mapping.to_codes(np.array([scan.low, scan.high], dtype=scan.dtype))))
+    limit = int(np.iinfo(mapping.code_dtype).max)
+    if top > limit - WRAP_HEADROOM:
+        raise MedlossyError(source, f"lossy {codec.name} cannot code values this near the top "
+                                    f"of {np.dtype(mapping.code_dtype).name} (code {top} of "
+                                    f"{limit}): its decoder wraps what overshoots past "
+                                    f"{limit} to the bottom; use --codec jpeg2k")
 
 
 def check_tile(codec: SliceCodec, tile: int, option: str = "--tile") -> None:

@@ -25,6 +25,10 @@ import numpy as np
 
 _INT16 = np.iinfo(np.int16)
 _UINT16 = np.iinfo(np.uint16)
+#: Codes kept free above the top code for a lossy decoder that wraps what overshoots the code
+#: type instead of clamping (OpenJPH): it overshot a bright edge by up to one quantisation
+#: step, 6300 codes at HTJ2K's coarsest (measured), so a quarter of 16 bits leaves 2.5 times that.
+WRAP_HEADROOM = 16384
 
 
 @dataclass(frozen=True)
@@ -150,13 +154,15 @@ def _offset_within(dtype: np.dtype, low: float, step: float) -> float:
 
 
 def plan_mapping(low: float, high: float, dtype: np.dtype, all_integral: bool, *,
-                 unsigned: bool = False, sixteen_bit: bool = False) -> CodeMapping:
+                 unsigned: bool = False, sixteen_bit: bool = False,
+                 headroom: int = 0) -> CodeMapping:
     """Choose how values in [low, high] of ``dtype`` become 8- or 16-bit codes.
 
     ``all_integral`` says whether a float array holds only whole numbers (CT saved as float).
     ``unsigned``: the codec takes unsigned codes only (JPEG XL, JPEG-LS), so signed integer
     data is offset by its minimum (still exact). ``sixteen_bit``: 16-bit codes only (DICOM
-    pixel data here), so 8-bit types are widened.
+    pixel data here), so 8-bit types are widened. ``headroom``: codes kept free below 65535
+    where values are rescaled or offset (for a lossy decoder that wraps, ``WRAP_HEADROOM``).
     """
     dtype = np.dtype(dtype)
     # Signed 16-bit data as unsigned codes keeps the offset at the data's minimum, below: the
@@ -175,16 +181,17 @@ def plan_mapping(low: float, high: float, dtype: np.dtype, all_integral: bool, *
         return CodeMapping(dtype.str, "<i2")
     if exact and _UINT16.min <= low and high <= _UINT16.max:
         return CodeMapping(dtype.str, "<u2")
-    if exact and high - low <= _UINT16.max:
+    top = _UINT16.max - headroom
+    if exact and high - low <= top:
         return CodeMapping(dtype.str, "<u2", offset=_offset_within(dtype, low, 1.0), scale=1.0)
     span = float(high - low) or 1.0
     if integral:
         # A power-of-two step: code * step + offset is exact in float64, so zarr's truncating
         # FixedScaleOffset and medlossy's rounding return the same integers.
-        step = 2.0 ** math.ceil(math.log2(span / _UINT16.max))
+        step = 2.0 ** math.ceil(math.log2(span / top))
         return CodeMapping(dtype.str, "<u2", offset=_offset_within(dtype, low, step),
                            scale=1.0 / step)
-    return CodeMapping(dtype.str, "<u2", offset=float(low), scale=_UINT16.max / span)
+    return CodeMapping(dtype.str, "<u2", offset=float(low), scale=top / span)
 
 
 def stored_integer_mapping(dtype: np.dtype, slope: float, inter: float, low: int,
