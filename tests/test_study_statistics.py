@@ -23,6 +23,7 @@ from medlossy.experiments.statistics import (
     SafeRatio,
     compare_budget_arms,
     decide,
+    mean_intervals,
     model_interval,
     non_inferiority,
     paired_differences,
@@ -542,3 +543,22 @@ def test_skewness_flags_a_few_cases_that_fail_badly() -> None:
     tests = _mean(non_inferiority(results, margin=0.01))
 
     assert tests.loc[20.0, "skewness"] < -2
+
+
+def test_means_get_intervals_with_models_as_the_unit() -> None:
+    """Cross-ratio, pretrained and budget tables: the mean Dice with its interval; a fixed
+    model (assumed sd 0) gets the case-only t-interval, trained ones are widened."""
+    results = _results({20.0: (-0.05, 0.01)}, folds=1).assign(experiment="cross")
+    results["ratio_test"] = results["ratio_train"]
+    values = results.loc[(results["ratio_train"] == 20.0) & (results["class"] == "mean"),
+                         "value"]
+
+    fixed = mean_intervals(results, "cross", ["ratio_train"], assumed_model_sd=0.0)
+    trained = mean_intervals(results, "cross", ["ratio_train"])
+
+    row = fixed.set_index("ratio_train").loc[20.0]
+    assert (row["mean_dice"], row["ci_low"], row["ci_high"]) == pytest.approx(
+        t_interval(values.to_numpy()))
+    assert row["cases"] == CASES
+    widened = trained.set_index("ratio_train").loc[20.0]
+    assert widened["ci_low"] < row["ci_low"] and widened["ci_high"] > row["ci_high"]

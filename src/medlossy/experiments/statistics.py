@@ -297,6 +297,32 @@ def compare_budget_arms(results: pd.DataFrame, level: float = 0.95,
     return pd.DataFrame(table)
 
 
+def mean_intervals(results: pd.DataFrame, experiment: str, by: list[str], *,
+                   level: float = 0.95, assumed_model_sd: float = ASSUMED_MODEL_SD,
+                   ) -> pd.DataFrame:
+    """Per dataset, experiment (those starting with ``experiment``) and ``by``: the mean of
+    the per-case mean Dice and its interval by :func:`model_interval` (models as the
+    replication unit; ``assumed_model_sd`` 0 for a fixed model such as a given checkpoint),
+    with the cases it used."""
+    rows = results[results["experiment"].str.startswith(experiment)
+                   & (results["metric"] == "dice") & (results["class"] == MEAN)]
+    rows = rows.assign(difference=pd.to_numeric(rows["value"], errors="coerce"))
+    rows = rows[np.isfinite(rows["difference"])]
+    if rows.empty:
+        return pd.DataFrame(columns=["dataset", "experiment", *by, "ci_low", "ci_high"])
+    # a given checkpoint has no fold or seed: one model
+    rows = rows.assign(train_seed=pd.Series(rows.get("train_seed", 0), index=rows.index)
+                       .fillna(0), fold=rows["fold"].astype(str))
+    table = []
+    for keys, group in rows.groupby(["dataset", "experiment", *by]):
+        interval = difference_interval(group, level, assumed_model_sd)
+        table.append({**dict(zip(["dataset", "experiment", *by], keys, strict=True)),
+                      "mean_dice": interval["mean_difference"], "ci_low": interval["ci_low"],
+                      "ci_high": interval["ci_high"], "cases": interval["cases"],
+                      "models": interval["models"]})
+    return pd.DataFrame(table)
+
+
 def paired_differences(results: pd.DataFrame, reference_ratio: float = 1.0) -> pd.DataFrame:
     """Per case, class and seed: Dice(model R on R) - Dice(model 1 on 1) (same fold and
     seed), from the train-on-compressed rows. Where exactly one side is NaN the class is

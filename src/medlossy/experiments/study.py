@@ -31,6 +31,7 @@ from medlossy.experiments.statistics import (
     SKEW_WARNING,
     SafeRatio,
     compare_budget_arms,
+    mean_intervals,
     non_inferiority,
     safe_ratios,
     tail_cases_needed,
@@ -249,6 +250,32 @@ def _safe_verdict(config: StudyConfig, tests: pd.DataFrame) -> str:
             "shown non-inferior): " + "; ".join(lines) + ".") if lines else ""
 
 
+def _with_intervals(table: pd.DataFrame, results: pd.DataFrame, experiment: str,
+                    column: str, assumed_model_sd: float) -> pd.DataFrame:
+    """``seg.mean_by``'s table with the 95% interval of each mean."""
+    if table.empty:
+        return table
+    intervals = mean_intervals(results, experiment, [column],
+                               assumed_model_sd=assumed_model_sd)
+    keys = ["dataset", "experiment", column]
+    return table.merge(intervals[[*keys, "ci_low", "ci_high"]].round(4), on=keys,
+                       how="left")
+
+
+def _cross_table(results: pd.DataFrame, dataset: str, config: StudyConfig,
+                 notes: dict[float, str]) -> pd.DataFrame:
+    """The cross-ratio matrix as "mean [low, high]" cells."""
+    cells = mean_intervals(results, "cross", ["ratio_train", "ratio_test"],
+                           assumed_model_sd=config.assumed_model_sd)
+    cells = cells[cells["dataset"] == dataset]
+    cells = cells.assign(cell=[f"{m:.4f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in zip(
+        cells["mean_dice"], cells["ci_low"], cells["ci_high"], strict=True)])
+    matrix = cells.pivot(index="ratio_train", columns="ratio_test", values="cell")
+    matrix = matrix.rename(index=lambda r: f"train {ratio_label(r, notes)}",
+                           columns=lambda r: f"test {ratio_label(r, notes)}")
+    return matrix.reset_index(names="model").rename_axis(columns=None)
+
+
 def unit_runner(gpus: Sequence[str] | None, scheduler: str | None) -> seg.Runner:
     """Where training and prediction units run: Dask, local GPUs, or here one by one."""
     if scheduler is not None:
@@ -464,22 +491,27 @@ def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
                                    columns=lambda r: f"test {ratio_label(r, notes)}")
             sections.append(Section(
                 f"3. Cross-ratio matrix: {dataset}", "Mean Dice of the model trained at one "
-                "ratio (rows) on test data at another (columns) (Fig. 3).",
-                matrix.round(4).reset_index(names="model"),
+                "ratio (rows) on test data at another (columns) (Fig. 3), with its 95% "
+                "interval (trained models as the replication unit, as in the statistics "
+                "above).",
+                _cross_table(results, dataset, config, notes),
                 figures.plot_cross_matrix(matrix, out / f"cross_{dataset}",
                                           f"{dataset}: train ratio x test ratio")))
     if "pretrained" in config.experiments:
         source = config.pretrained.get("checkpoint", "the ratio-1 model of this study")
-        table = seg.mean_by(results, "pretrained", "ratio_test")
+        table = _with_intervals(seg.mean_by(results, "pretrained", "ratio_test"), results,
+                                "pretrained", "ratio_test", 0.0)
         sections.append(Section(
             "4. Pretrained model on compressed inputs", f"Model: {source}; mean Dice per test "
-            "ratio (Table 2).",
+            "ratio (Table 2) with its 95% t-interval over the test cases (one fixed model: "
+            "no training noise to add).",
             table.assign(stored=stored_column(table["ratio_test"], notes)) if len(table)
             else table,
             figures.plot_dice_by_ratio(results, "pretrained", out / "pretrained_dice",
                                        "Pretrained model on compressed inputs", notes)))
     if "budget" in config.experiments and not footprints.empty:
-        means = seg.mean_by(results, "budget", "budget_fraction")
+        means = _with_intervals(seg.mean_by(results, "budget", "budget_fraction"), results,
+                                "budget", "budget_fraction", config.assumed_model_sd)
         means["arm"] = means["experiment"].str.split(":").str[1]
         stored = footprints.groupby(["dataset", "budget_fraction", "arm"]).agg(
             ratio=("ratio", "mean"), train_cases=("cases", "mean"), bytes=("bytes", "mean"),
@@ -495,9 +527,10 @@ def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
             "training case at the ratio searched for so that its stored bytes equal the "
             f"few-shot arm's within {TOLERANCE:.0%} (not 1 / share). 'real_share' is each "
             "arm's bytes over the raw bytes of all training cases; 'ratio' the compressed "
-            "arm's. Both are tested on the same uncompressed hold-out; the paired difference "
-            "per test case gets a 95% t-interval (seeds as in the statistics above), and an "
-            "arm is called better only when the interval excludes 0. "
+            "arm's. Both are tested on the same uncompressed hold-out; each arm's mean Dice "
+            "and the paired difference per test case get a 95% interval (trained models as "
+            "the replication unit, as in the statistics above), and an arm is called better "
+            "only when the difference's interval excludes 0. "
             + _budget_verdict(comparison),
             table.round(4), figures.plot_budget(means, out / "budget")))
         if not comparison.empty:
