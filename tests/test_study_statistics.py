@@ -413,7 +413,7 @@ def test_harmless_compression_is_shown_with_power_at_the_studys_size() -> None:
 def test_the_fixed_sequence_keeps_the_family_wise_error() -> None:
     """x2 and x5 harmless, x10 and x20 at the margin: the safe ratio reaches x10 or beyond
     (a false claim) in <= 3% of studies."""
-    studies = 600
+    studies = 2000
     reference, compressed, folds = simulated_dice(
         Design(90, seeds=3), (0.0, 0.0, -MARGIN, -MARGIN), studies=studies, seed=3)
     rows = []

@@ -391,44 +391,45 @@ class SafeRatio:
     next_verdict: str | None = None
 
 
-def _stop(rows: pd.DataFrame, trusted: bool) -> float:
-    """The first ratio that stops the fixed sequence for one class (inf: none). A class
-    tested on too few cases (not ``trusted``) never extends it, but stops it if inferior."""
-    for row in rows.sort_values("ratio").itertuples():
-        if (row.verdict != VERDICTS[0]) if trusted else (row.verdict == VERDICTS[2]):
-            return float(row.ratio)
-    return np.inf
-
-
 def safe_ratios(tests: pd.DataFrame, min_cases: int = MIN_TEST_CASES, *,
                 over_classes: bool = True) -> dict[str, SafeRatio]:
     """Per dataset: the largest ratio that it and every smaller ratio are non-inferior for
     every class (or the mean alone when ``over_classes`` is False); 1 if none. A class
     tested on fewer than ``min_cases`` cases is left out (and named) unless shown inferior;
-    when that is the per-case mean, no safe ratio is named."""
+    when that is the per-case mean, no safe ratio is named. Vectorised over datasets (the
+    simulations pass thousands of studies as datasets)."""
+    if not over_classes:
+        tests = tests[tests["class"] == MEAN]
+    if tests.empty:
+        return {}
+    by_class = [tests["dataset"], tests["class"]]
+    trusted = tests.groupby(by_class)["cases"].transform("min") >= min_cases
+    # A trusted class stops the sequence at its first ratio not non-inferior; one tested
+    # on too few cases never extends it, but stops it where inferior.
+    blocks = np.where(trusted, tests["verdict"] != VERDICTS[0],
+                      tests["verdict"] == VERDICTS[2])
+    stop = tests["ratio"].where(blocks, np.inf).groupby(by_class).transform("min")
+    frame = tests.assign(_trusted=trusted, _stop=stop,
+                         _first=stop.groupby(tests["dataset"]).transform("min"))
+    too_few = frame.loc[~frame["_trusted"]].groupby("dataset")["class"].unique()
+    shown = frame.loc[frame["ratio"] < frame["_first"]].groupby("dataset")["ratio"].max()
+    # The class that stops it: an inferior one before an inconclusive one, a single class
+    # before the per-case mean, then the lowest bound.
+    at = frame[(frame["ratio"] == frame["_first"]) & (frame["_stop"] == frame["_first"])]
+    at = at.assign(_rank=at["verdict"] != VERDICTS[2], _mean=at["class"] == MEAN)
+    limiting = at.sort_values(["dataset", "_rank", "_mean", "ci_low"]).groupby(
+        "dataset").head(1).set_index("dataset")
     safe: dict[str, SafeRatio] = {}
-    for dataset, group in tests.groupby("dataset"):
-        if not over_classes:
-            group = group[group["class"] == MEAN]
-        by_class = {name: rows for name, rows in group.groupby("class")}
-        too_few = tuple(sorted(n for n, rows in by_class.items()
-                               if (rows["cases"] < min_cases).any()))
-        if MEAN in too_few or not by_class:
-            safe[dataset] = SafeRatio(None, None, too_few)
+    for dataset in sorted(frame["dataset"].unique()):
+        few = tuple(sorted(too_few.get(dataset, ())))
+        if MEAN in few:
+            safe[dataset] = SafeRatio(None, None, few)
             continue
-        stops = {name: _stop(rows, name not in too_few) for name, rows in by_class.items()}
-        first = min(stops.values())
-        shown = group.loc[group["ratio"] < first, "ratio"]
-        ratio = float(shown.max()) if len(shown) else 1.0
-        if not np.isfinite(first):
-            safe[dataset] = SafeRatio(ratio, None, too_few)
+        ratio = float(shown.get(dataset, 1.0))
+        if dataset not in limiting.index:
+            safe[dataset] = SafeRatio(ratio, None, few)
             continue
-        # The class that stops it: an inferior one before an inconclusive one, a single
-        # class before the per-case mean, then the lowest bound.
-        at = group[(group["ratio"] == first)
-                   & group["class"].isin([n for n, s in stops.items() if s == first])]
-        at = at.assign(_rank=at["verdict"] != VERDICTS[2], _mean=at["class"] == MEAN)
-        row = at.sort_values(["_rank", "_mean", "ci_low"]).iloc[0]
-        safe[dataset] = SafeRatio(ratio, str(row["class"]), too_few, first,
+        row = limiting.loc[dataset]
+        safe[dataset] = SafeRatio(ratio, str(row["class"]), few, float(row["ratio"]),
                                   str(row["verdict"]))
     return safe
