@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="--plan: true mean Dice difference of every ratio (default 0)")
     study.add_argument("--model-sd", type=float, default=None,
                        help="--plan: model-to-model sd of a mean Dice difference (default: "
-                            "the config's assumed_model_sd, 0.01)")
+                            "the config's assumed_model_sd, 0.02)")
     study.add_argument("--case-sd", type=float, default=0.02,
                        help="--plan: sd of the per-case Dice differences (default 0.02)")
     study.add_argument("--cache", default=None, help="demo download cache")

@@ -15,7 +15,7 @@ Example (every key optional except ``datasets``)::
     safe_ratio_over = "classes"                   # smallest over classes; or "mean"
     tail_drop = 0.05                              # a case "fails" losing more Dice than this
     tail_limit = 0.1                              # bound on the failing share for "safe"
-    assumed_model_sd = 0.01                       # training noise when 1 model per ratio
+    assumed_model_sd = 0.02                       # training noise when 1 model per ratio
     reader_results = "rs/report/answers.csv"      # optional, from medlossy reader analyze
     codec = "jpeg2k"                              # or a list to compare: ["jpeg2k", "htj2k"]
     tile = 256                                    # optional: stores in tiles (jpeg2k, htj2k)
@@ -95,7 +95,7 @@ class StudyConfig:
     tail_limit: float = 0.1
     #: Model-to-model sd of a mean Dice difference, assumed where one model per ratio (one
     #: fold, one seed) cannot estimate it.
-    assumed_model_sd: float = 0.01
+    assumed_model_sd: float = 0.02
     #: One codec, or several to compare (each gets its own sweep, models and report rows).
     codec: str | tuple[str, ...] = "jpeg2k"
     #: Stores in square tiles of this side (None: whole slices), for training from stores.

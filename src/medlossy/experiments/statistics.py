@@ -61,8 +61,10 @@ TAIL_DROP = 0.05
 #: 1 - 0.025^(1/n): at least 36 test cases are needed to pass.
 TAIL_LIMIT = 0.1
 #: Model-to-model sd of a mean Dice difference assumed when one model per ratio leaves it
-#: unestimable (the middle of 0.005-0.02 measured between trainings).
-ASSUMED_MODEL_SD = 0.01
+#: unestimable: the top of the 0.005-0.02 range simulated, since the interval holds only
+#: where the true sd is at most the assumed one (15.7% false non-inferiority at a true 0.02
+#: with 0.01 assumed, 90 cases).
+ASSUMED_MODEL_SD = 0.02
 #: Power at which ``detectable_margin`` is computed.
 POWER = 0.8
 
