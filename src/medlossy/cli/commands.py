@@ -512,10 +512,11 @@ def study(arguments: argparse.Namespace) -> None:
     out = Path(arguments.out)
     if arguments.demo == bool(arguments.config):
         raise MedlossyError(None, "give either a study config file or --demo")
-    if not arguments.dry_run:  # before the demo data lands in it
+    planning = arguments.dry_run or arguments.plan
+    if not planning:  # before the demo data lands in it
         check_own_folder(out, STUDY_LAYOUT, "a medlossy study folder")
-    # A dry run reads no data beyond image headers: the datasets may not be there yet.
-    check_files = not arguments.dry_run
+    # A dry run or plan reads no data beyond image headers: the datasets may not be there.
+    check_files = not planning
     if arguments.demo:
         config, notes = demo_config(out, arguments.cache, not arguments.quiet), NOTES
     else:
@@ -528,6 +529,13 @@ def study(arguments: argparse.Namespace) -> None:
                                       f"{', '.join(EXPERIMENTS)}")
         config = validate(replace(config, experiments=only), "--only",
                           check_files=check_files)
+    if arguments.plan:
+        from medlossy.experiments.plan import format_plan, plan_power
+
+        print(format_plan(plan_power(config, effect=arguments.effect,
+                                     model_sd=arguments.model_sd,
+                                     case_sd=arguments.case_sd), config), end="")
+        return
     if arguments.dry_run:
         from medlossy.experiments.dryrun import dry_run, format_dry_run
 

@@ -11,6 +11,7 @@ Used by the CI test (tests/test_study_statistics.py) and ``bench/intervals.py``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -113,3 +114,64 @@ def repeated_studies(cases: int, seeds: int, *, studies: int = 20000, folds: int
                    + case_sd * rng.standard_normal((studies, 1, cases))
                    + noise_sd * rng.standard_normal((studies, seeds, cases)))
     return differences, fold_of_case
+
+
+@dataclass(frozen=True)
+class Design:
+    """A simulated study of trained models: ``cases`` test cases split over ``folds``, one
+    (x1, x R) model pair per fold and seed. Per case and model the Dice at x1 and at R are
+    drawn; a pair's models shift the mean difference by ``model_sd`` (each model by
+    model_sd / sqrt 2), cases differ by ``case_sd``, each prediction adds ``noise_sd`` (over
+    the pair), and a share ``failing`` of the cases fail at R, losing 0.05 + an exponential
+    amount (mean ``failing_drop`` in all) while the others gain as much in the mean, so the
+    true mean difference stays ``difference``."""
+
+    cases: int
+    folds: int = 3
+    seeds: int = 1
+    model_sd: float = MARGIN
+    case_sd: float = SPREAD
+    noise_sd: float = MARGIN / 2
+    failing: float = 0.0
+    failing_drop: float = 0.15
+    difference: float = -MARGIN
+
+
+def _case_effects(design: Design, rng: np.random.Generator, shape: tuple[int, ...],
+                  ) -> np.ndarray:
+    """Per-case change at R with mean 0: normal, or a share of cases failing badly."""
+    effects = design.case_sd * rng.standard_normal(shape)
+    if design.failing > 0:
+        fails = rng.random(shape) < design.failing
+        drops = 0.05 + rng.exponential(design.failing_drop - 0.05, shape)
+        gain = design.failing * design.failing_drop / (1 - design.failing)
+        effects = np.where(fails, -drops, effects + gain)
+    return effects
+
+
+def simulated_dice(design: Design, differences: tuple[float, ...] = (), *,
+                   studies: int = 2000, seed: int = 0,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dice of ``studies`` simulated studies: (x1 of shape (studies, seeds, cases), the
+    compressed ratios' of shape (ratios, studies, seeds, cases), fold of each case). Each
+    ratio's true mean difference is in ``differences`` (default: ``design.difference``); the
+    x1 models are shared by every ratio, as in a study."""
+    rng = np.random.default_rng(seed)
+    differences = differences or (design.difference,)
+    fold_of_case = np.arange(design.cases) % design.folds
+    shape = (studies, design.seeds, design.cases)
+
+    def models() -> np.ndarray:  # one shift per (fold, seed) model, on all of its cases
+        shifts = design.model_sd / np.sqrt(2) * rng.standard_normal(
+            (studies, design.seeds, design.folds))
+        return shifts[:, :, fold_of_case]
+
+    def noise() -> np.ndarray:
+        return design.noise_sd / np.sqrt(2) * rng.standard_normal(shape)
+
+    base = rng.uniform(0.7, 0.9, (studies, 1, design.cases))
+    reference = base + models() + noise()
+    compressed = np.stack([base + shift + _case_effects(design, rng, (studies, 1,
+                                                                      design.cases))
+                           + models() + noise() for shift in differences])
+    return reference, compressed, fold_of_case

@@ -13,6 +13,9 @@ Example (every key optional except ``datasets``)::
     margin = 0.01                                 # non-inferiority margin, Dice
     min_test_cases = 10                           # fewer: no safe ratio is named
     safe_ratio_over = "classes"                   # smallest over classes; or "mean"
+    tail_drop = 0.05                              # a case "fails" losing more Dice than this
+    tail_limit = 0.1                              # bound on the failing share for "safe"
+    assumed_model_sd = 0.02                       # training noise when 1 model per ratio
     reader_results = "rs/report/answers.csv"      # optional, from medlossy reader analyze
     codec = "jpeg2k"                              # or a list to compare: ["jpeg2k", "htj2k"]
     tile = 256                                    # optional: stores in tiles (jpeg2k, htj2k)
@@ -49,7 +52,8 @@ if TYPE_CHECKING:
 
 EXPERIMENTS = ("quality", "train", "cross", "pretrained", "budget", "reader")
 _TOP_KEYS = {"experiments", "ratios", "train_ratios", "folds", "train_folds", "seed", "seeds",
-             "budget_fractions", "margin", "min_test_cases", "safe_ratio_over", "datasets",
+             "budget_fractions", "margin", "min_test_cases", "safe_ratio_over", "tail_drop",
+             "tail_limit", "assumed_model_sd", "datasets",
              "training", "pretrained", "reader_results", "base_id", "codec", "tile"}
 #: [training] keys of the study; every other key is an option of the chosen backend.
 _STUDY_TRAINING_KEYS = ("backend", "epochs", "iterations_per_epoch")
@@ -85,6 +89,13 @@ class StudyConfig:
     margin: float = 0.01
     min_test_cases: int = 10  # fewest test cases behind a named safe ratio
     safe_ratio_over: str = "classes"  # or "mean": the per-case mean alone
+    #: Tail criterion: the share of cases losing more than ``tail_drop`` Dice must be
+    #: bounded below ``tail_limit`` for a ratio to be called safe.
+    tail_drop: float = 0.05
+    tail_limit: float = 0.1
+    #: Model-to-model sd of a mean Dice difference, assumed where one model per ratio (one
+    #: fold, one seed) cannot estimate it.
+    assumed_model_sd: float = 0.02
     #: One codec, or several to compare (each gets its own sweep, models and report rows).
     codec: str | tuple[str, ...] = "jpeg2k"
     #: Stores in square tiles of this side (None: whole slices), for training from stores.
@@ -194,6 +205,11 @@ def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> S
     if config.safe_ratio_over not in ("classes", "mean"):
         raise _fail(source, f"safe_ratio_over must be 'classes' or 'mean', got "
                             f"{config.safe_ratio_over!r}")
+    for key in ("tail_drop", "tail_limit"):
+        if not 0 < getattr(config, key) < 1:
+            raise _fail(source, f"{key} must be in (0, 1)")
+    if not 0 <= config.assumed_model_sd < 1:
+        raise _fail(source, "assumed_model_sd must be in [0, 1)")
     if config.min_test_cases < 2:
         raise _fail(source, "min_test_cases must be at least 2 (an interval needs two cases)")
     try:
