@@ -206,12 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="simulate the verdicts of the configured design (cases, folds, "
                             "seeds) at --effect: power, detectable margin; run nothing")
     study.add_argument("--effect", type=float, default=0.0,
-                       help="--plan: true mean Dice difference of every ratio (default 0)")
+                       help="--plan: true mean Dice difference of every ratio")
     study.add_argument("--model-sd", type=float, default=None,
                        help="--plan: model-to-model sd of a mean Dice difference (default: "
                             "the config's assumed_model_sd, 0.02)")
     study.add_argument("--case-sd", type=float, default=0.02,
-                       help="--plan: sd of the per-case Dice differences (default 0.02)")
+                       help="--plan: sd of the per-case Dice differences")
     study.add_argument("--cache", default=None, help="demo download cache")
     _add_common(study)
     study.set_defaults(handler=commands.study)
