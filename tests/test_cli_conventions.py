@@ -156,25 +156,34 @@ def test_signals_exit_128_plus_their_number(signum, code):
     assert run.stderr == "medlossy: interrupted; no partial output was left\n"
 
 
-#: Run the console script's entry with importing the CLI interrupted, as Ctrl-C in the first
-#: seconds does (found by a tester: an 18-51 line KeyboardInterrupt traceback, no message).
-_CTRL_C_WHILE_IMPORTING = """
-import sys
-class _CtrlC:
+#: Run the console script's entry with importing the CLI interrupted by ``signal`` (the
+#: import sends it to this process), as Ctrl-C or SIGTERM in the first seconds do (found by
+#: testers: an 18-51 line KeyboardInterrupt traceback; a silent death by SIGTERM).
+_SIGNAL_WHILE_IMPORTING = """
+import os, signal, sys
+class _Signal:
     def find_spec(self, name, path=None, target=None):
         if name == "medlossy.cli.main":
-            raise KeyboardInterrupt
-sys.meta_path.insert(0, _CtrlC())
+            os.kill(os.getpid(), signal.{name})
+sys.meta_path.insert(0, _Signal())
 from medlossy.cli.entry import main
 sys.exit(main())
 """
 
 
-def test_ctrl_c_while_the_cli_is_importing_is_one_line_and_exit_130():
-    run = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_IMPORTING], capture_output=True,
-                         text=True, env=_environment(), timeout=120, check=False)
-    assert run.returncode == 130, run.stderr
+@pytest.mark.parametrize(("name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_while_the_cli_is_importing_is_one_line(name, code):
+    run = subprocess.run([sys.executable, "-c", _SIGNAL_WHILE_IMPORTING.format(name=name)],
+                         capture_output=True, text=True, env=_environment(), timeout=120,
+                         check=False)
+    assert run.returncode == code, run.stderr
     assert run.stderr == "medlossy: interrupted; no partial output was left\n"
+
+
+def test_python_dash_m_medlossy_is_the_command():
+    run = subprocess.run([sys.executable, "-m", "medlossy", "--version"], capture_output=True,
+                         text=True, env=_environment(), timeout=120, check=False)
+    assert run.returncode == 0 and run.stdout.startswith("medlossy "), run.stderr
 
 
 def test_the_console_script_runs_the_entry():

@@ -19,7 +19,13 @@ from collections.abc import Sequence
 from medlossy import __version__
 from medlossy.backends import backend_names
 from medlossy.cli import commands
-from medlossy.cli.entry import INTERRUPTED
+from medlossy.cli.entry import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    INTERRUPTED,
+    Terminated,
+    exit_on_sigterm,
+)
 from medlossy.cli.types import positive_int
 from medlossy.codecs import codec_names
 from medlossy.datasets.sweep import STUDY_RATIOS
@@ -29,8 +35,6 @@ from medlossy.reader_study.cli import add_reader_parser
 
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 128 + signal.SIGINT
-EXIT_TERMINATED = 128 + signal.SIGTERM
 _TEMPORARY = re.compile(r"(^|/)\.([^/]+?)\.partial-[0-9a-f]{8}[^/]*$")
 
 
@@ -403,18 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, unwound like Ctrl-C so that worker pools shut down and temporary outputs are
-    removed, then reported with its own exit status."""
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        signal.signal(signal.SIGTERM, exit_on_sigterm)
     parser = build_parser()
     arguments = parser.parse_args(argv)
     try:
