@@ -187,6 +187,19 @@ def test_a_current_store_whose_checksum_was_removed_is_refused(cli, t1_store, tm
         StoreVolume(store)
 
 
+def test_an_edited_ngff_scale_fails_verify(cli, t1_store, tmp_path):
+    """OME-Zarr viewers read the spacing from ``multiscales``: doubling it passed verify
+    (found by a tester)."""
+    store = tmp_path / "ngff.zarr"
+    shutil.copytree(t1_store, store)
+    zattrs = json.loads((store / ".zattrs").read_bytes())
+    zattrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"][0] *= 2
+    (store / ".zattrs").write_text(json.dumps(zattrs))
+    code, _, err = cli("verify", store)
+    assert code == EXIT_CHECK_FAILED
+    _one_line(err, str(store), "multiscales changed since compress")
+
+
 def test_a_version_1_store_is_unprotected_and_readable(cli):
     store = Path(__file__).parent / "data" / "store_v1.zarr"
     code, out, err = cli("verify", store)

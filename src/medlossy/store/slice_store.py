@@ -365,9 +365,21 @@ class SliceStore:
             self.mapping = check_metadata(self.attributes, self.zarray)
         except _Malformed as error:
             raise MedlossyError(self.path, f"corrupt store metadata ({error})") from None
+        if self.protected and isinstance(attributes, dict) and "multiscales" in attributes \
+                and attributes["multiscales"] != self._derived_multiscales():
+            # What OME-Zarr viewers read (voxel spacing, origin) is derived from the sealed
+            # geometry at write time: an edit there misplaces the image in every viewer.
+            raise MetadataMismatch(self.path, "metadata no longer matches its checksum "
+                                   "(multiscales changed since compress: the OME-NGFF scale "
+                                   "and translation no longer follow the sealed geometry)")
         #: The tiles of a slice (one tile, the slice itself, in an untiled store).
         self.grid = TileGrid(*self.slice_shape, int(self.zarray["chunks"][1]),
                              int(self.zarray["chunks"][2]))
+
+    def _derived_multiscales(self) -> Any:
+        """The ``multiscales`` that compress wrote for this geometry, as JSON reads it back."""
+        name = self.attributes.get("source", {}).get("file", "")
+        return json.loads(json.dumps(multiscales(self.attributes["geometry"], name)))
 
     @property
     def slices(self) -> int:
