@@ -301,3 +301,16 @@ def test_colour_only_on_a_terminal_without_no_color(monkeypatch, no_color, termi
     if no_color is not None:
         monkeypatch.setenv("NO_COLOR", no_color)
     assert colours(Stream()) is expected
+
+
+def test_an_unreached_target_is_named_as_the_user_wrote_it(tmp_path):
+    """The note printed a Python dict ({'mode': 'ratio', 'value': 10.0, ...}; a tester)."""
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((64, 64, 8), 7, np.int16), np.eye(4)), flat)
+    run = subprocess.run([sys.executable, "-m", "medlossy", "compress", str(flat),
+                          str(tmp_path / "flat.zarr"), "--ratio", "10", "--workers", "1"],
+                         capture_output=True, text=True, env=_environment(), timeout=120,
+                         check=False)
+    assert run.returncode == 0, run.stderr
+    assert "note: target x10 not reached: lossless already fits the budget" in run.stderr
+    assert "{" not in run.stderr

@@ -169,8 +169,10 @@ def compress(arguments: argparse.Namespace) -> None:
         why = "lossless already fits the budget, so it was stored losslessly" \
             if attributes["codec"]["setting"]["mode"] == "lossless" \
             else "the codec's sizes step across the budget"
-        _say(arguments, f"note: target {attributes['target']} not reached: {why} (see "
-                        "`medlossy info`)")
+        target = attributes["target"]
+        wanted = "lossless" if target["mode"] == "lossless" else \
+            f"{target['mode']} {target['value']:g}".replace("ratio ", "x")
+        _say(arguments, f"note: target {wanted} not reached: {why} (see `medlossy info`)")
 
 
 def _chosen_peak(arguments: argparse.Namespace, recorded: str, attributes: dict) -> str:
