@@ -314,3 +314,15 @@ def test_an_unreached_target_is_named_as_the_user_wrote_it(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "note: target x10 not reached: lossless already fits the budget" in run.stderr
     assert "{" not in run.stderr
+
+
+def test_info_on_a_volume_file_says_it_is_a_file(tmp_path):
+    """Was 'no such store (expected a directory)' for a file that exists (a tester)."""
+    volume = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), volume)
+    run = subprocess.run([sys.executable, "-m", "medlossy", "info", "--json", str(volume)],
+                         capture_output=True, text=True, env=_environment(), timeout=120,
+                         check=False)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr == (f"medlossy: error: {volume}: is a file, not a medlossy store (a "
+                          "store is a folder written by `medlossy compress`)\n")

@@ -324,6 +324,9 @@ class SliceStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        if self.path.is_file():
+            raise MedlossyError(self.path, "is a file, not a medlossy store (a store is a "
+                                           "folder written by `medlossy compress`)")
         if not self.path.is_dir():
             raise MedlossyError(self.path, "no such store (expected a directory)")
         # Version 1 kept the array at the root; version 2 is a group with the array at "0".
