@@ -393,6 +393,27 @@ def test_a_resumed_sweep_fails_on_a_source_truncated_since(small_sweep, cli) -> 
     code, _, stderr = cli("dataset", "compress", source, "--ratios", "1,5", "--out", out,
                           "--workers", "2", "--quiet")
     assert code != 0 and "syn_a_0000.nii.gz" in stderr
+    code, _, _ = cli("dataset", "compress", source, "--ratios", "1,5", "--out", out,
+                     "--workers", "2", "--quiet", "--skip-bad")
+    assert code == 0
+    assert list(json.loads((out / "sweep.json").read_text())["bad_cases"]) == ["syn_a"]
+    assert set(pd.read_csv(out / "manifest.csv")["case"]) == {"syn_b"}
+    document = json.loads((dataset_folder(out, 1) / "dataset.json").read_text())
+    assert document["numTraining"] == 1
+
+
+def test_parts_without_a_recorded_source_are_still_reused(small_sweep, cli) -> None:
+    # Parts written before sources were recorded: unknown, not a reason to redo the sweep.
+    source, out = small_sweep
+    for part in out.glob("parts/*/*.json"):
+        row = json.loads(part.read_text())
+        del row["source"]
+        part.write_text(json.dumps(row))
+    before = snapshot(out)
+    _add_to_voxels(source / "imagesTr" / "syn_b_0000.nii.gz", 500)
+    assert compress(source, out, "1,5") == 0
+    assert snapshot(out) == before
+    assert cli("dataset", "verify", out)[0] == 0
 
 
 def test_verify_names_a_source_changed_since_the_sweep(small_sweep, cli) -> None:
