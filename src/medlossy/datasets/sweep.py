@@ -6,15 +6,16 @@ Layout of a sweep folder::
     stores/r20/CASE_0000.zarr        the storage artefact: its bytes are the footprint
     nnunet/Dataset812_AMOS_r20/      nnU-Net v2 raw dataset, images decoded to NIfTI,
                                      labels copied bit-exact, dataset.json
-    parts/r20/CASE_0000.json         one finished task: metrics and checksums
+    parts/r20/CASE_0000.json         one finished task: metrics, checksums, its source file
     manifest.csv                     all parts, one row per case x channel x ratio
 
 Parts and the manifest name stores and decoded images relative to the sweep folder, so a
 copied or moved sweep checks and reuses its own files (see :func:`sweep_file`).
 
 Every file appears atomically. A task counts as done only when its part file exists and the
-store and decoded image still match the checksums it records, so a run killed at any moment
-(kill -9 included) resumes where it stopped and never uses anything half-written.
+store and decoded image still match the checksums it records and its source image is the
+file it records (size, mtime, sha256), so a run killed at any moment (kill -9 included)
+resumes where it stopped, never uses anything half-written, and redoes a changed source.
 Tasks run in a process pool, or on a Dask cluster through its concurrent.futures executor.
 """
 
