@@ -360,6 +360,72 @@ def test_verify_names_a_label_copy_that_changed(small_sweep, cli) -> None:
     assert f"{copy}: label differs" in stderr
 
 
+def _add_to_voxels(image: Path, value: int) -> np.ndarray:
+    """Rewrite ``image`` with ``value`` added to every voxel; returns the new voxels."""
+    nifti = nib.load(image)
+    values = np.asarray(nifti.dataobj) + value
+    nib.save(nib.Nifti1Image(values, nifti.affine, nifti.header), image)
+    return values
+
+
+def test_a_resumed_sweep_redoes_a_case_whose_source_changed(small_sweep, cli) -> None:
+    # Found by a tester: a rerun reused the parts of a rewritten source (exit 0, silent).
+    source, out = small_sweep
+    before = snapshot(out)
+    values = _add_to_voxels(source / "imagesTr" / "syn_b_0000.nii.gz", 500)
+    code, _, stderr = cli("dataset", "compress", source, "--ratios", "1,5", "--out", out,
+                          "--workers", "2", "--quiet")
+    assert code == 0
+    assert "note: syn_b: source changed since the last run; recompressing" in stderr
+    assert "syn_a" not in stderr
+    redone = changed(before, snapshot(out))
+    assert redone and all("syn_b" in key for key in redone)
+    assert {"parts/r1/syn_b_0000.json", "parts/r5/syn_b_0000.json"} <= redone
+    decoded = dataset_folder(out, 1) / "imagesTr" / "syn_b_0000.nii.gz"
+    assert np.array_equal(np.asarray(nib.load(decoded).dataobj), values)
+    assert cli("dataset", "verify", out)[0] == 0
+
+
+def test_a_resumed_sweep_fails_on_a_source_truncated_since(small_sweep, cli) -> None:
+    source, out = small_sweep
+    image = source / "imagesTr" / "syn_a_0000.nii.gz"
+    image.write_bytes(image.read_bytes()[:3000])
+    code, _, stderr = cli("dataset", "compress", source, "--ratios", "1,5", "--out", out,
+                          "--workers", "2", "--quiet")
+    assert code != 0 and "syn_a_0000.nii.gz" in stderr
+    code, _, _ = cli("dataset", "compress", source, "--ratios", "1,5", "--out", out,
+                     "--workers", "2", "--quiet", "--skip-bad")
+    assert code == 0
+    assert list(json.loads((out / "sweep.json").read_text())["bad_cases"]) == ["syn_a"]
+    assert set(pd.read_csv(out / "manifest.csv")["case"]) == {"syn_b"}
+    document = json.loads((dataset_folder(out, 1) / "dataset.json").read_text())
+    assert document["numTraining"] == 1
+
+
+def test_parts_without_a_recorded_source_are_still_reused(small_sweep, cli) -> None:
+    # Parts written before sources were recorded: unknown, not a reason to redo the sweep.
+    source, out = small_sweep
+    for part in out.glob("parts/*/*.json"):
+        row = json.loads(part.read_text())
+        del row["source"]
+        part.write_text(json.dumps(row))
+    before = snapshot(out)
+    _add_to_voxels(source / "imagesTr" / "syn_b_0000.nii.gz", 500)
+    assert compress(source, out, "1,5") == 0
+    assert snapshot(out) == before
+    assert cli("dataset", "verify", out)[0] == 0
+
+
+def test_verify_names_a_source_changed_since_the_sweep(small_sweep, cli) -> None:
+    source, out = small_sweep
+    image = source / "imagesTr" / "syn_a_0000.nii.gz"
+    _add_to_voxels(image, 500)
+    code, _, stderr = cli("dataset", "verify", out)
+    assert code == EXIT_CHECK_FAILED
+    assert f"{image}: changed since the sweep compressed it (case syn_a" in stderr
+    assert "syn_b" not in stderr
+
+
 def test_adding_a_ratio_runs_only_the_new_ratio(tmp_path: Path, serial) -> None:
     # 64 x 64 slices: at 48 x 48 the sealed metadata's bytes put x10 out of reach (x9.77)
     source = write_synthetic_dataset(tmp_path / "Dataset520_Syn", {"syn_a": 1, "syn_b": 2},

@@ -6,15 +6,16 @@ Layout of a sweep folder::
     stores/r20/CASE_0000.zarr        the storage artefact: its bytes are the footprint
     nnunet/Dataset812_AMOS_r20/      nnU-Net v2 raw dataset, images decoded to NIfTI,
                                      labels copied bit-exact, dataset.json
-    parts/r20/CASE_0000.json         one finished task: metrics and checksums
+    parts/r20/CASE_0000.json         one finished task: metrics, checksums, its source file
     manifest.csv                     all parts, one row per case x channel x ratio
 
 Parts and the manifest name stores and decoded images relative to the sweep folder, so a
 copied or moved sweep checks and reuses its own files (see :func:`sweep_file`).
 
 Every file appears atomically. A task counts as done only when its part file exists and the
-store and decoded image still match the checksums it records, so a run killed at any moment
-(kill -9 included) resumes where it stopped and never uses anything half-written.
+store and decoded image still match the checksums it records and its source image is the
+file it records (size, mtime, sha256), so a run killed at any moment (kill -9 included)
+resumes where it stopped, never uses anything half-written, and redoes a changed source.
 Tasks run in a process pool, or on a Dask cluster through its concurrent.futures executor.
 """
 
@@ -25,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
@@ -118,7 +120,32 @@ def finished_part(task: SweepTask) -> dict | None:
     decoded = Path(task.decoded)
     if not decoded.exists() or sha256_file(decoded) != row.get("decoded_sha256"):
         return None
+    if task.image and source_changed(row, Path(task.image)):
+        return None
     return row
+
+
+def source_identity(image: Path) -> dict:
+    """What a part records of the image it compressed, to see later whether it changed:
+    the file's place in its dataset (images folder and name), size, mtime and sha256."""
+    stat = image.stat()
+    return {"file": f"{image.parent.name}/{image.name}", "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(image)}
+
+
+def source_changed(row: dict, image: Path) -> bool:
+    """Whether ``image`` is no longer the file the part ``row`` was compressed from.
+    Unknown counts as unchanged: parts written before sources were recorded, or a source
+    that is gone (a sweep kept without its dataset). The sha256 is read only when the size
+    is the same and the mtime is not (a copied or touched file)."""
+    recorded = row.get("source")
+    if not recorded or not image.is_file():
+        return False
+    stat = image.stat()
+    if stat.st_size != recorded["bytes"]:
+        return True
+    return stat.st_mtime_ns != recorded["mtime_ns"] and \
+        sha256_file(image) != recorded["sha256"]
 
 
 def _store_checksum(store: SliceStore) -> str:
@@ -130,6 +157,7 @@ def run_task(task: SweepTask) -> dict:
     done = finished_part(task)
     if done is not None:
         return {**done, "reused": True}
+    source = source_identity(Path(task.image))  # before reading: what was compressed
     volume = read_volume(task.image, task.modality, lazy=True)
     target = Target("lossless") if task.ratio == 1 else Target("ratio", task.ratio)
     attributes = compress_volume(volume, task.store, target, codec_name=task.codec,
@@ -139,7 +167,7 @@ def run_task(task: SweepTask) -> dict:
     decoded = read_store(task.store, workers=1)
     decode_seconds = time.perf_counter() - started
     return _finish(task, attributes, decoded, decode_seconds,
-                   attributes["timing"]["encode_seconds"])
+                   attributes["timing"]["encode_seconds"], source)
 
 
 def run_image(tasks: Sequence[SweepTask]) -> list[dict]:
@@ -159,12 +187,14 @@ def run_image(tasks: Sequence[SweepTask]) -> list[dict]:
         return rows + [run_task(task) for task in todo]
     first = todo[0]
     by_ratio = {task.ratio: task for task in tasks}
+    source = source_identity(Path(first.image))
     volume = read_volume(first.image, first.modality, lazy=True)
 
     def finish(ratio: float, attributes: dict, decoded: Volume, decode_seconds: float) -> None:
         # The group's encode time, shared out, so that a report's sums stay true.
         share = attributes["timing"]["encode_seconds"] / len(tasks)
-        rows.append(_finish(by_ratio[ratio], attributes, decoded, decode_seconds, share))
+        rows.append(_finish(by_ratio[ratio], attributes, decoded, decode_seconds, share,
+                            source))
 
     # Every ratio is encoded again even when only some are left to do, so that a redone
     # store is the one an uninterrupted run writes.
@@ -176,7 +206,7 @@ def run_image(tasks: Sequence[SweepTask]) -> list[dict]:
 
 
 def _finish(task: SweepTask, attributes: dict, decoded: Volume, decode_seconds: float,
-            encode_seconds: float) -> dict:
+            encode_seconds: float, source: dict) -> dict:
     """Write the decoded NIfTI and the part file of a compressed task; its manifest row."""
     with atomic_output(task.decoded) as temporary:
         write_nifti(decoded, temporary)
@@ -195,6 +225,7 @@ def _finish(task: SweepTask, attributes: dict, decoded: Volume, decode_seconds: 
         "decoded": Path(task.decoded).relative_to(task.root).as_posix(),
         "store_crc32": _store_checksum(SliceStore(task.store)),
         "decoded_sha256": sha256_file(Path(task.decoded)),
+        "source": source,
     }
     write_json(Path(task.part), row)
     return {**row, "reused": False}
@@ -619,6 +650,7 @@ def run_sweep(plan: SweepPlan, *, workers: int | None = None, scheduler: str | N
     file, or with ``skip_bad`` marks its case bad and lets the rest complete.
     """
     workers = workers or default_workers()
+    _note_changed_sources(plan)
     with _executor(workers, scheduler) as executor:
         unreachable = _out_of_reach(plan, executor)
         if unreachable and not drop_out_of_reach:
@@ -629,6 +661,24 @@ def run_sweep(plan: SweepPlan, *, workers: int | None = None, scheduler: str | N
         return _run_jobs(plan, executor, skip_bad=skip_bad, layered=layered,
                          show_progress=show_progress,
                          out_of_reach={ratio_tag(r): why for r, why in unreachable.items()})
+
+
+def _note_changed_sources(plan: SweepPlan) -> None:
+    """One note per case whose source changed since its parts were written (they are
+    redone: ``finished_part`` no longer accepts them)."""
+    noted = set()
+    for task in plan.tasks():
+        part = Path(task.part)
+        if task.case in noted or not part.exists():
+            continue
+        try:
+            row = json.loads(part.read_text())
+        except json.JSONDecodeError:
+            continue
+        if source_changed(row, Path(task.image)):
+            noted.add(task.case)
+            print(f"note: {task.case}: source changed since the last run; recompressing",
+                  file=sys.stderr)
 
 
 def _run_jobs(plan: SweepPlan, executor: Executor, *, skip_bad: bool, layered: bool,
@@ -667,7 +717,8 @@ def _run_jobs(plan: SweepPlan, executor: Executor, *, skip_bad: bool, layered: b
 
 def write_manifest(out: Path, exclude: set[str] = frozenset()) -> pd.DataFrame:
     """Rebuild manifest.csv from the part files, so it always matches what is on disk."""
-    rows = [_relative_paths(json.loads(p.read_text()))
+    # A part's "source" (see ``source_identity``) is for resuming and verifying only.
+    rows = [_relative_paths({k: v for k, v in json.loads(p.read_text()).items() if k != "source"})
             for p in sorted((out / "parts").glob("*/*.json"))]
     manifest = pd.DataFrame([row for row in rows if row["case"] not in exclude])
     if not manifest.empty:

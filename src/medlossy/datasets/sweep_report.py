@@ -10,7 +10,13 @@ import pandas as pd
 
 from medlossy.atomic import atomic_output
 from medlossy.checksums import sha256_file
-from medlossy.datasets.sweep import SweepTask, finished_part, sweep_file, written_root
+from medlossy.datasets.sweep import (
+    SweepTask,
+    finished_part,
+    source_changed,
+    sweep_file,
+    written_root,
+)
 from medlossy.errors import MedlossyError
 from medlossy.tables import markdown_table
 
@@ -118,9 +124,16 @@ def verify_sweep(out: Path) -> list[str]:
                          root=str(out), tile=None if tile is None or pd.isna(tile) else int(tile),
                          part=str(out / "parts" / f"r{row['ratio_target']:g}" /
                                   f"{row['case']}_{int(row['channel']):04d}.json"))
-        if finished_part(task) is None:
+        done = finished_part(task)
+        if done is None:
             problems.append(f"{store}: store or decoded image does not match its "
                             f"checksums (case {row['case']}, ratio {row['ratio_target']:g})")
+        elif done.get("source"):
+            image = _source(out, sweep, manifest) / done["source"]["file"]
+            if source_changed(done, image):
+                problems.append(f"{image}: changed since the sweep compressed it (case "
+                                f"{row['case']}, ratio {row['ratio_target']:g}); rerun "
+                                f"the sweep")
     source_labels = _source(out, sweep, manifest) / "labelsTr"
     for name in sweep["datasets"].values():
         for copy in sorted((out / "nnunet" / name / "labelsTr").glob("*")):
