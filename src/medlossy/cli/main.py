@@ -35,6 +35,8 @@ from medlossy.reader_study.cli import add_reader_parser
 
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
+#: --modality everywhere: "auto" is metrics.detect_modality's one rule.
+MODALITY_CHOICES = ("auto", "CT", "MR", "OTHER")
 _TEMPORARY = re.compile(r"(^|/)\.([^/]+?)\.partial-[0-9a-f]{8}[^/]*$")
 
 
@@ -111,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="psnr: spread bytes for equal distortion per slice; equal: "
                                "give every slice the same ratio; optimal: pick per slice the "
                                "better of both (slower, never worse)")
-    compress.add_argument("--modality", choices=("auto", "CT", "MR", "OTHER"), default="auto",
+    compress.add_argument("--modality", choices=MODALITY_CHOICES, default="auto",
                           help="decides the PSNR peak (CT: 4096, others: max - min); auto "
                                "(default): a DICOM series' own Modality, else CT when the "
                                "values are Hounsfield units, else OTHER")
@@ -176,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     psnr.add_argument("test", help="the volume to measure, in any of those forms; reoriented "
                                    "onto the reference's voxel grid by the two affines "
                                    "(refused when the grids differ otherwise)")
-    psnr.add_argument("--modality", choices=("auto", "CT", "MR", "OTHER"), default="auto",
+    psnr.add_argument("--modality", choices=MODALITY_CHOICES, default="auto",
                       help="decides the PSNR peak r: CT uses 4096, the others the reference's "
                            "max - min; auto (default): a store's recorded modality and r, "
                            "else CT when the reference's values are Hounsfield units")
@@ -356,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_codecs.add_argument("--workers", type=int, default=1,
                               help="processes/threads per compress (default: 1, speeds per "
                                    "core)")
-    bench_codecs.add_argument("--modality", choices=("auto", "CT", "MR", "OTHER"),
+    bench_codecs.add_argument("--modality", choices=MODALITY_CHOICES,
                               default="auto", help="decides the PSNR peak (CT: 4096)")
     bench_codecs.add_argument("--quiet", action="store_true", help="no progress lines")
     bench_codecs.set_defaults(handler=commands.bench_codecs)
