@@ -5,7 +5,7 @@ Usage (prints one line per evaluation; the demo phantom cohort is cached under -
         [--evaluate 240,480] [--optimizer adamw] [--learning-rate 3e-3] [--filters 16,32,64,128]
         [--sampling classes] [--foreground-fraction 0.9] [--mirror ""] [--threads 2]
 
-Data flow: the demo's 12-case phantom cohort (96x96x48, 4 mm; ``--phase``) -> fold 0 of 3
+Data flow: the demo's 12-case phantom cohort (120x120x48 of 3.2 x 3.2 x 4 mm, trained at 4 mm; ``--phase``) -> fold 0 of 3
 (8 training, 4 test cases) -> medlossy.train's preprocessing, PatchSampler, DynUNet and
 optimizer, Dice + CE, poly learning rate over ``--iterations`` -> at each ``--evaluate``
 point, sliding-window prediction of the 4 test cases and Dice per class. Training steps alone
@@ -26,7 +26,7 @@ from monai.losses import DiceCELoss
 
 from medlossy.data.phantom import LABELS, write_phantom_dataset
 from medlossy.datasets.nnunet_raw import open_raw_dataset
-from medlossy.experiments.demo import DEMO_PHANTOM
+from medlossy.experiments.demo import DEMO_PHANTOM, DEMO_TRAINING
 from medlossy.train.config import TrainConfig
 from medlossy.train.loop import build_optimizer
 from medlossy.train.network import build_network, network_arguments
@@ -81,7 +81,8 @@ def main() -> None:
     labelled = [case for case in dataset.cases() if case.label is not None]
     split = kfold_splits([case.name for case in labelled], 3)[0]
     config = TrainConfig(
-        target_spacing=DEMO_PHANTOM.spacing, patch_size=_numbers(arguments.patch),
+        target_spacing=tuple(DEMO_TRAINING["target_spacing"]),
+        patch_size=_numbers(arguments.patch),
         filters=_numbers(arguments.filters), epochs=1, iterations_per_epoch=arguments.iterations,
         optimizer=arguments.optimizer, learning_rate=arguments.learning_rate,
         weight_decay=arguments.weight_decay, sampling=arguments.sampling,

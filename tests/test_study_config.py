@@ -187,3 +187,20 @@ def test_repeats_plan_one_training_unit_per_ratio_fold_and_seed(data: Path,
     assert set(single.train) < set(plan.train)  # seed 0, fold 0 units are shared
     # cross: every model of a (fold, seed) on every ratio; evaluation tables per model
     assert len(plan.evaluations) == 12 * 2
+
+
+def test_a_ratio_out_of_reach_is_left_out_of_the_plan(data: Path, tmp_path: Path) -> None:
+    """x100 not swept (out of the codec's reach on some image) once crashed the demo with
+    KeyError: 100; the experiments run on the ratios that were swept."""
+    from medlossy.experiments.segmentation import SweepFolders, plan_segmentation
+
+    text = GOOD.replace('"cross", "pretrained", "budget"', '"cross", "pretrained"')
+    config = load_config(_write(data, text, "unreached.toml"))
+    folder = data / "data" / "Dataset950_Phantom"
+    wanted = set(config.train_ratios) | set(config.ratios)
+    swept = {r: folder for r in wanted if r != max(wanted)}
+    plan = plan_segmentation(config, [SweepFolders("P", swept)], tmp_path)
+
+    assert {u.ratio for u in plan.train.values()} == set(config.train_ratios) - {max(wanted)}
+    tested = {row.evaluation.ratio_test for row in plan.rows}
+    assert max(wanted) not in tested and tested

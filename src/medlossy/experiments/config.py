@@ -22,6 +22,7 @@ Example (every key optional except ``datasets``)::
 
     [[datasets]]
     path = "nnUNet_raw/Dataset011_AMOS"
+    body_region = "abdomen"                       # optional: abdomen, chest, musculoskeletal, head
 
     [training]
     backend = "builtin"                            # or "nnunet" (options: docs/study.md)
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from medlossy.backends import TrainingBackend, TrainRequest, get_backend
 from medlossy.errors import MedlossyError
+from medlossy.experiments.guidelines import BODY_REGIONS
 
 if TYPE_CHECKING:
     from medlossy.codecs.base import SliceCodec
@@ -58,7 +60,7 @@ _TOP_KEYS = {"experiments", "ratios", "train_ratios", "folds", "train_folds", "s
 #: [training] keys of the study; every other key is an option of the chosen backend.
 _STUDY_TRAINING_KEYS = ("backend", "epochs", "iterations_per_epoch")
 _DATASET_KEYS = {"path", "train", "synthetic", "cases", "voxels_per_case", "crop_to_label",
-                 "crop_margin_mm"}
+                 "crop_margin_mm", "body_region"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ class DatasetEntry:
     #: Crop every case to these label values first (the paper crops LiTS to the liver).
     crop_to_label: tuple[int, ...] = ()
     crop_margin_mm: float = 10.0
+    #: What the images show (a key of ``guidelines.BODY_REGIONS``): the report then puts
+    #: published clinical guidance for lossy compression beside the safe ratio.
+    body_region: str | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +192,10 @@ def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> S
         raise _fail(source, f"unknown experiment(s) {sorted(unknown)}; known: {EXPERIMENTS}")
     if not config.datasets:
         raise _fail(source, "no datasets")
+    for entry in config.datasets:
+        if entry.body_region is not None and entry.body_region not in BODY_REGIONS:
+            raise _fail(source, f"body_region of {entry.path} must be one of "
+                                f"{', '.join(BODY_REGIONS)}, got {entry.body_region!r}")
     _check_codecs(config, source)
     if any(r < 1 for r in config.ratios + config.train_ratios):
         raise _fail(source, "ratios must be >= 1 (1 = lossless)")
@@ -265,7 +274,8 @@ def load_config(path: str | Path, *, check_files: bool = True) -> StudyConfig:
                                     bool(item.get("synthetic", False)), item.get("cases"),
                                     item.get("voxels_per_case"),
                                     tuple(int(v) for v in item.get("crop_to_label", ())),
-                                    float(item.get("crop_margin_mm", 10.0))))
+                                    float(item.get("crop_margin_mm", 10.0)),
+                                    item.get("body_region")))
     pretrained = {k: str(resolve(v)) for k, v in document.pop("pretrained", {}).items()}
     reader = document.pop("reader_results", None)
     tuples = {k: tuple(v) for k, v in document.items() if isinstance(v, list)}
