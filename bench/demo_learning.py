@@ -5,11 +5,12 @@ Usage (prints one line per evaluation; the demo phantom cohort is cached under -
         [--evaluate 240,480] [--optimizer adamw] [--learning-rate 3e-3] [--filters 16,32,64,128]
         [--sampling classes] [--foreground-fraction 0.9] [--mirror ""] [--threads 2]
 
-Data flow: the demo's 12-case phantom cohort (120x120x48 of 3.2 x 3.2 x 4 mm, trained at 4 mm; ``--phase``) -> fold 0 of 3
-(8 training, 4 test cases) -> medlossy.train's preprocessing, PatchSampler, DynUNet and
-optimizer, Dice + CE, poly learning rate over ``--iterations`` -> at each ``--evaluate``
-point, sliding-window prediction of the 4 test cases and Dice per class. Training steps alone
-are timed (it/s), with the load average beside them: the machine is shared.
+Data flow: the demo's 12-case phantom cohort (120x120x48 of 3.2 x 3.2 x 4 mm, trained at
+4 mm; ``--phase``) -> fold 0 of 3 (8 training, 4 test cases) -> medlossy.train's
+preprocessing, PatchSampler, DynUNet and optimizer, Dice + CE, poly learning rate over
+``--iterations`` -> at each ``--evaluate`` point, sliding-window prediction of the 4 test
+cases and Dice per class. Training steps alone are timed (it/s), with the load average
+beside them: the machine is shared.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The built-in demo study: real CT/MR for image quality, a synthetic cohort for training.
 
 Sized to finish in about ten minutes on two CPU cores: the phantom volumes are small and
-coarse (trained at 4 mm), the network small, five models (x1, x20, x100 and the two storage-budget arms)
-each train 480 iterations. The report says that such a run cannot support conclusions.
+trained at a coarse 4 mm, the network small, five models (x1, x20, x100 and the two
+storage-budget arms) each train 480 iterations. The report says that such a run cannot
+support conclusions.
 
 What makes 480 iterations enough for every class at x1 (measured, see BENCHMARKS.md "The demo
 study"): a contrast-enhanced (portal-venous) phantom, whose vessels, kidneys and spleen stand
