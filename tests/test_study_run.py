@@ -25,6 +25,7 @@ budget_fractions = [0.3, 1.0]
 [[datasets]]
 path = "data/Dataset950_Phantom"
 synthetic = true
+body_region = "abdomen"
 
 [training]
 preset = "lowres"
@@ -39,7 +40,8 @@ device = "cpu"
 
 SECTIONS = ("1. Image quality", "2. Train on compressed data",
             "Statistics: non-inferiority against ratio 1", "3. Cross-ratio matrix",
-            "4. Pretrained model on compressed inputs", "5. Storage budget")
+            "4. Pretrained model on compressed inputs", "5. Storage budget",
+            "Clinical guidance (context, not a verdict)")
 EXPERIMENTS = {"quality", "train", "cross", "pretrained", "budget:few-shot",
                "budget:compressed"}
 FIGURES = ("quality", "train_dice", "non_inferiority", "cross_Dataset950_Phantom",
@@ -91,6 +93,18 @@ def test_report_says_the_run_is_too_short_for_conclusions(study: Study, name: st
 
     assert "far too short" in text
     assert "not as evidence" in text
+
+
+def test_guidance_for_the_stated_body_region_sits_beside_the_safe_ratio(study: Study) -> None:
+    text = (study.out / "report.md").read_text()
+    section = text.split("## Clinical guidance")[1].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if "Dataset950_Phantom" in line)
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+
+    # 2 test cases: fewer than min_test_cases, so no safe ratio is named to compare
+    assert cells[:4] == ["Dataset950_Phantom", "CT", "abdomen", "none named"]
+    assert "15:1" in cells and "8:1" in cells
+    assert "Koff" in section and "Loose" in section
 
 
 def test_a_ratio_stored_losslessly_is_labelled_so(study: Study) -> None:

@@ -15,8 +15,6 @@ Sources:
 
 from __future__ import annotations
 
-import math
-
 #: Body regions a study config may state per dataset (``body_region`` in ``[[datasets]]``).
 BODY_REGIONS = ("abdomen", "chest", "musculoskeletal", "head")
 GUIDELINES = {
@@ -44,10 +42,40 @@ def accepted_ratios(modality: str, region: str) -> dict[str, float]:
 
 def compared(safe_ratio: float | None, accepted: float) -> str:
     """How a study's safe ratio stands against one guideline's accepted ratio, in words."""
-    if safe_ratio is None or not math.isfinite(accepted):
-        return "no safe ratio named here"
+    if safe_ratio is None or safe_ratio <= 1:
+        return "no compressed ratio shown safe here"
     if safe_ratio > accepted:
         return f"beyond it (x{safe_ratio:g} > {accepted:g}:1)"
     if safe_ratio == accepted:
         return "equal"
     return f"within it (x{safe_ratio:g} < {accepted:g}:1)"
+
+
+#: What the report says above the guidance table.
+GUIDANCE_TEXT = (
+    "Published ratios accepted for irreversible JPEG 2000 compression in diagnostic reading, "
+    f"for each dataset's modality and stated body region: {GUIDELINES['CAR']} and "
+    f"{GUIDELINES['DRG']}. Context, not a verdict: those ratios come from radiologists reading "
+    "2D images for diagnosis, this study's safe ratio from segmentation networks, and each "
+    "guideline counts its ratio in its own way (against the image as stored for reading). "
+    "A safe ratio beyond them says the networks tolerate more than readers are allowed to, "
+    "not that archives may go further.")
+
+
+def guidance_rows(datasets: list[tuple[str, str, str | None, float | None, bool]],
+                  ) -> list[dict]:
+    """One table row per ``(dataset, modality, body_region, safe ratio, trained)``."""
+    rows = []
+    for name, modality, region, safe, trained in datasets:
+        row: dict = {"dataset": name, "modality": modality,
+                     "body_region": region or "not stated (body_region in [[datasets]])",
+                     "safe_ratio": (("x1 (none compressed)" if safe <= 1 else f"x{safe:g}")
+                                    if safe is not None else "none named")
+                     if trained else "not trained (quality only)"}
+        accepted = accepted_ratios(modality, region) if region else {}
+        for key in GUIDELINES:
+            ratio = accepted.get(key)
+            row[f"{key} 2008"] = f"{ratio:g}:1" if ratio else ""
+            row[f"vs {key}"] = (compared(safe, ratio) if ratio and trained else "")
+        rows.append(row)
+    return rows

@@ -25,6 +25,7 @@ from medlossy.datasets.preparation import crop_dataset
 from medlossy.experiments import segmentation as seg
 from medlossy.experiments.budget import TOLERANCE, BudgetArms, plan_budget
 from medlossy.experiments.config import StudyConfig
+from medlossy.experiments.guidelines import GUIDANCE_TEXT, guidance_rows
 from medlossy.experiments.quality import run_quality
 from medlossy.experiments.scaleout import dask_cluster, local_gpus
 from medlossy.experiments.statistics import (
@@ -250,6 +251,23 @@ def _safe_verdict(config: StudyConfig, tests: pd.DataFrame) -> str:
             "shown non-inferior): " + "; ".join(lines) + ".") if lines else ""
 
 
+def _guidance_section(config: StudyConfig, results: pd.DataFrame,
+                      described: list[tuple[str, str, str | None, bool]]) -> Section:
+    """Published clinical guidance beside each dataset's safe ratio (context only)."""
+    safe: dict[str, float | None] = {}
+    if "train" in config.experiments and not results.empty:
+        tests = non_inferiority(results, config.margin, tail_drop=config.tail_drop,
+                                tail_limit=config.tail_limit,
+                                assumed_model_sd=config.assumed_model_sd)
+        safe = {name: found.ratio for name, found in safe_ratios(
+            tests, config.min_test_cases,
+            over_classes=config.safe_ratio_over == "classes").items()}
+    rows = guidance_rows([(name, modality, region, safe.get(name), trained and name in safe)
+                          for name, modality, region, trained in described])
+    return Section("Clinical guidance (context, not a verdict)", GUIDANCE_TEXT,
+                   pd.DataFrame(rows))
+
+
 def _with_intervals(table: pd.DataFrame, results: pd.DataFrame, experiment: str,
                     column: str, assumed_model_sd: float) -> pd.DataFrame:
     """``seg.mean_by``'s table with the 95% interval of each mean."""
@@ -298,6 +316,7 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
     started = time.perf_counter()
     timings: dict[str, float] = {}
     quality_tables, sweeps, budgets, training_quality = [], [], [], []
+    described: list[tuple[str, str, str | None, bool]] = []  # name, modality, region, trained
     unreached: list[str] = []
     for index, entry in enumerate(config.datasets):
         dataset = open_raw_dataset(entry.path)
@@ -309,6 +328,8 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
             # One codec keeps the single-codec layout; several get a sweep (and models) each,
             # named dataset_codec in every table, so the report compares them at equal ratio.
             name = dataset.name if len(config.codecs) == 1 else f"{dataset.name}_{codec}"
+            described.append((name, dataset.channel_modality(0), entry.body_region,
+                              entry.train))
             folder = out / "sweeps" / name
             base_id = config.base_id + 10 * (index * len(config.codecs) + position)
             compress = partial(run_quality, dataset, folder, base_id=base_id, workers=workers,
@@ -372,6 +393,7 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
         sections.append(_codec_section(quality, results))
     notes = lossless_ratios(pd.concat(training_quality)) if training_quality else {}
     sections += _segmentation_sections(config, results, footprints, out, notes)
+    sections.append(_guidance_section(config, results, described))
     sections += _reader_section(config)
     sections += _picture_sections(config, out, plan)
     timings["total"] = time.perf_counter() - started
