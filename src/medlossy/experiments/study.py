@@ -317,6 +317,7 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
     timings: dict[str, float] = {}
     quality_tables, sweeps, budgets, training_quality = [], [], [], []
     described: list[tuple[str, str, str | None, bool]] = []  # name, modality, region, trained
+    synthetic: set[str] = set()
     unreached: list[str] = []
     for index, entry in enumerate(config.datasets):
         dataset = open_raw_dataset(entry.path)
@@ -330,6 +331,8 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
             name = dataset.name if len(config.codecs) == 1 else f"{dataset.name}_{codec}"
             described.append((name, dataset.channel_modality(0), entry.body_region,
                               entry.train))
+            if entry.synthetic:
+                synthetic.add(name)
             folder = out / "sweeps" / name
             base_id = config.base_id + 10 * (index * len(config.codecs) + position)
             compress = partial(run_quality, dataset, folder, base_id=base_id, workers=workers,
@@ -388,7 +391,7 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
             tidy[column] = tidy[column].astype(str)
     _write_table(tidy, out / "results")
 
-    sections = [_quality_section(quality, out)]
+    sections = [_quality_section(quality, out, synthetic)]
     if len(config.codecs) > 1:
         sections.append(_codec_section(quality, results))
     notes = lossless_ratios(pd.concat(training_quality)) if training_quality else {}
@@ -442,13 +445,34 @@ def _codec_section(quality: pd.DataFrame, results: pd.DataFrame) -> Section:
         codec_comparison(quality, results))
 
 
-def _quality_section(quality: pd.DataFrame, out: Path) -> Section:
+def synthetic_against_real(quality: pd.DataFrame, synthetic: set[str]) -> str:
+    """How far the SYNTHETIC CT datasets' mean PSNR per lossy ratio lies from the real CT
+    datasets' (both in this run), and why where it is more than 2 dB."""
+    ct = quality[(quality["modality"] == "CT") & np.isfinite(quality["psnr_db"])]
+    fake = ct[ct["dataset"].isin(synthetic)].groupby("ratio_target")["psnr_db"].mean()
+    real = ct[~ct["dataset"].isin(synthetic)].groupby("ratio_target")["psnr_db"].mean()
+    gaps = (fake - real).dropna()
+    if gaps.empty:
+        return ""
+    listed = ", ".join(f"x{r:g} {gap:+.1f} dB" for r, gap in gaps.items())
+    text = f" SYNTHETIC minus real CT, mean PSNR per ratio: {listed}."
+    if (gaps.abs() > 2).any():
+        text += (" Where the gap exceeds 2 dB the phantom does not compress like real CT: "
+                 "its texture is drawn smooth (over 6 mm) beside calibrated noise and lacks "
+                 "real CT's fine detail, so it keeps more PSNR at middle ratios, while at high "
+                 "ratios small slices lose more to the fixed bytes of every JPEG 2000 header; "
+                 "read the phantom's Dice at those ratios with that in mind.")
+    return text
+
+
+def _quality_section(quality: pd.DataFrame, out: Path, synthetic: set[str]) -> Section:
     figures_written = plot_quality(quality, out / "quality")
     return Section(
         "1. Image quality", "PSNR (r = 4096 for CT; max - min over the dataset for MR) of "
         "every image at every ratio; ratio 1 is lossless. Achieved ratios count every byte of "
         "each store. Images stored losslessly (x1, and x2 where lossless already fits the "
-        "budget) have infinite PSNR and are not plotted.",
+        "budget) have infinite PSNR and are not plotted." + synthetic_against_real(
+            quality, synthetic),
         quality_summary(quality), figures_written)
 
 
