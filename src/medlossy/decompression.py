@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from medlossy import __version__
@@ -16,7 +17,7 @@ from medlossy.codecs.intensity import CodeMapping
 from medlossy.codecs.pool import default_workers
 from medlossy.errors import MedlossyError
 from medlossy.io import write_volume
-from medlossy.io.nifti import saved_header
+from medlossy.io.nifti import nifti_image, saved_header
 from medlossy.outputs import DECOMPRESSED_NOTE
 from medlossy.store import SliceStore
 from medlossy.volume import Volume
@@ -66,6 +67,26 @@ def volume_from_codes(codes: Iterable[np.ndarray], mapping: CodeMapping,
                   modality=attributes.get("modality", "OTHER"), header=header)
 
 
+def decompressed_note(store_path: str | Path) -> str:
+    """What a decoded file says wrote it (kept in its header)."""
+    return f"{DECOMPRESSED_NOTE} {__version__} from {Path(store_path).name}"
+
+
+def decoded_nifti(store_path: str | Path, *, workers: int | None = None) -> nib.Nifti1Image:
+    """The NIfTI image ``medlossy decompress STORE out.nii`` writes, as nibabel reads that
+    file back (header, affine, scaling and voxels alike), built in memory: for readers
+    that hand stores to code written for nibabel images (medlossy.loading's MONAI and
+    TorchIO readers)."""
+    volume = read_store(store_path, workers=workers)
+    try:
+        image = nifti_image(volume, note=decompressed_note(store_path))
+    except ValueError as error:
+        raise MedlossyError(store_path, f"corrupt store metadata ({error})") from None
+    # Serialised and parsed again: nibabel's header after a load (vox_offset, the scaling
+    # moved into the array proxy) differs from the one of an image built in memory.
+    return type(image).from_bytes(image.to_bytes())
+
+
 def decompress_to_file(store_path: str | Path, output: str | Path, *,
                        workers: int | None = None, replace: bool = True) -> Volume:
     """Decode a store and write it (.nii, .nii.gz or .nrrd), atomically; ``replace`` False
@@ -73,8 +94,7 @@ def decompress_to_file(store_path: str | Path, output: str | Path, *,
     volume = read_store(store_path, workers=workers)
     try:
         with atomic_output(output, replace=replace) as temporary:
-            write_volume(volume, temporary,
-                         note=f"{DECOMPRESSED_NOTE} {__version__} from {Path(store_path).name}")
+            write_volume(volume, temporary, note=decompressed_note(store_path))
     except MedlossyError as error:
         raise MedlossyError(output, error.problem) from None
     return volume
