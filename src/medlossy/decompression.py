@@ -67,23 +67,19 @@ def volume_from_codes(codes: Iterable[np.ndarray], mapping: CodeMapping,
                   modality=attributes.get("modality", "OTHER"), header=header)
 
 
-def decompressed_note(store_path: str | Path) -> str:
-    """What a decoded file says wrote it (kept in its header)."""
-    return f"{DECOMPRESSED_NOTE} {__version__} from {Path(store_path).name}"
-
-
 def decoded_nifti(store_path: str | Path, *, workers: int | None = None) -> nib.Nifti1Image:
     """The NIfTI image ``medlossy decompress STORE out.nii`` writes, as nibabel reads that
-    file back (header, affine, scaling and voxels alike), built in memory: for readers
-    that hand stores to code written for nibabel images (medlossy.loading's MONAI and
-    TorchIO readers)."""
+    file back (header, affine, scaling and voxels alike; only its comment naming the writer
+    is left out), built in memory: for readers that hand stores to code written for nibabel
+    images (medlossy.loading's MONAI and TorchIO readers)."""
     volume = read_store(store_path, workers=workers)
     try:
-        image = nifti_image(volume, note=decompressed_note(store_path))
+        image = nifti_image(volume)
     except ValueError as error:
         raise MedlossyError(store_path, f"corrupt store metadata ({error})") from None
-    # Serialised and parsed again: nibabel's header after a load (vox_offset, the scaling
-    # moved into the array proxy) differs from the one of an image built in memory.
+    # Serialised and parsed again: an image built on a kept header has no affine until
+    # saved (a load takes it from the header's sform / qform as nibabel chooses) and holds
+    # stored values, not the scaling applied by an array proxy, as a loaded file does.
     return type(image).from_bytes(image.to_bytes())
 
 
@@ -94,7 +90,8 @@ def decompress_to_file(store_path: str | Path, output: str | Path, *,
     volume = read_store(store_path, workers=workers)
     try:
         with atomic_output(output, replace=replace) as temporary:
-            write_volume(volume, temporary, note=decompressed_note(store_path))
+            write_volume(volume, temporary,
+                         note=f"{DECOMPRESSED_NOTE} {__version__} from {Path(store_path).name}")
     except MedlossyError as error:
         raise MedlossyError(output, error.problem) from None
     return volume
