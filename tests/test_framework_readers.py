@@ -68,8 +68,18 @@ def _mr() -> nib.Nifti1Image:
     return image
 
 
-SOURCES = {"ct": (_ct, "CT"), "mr": (_mr, "MR")}
-CASES = [(name, tile) for name in SOURCES for tile in (None, 32)]
+def _scaled_mr() -> nib.Nifti1Image:
+    """The MR as int16 codes under scl_slope / scl_inter, as scanners export some series."""
+    mr = _mr()
+    codes = np.asarray(mr.dataobj).astype(np.int16) * 8 - 300
+    image = nib.Nifti1Image(codes, mr.affine, mr.header)
+    image.header.set_data_dtype(np.int16)
+    image.header.set_slope_inter(0.25, 75.0)
+    return image
+
+
+SOURCES = {"ct": (_ct, "CT"), "mr": (_mr, "MR"), "mr_scaled": (_scaled_mr, "MR")}
+CASES = [(name, tile) for name in ("ct", "mr") for tile in (None, 32)] + [("mr_scaled", None)]
 
 
 def _run(*arguments: object) -> None:
@@ -120,11 +130,14 @@ def test_monai_keeps_the_decoded_integer_type_when_asked(stores, name, tile):
     store, decoded = stores[name, tile]
     image = LoadImage(reader=MedlossyStoreReader(), dtype=None)(store)
     stored = np.asanyarray(nib.load(decoded).dataobj)
-    assert stored.dtype == (np.int16 if name == "ct" else np.uint8)
+    assert stored.dtype == {"ct": np.int16, "mr": np.uint8, "mr_scaled": np.float64}[name]
     assert image.numpy().dtype == stored.dtype
     np.testing.assert_array_equal(image.numpy(), stored)
     if name == "mr":  # lossy values beyond uint8 were clipped, as decompress writes them
         assert stored.min() == 0 and stored.max() == 255
+    if name == "mr_scaled":  # int16 codes under the source's scaling, as nibabel reads them
+        proxy = nib.load(decoded).dataobj
+        assert (proxy.dtype, proxy.slope, proxy.inter) == (np.int16, 0.25, 75.0)
 
 
 def test_monai_load_imaged_reads_a_store_beside_a_nifti_label(stores, tmp_path):
