@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchio as tio
@@ -24,6 +25,7 @@ from medlossy.cli.main import main as cli_main
 from medlossy.errors import MedlossyError
 from medlossy.loading.monai_reader import MedlossyStoreReader
 from medlossy.loading.torchio_reader import store_reader
+from medlossy.train.datalist import ratio_datalist
 
 
 def _rotation(x_degrees: float, y_degrees: float) -> np.ndarray:
@@ -259,3 +261,26 @@ def test_datalist_of_a_folder_that_is_no_sweep_is_one_line(tmp_path, cli):
     assert code == 2 and printed == ""
     assert error.startswith("medlossy: error: ") and error.count("\n") == 1
     assert "sweep.json" in error
+
+
+def test_datalist_lists_a_cases_channels_in_order_and_names_a_missing_label(tmp_path):
+    sweep, out = tmp_path / "sweep", tmp_path / "lists"
+    labels = sweep / "nnunet" / "Dataset600_Two_r10" / "labelsTr"
+    labels.mkdir(parents=True)
+    (labels.parent / "dataset.json").write_text('{"file_ending": ".nii.gz"}')
+    rows = pd.DataFrame([
+        {"case": case, "split": "Tr", "channel": channel, "ratio_target": 10.0,
+         "store": f"stores/r10/{case}_{channel:04d}.zarr", "decoded": "unused"}
+        for case in ("b", "a", "c") for channel in (1, 0)])
+    for case in ("a", "b", "c"):
+        (labels / f"{case}.nii.gz").touch()
+    document = ratio_datalist(sweep, labels.parent, rows, out, folds=3, fold=1)
+    entries = document["training"] + document["validation"]
+    assert len(document["validation"]) == 1 and document["test"] == []
+    for entry in entries:
+        case = entry["label"].rsplit("/", 1)[1].split(".")[0]
+        assert entry["image"] == [f"../sweep/stores/r10/{case}_0000.zarr",
+                                  f"../sweep/stores/r10/{case}_0001.zarr"]
+    (labels / "b.nii.gz").unlink()
+    with pytest.raises(MedlossyError, match=r"b\.nii\.gz: missing: case b of ratio 10"):
+        ratio_datalist(sweep, labels.parent, rows, out, folds=3, fold=1)
