@@ -170,6 +170,7 @@ def test_monai_reader_recognises_stores_by_layout_not_only_by_name(stores, tmp_p
     reader = MedlossyStoreReader()
     assert reader.verify_suffix(renamed) and reader.verify_suffix(stores["ct", 32][0])
     assert not reader.verify_suffix(stores["ct", 32][1])  # a .nii.gz
+    assert not reader.verify_suffix(tmp_path / "ct.zarr.nii.gz")
     assert LoadImage(reader=reader)(renamed).shape == (8, 64, 64)
 
 

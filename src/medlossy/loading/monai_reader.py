@@ -15,7 +15,7 @@ from pathlib import Path
 
 from monai.config import PathLike
 from monai.data import NibabelReader
-from monai.data.utils import correct_nifti_header_if_necessary, is_supported_format
+from monai.data.utils import correct_nifti_header_if_necessary
 from monai.utils import ensure_tuple
 
 from medlossy.decompression import decoded_nifti
@@ -25,7 +25,7 @@ from medlossy.store.ngff import LEVEL0
 def is_store(path: PathLike) -> bool:
     """Whether ``path`` names a store: a ``.zarr`` name, or a folder laid out as one."""
     folder = Path(path)
-    return is_supported_format(path, ["zarr"]) or (
+    return folder.suffix.lower() == ".zarr" or (
         (folder / ".zattrs").is_file()
         and ((folder / LEVEL0 / ".zarray").is_file() or (folder / ".zarray").is_file()))
 
