@@ -34,7 +34,8 @@ DATALIST_FOLDER = "datalists"
 def _manifest(sweep: Path) -> pd.DataFrame:
     path = sweep / "manifest.csv"
     try:
-        return pd.read_csv(path)
+        # case names as written: "001" is a name, not the number 1
+        return pd.read_csv(path, dtype={"case": str, "split": str})
     except FileNotFoundError:
         raise MedlossyError(sweep, "not a finished sweep (manifest.csv is missing; run "
                                    "`medlossy dataset compress` first)") from None
@@ -48,7 +49,7 @@ def _relative(path: Path, folder: Path) -> str:
 
 def _dataset_folder(sweep: Path, described: dict, ratio: float) -> Path:
     """The nnU-Net dataset of ``ratio`` in the sweep (its labelsTr and dataset.json)."""
-    datasets = described.get("datasets")
+    datasets = described.get("datasets") if isinstance(described, dict) else None
     name = datasets.get(ratio_tag(ratio)) if isinstance(datasets, dict) else None
     if not isinstance(name, str):
         raise MedlossyError(sweep / "sweep.json", f"names no dataset for ratio {ratio:g}")
