@@ -219,10 +219,10 @@ def _sweep(tmp_path: Path) -> Path:
         array = np.asarray(ct.dataobj) + np.int16(index)
         split = "Ts" if index == 4 else "Tr"
         nib.save(nib.Nifti1Image(array, ct.affine), source / f"images{split}" /
-                 f"case{index}_0000.nii.gz")
+                 f"{index:03d}_0000.nii.gz")
         if split == "Tr":
             nib.save(nib.Nifti1Image((array > 300).astype(np.uint8), ct.affine),
-                     source / "labelsTr" / f"case{index}.nii.gz")
+                     source / "labelsTr" / f"{index:03d}.nii.gz")
     (source / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "CT"}, "labels": {"background": 0, "bone": 1},
         "numTraining": 4, "file_ending": ".nii.gz"}))
@@ -242,11 +242,11 @@ def test_datalist_per_ratio_loads_in_monai(tmp_path, cli):
         document = json.loads(path.read_text())
         names = {entry["label"].rsplit("/", 1)[1] for entry in
                  document["training"] + document["validation"]}
-        assert names == {f"case{i}.nii.gz" for i in range(4)}
+        assert names == {f"{i:03d}.nii.gz" for i in range(4)}  # "001", not 1
         assert len(document["validation"]) in (1, 2)  # fold 0 of 3 over 4 cases
         training = load_decathlon_datalist(path, data_list_key="training")
         test = load_decathlon_datalist(path, data_list_key="test")
-        assert [Path(e["image"]).name for e in test] == ["case4_0000.zarr"]
+        assert [Path(e["image"]).name for e in test] == ["004_0000.zarr"]
         entry = training[0]
         assert Path(entry["image"]).parent == out / "stores" / path.stem
         case = LoadImaged(["image", "label"], reader=MedlossyStoreReader())(entry)
