@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from medlossy import __version__
@@ -16,7 +17,7 @@ from medlossy.codecs.intensity import CodeMapping
 from medlossy.codecs.pool import default_workers
 from medlossy.errors import MedlossyError
 from medlossy.io import write_volume
-from medlossy.io.nifti import saved_header
+from medlossy.io.nifti import nifti_image, saved_header
 from medlossy.outputs import DECOMPRESSED_NOTE
 from medlossy.store import SliceStore
 from medlossy.volume import Volume
@@ -64,6 +65,22 @@ def volume_from_codes(codes: Iterable[np.ndarray], mapping: CodeMapping,
     header = {key: value for key, value in source.items() if key != "file"}
     return Volume(array, np.asarray(geometry["affine"], dtype=float),
                   modality=attributes.get("modality", "OTHER"), header=header)
+
+
+def decoded_nifti(store_path: str | Path, *, workers: int | None = None) -> nib.Nifti1Image:
+    """The NIfTI image ``medlossy decompress STORE out.nii`` writes, as nibabel reads that
+    file back (header, affine, scaling and voxels alike; only its comment naming the writer
+    is left out), built in memory: for readers that hand stores to code written for nibabel
+    images (medlossy.loading's MONAI and TorchIO readers)."""
+    volume = read_store(store_path, workers=workers)
+    try:
+        image = nifti_image(volume)
+    except ValueError as error:
+        raise MedlossyError(store_path, f"corrupt store metadata ({error})") from None
+    # Serialised and parsed again: an image built on a kept header has no affine until
+    # saved (a load takes it from the header's sform / qform as nibabel chooses) and holds
+    # stored values, not the scaling applied by an array proxy, as a loaded file does.
+    return type(image).from_bytes(image.to_bytes())
 
 
 def decompress_to_file(store_path: str | Path, output: str | Path, *,

@@ -641,6 +641,15 @@ def dataset_verify(arguments: argparse.Namespace) -> None:
             f"{arguments.sweep}: every store, decoded image and label matches its checksum")
 
 
+def dataset_datalist(arguments: argparse.Namespace) -> None:
+    from medlossy.train.datalist import write_datalists
+
+    written = write_datalists(Path(arguments.sweep), arguments.out, folds=arguments.folds,
+                              fold=arguments.fold)
+    _result(arguments, {"sweep": arguments.sweep, "datalists": [str(p) for p in written]},
+            "\n".join(str(path) for path in written))
+
+
 def _numbers(text: str, option: str, kind: type, count: int = 3) -> tuple:
     try:
         values = tuple(kind(part) for part in text.split(","))

@@ -333,6 +333,23 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("sweep", help="sweep folder written by dataset compress")
     _add_json(check)
     check.set_defaults(handler=commands.dataset_verify)
+    datalist = dataset_sub.add_parser(
+        "datalist", help="a Decathlon-style datalist JSON per ratio, images = the stores",
+        description="Write one datalist per ratio of a sweep (training and validation: the "
+                    "fold's labelled cases with their label file; test: imagesTs), images "
+                    "naming the stores, for MONAI's load_decathlon_datalist and "
+                    "LoadImaged(reader=MedlossyStoreReader()) (docs/loading.md).")
+    datalist.add_argument("sweep", help="sweep folder written by dataset compress")
+    datalist.add_argument("--out", default=None,
+                          help="folder for r<ratio>.json (default: SWEEP/datalists)")
+    datalist.add_argument("--folds", type=positive_int, default=3,
+                          help="k of the study's k-fold split of the labelled cases "
+                               "(default: 3)")
+    datalist.add_argument("--fold", type=int, default=0,
+                          help="the fold whose held-out cases are the validation list "
+                               "(default: 0)")
+    _add_json(datalist)
+    datalist.set_defaults(handler=commands.dataset_datalist)
 
     add_reader_parser(sub)
     add_evaluate_parsers(sub)

@@ -194,11 +194,17 @@ def write_nifti(volume: Volume, path: Path, *, note: str | None = None) -> None:
     scaling (a scaled integer source gets its integers and scl_slope / scl_inter back).
     ``note`` is written as a NIfTI comment extension (what wrote the file), ending in the
     digest of the voxels and geometry written (``checksums.with_voxel_digest``)."""
-    saved = volume.header
     try:
-        header = saved_header(saved)
+        image = nifti_image(volume, note=note)
     except ValueError as error:
         raise MedlossyError(path, str(error)) from None
+    nib.save(image, path)
+
+
+def nifti_image(volume: Volume, *, note: str | None = None) -> nib.Nifti1Image:
+    """The image ``write_nifti`` saves, in memory (ValueError: a damaged kept header)."""
+    saved = volume.header
+    header = saved_header(saved)
     if header is not None:
         image_type = nib.Nifti2Image if saved["format"] == "nifti2" else nib.Nifti1Image
         stored = _stored_values(volume, header.get_data_dtype()) \
@@ -233,7 +239,7 @@ def write_nifti(volume: Volume, path: Path, *, note: str | None = None) -> None:
         image.header.extensions.append(nib.nifti1.Nifti1Extension(
             "comment", with_voxel_digest(note, written, geometry_fields(image.header),
                                          scaling).encode()))
-    nib.save(image, path)
+    return image
 
 
 def geometry_fields(header: nib.Nifti1Header) -> dict:

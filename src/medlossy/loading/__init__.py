@@ -1,8 +1,10 @@
 """Training straight from compressed stores: patches decoded on the fly, at any level.
 
 ``StorePatchDataset`` (a PyTorch / MONAI dataset), ``StoreVolume`` (box reads of one store),
-``measure_supply`` (what ``medlossy bench loader`` prints) and the optional GPU decoders in
-``medlossy.loading.gpu``.
+``measure_supply`` (what ``medlossy bench loader`` prints), the optional GPU decoders in
+``medlossy.loading.gpu``, and whole-store readers for MONAI's ``LoadImage``
+(``medlossy.loading.monai_reader``) and TorchIO's ``ScalarImage``
+(``medlossy.loading.torchio_reader``).
 """
 
 from medlossy.loading.dataset import StorePatchDataset, group_stores
