@@ -781,3 +781,14 @@ def test_a_moved_study_reuses_the_sweep_of_its_cropped_copy(tmp_path: Path, seri
     assert snapshot(tmp_path / "moved" / "sweeps" / "syn") == before  # every task reused
     code, _, stderr = cli("dataset", "verify", tmp_path / "moved" / "sweeps" / "syn")
     assert code == 0, stderr
+
+
+def test_case_names_of_digits_stay_names(tmp_path: Path, serial, cli) -> None:
+    """Cases "000", "001": the manifest read them back as the numbers 0 and 1, so dataset
+    verify called every store of a good sweep damaged."""
+    source = write_synthetic_dataset(tmp_path / "Dataset511_Digits", {"000": 1, "001": 2})
+    out = tmp_path / "sweep"
+    assert compress(source, out, "1,5") == 0
+
+    code, _, stderr = cli("dataset", "verify", out)
+    assert code == 0, stderr

@@ -728,6 +728,19 @@ def write_manifest(out: Path, exclude: set[str] = frozenset()) -> pd.DataFrame:
     return manifest
 
 
+def read_manifest(out: Path) -> pd.DataFrame:
+    """A finished sweep's manifest.csv, case names kept as written ("001" is a name, not the
+    number 1: read as numbers they matched no case and every store looked damaged)."""
+    path = out / "manifest.csv"
+    try:
+        return pd.read_csv(path, dtype={"case": str, "split": str})
+    except FileNotFoundError:
+        raise MedlossyError(out, "not a finished sweep (manifest.csv is missing; run "
+                                 "`medlossy dataset compress` first)") from None
+    except pd.errors.EmptyDataError:
+        raise MedlossyError(path, "empty: no image was compressed") from None
+
+
 def _relative_paths(row: dict) -> dict:
     """A part's row with its paths relative to the sweep folder: parts of earlier versions
     recorded absolute ones, of wherever the sweep was then."""

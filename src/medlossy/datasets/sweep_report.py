@@ -13,6 +13,7 @@ from medlossy.checksums import sha256_file
 from medlossy.datasets.sweep import (
     SweepTask,
     finished_part,
+    read_manifest,
     source_changed,
     sweep_file,
     written_root,
@@ -24,13 +25,10 @@ from medlossy.tables import markdown_table
 def _read(out: Path) -> tuple[dict, pd.DataFrame]:
     try:
         sweep = json.loads((out / "sweep.json").read_text())
-        manifest = pd.read_csv(out / "manifest.csv")
-    except FileNotFoundError as error:
-        raise MedlossyError(out, f"not a finished sweep ({Path(error.filename).name} is "
-                                 "missing; run `medlossy dataset compress` first)") from None
-    except pd.errors.EmptyDataError:
-        raise MedlossyError(out / "manifest.csv", "empty: no image was compressed") from None
-    return sweep, manifest
+    except FileNotFoundError:
+        raise MedlossyError(out, "not a finished sweep (sweep.json is missing; run `medlossy "
+                                 "dataset compress` first)") from None
+    return sweep, read_manifest(out)
 
 
 def summarise(manifest: pd.DataFrame) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medlossy.datasets.sweep import ratio_tag
+from medlossy.datasets.sweep import ratio_tag, read_manifest
 from medlossy.experiments import segmentation as seg
 from medlossy.experiments.config import StudyConfig
 
@@ -94,8 +94,9 @@ def dry_run(config: StudyConfig, out: Path) -> tuple[pd.DataFrame, pd.DataFrame,
     rows = []
     for entry in config.datasets:
         size = sizes[entry.path]
-        manifest = out / "sweeps" / size.name / "manifest.csv"
-        done = pd.read_csv(manifest) if manifest.exists() else pd.DataFrame()
+        folder = out / "sweeps" / size.name
+        done = (read_manifest(folder) if (folder / "manifest.csv").exists()
+                else pd.DataFrame())
         for ratio in ratios if entry.train else sorted(config.ratios):
             compressed = int((done["ratio_target"] == ratio).sum()) if len(done) else 0
             raw = size.cases * size.voxels_per_case * 2

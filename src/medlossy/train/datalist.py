@@ -22,25 +22,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from medlossy.datasets.sweep import ratio_tag, sweep_file
+from medlossy.datasets.sweep import ratio_tag, read_manifest, sweep_file
 from medlossy.errors import MedlossyError
 from medlossy.jsonfile import read_json, write_json
 from medlossy.train.splits import kfold_splits
 
 #: Where ``medlossy dataset datalist`` writes by default, inside the sweep folder.
 DATALIST_FOLDER = "datalists"
-
-
-def _manifest(sweep: Path) -> pd.DataFrame:
-    path = sweep / "manifest.csv"
-    try:
-        # case names as written: "001" is a name, not the number 1
-        return pd.read_csv(path, dtype={"case": str, "split": str})
-    except FileNotFoundError:
-        raise MedlossyError(sweep, "not a finished sweep (manifest.csv is missing; run "
-                                   "`medlossy dataset compress` first)") from None
-    except pd.errors.EmptyDataError:
-        raise MedlossyError(path, "empty: no image was compressed") from None
 
 
 def _relative(path: Path, folder: Path) -> str:
@@ -98,7 +86,7 @@ def write_datalists(sweep: str | os.PathLike[str], out: str | os.PathLike[str] |
         raise ValueError(f"fold {fold} of {folds} folds: need folds >= 2 and 0 <= fold < folds")
     described = read_json(sweep / "sweep.json", "missing: not a sweep folder (run `medlossy "
                                                 "dataset compress` first)")
-    manifest = _manifest(sweep)
+    manifest = read_manifest(sweep)
     out = sweep / DATALIST_FOLDER if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
