@@ -274,8 +274,10 @@ def run_plan(plan: SegmentationPlan, *, runner: Runner = serial, show_progress: 
     tables = []
     for row in plan.rows:
         model = row.evaluation.model
-        table = _tag(pd.read_csv(row.evaluation.table), row.experiment, model.dataset,
-                     row.fraction, model.request.seed)
+        # case names as written: "001" is a name, not the number 1
+        evaluated = pd.read_csv(row.evaluation.table, dtype={"case": str})
+        table = _tag(evaluated, row.experiment, model.dataset, row.fraction,
+                     model.request.seed)
         if row.budget_fraction is not None:
             table["budget_fraction"] = row.budget_fraction
         tables.append(table)
