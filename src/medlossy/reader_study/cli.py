@@ -147,17 +147,18 @@ def _loopback(host: str) -> bool:
 
 
 def analyze(arguments: argparse.Namespace) -> None:
-    _require("sklearn", "krippendorff")
+    _require("sklearn", "krippendorff", "statsmodels")
     _private()
-    from medlossy.reader_study.analysis import analyze_study
+    from medlossy.reader_study.analysis import analyze_study, result_lines
     from medlossy.reader_study.db import Database
 
     database = Database(_database_url(arguments))
     out = Path(arguments.out or Path(arguments.study) / "report")
-    result = analyze_study(arguments.study, database, out, bootstrap=arguments.bootstrap,
-                           seed=arguments.seed, include_identical=arguments.include_identical)
+    result = analyze_study(arguments.study, database, out,
+                           include_identical=arguments.include_identical)
     print(f"{out}: {result['answers']} answers from {result['raters']} raters; "
           f"{', '.join(sorted(result['files']))}")
+    print("\n".join(result_lines(result)))
 
 
 def add_reader_parser(subparsers) -> None:
@@ -236,9 +237,6 @@ def add_reader_parser(subparsers) -> None:
     analyze_parser.add_argument("--out", default=None, help="report folder (default: STUDY/report)")
     analyze_parser.add_argument("--db", default=None,
                                 help=f"database URL (default: sqlite:///STUDY/{DEFAULT_DB})")
-    analyze_parser.add_argument("--bootstrap", type=int, default=2000,
-                                help="bootstrap resamples for the CIs (default: 2000)")
-    analyze_parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     analyze_parser.add_argument("--include-identical", action="store_true",
                                 help="score pairs whose two images are pixel-identical too "
                                      "(left out by default, and counted)")
