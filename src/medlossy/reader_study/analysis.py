@@ -32,6 +32,7 @@ from medlossy.errors import MedlossyError
 from medlossy.outputs import check_only
 from medlossy.reader_study.db import Database
 from medlossy.reader_study.intervals import score_interval
+from medlossy.reader_study.pairs import load_key
 from medlossy.reader_study.psychometric import (
     Estimate,
     curve_table,
@@ -39,10 +40,9 @@ from medlossy.reader_study.psychometric import (
     quality_table,
     threshold_estimate,
 )
-from medlossy.reader_study.pairs import load_key
 
-REPORT_FILES = ("answers.csv", "scores.csv", "agreement.csv", "psychometric.csv", "quality.csv",
-                "reader_study.png", "report.md", "summary.json")
+REPORT_FILES = ("answers.csv", "scores.csv", "agreement.csv", "psychometric.csv",
+                "quality.csv", "reader_study.png", "report.md", "summary.json")
 
 POOLED = "pooled"
 SCORES = {"correct": 1, "undecided": 0, "wrong": -1}

@@ -1,7 +1,8 @@
 """Simulated reader studies with a known truth, to check the analysis's intervals.
 
 Data flow: a model with rater and image random effects -> answers of ``raters`` raters on
-``images`` pairs per ratio pair -> the analysis (``score_table``, ``threshold_estimate``)
+``images`` pairs per ratio pair -> the analysis's pooled score interval (``score_interval``, as
+``score_table`` uses it) and 50 % detection ratio (``threshold_estimate``)
 -> how often its intervals hold the truth.
 
 The model (independent of the analysis's formulas): rater j sees the difference on pair k
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from medlossy.reader_study.analysis import POOLED, score_table
+from medlossy.reader_study.intervals import score_interval
 from medlossy.reader_study.psychometric import detection_rows, threshold_estimate
 
 
@@ -92,10 +93,10 @@ def coverage(model: ReaderModel, raters: int, images: int, *, studies: int, seed
     threshold_hits = found = 0
     for _ in range(studies):
         scored = simulate_answers(model, raters, images, rng)
-        table = score_table(scored, model.ratio_pairs)
-        for row in table[table["rater"] == POOLED].itertuples():
-            hits[row.ratio_low, row.ratio_high] += (
-                row.ci_low <= truth[row.ratio_low, row.ratio_high] <= row.ci_high)
+        for (low, high), cell in scored.groupby(["ratio_low", "ratio_high"]):
+            ci_low, ci_high, _ = score_interval(cell["score"].to_numpy(float),
+                                                cell["rater"].to_numpy(), cell["pair"].to_numpy())
+            hits[low, high] += ci_low <= truth[low, high] <= ci_high
         if threshold:
             estimate = threshold_estimate(detection_rows(scored, model.ratios[0]), "ratio")
             found += bool(np.isfinite(estimate.low))
