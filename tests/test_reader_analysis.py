@@ -109,6 +109,39 @@ def test_analyze_writes_scores_agreement_plot_and_report(study, tmp_path, cli):
     assert "## Pooled" in (out / "report.md").read_text()
 
 
+def test_analyze_prints_intervals_threshold_and_quality_from_stored_answers(study, tmp_path,
+                                                                          cli):
+    # Three raters: every x1 vs x20 and x5 vs x20 answer sees the loss (the ceiling, where
+    # the bootstrap version wrote the CI [1.00, 1.00]); x1 vs x5 is seen half the time.
+    database, raters, _ = new_database(study, tmp_path, raters=3)
+    key = load_key(study)
+    for number, rater in enumerate(raters):
+        for index, (pair_id, entry) in enumerate(sorted(key.items())):
+            high = max(entry["left"]["ratio"], entry["right"]["ratio"])
+            seen = high == 20 or (index + number) % 2 == 0
+            database.record(rater.id, pair_id, entry["less_compressed"] if seen else
+                            "undecided")
+    out = tmp_path / "report"
+    code, stdout, err = cli("reader", "analyze", study, "--db",
+                            f"sqlite:///{database.path}", "--out", out)
+    assert code == 0, err
+    pooled = pd.read_csv(out / "scores.csv").query("rater == 'pooled'")
+    ceiling = pooled[pooled["ratio_high"] == 20]
+    assert (ceiling["mean_score"] == 1).all() and (ceiling["ci_low"] < 0.9).all()
+    assert (pooled["df"] >= 2).all()  # Hillis's df is at least raters - 1
+    curve = pd.read_csv(out / "psychometric.csv")
+    assert curve["ratio"].tolist() == [5, 20] and curve["detection"].iloc[1] == 1
+    quality = pd.read_csv(out / "quality.csv")
+    assert quality["ratio"].tolist() == [1, 5, 20]
+    assert quality["quality"].iloc[0] == 0 > quality["quality"].iloc[1] > quality[
+        "quality"].iloc[2]
+    summary = json.loads((out / "summary.json").read_text())
+    found = summary["detection_50"]["ratio"]
+    assert 5 < found["value"] < 20 and found["ci_low"] < found["value"] < found["ci_high"]
+    assert "visually lossless up to): ratio " in stdout
+    assert "x1 vs x20: n 12, 1 [" in stdout
+
+
 def test_analyze_before_any_answer(study, tmp_path, cli):
     database, _, _ = new_database(study, tmp_path)
     code, stdout, err = cli("reader", "analyze", study, "--db", f"sqlite:///{database.path}",
