@@ -6,9 +6,11 @@ the rater-averaged mean by Obuchowski-Rockette (OR) for a single test, with Hill
 degrees of freedom -> a Wilson interval on the effective sample size (Korn & Graubard) ->
 back to the score scale.
 
-Why: a percentile bootstrap over 2-3 raters undercovers (85-91 % for a nominal 95 %) and
-collapses to [1, 1] when every answer is +1. OR with Hillis's df widens the interval with
-few raters (t quantile on few df), and the Wilson form keeps a non-zero width at 0 and 100 %.
+Why: the former percentile bootstrap over raters and images held the true score of a
+near-ceiling ratio pair in 27 % of simulated studies with 3 raters x 10 images (50 % with 8
+raters; ``simulation``), zero-width [1, 1] whenever every answer was +1. OR with Hillis's df
+widens the interval with few raters (t quantile on few df), and the Wilson form keeps a
+non-zero width at 0 and 100 %.
 """
 
 from __future__ import annotations
