@@ -95,7 +95,7 @@ def test_analyze_writes_scores_agreement_plot_and_report(study, tmp_path, cli):
     assert "24 answers from 2 raters" in stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["answers.csv", "scores.csv", "agreement.csv", "psychometric.csv", "quality.csv",
-         "reader_study.png", "report.md", "summary.json"])
+         "reader_study.png", "detection.png", "report.md", "summary.json"])
     assert "pooled mean score" in stdout and "50% detection against x1" in stdout
     assert "quality scale (Bradley-Terry" in stdout
     scores = pd.read_csv(out / "scores.csv")

@@ -37,12 +37,13 @@ from medlossy.reader_study.psychometric import (
     Estimate,
     curve_table,
     detection_rows,
+    fit_curve,
     quality_table,
     threshold_estimate,
 )
 
 REPORT_FILES = ("answers.csv", "scores.csv", "agreement.csv", "psychometric.csv",
-                "quality.csv", "reader_study.png", "report.md", "summary.json")
+                "quality.csv", "reader_study.png", "detection.png", "report.md", "summary.json")
 
 POOLED = "pooled"
 SCORES = {"correct": 1, "undecided": 0, "wrong": -1}
@@ -220,6 +221,35 @@ def plot_matrix(table: pd.DataFrame, ratios: list[float], path: Path) -> None:
     plt.close(figure)
 
 
+def plot_detection(curve: pd.DataFrame, params: np.ndarray | None,
+                   found: dict[str, Any], path: Path) -> None:
+    """Detection probability against the ratio: observed, fitted, and the 50 % point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    figure, axis = plt.subplots(figsize=(5.2, 3.6), constrained_layout=True)
+    axis.plot(curve["ratio"], curve["detection"], "o", color="black", label="observed")
+    if params is not None and len(curve):
+        ratios = np.geomspace(curve["reference_ratio"].iloc[0] or 1, curve["ratio"].max(), 200)
+        axis.plot(ratios, 1 / (1 + np.exp(-(params[0] + params[1] * np.log(ratios)))),
+                  color="tab:blue", label="fitted")
+    if found["value"] is not None:
+        axis.axvline(found["value"], color="tab:red", label="50 % detection")
+        if found["ci_low"] is not None:
+            axis.axvspan(found["ci_low"], found["ci_high"], color="tab:red", alpha=0.15)
+    axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 10, not 10^1
+    axis.set_ylim(-0.05, 1.05)
+    axis.set_xlabel("compression ratio (against the least compressed)")
+    axis.set_ylabel("detection probability")
+    axis.legend(loc="upper left", fontsize=8)
+    figure.savefig(path, dpi=130)
+    plt.close(figure)
+
+
 def _markdown(table: pd.DataFrame, columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in table[columns].itertuples(index=False):
@@ -238,13 +268,15 @@ def _estimate(found: Estimate) -> dict[str, float | None]:
 
 
 def psychometric_summary(used: pd.DataFrame, ratios: list[float]
-                         ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Detection curve table, quality scale table and the 50 % detection points."""
+                         ) -> tuple[pd.DataFrame, np.ndarray | None, pd.DataFrame,
+                                    dict[str, Any]]:
+    """Detection curve table and fit, quality scale table, the 50 % detection points."""
     rows = detection_rows(used, ratios[0])
     thresholds = {"reference_ratio": ratios[0],
                   "ratio": _estimate(threshold_estimate(rows, "ratio")),
                   "psnr_db": _estimate(threshold_estimate(rows, "psnr"))}
-    return curve_table(rows, ratios[0]), quality_table(used, ratios), thresholds
+    params = fit_curve(rows, "ratio") if len(rows) else None
+    return curve_table(rows, ratios[0]), params, quality_table(used, ratios), thresholds
 
 
 def _interval(value: float | None, low: float | None, high: float | None,
@@ -291,7 +323,7 @@ def analyze_study(study: str | os.PathLike[str], database: Database,
     scored = scored_answers(database.all_answers(), key)
     table = score_table(scored, ratio_pairs, include_identical=include_identical)
     used = _scored_for_scores(scored, include_identical)
-    curve, quality, thresholds = psychometric_summary(used, ratios)
+    curve, params, quality, thresholds = psychometric_summary(used, ratios)
     agreement = agreement_table(scored, include_identical=include_identical)
     alpha = krippendorff_alpha(used)
     pooled = table[table["rater"] == POOLED]
@@ -337,6 +369,7 @@ def analyze_study(study: str | os.PathLike[str], database: Database,
                            "df", "correct", "undecided", "wrong", "identical_left_out"]),
         "## Detection and quality",
         "\n".join(result_lines(summary)[len(pooled) + 1:]),
+        "![detection against the ratio](detection.png)",
         "Detection against the least compressed ratio, fitted as P(correct) = 1/2 + 1/2 "
         "logistic(a + b log ratio) (a rater who sees nothing is right half the time); "
         "quality: Bradley-Terry over every ratio pair. Intervals: delete-one-rater plus "
@@ -362,6 +395,7 @@ def analyze_study(study: str | os.PathLike[str], database: Database,
         curve.to_csv(folder / "psychometric.csv", index=False)
         quality.to_csv(folder / "quality.csv", index=False)
         plot_matrix(table, ratios, folder / "reader_study.png")
+        plot_detection(curve, params, thresholds["ratio"], folder / "detection.png")
         (folder / "report.md").write_text(report)
         (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         _owner_only(folder)
