@@ -114,9 +114,12 @@ def test_analyze_prints_intervals_threshold_and_quality_from_stored_answers(stud
     # Three raters: every x1 vs x20 and x5 vs x20 answer sees the loss (the ceiling, where
     # the bootstrap version wrote the CI [1.00, 1.00]); x1 vs x5 is seen half the time.
     database, raters, _ = new_database(study, tmp_path, raters=3)
-    key = load_key(study)
+    # In key order, not by pair id: the ids are random, the key's contents are not.
+    entries = sorted(load_key(study).items(), key=lambda item: (
+        item[1]["dataset"], item[1]["slice"], item[1]["left"]["ratio"],
+        item[1]["right"]["ratio"]))
     for number, rater in enumerate(raters):
-        for index, (pair_id, entry) in enumerate(sorted(key.items())):
+        for index, (pair_id, entry) in enumerate(entries):
             high = max(entry["left"]["ratio"], entry["right"]["ratio"])
             seen = high == 20 or (index + number) % 2 == 0
             database.record(rater.id, pair_id, entry["less_compressed"] if seen else
@@ -137,7 +140,7 @@ def test_analyze_prints_intervals_threshold_and_quality_from_stored_answers(stud
         "quality"].iloc[2]
     summary = json.loads((out / "summary.json").read_text())
     found = summary["detection_50"]["ratio"]
-    assert 5 < found["value"] < 20 and found["ci_low"] < found["value"] < found["ci_high"]
+    assert 1 < found["value"] < 20 and found["ci_low"] < found["value"] < found["ci_high"]
     assert "visually lossless up to): ratio " in stdout
     assert "x1 vs x20: n 12, 1 [" in stdout
 
