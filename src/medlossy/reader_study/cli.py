@@ -232,7 +232,11 @@ def add_reader_parser(subparsers) -> None:
     link_parser.add_argument("--port", type=int, default=8000, help="as given to serve")
     link_parser.set_defaults(handler=link)
 
-    analyze_parser = sub.add_parser("analyze", help="score the answers, plot, export CSV")
+    analyze_parser = sub.add_parser(
+        "analyze", help="score the answers, plot, export CSV",
+        description="Mean score per ratio pair with 95% intervals (raters and images random), "
+                    "the ratio and PSNR at 50% detection, a Bradley-Terry quality scale and "
+                    "rater agreement, printed and written to the report folder.")
     analyze_parser.add_argument("study", help="folder made by `medlossy reader make`")
     analyze_parser.add_argument("--out", default=None, help="report folder (default: STUDY/report)")
     analyze_parser.add_argument("--db", default=None,
