@@ -275,8 +275,8 @@ def psychometric_summary(used: pd.DataFrame, ratios: list[float]
     thresholds = {"reference_ratio": ratios[0],
                   "ratio": _estimate(threshold_estimate(rows, "ratio")),
                   "psnr_db": _estimate(threshold_estimate(rows, "psnr"))}
-    params = fit_curve(rows, "ratio") if len(rows) else None
-    return curve_table(rows, ratios[0]), params, quality_table(used, ratios), thresholds
+    params = fit_curve(rows, "ratio")
+    return curve_table(rows, ratios[0], params), params, quality_table(used, ratios), thresholds
 
 
 def _interval(value: float | None, low: float | None, high: float | None,

@@ -90,7 +90,7 @@ def _forced_choice_family():
     return ForcedChoice(link=ForcedChoiceLogit(), check_link=False)
 
 
-def _fit(design: np.ndarray, correct: np.ndarray, trials: np.ndarray, *,
+def _fit(design: np.ndarray, correct: np.ndarray, *,
          forced_choice: bool = False) -> np.ndarray | None:
     """Binomial GLM on (possibly fractional) answers; None where it cannot be fitted."""
     import statsmodels.api as sm
@@ -99,8 +99,7 @@ def _fit(design: np.ndarray, correct: np.ndarray, trials: np.ndarray, *,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            result = sm.GLM(correct / trials, design, family=family,
-                            var_weights=trials).fit()
+            result = sm.GLM(correct, design, family=family).fit()
         except (ValueError, np.linalg.LinAlgError, RuntimeError):
             return None
     params = np.asarray(result.params, dtype=float)
@@ -108,7 +107,7 @@ def _fit(design: np.ndarray, correct: np.ndarray, trials: np.ndarray, *,
 
 
 def _with_pseudo(cells: np.ndarray, x: np.ndarray, correct: np.ndarray, pseudo: float
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Answers plus one answer per cell worth ``pseudo`` (fraction right), at the cell's
     mean x."""
     labels, index = np.unique(cells, return_inverse=True)
@@ -116,9 +115,7 @@ def _with_pseudo(cells: np.ndarray, x: np.ndarray, correct: np.ndarray, pseudo: 
     mean_x = np.stack([np.bincount(index, weights=column, minlength=len(labels)) / counts
                        for column in x.T], axis=1)
     design = np.concatenate([x, mean_x])
-    success = np.concatenate([correct, np.full(len(labels), pseudo)])
-    trials = np.ones(len(success))
-    return design, success, trials
+    return design, np.concatenate([correct, np.full(len(labels), pseudo)])
 
 
 def crossed_jackknife(frame: pd.DataFrame, estimate: Callable[[pd.DataFrame], np.ndarray],
@@ -180,10 +177,9 @@ def fit_curve(rows: pd.DataFrame, measure: str) -> np.ndarray | None:
     keep = np.isfinite(x)
     if len(np.unique(x[keep])) < 2:
         return None
-    design, success, trials = _with_pseudo(rows["ratio_high"].to_numpy()[keep],
-                                           x[keep][:, None], correct_fraction(rows)[keep],
-                                           THRESHOLD_CORRECT)
-    return _fit(np.column_stack([np.ones(len(design)), design[:, 0]]), success, trials,
+    design, success = _with_pseudo(rows["ratio_high"].to_numpy()[keep], x[keep][:, None],
+                                   correct_fraction(rows)[keep], THRESHOLD_CORRECT)
+    return _fit(np.column_stack([np.ones(len(design)), design[:, 0]]), success,
                 forced_choice=True)
 
 
@@ -211,17 +207,19 @@ def threshold_estimate(rows: pd.DataFrame, measure: str, *,
     return Estimate(*(math.exp(v) for v in (found.value, found.low, found.high)), found.df)
 
 
-def curve_table(rows: pd.DataFrame, reference: float) -> pd.DataFrame:
-    """Per ratio against the reference: observed and fitted detection, mean PSNR."""
-    params = fit_curve(rows, "ratio")
+def curve_table(rows: pd.DataFrame, reference: float, params: np.ndarray | None
+                ) -> pd.DataFrame:
+    """Per ratio against the reference: observed and fitted (``params`` of ``fit_curve`` in
+    log ratio) detection, mean PSNR of the compressed side."""
     out = []
     for ratio, cell in rows.groupby("ratio_high"):
         observed = correct_fraction(cell).mean()
+        psnr = _compressed_psnr(cell)
         fitted = (float("nan") if params is None else
                   0.5 + 0.5 / (1 + math.exp(-(params[0] + params[1] * math.log(ratio)))))
         out.append({"reference_ratio": reference, "ratio": float(ratio), "n": len(cell),
-                    "psnr_db": float(np.nanmean(_compressed_psnr(cell)))
-                    if np.isfinite(_compressed_psnr(cell)).any() else float("nan"),
+                    "psnr_db": float(np.mean(psnr[np.isfinite(psnr)]))
+                    if np.isfinite(psnr).any() else float("nan"),
                     "correct": float(observed), "detection": float(2 * observed - 1),
                     "fitted_detection": float(2 * fitted - 1)})
     return pd.DataFrame(out, columns=["reference_ratio", "ratio", "n", "psnr_db", "correct",
@@ -244,9 +242,9 @@ def bradley_terry(rows: pd.DataFrame, ratios: list[float]) -> np.ndarray:
     signs[np.arange(len(rows)), low] += 1
     signs[np.arange(len(rows)), high] -= 1
     cells = low * len(ratios) + high
-    design, success, trials = _with_pseudo(cells, signs, correct_fraction(rows), 0.5)
+    design, success = _with_pseudo(cells, signs, correct_fraction(rows), 0.5)
     present = np.abs(design[:, 1:]).sum(axis=0) > 0
-    params = _fit(design[:, 1:][:, present], success, trials) if present.any() else None
+    params = _fit(design[:, 1:][:, present], success) if present.any() else None
     if params is None:
         return nan
     quality = nan.copy()
