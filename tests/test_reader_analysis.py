@@ -1,4 +1,4 @@
-"""Reader study analysis: scores against the key, bootstrap CIs, Cohen's kappa, outputs."""
+"""Reader study analysis: scores against the key, intervals, Cohen's kappa, outputs."""
 
 from __future__ import annotations
 
@@ -17,13 +17,12 @@ from medlossy.reader_study.analysis import (
     REPORT_FILES,
     agreement_table,
     analyze_study,
-    bootstrap_mean_ci,
     cohen_kappa,
-    crossed_bootstrap_ci,
     krippendorff_alpha,
     score_table,
     scored_answers,
 )
+from medlossy.reader_study.intervals import score_interval
 from medlossy.reader_study.pairs import load_key
 
 KEY = {
@@ -61,21 +60,19 @@ def test_cohen_kappa_matches_the_textbook_example():
     assert np.isnan(cohen_kappa(np.array([]), np.array([])))
 
 
-def test_bootstrap_ci_is_seeded_and_brackets_the_mean():
+def test_rater_interval_brackets_the_mean_and_keeps_a_width_at_the_ceiling():
     scores = np.array([1, 1, 0, 1, -1, 1, 0, 1, 1, 1], dtype=float)
-    clusters = np.arange(len(scores))
-    first = bootstrap_mean_ci(scores, clusters, resamples=2000, rng=np.random.default_rng(3))
-    again = bootstrap_mean_ci(scores, clusters, resamples=2000, rng=np.random.default_rng(3))
-    assert first == again
-    assert first[0] < scores.mean() < first[1]
-    constant = bootstrap_mean_ci(np.ones(6), clusters[:6], resamples=500,
-                                 rng=np.random.default_rng(0))
-    assert constant == (1.0, 1.0)
+    images = np.arange(len(scores))
+    low, high, df = score_interval(scores, np.zeros(len(scores)), images)
+    assert low < scores.mean() < high and df == len(scores) - 1
+    # Reproduced on the bootstrap version: six +1 answers gave the CI (1.0, 1.0).
+    low, high, _ = score_interval(np.ones(6), np.zeros(6), images[:6])
+    assert high == pytest.approx(1.0) and -1 < low < 0.9
 
 
 def test_score_table_has_every_rater_and_the_pool():
     answers = [_answer(r, p, "left") for r in ("r1", "r2") for p in KEY]
-    table = score_table(scored_answers(answers, KEY), [(1.0, 20.0), (1.0, 5.0)], resamples=200)
+    table = score_table(scored_answers(answers, KEY), [(1.0, 20.0), (1.0, 5.0)])
     assert set(table["rater"]) == {"r1", "r2", POOLED}
     pooled = table[(table["rater"] == POOLED) & (table["ratio_high"] == 20)].iloc[0]
     assert (pooled["n"], pooled["mean_score"], pooled["correct"], pooled["wrong"]) == (4, 0, 2, 2)
@@ -93,12 +90,14 @@ def test_analyze_writes_scores_agreement_plot_and_report(study, tmp_path, cli):
         database.record(second.id, pair_id, "undecided")
     out = tmp_path / "report"
     code, stdout, err = cli("reader", "analyze", study, "--db",
-                            f"sqlite:///{database.path}", "--out", out, "--bootstrap", "500")
+                            f"sqlite:///{database.path}", "--out", out)
     assert code == 0, err
     assert "24 answers from 2 raters" in stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["answers.csv", "scores.csv", "agreement.csv", "reader_study.png", "report.md",
-         "summary.json"])
+        ["answers.csv", "scores.csv", "agreement.csv", "psychometric.csv", "quality.csv",
+         "reader_study.png", "detection.png", "report.md", "summary.json"])
+    assert "pooled mean score" in stdout and "50% detection against x1" in stdout
+    assert "quality scale (Bradley-Terry" in stdout
     scores = pd.read_csv(out / "scores.csv")
     assert (scores[scores["rater"] == "rater1"]["mean_score"] == 1).all()
     assert (scores[scores["rater"] == "rater2"]["mean_score"] == 0).all()
@@ -108,6 +107,42 @@ def test_analyze_writes_scores_agreement_plot_and_report(study, tmp_path, cli):
     assert summary["answers"] == 24 and len(summary["pooled"]) == 3
     assert (out / "reader_study.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Pooled" in (out / "report.md").read_text()
+
+
+def test_analyze_prints_intervals_threshold_and_quality_from_stored_answers(study, tmp_path,
+                                                                          cli):
+    # Three raters: every x1 vs x20 and x5 vs x20 answer sees the loss (the ceiling, where
+    # the bootstrap version wrote the CI [1.00, 1.00]); x1 vs x5 is seen half the time.
+    database, raters, _ = new_database(study, tmp_path, raters=3)
+    # In key order, not by pair id: the ids are random, the key's contents are not.
+    entries = sorted(load_key(study).items(), key=lambda item: (
+        item[1]["dataset"], item[1]["slice"], item[1]["left"]["ratio"],
+        item[1]["right"]["ratio"]))
+    for number, rater in enumerate(raters):
+        for index, (pair_id, entry) in enumerate(entries):
+            high = max(entry["left"]["ratio"], entry["right"]["ratio"])
+            seen = high == 20 or (index + number) % 2 == 0
+            database.record(rater.id, pair_id, entry["less_compressed"] if seen else
+                            "undecided")
+    out = tmp_path / "report"
+    code, stdout, err = cli("reader", "analyze", study, "--db",
+                            f"sqlite:///{database.path}", "--out", out)
+    assert code == 0, err
+    pooled = pd.read_csv(out / "scores.csv").query("rater == 'pooled'")
+    ceiling = pooled[pooled["ratio_high"] == 20]
+    assert (ceiling["mean_score"] == 1).all() and (ceiling["ci_low"] < 0.9).all()
+    assert (pooled["df"] >= 2).all()  # Hillis's df is at least raters - 1
+    curve = pd.read_csv(out / "psychometric.csv")
+    assert curve["ratio"].tolist() == [5, 20] and curve["detection"].iloc[1] == 1
+    quality = pd.read_csv(out / "quality.csv")
+    assert quality["ratio"].tolist() == [1, 5, 20]
+    assert quality["quality"].iloc[0] == 0 > quality["quality"].iloc[1] > quality[
+        "quality"].iloc[2]
+    summary = json.loads((out / "summary.json").read_text())
+    found = summary["detection_50"]["ratio"]
+    assert 1 < found["value"] < 20 and found["ci_low"] < found["value"] < found["ci_high"]
+    assert "visually lossless up to): ratio " in stdout
+    assert "x1 vs x20: n 12, 1 [" in stdout
 
 
 def test_analyze_before_any_answer(study, tmp_path, cli):
@@ -125,25 +160,24 @@ def _key_1_vs_20(images: int) -> dict:
             for i in range(images)}
 
 
-def test_pooled_ci_resamples_raters_as_well_as_images():
+def test_pooled_ci_has_raters_as_well_as_images_random():
     # Reproduced on the first version: raters +1, +1, -1, +1 (each consistent over the
-    # images) gave the pooled CI [0.50, 0.50], as if the four raters were the population.
+    # images) gave the pooled CI [0.50, 0.50], as if the four raters were the population;
+    # the two-way bootstrap then gave [-0.50, 1.00].
     key = _key_1_vs_20(images=2)
     picks = {"r1": "left", "r2": "left", "r3": "right", "r4": "left"}
     answers = [_answer(rater, pair, side) for rater, side in picks.items() for pair in key]
     scored = scored_answers(answers, key)
-    images_only = bootstrap_mean_ci(scored["score"].to_numpy(float), scored["pair"].to_numpy(),
-                                    resamples=2000, rng=np.random.default_rng(0))
-    assert images_only == (0.5, 0.5)  # what the first version reported
-    table = score_table(scored, [(1.0, 20.0)], resamples=2000)
+    table = score_table(scored, [(1.0, 20.0)])
     pooled = table[table["rater"] == POOLED].iloc[0]
     assert pooled["mean_score"] == 0.5
-    # Drawing three of four raters as r3 happens 5% of the time: mean -0.5 at the 2.5th
-    # percentile; all draws among r1, r2, r4 give +1.
-    assert (pooled["ci_low"], pooled["ci_high"]) == (-0.5, 1.0)
+    # q = (1, 1, 0, 1): MS(R) = 0.25, Cov2 = 0 (no rater varies over the images), so
+    # Var = 0.0625 on Hillis df r - 1 = 3 and n* = 0.75 * 0.25 / 0.0625 = 3 answers.
+    assert pooled["df"] == 3
+    assert pooled["ci_low"] < -0.5 and 0.9 < pooled["ci_high"] < 1
 
 
-def test_crossed_bootstrap_is_seeded_and_shrinks_with_more_raters_and_images():
+def test_pooled_interval_shrinks_with_more_raters_and_images_and_never_collapses():
     rng = np.random.default_rng(1)
 
     def width(raters: int, images: int) -> float:
@@ -152,22 +186,14 @@ def test_crossed_bootstrap_is_seeded_and_shrinks_with_more_raters_and_images():
         bias = rng.normal(0.4, 0.3, raters)[rater_index] + rng.normal(0, 0.3, images)[
             image_index]
         scores = np.clip(np.round(bias + rng.normal(0, 0.5, len(bias))), -1, 1)
-        low, high = crossed_bootstrap_ci(scores, rater_index, image_index, resamples=1000,
-                                         rng=np.random.default_rng(0))
+        low, high, _ = score_interval(scores, rater_index, image_index)
         assert low <= scores.mean() <= high
         return high - low
 
     assert width(20, 40) < width(3, 8)
-    scores, raters, images = np.ones(6), np.arange(6) % 3, np.arange(6) // 3
-    assert crossed_bootstrap_ci(scores, raters, images, resamples=200,
-                                rng=np.random.default_rng(0)) == (1.0, 1.0)
-    first = crossed_bootstrap_ci(np.array([1.0, 0, -1, 1]), np.array([0, 0, 1, 1]),
-                                 np.array([0, 1, 0, 1]), resamples=300,
-                                 rng=np.random.default_rng(5))
-    again = crossed_bootstrap_ci(np.array([1.0, 0, -1, 1]), np.array([0, 0, 1, 1]),
-                                 np.array([0, 1, 0, 1]), resamples=300,
-                                 rng=np.random.default_rng(5))
-    assert first == again
+    # Reproduced on the bootstrap version: every answer +1 gave the zero-width [1, 1].
+    low, high, df = score_interval(np.ones(6), np.arange(6) % 3, np.arange(6) // 3)
+    assert high == pytest.approx(1.0) and low < 0.5 and df == 2
 
 
 def _linear_weighted_kappa(a: np.ndarray, b: np.ndarray) -> float:
@@ -216,10 +242,10 @@ def test_identical_pairs_are_flagged_left_out_and_counted():
     scored = scored_answers(answers, key)
     assert scored.groupby("pair")["identical"].first().to_dict() == {
         pairs[0]: True, pairs[1]: True, pairs[2]: False, pairs[3]: False}
-    table = score_table(scored, [(1.0, 20.0)], resamples=200)
+    table = score_table(scored, [(1.0, 20.0)])
     pooled = table[table["rater"] == POOLED].iloc[0]
     assert (pooled["n"], pooled["mean_score"], pooled["identical_left_out"]) == (4, 1.0, 4)
-    kept = score_table(scored, [(1.0, 20.0)], resamples=200, include_identical=True)
+    kept = score_table(scored, [(1.0, 20.0)], include_identical=True)
     pooled = kept[kept["rater"] == POOLED].iloc[0]
     assert (pooled["n"], pooled["mean_score"], pooled["identical_left_out"]) == (8, 0.0, 0)
     assert agreement_table(scored).iloc[0]["n"] == 2
@@ -247,9 +273,9 @@ def test_the_report_is_private_like_the_key(study, tmp_path, cli, common_umask):
     private = {name: "0o600" for name in REPORT_FILES} | {"report": "0o700"}
     out = tmp_path / "report"
     code, _, err = cli("reader", "analyze", study, "--db", f"sqlite:///{database.path}",
-                       "--out", out, "--bootstrap", "100")
+                       "--out", out)
     assert code == 0, err
     assert _modes(out) == private
     os.umask(0o022)  # the library call, without the command's umask
-    analyze_study(study, database, out, bootstrap=100)
+    analyze_study(study, database, out)
     assert _modes(out) == private

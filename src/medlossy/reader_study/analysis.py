@@ -6,8 +6,9 @@ two ratios cannot be told apart, near +1 the loss is always seen.
 
 Data flow: answers (database) + key -> one scored row per answer, flagged when the pair's
 two images are pixel-identical (left out of scores and agreement by default, counted) ->
-mean per ratio pair, per rater (CI resampling that rater's images) and pooled (CI resampling
-raters and images, both random samples) -> agreement: Cohen's kappa and linearly weighted
+mean per ratio pair, per rater (that rater's images random) and pooled (raters and images
+both random: ``intervals``) -> detection curve, 50 % detection ratio and Bradley-Terry
+quality scale (``psychometric``) -> agreement: Cohen's kappa and linearly weighted
 kappa for every two raters (scikit-learn), Krippendorff's ordinal alpha over all raters
 (``krippendorff``) -> CSV files, a heatmap in the style of the study's Fig. 1 (left),
 report.md and summary.json.
@@ -30,15 +31,23 @@ from medlossy.atomic import atomic_output
 from medlossy.errors import MedlossyError
 from medlossy.outputs import check_only
 from medlossy.reader_study.db import Database
+from medlossy.reader_study.intervals import score_interval
 from medlossy.reader_study.pairs import load_key
+from medlossy.reader_study.psychometric import (
+    Estimate,
+    curve_table,
+    detection_rows,
+    fit_curve,
+    quality_table,
+    threshold_estimate,
+)
 
-REPORT_FILES = ("answers.csv", "scores.csv", "agreement.csv", "reader_study.png", "report.md",
-                "summary.json")
+REPORT_FILES = ("answers.csv", "scores.csv", "agreement.csv", "psychometric.csv",
+                "quality.csv", "reader_study.png", "detection.png", "report.md", "summary.json")
 
 POOLED = "pooled"
 SCORES = {"correct": 1, "undecided": 0, "wrong": -1}
 SCALE = (-1, 0, 1)  #: the ordinal scale, in order (weighted kappa, alpha)
-CONFIDENCE = 0.95
 
 
 def scored_answers(answers: list[dict], key: dict[str, dict]) -> pd.DataFrame:
@@ -56,12 +65,14 @@ def scored_answers(answers: list[dict], key: dict[str, dict]) -> pd.DataFrame:
         rows.append({**answer, "dataset": entry["dataset"], "case": entry["case"],
                      "channel": entry["channel"], "slice": entry["slice"],
                      "left_ratio": ratios[0], "right_ratio": ratios[1],
+                     "left_psnr_db": entry["left"].get("psnr_db"),
+                     "right_psnr_db": entry["right"].get("psnr_db"),
                      "less_compressed": entry["less_compressed"],
                      "ratio_low": min(ratios), "ratio_high": max(ratios), "score": score,
                      "identical": identical_pair(entry)})
     columns = ["rater", "pair", "answer", "answered_at", "revisions", "dataset", "case",
-               "channel", "slice", "left_ratio", "right_ratio", "less_compressed", "ratio_low",
-               "ratio_high", "score", "identical"]
+               "channel", "slice", "left_ratio", "right_ratio", "left_psnr_db", "right_psnr_db",
+               "less_compressed", "ratio_low", "ratio_high", "score", "identical"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -78,57 +89,6 @@ def identical_pair(entry: dict[str, Any]) -> bool:
         psnr = side.get("psnr_db")
         return side.get("ratio") == 1 or (psnr is not None and math.isinf(psnr))
     return lossless(entry["left"]) and lossless(entry["right"])
-
-
-def crossed_bootstrap_ci(scores: np.ndarray, raters: np.ndarray, images: np.ndarray, *,
-                         resamples: int, rng: np.random.Generator) -> tuple[float, float]:
-    """Percentile CI of the pooled mean, resampling raters and images independently.
-
-    Both the raters and the images are samples from larger populations; resampling images
-    only treats the raters as fixed, and gave [0.50, 0.50] for four raters scoring +1, +1,
-    -1, +1 throughout. Each resample draws raters and images with replacement and takes the
-    mean of every answer in the drawn rater x image grid (a two-way bootstrap).
-    """
-    if len(scores) == 0:
-        return float("nan"), float("nan")
-    rater_labels, rater_index = np.unique(raters, return_inverse=True)
-    image_labels, image_index = np.unique(images, return_inverse=True)
-    sums = np.zeros((len(rater_labels), len(image_labels)))
-    counts = np.zeros_like(sums)
-    np.add.at(sums, (rater_index, image_index), scores)
-    np.add.at(counts, (rater_index, image_index), 1.0)
-    rater_draws = _multiplicities(rng, len(rater_labels), resamples)
-    image_draws = _multiplicities(rng, len(image_labels), resamples)
-    total = np.einsum("bi,ij,bj->b", rater_draws, sums, image_draws)
-    answers = np.einsum("bi,ij,bj->b", rater_draws, counts, image_draws)
-    means = total[answers > 0] / answers[answers > 0]  # a draw may hold no answer at all
-    tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
-
-
-def _multiplicities(rng: np.random.Generator, size: int, resamples: int) -> np.ndarray:
-    """How often each of ``size`` units is drawn, per resample (draws with replacement)."""
-    return rng.multinomial(size, np.full(size, 1.0 / size), size=resamples).astype(float)
-
-
-def bootstrap_mean_ci(scores: np.ndarray, clusters: np.ndarray, *, resamples: int,
-                      rng: np.random.Generator) -> tuple[float, float]:
-    """Percentile CI of the mean, resampling whole clusters (pairs) with replacement.
-
-    Used for one rater's mean, where the images are the only random sample (the pooled mean
-    uses ``crossed_bootstrap_ci``).
-    """
-    if len(scores) == 0:
-        return float("nan"), float("nan")
-    labels, index = np.unique(clusters, return_inverse=True)
-    sums = np.bincount(index, weights=scores, minlength=len(labels))
-    counts = np.bincount(index, minlength=len(labels)).astype(float)
-    draws = rng.integers(0, len(labels), size=(resamples, len(labels)))
-    means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
-    tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
 
 
 def cohen_kappa(first: np.ndarray, second: np.ndarray, *, weights: str | None = None) -> float:
@@ -174,14 +134,14 @@ def _scored_for_scores(scored: pd.DataFrame, include_identical: bool) -> pd.Data
 
 
 def score_table(scored: pd.DataFrame, ratio_pairs: list[tuple[float, float]], *,
-                resamples: int = 2000, seed: int = 0,
                 include_identical: bool = False) -> pd.DataFrame:
-    """Mean score per ratio pair, per rater and pooled, with bootstrap CIs.
+    """Mean score per ratio pair, per rater and pooled, with 95 % intervals.
 
-    Answers on pixel-identical pairs are left out unless ``include_identical``; the column
+    Pooled: raters and images random (``intervals.score_interval``: Obuchowski-Rockette,
+    Hillis df, Wilson form); per rater: that rater's images random. Answers on
+    pixel-identical pairs are left out unless ``include_identical``; the column
     ``identical_left_out`` counts them per cell.
     """
-    rng = np.random.default_rng(seed)
     rows = []
     used = _scored_for_scores(scored, include_identical)
     raters = sorted(scored["rater"].unique())
@@ -191,19 +151,14 @@ def score_table(scored: pd.DataFrame, ratio_pairs: list[tuple[float, float]], *,
         for low, high in ratio_pairs:
             cell = subset[(subset["ratio_low"] == low) & (subset["ratio_high"] == high)]
             scores = cell["score"].to_numpy(dtype=float)
-            if who == POOLED:
-                ci_low, ci_high = crossed_bootstrap_ci(
-                    scores, cell["rater"].to_numpy(), cell["pair"].to_numpy(),
-                    resamples=resamples, rng=rng)
-            else:
-                ci_low, ci_high = bootstrap_mean_ci(scores, cell["pair"].to_numpy(),
-                                                    resamples=resamples, rng=rng)
+            ci_low, ci_high, df = score_interval(scores, cell["rater"].to_numpy(),
+                                                 cell["pair"].to_numpy())
             in_cell = everything[(everything["ratio_low"] == low) &
                                  (everything["ratio_high"] == high)]
             rows.append({
                 "rater": who, "ratio_low": low, "ratio_high": high, "n": len(scores),
                 "mean_score": float(scores.mean()) if len(scores) else float("nan"),
-                "ci_low": ci_low, "ci_high": ci_high,
+                "ci_low": ci_low, "ci_high": ci_high, "df": df,
                 "correct": int((scores == 1).sum()), "undecided": int((scores == 0).sum()),
                 "wrong": int((scores == -1).sum()),
                 "identical_left_out": 0 if include_identical else
@@ -266,6 +221,35 @@ def plot_matrix(table: pd.DataFrame, ratios: list[float], path: Path) -> None:
     plt.close(figure)
 
 
+def plot_detection(curve: pd.DataFrame, params: np.ndarray | None,
+                   found: dict[str, Any], path: Path) -> None:
+    """Detection probability against the ratio: observed, fitted, and the 50 % point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    figure, axis = plt.subplots(figsize=(5.2, 3.6), constrained_layout=True)
+    axis.plot(curve["ratio"], curve["detection"], "o", color="black", label="observed")
+    if params is not None and len(curve):
+        ratios = np.geomspace(curve["reference_ratio"].iloc[0] or 1, curve["ratio"].max(), 200)
+        axis.plot(ratios, 1 / (1 + np.exp(-(params[0] + params[1] * np.log(ratios)))),
+                  color="tab:blue", label="fitted")
+    if found["value"] is not None:
+        axis.axvline(found["value"], color="tab:red", label="50 % detection")
+        if found["ci_low"] is not None:
+            axis.axvspan(found["ci_low"], found["ci_high"], color="tab:red", alpha=0.15)
+    axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 10, not 10^1
+    axis.set_ylim(-0.05, 1.05)
+    axis.set_xlabel("compression ratio (against the least compressed)")
+    axis.set_ylabel("detection probability")
+    axis.legend(loc="upper left", fontsize=8)
+    figure.savefig(path, dpi=130)
+    plt.close(figure)
+
+
 def _markdown(table: pd.DataFrame, columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in table[columns].itertuples(index=False):
@@ -278,40 +262,89 @@ def _number(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
+def _estimate(found: Estimate) -> dict[str, float | None]:
+    return {"value": _number(found.value), "ci_low": _number(found.low),
+            "ci_high": _number(found.high), "df": _number(found.df)}
+
+
+def psychometric_summary(used: pd.DataFrame, ratios: list[float]
+                         ) -> tuple[pd.DataFrame, np.ndarray | None, pd.DataFrame,
+                                    dict[str, Any]]:
+    """Detection curve table and fit, quality scale table, the 50 % detection points."""
+    rows = detection_rows(used, ratios[0])
+    thresholds = {"reference_ratio": ratios[0],
+                  "ratio": _estimate(threshold_estimate(rows, "ratio")),
+                  "psnr_db": _estimate(threshold_estimate(rows, "psnr"))}
+    params = fit_curve(rows, "ratio")
+    return curve_table(rows, ratios[0], params), params, quality_table(used, ratios), thresholds
+
+
+def _interval(value: float | None, low: float | None, high: float | None,
+              unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if low is None or high is None:
+        return f"{value:.3g}{unit} (no interval)"
+    return f"{value:.3g}{unit} [{low:.3g}, {high:.3g}]"
+
+
+def result_lines(summary: dict[str, Any]) -> list[str]:
+    """The results for stdout: pooled scores, the 50 % detection points, quality scale."""
+    lines = ["pooled mean score (95% CI; raters and images random):"]
+    lines += [f"  x{r['ratio_low']:g} vs x{r['ratio_high']:g}: n {r['n']}, "
+              + _interval(r["mean_score"], r["ci_low"], r["ci_high"])
+              for r in summary["pooled"]]
+    found = summary["detection_50"]
+    lines.append(f"50% detection against x{found['reference_ratio']:g} (visually lossless "
+                 "up to): ratio " + _interval(found["ratio"]["value"],
+                                              found["ratio"]["ci_low"],
+                                              found["ratio"]["ci_high"])
+                 + ", compressed side's PSNR "
+                 + _interval(found["psnr_db"]["value"], found["psnr_db"]["ci_low"],
+                             found["psnr_db"]["ci_high"], " dB"))
+    lines.append("quality scale (Bradley-Terry, logits against x"
+                 f"{summary['quality'][0]['ratio']:g}): " + "; ".join(
+                     f"x{q['ratio']:g} " + _interval(q["quality"], q["ci_low"], q["ci_high"])
+                     for q in summary["quality"]))
+    return lines
+
+
 def analyze_study(study: str | os.PathLike[str], database: Database,
-                  out: str | os.PathLike[str], *, bootstrap: int = 2000, seed: int = 0,
+                  out: str | os.PathLike[str], *,
                   include_identical: bool = False) -> dict[str, Any]:
-    """Write answers.csv, scores.csv, agreement.csv, reader_study.png, report.md and
-    summary.json to ``out`` (replaced as a whole, so it may hold nothing else), readable by
-    their owner only."""
+    """Write the report files (``REPORT_FILES``) to ``out`` (replaced as a whole, so it may
+    hold nothing else), readable by their owner only."""
     study, out = Path(study), Path(out)
     check_only(out, REPORT_FILES, "a reader study report folder")
-    if bootstrap < 100:
-        raise MedlossyError(None, f"--bootstrap must be at least 100, got {bootstrap}")
     settings = json.loads((study / "study.json").read_text())
     ratios = [float(r) for r in settings["ratios"]]
     ratio_pairs = [(float(a), float(b)) for a, b in settings["ratio_pairs"]]
     key = load_key(study)
     scored = scored_answers(database.all_answers(), key)
-    table = score_table(scored, ratio_pairs, resamples=bootstrap, seed=seed,
-                        include_identical=include_identical)
+    table = score_table(scored, ratio_pairs, include_identical=include_identical)
+    used = _scored_for_scores(scored, include_identical)
+    curve, params, quality, thresholds = psychometric_summary(used, ratios)
     agreement = agreement_table(scored, include_identical=include_identical)
-    alpha = krippendorff_alpha(_scored_for_scores(scored, include_identical))
+    alpha = krippendorff_alpha(used)
     pooled = table[table["rater"] == POOLED]
     identical_pairs = sum(identical_pair(entry) for entry in key.values())
     identical_answers = int(scored["identical"].astype(bool).sum())
     summary = {
         "answers": len(scored), "raters": int(scored["rater"].nunique()),
         "pairs": settings["pairs"], "datasets": settings["datasets"],
-        "window": settings["window"], "bootstrap_resamples": bootstrap,
-        "pooled_ci": "two-way bootstrap: raters and images resampled",
+        "window": settings["window"],
+        "pooled_ci": "Obuchowski-Rockette, raters and images random, Hillis df, Wilson form",
         "identical_pairs": identical_pairs, "identical_answers": identical_answers,
         "identical_included": include_identical,
         "pooled": [{"ratio_low": r.ratio_low, "ratio_high": r.ratio_high, "n": r.n,
                     "mean_score": _number(r.mean_score), "ci_low": _number(r.ci_low),
-                    "ci_high": _number(r.ci_high),
+                    "ci_high": _number(r.ci_high), "df": _number(r.df),
                     "identical_left_out": r.identical_left_out}
                    for r in pooled.itertuples()],
+        "detection_50": thresholds,
+        "quality": [{"ratio": q.ratio, "quality": _number(q.quality),
+                     "ci_low": _number(q.ci_low), "ci_high": _number(q.ci_high)}
+                    for q in quality.itertuples()],
         "kappa": [{"rater_a": r.rater_a, "rater_b": r.rater_b, "n": r.n,
                    "kappa": _number(r.kappa), "weighted_kappa": _number(r.weighted_kappa)}
                   for r in agreement.itertuples()],
@@ -324,15 +357,25 @@ def analyze_study(study: str | os.PathLike[str], database: Database,
         f"{len(scored)} answers from {summary['raters']} raters on {settings['pairs']} pairs "
         f"({', '.join(settings['datasets'])}; window {settings['window']}). Score per answer: "
         "+1 the less compressed image was picked, 0 cannot decide, -1 the more compressed "
-        "one. Mean per ratio pair; 95% bootstrap CIs (per rater: resampling images; pooled: "
-        f"resampling raters and images; {bootstrap} resamples, seed {seed}).",
+        "one. Mean per ratio pair with 95% CIs: pooled, raters and images both random "
+        "(Obuchowski-Rockette with Hillis's degrees of freedom, in a Wilson interval on the "
+        "effective number of answers); per rater, that rater's images random.",
         f"{identical_pairs} of {settings['pairs']} pairs show two pixel-identical images "
         "(both ratios stored losslessly, e.g. x2 on CT where lossless already beats x2): "
         f"{left_out}.",
         "![mean score per ratio pair](reader_study.png)",
         "## Pooled",
         _markdown(pooled, ["ratio_low", "ratio_high", "n", "mean_score", "ci_low", "ci_high",
-                           "correct", "undecided", "wrong", "identical_left_out"]),
+                           "df", "correct", "undecided", "wrong", "identical_left_out"]),
+        "## Detection and quality",
+        "\n".join(result_lines(summary)[len(pooled) + 1:]),
+        "![detection against the ratio](detection.png)",
+        "Detection against the least compressed ratio, fitted as P(correct) = 1/2 + 1/2 "
+        "logistic(a + b log ratio) (a rater who sees nothing is right half the time); "
+        "quality: Bradley-Terry over every ratio pair. Intervals: delete-one-rater plus "
+        "delete-one-image jackknife, t on Satterthwaite's df.",
+        _markdown(curve, ["ratio", "n", "psnr_db", "detection", "fitted_detection"]),
+        _markdown(quality, ["ratio", "quality", "ci_low", "ci_high"]),
         "## Per rater",
         _markdown(table[table["rater"] != POOLED],
                   ["rater", "ratio_low", "ratio_high", "n", "mean_score", "ci_low", "ci_high"]),
@@ -349,7 +392,10 @@ def analyze_study(study: str | os.PathLike[str], database: Database,
         scored.to_csv(folder / "answers.csv", index=False)
         table.to_csv(folder / "scores.csv", index=False)
         agreement.to_csv(folder / "agreement.csv", index=False)
+        curve.to_csv(folder / "psychometric.csv", index=False)
+        quality.to_csv(folder / "quality.csv", index=False)
         plot_matrix(table, ratios, folder / "reader_study.png")
+        plot_detection(curve, params, thresholds["ratio"], folder / "detection.png")
         (folder / "report.md").write_text(report)
         (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         _owner_only(folder)

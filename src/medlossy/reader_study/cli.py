@@ -147,17 +147,18 @@ def _loopback(host: str) -> bool:
 
 
 def analyze(arguments: argparse.Namespace) -> None:
-    _require("sklearn", "krippendorff")
+    _require("sklearn", "krippendorff", "statsmodels")
     _private()
-    from medlossy.reader_study.analysis import analyze_study
+    from medlossy.reader_study.analysis import analyze_study, result_lines
     from medlossy.reader_study.db import Database
 
     database = Database(_database_url(arguments))
     out = Path(arguments.out or Path(arguments.study) / "report")
-    result = analyze_study(arguments.study, database, out, bootstrap=arguments.bootstrap,
-                           seed=arguments.seed, include_identical=arguments.include_identical)
+    result = analyze_study(arguments.study, database, out,
+                           include_identical=arguments.include_identical)
     print(f"{out}: {result['answers']} answers from {result['raters']} raters; "
           f"{', '.join(sorted(result['files']))}")
+    print("\n".join(result_lines(result)))
 
 
 def add_reader_parser(subparsers) -> None:
@@ -231,14 +232,15 @@ def add_reader_parser(subparsers) -> None:
     link_parser.add_argument("--port", type=int, default=8000, help="as given to serve")
     link_parser.set_defaults(handler=link)
 
-    analyze_parser = sub.add_parser("analyze", help="score the answers, plot, export CSV")
+    analyze_parser = sub.add_parser(
+        "analyze", help="score the answers, plot, export CSV",
+        description="Mean score per ratio pair with 95% intervals (raters and images random), "
+                    "the ratio and PSNR at 50% detection, a Bradley-Terry quality scale and "
+                    "rater agreement, printed and written to the report folder.")
     analyze_parser.add_argument("study", help="folder made by `medlossy reader make`")
     analyze_parser.add_argument("--out", default=None, help="report folder (default: STUDY/report)")
     analyze_parser.add_argument("--db", default=None,
                                 help=f"database URL (default: sqlite:///STUDY/{DEFAULT_DB})")
-    analyze_parser.add_argument("--bootstrap", type=int, default=2000,
-                                help="bootstrap resamples for the CIs (default: 2000)")
-    analyze_parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     analyze_parser.add_argument("--include-identical", action="store_true",
                                 help="score pairs whose two images are pixel-identical too "
                                      "(left out by default, and counted)")
