@@ -39,6 +39,10 @@ CONTRASTS = ("T1C", "T1CE", "T1GD", "T1", "T2", "FLAIR", "PD", "DWI", "ADC")
 _CT_MINIMUM = -200.0
 
 
+class InputRefused(MedlossyError):
+    """An image a model was not made for (the study skips that dataset, with a note)."""
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """The input a model was trained on; :meth:`PretrainedModel.check` enforces it."""
@@ -82,7 +86,8 @@ class PretrainedModel(ABC):
         """Label values (0 = background, 1..n = ``classes``) on ``volume``'s own grid."""
 
     def check(self, volume: Volume, path: str | os.PathLike[str], channel: str = "") -> None:
-        """Refuse an image the model was not made for (MedlossyError naming ``path``).
+        """Refuse an image the model was not made for (:class:`InputRefused`, one line
+        naming ``path``).
 
         ``channel``: the dataset's name of the image's channel ("T1", "CT", "MR"...).
         """
@@ -90,19 +95,19 @@ class PretrainedModel(ABC):
         refuse = f"{self.name} expects {spec.describe()}"
         shape = tuple(volume.array.shape)
         if len(shape) != 3:
-            raise MedlossyError(path, f"{refuse}; the image is not 3D (shape {shape})")
+            raise InputRefused(path, f"{refuse}; the image is not 3D (shape {shape})")
         if spec.modality == "MR" and channel.upper() == "CT":
-            raise MedlossyError(path, f"{refuse}; the dataset says this channel is CT")
+            raise InputRefused(path, f"{refuse}; the dataset says this channel is CT")
         stated = _stated_contrast(channel)
         if spec.contrasts and stated is not None and stated not in spec.contrasts:
-            raise MedlossyError(path, f"{refuse}; the dataset says this channel is {channel}")
+            raise InputRefused(path, f"{refuse}; the dataset says this channel is {channel}")
         spacing = np.sqrt((volume.affine[:3, :3] ** 2).sum(axis=0))
         low, high = spec.spacing_mm
         if not ((spacing >= low) & (spacing <= high)).all():
             sides = " x ".join(f"{s:.3g}" for s in spacing)
-            raise MedlossyError(path, f"{refuse}; the image has {sides} mm voxels")
+            raise InputRefused(path, f"{refuse}; the image has {sides} mm voxels")
         if spec.modality == "MR" and float(np.min(volume.array)) < _CT_MINIMUM:
-            raise MedlossyError(path, f"{refuse}; values down to "
+            raise InputRefused(path, f"{refuse}; values down to "
                                       f"{float(np.min(volume.array)):g} look like CT in HU")
 
     def predict_cases(self, cases: Mapping[str, Path], out: Path, *, ending: str = ".nii.gz",
