@@ -35,8 +35,10 @@ from medlossy.volume import Volume
 #: MR contrasts a channel name can state (nnU-Net's dataset.json channel_names); other names
 #: ("MR", "MRI", "0", "image") state no contrast and are accepted by every MR model.
 CONTRASTS = ("T1C", "T1CE", "T1GD", "T1", "T2", "FLAIR", "PD", "DWI", "ADC")
-#: Below this an image is in Hounsfield units, not MR signal.
-_CT_MINIMUM = -200.0
+#: An image with more than ``_AIR_SHARE`` of its voxels at or below ``_AIR_HU`` is CT in
+#: Hounsfield units (air), not MR signal: processed MR can dip below 0, but not that much.
+_AIR_HU = -500.0
+_AIR_SHARE = 0.05
 
 
 class InputRefused(MedlossyError):
@@ -106,9 +108,10 @@ class PretrainedModel(ABC):
         if not ((spacing >= low) & (spacing <= high)).all():
             sides = " x ".join(f"{s:.3g}" for s in spacing)
             raise InputRefused(path, f"{refuse}; the image has {sides} mm voxels")
-        if spec.modality == "MR" and float(np.min(volume.array)) < _CT_MINIMUM:
-            raise InputRefused(path, f"{refuse}; values down to "
-                                      f"{float(np.min(volume.array)):g} look like CT in HU")
+        air = float(np.mean(np.asarray(volume.array) <= _AIR_HU))
+        if spec.modality == "MR" and air > _AIR_SHARE:
+            raise InputRefused(path, f"{refuse}; {air:.0%} of its voxels are at or below "
+                                     f"{_AIR_HU:g}: CT in HU")
 
     def predict_cases(self, cases: Mapping[str, Path], out: Path, *, ending: str = ".nii.gz",
                       channel: str = "", show_progress: bool = False,
