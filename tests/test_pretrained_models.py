@@ -264,7 +264,7 @@ def test_nnunet_folder_states_classes_and_input_from_its_files(tmp_path: Path) -
     assert (model.name, model.fold, model.classes) == ("Dataset950_Organs", 1,
                                                       ("liver", "spleen"))
     assert model.expects.modality == "CT" and model.expects.spacing_mm == (0.5, 9.0)
-    with pytest.raises(InputRefused, match="the image has 0.2 x 0.2 x 0.2 mm voxels"):
+    with pytest.raises(InputRefused, match=r"the image has 0\.2 x 0\.2 x 0\.2 mm voxels"):
         model.check(Volume(np.zeros((4, 4, 4)), np.diag([0.2, 0.2, 0.2, 1])), "x.nii", "CT")
     (folder / "fold_1" / "checkpoint_final.pth").unlink()
     with pytest.raises(MedlossyError, match="not trained"):
