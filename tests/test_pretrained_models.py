@@ -304,3 +304,54 @@ def test_deepbet_really_runs_on_a_real_t1_sweep(tmp_path: Path, capsys) -> None:
     # mask moves more than on Colin27 (BENCHMARKS.md); the check is that it is measured
     assert 0.5 < brain.loc[8.0, "dice"] < 1 and math.isfinite(brain.loc[8.0, "hd95_mm"])
     assert "deepbet" in captured.out and "x8" in captured.out
+
+
+def _fake_deb(path: Path, files: dict[str, bytes]) -> Path:
+    """A Debian package (an ar archive) whose data.tar.xz holds ``files`` where
+    mricron-data keeps its templates."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:xz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(f"./usr/share/mricron/templates/{name}")
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    blob = b"!<arch>\n"
+    for name, content in (("debian-binary", b"2.0\n"), ("data.tar.xz", buffer.getvalue())):
+        header = f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(content):<10}`\n"
+        blob += header.encode() + content + (b"\n" if len(content) % 2 else b"")
+    path.write_bytes(blob)
+    return path
+
+
+def test_brain_mr_is_checked_and_laid_out(tmp_path: Path, monkeypatch) -> None:
+    import gzip
+
+    from medlossy.checksums import sha256_file
+    from medlossy.data import brain
+
+    head = np.zeros((12, 14, 10), np.uint8)
+    head[3:9, 3:11, 2:8] = 200
+    files = {}
+    for name, array in (("ch2.nii.gz", head), ("ch2bet.nii.gz", head * (head > 100))):
+        nib.save(nib.Nifti1Image(array, np.eye(4)), tmp_path / name)
+        files[name] = (tmp_path / name).read_bytes()
+    deb = _fake_deb(tmp_path / "mricron.deb", files)
+    # the pinned digests: a package with other files is refused, nothing is left behind
+    with pytest.raises(MedlossyError, match=r"mricron\.deb: ch2\.nii\.gz: sha256 mismatch"):
+        brain.extract(deb, tmp_path / "cache")
+    assert not any((tmp_path / "cache").glob("mricron*"))
+    assert gzip.decompress(files["ch2.nii.gz"])  # real gzip NIfTI files
+    monkeypatch.setattr(brain, "FILES", {n: sha256_file(tmp_path / n) for n in files})
+    monkeypatch.setattr(brain, "fetch_package", lambda cache: deb)
+    labelled = brain.prepare_brain_mr(tmp_path / "a", cache=tmp_path / "cache", labels=True)
+    document = json.loads((labelled / "dataset.json").read_text())
+    assert document["channel_names"] == {"0": "T1"} and document["labels"]["brain"] == 1
+    label = nib.load(labelled / "labelsTr" / "colin27.nii.gz")
+    assert np.array_equal(np.asarray(label.dataobj), (head > 0).astype(np.uint8))
+    bare = brain.prepare_brain_mr(tmp_path / "b", cache=tmp_path / "cache")  # unlabelled
+    assert bare.name == "Dataset902_BrainMR"
+    assert [p.name for p in (bare / "imagesTs").iterdir()] == ["colin27_0000.nii.gz"]
+    assert not (bare / "labelsTr").exists()

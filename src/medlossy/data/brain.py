@@ -111,7 +111,7 @@ def extract(archive: Path, cache: Path) -> Path:
 
 
 def prepare_brain_mr(out: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None,
-                     *, labels: bool = True) -> Path:
+                     *, labels: bool = False) -> Path:
     """Fetch (once) and lay out ``out``/Dataset902_BrainMR; returns its folder."""
     folder = Path(out) / DATASET
     if (folder / "dataset.json").exists():
