@@ -190,10 +190,13 @@ def _check_tile(codec: SliceCodec, tile: object, source: str) -> None:
 
 
 def training_experiments(config: StudyConfig) -> set[str]:
-    """The experiments that train models (pretrained does when it evaluates the ratio-1
-    model or a checkpoint against the labels; a ``model``'s agreement trains nothing)."""
+    """The experiments that train or evaluate trained models. ``pretrained`` with a
+    ``model`` (its agreement with itself) trains nothing: alone it needs no labels; beside
+    another training experiment the ratio-1 model is also evaluated on compressed inputs."""
     wanted = {"train", "cross", "pretrained", "budget"} & set(config.experiments)
-    return wanted - {"pretrained"} if "model" in config.pretrained else wanted
+    if "model" in config.pretrained and wanted <= {"pretrained"}:
+        return set()
+    return wanted
 
 
 def _check_pretrained(config: StudyConfig, source: str) -> None:

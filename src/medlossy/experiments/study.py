@@ -558,7 +558,8 @@ def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
                 _cross_table(results, dataset, config, notes),
                 figures.plot_cross_matrix(matrix, out / f"cross_{dataset}",
                                           f"{dataset}: train ratio x test ratio")))
-    if "pretrained" in config.experiments and "model" not in config.pretrained:
+    if "pretrained" in config.experiments and ("model" not in config.pretrained
+                                               or "pretrained" in set(results["experiment"])):
         source = config.pretrained.get("checkpoint", "the ratio-1 model of this study")
         table = _with_intervals(seg.mean_by(results, "pretrained", "ratio_test"), results,
                                 "pretrained", "ratio_test", 0.0)
