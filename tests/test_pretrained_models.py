@@ -355,3 +355,16 @@ def test_brain_mr_is_checked_and_laid_out(tmp_path: Path, monkeypatch) -> None:
     assert bare.name == "Dataset902_BrainMR"
     assert [p.name for p in (bare / "imagesTs").iterdir()] == ["colin27_0000.nii.gz"]
     assert not (bare / "labelsTr").exists()
+
+
+def test_a_model_alone_trains_nothing_beside_training_it_adds_to_it() -> None:
+    from medlossy.experiments.config import StudyConfig, training_experiments
+
+    def wanted(experiments, pretrained):
+        return training_experiments(StudyConfig(datasets=(), experiments=experiments,
+                                                pretrained=pretrained))
+
+    model = {"model": "deepbet"}
+    assert wanted(("quality", "pretrained"), model) == set()
+    assert wanted(("quality", "train", "pretrained"), model) == {"train", "pretrained"}
+    assert wanted(("quality", "pretrained"), {}) == {"pretrained"}
