@@ -31,7 +31,7 @@ class Threshold(PretrainedModel):
     name = "threshold"
     task = "brain extraction"
     classes = ("brain",)
-    expects = InputSpec("MR", ("T1",), "any", (0.5, 5.0))
+    expects = InputSpec("MR", ("T1",), "any", (0.5, 5.0), "head")
 
     def __init__(self, *, level: float = 100.0, device: str = "auto") -> None:
         self.level = level
@@ -141,7 +141,8 @@ def test_refuses_data_it_was_not_made_for(tmp_path: Path, change: str, message: 
     channel = {"ct": "CT", "t2": "T2w"}.get(change, "T1")
     with pytest.raises(InputRefused, match=message) as caught:
         Threshold().check(Volume(array, affine), tmp_path / "img.nii.gz", channel)
-    assert str(caught.value).startswith(f"{tmp_path / 'img.nii.gz'}: threshold expects T1 MR")
+    assert str(caught.value).startswith(f"{tmp_path / 'img.nii.gz'}: threshold expects T1 MR "
+                                        "of the head")
     assert "\n" not in str(caught.value)
 
 
@@ -218,19 +219,25 @@ def test_study_runs_the_model_on_every_dataset_with_intervals_and_a_figure(
 
     monkeypatch.setitem(pretrained_base._REGISTRY, "threshold", Threshold)
     write_brain_dataset(tmp_path / "Dataset911_Heads", cases=3)
+    write_brain_dataset(tmp_path / "Dataset914_Bellies", cases=1)
     (tmp_path / "study.toml").write_text(
         'experiments = ["quality", "pretrained"]\nratios = [1, 10]\ntrain_ratios = [1]\n'
         'codec = ["jpeg2k", "htj2k"]\n'
-        '[[datasets]]\npath = "Dataset911_Heads"\n[pretrained]\nmodel = "threshold"\n')
+        '[[datasets]]\npath = "Dataset911_Heads"\nbody_region = "head"\n'
+        '[[datasets]]\npath = "Dataset914_Bellies"\nbody_region = "abdomen"\n'
+        '[pretrained]\nmodel = "threshold"\n')
     config = load_config(tmp_path / "study.toml")
     assert config.pretrained == {"model": "threshold"}
     run_study(config, tmp_path / "out")
     table = pd.read_csv(tmp_path / "out" / "pretrained_agreement.csv")
     assert set(table["codec"]) == {"jpeg2k", "htj2k"} and table["case"].nunique() == 3
+    assert set(table["dataset"]) == {"Dataset911_Heads_jpeg2k", "Dataset911_Heads_htj2k"}
     report = (tmp_path / "out" / "report.md").read_text()
     assert "4b. Pretrained model on compressed inputs: agreement with itself" in report
     assert "ci_low" in report and (tmp_path / "out" / "pretrained_agreement.png").is_file()
     assert "threshold (brain extraction" in report
+    assert "Left out (the model was not made for them): Dataset914_Bellies_jpeg2k" in report
+    assert "the dataset shows the abdomen" in report
 
 
 def test_study_config_checks_the_model(tmp_path: Path) -> None:

@@ -40,17 +40,19 @@ class AgreementRun:
     models: list[str]  # "name (task; how it is run)"
 
 
-def run_agreement(config: StudyConfig, sweeps: list[tuple[str, Path]], out: Path, *,
-                  show_progress: bool = False) -> AgreementRun:
-    """The agreement rows of every sweep (``(name, folder)``), written to
+def run_agreement(config: StudyConfig, sweeps: list[tuple[str, Path, str | None]],
+                  out: Path, *, show_progress: bool = False) -> AgreementRun:
+    """The agreement rows of every sweep (``(name, folder, body_region)``), written to
     ``out``/pretrained_agreement.csv."""
     specs = [config.pretrained["model"], *config.pretrained.get("compare", ())]
     models = [get_model(spec) for spec in specs]
     label_map = config.pretrained.get("label_map")
     class_map = read_class_map(label_map) if label_map else None
     tables, skipped = [], []
-    for name, folder in sweeps:
+    for name, folder, region in sweeps:
         try:
+            for model in models:
+                model.check_region(name, region)
             table = evaluate_agreement(models, folder, class_map=class_map,
                                        predictions=out / "pretrained" / name,
                                        show_progress=show_progress)

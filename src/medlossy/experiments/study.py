@@ -319,7 +319,7 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
     described: list[tuple[str, str, str | None, bool]] = []  # name, modality, region, trained
     synthetic: set[str] = set()
     unreached: list[str] = []
-    every_sweep: list[tuple[str, Path]] = []  # (name, folder) of every dataset and codec
+    every_sweep: list[tuple[str, Path, str | None]] = []  # name, folder, body region
     for index, entry in enumerate(config.datasets):
         dataset = open_raw_dataset(entry.path)
         if entry.crop_to_label:
@@ -342,7 +342,7 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
                                tile=config.tile,
                                origin=entry.path if entry.crop_to_label else None)
             table = compress(ratios)
-            every_sweep.append((name, folder))
+            every_sweep.append((name, folder, entry.body_region))
             unreached += _out_of_reach_notes(folder)
             quality_tables.append(table[table["ratio_target"].isin(config.ratios)])
             if entry.train and "budget" in config.experiments:

@@ -53,13 +53,16 @@ class InputSpec:
     contrasts: tuple[str, ...] = ()  # upper case, e.g. ("T1",); empty: any contrast
     orientation: str = "any (the model reorients)"
     spacing_mm: tuple[float, float] = (0.0, math.inf)  # every voxel side within this range
+    #: What the images show (a study's ``body_region``: "head", "abdomen"...); None: any.
+    body_region: str | None = None
 
     def describe(self) -> str:
         low, high = self.spacing_mm
         spacing = ("any voxel size" if (low, high) == (0.0, math.inf)
                    else f"voxels {low:g}-{high:g} mm")
         what = "/".join(self.contrasts) + " " if self.contrasts else ""
-        return f"{what}{self.modality}, orientation {self.orientation}, {spacing}"
+        region = f" of the {self.body_region}" if self.body_region else ""
+        return f"{what}{self.modality}{region}, orientation {self.orientation}, {spacing}"
 
 
 def _stated_contrast(channel: str) -> str | None:
@@ -112,6 +115,13 @@ class PretrainedModel(ABC):
         if spec.modality == "MR" and air > _AIR_SHARE:
             raise InputRefused(path, f"{refuse}; {air:.0%} of its voxels are at or below "
                                      f"{_AIR_HU:g}: CT in HU")
+
+    def check_region(self, dataset: str, body_region: str | None) -> None:
+        """Refuse a dataset that shows another body region than the model's (unstated: any)."""
+        wanted = self.expects.body_region
+        if wanted is not None and body_region is not None and body_region != wanted:
+            raise InputRefused(dataset, f"{self.name} expects {self.expects.describe()}; the "
+                                        f"dataset shows the {body_region}")
 
     def predict_cases(self, cases: Mapping[str, Path], out: Path, *, ending: str = ".nii.gz",
                       channel: str = "", show_progress: bool = False,

