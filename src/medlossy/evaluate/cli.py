@@ -159,14 +159,13 @@ def add_evaluate_parsers(sub: argparse._SubParsersAction) -> None:
                                  "default: classes matched by name / identity)")
     pretrained.add_argument("--out", required=True, help="CSV to write (e.g. agreement.csv)")
     pretrained.add_argument("--roi", type=int, default=96,
-                            help="sliding-window size (--arch swin_unetr; default 96)")
+                            help="sliding-window size (--arch swin_unetr)")
     pretrained.add_argument("--feature-size", type=int, default=48,
-                            help="Swin UNETR feature size (default 48)")
+                            help="Swin UNETR feature size")
     pretrained.add_argument("--out-channels", type=int, default=14,
-                            help="classes the Swin UNETR predicts, background included "
-                                 "(default 14)")
+                            help="classes the Swin UNETR predicts, background included")
     pretrained.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                            help="where to predict (default auto: a GPU when there is one)")
+                            help="where to predict (auto: a GPU when there is one)")
     pretrained.add_argument("--hd95", action="store_true",
                             help="with --arch: also HD95 in mm (the agreement always has it)")
     pretrained.add_argument("--no-hd95", action="store_true",
