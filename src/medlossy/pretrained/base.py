@@ -10,7 +10,7 @@ code (``medlossy.pretrained.agreement``) never branches on a model's name.
 Example:
     >>> model = get_model("deepbet")                     # doctest: +SKIP
     >>> model.classes, model.expects.describe()          # doctest: +SKIP
-    (('brain',), 'T1 MR, any orientation (reoriented to RAS), voxels 0.5-3 mm')
+    (('brain',), 'T1 MR of the head, orientation any (deepbet reorients to RAS), voxels 0.5-3 mm')
 """
 
 from __future__ import annotations
