@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of PyTorch, pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	# The README's one command for medlossy with nnU-Net v2, plus the test tools.
-	$(BIN)/python -m pip install --quiet -e ".[test,nnunet]"
+	# The README's one command for medlossy with nnU-Net v2, plus the test tools and deepbet
+	# (10 MB, weights inside: its test really runs it; hd-bet's 294 MB wheel is left out and
+	# its test skips).
+	$(BIN)/python -m pip install --quiet -e ".[test,nnunet,deepbet]"
 	$(BIN)/python -c 'import sys, torch; sys.exit(not torch.__version__.startswith("$(TORCH_VERSION)"))' \
 	  || { echo "torch is no longer $(TORCH_VERSION); see the nnunet extra in pyproject.toml"; exit 1; }
 	touch $(STAMP)

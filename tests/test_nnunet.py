@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from medlossy.errors import MedlossyError
@@ -182,6 +183,21 @@ def test_cli_train_honours_epochs_iterations_and_the_study_folds(tmp_path: Path)
     labels = nib.load(tmp_path / "predictions" / written[0]).get_fdata()
     assert labels.shape == (24, 24, 24) and set(np.unique(labels)) <= {0, 1}
     print(f"\nnnU-Net CLI: train {trained:.0f} s, predict {predicted:.0f} s")
+
+    # The trained folder as a pretrained model: its agreement with itself on a sweep.
+    from medlossy.datasets.sweep import plan_sweep, run_sweep
+
+    # (slices of at least 32 x 32 for JPEG 2000: two more cases of the same kind)
+    other = write_sphere_dataset(tmp_path / "Dataset991_Sphere", cases=2, size=32, seed=1)
+    run_sweep(plan_sweep(open_raw_dataset(other), tmp_path / "sweep", [1, 5]), workers=1)
+    out = tmp_path / "agreement.csv"
+    assert main(["evaluate-pretrained", str(tmp_path / "model"), str(tmp_path / "sweep"),
+                 "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    agreement = pd.read_csv(out)
+    assert set(agreement["ratio"]) == {1.0, 5.0} and agreement["case"].nunique() == 2
+    assert set(agreement["reference"]) == {"x1", "labels"}
+    assert (agreement.loc[(agreement["ratio"] == 1) & (agreement["reference"] == "x1")
+                          & (agreement["class"] == "sphere"), "dice"].fillna(1) == 1).all()
 
     # A rerun finds the fold finished and does nothing.
     mtime = checkpoint(tmp_path / "model").stat().st_mtime_ns

@@ -493,6 +493,13 @@ def data_demo(arguments: argparse.Namespace) -> None:
         print(dataset)
 
 
+def data_brain(arguments: argparse.Namespace) -> None:
+    from medlossy.data.brain import prepare_brain_mr
+
+    print(prepare_brain_mr(Path(arguments.out), cache=arguments.cache,
+                           labels=arguments.labels))
+
+
 def _ratios(text: str) -> list[float]:
     try:
         ratios = [float(part) for part in text.split(",") if part.strip()]

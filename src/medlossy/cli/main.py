@@ -407,6 +407,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="download cache (default: ~/.cache/medlossy)")
     demo.add_argument("--quiet", action="store_true", help="no progress or notes")
     demo.set_defaults(handler=commands.data_demo)
+    brain = data_sub.add_parser("brain", help="a real T1 brain MR (Colin27) from Debian's "
+                                              "mricron-data, as an nnU-Net raw dataset")
+    brain.add_argument("--out", default="brain-data", help="where to write the dataset "
+                                                           "(default: brain-data)")
+    brain.add_argument("--cache", default=None,
+                       help="download cache (default: ~/.cache/medlossy)")
+    brain.add_argument("--labels", action="store_true",
+                       help="add FSL BET's brain mask as the label 'brain' (default: "
+                            "unlabelled, in imagesTs)")
+    brain.set_defaults(handler=commands.data_brain)
     phantom = data_sub.add_parser("phantom", help="a SYNTHETIC cohort of abdominal CTs with "
                                                   "exact labels, as an nnU-Net raw dataset")
     phantom.add_argument("--cases", type=int, default=24, help="subjects (default: 24)")

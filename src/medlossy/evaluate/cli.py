@@ -52,7 +52,44 @@ def evaluate(arguments: argparse.Namespace) -> None:
     print(f"{arguments.out}: {len(table)} rows", file=sys.stderr)
 
 
+def _print_agreement(table: pd.DataFrame) -> None:
+    from medlossy.pretrained.agreement import summary
+
+    rows = summary(table)
+    several = rows.groupby(["model", "codec", "reference"])["class"].nunique() > 2
+    print("model, codec, reference, ratio, class: mean Dice, HD95 mm, |volume difference| mL "
+          "(over cases)")
+    for _, row in rows.iterrows():
+        if row["class"] == "mean" and not several[(row["model"], row["codec"],
+                                                   row["reference"])]:
+            continue  # one class: its mean is the class itself
+        print(f"  {row['model']:<10} {row['codec']:<7} {row['reference']:<12} "
+              f"x{row['ratio']:<5g} {row['class']:<14} {row['dice']:.4f}  "
+              f"{row['hd95_mm']:7.2f}  {row['abs_volume_difference_ml']:8.2f}  "
+              f"({row['cases']} cases)")
+
+
 def evaluate_pretrained(arguments: argparse.Namespace) -> None:
+    if arguments.arch is not None:
+        _evaluate_checkpoint(arguments)
+        return
+    from medlossy.pretrained import get_model
+    from medlossy.pretrained.agreement import evaluate_agreement, read_class_map
+
+    if Path(arguments.model).is_file():
+        raise MedlossyError(arguments.model, "a checkpoint file needs --arch swin_unetr")
+    models = [get_model(spec, device=arguments.device)
+              for spec in [arguments.model, *arguments.compare]]
+    class_map = None if arguments.label_map is None else read_class_map(arguments.label_map)
+    table = evaluate_agreement(models, arguments.sweep, class_map=class_map,
+                               hd95=not arguments.no_hd95, predictions=arguments.predictions,
+                               show_progress=not arguments.quiet)
+    _write_table(table, arguments.out)
+    _print_agreement(table)
+    print(f"{arguments.out}: {len(table)} rows", file=sys.stderr)
+
+
+def _evaluate_checkpoint(arguments: argparse.Namespace) -> None:
     from medlossy.pretrained.evaluate import evaluate_pretrained as run
     from medlossy.pretrained.swin_unetr import SwinUNETRSetup
 
@@ -61,7 +98,7 @@ def evaluate_pretrained(arguments: argparse.Namespace) -> None:
                                   "--out-channels at least 2")
     setup = SwinUNETRSetup(feature_size=arguments.feature_size,
                            out_channels=arguments.out_channels, roi=(arguments.roi,) * 3)
-    table = run(arguments.checkpoint, arguments.sweep, arch=arguments.arch,
+    table = run(arguments.model, arguments.sweep, arch=arguments.arch,
                 label_map=arguments.label_map, setup=setup, device=arguments.device,
                 hd95=arguments.hd95, predictions=arguments.predictions,
                 show_progress=not arguments.quiet)
@@ -94,29 +131,47 @@ def add_evaluate_parsers(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=evaluate)
 
     pretrained = sub.add_parser(
-        "evaluate-pretrained", help="evaluate a pretrained checkpoint on every ratio of a sweep",
-        description="Predict every labelled case of every ratio dataset of a sweep with a "
-                    "pretrained network and evaluate against the exact labels. swin_unetr: "
-                    "a MONAI Swin UNETR checkpoint with the BTCV setup (RAS, 1.5x1.5x2.0 mm, "
-                    "HU -175..250 -> [0, 1], sliding window). nnunet: a model folder written "
-                    "by `medlossy train --backend nnunet`.")
-    pretrained.add_argument("checkpoint", help="checkpoint file (swin_unetr) or model folder "
-                                               "(nnunet)")
+        "evaluate-pretrained", help="a pretrained model on every ratio of a sweep: agreement "
+                                    "with its own x1 prediction (and the labels, if any)",
+        description="Predict every case of every ratio of a sweep with a pretrained model and "
+                    "compare each prediction with the model's own prediction on the lossless "
+                    "(x1) images, and with the labels where the sweep has them: per case, "
+                    "ratio and class, Dice, HD95 (mm) and the volume (mL) and its difference. "
+                    "MODEL: deepbet or hd-bet (brain extraction for T1 / T1, T1c, T2, FLAIR "
+                    "MR; optional extras medlossy[deepbet], medlossy[hdbet]; hd-bet runs its "
+                    "fast mode: one network, no test-time mirroring), or a trained nnU-Net v2 "
+                    "model folder (one fold, no mirroring). A model refuses images it was not "
+                    "made for. With --arch: a Swin UNETR checkpoint (BTCV setup) or a "
+                    "medlossy nnU-Net model folder, evaluated against the labels as before "
+                    "(see docs/evaluation.md).")
+    pretrained.add_argument("model", help="deepbet, hd-bet, an nnU-Net model folder, or with "
+                                          "--arch a checkpoint file / medlossy model folder")
     pretrained.add_argument("sweep", help="sweep folder (medlossy dataset compress --out)")
-    pretrained.add_argument("--arch", choices=("swin_unetr", "nnunet"), required=True,
-                            help="the checkpoint's architecture")
+    pretrained.add_argument("--compare", action="append", default=[], metavar="MODEL",
+                            help="another model of the same task: also run it and report the "
+                                 "two models' disagreement at x1 (repeatable; default: none)")
+    pretrained.add_argument("--arch", choices=("swin_unetr", "nnunet"), default=None,
+                            help="evaluate a checkpoint of this architecture against the "
+                                 "labels instead (default: MODEL is a plug-in)")
     pretrained.add_argument("--label-map", default=None,
-                            help='JSON {"model class id": "dataset class id"}; unmapped model '
-                                 "classes become background (default: identity)")
-    pretrained.add_argument("--out", required=True, help="CSV to write (e.g. results.csv)")
-    pretrained.add_argument("--roi", type=int, default=96, help="sliding-window size")
-    pretrained.add_argument("--feature-size", type=int, default=48, help="Swin UNETR feature size")
+                            help='JSON {"model class": "dataset class"} by name where they '
+                                 'differ (with --arch: {"model class id": "dataset class id"}; '
+                                 "default: classes matched by name / identity)")
+    pretrained.add_argument("--out", required=True, help="CSV to write (e.g. agreement.csv)")
+    pretrained.add_argument("--roi", type=int, default=96,
+                            help="sliding-window size (--arch swin_unetr)")
+    pretrained.add_argument("--feature-size", type=int, default=48,
+                            help="Swin UNETR feature size")
     pretrained.add_argument("--out-channels", type=int, default=14,
-                            help="classes the network predicts, background included")
+                            help="classes the Swin UNETR predicts, background included")
     pretrained.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                             help="where to predict (auto: a GPU when there is one)")
-    pretrained.add_argument("--hd95", action="store_true", help="also HD95 in mm")
+    pretrained.add_argument("--hd95", action="store_true",
+                            help="with --arch: also HD95 in mm (the agreement always has it)")
+    pretrained.add_argument("--no-hd95", action="store_true",
+                            help="agreement without HD95 (faster; default: with)")
     pretrained.add_argument("--predictions", default=None,
-                            help="keep the predicted label maps here (default: discarded)")
+                            help="keep the predicted label maps here, per model and ratio, and "
+                                 "reuse those already there (default: discarded)")
     pretrained.add_argument("--quiet", action="store_true", help="no progress bars")
     pretrained.set_defaults(handler=evaluate_pretrained)

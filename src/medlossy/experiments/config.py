@@ -34,6 +34,10 @@ Example (every key optional except ``datasets``)::
     [pretrained]                                   # optional; else the ratio-1 model
     checkpoint = "swin_unetr_btcv.pt"
     label_map = "btcv2amos.json"
+
+    [pretrained]                                   # or: a pretrained model's agreement
+    model = "deepbet"                              # or "hd-bet", or an nnU-Net model folder
+    compare = ["hd-bet"]                           # optional: models of the same task
 """
 
 from __future__ import annotations
@@ -107,7 +111,10 @@ class StudyConfig:
     tile: int | None = None
     base_id: int = 800
     training: dict[str, Any] = field(default_factory=dict)
-    pretrained: dict[str, str] = field(default_factory=dict)
+    #: checkpoint + label_map (a Swin UNETR against the labels), or model + compare (a
+    #: pretrained model's agreement with itself at x1, on every dataset; see
+    #: ``experiments.pretrained``).
+    pretrained: dict[str, Any] = field(default_factory=dict)
     reader_results: Path | None = None
 
     @property
@@ -182,6 +189,34 @@ def _check_tile(codec: SliceCodec, tile: object, source: str) -> None:
         raise _fail(source, error.problem) from None
 
 
+def training_experiments(config: StudyConfig) -> set[str]:
+    """The experiments that train or evaluate trained models. ``pretrained`` with a
+    ``model`` (its agreement with itself) trains nothing: alone it needs no labels; beside
+    another training experiment the ratio-1 model is also evaluated on compressed inputs."""
+    wanted = {"train", "cross", "pretrained", "budget"} & set(config.experiments)
+    if "model" in config.pretrained and wanted <= {"pretrained"}:
+        return set()
+    return wanted
+
+
+def _check_pretrained(config: StudyConfig, source: str) -> None:
+    from medlossy.pretrained import model_names
+
+    unknown = set(config.pretrained) - {"checkpoint", "label_map", "model", "compare"}
+    if unknown:
+        raise _fail(source, f"unknown [pretrained] key(s) {sorted(unknown)}")
+    if "model" not in config.pretrained:
+        if "compare" in config.pretrained:
+            raise _fail(source, "[pretrained] compare needs model")
+        return
+    if "checkpoint" in config.pretrained:
+        raise _fail(source, "[pretrained] takes a checkpoint or a model, not both")
+    for spec in [config.pretrained["model"], *config.pretrained.get("compare", ())]:
+        if not isinstance(spec, str) or (spec not in model_names() and not Path(spec).is_dir()):
+            raise _fail(source, f"[pretrained] model {spec!r} is neither "
+                                f"{' nor '.join(model_names())} nor a model folder")
+
+
 def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> StudyConfig:
     """Impossible combinations and missing files, all reported before any work
     (``check_files=False``: the settings only, for a dry run before the data are there)."""
@@ -199,7 +234,8 @@ def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> S
     _check_codecs(config, source)
     if any(r < 1 for r in config.ratios + config.train_ratios):
         raise _fail(source, "ratios must be >= 1 (1 = lossless)")
-    training = {"train", "cross", "pretrained", "budget"} & set(config.experiments)
+    training = training_experiments(config)
+    _check_pretrained(config, source)
     if training and 1 not in config.train_ratios:
         raise _fail(source, "train_ratios must include 1: every comparison is against the "
                             "uncompressed model")
@@ -246,6 +282,26 @@ def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> S
     return config
 
 
+def _pretrained_table(table: dict[str, Any], resolve: Any) -> dict[str, Any]:
+    """[pretrained] with its paths made absolute (a model name stays a name)."""
+    from medlossy.pretrained import model_names
+
+    def model(value: Any) -> Any:
+        return value if not isinstance(value, str) or value in model_names() else \
+            str(resolve(value))
+
+    result: dict[str, Any] = {}
+    for key, value in table.items():
+        if key == "model":
+            result[key] = model(value)
+        elif key == "compare":
+            result[key] = tuple(model(v) for v in (value if isinstance(value, list) else
+                                                    [value]))
+        else:
+            result[key] = str(resolve(value))
+    return result
+
+
 def load_config(path: str | Path, *, check_files: bool = True) -> StudyConfig:
     """Read and validate a study TOML file; relative paths are relative to the file."""
     path = Path(path)
@@ -276,7 +332,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> StudyConfig:
                                     tuple(int(v) for v in item.get("crop_to_label", ())),
                                     float(item.get("crop_margin_mm", 10.0)),
                                     item.get("body_region")))
-    pretrained = {k: str(resolve(v)) for k, v in document.pop("pretrained", {}).items()}
+    pretrained = _pretrained_table(document.pop("pretrained", {}), resolve)
     reader = document.pop("reader_results", None)
     tuples = {k: tuple(v) for k, v in document.items() if isinstance(v, list)}
     config = StudyConfig(datasets=tuple(entries), pretrained=pretrained,

@@ -26,7 +26,7 @@ import pandas as pd
 
 from medlossy.datasets.sweep import ratio_tag, read_manifest
 from medlossy.experiments import segmentation as seg
-from medlossy.experiments.config import StudyConfig
+from medlossy.experiments.config import StudyConfig, training_experiments
 
 TRAIN_VOXELS_PER_SECOND = 38e6  # H100, bf16, nnU-Net-like 3D U-Net (CODECS.md, DATA.md)
 PREDICTION_PASSES = 8 * 8 / 3  # window overlap x mirroring / forward-only speed-up
@@ -105,7 +105,7 @@ def dry_run(config: StudyConfig, out: Path) -> tuple[pd.DataFrame, pd.DataFrame,
                          "gpu_hours": 0.0,
                          "storage_gb": (raw / ratio + raw * DECODED_SHARE) / 1e9})
     backend = config.backend
-    wanted = {"train", "cross", "pretrained", "budget"} & set(config.experiments)
+    wanted = training_experiments(config)
     if wanted:
         plan = seg.plan_segmentation(config, _sweeps(config, out, sizes, ratios), out)
         by_name = {size.name: size for size in sizes.values()}

@@ -207,7 +207,7 @@ def plan_segmentation(config: StudyConfig, sweeps: Sequence[SweepFolders], root:
                     for test_ratio in train_ratios:
                         plan.rows.append(Row("cross", planner.evaluation(
                             models[train_ratio], sweep[test_ratio], test_ratio)))
-            if "pretrained" in wanted and not config.pretrained:
+            if "pretrained" in wanted and "checkpoint" not in config.pretrained:
                 for test_ratio in test_ratios:
                     plan.rows.append(Row("pretrained", planner.evaluation(
                         models[1], sweep[test_ratio], test_ratio)))

@@ -24,7 +24,7 @@ from medlossy.datasets.nnunet_raw import RawDataset, open_raw_dataset
 from medlossy.datasets.preparation import crop_dataset
 from medlossy.experiments import segmentation as seg
 from medlossy.experiments.budget import TOLERANCE, BudgetArms, plan_budget
-from medlossy.experiments.config import StudyConfig
+from medlossy.experiments.config import StudyConfig, training_experiments
 from medlossy.experiments.guidelines import GUIDANCE_TEXT, guidance_rows
 from medlossy.experiments.quality import run_quality
 from medlossy.experiments.scaleout import dask_cluster, local_gpus
@@ -71,7 +71,7 @@ def sweep_ratios(config: StudyConfig, *, nominal_budget: bool = False) -> list[f
     ratios are searched for afterwards (``budget``), or estimated as 1 / fraction
     (``nominal_budget``, for the dry run)."""
     ratios = set(config.ratios)
-    if {"train", "cross", "pretrained", "budget"} & set(config.experiments):
+    if training_experiments(config):
         ratios |= set(config.train_ratios)
     if "budget" in config.experiments and nominal_budget:
         ratios |= set(config.budget_ratios)
@@ -319,6 +319,7 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
     described: list[tuple[str, str, str | None, bool]] = []  # name, modality, region, trained
     synthetic: set[str] = set()
     unreached: list[str] = []
+    every_sweep: list[tuple[str, Path, str | None]] = []  # name, folder, body region
     for index, entry in enumerate(config.datasets):
         dataset = open_raw_dataset(entry.path)
         if entry.crop_to_label:
@@ -341,6 +342,7 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
                                tile=config.tile,
                                origin=entry.path if entry.crop_to_label else None)
             table = compress(ratios)
+            every_sweep.append((name, folder, entry.body_region))
             unreached += _out_of_reach_notes(folder)
             quality_tables.append(table[table["ratio_target"].isin(config.ratios)])
             if entry.train and "budget" in config.experiments:
@@ -352,7 +354,7 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
     quality = pd.concat(quality_tables, ignore_index=True)
     timings["compress (quality)"] = time.perf_counter() - started
 
-    segmentation_wanted = {"train", "cross", "pretrained", "budget"} & set(config.experiments)
+    segmentation_wanted = training_experiments(config)
     results, plan = pd.DataFrame(columns=seg.RESULT_COLUMNS), seg.SegmentationPlan()
     footprints = pd.DataFrame([row for arms in budgets for row in arms.rows()])
     if segmentation_wanted and sweeps:
@@ -360,7 +362,7 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
         plan = seg.plan_segmentation(config, sweeps, out, budgets)
         results = seg.run_plan(plan, runner=unit_runner(gpus, scheduler),
                                show_progress=show_progress)
-        if "pretrained" in config.experiments and config.pretrained:
+        if "pretrained" in config.experiments and "checkpoint" in config.pretrained:
             from medlossy.pretrained.evaluate import evaluate_pretrained
 
             for sweep in sweeps:
@@ -374,6 +376,13 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
                 results = pd.concat([results, table[list(seg.RESULT_COLUMNS)]],
                                     ignore_index=True)
         timings["train, predict, evaluate"] = time.perf_counter() - step
+    agreement = None
+    if "pretrained" in config.experiments and "model" in config.pretrained:
+        from medlossy.experiments.pretrained import run_agreement
+
+        step = time.perf_counter()
+        agreement = run_agreement(config, every_sweep, out, show_progress=show_progress)
+        timings["pretrained model"] = time.perf_counter() - step
 
     machine = f"{platform.node()} {platform.machine()} Python {platform.python_version()}"
     provenance = {"config_hash": config.digest(), "code_version": _code_version(),
@@ -396,6 +405,10 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
         sections.append(_codec_section(quality, results))
     notes = lossless_ratios(pd.concat(training_quality)) if training_quality else {}
     sections += _segmentation_sections(config, results, footprints, out, notes)
+    if agreement is not None:
+        from medlossy.experiments.pretrained import agreement_section
+
+        sections.append(agreement_section(agreement, out))
     sections.append(_guidance_section(config, results, described))
     sections += _reader_section(config)
     sections += _picture_sections(config, out, plan)
@@ -545,7 +558,8 @@ def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
                 _cross_table(results, dataset, config, notes),
                 figures.plot_cross_matrix(matrix, out / f"cross_{dataset}",
                                           f"{dataset}: train ratio x test ratio")))
-    if "pretrained" in config.experiments:
+    if "pretrained" in config.experiments and ("model" not in config.pretrained
+                                               or "pretrained" in set(results["experiment"])):
         source = config.pretrained.get("checkpoint", "the ratio-1 model of this study")
         table = _with_intervals(seg.mean_by(results, "pretrained", "ratio_test"), results,
                                 "pretrained", "ratio_test", 0.0)
