@@ -14,14 +14,10 @@ full resolution (8 could not separate nine classes).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
-from medlossy.data.brain import prepare_brain_mr
 from medlossy.data.demo import prepare_demo
 from medlossy.data.phantom import PhantomConfig, write_phantom_dataset
-from medlossy.errors import MedlossyError
 from medlossy.experiments.config import DatasetEntry, StudyConfig, validate
 
 # 120x120x48 voxels of 3.2 x 3.2 x 4 mm (training resamples them to 4 mm): every slice's
@@ -45,40 +41,21 @@ NOTES = ("Demo: the training experiments run on a SYNTHETIC phantom cohort (12 c
          "trained at 4 mm; enhancement from "
          "typical portal-venous values, not measured) since no package ships enough labelled "
          "CTs; the real TotalSegmentator CTs and MR (labels are model predictions) are used for "
-         "image quality only. The pretrained model (section 4b) is deepbet on Colin27, one "
-         "real T1 from Debian's mricron-data: the only real subject's brain MR a package "
-         "ships.")
-
-
-def _brain_mr(out: Path, cache: str | None) -> tuple[list[DatasetEntry], dict[str, str]]:
-    """Colin27 (a real T1, Debian's mricron-data) for deepbet's agreement with itself, where
-    apt-get can fetch it and deepbet is installed; else nothing, with a note on stderr."""
-    if importlib.util.find_spec("deepbet") is None:
-        print("note: deepbet is not installed (pip install 'medlossy[deepbet]'): the demo "
-              "runs no pretrained brain model", file=sys.stderr)
-        return [], {}
-    try:
-        brain = prepare_brain_mr(out, cache=cache)
-    except MedlossyError as error:
-        print(f"note: no brain MR for the pretrained model ({error})", file=sys.stderr)
-        return [], {}
-    return [DatasetEntry(brain, train=False, body_region="head")], {"model": "deepbet"}
+         "image quality only.")
 
 
 def demo_config(out: Path, cache: str | None = None, show_progress: bool = False,
                 ) -> StudyConfig:
     """Fetch and generate the demo data under ``out/data``; the demo's study config."""
     real = prepare_demo(out / "data", cache=cache, show_progress=show_progress)
-    brain, pretrained = _brain_mr(out / "data", cache)
     phantom = write_phantom_dataset(out / "data", DEMO_PHANTOM_CASES, DEMO_PHANTOM,
                                     show_progress=show_progress)
     config = StudyConfig(
         datasets=(DatasetEntry(phantom, train=True, synthetic=True, body_region="abdomen"),
                   *(DatasetEntry(folder, train=False, body_region="abdomen")
-                    for folder in real), *brain),
+                    for folder in real)),
         experiments=("quality", "train", "cross", "pretrained", "budget"),
         train_ratios=DEMO_TRAIN_RATIOS, folds=3, train_folds=(0,), seed=0,
         budget_fractions=DEMO_BUDGET_FRACTIONS, margin=0.01, training=dict(DEMO_TRAINING),
-        pretrained=pretrained,
     )
     return validate(config, "built-in demo config")
