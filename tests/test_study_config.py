@@ -68,6 +68,13 @@ BAD = {
     "tile too small": (("folds = 2", "folds = 2\ntile = 16"), "tile must be at least 32"),
     "tile not a number": (("folds = 2", 'folds = 2\ntile = "256"'),
                           "tile must be a whole number of pixels, got '256'"),
+    # quoted numbers crashed with TypeError: '<' not supported between 'int' and 'str'
+    "quoted tail limit": (("folds = 2", 'folds = 2\ntail_limit = "0.1"'),
+                          "tail_limit must be a number, got '0.1'"),
+    "quoted margin": (("folds = 2", 'folds = 2\nmargin = "0.01"'),
+                      "margin must be a number, got '0.01'"),
+    "fractional minimum cases": (("folds = 2", "folds = 2\nmin_test_cases = 2.5"),
+                                 "min_test_cases must be a whole number, got 2.5"),
 }
 
 

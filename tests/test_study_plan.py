@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,3 +52,23 @@ def test_the_model_sd_of_the_plan_defaults_to_the_assumed_one() -> None:
     config = load_config(EXAMPLES / "amos.toml", check_files=False)
 
     assert plan_power(config, studies=200).iloc[0]["model_sd"] == 0.02
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--case-sd", "-1", r"--case-sd is a standard deviation of Dice, in \[0, 1\); got -1"),
+    ("--model-sd", "-0.01", "--model-sd is a standard deviation"),
+    ("--effect", "5", r"--effect is a mean Dice difference, in \[-1, 1\]; got 5")])
+def test_impossible_plan_inputs_are_one_line_errors(option, value, message, capsys) -> None:
+    """They printed a power table (case sd -1: detectable margin 1.52)."""
+    assert main(["study", str(EXAMPLES / "amos.toml"), "--plan", option, value]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert re.search(message, captured.err)
+
+
+def test_a_config_that_trains_nothing_has_no_design_to_plan() -> None:
+    """A quality-only study printed an empty '|  |' table."""
+    config = load_config(EXAMPLES / "amos.toml", check_files=False)
+
+    with pytest.raises(ValueError, match="nothing to plan: no dataset is trained"):
+        plan_power(replace(config, experiments=("quality",)))

@@ -222,6 +222,13 @@ def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> S
     (``check_files=False``: the settings only, for a dry run before the data are there)."""
     from medlossy.datasets.nnunet_raw import open_raw_dataset
 
+    for key, kinds in (("margin", int | float), ("tail_drop", int | float),
+                       ("tail_limit", int | float), ("assumed_model_sd", int | float),
+                       ("min_test_cases", int)):
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            kind = "a whole number" if kinds is int else "a number"
+            raise _fail(source, f"{key} must be {kind}, got {value!r}")
     unknown = set(config.experiments) - set(EXPERIMENTS)
     if unknown:
         raise _fail(source, f"unknown experiment(s) {sorted(unknown)}; known: {EXPERIMENTS}")

@@ -40,9 +40,19 @@ def plan_power(config: StudyConfig, *, effect: float = 0.0, model_sd: float | No
     Dice difference is ``effect`` (model-to-model sd ``model_sd``, default the config's
     ``assumed_model_sd``; per-case sd ``case_sd``), and the false non-inferiority at the
     margin for the same design."""
+    model_sd = config.assumed_model_sd if model_sd is None else model_sd
+    if not -1 <= effect <= 1:
+        raise ValueError(f"--effect is a mean Dice difference, in [-1, 1]; got {effect:g}")
+    for option, value in (("--model-sd", model_sd), ("--case-sd", case_sd)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{option} is a standard deviation of Dice, in [0, 1); got "
+                             f"{value:g}")
+    if not any(e.train for e in config.datasets) or not (
+            {"train", "cross", "pretrained", "budget"} & set(config.experiments)):
+        raise ValueError("nothing to plan: no dataset is trained (train = true and a "
+                         "training experiment), so there is no design to simulate")
     criteria = Criteria(config.margin, 0.95, config.tail_drop, config.tail_limit,
                         config.assumed_model_sd)
-    model_sd = config.assumed_model_sd if model_sd is None else model_sd
     rows = []
     for entry in (e for e in config.datasets if e.train):
         size = dataset_size(entry.path, entry.cases, entry.voxels_per_case)
