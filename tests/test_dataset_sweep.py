@@ -634,7 +634,7 @@ def test_sweep_refuses_a_ratio_out_of_the_codecs_reach_before_writing(tmp_path: 
                               out, "--codec", "jpegls", "--quiet")
     assert code == EXIT_BAD_INPUT and out_text == ""
     assert err.strip().count("\n") == 0
-    assert "syn_a_0000.nii.gz: ratio x100 is out of codec 'jpegls''s reach: its coarsest " \
+    assert "syn_a_0000.nii.gz: ratio x100 is out of the reach of codec 'jpegls': its coarsest " \
            "setting gives x" in err
     assert not out.exists()
     assert compress(source, out, "1,5", "--codec", "jpegls") == 0  # reachable: as before
@@ -649,7 +649,7 @@ def test_a_study_sweep_leaves_a_ratio_out_of_reach_out_and_says_why(tmp_path: Pa
     assert manifest.target_reached.all()
     sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert list(sweep["out_of_reach"]) == ["r100"]
-    assert "ratio x100 is out of codec 'jpegls''s reach: its coarsest setting gives x" in \
+    assert "ratio x100 is out of the reach of codec 'jpegls': its coarsest setting gives x" in \
         sweep["out_of_reach"]["r100"]
     assert not (tmp_path / "sweep" / "stores" / "r100").exists()
     assert _out_of_reach_notes(tmp_path / "sweep")[0].startswith(

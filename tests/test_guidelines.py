@@ -7,6 +7,7 @@ import pytest
 from medlossy.errors import MedlossyError
 from medlossy.experiments.config import DatasetEntry, StudyConfig, validate
 from medlossy.experiments.guidelines import accepted_ratios, compared, guidance_rows
+from medlossy.experiments.statistics import SafeRatio
 
 
 @pytest.mark.parametrize(("modality", "region", "car", "drg"), [
@@ -30,7 +31,8 @@ def test_a_safe_ratio_is_compared_in_words(safe, words) -> None:
 
 
 def test_rows_say_what_is_missing() -> None:
-    rows = guidance_rows([("A", "CT", "head", 20.0, True), ("B", "MR", None, 5.0, True),
+    rows = guidance_rows([("A", "CT", "head", SafeRatio(20.0), True),
+                          ("B", "MR", None, SafeRatio(5.0), True),
                           ("C", "CT", "chest", None, False)])
 
     assert rows[0]["safe_ratio"] == "x20" and rows[0]["vs DRG"] == "beyond it (x20 > 5:1)"
@@ -38,6 +40,20 @@ def test_rows_say_what_is_missing() -> None:
     assert rows[1]["body_region"].startswith("not stated") and rows[1]["CAR 2008"] == ""
     assert rows[2]["safe_ratio"] == "not trained (quality only)" and rows[2]["vs CAR"] == ""
     assert rows[2]["DRG 2008"] == "8:1"
+
+
+@pytest.mark.parametrize(("safe", "words"), [
+    (SafeRatio(1.0, "mean", next_ratio=5.0, next_verdict="inconclusive"),
+     "inconclusive (none shown safe)"),
+    (SafeRatio(1.0, "liver", next_ratio=5.0, next_verdict="inferior"),
+     "none safe (x5 inferior)"),
+    (SafeRatio(None), "none named (too few test cases)")])
+def test_the_safe_ratio_reads_as_the_verdict_says(safe, words) -> None:
+    """An inconclusive study read "x1 (none compressed)" beside "inconclusive" above."""
+    row = guidance_rows([("A", "CT", "abdomen", safe, True)])[0]
+
+    assert row["safe_ratio"] == words
+    assert row["vs CAR"] == "no compressed ratio shown safe here"
 
 
 def test_the_config_refuses_an_unknown_body_region(tmp_path) -> None:

@@ -102,7 +102,8 @@ def test_guidance_for_the_stated_body_region_sits_beside_the_safe_ratio(study: S
     cells = [cell.strip() for cell in row.strip("|").split("|")]
 
     # 2 test cases: fewer than min_test_cases, so no safe ratio is named to compare
-    assert cells[:4] == ["Dataset950_Phantom", "CT", "abdomen", "none named"]
+    assert cells[:4] == ["Dataset950_Phantom", "CT", "abdomen",
+                         "none named (too few test cases)"]
     assert "15:1" in cells and "8:1" in cells
     assert "Koff" in section and "Loose" in section
 

@@ -22,7 +22,18 @@ def test_the_gap_per_ratio_is_listed_and_explained_beyond_two_db() -> None:
     text = synthetic_against_real(quality, {"Phantom"})
 
     assert "x20 +1.0 dB, x100 -19.0 dB" in text  # MR left out, lossless x1 too
-    assert "does not compress like real CT" in text
+    assert "At x100 it loses more than 2 dB more than real CT: small slices" in text
+    assert "keeps more" not in text  # the explanation follows the sign of the gap
+
+
+def test_a_phantom_that_keeps_more_is_said_to_keep_more() -> None:
+    quality = pd.DataFrame(_rows("Phantom", "CT", {20: [50.0]})
+                           + _rows("RealCT", "CT", {20: [45.6]}))
+
+    text = synthetic_against_real(quality, {"Phantom"})
+
+    assert "At x20 the phantom keeps more than 2 dB more than real CT" in text
+    assert "loses more" not in text
 
 
 def test_within_two_db_no_cause_is_given_and_without_real_ct_nothing_is_said() -> None:

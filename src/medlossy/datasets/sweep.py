@@ -287,12 +287,13 @@ def _out_of_reach(plan: SweepPlan, executor: Executor) -> dict[float, str]:
             if ratio in reasons or ratio == 1:
                 continue
             if ratio > highest * (1.0 + RATIO_TOLERANCE):
-                reasons[ratio] = (f"{image}: ratio x{ratio:g} is out of codec {name!r}'s "
-                                  f"reach: its coarsest setting gives x{highest:.2f} here")
+                reasons[ratio] = (f"{image}: ratio x{ratio:g} is out of the reach of "
+                                  f"codec {name!r}: its coarsest setting gives "
+                                  f"x{highest:.2f} here")
             elif lowest is not None and ratio < lowest * (1.0 - RATIO_TOLERANCE):
-                reasons[ratio] = (f"{image}: ratio x{ratio:g} is out of codec {name!r}'s "
-                                  f"reach: its finest lossy setting gives x{lowest:.2f} "
-                                  "here and it has no lossless mode")
+                reasons[ratio] = (f"{image}: ratio x{ratio:g} is out of the reach of "
+                                  f"codec {name!r}: its finest lossy setting gives "
+                                  f"x{lowest:.2f} here and it has no lossless mode")
     return reasons
 
 

@@ -15,6 +15,8 @@ Sources:
 
 from __future__ import annotations
 
+from medlossy.experiments.statistics import SafeRatio
+
 #: Body regions a study config may state per dataset (``body_region`` in ``[[datasets]]``).
 BODY_REGIONS = ("abdomen", "chest", "musculoskeletal", "head")
 GUIDELINES = {
@@ -62,20 +64,31 @@ GUIDANCE_TEXT = (
     "not that archives may go further.")
 
 
-def guidance_rows(datasets: list[tuple[str, str, str | None, float | None, bool]],
+def _safe_words(safe: SafeRatio | None) -> str:
+    """The study's safe ratio as its statistics section says it."""
+    if safe is None or safe.ratio is None:
+        return "none named (too few test cases)"
+    if safe.ratio > 1:
+        return f"x{safe.ratio:g}"
+    if safe.next_verdict == "inferior":
+        return f"none safe (x{safe.next_ratio:g} inferior)"
+    return "inconclusive (none shown safe)"
+
+
+def guidance_rows(datasets: list[tuple[str, str, str | None, SafeRatio | None, bool]],
                   ) -> list[dict]:
     """One table row per ``(dataset, modality, body_region, safe ratio, trained)``."""
     rows = []
     for name, modality, region, safe, trained in datasets:
         row: dict = {"dataset": name, "modality": modality,
                      "body_region": region or "not stated (body_region in [[datasets]])",
-                     "safe_ratio": (("x1 (none compressed)" if safe <= 1 else f"x{safe:g}")
-                                    if safe is not None else "none named")
-                     if trained else "not trained (quality only)"}
+                     "safe_ratio": _safe_words(safe) if trained
+                     else "not trained (quality only)"}
         accepted = accepted_ratios(modality, region) if region else {}
         for key in GUIDELINES:
             ratio = accepted.get(key)
             row[f"{key} 2008"] = f"{ratio:g}:1" if ratio else ""
-            row[f"vs {key}"] = (compared(safe, ratio) if ratio and trained else "")
+            row[f"vs {key}"] = (compared(safe.ratio if safe else None, ratio)
+                                if ratio and trained else "")
         rows.append(row)
     return rows

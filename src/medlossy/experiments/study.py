@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -112,7 +113,13 @@ def _out_of_reach_notes(folder: Path) -> list[str]:
     """Why a sweep left ratios out (sweep.json), one phrase per ratio."""
     reasons = json.loads((folder / "sweep.json").read_text()).get("out_of_reach", {})
     return [f"{tag.replace('r', 'x', 1)} on {folder.name} ({Path(why.split(': ', 1)[0]).name}: "
-            f"{why.split('reach: ', 1)[-1]})" for tag, why in reasons.items()]
+            f"{_reason(why)})" for tag, why in reasons.items()]
+
+
+def _reason(why: str) -> str:
+    """WHY of "IMAGE: ratio xR is out of the reach of codec 'C': WHY" (or of "... codec
+    'C''s reach: WHY", as sweeps of earlier versions wrote it)."""
+    return re.split(r"reach: |': ", why, maxsplit=1)[-1]
 
 
 def _lossless_note(notes: dict[float, str]) -> str:
@@ -161,7 +168,8 @@ def _model_note(config: StudyConfig, tests: pd.DataFrame) -> str:
         notes.append(
             f"One seed x folds {list(config.train_folds)}: each fold's model pair is an "
             "independent replicate, so the interval is a t over the fold-level mean "
-            f"differences ({len(config.train_folds) - 1} degrees of freedom), which carries "
+            f"differences ({len(config.train_folds) - 1} degree"
+            f"{'s' if len(config.train_folds) > 2 else ''} of freedom), which carries "
             f"training noise. {shown}")
     if "seeds" in routes:
         notes.append(
@@ -254,14 +262,13 @@ def _safe_verdict(config: StudyConfig, tests: pd.DataFrame) -> str:
 def _guidance_section(config: StudyConfig, results: pd.DataFrame,
                       described: list[tuple[str, str, str | None, bool]]) -> Section:
     """Published clinical guidance beside each dataset's safe ratio (context only)."""
-    safe: dict[str, float | None] = {}
+    safe: dict[str, SafeRatio] = {}
     if "train" in config.experiments and not results.empty:
         tests = non_inferiority(results, config.margin, tail_drop=config.tail_drop,
                                 tail_limit=config.tail_limit,
                                 assumed_model_sd=config.assumed_model_sd)
-        safe = {name: found.ratio for name, found in safe_ratios(
-            tests, config.min_test_cases,
-            over_classes=config.safe_ratio_over == "classes").items()}
+        safe = safe_ratios(tests, config.min_test_cases,
+                           over_classes=config.safe_ratio_over == "classes")
     rows = guidance_rows([(name, modality, region, safe.get(name), trained and name in safe)
                           for name, modality, region, trained in described])
     return Section("Clinical guidance (context, not a verdict)", GUIDANCE_TEXT,
@@ -469,12 +476,17 @@ def synthetic_against_real(quality: pd.DataFrame, synthetic: set[str]) -> str:
         return ""
     listed = ", ".join(f"x{r:g} {gap:+.1f} dB" for r, gap in gaps.items())
     text = f" SYNTHETIC minus real CT, mean PSNR per ratio: {listed}."
-    if (gaps.abs() > 2).any():
-        text += (" Where the gap exceeds 2 dB the phantom does not compress like real CT: "
-                 "its texture is drawn smooth (over 6 mm) beside calibrated noise and lacks "
-                 "real CT's fine detail, so it keeps more PSNR at middle ratios, while at high "
-                 "ratios small slices lose more to the fixed bytes of every JPEG 2000 header; "
-                 "read the phantom's Dice at those ratios with that in mind.")
+    above, below = gaps[gaps > 2].index, gaps[gaps < -2].index
+    if len(above):
+        text += (f" At {', '.join(f'x{r:g}' for r in above)} the phantom keeps more than 2 dB "
+                 "more than real CT: its texture is drawn smooth (over 6 mm) beside calibrated "
+                 "noise and lacks real CT's fine detail, so its Dice there may understate "
+                 "what compression does to real CT.")
+    if len(below):
+        text += (f" At {', '.join(f'x{r:g}' for r in below)} it loses more than 2 dB more "
+                 "than real CT: small slices pay a larger share of each ratio's bytes to the "
+                 "fixed header of every slice's codestream, so its Dice there may overstate "
+                 "what compression does to real CT.")
     return text
 
 
@@ -565,8 +577,9 @@ def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
                                 "pretrained", "ratio_test", 0.0)
         sections.append(Section(
             "4. Pretrained model on compressed inputs", f"Model: {source}; mean Dice per test "
-            "ratio (Table 2) with its 95% t-interval over the test cases (one fixed model: "
-            "no training noise to add).",
+            "ratio (Table 2) with its 95% interval: a t-interval over the test cases for one "
+            "model; over the fold-level means where the study's ratio-1 models of several "
+            "folds or seeds each predict their own test cases.",
             table.assign(stored=stored_column(table["ratio_test"], notes)) if len(table)
             else table,
             figures.plot_dice_by_ratio(results, "pretrained", out / "pretrained_dice",
@@ -623,13 +636,14 @@ def _picture_sections(config: StudyConfig, out: Path, plan: seg.SegmentationPlan
             figures=strips))
     contours, drawn = [], set()
     if 1 in config.train_ratios and len(config.train_ratios) > 1:
-        highest = max(config.train_ratios)
         train = [row.evaluation for row in plan.rows if row.experiment == "train"]
         for evaluation in train:
             model = evaluation.model
             if model.ratio != 1:
                 continue
-            partner = next((e for e in train if e.model.ratio == highest
+            # the highest ratio trained on this dataset (one out of reach was not)
+            highest = max(e.model.ratio for e in train if e.model.dataset == model.dataset)
+            partner = next((e for e in train if e.model.ratio == highest > 1
                             and e.model.dataset == model.dataset
                             and e.model.request.fold == model.request.fold
                             and e.model.request.seed == model.request.seed), None)
@@ -642,9 +656,9 @@ def _picture_sections(config: StudyConfig, out: Path, plan: seg.SegmentationPlan
                 folder / f"contours_{model.dataset}", model.dataset)
     if contours:
         sections.append(Section(
-            "Pictures: predicted contours", f"One held-out case: the model trained and "
-            f"tested at x1 against the one trained and tested at x{max(config.train_ratios):g}"
-            " (fold and seed of the first repeat); dashed: ground truth, solid: prediction.",
+            "Pictures: predicted contours", "One held-out case: the model trained and "
+            "tested at x1 against the one trained and tested at the highest ratio trained "
+            "(fold and seed of the first repeat); dashed: ground truth, solid: prediction.",
             figures=contours))
     return sections
 

@@ -50,9 +50,12 @@ def _bounds(original: np.ndarray, modality: str) -> tuple[float, float]:
 
 
 def plot_ratio_strip(folders: Mapping[float, Path], stem: Path, title: str) -> list[Path]:
-    """The first labelled case's busiest slice at each swept ratio of ``PICTURE_RATIOS`` (top)
-    and its absolute error against x1 (bottom, one scale); [] without x1 and another ratio."""
+    """The first labelled case's busiest slice at each swept ratio of ``PICTURE_RATIOS`` (top;
+    the first swept ratios where fewer than two of those were) and its absolute error against
+    x1 (bottom, one scale); [] without x1 and another ratio."""
     ratios = [r for r in PICTURE_RATIOS if r in folders]
+    if len(ratios) < 2:  # other ratios swept (or some out of reach): show those
+        ratios = sorted(folders)[:len(PICTURE_RATIOS)]
     if 1.0 not in ratios or len(ratios) < 2:
         return []
     reference = open_raw_dataset(folders[1.0])
