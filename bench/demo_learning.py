@@ -4,13 +4,15 @@ Usage (prints one line per evaluation; the demo phantom cohort is cached under -
     .venv/bin/python bench/demo_learning.py [--phase portal-venous] [--iterations 480]
         [--evaluate 240,480] [--optimizer adamw] [--learning-rate 3e-3] [--filters 16,32,64,128]
         [--sampling classes] [--foreground-fraction 0.9] [--mirror ""] [--threads 2]
+        [--precision auto]
 
 Data flow: the demo's 12-case phantom cohort (120x120x48 of 3.2 x 3.2 x 4 mm, trained at
 4 mm; ``--phase``) -> fold 0 of 3 (8 training, 4 test cases) -> medlossy.train's
 preprocessing, PatchSampler, DynUNet and optimizer, Dice + CE, poly learning rate over
 ``--iterations`` -> at each ``--evaluate`` point, sliding-window prediction of the 4 test
-cases and Dice per class. Training steps alone are timed (it/s), with the load average
-beside them: the machine is shared.
+cases and Dice per class; forward passes under bfloat16 autocast as ``--precision`` and
+the machine decide (medlossy.train.precision). Training steps alone are timed (it/s), with
+the load average beside them: the machine is shared.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from medlossy.experiments.demo import DEMO_PHANTOM, DEMO_TRAINING
 from medlossy.train.config import TrainConfig
 from medlossy.train.loop import build_optimizer
 from medlossy.train.network import build_network, network_arguments
+from medlossy.train.precision import PRECISIONS, uses_bfloat16
 from medlossy.train.preprocessing import PreparedCase, fit_normalisation, load_case, prepare
 from medlossy.train.sampling import PatchSampler
 from medlossy.train.splits import kfold_splits
@@ -41,14 +44,15 @@ def _numbers(text: str) -> tuple[int, ...]:
 
 
 def _dice(network: torch.nn.Module, cases: list[PreparedCase], patch: tuple[int, ...],
-          classes: int) -> np.ndarray:
+          classes: int, bfloat16: bool) -> np.ndarray:
     network.eval()
     scores = []
     with torch.no_grad():
         for case in cases:
             image = torch.from_numpy(np.ascontiguousarray(case.image))[None]
-            logits = sliding_window_inference(image, patch, 2, network, overlap=0.5,
-                                              mode="gaussian")
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+                logits = sliding_window_inference(image, patch, 2, network, overlap=0.5,
+                                                  mode="gaussian")
             predicted = logits.argmax(1)[0].numpy()
             scores.append([2 * ((case.labels == c) & (predicted == c)).sum()
                            / max((case.labels == c).sum() + (predicted == c).sum(), 1)
@@ -72,9 +76,11 @@ def main() -> None:
     parser.add_argument("--foreground-fraction", type=float, default=0.9)
     parser.add_argument("--mirror", default="", help="mirrored axes, e.g. 0,1,2 (default none)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     torch.manual_seed(0)
+    bfloat16 = uses_bfloat16(torch.device("cpu"), arguments.precision)
 
     folder = write_phantom_dataset(arguments.data, 12, replace(DEMO_PHANTOM,
                                                                phase=arguments.phase))
@@ -102,7 +108,7 @@ def main() -> None:
     sampler = PatchSampler([prepared[name] for name in split["train"]], config)
     names = [name for name, value in sorted(LABELS.items(), key=lambda kv: kv[1]) if value]
     evaluate, seconds, losses = set(_numbers(arguments.evaluate)), 0.0, []
-    print(f"{vars(arguments)}; uptime load {os.getloadavg()}", flush=True)
+    print(f"{vars(arguments)}; bfloat16 {bfloat16}; uptime load {os.getloadavg()}", flush=True)
     for iteration in range(1, config.iterations_per_epoch + 1):
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * (
@@ -110,14 +116,16 @@ def main() -> None:
         started = time.perf_counter()
         images, targets = sampler.batch()
         optimizer.zero_grad()
-        loss = loss_function(network(images), targets)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            logits = network(images)
+        loss = loss_function(logits.float(), targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
         optimizer.step()
         seconds += time.perf_counter() - started
         losses.append(float(loss.detach()))
         if iteration in evaluate:
-            dice = _dice(network, test, config.patch_size, classes)
+            dice = _dice(network, test, config.patch_size, classes, bfloat16)
             print(f"it {iteration} loss {np.mean(losses[-40:]):.3f} it/s "
                   f"{iteration / seconds:.2f} load {os.getloadavg()[0]:.1f} mean "
                   f"{dice.mean():.3f} " + " ".join(f"{n}={v:.2f}" for n, v in

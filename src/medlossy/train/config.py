@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from medlossy.train.precision import PRECISIONS
+
 #: Sized for CPUs: coarse spacing, small patches and networks (see shared DATA.md timings).
 PRESETS: dict[str, dict[str, Any]] = {
     "lowres": {"target_spacing": (3.0, 3.0, 3.0), "patch_size": (64, 64, 64),
@@ -16,7 +18,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 OPTIMIZERS = ("sgd", "adamw")
 SAMPLINGS = ("foreground", "classes")
-SPEED_OPTIONS = ("channels_last", "compile", "loader_workers", "pin_memory")
+SPEED_OPTIONS = ("channels_last", "compile", "loader_workers", "pin_memory", "precision")
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class TrainConfig:
     #: experiment); a fixed subset for a given fold and fraction, at least one case.
     train_fraction: float = 1.0
     device: str = "auto"
-    #: Speed only (results equal up to float rounding; not part of the recipe's hash):
+    #: Speed only (not part of the recipe's hash; results equal up to float rounding but for
+    #: ``precision``):
     #: channels-last 3D memory layout, torch.compile (CUDA only; ignored on CPU), batches
     #: made by this many loader processes while the GPU trains (0: in this process), pinned
     #: host memory for the copies to the GPU (CUDA only).
@@ -67,6 +70,11 @@ class TrainConfig:
     compile: bool = False
     loader_workers: int = 0
     pin_memory: bool = True
+    #: Arithmetic of the network's forward pass: "auto" (bfloat16 mixed precision where the
+    #: device computes it natively: CUDA GPUs, CPUs with AMX or AVX-512 BF16; float32
+    #: elsewhere), "bf16" or "fp32". bfloat16 changes results by training noise, not by float
+    #: rounding alone; the precision used is recorded in model.json.
+    precision: str = "auto"
     #: Where training images come from: "nifti" (the dataset's decoded image files) or
     #: "store" (decoded in memory from the compressed stores of a `medlossy dataset compress`
     #: sweep, which dataset.json names; no decoded copy is read). Same voxels, same model.
@@ -97,6 +105,8 @@ class TrainConfig:
             problems.append("foreground fraction must be in [0, 1]")
         if self.loader_workers < 0:
             problems.append(f"loader_workers must be >= 0, got {self.loader_workers}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.sampling not in SAMPLINGS:
             problems.append(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         if self.optimizer not in OPTIMIZERS:

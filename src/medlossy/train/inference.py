@@ -18,6 +18,7 @@ from medlossy.io.nifti import write_nifti
 from medlossy.terminal import progress_bar
 from medlossy.train.loop import DESCRIPTION_FILE, MODEL_FILE, resolve_device
 from medlossy.train.network import build_network
+from medlossy.train.precision import uses_bfloat16
 from medlossy.train.preprocessing import (
     LoadedCase,
     load_case,
@@ -33,6 +34,8 @@ class TrainedModel:
     description: dict
     network: torch.nn.Module
     device: torch.device
+    #: Predict under bfloat16 autocast (the model's ``precision`` on this device).
+    bfloat16: bool = False
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
@@ -52,7 +55,9 @@ def load_model(folder: str | Path, device: str = "auto") -> TrainedModel:
     network = build_network(description["network"])
     state = torch.load(folder / MODEL_FILE, map_location=resolved, weights_only=True)
     network.load_state_dict(state["network"])
-    return TrainedModel(description, network.to(resolved).eval(), resolved)
+    precision = description.get("config", {}).get("precision", "auto")
+    return TrainedModel(description, network.to(resolved).eval(), resolved,
+                        uses_bfloat16(resolved, precision))
 
 
 def _check_compatible(model: TrainedModel, dataset: RawDataset) -> None:
@@ -77,7 +82,7 @@ def predict_case(model: TrainedModel, case: LoadedCase) -> np.ndarray:
     image = resample_image(normalise(case.channels, preprocessing["normalisation"]), shape)
     tensor = torch.from_numpy(np.ascontiguousarray(image))[None].to(model.device)
     with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16,
-                        enabled=model.device.type == "cuda"):
+                        enabled=model.bfloat16):
         logits = sliding_window_inference(tensor, model.patch_size, sw_batch_size=2,
                                           predictor=model.network, overlap=0.5,
                                           mode="gaussian")

@@ -21,6 +21,7 @@ from medlossy.jsonfile import write_json
 from medlossy.terminal import progress_bar
 from medlossy.train.config import TrainConfig
 from medlossy.train.network import build_network, network_arguments
+from medlossy.train.precision import uses_bfloat16
 from medlossy.train.preprocessing import fit_normalisation, load_case, prepare, store_folder
 from medlossy.train.sampling import PatchSampler, epoch_batches
 from medlossy.train.splits import kfold_splits, training_subset
@@ -113,7 +114,7 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
             torch.set_rng_state(checkpoint["torch_rng"])
             start_epoch, history = checkpoint["epoch"], checkpoint["history"]
 
-    use_amp = device.type == "cuda"
+    use_amp = uses_bfloat16(device, config.precision)
     memory_format = torch.channels_last_3d if config.channels_last else torch.contiguous_format
     network = network.to(memory_format=memory_format)
     # torch.compile needs a C compiler and pays off on GPUs only; ignored on CPU.
@@ -125,7 +126,8 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
         for group in optimizer.param_groups:
             group["lr"] = poly_learning_rate(config, epoch)
         losses = []
-        batches = epoch_batches(sampler, config, epoch, pin_memory=config.pin_memory and use_amp)
+        batches = epoch_batches(sampler, config, epoch,
+                                pin_memory=config.pin_memory and device.type == "cuda")
         progress = progress_bar(batches, total=config.iterations_per_epoch,
                                 desc=f"epoch {epoch + 1}/{config.epochs}", unit="it",
                                 leave=False, show=show_progress)
@@ -135,7 +137,8 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                                 enabled=use_amp):
-                loss = loss_function(forward(images), targets)
+                logits = forward(images)
+            loss = loss_function(logits.float(), targets)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
             optimizer.step()
@@ -163,6 +166,7 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
                        "test_cases": split["test"]},
         "config": config.to_dict(),
         "training": {"device": str(device), "torch": torch.__version__,
+                     "precision": "bfloat16" if use_amp else "float32",
                      "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 1e9,
                                                  3) if device.type == "cuda" else None,
                      "seconds_this_run": round(seconds, 2), "iterations_this_run": iterations,
