@@ -34,6 +34,9 @@ class TrainRequest:
     iterations_per_epoch: int = 250
     options: Mapping[str, Any] = field(default_factory=dict)
     reference_dataset: Path | None = None
+    #: The same cases at other ratios: one model trained on patches from a ratio drawn at
+    #: random for each (built-in backend only; empty: a model of one ratio).
+    mixed_datasets: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class ModelInfo:
     """What a trained model is, whichever backend trained it."""
 
     backend: str
-    ratio: float | None
+    ratio: float | str | None  # "mixed": a model trained on every ratio
     fold: int
     train_cases: list[str]
     test_cases: list[str]
@@ -69,7 +72,8 @@ class TrainingBackend(ABC):
 
     @abstractmethod
     def recipe(self, request: TrainRequest) -> dict[str, Any]:
-        """Every setting that decides the model, validated (ValueError names the problem)."""
+        """Every setting that decides the model, validated (ValueError names the problem,
+        also a request the backend cannot serve, such as ``mixed_datasets``)."""
 
     @abstractmethod
     def train(self, dataset: Path, out: Path, request: TrainRequest, *,

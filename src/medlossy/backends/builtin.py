@@ -48,7 +48,8 @@ class BuiltinBackend(TrainingBackend):
               cache: Path | None = None, show_progress: bool = False) -> Path:
         from medlossy.train.loop import train_model
 
-        return train_model(dataset, out, self.config(request), show_progress=show_progress)
+        return train_model(dataset, out, self.config(request), mixed=request.mixed_datasets,
+                           show_progress=show_progress)
 
     def predict(self, model: Path, dataset: Path, out: Path, *, cases: str = "test",
                 device: str = "auto", show_progress: bool = False) -> Path:

@@ -55,6 +55,9 @@ class NnunetBackend(TrainingBackend):
         return options
 
     def recipe(self, request: TrainRequest) -> dict[str, Any]:
+        if request.mixed_datasets:
+            raise ValueError("mixed-ratio models are trained by the built-in backend only "
+                             "(nnU-Net preprocesses one dataset per model)")
         options = self.options(request)
         recipe = {"backend": self.name, "trainer": run.TRAINER, "fold": request.fold,
                   "folds": request.folds, "seed": request.seed,

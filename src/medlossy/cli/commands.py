@@ -704,7 +704,9 @@ def train(arguments: argparse.Namespace) -> None:
     reference = resolve_dataset_folder(arguments.reference) if arguments.reference else None
     request = TrainRequest(fold=arguments.fold, folds=arguments.folds, seed=arguments.seed,
                            epochs=arguments.epochs, iterations_per_epoch=arguments.iterations,
-                           options=_train_options(arguments), reference_dataset=reference)
+                           options=_train_options(arguments), reference_dataset=reference,
+                           mixed_datasets=tuple(Path(resolve_dataset_folder(folder))
+                                                for folder in arguments.mixed))
     backend.recipe(request)  # every option checked before any work
     folder = backend.train(Path(dataset), Path(arguments.out), request,
                            show_progress=not arguments.quiet)

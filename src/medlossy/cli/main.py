@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="patches per iteration (default: the preset's, 2)")
     builtin.add_argument("--patch-size", default=None, help="e.g. 64,64,64")
     builtin.add_argument("--no-augment", action="store_true", help="switch augmentation off")
+    builtin.add_argument("--mixed", nargs="+", default=(), metavar="DATASET",
+                         help="the same cases at other ratios (e.g. SWEEP/r5 SWEEP/r20): one "
+                              "model trained on patches from a ratio drawn at random")
     nnunet = train.add_argument_group("nnunet backend")
     nnunet.add_argument("--configuration", "--config", dest="configuration", default=None,
                         help="nnU-Net configuration (default: 3d_lowres, the paper's)")

@@ -5,6 +5,7 @@ Example (every key optional except ``datasets``)::
     experiments = ["quality", "train", "cross", "pretrained", "budget"]
     ratios = [1, 2, 5, 10, 20, 50, 70, 100]        # compression (quality experiment)
     train_ratios = [1, 5, 20, 50]                 # one model per ratio (and fold)
+    mixed_ratios = "all"                          # experiment "mixed": one model, every ratio
     folds = 3
     train_folds = [0]                             # repeats: [0, 1, 2]
     seed = 0
@@ -45,7 +46,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,8 +57,9 @@ from medlossy.experiments.guidelines import BODY_REGIONS
 if TYPE_CHECKING:
     from medlossy.codecs.base import SliceCodec
 
-EXPERIMENTS = ("quality", "train", "cross", "pretrained", "budget", "reader")
-_TOP_KEYS = {"experiments", "ratios", "train_ratios", "folds", "train_folds", "seed", "seeds",
+EXPERIMENTS = ("quality", "train", "cross", "pretrained", "budget", "mixed", "reader")
+_TOP_KEYS = {"experiments", "ratios", "train_ratios", "mixed_ratios", "folds", "train_folds",
+             "seed", "seeds",
              "budget_fractions", "margin", "min_test_cases", "safe_ratio_over", "tail_drop",
              "tail_limit", "assumed_model_sd", "datasets",
              "training", "pretrained", "reader_results", "base_id", "codec", "tile"}
@@ -89,6 +91,9 @@ class StudyConfig:
     experiments: tuple[str, ...] = ("quality", "train", "cross", "pretrained", "budget")
     ratios: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 70, 100)
     train_ratios: tuple[float, ...] = (1, 5, 20, 50)
+    #: Experiment "mixed": one model trained on patches from a ratio drawn at random among
+    #: these ("all": every ratio of ``ratios``), tested at every ratio.
+    mixed_ratios: tuple[float, ...] | str = "all"
     folds: int = 3
     train_folds: tuple[int, ...] = (0,)
     seed: int = 0
@@ -126,6 +131,11 @@ class StudyConfig:
     def codecs(self) -> tuple[str, ...]:
         """Every codec the study compresses with, in the config's order."""
         return (self.codec,) if isinstance(self.codec, str) else tuple(self.codec)
+
+    @property
+    def mixed_model_ratios(self) -> tuple[float, ...]:
+        """The ratios the mixed-ratio model draws its patches from."""
+        return self.ratios if self.mixed_ratios == "all" else tuple(self.mixed_ratios)
 
     @property
     def training_seeds(self) -> tuple[int, ...]:
@@ -193,7 +203,7 @@ def training_experiments(config: StudyConfig) -> set[str]:
     """The experiments that train or evaluate trained models. ``pretrained`` with a
     ``model`` (its agreement with itself) trains nothing: alone it needs no labels; beside
     another training experiment the ratio-1 model is also evaluated on compressed inputs."""
-    wanted = {"train", "cross", "pretrained", "budget"} & set(config.experiments)
+    wanted = {"train", "cross", "pretrained", "budget", "mixed"} & set(config.experiments)
     if "model" in config.pretrained and wanted <= {"pretrained"}:
         return set()
     return wanted
@@ -215,6 +225,27 @@ def _check_pretrained(config: StudyConfig, source: str) -> None:
         if not isinstance(spec, str) or (spec not in model_names() and not Path(spec).is_dir()):
             raise _fail(source, f"[pretrained] model {spec!r} is neither "
                                 f"{' nor '.join(model_names())} nor a model folder")
+
+
+def _check_mixed(config: StudyConfig, source: str) -> None:
+    ratios = config.mixed_ratios
+    if isinstance(ratios, str) and ratios != "all":
+        raise _fail(source, f"mixed_ratios must be \"all\" or a list of ratios, got {ratios!r}")
+    chosen = config.mixed_model_ratios
+    if any(isinstance(r, bool) or not isinstance(r, int | float) for r in chosen):
+        raise _fail(source, f"mixed_ratios must be numbers, got {list(chosen)}")
+    if 1 not in chosen or len(set(chosen)) < 2:
+        raise _fail(source, f"mixed_ratios must include 1 (labels, split and normalisation "
+                            f"come from the x1 data) and another ratio, got {list(chosen)}")
+    outside = sorted(set(chosen) - set(config.ratios))
+    if outside:
+        raise _fail(source, f"mixed_ratios {outside} are not among ratios "
+                            f"{list(config.ratios)} (only those are swept)")
+    request = config.train_request(config.train_folds[0])
+    try:
+        config.backend.recipe(replace(request, mixed_datasets=(Path("x"),)))
+    except ValueError as error:
+        raise _fail(source, f"experiment mixed: {error}") from None
 
 
 def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> StudyConfig:
@@ -246,6 +277,8 @@ def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> S
     if training and 1 not in config.train_ratios:
         raise _fail(source, "train_ratios must include 1: every comparison is against the "
                             "uncompressed model")
+    if "mixed" in training:
+        _check_mixed(config, source)
     if any(not 0 < f <= 1 for f in config.budget_fractions):
         raise _fail(source, "budget fractions must be in (0, 1]")
     if len(set(config.seeds)) != len(config.seeds):

@@ -111,7 +111,8 @@ def dry_run(config: StudyConfig, out: Path) -> tuple[pd.DataFrame, pd.DataFrame,
         by_name = {size.name: size for size in sizes.values()}
         for unit in plan.train.values():
             work = backend.workload(unit.request)
-            rows.append({"unit": "train", "dataset": unit.dataset, "ratio": unit.ratio,
+            rows.append({"unit": "train", "dataset": unit.dataset,
+                         "ratio": "mixed" if unit.request.mixed_datasets else unit.ratio,
                          "fold": unit.request.fold, "fraction": unit.request.train_fraction,
                          "cached": unit.done(),
                          "gpu_hours": work.iterations * work.voxels_per_iteration

@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,22 @@ class _Planner:
                          self.root / "cache" / sweep.name)
         return self.plan.train.setdefault(out, unit)
 
+    def mixed_model(self, sweep: SweepFolders, ratios: Sequence[float],
+                    request: TrainRequest) -> TrainUnit:
+        """One model for every ratio in ``ratios`` (1 among them): trained on the x1 data's
+        split with each patch drawn from a case at a random ratio."""
+        others = tuple(sweep[r] for r in ratios if r != 1)
+        request = replace(request, mixed_datasets=others)
+        recipe = self.backend.recipe(request)
+        key = hashlib.sha256(json.dumps(
+            [recipe, *(self._digest(sweep[r]) for r in ratios)], sort_keys=True,
+            default=str).encode()).hexdigest()[:12]
+        out = (self.root / "models" / sweep.name /
+               f"mixed_fold{request.fold}_frac{request.train_fraction:g}_{key}")
+        unit = TrainUnit(self.backend.name, sweep.name, sweep[1], math.nan, request, out,
+                         self.root / "cache" / sweep.name)
+        return self.plan.train.setdefault(out, unit)
+
     def evaluation(self, model: TrainUnit, folder: Path, ratio_test: float) -> EvalUnit:
         key = f"{model.out.name}_on_{ratio_tag(ratio_test)}_{self._digest(folder)}"
         table = self.root / "evaluations" / model.dataset / f"{key}.csv"
@@ -207,6 +224,12 @@ def plan_segmentation(config: StudyConfig, sweeps: Sequence[SweepFolders], root:
                     for test_ratio in train_ratios:
                         plan.rows.append(Row("cross", planner.evaluation(
                             models[train_ratio], sweep[test_ratio], test_ratio)))
+            if "mixed" in wanted:
+                mixed = planner.mixed_model(
+                    sweep, [r for r in config.mixed_model_ratios if r in sweep.by_ratio], full)
+                for test_ratio in test_ratios:
+                    plan.rows.append(Row("mixed", planner.evaluation(
+                        mixed, sweep[test_ratio], test_ratio)))
             if "pretrained" in wanted and "checkpoint" not in config.pretrained:
                 for test_ratio in test_ratios:
                     plan.rows.append(Row("pretrained", planner.evaluation(
@@ -321,11 +344,22 @@ def summarise_dice(results: pd.DataFrame, experiment: str) -> pd.DataFrame:
     return table.reset_index().round(3)
 
 
+#: The cross-ratio matrix's row of the mixed-ratio model (the others are ratios).
+MIXED_ROW = "mixed"
+
+
 def cross_matrix(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """Mean Dice per training ratio (rows) and test ratio (columns), ratios as numbers."""
-    rows = results[(results["experiment"] == "cross") & (results["metric"] == "dice")
-                   & (results["class"] == "mean") & (results["dataset"] == dataset)]
-    return rows.groupby(["ratio_train", "ratio_test"])["value"].mean().unstack()
+    """Mean Dice per training ratio (rows) and test ratio (columns), ratios as numbers, and
+    a last row ``MIXED_ROW`` for the mixed-ratio model where it was trained."""
+    chosen = results[(results["metric"] == "dice") & (results["class"] == "mean")
+                     & (results["dataset"] == dataset)]
+    rows = chosen[chosen["experiment"] == "cross"]
+    matrix = rows.groupby(["ratio_train", "ratio_test"])["value"].mean().unstack()
+    mixed = chosen[chosen["experiment"] == "mixed"]
+    if len(matrix) and len(mixed):
+        means = mixed.groupby("ratio_test")["value"].mean().reindex(matrix.columns)
+        matrix = pd.concat([matrix, means.to_frame(MIXED_ROW).T])
+    return matrix
 
 
 def mean_by(results: pd.DataFrame, experiment: str, column: str) -> pd.DataFrame:

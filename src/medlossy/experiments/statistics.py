@@ -299,6 +299,49 @@ def compare_budget_arms(results: pd.DataFrame, level: float = 0.95,
     return pd.DataFrame(table)
 
 
+def _case_means(results: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    """Per-case mean Dice of ``experiment``'s rows, by dataset, test ratio, case, fold, seed."""
+    rows = results[(results["experiment"] == experiment) & (results["metric"] == "dice")
+                   & (results["class"] == MEAN)]
+    rows = rows.assign(value=pd.to_numeric(rows["value"], errors="coerce"),
+                       train_seed=pd.Series(rows.get("train_seed", 0), index=rows.index)
+                       .fillna(0))
+    return rows[["dataset", "ratio_train", "ratio_test", "case", "fold", "train_seed",
+                 "value"]]
+
+
+def compare_mixed(results: pd.DataFrame, level: float = 0.95,
+                  assumed_model_sd: float = ASSUMED_MODEL_SD) -> pd.DataFrame:
+    """Per dataset and test ratio: the mixed-ratio model's mean Dice against the x1 model's
+    (the "pretrained" rows) and the model trained at that ratio (the "train" rows), each as
+    the paired difference mixed - other over the same test cases, folds and seeds, with its
+    interval (:func:`difference_interval`). NaN where the other model was not run."""
+    mixed = _case_means(results, "mixed")
+    if mixed.empty:
+        return pd.DataFrame()
+    keys = ["dataset", "ratio_test", "case", "fold", "train_seed"]
+    # "pretrained" rows with ratio_train 1 are this study's x1 model (not a given checkpoint)
+    others = {"x1_model": _case_means(results, "pretrained").query("ratio_train == 1"),
+              "ratio_model": _case_means(results, "train").query("ratio_train == ratio_test")}
+    table = []
+    for (dataset, ratio), group in mixed.groupby(["dataset", "ratio_test"]):
+        row: dict[str, object] = {"dataset": dataset, "ratio_test": ratio,
+                                  "mixed_dice": group["value"].mean()}
+        for name, other in others.items():
+            paired = group.merge(other[[*keys, "value"]], on=keys, suffixes=("", "_other"))
+            paired = paired.assign(difference=paired["value"] - paired["value_other"])
+            paired = paired[np.isfinite(paired["difference"])]
+            interval = difference_interval(paired, level, assumed_model_sd) if len(paired) \
+                else {"mean_difference": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+            row[f"{name}_dice"] = paired["value_other"].mean() if len(paired) else np.nan
+            row[f"minus_{name}"] = interval["mean_difference"]
+            row[f"minus_{name}_low"] = interval["ci_low"]
+            row[f"minus_{name}_high"] = interval["ci_high"]
+        row["cases"] = group["case"].nunique()
+        table.append(row)
+    return pd.DataFrame(table)
+
+
 def mean_intervals(results: pd.DataFrame, experiment: str, by: list[str], *,
                    level: float = 0.95, assumed_model_sd: float = ASSUMED_MODEL_SD,
                    ) -> pd.DataFrame:

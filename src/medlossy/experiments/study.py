@@ -33,6 +33,7 @@ from medlossy.experiments.statistics import (
     SKEW_WARNING,
     SafeRatio,
     compare_budget_arms,
+    compare_mixed,
     mean_intervals,
     non_inferiority,
     safe_ratios,
@@ -289,16 +290,29 @@ def _with_intervals(table: pd.DataFrame, results: pd.DataFrame, experiment: str,
 
 def _cross_table(results: pd.DataFrame, dataset: str, config: StudyConfig,
                  notes: dict[float, str]) -> pd.DataFrame:
-    """The cross-ratio matrix as "mean [low, high]" cells."""
-    cells = mean_intervals(results, "cross", ["ratio_train", "ratio_test"],
-                           assumed_model_sd=config.assumed_model_sd)
-    cells = cells[cells["dataset"] == dataset]
-    cells = cells.assign(cell=[f"{m:.4f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in zip(
-        cells["mean_dice"], cells["ci_low"], cells["ci_high"], strict=True)])
-    matrix = cells.pivot(index="ratio_train", columns="ratio_test", values="cell")
-    matrix = matrix.rename(index=lambda r: f"train {ratio_label(r, notes)}",
+    """The cross-ratio matrix as "mean [low, high]" cells, the mixed-ratio model last."""
+    def cells(experiment: str, by: list[str]) -> pd.DataFrame:
+        table = mean_intervals(results, experiment, by,
+                               assumed_model_sd=config.assumed_model_sd)
+        table = table[table["dataset"] == dataset]
+        if table.empty:
+            return table.assign(cell=pd.Series(dtype=str))
+        return table.assign(cell=[f"{m:.4f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in zip(
+            table["mean_dice"], table["ci_low"], table["ci_high"], strict=True)])
+
+    matrix = cells("cross", ["ratio_train", "ratio_test"]).pivot(
+        index="ratio_train", columns="ratio_test", values="cell")
+    mixed = cells("mixed", ["ratio_test"]).set_index("ratio_test")["cell"]
+    if len(matrix) and len(mixed):
+        matrix = pd.concat([matrix, mixed.reindex(matrix.columns).to_frame(seg.MIXED_ROW).T])
+    matrix = matrix.rename(index=lambda r: _train_label(r, notes),
                            columns=lambda r: f"test {ratio_label(r, notes)}")
     return matrix.reset_index(names="model").rename_axis(columns=None)
+
+
+def _train_label(ratio: float | str, notes: dict[float, str]) -> str:
+    """A cross-ratio matrix row's name: "train x20", or "train mixed"."""
+    return f"train {ratio if ratio == seg.MIXED_ROW else ratio_label(ratio, notes)}"
 
 
 def unit_runner(gpus: Sequence[str] | None, scheduler: str | None) -> seg.Runner:
@@ -501,6 +515,25 @@ def _quality_section(quality: pd.DataFrame, out: Path, synthetic: set[str]) -> S
         quality_summary(quality), figures_written)
 
 
+def _mixed_section(config: StudyConfig, results: pd.DataFrame, out: Path,
+                   notes: dict[float, str]) -> list[Section]:
+    """Section 3b: the mixed-ratio model against the x1 model and each ratio's model."""
+    comparison = compare_mixed(results, assumed_model_sd=config.assumed_model_sd)
+    if comparison.empty:
+        return []
+    ratios = ", ".join(f"x{r:g}" for r in config.mixed_model_ratios)
+    return [Section(
+        "3b. One model for every ratio", f"One model trained on patches from a ratio drawn "
+        f"at random for each ({ratios}; the x1 data's split, normalisation and recipe), "
+        "tested at every ratio. Beside it, on the same test cases: the x1 model (as in "
+        "section 4) and the model trained at that ratio (section 2, where one was), each as "
+        "the paired difference 'mixed minus it' with its 95% interval (trained models as the "
+        "replication unit, as in the statistics above). A positive interval: the mixed model "
+        "is better there; one that holds 0: no difference shown.",
+        comparison.assign(stored=stored_column(comparison["ratio_test"], notes)).round(4),
+        figures.plot_mixed(comparison, out / "mixed_dice", notes))]
+
+
 def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
                            footprints: pd.DataFrame, out: Path, notes: dict[float, str],
                            ) -> list[Section]:
@@ -560,7 +593,7 @@ def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
             matrix = seg.cross_matrix(results, dataset)
             if matrix.empty:
                 continue
-            matrix = matrix.rename(index=lambda r: f"train {ratio_label(r, notes)}",
+            matrix = matrix.rename(index=lambda r: _train_label(r, notes),
                                    columns=lambda r: f"test {ratio_label(r, notes)}")
             sections.append(Section(
                 f"3. Cross-ratio matrix: {dataset}", "Mean Dice of the model trained at one "
@@ -570,6 +603,8 @@ def _segmentation_sections(config: StudyConfig, results: pd.DataFrame,
                 _cross_table(results, dataset, config, notes),
                 figures.plot_cross_matrix(matrix, out / f"cross_{dataset}",
                                           f"{dataset}: train ratio x test ratio")))
+    if "mixed" in config.experiments:
+        sections += _mixed_section(config, results, out, notes)
     if "pretrained" in config.experiments and ("model" not in config.pretrained
                                                or "pretrained" in set(results["experiment"])):
         source = config.pretrained.get("checkpoint", "the ratio-1 model of this study")

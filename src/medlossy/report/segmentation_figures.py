@@ -73,6 +73,25 @@ def plot_budget(budget: pd.DataFrame, stem: Path) -> list[Path]:
                   title="Equal storage: few-shot uncompressed vs all data compressed")
 
 
+def plot_mixed(comparison: pd.DataFrame, stem: Path,
+               notes: Mapping[float, str] | None = None) -> list[Path]:
+    """Mean Dice per test ratio of the mixed-ratio model, the x1 model and the model trained
+    at each ratio (where one was)."""
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for dataset, group in comparison.groupby("dataset"):
+        group = group.sort_values("ratio_test")
+        for column, label, style in (("mixed_dice", "one model, every ratio", "o-"),
+                                     ("x1_model_dice", "x1 model", "s--"),
+                                     ("ratio_model_dice", "model trained at that ratio", "^:")):
+            shown = group[np.isfinite(group[column])]
+            if len(shown):
+                axes.plot(shown["ratio_test"], shown[column], style,
+                          label=f"{dataset}: {label}")
+    log_ticks(axes, comparison["ratio_test"].unique(), notes=notes)
+    return finish(figure, axes, stem, xlabel="test ratio", ylabel="mean Dice",
+                  title="One model for every ratio against one model per ratio")
+
+
 def plot_non_inferiority(tests: pd.DataFrame, margin: float, stem: Path,
                          notes: Mapping[float, str] | None = None) -> list[Path]:
     """Per-case mean paired Dice difference vs ratio 1 with 95% CIs (thick), each class's

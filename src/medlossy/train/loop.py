@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -68,9 +69,36 @@ def poly_learning_rate(config: TrainConfig, epoch: int) -> float:
     return config.learning_rate * (1 - epoch / config.epochs) ** config.poly_exponent
 
 
+def _mixed_datasets(dataset: RawDataset, folders: Sequence[str | Path],
+                    names: list[str]) -> list[RawDataset]:
+    """The other ratios' datasets of a mixed-ratio model, each holding every training case."""
+    others = [open_raw_dataset(folder) for folder in folders]
+    for other in others:
+        have = {case.name for case in other.cases()}
+        missing = sorted(set(names) - have)
+        if missing:
+            raise MedlossyError(other.root, f"has no case {missing[0]} of {dataset.root.name} "
+                                            "(a mixed-ratio model needs every training case "
+                                            "at every ratio)")
+        if other.channels != dataset.channels:
+            raise MedlossyError(other.root, f"has channels {other.channels}; "
+                                            f"{dataset.root.name} has {dataset.channels}")
+    return others
+
+
+def _ratio(dataset: RawDataset) -> float | None:
+    return dataset.metadata.get("medlossy", {}).get("ratio")
+
+
 def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig, *,
-                show_progress: bool = False) -> Path:
-    """Train on the training cases of ``config.fold``; returns the model folder."""
+                mixed: Sequence[str | Path] = (), show_progress: bool = False) -> Path:
+    """Train on the training cases of ``config.fold``; returns the model folder.
+
+    ``mixed``: the same cases at other ratios (a sweep's other datasets): one model for every
+    ratio, each patch drawn from a case at a ratio chosen at random (``dataset_folder``'s
+    included). Labels, split and normalisation come from ``dataset_folder`` (the x1 data).
+    Every ratio's cases are held in memory: ratios x one model's memory.
+    """
     dataset = open_raw_dataset(dataset_folder)
     out = Path(out)
     labels = _labels(dataset)
@@ -86,11 +114,16 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
     set_determinism(seed=config.seed)
     torch.manual_seed(config.seed)
 
-    stores = store_folder(dataset) if config.source == "store" else None
-    loaded = [load_case(dataset, case, stores) for case in labelled
-              if case.name in split["train"]]
-    specs = fit_normalisation(dataset, loaded, seed=config.seed)
-    prepared = [prepare(case, specs, config.target_spacing) for case in loaded]
+    sources = [dataset, *_mixed_datasets(dataset, mixed, split["train"])]
+    loaded = []
+    for source in sources:
+        stores = store_folder(source) if config.source == "store" else None
+        loaded.append([load_case(source, case, stores) for case in source.cases()
+                       if case.name in split["train"]])
+    specs = fit_normalisation(dataset, loaded[0], seed=config.seed)
+    # Each (case, ratio) is one entry: drawing an entry uniformly draws a case, then a ratio.
+    prepared = [prepare(case, specs, config.target_spacing) for cases in loaded
+                for case in cases]
     del loaded
     arguments = network_arguments(len(dataset.channels), max(labels.values()) + 1,
                                   config.filters)
@@ -100,7 +133,8 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
                                batch=True)
     sampler = PatchSampler(prepared, config)
     fingerprint = hashlib.sha256(json.dumps(
-        [config.recipe(), str(dataset.root.resolve()), split], sort_keys=True,
+        [config.recipe(), str(dataset.root.resolve()), split,
+         *[str(source.root.resolve()) for source in sources[1:]]], sort_keys=True,
         default=str).encode()).hexdigest()
 
     start_epoch, history = 0, []
@@ -154,14 +188,17 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
     iterations = (config.epochs - start_epoch) * config.iterations_per_epoch
 
     _save(out / MODEL_FILE, {"network": network.state_dict()})
-    ratio = dataset.metadata.get("medlossy", {}).get("ratio")
+    ratio = "mixed" if mixed else _ratio(dataset)
     write_json(out / DESCRIPTION_FILE, {
         "backend": "monai", "format_version": 1, "software": f"medlossy {__version__}",
         "architecture": "DynUNet", "network": arguments,
         "preprocessing": {"target_spacing": list(config.target_spacing),
                           "normalisation": specs, "patch_size": list(config.patch_size)},
         "labels": labels, "channel_names": dataset.metadata["channel_names"],
-        "trained_on": {"dataset": str(dataset.root), "ratio": ratio, "fold": config.fold,
+        "trained_on": {"dataset": str(dataset.root), "ratio": ratio,
+                       **({"mixed": [{"dataset": str(source.root), "ratio": _ratio(source)}
+                                     for source in sources]} if mixed else {}),
+                       "fold": config.fold,
                        "folds": config.folds, "train_cases": split["train"],
                        "test_cases": split["test"]},
         "config": config.to_dict(),

@@ -1,0 +1,186 @@
+"""One model for every ratio: trained on patches from a random ratio, tested at each ratio,
+set beside the x1 model and each ratio's own model, and given its cross-ratio matrix row."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medlossy.data.phantom import PhantomConfig, write_phantom_dataset
+from medlossy.errors import MedlossyError
+from medlossy.experiments.config import load_config
+from medlossy.experiments.statistics import compare_mixed
+from medlossy.experiments.study import run_study
+from medlossy.train import loop
+from medlossy.train.config import TrainConfig
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """\
+experiments = ["train", "cross", "pretrained", "mixed"]
+ratios = [1, 5, 20]
+train_ratios = [1, 20]
+folds = 2
+train_folds = [0]
+
+[[datasets]]
+path = "data/Dataset950_Phantom"
+synthetic = true
+
+[training]
+preset = "lowres"
+target_spacing = [6, 6, 6]
+patch_size = [16, 16, 16]
+filters = [4, 8, 16]
+epochs = 1
+iterations_per_epoch = 2
+batch_size = 1
+device = "cpu"
+"""
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mixed")
+    write_phantom_dataset(root / "data", 4, PhantomConfig(shape=(64, 64, 16),
+                                                         spacing=(6.0, 6.0, 6.0)))
+    (root / "study.toml").write_text(CONFIG)
+    run_study(load_config(root / "study.toml"), root / "out", workers=1)
+    return root / "out"
+
+
+def test_the_mixed_model_is_trained_on_every_ratio_of_the_sweep(study: Path) -> None:
+    folders = sorted((study / "models" / "Dataset950_Phantom").glob("mixed_fold0_*/"))
+    assert len(folders) == 1
+    trained_on = json.loads((folders[0] / "model.json").read_text())["trained_on"]
+
+    assert trained_on["ratio"] == "mixed"
+    assert sorted(source["ratio"] for source in trained_on["mixed"]) == [1, 5, 20]
+
+
+def test_results_hold_the_mixed_model_at_every_test_ratio(study: Path) -> None:
+    results = pd.read_csv(study / "results.csv")
+    mixed = results[results["experiment"] == "mixed"]
+
+    assert sorted(mixed["ratio_test"].unique()) == [1, 5, 20]
+    assert mixed["ratio_train"].isna().all()
+    assert mixed["case"].nunique() == 2  # the 2 held-out cases of fold 0
+
+
+def test_the_report_sets_it_beside_the_x1_model_and_each_ratios_model(study: Path) -> None:
+    report = (study / "report.md").read_text()
+    section = report[report.index("## 3b. One model for every ratio"):]
+    section = section[:section.index("\n## ", 4)]
+
+    assert "x1, x5, x20" in section
+    for column in ("mixed_dice", "x1_model_dice", "minus_x1_model_low", "ratio_model_dice",
+                   "minus_ratio_model_high"):
+        assert column in section
+    assert (study / "mixed_dice.png").exists()
+
+
+def test_the_cross_ratio_matrix_gets_the_mixed_row(study: Path) -> None:
+    report = (study / "report.md").read_text()
+    section = report[report.index("## 3. Cross-ratio matrix"):]
+    rows = [line for line in section.splitlines() if line.startswith("| train")]
+
+    assert [row.split("|")[1].strip() for row in rows] == ["train x1", "train x20",
+                                                            "train mixed"]
+    assert all(row.count("[") == 2 for row in rows)  # an interval in each test column
+
+
+def _results(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame([{"experiment": e, "dataset": "D", "case": c, "class": "mean",
+                          "ratio_train": rt, "ratio_test": r, "fold": 0, "train_seed": 0,
+                          "metric": "dice", "value": v} for e, rt, r, c, v in rows])
+
+
+def test_compare_mixed_pairs_each_case_with_the_same_cases_of_the_others() -> None:
+    rng = np.random.default_rng(0)
+    x1 = rng.uniform(0.7, 0.9, 6)
+    rows = []
+    for case, base in enumerate(x1):
+        rows += [("mixed", math.nan, 50, f"c{case}", base + 0.05),
+                 ("pretrained", 1.0, 50, f"c{case}", base),
+                 ("train", 50.0, 50, f"c{case}", base + 0.02),
+                 ("train", 20.0, 20, f"c{case}", base)]  # another ratio: never paired
+    table = compare_mixed(_results(rows), assumed_model_sd=0.0).set_index("ratio_test")
+
+    assert table.loc[50, "minus_x1_model"] == pytest.approx(0.05)
+    assert table.loc[50, "minus_ratio_model"] == pytest.approx(0.03)
+    assert table.loc[50, "minus_x1_model_low"] == pytest.approx(0.05)  # no spread
+    assert table.loc[50, "cases"] == 6
+
+
+def test_compare_mixed_leaves_a_model_that_was_not_run_empty() -> None:
+    rows = [("mixed", math.nan, 5, f"c{i}", 0.8 + i / 100) for i in range(3)]
+    rows += [("pretrained", math.nan, 5, f"c{i}", 0.7) for i in range(3)]  # a checkpoint
+
+    table = compare_mixed(_results(rows))
+
+    assert np.isnan(table.loc[0, "x1_model_dice"])
+    assert np.isnan(table.loc[0, "minus_ratio_model"])
+    assert table.loc[0, "mixed_dice"] == pytest.approx(0.81)
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ("mixed_ratios = [5, 20]", "must include 1"),
+    ("mixed_ratios = [1, 50]", "not among ratios"),
+    ("mixed_ratios = \"some\"", "must be \"all\" or a list"),
+])
+def test_bad_mixed_ratios_are_refused_in_one_line(tmp_path: Path, line: str,
+                                                  problem: str) -> None:
+    write_phantom_dataset(tmp_path / "data", 4, PhantomConfig(shape=(32, 32, 16)))
+    (tmp_path / "study.toml").write_text(line + "\n" + CONFIG)
+
+    with pytest.raises(MedlossyError, match=problem):
+        load_config(tmp_path / "study.toml")
+
+
+def test_nnunet_cannot_train_a_mixed_model(tmp_path: Path) -> None:
+    write_phantom_dataset(tmp_path / "data", 4, PhantomConfig(shape=(32, 32, 16)))
+    text = CONFIG.replace('preset = "lowres"', 'backend = "nnunet"').split("target_spacing")[0]
+    (tmp_path / "study.toml").write_text(text + "epochs = 1\n")
+
+    with pytest.raises(MedlossyError, match="built-in backend only"):
+        load_config(tmp_path / "study.toml")
+
+
+def test_the_sampler_draws_from_every_case_at_every_ratio(tmp_path: Path,
+                                                          monkeypatch) -> None:
+    first = write_phantom_dataset(tmp_path / "a", 4, PhantomConfig(shape=(32, 32, 16), seed=0))
+    second = write_phantom_dataset(tmp_path / "b", 4, PhantomConfig(shape=(32, 32, 16), seed=0))
+    seen = []
+    original = loop.PatchSampler
+
+    def recording(cases, config):
+        seen.extend(cases)
+        return original(cases, config)
+
+    monkeypatch.setattr(loop, "PatchSampler", recording)
+    config = TrainConfig.from_preset("lowres", target_spacing=(6.0, 6.0, 6.0),
+                                     patch_size=(16, 16, 16), filters=(4, 8, 16), epochs=1,
+                                     iterations_per_epoch=1, batch_size=1, folds=2,
+                                     device="cpu")
+    loop.train_model(first, tmp_path / "model", config, mixed=[second])
+
+    assert len(seen) == 2 * 2  # 2 training cases of fold 0, at 2 ratios
+
+
+def test_a_ratio_missing_a_training_case_is_named(tmp_path: Path) -> None:
+    first = write_phantom_dataset(tmp_path / "a", 4, PhantomConfig(shape=(32, 32, 16)))
+    second = write_phantom_dataset(tmp_path / "b", 4, PhantomConfig(shape=(32, 32, 16)))
+    for path in (second / "imagesTr").glob("phantom_000*"):
+        path.unlink()
+    (second / "labelsTr" / "phantom_000.nii.gz").unlink()
+    config = replace(TrainConfig.from_preset("lowres", patch_size=(16, 16, 16),
+                                             filters=(4, 8, 16), folds=2), epochs=1)
+
+    with pytest.raises(MedlossyError, match="has no case phantom_00"):
+        loop.train_model(first, tmp_path / "model", config, mixed=[second])
