@@ -546,14 +546,15 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
     encoding it as few times as possible; returns each store's attributes by ratio.
 
     The volume is read once. With ``layered`` (JPEG 2000), the lossy ratios come from one
-    layered survey encode and a few final passes (``medlossy.layered_rate``) instead of a
-    search per ratio; a ratio those passes cannot meet, and every ratio without ``layered``,
-    is searched alone as ``compress_volume`` would. Each store is what ``compress_volume``
-    writes, except that ``encode_passes`` and ``timing.encode_seconds`` are the whole group's.
-    ``on_store(ratio, attributes, decoded volume, decode seconds)`` runs as each store is
-    written, with the volume decoded from exactly the stored codestreams (callers need not
-    decode again). ``keep``: the ratios to write (default all); the others are encoded all
-    the same, so that each store is the same whichever ratios a rerun has left to do.
+    layered survey encode and a few final passes (``medlossy.ratecontrol.layered``) instead
+    of a search per ratio; a ratio those passes cannot meet, and every ratio without
+    ``layered``, is searched alone as ``compress_volume`` would. Each store is what
+    ``compress_volume`` writes, except that ``encode_passes`` and ``timing.encode_seconds``
+    are the whole group's. ``on_store(ratio, attributes, decoded volume, decode seconds)``
+    runs as each store is written, with the volume decoded from exactly the stored
+    codestreams (callers need not decode again). ``keep``: the ratios to write (default
+    all); the others are encoded all the same, so that each store is the same whichever
+    ratios a rerun has left to do.
     ``tile``: stores in tiles of this side, each ratio then searched on its own (the layered
     encode cuts whole slices).
     """
