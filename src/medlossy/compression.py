@@ -25,7 +25,7 @@ import numpy as np
 from medlossy import __version__
 from medlossy.atomic import atomic_output
 from medlossy.checksums import crc32
-from medlossy.codecs import CodecError, Setting, SliceCodec, get_codec, require_mode
+from medlossy.codecs import Setting, SliceCodec, get_codec
 from medlossy.codecs.intensity import (
     WRAP_HEADROOM,
     CodeMapping,
@@ -54,6 +54,7 @@ from medlossy.ratecontrol import (
     max_error_codes,
     reachable_ratios,
     refuse_out_of_reach,
+    require_target,
     search,
     search_ratios,
 )
@@ -397,13 +398,7 @@ def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteC
     A ratio no setting of the codec meets is refused, suggesting the codecs ``further``.
     """
     codec, layout, mapping = plan.codec, plan.layout, plan.mapping
-    try:
-        require_mode(codec, target.mode)
-        if target.mode == "ratio" and target.allocation != "psnr" and not codec.per_chunk_ratio:
-            raise CodecError(f"codec {codec.name!r} has no per-chunk ratio: use the default "
-                             "allocation (psnr)")
-    except CodecError as error:
-        raise MedlossyError(None, str(error)) from None
+    require_target(codec, target)
     codes = max_error_codes(target.value, codec, mapping, source) \
         if target.mode == "max_error" else 0
     workers = workers or default_workers()

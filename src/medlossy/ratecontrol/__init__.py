@@ -11,7 +11,8 @@ nothing here writes a file.
 - ``psnr.search_psnr``: a PSNR, corrected by the PSNR measured on the codes.
 - ``max_error.encode_max_error``: every voxel within a bound (``max_error_codes``).
 - ``lossless.encode_lossless``: bit-exact.
-- ``modes.search``: the one call that picks among them by ``Target.mode``.
+- ``modes.search``: the one call that picks among them by ``Target.mode``
+  (``modes.require_target`` first refuses what the codec cannot aim for).
 - ``solver``: the pure budget solvers (secant search, per-chunk choice within a budget);
   ``mixing``: codestreams of several encodes mixed chunk by chunk.
 """
@@ -26,7 +27,7 @@ from medlossy.ratecontrol.base import (
 )
 from medlossy.ratecontrol.lossless import encode_lossless
 from medlossy.ratecontrol.max_error import encode_max_error, max_error_codes
-from medlossy.ratecontrol.modes import search
+from medlossy.ratecontrol.modes import require_target, search
 from medlossy.ratecontrol.psnr import search_psnr
 from medlossy.ratecontrol.ratio import (
     FAR_REACHING,
@@ -62,6 +63,7 @@ __all__ = [
     "max_error_codes",
     "reachable_ratios",
     "refuse_out_of_reach",
+    "require_target",
     "search",
     "search_psnr",
     "search_ratio",
