@@ -116,7 +116,7 @@ def main() -> None:
     tracemalloc.start()
     phases = Phases()
     phases.start()
-    for name, phase in (("_scan", "1 scan (read 1)"), ("_search", "3 encode passes"),
+    for name, phase in (("_scan", "1 scan (read 1)"), ("search", "3 encode passes"),
                         ("_measure_errors", "4 decode + compare (read 3)"),
                         ("write_store", "5 write store")):
         wrap(phases, name, phase)

@@ -1,10 +1,11 @@
 """Compress a volume into a store at a target ratio, PSNR or losslessly, and decompress it.
 
 Data flow: stream the volume slab by slab (validate, plan the 16-bit mapping, fill the slice
-buffer) -> encode every chunk (a slice, or a block of slices for 3D codecs), searching the
-codec setting that meets the target -> decode every chunk and check it against its codes
-(shape, dtype, error bound) -> measure the error against the source, slab by slab -> write
-the store under a temporary name and rename it into place.
+buffer) -> encode every chunk (a slice, or a block of slices for 3D codecs) as the target's
+mode decides (``medlossy.ratecontrol``: the setting, or mix of settings, that meets it) ->
+decode every chunk and check it against its codes (shape, dtype, error bound) -> measure the
+error against the source, slab by slab -> write the store under a temporary name and rename
+it into place.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -24,7 +25,7 @@ import numpy as np
 from medlossy import __version__
 from medlossy.atomic import atomic_output
 from medlossy.checksums import crc32
-from medlossy.codecs import CodecError, Setting, SliceCodec, get_codec, require_mode
+from medlossy.codecs import Setting, SliceCodec, get_codec
 from medlossy.codecs.intensity import (
     WRAP_HEADROOM,
     CodeMapping,
@@ -37,7 +38,6 @@ from medlossy.codecs.pool import SliceEncoder, default_workers, slice_encoder
 from medlossy.codecs.verify import VerifyError, verify_chunks
 from medlossy.decompression import read_store, volume_from_codes
 from medlossy.errors import MedlossyError
-from medlossy.layered_rate import encode_ratios
 from medlossy.metrics import (
     ErrorTally,
     bits_per_voxel,
@@ -46,11 +46,17 @@ from medlossy.metrics import (
     raw_bytes,
 )
 from medlossy.ratecontrol import (
-    Trial,
-    choose_per_slice,
-    fill_budget,
-    land_budget,
-    solve_budget,
+    FAR_REACHING,
+    RATIO_TOLERANCE,
+    ByteCounter,
+    Encodes,
+    Target,
+    max_error_codes,
+    reachable_ratios,
+    refuse_out_of_reach,
+    require_target,
+    search,
+    search_ratios,
 )
 from medlossy.store.slice_store import (
     FORMAT_VERSION,
@@ -64,57 +70,9 @@ from medlossy.volume import Volume
 
 #: The smallest tile side: JPEG 2000 here needs 32x32 pixels (six resolutions).
 MIN_TILE = 32
-#: A ratio is met when the whole store is within this fraction of the target.
-RATIO_TOLERANCE = 0.01
-#: The search aims tighter, so that the metadata written afterwards cannot tip it over.
-SEARCH_TOLERANCE = 0.004
-_PSNR_TOLERANCE_DB = 0.1
-#: Knobs (dB from the search's last) whose encodes help a ladder mix land on its budget.
-_LADDER_KNOBS = (-6.0, -3.0, -1.0, 1.0, 3.0)
-#: Knobs (dB from the two closest trials) encoded when a search's mix misses its budget.
-_REFINE_KNOBS = (-1.0, -0.5, -0.2, 0.2, 0.5, 1.0)
-_DB_PER_DOUBLING = 6.02  # bytes roughly double per 6 dB (one bit per sample)
 _READ_ERRORS = (OSError, EOFError, ValueError, OverflowError, zlib.error)
-#: Total bytes that a candidate set of codestreams costs in the output (store or DICOM).
-ByteCounter = Callable[[list[bytes]], int]
 #: Called with (ratio, store attributes, decoded volume, decode seconds) as a store is written.
 OnStore = Callable[[float, dict[str, Any], Volume, float], None]
-
-
-@dataclass(frozen=True)
-class Target:
-    """What to aim for.
-
-    ``mode``: "ratio" (value = raw 16-bit bytes / stored bytes), "psnr" (value in dB, the
-    study's definition), "max_error" (value = largest absolute error, in the volume's units)
-    or "lossless". ``allocation`` (ratio mode): "psnr" spreads bytes so
-    every slice gets the same distortion target; "equal" gives every slice the same ratio;
-    "optimal" runs both searches and picks, slice by slice, the encoding that removes the most
-    error per byte within the budget (never worse than either, about 30% more encoding).
-    """
-
-    mode: Literal["ratio", "psnr", "max_error", "lossless"]
-    value: float = 0.0
-    allocation: Literal["psnr", "equal", "optimal"] = "psnr"
-
-    def __post_init__(self) -> None:
-        if self.mode == "ratio" and not self.value > 1.0:
-            raise ValueError(f"a lossy ratio must be greater than 1, got {self.value:g}")
-        if self.mode == "psnr" and not self.value > 0.0:
-            raise ValueError(f"a PSNR target must be positive, got {self.value:g}")
-        if self.mode == "max_error" and not self.value > 0.0:
-            raise ValueError(f"a maximum error must be positive, got {self.value:g}")
-        if self.allocation not in ("psnr", "equal", "optimal"):
-            raise ValueError("allocation must be 'psnr', 'equal' or 'optimal', got "
-                             f"{self.allocation!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        document: dict[str, Any] = {"mode": self.mode}
-        if self.mode != "lossless":
-            document["value"] = self.value
-        if self.mode == "ratio":
-            document["allocation"] = self.allocation
-        return document
 
 
 @dataclass(frozen=True)
@@ -287,304 +245,6 @@ def _measure_errors(volume: Volume, source: str, streams: list[bytes], codec: Sl
 
 
 @dataclass(frozen=True)
-class _Found:
-    setting: Setting
-    streams: list[bytes]
-    reached: bool
-    #: Largest error (codes) any chunk may show; None when the setting promises none.
-    bound: float | None = None
-    #: No setting of the codec meets the ratio: ``streams`` are its closest end.
-    out_of_reach: bool = False
-
-
-def _bound(codec: SliceCodec, settings: list[Setting]) -> float | None:
-    bounds = [codec.error_bound(s) for s in settings]
-    return None if any(b is None for b in bounds) else max(bounds)
-
-
-def _codes_bound(target: Target, mapping: CodeMapping, source: str) -> int:
-    """The whole number of codes a maximum-error target allows (mapping rounding included)."""
-    allowed = (target.value - mapping.max_rounding_error) / mapping.step
-    codes = math.floor(allowed + 1e-9)
-    if codes < 1:
-        quantum = mapping.step
-        raise MedlossyError(source, f"maximum error {target.value:g} is below the data's "
-                                    f"quantum ({quantum:g} per code, rounding "
-                                    f"{mapping.max_rounding_error:g}); use --lossless")
-    return codes
-
-def _search(encode, encoder: SliceEncoder, count_bytes: ByteCounter, target: Target, raw: int,
-            data_range: float, max_error_codes: int = 0) -> _Found:
-    """Encode until the target is met; ``encode(setting)`` encodes the whole volume once."""
-    codec = encoder.codec
-    if target.mode == "lossless":
-        return _Found(Setting("lossless"), encode(Setting("lossless")), True, 0.0)
-    if target.mode == "max_error":
-        setting = Setting("max_error", float(max_error_codes))
-        return _Found(setting, encode(setting), True, codec.error_bound(setting))
-    if target.mode == "psnr":
-        return _search_psnr(encode, encoder, target, data_range)
-    budget = int(raw / target.value)
-    if codec.discrete:
-        return _search_discrete(encode, encoder, count_bytes, budget)
-    found = []
-    bounds: list[float | None] = []  # error bounds of the settings that went into a mix
-    beyond = False  # a search ended at an end of the codec's range
-    if target.allocation in ("psnr", "optimal"):
-        def measure_quality(knob: float):
-            streams = encode(Setting("quality", knob))
-            return count_bytes(streams), streams
-        outcome = solve_budget(measure_quality, budget, codec.quality_range,
-                               start=codec.quality_for_psnr(50.0, 4096.0),
-                               slope=math.log(2) / _DB_PER_DOUBLING, tolerance=SEARCH_TOLERANCE)
-        found.append((Setting("quality", outcome.best.knob), outcome.best))
-        beyond = outcome.out_of_reach
-        if outcome.under is not None and outcome.over is not None:
-            # Sizes jump across the budget (ZFP's fixed rate, SZ3): mix the two closest
-            # encodes chunk by chunk, then re-encode single chunks at knobs between the two
-            # to spend what the mix leaves (few chunks: a short volume in 16-slice blocks).
-            streams = _mix_two(encoder, count_bytes, [outcome.over.payload,
-                                                      outcome.under.payload], budget)
-            if abs(count_bytes(streams) / budget - 1.0) >= abs(outcome.best.error(budget)):
-                streams = outcome.best.payload
-            streams, knobs = _refine_chunks(encode, encoder, count_bytes, streams,
-                                            outcome.under, outcome.over, budget)
-            if streams is not outcome.best.payload:
-                bounds.extend(codec.error_bound(Setting("quality", k)) for k in
-                              (outcome.under.knob, outcome.over.knob, *knobs))
-                found[-1] = (Setting("mixed"), Trial(outcome.best.knob, count_bytes(streams),
-                                                     streams))
-        laddered = _ladder_mix(encode, encoder, count_bytes, found[-1][1].payload,
-                               outcome.best.knob, budget, land=beyond)
-        if laddered is not None:
-            streams, used = laddered
-            bounds.extend(codec.error_bound(s) for s in used)
-            found[-1] = (Setting("mixed"), Trial(outcome.best.knob, count_bytes(streams),
-                                                 streams))
-    if target.allocation in ("equal", "optimal"):
-        # The knob -log(per-slice ratio) grows with bytes.
-        def measure_ratio(knob: float):
-            streams = encode(Setting("ratio", math.exp(-knob)))
-            return count_bytes(streams), streams
-        outcome = solve_budget(measure_ratio, budget, (-math.log(1e5), 0.0),
-                               start=-math.log(target.value), slope=1.0,
-                               tolerance=SEARCH_TOLERANCE)
-        found.append((Setting("ratio", math.exp(-outcome.best.knob)), outcome.best))
-        beyond = beyond or outcome.out_of_reach
-    setting, best = found[0]
-    streams = best.payload
-    bound = _bound(codec, [s for s, _ in found])
-    if bounds:
-        bound = None if bound is None or None in bounds else max(bound, *bounds)
-    if best.total_bytes < budget * (1.0 - RATIO_TOLERANCE) and "lossless" in codec.modes:
-        # Even the best lossy quality is under budget (x2 on some CT): if lossless fits too,
-        # it is both exact and smaller, so store that and report the ratio achieved.
-        lossless = encode(Setting("lossless"))
-        if count_bytes(lossless) <= budget * (1.0 + RATIO_TOLERANCE):
-            return _Found(Setting("lossless"), lossless, False, 0.0)
-        if beyond:  # the budget lies between the best lossy quality and lossless: mix them
-            streams = _mix_two(encoder, count_bytes, [lossless, streams], budget)
-            total = count_bytes(streams)
-            return _Found(Setting("mixed"), streams,
-                          abs(total / budget - 1.0) <= RATIO_TOLERANCE, bound)
-    if len(found) == 2:
-        setting, streams = _best_mix(encoder, count_bytes, found, budget)
-    reached = abs(count_bytes(streams) / budget - 1.0) <= RATIO_TOLERANCE
-    return _Found(setting, streams, reached, bound, beyond and not reached)
-
-
-def _search_discrete(encode, encoder: SliceEncoder, count_bytes: ByteCounter,
-                     budget: int) -> _Found:
-    """Ratio for a codec with whole-number maximum errors only (JPEG-LS NEAR): find the two
-    neighbouring errors whose volumes bracket the budget, then choose chunk by chunk between
-    them (least total error within the budget)."""
-    codec = encoder.codec
-    encoded: dict[int, list[bytes]] = {}
-
-    def size(near: int) -> int:
-        if near not in encoded:
-            encoded[near] = encode(Setting("max_error", float(near)))
-        return count_bytes(encoded[near])
-
-    top = int(codec.quality_range[1])
-    low, high = 0, 1  # bytes fall as NEAR grows: find high with size(high) <= budget
-    while size(high) > budget and high < top:
-        low, high = high, min(2 * high, top)
-    if size(high) > budget:
-        setting = Setting("max_error", float(high))
-        reached = abs(size(high) / budget - 1.0) <= RATIO_TOLERANCE
-        return _Found(setting, encoded[high], reached, float(high), not reached)
-    if low == 0 and size(0) <= budget * (1.0 + RATIO_TOLERANCE):
-        # Even lossless fits the budget: exact and within it, so store that (as _search).
-        return _Found(Setting("lossless"), encoded[0], False, 0.0)
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if size(middle) > budget else (low, middle)
-    streams = _mix_two(encoder, count_bytes, [encoded[low], encoded[high]], budget)
-    used = sorted({low if s is encoded[low][i] else high for i, s in enumerate(streams)})
-    setting = Setting("max_error", float(used[0])) if len(used) == 1 else Setting("mixed")
-    reached = abs(count_bytes(streams) / budget - 1.0) <= RATIO_TOLERANCE
-    return _Found(setting, streams, reached, float(high))
-
-
-def _mix_two(encoder: SliceEncoder, count_bytes: ByteCounter, candidates: list[list[bytes]],
-             budget: int) -> list[bytes]:
-    """Per chunk, one of two encodings of the volume: least total error within ``budget``."""
-    sizes = np.array([[len(c[i]) for c in candidates] for i in range(len(candidates[0]))])
-    errors = np.stack([_squared_errors(encoder, c) for c in candidates], axis=1)
-    overhead = count_bytes(candidates[0]) - int(sizes[:, 0].sum())
-    choice = choose_per_slice(sizes, errors, budget - overhead)
-    choice = fill_budget(sizes, errors, choice, budget - overhead)
-    window = (budget * (1.0 - SEARCH_TOLERANCE) - overhead,
-              budget * (1.0 + SEARCH_TOLERANCE) - overhead)
-    choice = land_budget(sizes, errors, choice, window)
-    return [candidates[c][i] for i, c in enumerate(choice)]
-
-
-def _refine_chunks(encode, encoder: SliceEncoder, count_bytes: ByteCounter,
-                   streams: list[bytes], under: Trial, over: Trial,
-                   budget: int) -> tuple[list[bytes], list[float]]:
-    """Land ``streams`` (chunks encoded at ``under``'s or ``over``'s quality knob) within the
-    search tolerance of ``budget``: encode the volume at a few knobs around the two and
-    choose chunk by chunk among all of these encodes (least total error, then the switch
-    that lands). Chunk sizes step, and with SZ3 wander, from knob to knob: more candidates
-    per chunk give totals close to any budget. Returns the streams and the knobs encoded
-    (``streams`` and no knob when it is already within the tolerance or nothing helps).
-    """
-    def miss(candidate: list[bytes]) -> float:
-        return abs(count_bytes(candidate) / budget - 1.0)
-
-    if miss(streams) <= SEARCH_TOLERANCE:
-        return streams, []
-    centre = (under.knob + over.knob) / 2
-    knobs = [min(max(centre + k, encoder.codec.quality_range[0]),
-                 encoder.codec.quality_range[1]) for k in _REFINE_KNOBS]
-    candidates = [over.payload, under.payload,
-                  *(encode(Setting("quality", k)) for k in knobs)]
-    mixed = _mix_two(encoder, count_bytes, candidates, budget)
-    return (mixed, knobs) if miss(mixed) < miss(streams) else (streams, [])
-
-
-def _ladder_mix(encode, encoder: SliceEncoder, count_bytes: ByteCounter,
-                streams: list[bytes], knob: float, budget: int, *, land: bool,
-                ) -> tuple[list[bytes], list[Setting]] | None:
-    """Mix ``streams`` (the answer of the quality knob, last tried at ``knob``) chunk by
-    chunk with encodes of the codec's ``ratio_ladder`` around the budget (the two that
-    bracket it and one on either side, found by bisection) and, to land, with encodes at a
-    few knobs around ``knob``. Returns the mix and the settings used, or None when the codec
-    has no ladder, or the mix lands less well (with ``land``: not within the search
-    tolerance) or with more error than ``streams``."""
-    ladder = encoder.codec.ratio_ladder()
-    if not ladder:
-        return None
-    encoded: dict[int, list[bytes]] = {}
-
-    def size(index: int) -> int:
-        if index not in encoded:
-            encoded[index] = encode(ladder[index])
-        return count_bytes(encoded[index])
-
-    fine, coarse = 0, len(ladder) - 1  # bytes fall along the ladder
-    if size(fine) < budget or size(coarse) > budget:
-        return None  # the knob alone reaches further than the ladder
-    while coarse - fine > 1:
-        middle = (fine + coarse) // 2
-        fine, coarse = (middle, coarse) if size(middle) > budget else (fine, middle)
-    low, high = encoder.codec.quality_range
-    rungs = [i for i in (fine - 1, fine, coarse, coarse + 1) if 0 <= i < len(ladder)]
-    knobs = [Setting("quality", min(max(knob + step, low), high)) for step in _LADDER_KNOBS]
-    candidates = [streams, *(encoded.get(i) or encode(ladder[i]) for i in rungs),
-                  *(encode(setting) for setting in knobs)]
-    used = [*(ladder[i] for i in rungs), *knobs]
-    mixed = _mix_two(encoder, count_bytes, candidates, budget)
-
-    def miss(candidate: list[bytes]) -> float:
-        return abs(count_bytes(candidate) / budget - 1.0)
-
-    limit = SEARCH_TOLERANCE if land else max(miss(streams), SEARCH_TOLERANCE)
-    if miss(mixed) > limit or \
-            _squared_errors(encoder, mixed).sum() >= _squared_errors(encoder, streams).sum():
-        return None
-    return mixed, used
-
-
-def _squared_errors(encoder: SliceEncoder, streams: list[bytes]) -> np.ndarray:
-    codec = encoder.codec
-    errors = np.empty(len(streams))
-    for index, stream in enumerate(streams):
-        codes = encoder.chunk(index)
-        decoded = codec.decode(stream, shape=codes.shape, dtype=codes.dtype)
-        # A padded block's repeats and an edge tile's padding are not the volume's.
-        difference = encoder.trim(index, codes).astype(np.float64) \
-            - encoder.trim(index, decoded)
-        errors[index] = float(np.dot(difference.ravel(), difference.ravel()))
-    return errors
-
-
-def _best_mix(encoder: SliceEncoder, count_bytes: ByteCounter, found: list, budget: int):
-    """Per slice, the candidate (one per search) with the best error for its bytes; the mix is
-    kept only if it meets the budget with less total error than every single candidate."""
-    candidates = [trial.payload for _, trial in found]
-    sizes = np.array([[len(c[i]) for c in candidates] for i in range(len(candidates[0]))])
-    errors = np.stack([_squared_errors(encoder, c) for c in candidates], axis=1)
-    overhead = count_bytes(candidates[0]) - int(sizes[:, 0].sum())
-    choice = choose_per_slice(sizes, errors, budget - overhead)
-    mixed = [candidates[c][i] for i, c in enumerate(choice)]
-    options = [(float(errors[:, k].sum()), found[k][0], candidates[k])
-               for k in range(len(candidates))]
-    options.append((float(errors[np.arange(len(choice)), choice].sum()),
-                    Setting("mixed"), mixed))
-    fitting = [o for o in options
-               if abs(count_bytes(o[2]) / budget - 1.0) <= RATIO_TOLERANCE] or options
-    _, setting, streams = min(fitting, key=lambda option: option[0])
-    return setting, streams
-
-
-def _search_psnr(encode, encoder: SliceEncoder, target: Target, data_range: float):
-    """Aim the codec's PSNR knob, then correct it by the PSNR actually measured on the codes."""
-    codec = encoder.codec
-    knob = codec.quality_for_psnr(target.value, data_range)
-    streams: list[bytes] = []
-    achieved = -math.inf
-    for _ in range(4):
-        streams = encode(Setting("quality", knob))
-        tally = ErrorTally()
-        for index, stream in enumerate(streams):
-            codes = encoder.chunk(index)
-            decoded = codec.decode(stream, shape=codes.shape, dtype=codes.dtype)
-            tally.add(encoder.trim(index, codes), encoder.trim(index, decoded))
-        achieved = tally.psnr(data_range)
-        if achieved >= target.value and achieved - target.value <= _PSNR_TOLERANCE_DB:
-            break
-        knob = min(max(knob + (target.value - achieved) + 0.02, codec.quality_range[0]),
-                   codec.quality_range[1])
-    setting = Setting("quality", knob)
-    return _Found(setting, streams, achieved >= target.value - _PSNR_TOLERANCE_DB,
-                  codec.error_bound(setting))
-
-
-#: Codecs that reach the highest ratios (suggested when another cannot).
-FAR_REACHING = ("jpeg2k", "sperr")
-
-
-def _refuse_out_of_reach(found: _Found, codec: SliceCodec, target: Target, ratio: float,
-                         source: str, further: Sequence[str] = FAR_REACHING) -> None:
-    """Stop, writing nothing, when no setting of the codec meets the ratio; ``ratio`` is what
-    its closest end gives (every stored byte counted); ``further``: codecs to suggest."""
-    if not found.out_of_reach:
-        return
-    if ratio < target.value:
-        others = [n for n in further if n != codec.name]
-        advice = f"use --codec {' or '.join(others)}, or a lower ratio" if others \
-            else "use a lower ratio (or a larger volume)"
-        raise MedlossyError(source, f"codec {codec.name!r} cannot reach x{target.value:g}: "
-                                    f"its coarsest setting gives x{ratio:.2f}; {advice}")
-    raise MedlossyError(source, f"codec {codec.name!r} cannot reach x{target.value:g}: its "
-                                f"finest lossy setting gives x{ratio:.2f} and it has no "
-                                "lossless mode; use a higher ratio, or --codec jpeg2k")
-
-
-@dataclass(frozen=True)
 class Plan:
     """What a compress decides before encoding: codec, 16-bit mapping, slicing, PSNR peak."""
 
@@ -738,35 +398,20 @@ def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteC
     A ratio no setting of the codec meets is refused, suggesting the codecs ``further``.
     """
     codec, layout, mapping = plan.codec, plan.layout, plan.mapping
-    try:
-        require_mode(codec, target.mode)
-        if target.mode == "ratio" and target.allocation != "psnr" and not codec.per_chunk_ratio:
-            raise CodecError(f"codec {codec.name!r} has no per-chunk ratio: use the default "
-                             "allocation (psnr)")
-    except CodecError as error:
-        raise MedlossyError(None, str(error)) from None
-    max_error_codes = _codes_bound(target, mapping, source) if target.mode == "max_error" else 0
-    if codec.discrete and max_error_codes > codec.quality_range[1]:
-        raise MedlossyError(source, f"codec {codec.name!r} allows a maximum error of at most "
-                                    f"{codec.quality_range[1]:g} codes, asked {max_error_codes}")
+    require_target(codec, target)
+    codes = max_error_codes(target.value, codec, mapping, source) \
+        if target.mode == "max_error" else 0
     workers = workers or default_workers()
     started = time.perf_counter()
-    passes = 0
     with slice_encoder(codec, (layout.slices, layout.rows, layout.columns),
                        mapping.code_dtype, workers, layout.tile) as encoder:
         mapping_tally = _fill(encoder, volume, mapping, source)
-
-        def encode(setting: Setting) -> list[bytes]:
-            nonlocal passes
-            passes += 1
-            return encoder.encode_all(setting, label=f"{Path(source).name} pass {passes}",
-                                      show_progress=show_progress)
-
+        encodes = Encodes(encoder, Path(source).name, show_progress=show_progress)
         # The search measures PSNR on codes: the peak in code units.
-        found = _search(encode, encoder, count_bytes, target, plan.raw,
-                        plan.peak / mapping.step, max_error_codes)
-        _refuse_out_of_reach(found, codec, target, plan.raw / count_bytes(found.streams),
-                             source, further)
+        found = search(target, encodes, count_bytes, plan.raw, plan.peak / mapping.step,
+                       codes)
+        refuse_out_of_reach(found, codec, target, plan.raw / count_bytes(found.streams),
+                            source, further)
         try:
             verify_chunks(codec, encoder.chunk, found.streams, found.bound,
                           [encoder.held(i).start for i in range(encoder.chunks)], workers)
@@ -774,8 +419,8 @@ def encode_volume(volume: Volume, plan: Plan, target: Target, count_bytes: ByteC
             raise MedlossyError(source, str(error)) from None
     seconds = time.perf_counter() - started
     tally, codec_tally = _measure_errors(volume, source, found.streams, codec, layout, workers)
-    return Encoding(found.setting, found.streams, found.reached, tally, passes, seconds,
-                    mapping_tally, codec_tally)
+    return Encoding(found.setting, found.streams, found.reached, tally, encodes.passes,
+                    seconds, mapping_tally, codec_tally)
 
 
 def _base_attributes(volume: Volume, plan: Plan, target: Target, source: str) -> dict[str, Any]:
@@ -839,17 +484,11 @@ def ratio_reach(volume: Volume, codec_name: str | None = None, *,
     plan = plan_volume(volume, codec_name or "jpeg2k", None, source, target, tile=tile)
     codec, layout, mapping = plan.codec, plan.layout, plan.mapping
     count_bytes = _measurer(plan, target, _base_attributes(volume, plan, target, source)).total
-    coarsest = Setting("max_error", codec.quality_range[1]) if codec.discrete \
-        else Setting("quality", codec.quality_range[0])
     with slice_encoder(codec, (layout.slices, layout.rows, layout.columns),
                        mapping.code_dtype, workers or default_workers(),
                        layout.tile) as encoder:
         _fill(encoder, volume, mapping, source)
-        highest = plan.raw / count_bytes(encoder.encode_all(coarsest))
-        if "lossless" in codec.modes:
-            return highest, None
-        finest = encoder.encode_all(Setting("quality", codec.quality_range[1]))
-        return highest, plan.raw / count_bytes(finest)
+        return reachable_ratios(encoder, count_bytes, plan.raw)
 
 
 def _write_encoding(output: str | Path, plan: Plan, shape: tuple[int, ...], target: Target,
@@ -902,14 +541,15 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
     encoding it as few times as possible; returns each store's attributes by ratio.
 
     The volume is read once. With ``layered`` (JPEG 2000), the lossy ratios come from one
-    layered survey encode and a few final passes (``medlossy.layered_rate``) instead of a
-    search per ratio; a ratio those passes cannot meet, and every ratio without ``layered``,
-    is searched alone as ``compress_volume`` would. Each store is what ``compress_volume``
-    writes, except that ``encode_passes`` and ``timing.encode_seconds`` are the whole group's.
-    ``on_store(ratio, attributes, decoded volume, decode seconds)`` runs as each store is
-    written, with the volume decoded from exactly the stored codestreams (callers need not
-    decode again). ``keep``: the ratios to write (default all); the others are encoded all
-    the same, so that each store is the same whichever ratios a rerun has left to do.
+    layered survey encode and a few final passes (``medlossy.ratecontrol.layered``) instead
+    of a search per ratio; a ratio those passes cannot meet, and every ratio without
+    ``layered``, is searched alone as ``compress_volume`` would. Each store is what
+    ``compress_volume`` writes, except that ``encode_passes`` and ``timing.encode_seconds``
+    are the whole group's. ``on_store(ratio, attributes, decoded volume, decode seconds)``
+    runs as each store is written, with the volume decoded from exactly the stored
+    codestreams (callers need not decode again). ``keep``: the ratios to write (default
+    all); the others are encoded all the same, so that each store is the same whichever
+    ratios a rerun has left to do.
     ``tile``: stores in tiles of this side, each ratio then searched on its own (the layered
     encode cuts whole slices).
     """
@@ -939,47 +579,11 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
     codec, layout, mapping = plan.codec, plan.layout, plan.mapping
     workers = workers or default_workers()
     started = time.perf_counter()
-    passes = 0
-    found: dict[float, _Found] = {}
     with slice_encoder(codec, (layout.slices, layout.rows, layout.columns),
                        mapping.code_dtype, workers) as encoder:
         mapping_tally = _fill(encoder, volume, mapping, source)
-
-        def encode(setting: Setting) -> list[bytes]:
-            nonlocal passes
-            passes += 1
-            return encoder.encode_all(setting, label=f"{Path(source).name} pass {passes}",
-                                      show_progress=show_progress)
-
-        lossless: list[bytes] | None = None
-        if 1 in ratios:
-            lossless = encode(Setting("lossless"))
-            found[1] = _Found(Setting("lossless"), lossless, True, 0.0)
-        if layered and lossy and hasattr(codec, "encode_layers"):
-            budgets = {r: int(plan.raw / r) for r in lossy}
-            cut, layered_passes, beyond = encode_ratios(
-                encoder, budgets, {r: counters[r] for r in lossy}, codec.quality_range,
-                tolerance=SEARCH_TOLERANCE, show_progress=show_progress)
-            passes += layered_passes
-            for ratio, result in cut.items():
-                setting = Setting("mixed") if result.quality is None \
-                    else Setting("quality", result.quality)
-                found[ratio] = _Found(setting, result.streams, result.reached)
-            for ratio in lossy:
-                if ratio in found or ratio not in beyond:
-                    continue
-                # Even the best lossy quality is under budget (x2 on most CT): lossless if
-                # it fits, as the search would decide.
-                if lossless is None:
-                    lossless = encode(Setting("lossless"))
-                if counters[ratio](lossless) <= budgets[ratio] * (1.0 + RATIO_TOLERANCE):
-                    found[ratio] = _Found(Setting("lossless"), lossless, False, 0.0)
-        for ratio in lossy:
-            if ratio not in found:
-                found[ratio] = _search(encode, encoder, counters[ratio], targets[ratio],
-                                       plan.raw, plan.peak / mapping.step)
-            _refuse_out_of_reach(found[ratio], codec, targets[ratio],
-                                 plan.raw / counters[ratio](found[ratio].streams), source)
+        encodes = Encodes(encoder, Path(source).name, show_progress=show_progress)
+        found = search_ratios(encodes, counters, plan.raw, layered=layered, source=source)
         seconds = time.perf_counter() - started
         for ratio in [r for r in ratios if r in keep]:  # one decode: errors, caller's volume
             streams = found[ratio].streams
@@ -997,7 +601,7 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
                 tally, codec_tally = _measure_errors(volume, source, streams, codec, layout,
                                                      workers)
             encoding = Encoding(found[ratio].setting, streams, found[ratio].reached, tally,
-                                passes, seconds, mapping_tally, codec_tally)
+                                encodes.passes, seconds, mapping_tally, codec_tally)
             written[ratio] = _write_encoding(outputs[ratio], plan, volume.shape,
                                              targets[ratio], bases[ratio], encoding)
             if on_store is not None:

@@ -2,8 +2,9 @@
 
 Near-lossless JPEG-LS guarantees every sample within NEAR of the source, an integer; its
 natural modes are lossless and maximum error. A ratio is reached by choosing, slice by
-slice, between the two NEAR values whose volumes bracket the budget (compression.py), since
-whole-volume sizes jump between neighbouring NEAR values. CharLS takes unsigned samples only.
+slice, between the two NEAR values whose volumes bracket the budget
+(medlossy.ratecontrol.ratio), since whole-volume sizes jump between neighbouring NEAR
+values. CharLS takes unsigned samples only.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import numpy as np
 
 from medlossy.codecs.j2k_layers import LayeredStream
 from medlossy.codecs.pool import SliceEncoder
-from medlossy.ratecontrol import choose_per_slice
+from medlossy.ratecontrol.solver import choose_per_slice
 
 #: pylibjpeg-openjpeg encodes at most 100 quality layers.
 MAX_LAYERS = 100
