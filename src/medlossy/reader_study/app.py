@@ -94,9 +94,10 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
+    # connect-src: the viewer fetches its pair's stack from this server, nothing else.
     "Content-Security-Policy": ("default-src 'none'; img-src 'self'; style-src 'self'; "
-                                "script-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-                                "base-uri 'none'"),
+                                "script-src 'self'; connect-src 'self'; form-action 'self'; "
+                                "frame-ancestors 'none'; base-uri 'none'"),
 }
 _RAW_HEADERS = tuple((name.lower().encode(), value.encode())
                      for name, value in _SECURITY_HEADERS.items())
