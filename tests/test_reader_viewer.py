@@ -28,7 +28,13 @@ from medlossy.reader_study.pairs import (
     load_pairs,
     study_seed,
 )
-from medlossy.reader_study.stacks import read_stack, sixteen_bit, stack_range
+from medlossy.reader_study.stacks import (
+    read_stack,
+    sixteen_bit,
+    stack_range,
+    transfer_order,
+    write_stack,
+)
 from medlossy.reader_study.windows import PRESETS, Window
 
 
@@ -193,3 +199,16 @@ def test_serve_seeds_orders_from_the_study(study, tmp_path, monkeypatch, cli):
     assert code == 0, err
     rater = Database(url).raters("rater")[0]
     assert rater.order_seed == order_seed(study_seed(study), "rater1")
+
+
+def test_a_stack_file_holds_the_pairs_own_slice_first(tmp_path):
+    left = np.arange(3 * 2 * 4, dtype=np.float64).reshape(3, 2, 4)
+    right = -left
+    path = tmp_path / "stack.bin"
+    write_stack(path, left, right, 2, "CT", (1.0, 0.0), [(400.0, 40.0)] * 5)
+    header, codes = read_stack(path)
+    assert (header.slices, header.rows, header.columns, header.centre) == (3, 2, 4, 2)
+    assert np.array_equal(codes[0], left) and np.array_equal(codes[1], right)
+    first = np.frombuffer(path.read_bytes(), dtype="<i2", offset=128, count=16)
+    assert np.array_equal(first, np.concatenate([left[2].ravel(), right[2].ravel()]))
+    assert transfer_order(5, 0) == [0, 1, 2, 3, 4] and transfer_order(5, 2) == [2, 1, 3, 0, 4]

@@ -3,9 +3,11 @@
 Data flow: ``reader make`` decodes the chosen slice and ``half`` slices on each side of it
 from both stores -> ``sixteen_bit`` picks one value <-> int16 mapping for the pair (from
 the original, so it never depends on which side is compressed more) -> ``write_stack``
-writes ``stacks/<id>.bin``: a fixed header, then the left stack, then the right one, each
-(slices, rows, columns) little-endian int16 in the radiological view -> the app serves
-the file as it is -> the page's script windows the values into a canvas.
+writes ``stacks/<id>.bin``: a fixed header, then one plane after another, (rows, columns)
+little-endian int16 in the radiological view, left then right for each slice, slices in
+``transfer_order`` (the pair's own first) -> the app serves the file as it is -> the
+page's script windows the values into a canvas, drawing the first view as soon as the
+pair's own slice has arrived.
 
 The header (``HEADER``, 128 bytes) holds the magic, the stack's size, the index of the
 pair's own slice in it, the modality, the mapping (value = code * slope + intercept) and
@@ -112,6 +114,12 @@ def viewer_windows(modality: str, study_window: Window, original: np.ndarray
     return (first, *presets)
 
 
+def transfer_order(slices: int, centre: int) -> list[int]:
+    """The order slices are stored in: nearest the pair's own slice first (ties: the lower
+    index), so a viewer reading the file as it arrives can show the pair at once."""
+    return sorted(range(slices), key=lambda index: (abs(index - centre), index))
+
+
 def write_stack(path: Path, left: np.ndarray, right: np.ndarray, centre: int,
                 modality: str, mapping: tuple[float, float],
                 windows: Sequence[tuple[float, float]]) -> None:
@@ -122,13 +130,17 @@ def write_stack(path: Path, left: np.ndarray, right: np.ndarray, centre: int,
                          *mapping, tuple(windows))
     with atomic_output(path) as temporary, temporary.open("wb") as file:
         file.write(header.pack())
-        file.write(to_codes(left, *mapping).tobytes())
-        file.write(to_codes(right, *mapping).tobytes())
+        for index in transfer_order(slices, centre):
+            file.write(to_codes(left[index], *mapping).tobytes())
+            file.write(to_codes(right[index], *mapping).tobytes())
 
 
 def read_stack(path: Path) -> tuple[StackHeader, np.ndarray]:
     """(header, codes of shape (2, slices, rows, columns)): for tests and tools."""
     data = Path(path).read_bytes()
     header = StackHeader.unpack(data)
-    codes = np.frombuffer(data, dtype="<i2", offset=HEADER.size)
-    return header, codes.reshape(2, header.slices, header.rows, header.columns)
+    planes = np.frombuffer(data, dtype="<i2", offset=HEADER.size).reshape(
+        header.slices, 2, header.rows, header.columns)
+    codes = np.empty_like(planes)
+    codes[transfer_order(header.slices, header.centre)] = planes
+    return header, codes.transpose(1, 0, 2, 3)

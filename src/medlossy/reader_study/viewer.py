@@ -2,7 +2,9 @@
 as /static/viewer.js (and its rules appended to /static/rater.css).
 
 Data flow: the page's figure names the pair's stack (``data-stack``) -> the script fetches
-it once (``stacks``: a header, then both sides' int16 values) -> per side and slice, the
+it once, reading it as it arrives (``stacks``: a header, then both sides' int16 values,
+nearest slices first, so the first frame is drawn once its two planes are in) -> per side
+and slice, the
 values go through a 65,536-entry lookup table of the current window into an RGBA bitmap
 (cached until the window changes) -> each frame draws both bitmaps with the same zoom, pan
 and magnifier, so the two sides are always in step. Nothing is pre-windowed: every grey
@@ -45,6 +47,11 @@ VIEWER_JS = r"""
   var MR_NAMES = ["0.5-99.5 %", "1-99 %", "2-98 %", "5-95 %"];
   var MAX_ZOOM = 8, MAGNIFY = 3, LENS = 80;
 
+  var HEADER = 128;
+
+  // The file holds the slices nearest the pair's own first (its own, then one step away on
+  // either side...), each as left then right: the first view needs only the first two
+  // planes, drawn while the rest is still arriving.
   function parse(buffer) {
     var view = new DataView(buffer), magic = "";
     for (var i = 0; i < 8; i++) { magic += String.fromCharCode(view.getUint8(i)); }
@@ -52,19 +59,27 @@ VIEWER_JS = r"""
     var u = function (k) { return view.getUint32(8 + 4 * k, true); };
     var d = function (k) { return view.getFloat64(32 + 8 * k, true); };
     var stack = { slices: u(0), rows: u(1), columns: u(2), centre: u(3), ct: u(4) === 0,
-                  slope: d(0), intercept: d(1), windows: [] };
+                  slope: d(0), intercept: d(1), windows: [], buffer: buffer, received: 0 };
     for (var w = 0; w < 5; w++) { stack.windows.push([d(2 + 2 * w), d(3 + 2 * w)]); }
-    var plane = stack.rows * stack.columns;
-    var codes = new Int16Array(buffer, 128, 2 * stack.slices * plane);
-    stack.sides = [0, 1].map(function (side) {
-      var slices = [];
-      for (var s = 0; s < stack.slices; s++) {
-        var start = (side * stack.slices + s) * plane;
-        slices.push(codes.subarray(start, start + plane));
-      }
-      return slices;
+    stack.plane = stack.rows * stack.columns;
+    var order = [];
+    for (var s = 0; s < stack.slices; s++) { order.push(s); }
+    order.sort(function (a, b) {
+      return Math.abs(a - stack.centre) - Math.abs(b - stack.centre) || a - b;
     });
+    stack.rank = [];
+    order.forEach(function (slice, rank) { stack.rank[slice] = rank; });
+    stack.size = HEADER + 4 * stack.slices * stack.plane;
     return stack;
+  }
+
+  function planeEnd(stack, slice, side) {
+    return HEADER + (2 * stack.rank[slice] + side + 1) * stack.plane * 2;
+  }
+
+  function codesOf(stack, slice, side) {
+    var end = planeEnd(stack, slice, side);
+    return new Int16Array(stack.buffer, end - stack.plane * 2, stack.plane);
   }
 
   function Viewer(stack) {
@@ -98,10 +113,14 @@ VIEWER_JS = r"""
     this.cache = [{}, {}];
   };
 
+  Viewer.prototype.ready = function () {
+    return this.stack.received >= planeEnd(this.stack, this.slice, 1);
+  };
+
   Viewer.prototype.bitmap = function (side) {
     var cached = this.cache[side][this.slice];
     if (cached) { return cached; }
-    var stack = this.stack, codes = stack.sides[side][this.slice], lut = this.lut;
+    var stack = this.stack, codes = codesOf(stack, this.slice, side), lut = this.lut;
     var canvas = document.createElement("canvas");
     canvas.width = stack.columns; canvas.height = stack.rows;
     var context = canvas.getContext("2d");
@@ -192,8 +211,15 @@ VIEWER_JS = r"""
     window.requestAnimationFrame(function () {
       var start = self.pending;
       self.pending = null;
-      self.draw();
-      performance.measure("medlossy-render", { start: start, end: performance.now() });
+      if (!self.draw()) { return; }
+      var now = performance.now();
+      if (!self.shown) {  // navigation start to the first frame drawn
+        self.shown = true;
+        performance.mark("medlossy-shown", { startTime: now });
+        performance.measure("medlossy-first-view", { start: 0, end: now });
+      } else {
+        performance.measure("medlossy-render", { start: start, end: now });
+      }
     });
   };
 
@@ -205,10 +231,12 @@ VIEWER_JS = r"""
   Viewer.prototype.draw = function () {
     var self = this, stack = this.stack, scale = this.fit() * this.zoom;
     this.canvases.forEach(function (canvas, side) {
-      var context = canvas.getContext("2d"), bitmap = self.bitmap(side);
+      var context = canvas.getContext("2d");
       context.setTransform(1, 0, 0, 1, 0, 0);
       context.fillStyle = "#000";
       context.fillRect(0, 0, canvas.width, canvas.height);
+      if (!self.ready()) { return; }  // drawn when its planes arrive (``arrived``)
+      var bitmap = self.bitmap(side);
       context.imageSmoothingEnabled = scale < 1;
       context.setTransform(scale, 0, 0, scale,
                            canvas.width / 2 + self.panX * scale - stack.columns * scale / 2,
@@ -216,6 +244,7 @@ VIEWER_JS = r"""
       context.drawImage(bitmap, 0, 0);
       if (self.lensOn && self.lens) { self.drawLens(context, bitmap, scale); }
     });
+    if (!this.ready()) { return false; }
     var root = this.root;
     root.dataset.slice = this.slice; root.dataset.zoom = this.zoom;
     root.dataset.width = this.width; root.dataset.level = this.level;
@@ -224,6 +253,15 @@ VIEWER_JS = r"""
     this.readout.textContent = "W " + Math.round(this.width) + " / L " +
       Math.round(this.level) + " (" + this.preset + ") \u00b7 slice " + (this.slice + 1) +
       " / " + stack.slices + " \u00b7 " + this.zoom + "x";
+    return true;
+  };
+
+  // More of the stack arrived: draw if the slice shown was waiting for it; the first frame
+  // drawn is the first view.
+  Viewer.prototype.arrived = function (received) {
+    var waiting = !this.ready();
+    this.stack.received = received;
+    if (waiting && this.ready()) { this.request(this.shown ? performance.now() : 0); }
   };
 
   Viewer.prototype.drawLens = function (context, bitmap, scale) {
@@ -309,18 +347,44 @@ VIEWER_JS = r"""
     });
   };
 
-  fetch(figure.dataset.stack, { credentials: "same-origin" }).then(function (response) {
+  // Read the stack as it arrives into one buffer of the size its header gives.
+  function load(response) {
     if (!response.ok) { throw new Error("stack " + response.status); }
-    return response.arrayBuffer();
-  }).then(function (buffer) {
-    var viewer = new Viewer(parse(buffer));
-    window.requestAnimationFrame(function () {
-      viewer.draw();
-      var now = performance.now();
-      performance.mark("medlossy-shown", { startTime: now });
-      performance.measure("medlossy-first-view", { start: 0, end: now });
-    });
-  }).catch(function () {
+    var reader = response.body.getReader(), bytes = null, received = 0, viewer = null;
+    var head = new Uint8Array(HEADER), headFilled = 0;
+    function take(chunk) {
+      var offset = 0;
+      if (!bytes) {
+        offset = Math.min(chunk.length, HEADER - headFilled);
+        head.set(chunk.subarray(0, offset), headFilled);
+        headFilled += offset;
+        if (headFilled < HEADER) { return; }
+        var stack = parse(head.buffer);
+        bytes = new Uint8Array(stack.size);
+        bytes.set(head);
+        stack.buffer = bytes.buffer;
+        received = HEADER;
+        viewer = new Viewer(stack);
+      }
+      if (received + chunk.length - offset > bytes.length) { throw new Error("stack size"); }
+      bytes.set(chunk.subarray(offset), received);
+      received += chunk.length - offset;
+      viewer.arrived(received);
+    }
+    function pump() {
+      return reader.read().then(function (part) {
+        if (part.done) {
+          if (!bytes || received !== bytes.length) { throw new Error("stack cut off"); }
+          return;
+        }
+        take(part.value);
+        return pump();
+      });
+    }
+    return pump();
+  }
+
+  fetch(figure.dataset.stack, { credentials: "same-origin" }).then(load).catch(function () {
     image.classList.remove("replaced");  // the composite image, as without script
   });
 })();
