@@ -102,6 +102,9 @@ def test_a_rater_completes_a_session_in_the_browser(browser, study, tmp_path):
 
 
 def _state(page) -> dict[str, float | str]:
+    """The viewer's state as last drawn, once the frames asked for so far are drawn."""
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => "
+                  "requestAnimationFrame(done)))")
     data = page.locator("#viewer").evaluate("viewer => Object.assign({}, viewer.dataset)")
     return {k: (v if k in ("preset", "magnifier") else float(v)) for k, v in data.items()}
 
