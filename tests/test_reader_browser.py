@@ -73,7 +73,8 @@ def test_a_rater_completes_a_session_in_the_browser(browser, study, tmp_path):
                 errors.append(message.text))
         page.goto(f"{base}/r/{rater.token}")
         assert page.locator("#progress").inner_text() == f"1 / {total}"
-        assert page.locator("#pair").evaluate("image => image.naturalWidth") > 0
+        page.wait_for_selector("#viewer[data-slice]")
+        assert not page.locator("#pair").is_visible()  # the viewer replaced the composite
         if os.environ.get("MEDLOSSY_SCREENSHOT"):
             page.goto(f"{base}/r/{rater.token}/p/12")
             page.wait_for_selector("#viewer[data-slice]")
@@ -99,6 +100,15 @@ def test_a_rater_completes_a_session_in_the_browser(browser, study, tmp_path):
     assert len(answers) == total
     assert {a["answer"] for a in answers} == {"left", "right", "undecided"}
     assert {a["pair"] for a in answers} == {p["id"] for p in load_pairs(study)}
+
+
+def _wait_until(page, expression: str, timeout: float = 10.0) -> None:
+    """Poll ``expression`` in the page (``wait_for_function`` evaluates its predicate with
+    eval, which the page's CSP refuses)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {timeout} s: {expression}"
+        time.sleep(0.02)
 
 
 def _state(page) -> dict[str, float | str]:
@@ -204,8 +214,8 @@ def test_the_viewer_windows_zooms_and_scrolls_both_sides_in_step(browser, study,
         centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.mouse.move(*centre)
         page.mouse.wheel(0, 120)  # scrolling: wheel and keys, both sides one slice
-        page.wait_for_function(f"document.getElementById('viewer').dataset.slice == "
-                               f"{header.centre + 1}")
+        _wait_until(page, f"document.getElementById('viewer').dataset.slice == "
+                          f"{header.centre + 1}")
         _check_pixels(page, header, codes)
         shot("next-slice")
         page.keyboard.press("PageUp")
@@ -258,3 +268,18 @@ def test_the_viewer_windows_zooms_and_scrolls_both_sides_in_step(browser, study,
 def _pair_at(page, base: str, rater, position: int) -> str:
     page.goto(f"{base}/r/{rater.token}/p/{position}")
     return page.locator("input[name=pair]").get_attribute("value")
+
+
+def test_without_its_stack_the_page_shows_the_composite_image(browser, study, tmp_path):
+    database, (rater, _), _ = new_database(study, tmp_path)
+    with running_server(study, database) as base:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.route("**/stack/*", lambda route: route.fulfill(status=404, body=""))
+        page.goto(f"{base}/r/{rater.token}/p/1")
+        _wait_until(page, "document.getElementById('pair').naturalWidth > 0")
+        assert page.locator("#pair").is_visible()
+        with page.expect_navigation():
+            page.keyboard.press("3")
+        page.close()
+    (answer,) = database.all_answers()
+    assert answer["answer"] == "right" and answer["response_ms"] is not None

@@ -528,13 +528,16 @@ def _rating_page(root: str, form: str, pair_id: str, number: int, total: int,
     following = (f"<a href=\"{root}/p/{number + 1}\">next &rarr;</a>" if number < total
                  else "<span></span>")
     stack = f" data-stack=\"{root}/stack/{pair_id}.bin\"" if viewer else ""
+    # Hidden by the viewer's script before the first layout, the composite is then mostly
+    # not fetched at all (lazy images are fetched when laid out visible).
+    lazy = " loading=\"lazy\"" if viewer else ""
     body = (
         "<header><span class=\"title\">Reader study</span>"
         f"<span class=\"progress\" id=\"progress\">{number} / {total}</span>"
         f"<span class=\"answered\">{answered} answered</span></header>"
         "<main class=\"rating\">"
         "<p class=\"question\">Which image shows the anatomy with better quality?</p>"
-        f"<figure id=\"figure\"{stack}><img id=\"pair\" src=\"{root}/img/{pair_id}.png\" "
+        f"<figure id=\"figure\"{stack}><img id=\"pair\"{lazy} src=\"{root}/img/{pair_id}.png\" "
         "alt=\"two versions of one CT or MR slice, side by side\">"
         "<figcaption><span>left</span><span>right</span></figcaption></figure>"
         f"<form method=\"post\" action=\"{root}/answer\" id=\"answer-form\">"
