@@ -283,3 +283,23 @@ def test_without_its_stack_the_page_shows_the_composite_image(browser, study, tm
         page.close()
     (answer,) = database.all_answers()
     assert answer["answer"] == "right" and answer["response_ms"] is not None
+
+
+def test_the_viewer_shows_mr_with_percentile_presets(browser, study, tmp_path):
+    database, (rater, _), _ = new_database(study, tmp_path)
+    key = load_key(study)
+    with running_server(study, database) as base:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        mr = next(n for n in range(1, 13) if key[_pair_at(page, base, rater, n)]["modality"]
+                  == "MR")
+        page.goto(f"{base}/r/{rater.token}/p/{mr}")
+        page.wait_for_selector("#viewer[data-slice]")
+        pair_id = page.locator("input[name=pair]").get_attribute("value")
+        header, codes = read_stack(study / "stacks" / f"{pair_id}.bin")
+        assert page.locator("#preset-4").inner_text() == "0.5-99.5 %"
+        for preset in ("+", "+", "7", "5"):
+            page.keyboard.press(preset)
+        state = _state(page)
+        assert (state["width"], state["level"]) == header.windows[2]
+        _check_pixels(page, header, codes)
+        page.close()
