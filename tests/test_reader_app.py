@@ -176,6 +176,8 @@ def test_a_rater_sees_only_their_own_answers(setup):
                                   "/admin/{rater}/answers.csv", "/r/{admin}",
                                   "/r/{rater}/p/0", "/r/{rater}/p/13", "/r/{rater}/p/x",
                                   "/r/{rater}/img/{forged}.png", "/r/{rater}/img/..%2Fkey.json",
+                                  "/r/{bad}/stack/{pair}.bin", "/r/{rater}/stack/{forged}.bin",
+                                  "/r/{rater}/stack/..%2Fkey.json", "/r/{rater}/key/{pair}.bin",
                                   "/static/../key.json", "/docs", "/openapi.json"])
 def test_unknown_links_get_404(setup, study, path):
     client, rater, admin = setup.client, setup.raters[0], setup.admin
@@ -246,7 +248,7 @@ def test_pages_and_images_do_not_depend_on_the_key(setup, study, monkeypatch):
     monkeypatch.setattr(app_module, "load_key", no_key)
     client, rater = setup.client, setup.raters[0]
     key = load_key(study)
-    pages, headers, sizes = set(), set(), {}
+    pages, headers, sizes, stack_headers = set(), set(), {}, set()
     for position in range(2, 12):  # the first and last have one navigation link fewer
         page = client.get(f"/r/{rater.token}/p/{position}").text
         pair_id = form_of(page)["pair"]
@@ -261,7 +263,14 @@ def test_pages_and_images_do_not_depend_on_the_key(setup, study, monkeypatch):
                                  if k != "content-length")))
         entry = key[pair_id]
         sizes.setdefault((entry["dataset"], entry["case"]), set()).add(len(image.content))
+        # The viewer's stack: both sides in one response, its size set by the case's shape.
+        stack = client.get(f"/r/{rater.token}/stack/{pair_id}.bin")
+        stack_headers.add(tuple(sorted((k, v) for k, v in stack.headers.items()
+                                       if k != "content-length")))
+        sizes.setdefault(("stack", entry["dataset"], entry["case"]), set()).add(
+            len(stack.content))
     assert len(pages) == 1, "rating pages differ beyond pair id and position"
+    assert len(stack_headers) == 1
     assert len(headers) == 1  # no ETag, Last-Modified or anything else per file
     assert all(len(values) == 1 for values in sizes.values())
 

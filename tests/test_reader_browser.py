@@ -1,9 +1,12 @@
 """End to end in headless Chromium: a rater opens the private link, answers every pair with
-the keyboard and the buttons, stops and resumes, and every answer reaches the database.
+the keyboard and the buttons, stops and resumes, and every answer reaches the database; the
+viewer windows, zooms, pans, magnifies and scrolls both sides in step, from the 16-bit stack.
 
 Uses Debian's chromium (installed here with apt-get when missing and running as root) through
-Playwright; Playwright's own browser download is never used. Set MEDLOSSY_SCREENSHOT=PATH to
-save the rating page as shown (docs/reader-study.png is made that way).
+Playwright; Playwright's own browser download is never used. The viewer test keeps a
+screenshot of every step in a folder it prints (MEDLOSSY_SCREENSHOTS=DIR to choose it); set
+MEDLOSSY_SCREENSHOT=PATH to save the rating page as shown (docs/reader-study.png is made
+that way).
 """
 
 from __future__ import annotations
@@ -11,13 +14,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_reader_app import new_database, running_server
 from test_reader_pairs import demo_study
 
-from medlossy.reader_study.pairs import load_pairs
+from medlossy.reader_study.pairs import load_key, load_pairs
+from medlossy.reader_study.stacks import read_stack
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
@@ -66,9 +73,11 @@ def test_a_rater_completes_a_session_in_the_browser(browser, study, tmp_path):
                 errors.append(message.text))
         page.goto(f"{base}/r/{rater.token}")
         assert page.locator("#progress").inner_text() == f"1 / {total}"
-        assert page.locator("#pair").evaluate("image => image.naturalWidth") > 0
+        page.wait_for_selector("#viewer[data-slice]")
+        assert not page.locator("#pair").is_visible()  # the viewer replaced the composite
         if os.environ.get("MEDLOSSY_SCREENSHOT"):
             page.goto(f"{base}/r/{rater.token}/p/12")
+            page.wait_for_selector("#viewer[data-slice]")
             page.screenshot(path=os.environ["MEDLOSSY_SCREENSHOT"])
             page.goto(f"{base}/r/{rater.token}")
         for step in range(total):
@@ -91,3 +100,206 @@ def test_a_rater_completes_a_session_in_the_browser(browser, study, tmp_path):
     assert len(answers) == total
     assert {a["answer"] for a in answers} == {"left", "right", "undecided"}
     assert {a["pair"] for a in answers} == {p["id"] for p in load_pairs(study)}
+
+
+def _wait_until(page, expression: str, timeout: float = 10.0) -> None:
+    """Poll ``expression`` in the page (``wait_for_function`` evaluates its predicate with
+    eval, which the page's CSP refuses)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {timeout} s: {expression}"
+        time.sleep(0.02)
+
+
+def _state(page) -> dict[str, float | str]:
+    """The viewer's state as last drawn, once the frames asked for so far are drawn."""
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => "
+                  "requestAnimationFrame(done)))")
+    data = page.locator("#viewer").evaluate("viewer => Object.assign({}, viewer.dataset)")
+    return {k: (v if k in ("preset", "magnifier") else float(v)) for k, v in data.items()}
+
+
+def _grey(page, side: str, x: float, y: float) -> int:
+    """The grey level drawn at canvas pixel (x, y) of one side."""
+    return page.locator(f"#view-{side}").evaluate(
+        "(canvas, at) => canvas.getContext('2d').getImageData(at[0], at[1], 1, 1).data[0]",
+        [int(x), int(y)])
+
+
+def _expected(header, codes: np.ndarray, state: dict, side: int, row: int, column: int) -> int:
+    value = codes[side, int(state["slice"]), row, column] * header.slope + header.intercept
+    low = state["level"] - state["width"] / 2
+    return int(np.clip(np.round((value - low) * 255 / state["width"]), 0, 255))
+
+
+def _check_pixels(page, header, codes: np.ndarray) -> None:
+    """At the centre of each canvas, the drawn grey is the windowed 16-bit value (the image
+    pixel under it: the canvas centre is image point (columns / 2, rows / 2) - pan)."""
+    state = _state(page)
+    canvas = page.locator("#view-left").evaluate("c => [c.width, c.height]")
+    scale = min(canvas[0] / header.columns, canvas[1] / header.rows) * state["zoom"]
+    assert scale >= 2, "zoom in first: nearest-neighbour pixels"
+    column = int(header.columns / 2 - state["panX"])
+    row = int(header.rows / 2 - state["panY"])
+    x = canvas[0] / 2 + (column + 0.5 - header.columns / 2 + state["panX"]) * scale
+    y = canvas[1] / 2 + (row + 0.5 - header.rows / 2 + state["panY"]) * scale
+    for index, side in enumerate(("left", "right")):
+        expected = _expected(header, codes, state, index, row, column)
+        assert abs(_grey(page, side, x, y) - expected) <= 1, (side, state)
+
+
+def _measures(page, name: str) -> list[float]:
+    return page.evaluate("name => performance.getEntriesByName(name, 'measure')"
+                         ".map(entry => entry.duration)", name)
+
+
+@pytest.fixture
+def screenshots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("MEDLOSSY_SCREENSHOTS") or
+                  tmp_path_factory.mktemp("reader-screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_the_viewer_windows_zooms_and_scrolls_both_sides_in_step(browser, study, tmp_path,
+                                                                  screenshots, capsys):
+    database, (rater, _), _ = new_database(study, tmp_path)
+    key = load_key(study)
+    with running_server(study, database) as base:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        errors: list[str] = []
+        page.on("console", lambda message: message.type == "error" and
+                errors.append(message.text))
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        ct = next(n for n in range(1, 13) if key[_pair_at(page, base, rater, n)]["modality"]
+                  == "CT")
+        opened = time.monotonic()
+        page.goto(f"{base}/r/{rater.token}/p/{ct}")
+        page.wait_for_selector("#viewer[data-slice]")
+        pair_id = page.locator("input[name=pair]").get_attribute("value")
+        header, codes = read_stack(study / "stacks" / f"{pair_id}.bin")
+        assert not page.locator("#pair").is_visible()  # the 8-bit PNG is not what is shown
+        state = _state(page)
+        assert state["slice"] == header.centre and state["zoom"] == 1
+        assert (state["width"], state["level"]) == header.windows[0]
+        shots = []
+
+        def shot(name: str) -> None:
+            path = screenshots / f"{len(shots) + 1:02d}-{name}.png"
+            page.screenshot(path=path)
+            shots.append(path)
+        shot("first-view")
+        page.keyboard.press("+")  # zoom: keys
+        page.keyboard.press("=")
+        assert _state(page)["zoom"] == 4
+        _check_pixels(page, header, codes)
+        shot("zoom-4x")
+        for key_name, index in (("5", 2), ("6", 3), ("7", 4), ("4", 1)):  # presets by key
+            page.keyboard.press(key_name)
+            state = _state(page)
+            assert (state["width"], state["level"]) == header.windows[index]
+            _check_pixels(page, header, codes)
+        page.locator("#preset-5").click()  # ... and by button: lung
+        assert _state(page)["preset"] == "lung"
+        _check_pixels(page, header, codes)
+        shot("lung-window")
+        page.keyboard.press("Shift+ArrowRight")  # window by keys; no answer is sent
+        page.keyboard.press("Shift+ArrowUp")
+        state = _state(page)
+        assert state["width"] > header.windows[2][0] and state["level"] > header.windows[2][1]
+        assert state["preset"] == "custom" and database.all_answers() == []
+        _check_pixels(page, header, codes)
+        page.locator("#preset-4").click()
+        box = page.locator("#view-left").bounding_box()
+        centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.move(*centre)
+        page.mouse.wheel(0, 120)  # scrolling: wheel and keys, both sides one slice
+        _wait_until(page, f"document.getElementById('viewer').dataset.slice == "
+                          f"{header.centre + 1}")
+        _check_pixels(page, header, codes)
+        shot("next-slice")
+        page.keyboard.press("PageUp")
+        page.keyboard.press("PageUp")
+        assert _state(page)["slice"] == header.centre - 1
+        _check_pixels(page, header, codes)
+        page.keyboard.press("j")
+        assert _state(page)["slice"] == header.centre
+        page.mouse.down()  # drag: pan, the same on both sides
+        page.mouse.move(centre[0] + 60, centre[1] + 30, steps=4)
+        page.mouse.up()
+        state = _state(page)
+        assert state["panX"] > 0 and state["panY"] > 0
+        _check_pixels(page, header, codes)
+        shot("panned")
+        before = state["width"]
+        page.mouse.move(*centre)
+        page.mouse.down(button="right")  # right-drag: window width (horizontal)
+        page.mouse.move(centre[0] + 80, centre[1], steps=4)
+        page.mouse.up(button="right")
+        assert _state(page)["width"] > before
+        _check_pixels(page, header, codes)
+        page.keyboard.press("m")  # magnifier, drawn on both sides at the same place
+        page.mouse.move(centre[0] - 40, centre[1] - 40)
+        page.mouse.move(centre[0] - 30, centre[1] - 30)
+        assert _state(page)["magnifier"] == "on"
+        shot("magnifier")
+        for _ in range(4):
+            page.locator("#zoom-in").click()
+        assert _state(page)["zoom"] == 8  # at most 8x
+        page.keyboard.press("0")
+        state = _state(page)
+        assert (state["zoom"], state["panX"], state["slice"]) == (1, 0, header.centre)
+        first_view = _measures(page, "medlossy-first-view")
+        renders = _measures(page, "medlossy-render")
+        assert len(first_view) == 1 and len(renders) >= 15
+        with page.expect_navigation():
+            page.keyboard.press("1")
+        waited_ms = (time.monotonic() - opened) * 1000
+        assert errors == []
+        page.close()
+    (answer,) = database.all_answers()
+    assert answer["pair"] == pair_id and 0 < answer["response_ms"] < waited_ms
+    with capsys.disabled():
+        print(f"\nviewer screenshots: {screenshots} ({len(shots)}); first view "
+              f"{first_view[0]:.0f} ms, renders median {np.median(renders):.1f} ms, max "
+              f"{max(renders):.1f} ms ({len(renders)})", file=sys.stderr)
+
+
+def _pair_at(page, base: str, rater, position: int) -> str:
+    page.goto(f"{base}/r/{rater.token}/p/{position}")
+    return page.locator("input[name=pair]").get_attribute("value")
+
+
+def test_without_its_stack_the_page_shows_the_composite_image(browser, study, tmp_path):
+    database, (rater, _), _ = new_database(study, tmp_path)
+    with running_server(study, database) as base:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.route("**/stack/*", lambda route: route.fulfill(status=404, body=""))
+        page.goto(f"{base}/r/{rater.token}/p/1")
+        _wait_until(page, "document.getElementById('pair').naturalWidth > 0")
+        assert page.locator("#pair").is_visible()
+        with page.expect_navigation():
+            page.keyboard.press("3")
+        page.close()
+    (answer,) = database.all_answers()
+    assert answer["answer"] == "right" and answer["response_ms"] is not None
+
+
+def test_the_viewer_shows_mr_with_percentile_presets(browser, study, tmp_path):
+    database, (rater, _), _ = new_database(study, tmp_path)
+    key = load_key(study)
+    with running_server(study, database) as base:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        mr = next(n for n in range(1, 13) if key[_pair_at(page, base, rater, n)]["modality"]
+                  == "MR")
+        page.goto(f"{base}/r/{rater.token}/p/{mr}")
+        page.wait_for_selector("#viewer[data-slice]")
+        pair_id = page.locator("input[name=pair]").get_attribute("value")
+        header, codes = read_stack(study / "stacks" / f"{pair_id}.bin")
+        assert page.locator("#preset-4").inner_text() == "0.5-99.5 %"
+        for preset in ("+", "+", "7", "5"):
+            page.keyboard.press(preset)
+        state = _state(page)
+        assert (state["width"], state["level"]) == header.windows[2]
+        _check_pixels(page, header, codes)
+        page.close()

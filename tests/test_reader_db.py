@@ -161,6 +161,9 @@ def test_a_first_version_database_loses_its_plain_tokens_and_keeps_working(tmp_p
     rater = database.rater_by_token(token)  # the links handed out stay valid
     assert (rater.name, rater.order_seed) == ("rater1", 7)
     assert database.answers_of(rater.id) == {PAIRS[0]: "left"}
+    database.record(rater.id, PAIRS[1], "right", 2500)
+    times = {answer["pair"]: answer["response_ms"] for answer in database.all_answers()}
+    assert times == {PAIRS[0]: None, PAIRS[1]: 2500}  # the column was added
     for found in _files(path).values():
         assert token.encode() not in found.read_bytes() and form.encode() not in \
             found.read_bytes()

@@ -187,7 +187,7 @@ def test_pairs_of_pixel_identical_images_are_flagged(tmp_path):
 def test_images_reveal_nothing_names_sizes_or_metadata(study):
     pairs = load_pairs(study)
     key = load_key(study)
-    assert [set(pair) for pair in pairs] == [{"id", "image"}] * len(pairs)
+    assert [set(pair) for pair in pairs] == [{"id", "image", "stack"}] * len(pairs)
     manifest = (study / "pairs.json").read_text()
     assert "ratio" not in manifest and "left" not in manifest
     sizes: dict[tuple, set[int]] = {}
@@ -199,6 +199,10 @@ def test_images_reveal_nothing_names_sizes_or_metadata(study):
         assert Image.open(path).info == {}
         entry = key[pair["id"]]
         sizes.setdefault((entry["dataset"], entry["case"]), set()).add(len(data))
+        stack = study / pair["stack"]
+        assert stack.name == f"{pair['id']}.bin"
+        sizes.setdefault(("stack", entry["dataset"], entry["case"]), set()).add(
+            stack.stat().st_size)
     # Same case, same image size: the same byte count at every ratio pair.
     assert all(len(values) == 1 for values in sizes.values())
     assert oct((study / "key.json").stat().st_mode)[-3:] == "600"

@@ -105,6 +105,9 @@ def test_the_link_token_is_exchanged_for_a_session_cookie(study, tmp_path):
         assert all("/r/" not in link for link in _LINKS.findall(page.text))
         image = client.get(_LINKS.findall(page.text.split('<img id="pair"')[1])[0])
         assert image.headers["content-type"] == "image/png"
+        stack = client.get(re.search(r'data-stack="([^"]+)"', page.text).group(1))
+        assert stack.headers["content-type"] == "application/octet-stream"
+        assert stack.url.path.startswith("/s/stack/")
         response = client.post("/s/answer", data=form_of(page.text),
                                headers={"origin": "https://reader.example.org"})
         assert response.status_code == 303 and rater.token not in response.headers["location"]
@@ -240,7 +243,8 @@ def test_a_session_ends_on_the_server_not_only_in_the_browser(study, tmp_path):
         _age_sessions(database, column, _stamp(datetime.now(UTC)))
         assert client.get("/s/p/1").status_code == 200
         _age_sessions(database, column, stamp)
-        for path in ("/s", "/s/p/1", "/s/done", "/s/img/" + "0" * 32 + ".png"):
+        for path in ("/s", "/s/p/1", "/s/done", "/s/img/" + "0" * 32 + ".png",
+                     "/s/stack/" + "0" * 32 + ".bin"):
             refused = client.get(path)
             assert (refused.status_code, refused.text) == (403, unknown.text), (column, path)
         form = form_of(client.get(f"/r/{rater.token}/p/1").text)

@@ -70,9 +70,9 @@ def scored_answers(answers: list[dict], key: dict[str, dict]) -> pd.DataFrame:
                      "less_compressed": entry["less_compressed"],
                      "ratio_low": min(ratios), "ratio_high": max(ratios), "score": score,
                      "identical": identical_pair(entry)})
-    columns = ["rater", "pair", "answer", "answered_at", "revisions", "dataset", "case",
-               "channel", "slice", "left_ratio", "right_ratio", "left_psnr_db", "right_psnr_db",
-               "less_compressed", "ratio_low", "ratio_high", "score", "identical"]
+    columns = ["rater", "pair", "answer", "answered_at", "response_ms", "revisions", "dataset",
+               "case", "channel", "slice", "left_ratio", "right_ratio", "left_psnr_db",
+               "right_psnr_db", "less_compressed", "ratio_low", "ratio_high", "score", "identical"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -5,9 +5,13 @@ links, or ``/s`` with a session cookie, see below):
 
 - ``GET /r/TOKEN``: on to the first unanswered pair in the rater's own random order.
 - ``GET R/p/N``: the N-th pair of that order, with the answer given so far if any.
-- ``GET R/img/PAIR.png``: the pair's composite image (left | right).
-- ``POST R/answer``: ``pair``, ``answer`` (left / right / undecided), ``position`` and the
-  page's ``form_token`` (cross-site request forgery guard); 303 to the next pair.
+- ``GET R/img/PAIR.png``: the pair's composite image (left | right), pre-windowed: what a
+  browser without script shows.
+- ``GET R/stack/PAIR.bin``: the pair's stack of 16-bit values, both sides (``stacks``),
+  which the page's viewer windows, zooms and scrolls itself (``assets``).
+- ``POST R/answer``: ``pair``, ``answer`` (left / right / undecided), ``position``, the
+  page's ``form_token`` (cross-site request forgery guard) and ``elapsed_ms`` (the time from
+  the first view to the answer, measured by the page; may be empty); 303 to the next pair.
 - ``GET /admin/TOKEN`` and ``GET /admin/TOKEN/answers.csv``: progress, export.
 
 Session cookies (``session_cookie=True``): the first visit of ``/r/TOKEN`` exchanges the
@@ -26,8 +30,12 @@ so the event loop, static files and other raters never wait on SQLite; a databas
 past its busy timeout gives 503 with Retry-After, and nothing acknowledged is lost.
 
 What a rater's requests can observe never depends on the key: pages differ only in the pair
-id and position, every image of a given size has the same byte count and headers, and the
-request handlers never read the key (only the admin export does).
+id and position, every image and stack of a given size has the same byte count and headers,
+and the request handlers never read the key (only the admin export does).
+
+Response time: the server notes when it first served each pair's page to a rater (in
+memory); the time the page reports is kept when it is no longer than that (plus
+``CLOCK_SLACK_MS``), else the server's own measure is stored (``response_time``).
 """
 
 from __future__ import annotations
@@ -35,8 +43,8 @@ from __future__ import annotations
 import csv
 import html
 import io
-import random
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,14 +67,23 @@ from medlossy.reader_study.db import (
     DatabaseBusy,
     Rater,
     form_token,
+    presentation_order,
     tokens_equal,
 )
 from medlossy.reader_study.pairs import load_key, load_pairs
+from medlossy.reader_study.viewer import VIEWER_CSS, VIEWER_JS
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 _PAIR = re.compile(r"^[0-9a-f]{32}$")
+_FILES = {".png": "img", ".bin": "stack"}
 _POSITION = re.compile(r"^[0-9]{1,9}$")  # ASCII digits: str.isdigit() also accepts "²"
-_FIELDS = {"pair", "answer", "position", "form_token"}
+_FIELDS = {"pair", "answer", "position", "form_token", "elapsed_ms"}
+_REQUIRED = _FIELDS - {"elapsed_ms"}  # pages served before the field existed lack it
+#: How much later than the server's clock a page may say its answer came (network, clocks).
+CLOCK_SLACK_MS = 2000
+#: Without a server-side reference (a restart since the page was served), the longest
+#: response time believed.
+MAX_RESPONSE_MS = 24 * 3600 * 1000
 MAX_BODY_BYTES = 1024
 SESSION_COOKIE = "medlossy_reader"
 RETRY_AFTER_S = 2
@@ -77,9 +94,10 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
+    # connect-src: the viewer fetches its pair's stack from this server, nothing else.
     "Content-Security-Policy": ("default-src 'none'; img-src 'self'; style-src 'self'; "
-                                "script-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-                                "base-uri 'none'"),
+                                "script-src 'self'; connect-src 'self'; form-action 'self'; "
+                                "frame-ancestors 'none'; base-uri 'none'"),
 }
 _RAW_HEADERS = tuple((name.lower().encode(), value.encode())
                      for name, value in _SECURITY_HEADERS.items())
@@ -121,7 +139,8 @@ def public_base(public_url: str | None) -> tuple[str, str | None]:
 
 
 def _page(title: str, body: str, base: str, *, script: bool = False) -> str:
-    tail = f'<script src="{base}/static/rater.js"></script>' if script else ""
+    tail = (f'<script src="{base}/static/rater.js"></script>'
+            f'<script src="{base}/static/viewer.js"></script>') if script else ""
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             "<meta name=\"referrer\" content=\"same-origin\">"
@@ -136,7 +155,12 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
     study = Path(study)
     pairs = load_pairs(study)
     pair_ids = sorted(pair["id"] for pair in pairs)
-    images = {pair["id"]: study / "images" / f"{pair['id']}.png" for pair in pairs}
+    files = {".png": {pair["id"]: study / "images" / f"{pair['id']}.png" for pair in pairs},
+             ".bin": {pair["id"]: study / "stacks" / f"{pair['id']}.bin" for pair in pairs}}
+    images = files[".png"]
+    # Studies made before stacks existed show the composite PNG only.
+    viewer = all(path.is_file() for path in files[".bin"].values())
+    first_shown: dict[tuple[int, str], float] = {}
     database.setup(pair_ids, raters=0)
     base, origin = public_base(public_url)
     secure = (public_url or "").startswith("https:")
@@ -160,9 +184,7 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
 
     def order_of(rater: Rater) -> list[str]:
         if rater.id not in orders:
-            order = list(pair_ids)
-            random.Random(rater.order_seed).shuffle(order)
-            orders[rater.id] = order
+            orders[rater.id] = presentation_order(pair_ids, rater.order_seed)
         return orders[rater.id]
 
     # The helpers below touch SQLite: each handler runs them in one worker thread (``db``).
@@ -218,10 +240,12 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
 
     @app.get("/static/{name}")
     async def static(name: str) -> Response:
-        files = {"rater.css": (CSS, "text/css"), "rater.js": (JS, "text/javascript")}
-        if name not in files:
+        assets = {"rater.css": (CSS + VIEWER_CSS, "text/css"),
+                  "rater.js": (JS, "text/javascript"),
+                  "viewer.js": (VIEWER_JS, "text/javascript")}
+        if name not in assets:
             raise _Refused(404, "Not here.")
-        text, media_type = files[name]
+        text, media_type = assets[name]
         return Response(text, media_type=media_type)
 
     @app.get("/favicon.ico")
@@ -270,18 +294,35 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
         visit, number, answers = await db(work)
         order = order_of(visit.rater)
         pair_id = order[number - 1]
+        first_shown.setdefault((visit.rater.id, pair_id), time.monotonic())
         return HTMLResponse(_rating_page(base + visit.root, form_token(visit.credential),
                                          pair_id, number, len(order), len(answers),
-                                         answers.get(pair_id), base))
+                                         answers.get(pair_id), base, viewer=viewer))
 
-    async def image(resolve: Callable[[], _Visit], name: str) -> Response:
+    async def pair_file(resolve: Callable[[], _Visit], name: str, suffix: str) -> Response:
+        """A pair's composite PNG or its stack: the file's bytes, nothing per file added."""
         def work() -> bytes:
             resolve()
-            pair_id = name.removesuffix(".png")
-            if not name.endswith(".png") or not _PAIR.match(pair_id) or pair_id not in images:
+            pair_id = name.removesuffix(suffix)
+            if not name.endswith(suffix) or not _PAIR.match(pair_id) or \
+                    pair_id not in files[suffix]:
                 raise _Refused(404, "No such image.")
-            return images[pair_id].read_bytes()
-        return Response(await db(work), media_type="image/png")
+            try:
+                return files[suffix][pair_id].read_bytes()
+            except FileNotFoundError:
+                raise _Refused(404, "No such image.") from None
+        media_type = "image/png" if suffix == ".png" else "application/octet-stream"
+        return Response(await db(work), media_type=media_type)
+
+    def response_time(rater_id: int, pair_id: str, reported: str) -> int | None:
+        """The page's measure when the server's clock allows it, else the server's own."""
+        shown = first_shown.pop((rater_id, pair_id), None)
+        served_ms = None if shown is None else round((time.monotonic() - shown) * 1000)
+        browser_ms = int(reported) if reported else None
+        limit = MAX_RESPONSE_MS if served_ms is None else served_ms + CLOCK_SLACK_MS
+        if browser_ms is not None and browser_ms <= limit:
+            return browser_ms
+        return served_ms
 
     async def answer(resolve: Callable[[], _Visit], request: Request) -> Response:
         visit = await db(resolve)
@@ -290,15 +331,19 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
         if not tokens_equal(fields.get("form_token", ""), form_token(visit.credential)):
             raise _Refused(403, "This form has expired or did not come from the study's page; "
                                 "reload the page and answer again.")
-        if set(fields) != _FIELDS:
+        if not _REQUIRED <= set(fields) <= _FIELDS:
             raise _Refused(400, f"Expected the fields {sorted(_FIELDS)}.")
+        elapsed = fields.get("elapsed_ms", "")
+        if elapsed and not _POSITION.match(elapsed):
+            raise _Refused(400, "Bad response time.")
         pair_id, value = fields["pair"], fields["answer"]
         if value not in ANSWERS:
             raise _Refused(400, f"The answer must be one of {', '.join(ANSWERS)}.")
         number = position_of(fields["position"], visit.rater, 400)
         if not _PAIR.match(pair_id) or pair_id not in images:
             raise _Refused(404, "No such pair.")
-        await committer.record(visit.rater.id, pair_id, value)
+        await committer.record(visit.rater.id, pair_id, value,
+                               response_time(visit.rater.id, pair_id, elapsed))
         following = await db(next_position, visit.rater, number)
         return redirect(f"{visit.root}/done" if following is None
                         else f"{visit.root}/p/{following}")
@@ -327,13 +372,13 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
     async def show_by_cookie(position: str, request: Request) -> HTMLResponse:
         return await show(by_cookie(request), position)
 
-    @app.get("/r/{token}/img/{name}")
-    async def image_by_link(token: str, name: str) -> Response:
-        return await image(by_link(token), name)
+    @app.get("/r/{token}/{kind}/{name}")
+    async def file_by_link(token: str, kind: str, name: str) -> Response:
+        return await pair_file(by_link(token), name, _suffix(kind))
 
-    @app.get("/s/img/{name}")
-    async def image_by_cookie(name: str, request: Request) -> Response:
-        return await image(by_cookie(request), name)
+    @app.get("/s/{kind}/{name}")
+    async def file_by_cookie(kind: str, name: str, request: Request) -> Response:
+        return await pair_file(by_cookie(request), name, _suffix(kind))
 
     @app.post("/r/{token}/answer")
     async def answer_by_link(token: str, request: Request) -> Response:
@@ -374,19 +419,28 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
         key = await db(load_key, study)
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["rater", "pair", "answer", "answered_at", "revisions", "dataset",
+        writer.writerow(["rater", "pair", "answer", "answered_at", "response_ms", "revisions",
+                         "dataset",
                          "case", "channel", "slice", "left_ratio", "right_ratio",
                          "less_compressed"])
         for row in await db(database.all_answers):
             entry = key[row["pair"]]
             writer.writerow([row["rater"], row["pair"], row["answer"], row["answered_at"],
-                             row["revisions"], entry["dataset"], entry["case"],
+                             row["response_ms"], row["revisions"], entry["dataset"], entry["case"],
                              entry["channel"], entry["slice"], entry["left"]["ratio"],
                              entry["right"]["ratio"], entry["less_compressed"]])
         return Response(buffer.getvalue(), media_type="text/csv",
                         headers={"Content-Disposition": "attachment; filename=answers.csv"})
 
     return app
+
+
+def _suffix(kind: str) -> str:
+    """The file suffix a pair-file route serves (``img`` -> .png, ``stack`` -> .bin)."""
+    for suffix, name in _FILES.items():
+        if name == kind:
+            return suffix
+    raise _Refused(404, "Not here.")
 
 
 class _SecurityHeaders:
@@ -463,28 +517,34 @@ def _button(value: str, label: str, *, chosen: bool) -> str:
 
 
 def _rating_page(root: str, form: str, pair_id: str, number: int, total: int,
-                 answered: int, current: str | None, base: str) -> str:
+                 answered: int, current: str | None, base: str, *, viewer: bool) -> str:
     """The rating page; ``root`` is the rater's full link prefix (``BASE/r/TOKEN`` or
-    ``BASE/s``)."""
+    ``BASE/s``). With ``viewer`` the page's script replaces the composite image by the
+    viewer on the pair's stack."""
     buttons = "".join(_button(value, label, chosen=value == current)
                       for value, label in _LABELS.items())
     previous = (f"<a href=\"{root}/p/{number - 1}\">&larr; previous</a>" if number > 1
                 else "<span></span>")
     following = (f"<a href=\"{root}/p/{number + 1}\">next &rarr;</a>" if number < total
                  else "<span></span>")
+    stack = f" data-stack=\"{root}/stack/{pair_id}.bin\"" if viewer else ""
+    # Hidden by the viewer's script before the first layout, the composite is then mostly
+    # not fetched at all (lazy images are fetched when laid out visible).
+    lazy = " loading=\"lazy\"" if viewer else ""
     body = (
         "<header><span class=\"title\">Reader study</span>"
         f"<span class=\"progress\" id=\"progress\">{number} / {total}</span>"
         f"<span class=\"answered\">{answered} answered</span></header>"
         "<main class=\"rating\">"
         "<p class=\"question\">Which image shows the anatomy with better quality?</p>"
-        f"<figure><img id=\"pair\" src=\"{root}/img/{pair_id}.png\" "
+        f"<figure id=\"figure\"{stack}><img id=\"pair\"{lazy} src=\"{root}/img/{pair_id}.png\" "
         "alt=\"two versions of one CT or MR slice, side by side\">"
         "<figcaption><span>left</span><span>right</span></figcaption></figure>"
         f"<form method=\"post\" action=\"{root}/answer\" id=\"answer-form\">"
         f"<input type=\"hidden\" name=\"pair\" value=\"{pair_id}\">"
         f"<input type=\"hidden\" name=\"position\" value=\"{number}\">"
         f"<input type=\"hidden\" name=\"form_token\" value=\"{html.escape(form)}\">"
+        "<input type=\"hidden\" name=\"elapsed_ms\" value=\"\" id=\"elapsed\">"
         f"<div class=\"buttons\">{buttons}</div></form>"
         f"<nav>{previous}<span class=\"hint\">You can stop at any time: your link brings you "
         f"back where you left off.</span>{following}</nav></main>")

@@ -1,5 +1,6 @@
 """The rating page's stylesheet and script, served from /static/ (the page's CSP allows no
-inline code). Kept as strings so that the package needs no data files."""
+inline code). Kept as strings so that the package needs no data files. The image viewer's
+script and rules are in ``viewer``."""
 
 CSS = """
 :root { color-scheme: dark; }
@@ -46,11 +47,25 @@ JS = """
   var keys = { "1": "left", "ArrowLeft": "left", "2": "undecided", "ArrowDown": "undecided",
                " ": "undecided", "3": "right", "ArrowRight": "right" };
   var sent = false;
+  var image = document.getElementById("pair");
+  var markImage = function () { performance.mark("medlossy-image-shown"); };
+  if (image.complete) { markImage(); } else { image.addEventListener("load", markImage); }
+  // Response time: from the first view (the viewer's first frame, else the image loaded)
+  // to the answer; the server checks it against its own clock.
+  var firstView = function () {
+    var marks = performance.getEntriesByName("medlossy-shown", "mark");
+    if (!marks.length) { marks = performance.getEntriesByName("medlossy-image-shown", "mark"); }
+    return marks.length ? marks[0].startTime : 0;
+  };
   form.addEventListener("submit", function (event) {
     if (sent) { event.preventDefault(); } sent = true;
+    document.getElementById("elapsed").value =
+      String(Math.max(0, Math.round(performance.now() - firstView())));
   });
   document.addEventListener("keydown", function (event) {
-    if (event.altKey || event.ctrlKey || event.metaKey || event.repeat || sent) { return; }
+    // Shift + arrows belong to the viewer (window width / level).
+    if (event.altKey || event.ctrlKey || event.metaKey || event.shiftKey || event.repeat ||
+        sent) { return; }
     var value = keys[event.key];
     if (!value) { return; }
     event.preventDefault();

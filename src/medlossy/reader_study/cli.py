@@ -67,7 +67,7 @@ def make(arguments: argparse.Namespace) -> None:
 
     settings = PairSettings(ratios=arguments.ratios, per_pair=arguments.per_pair,
                             window=parse_window(arguments.window), seed=arguments.seed,
-                            max_images=arguments.max_images)
+                            max_images=arguments.max_images, stack=arguments.stack)
     study = make_pairs(arguments.input, arguments.out, settings, stores=arguments.stores,
                        workers=arguments.workers, show_progress=not arguments.quiet)
     if not arguments.quiet:
@@ -83,7 +83,7 @@ def serve(arguments: argparse.Namespace) -> None:
 
     from medlossy.reader_study.app import create_app, public_base
     from medlossy.reader_study.db import Database
-    from medlossy.reader_study.pairs import load_pairs
+    from medlossy.reader_study.pairs import load_pairs, study_seed
     from medlossy.reader_study.server import deadline_protocol
 
     if arguments.raters < 1:
@@ -92,7 +92,7 @@ def serve(arguments: argparse.Namespace) -> None:
     public_base(arguments.public_url)  # a bad URL is refused before anything is created
     database = Database(_database_url(arguments))
     issued = database.setup([pair["id"] for pair in load_pairs(arguments.study)],
-                            arguments.raters)
+                            arguments.raters, study_seed=study_seed(arguments.study))
     app = create_app(arguments.study, database, public_url=arguments.public_url,
                      session_cookie=arguments.session_cookie)
     base = _base(arguments)
@@ -181,9 +181,15 @@ def add_reader_parser(subparsers) -> None:
     make_parser.add_argument("--per-pair", type=int, default=10,
                              help="slices per ratio pair per dataset (default: 10)")
     make_parser.add_argument("--window", default="abdomen",
-                             help="CT window: abdomen, liver, brain, lung, auto or WIDTH/LEVEL "
-                                  "(default: abdomen); MR always uses auto")
-    make_parser.add_argument("--seed", type=int, default=0, help="random seed")
+                             help="CT window shown first: abdomen, soft-tissue, liver, brain, "
+                                  "lung, bone, auto or WIDTH/LEVEL (default: abdomen); MR "
+                                  "always uses auto")
+    make_parser.add_argument("--seed", type=int, default=0,
+                             help="random seed of the pairs and of each rater's order "
+                                  "(default: 0)")
+    make_parser.add_argument("--stack", type=int, default=2,
+                             help="slices on each side of a pair's slice that raters can "
+                                  "scroll through (0 to 10; default: 2)")
     make_parser.add_argument("--stores", default=None,
                              help="reuse stores of an earlier run (e.g. a study output folder)")
     make_parser.add_argument("--max-images", type=int, default=None,

@@ -1,6 +1,6 @@
 """Answers from many raters committed together, off the event loop (group commit).
 
-Data flow: a request handler awaits ``Committer.record(rater, pair, answer)`` -> the answer
+Data flow: a request handler awaits ``Committer.record(rater, pair, answer, ms)`` -> the answer
 joins the pending batch -> one worker thread writes the whole batch in one transaction
 (``Database.record_many``: one fsync for all of them) -> every waiting request is released
 with the outcome. A request is acknowledged only after its answer's transaction committed,
@@ -29,14 +29,15 @@ class Committer:
 
     def __init__(self, database: Database) -> None:
         self.database = database
-        self._pending: list[tuple[tuple[int, str, str], asyncio.Future]] = []
+        self._pending: list[tuple[tuple[int, str, str, int | None], asyncio.Future]] = []
         self._worker: asyncio.Task | None = None
         self._limiter = anyio.CapacityLimiter(1)  # one writer thread: SQLite has one writer
 
-    async def record(self, rater_id: int, pair_id: str, answer: str) -> None:
+    async def record(self, rater_id: int, pair_id: str, answer: str,
+                     response_ms: int | None = None) -> None:
         """Return once the answer is committed; raise ``DatabaseBusy`` if it was not."""
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(((rater_id, pair_id, answer), future))
+        self._pending.append(((rater_id, pair_id, answer, response_ms), future))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
         await asyncio.shield(future)  # a client that hangs up does not cancel the others
@@ -55,7 +56,7 @@ class Committer:
             self._settle(batch, outcomes)
 
     @staticmethod
-    def _settle(batch: list[tuple[tuple[int, str, str], asyncio.Future]],
+    def _settle(batch: list[tuple[tuple[int, str, str, int | None], asyncio.Future]],
                 outcomes: list[BaseException | None]) -> None:
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if future.done():
@@ -65,7 +66,7 @@ class Committer:
             else:
                 future.set_exception(outcome)
 
-    def _write(self, items: list[tuple[int, str, str]]) -> list[BaseException | None]:
+    def _write(self, items: list[tuple[int, str, str, int | None]]) -> list[BaseException | None]:
         """Commit ``items`` together; the outcome of each (None: committed)."""
         try:
             self.database.record_many(items)

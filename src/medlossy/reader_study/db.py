@@ -30,6 +30,7 @@ import datetime as _dt
 import hashlib
 import hmac
 import os
+import random
 import secrets
 import sqlite3
 import threading
@@ -81,6 +82,7 @@ CREATE TABLE IF NOT EXISTS answers (
     answer TEXT NOT NULL CHECK (answer IN ('left', 'right', 'undecided')),
     answered_at TEXT NOT NULL,
     revisions INTEGER NOT NULL DEFAULT 0,
+    response_ms INTEGER,
     PRIMARY KEY (rater_id, pair_id)
 );
 CREATE TABLE IF NOT EXISTS answer_log (
@@ -88,7 +90,8 @@ CREATE TABLE IF NOT EXISTS answer_log (
     rater_id INTEGER NOT NULL REFERENCES raters (id),
     pair_id TEXT NOT NULL REFERENCES pairs (id),
     answer TEXT NOT NULL,
-    answered_at TEXT NOT NULL
+    answered_at TEXT NOT NULL,
+    response_ms INTEGER
 );
 """
 class DatabaseBusy(MedlossyError):
@@ -125,6 +128,19 @@ def form_token(credential: str) -> str:
     mac = hmac.new(credential.encode("utf-8", "surrogatepass"), b"medlossy reader form",
                    hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+
+def order_seed(study_seed: int, name: str) -> int:
+    """A rater's order seed from the study's seed and the rater's name (63 bits)."""
+    digest = hashlib.sha256(f"medlossy reader order {study_seed} {name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def presentation_order(pair_ids: Iterable[str], seed: int) -> list[str]:
+    """A rater's order of the pairs: the sorted ids shuffled by ``random.Random(seed)``."""
+    order = sorted(pair_ids)
+    random.Random(seed).shuffle(order)
+    return order
 
 
 def tokens_equal(given: str, expected: str) -> bool:
@@ -215,6 +231,15 @@ class Database:
         """Bring a database of an earlier version up to date."""
         self._add_last_seen()
         self._drop_plain_tokens()
+        self._add_response_time()
+
+    def _add_response_time(self) -> None:
+        """Answers given before response times were kept have none (NULL)."""
+        for table in ("answers", "answer_log"):
+            columns = {row[1] for row in self._query(f"PRAGMA table_info({table})")}
+            if "response_ms" not in columns:
+                with self._transaction() as connection:
+                    connection.execute(f"ALTER TABLE {table} ADD COLUMN response_ms INTEGER")
 
     def _add_last_seen(self) -> None:
         """Sessions made before they could end get their opening time as their last use."""
@@ -271,11 +296,14 @@ class Database:
 
     # Set-up ---------------------------------------------------------------------------------
 
-    def setup(self, pair_ids: Iterable[str], raters: int) -> dict[str, str]:
+    def setup(self, pair_ids: Iterable[str], raters: int, *,
+              study_seed: int | None = None) -> dict[str, str]:
         """Register the pair set (once) and make sure there are ``raters`` raters and an admin.
 
-        Returns the private token of every rater (and admin) created now, by name: the only
-        time it exists in the clear. A database already holding another pair set is refused:
+        A new rater's order seed is ``order_seed(study_seed, name)``, so their order can be
+        rebuilt from the study file (random when ``study_seed`` is None). Returns the private
+        token of every rater (and admin) created now, by name: the only time it exists in the
+        clear. A database already holding another pair set is refused:
         its answers would not match.
         """
         pair_ids = sorted(set(pair_ids))
@@ -290,18 +318,23 @@ class Database:
             count = connection.execute(
                 "SELECT COUNT(*) FROM raters WHERE role = 'rater'").fetchone()[0]
             for number in range(count + 1, raters + 1):
-                issued[f"rater{number}"] = self._add(connection, f"rater{number}", "rater")
+                name = f"rater{number}"
+                issued[name] = self._add(connection, name, "rater",
+                                         None if study_seed is None else
+                                         order_seed(study_seed, name))
             if not connection.execute("SELECT 1 FROM raters WHERE role = 'admin'").fetchall():
                 issued["admin"] = self._add(connection, "admin", "admin")
         return issued
 
     @staticmethod
-    def _add(connection: sqlite3.Connection, name: str, role: str) -> str:
+    def _add(connection: sqlite3.Connection, name: str, role: str,
+             seed: int | None = None) -> str:
         token = new_token()
         connection.execute(
             "INSERT INTO raters (name, role, token_sha256, order_seed, created_at) "
             "VALUES (?, ?, ?, ?, ?)",
-            (name, role, _digest(token), secrets.randbits(63), _now()))
+            (name, role, _digest(token), secrets.randbits(63) if seed is None else seed,
+             _now()))
         return token
 
     def reissue(self, name: str) -> str:
@@ -378,10 +411,11 @@ class Database:
     def all_answers(self) -> list[dict]:
         """Every current answer with the rater's name, oldest first."""
         rows = self._query(
-            "SELECT r.name, a.pair_id, a.answer, a.answered_at, a.revisions FROM answers a "
-            "JOIN raters r ON r.id = a.rater_id ORDER BY a.answered_at, r.name, a.pair_id")
-        return [dict(zip(("rater", "pair", "answer", "answered_at", "revisions"), row,
-                         strict=True)) for row in rows]
+            "SELECT r.name, a.pair_id, a.answer, a.answered_at, a.response_ms, a.revisions "
+            "FROM answers a JOIN raters r ON r.id = a.rater_id "
+            "ORDER BY a.answered_at, r.name, a.pair_id")
+        return [dict(zip(("rater", "pair", "answer", "answered_at", "response_ms",
+                          "revisions"), row, strict=True)) for row in rows]
 
     def progress(self) -> list[tuple[Rater, int, str | None]]:
         """(rater, answers given, time of the last one) per rater."""
@@ -411,24 +445,27 @@ class Database:
                                (_digest(session), rater_id, _stamp(now), _stamp(now)))
         return session
 
-    def record(self, rater_id: int, pair_id: str, answer: str) -> None:
+    def record(self, rater_id: int, pair_id: str, answer: str,
+               response_ms: int | None = None) -> None:
         """Store (or replace) a rater's answer for a pair, atomically."""
-        self.record_many([(rater_id, pair_id, answer)])
+        self.record_many([(rater_id, pair_id, answer, response_ms)])
 
-    def record_many(self, answers: list[tuple[int, str, str]]) -> None:
-        """Store several (rater id, pair id, answer) in one transaction: all or none."""
-        for _, _, answer in answers:
+    def record_many(self, answers: list[tuple[int, str, str, int | None]]) -> None:
+        """Store several (rater id, pair id, answer, response time in ms or None) in one
+        transaction: all or none."""
+        for _, _, answer, _ in answers:
             if answer not in ANSWERS:
                 raise ValueError(f"answer must be one of {ANSWERS}, got {answer!r}")
         now = _now()
         with self._transaction() as connection:
-            for rater_id, pair_id, answer in answers:
+            for rater_id, pair_id, answer, response_ms in answers:
                 connection.execute(
-                    "INSERT INTO answers (rater_id, pair_id, answer, answered_at) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (rater_id, pair_id) DO UPDATE SET "
+                    "INSERT INTO answers (rater_id, pair_id, answer, answered_at, response_ms) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (rater_id, pair_id) DO UPDATE SET "
                     "answer = excluded.answer, answered_at = excluded.answered_at, "
-                    "revisions = answers.revisions + 1",
-                    (rater_id, pair_id, answer, now))
+                    "response_ms = excluded.response_ms, revisions = answers.revisions + 1",
+                    (rater_id, pair_id, answer, now, response_ms))
                 connection.execute(
-                    "INSERT INTO answer_log (rater_id, pair_id, answer, answered_at) "
-                    "VALUES (?, ?, ?, ?)", (rater_id, pair_id, answer, now))
+                    "INSERT INTO answer_log (rater_id, pair_id, answer, answered_at, "
+                    "response_ms) VALUES (?, ?, ?, ?, ?)",
+                    (rater_id, pair_id, answer, now, response_ms))

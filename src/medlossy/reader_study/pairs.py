@@ -16,7 +16,9 @@ Layout of the study folder::
     key.json          which side holds which ratio, per pair: server side only (mode 0600)
     images/<id>.png   one composite per pair, 8-bit grey, stored PNG (no zlib compression,
                       so every image of a given size has exactly the same byte count), no
-                      metadata chunks
+                      metadata chunks: what a browser without script shows
+    stacks/<id>.bin   the pair's slice and ``stack`` slices on each side, both sides as
+                      16-bit values for the viewer (``stacks``); size set by the shape alone
     stores/<dataset>/r<ratio>/<case>_<channel>.zarr   the compressed volumes
 """
 
@@ -43,6 +45,7 @@ from medlossy.errors import MedlossyError
 from medlossy.io import read_volume
 from medlossy.jsonfile import read_json
 from medlossy.outputs import check_only
+from medlossy.reader_study.stacks import sixteen_bit, stack_range, viewer_windows, write_stack
 from medlossy.reader_study.windows import Window
 from medlossy.store import SliceStore
 from medlossy.terminal import progress_bar
@@ -59,6 +62,9 @@ CT_TISSUE_HU = -500.0
 #: MR tissue: above this fraction of the volume's 99th percentile.
 MR_TISSUE_FRACTION = 0.10
 SIDES = ("left", "right")
+#: Most slices on each side of the chosen one a stack may hold (a 512 x 512 stack of 21
+#: slices is 22 MB per pair).
+MAX_STACK = 10
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,8 @@ class PairSettings:
     window: Window
     seed: int = 0
     max_images: int | None = None
+    #: Slices on each side of the chosen one that the viewer can scroll to.
+    stack: int = 2
 
     def __post_init__(self) -> None:
         ratios = tuple(sorted({float(r) for r in self.ratios}))
@@ -80,6 +88,8 @@ class PairSettings:
         object.__setattr__(self, "ratios", ratios)
         if self.per_pair < 1:
             raise MedlossyError(None, f"--per-pair must be at least 1, got {self.per_pair}")
+        if not 0 <= self.stack <= MAX_STACK:
+            raise MedlossyError(None, f"--stack must be 0 to {MAX_STACK}, got {self.stack}")
         if self.max_images is not None and self.max_images < 1:
             raise MedlossyError(None, f"--max-images must be at least 1, got {self.max_images}")
 
@@ -289,8 +299,10 @@ def make_pairs(inputs: str | os.PathLike[str], out: str | os.PathLike[str],
         raise MedlossyError(out / "pairs.json", "a pair set is already here; answers may refer "
                                                 "to it, so make the new one in another folder")
     # What a killed earlier run left is resumed; anything else is the user's: never replaced.
-    check_only(out, ("stores", "images", "key.json", "study.json"), "a reader study folder")
+    check_only(out, ("stores", "images", "stacks", "key.json", "study.json"),
+               "a reader study folder")
     check_only(out / "images", re.compile(r"[0-9a-f]{32}\.png"), "a reader study's images")
+    check_only(out / "stacks", re.compile(r"[0-9a-f]{32}\.bin"), "a reader study's stacks")
     datasets = find_datasets(inputs)
     rng = np.random.default_rng(settings.seed)
     draws = _draw(datasets, settings, rng)
@@ -312,39 +324,20 @@ def make_pairs(inputs: str | os.PathLike[str], out: str | os.PathLike[str],
     draws_by_image = defaultdict(list)
     for pair_id, draw in zip(ids, draws, strict=True):
         draws_by_image[draw.image.path].append((pair_id, draw))
-    with atomic_output(out / "images") as folder:
+    with atomic_output(out / "images") as folder, atomic_output(out / "stacks") as stacks:
         folder.mkdir()
+        stacks.mkdir()
         for path, image_draws in progress_bar(draws_by_image.items(),
                                               desc="reader study pairs", unit="image",
                                               show=show_progress):
-            dataset, image = by_path[path]
-            volume = read_volume(path, image.modality, lazy=True)
-            orient = display_orientation(volume.affine, volume.axial_axis)
-            window = settings.window if image.modality == "CT" else Window("auto")
+            volume = read_volume(path, by_path[path][1].modality, lazy=True)
+            image_stores = {ratio: opened[path, ratio] for ratio in settings.ratios
+                            if (path, ratio) in opened}
             for pair_id, draw in image_draws:
-                original = np.asarray(volume.array[_axial_index(volume, draw.slice)],
-                                      dtype=np.float64)
-                bounds = window.bounds(original)
-                decoded = {ratio: _decode(opened[path, ratio], draw.slice)
-                           for ratio in (draw.low, draw.high)}
-                views = {ratio: orient(window.apply(values, bounds))
-                         for ratio, values in decoded.items()}
-                left_ratio, right_ratio = ((draw.low, draw.high) if draw.less_compressed ==
-                                           "left" else (draw.high, draw.low))
-                write_png(compose(views[left_ratio], views[right_ratio]),
-                          folder / f"{pair_id}.png")
-                key[pair_id] = {
-                    "dataset": dataset.name, "case": image.case, "channel": image.channel,
-                    "modality": image.modality, "slice": draw.slice,
-                    "left": _side(opened[path, left_ratio], left_ratio),
-                    "right": _side(opened[path, right_ratio], right_ratio),
-                    "less_compressed": draw.less_compressed,
-                    # Both stores decode to the same values (x2 stored losslessly because
-                    # lossless already beats x2): there is nothing to see.
-                    "identical": bool(np.array_equal(decoded[draw.low], decoded[draw.high])),
-                    "window": {"name": window.name, "low": bounds[0], "high": bounds[1]},
-                }
-    pairs = [{"id": pair_id, "image": f"images/{pair_id}.png"} for pair_id in ids]
+                key[pair_id] = _write_pair(volume, image_stores, draw, settings,
+                                           folder / pair_id, stacks / pair_id)
+    pairs = [{"id": pair_id, "image": f"images/{pair_id}.png",
+              "stack": f"stacks/{pair_id}.bin"} for pair_id in ids]
 
     study = {
         "format_version": FORMAT_VERSION,
@@ -356,12 +349,50 @@ def make_pairs(inputs: str | os.PathLike[str], out: str | os.PathLike[str],
         "window": settings.window.describe(),
         "seed": settings.seed,
         "max_images": settings.max_images,
+        "stack": settings.stack,
     }
     _write_json(out / "key.json", {"format_version": FORMAT_VERSION, "pairs": key},
                 private=True)
     _write_json(out / "study.json", study)
     _write_json(out / "pairs.json", {"format_version": FORMAT_VERSION, "pairs": pairs})
     return study
+
+
+def _write_pair(volume: Volume, stores: dict[float, SliceStore], draw: _Draw,
+                settings: PairSettings, image_stem: Path, stack_stem: Path) -> dict[str, Any]:
+    """Write one pair's composite PNG and stack file; returns its key entry."""
+    image = draw.image
+    orient = display_orientation(volume.affine, volume.axial_axis)
+    window = settings.window if image.modality == "CT" else Window("auto")
+    indices = stack_range(draw.slice, settings.stack, volume.shape[volume.axial_axis])
+    originals = np.stack([orient(np.asarray(volume.array[_axial_index(volume, index)],
+                                            dtype=np.float64)) for index in indices])
+    centre = indices.index(draw.slice)
+    original = originals[centre]
+    bounds = window.bounds(original)
+    decoded = {ratio: np.stack([orient(_decode(stores[ratio], index)) for index in indices])
+               for ratio in (draw.low, draw.high)}
+    left_ratio, right_ratio = ((draw.low, draw.high) if draw.less_compressed == "left"
+                               else (draw.high, draw.low))
+    write_png(compose(window.apply(decoded[left_ratio][centre], bounds),
+                      window.apply(decoded[right_ratio][centre], bounds)),
+              image_stem.with_suffix(".png"))
+    write_stack(stack_stem.with_suffix(".bin"), decoded[left_ratio], decoded[right_ratio],
+                centre, image.modality, sixteen_bit(originals),
+                viewer_windows(image.modality, settings.window, original))
+    return {
+        "dataset": draw.dataset.name, "case": image.case, "channel": image.channel,
+        "modality": image.modality, "slice": draw.slice,
+        "stack": [indices.start, indices.stop - 1],
+        "left": _side(stores[left_ratio], left_ratio),
+        "right": _side(stores[right_ratio], right_ratio),
+        "less_compressed": draw.less_compressed,
+        # Both stores decode to the same values (x2 stored losslessly because lossless
+        # already beats x2): there is nothing to see.
+        "identical": bool(np.array_equal(decoded[draw.low][centre],
+                                         decoded[draw.high][centre])),
+        "window": {"name": window.name, "low": bounds[0], "high": bounds[1]},
+    }
 
 
 def _axial_index(volume: Volume, index: int) -> tuple:
@@ -381,6 +412,13 @@ def load_pairs(study: str | os.PathLike[str]) -> list[dict[str, str]]:
     document = read_json(Path(study) / "pairs.json",
                          "missing: make the pairs first (medlossy reader make)")
     return document["pairs"]
+
+
+def study_seed(study: str | os.PathLike[str]) -> int:
+    """The seed ``reader make`` used, which also seeds every rater's order."""
+    document = read_json(Path(study) / "study.json",
+                         "missing: make the pairs first (medlossy reader make)")
+    return int(document.get("seed", 0))
 
 
 def load_key(study: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:

@@ -16,6 +16,8 @@ from medlossy.errors import MedlossyError
 #: Width / level in HU, as radiology departments commonly set them.
 PRESETS: dict[str, tuple[float, float]] = {
     "abdomen": (400.0, 40.0),
+    "soft-tissue": (400.0, 40.0),
+    "bone": (1800.0, 400.0),
     "liver": (150.0, 30.0),
     "brain": (80.0, 40.0),
     "lung": (1500.0, -600.0),
@@ -23,6 +25,9 @@ PRESETS: dict[str, tuple[float, float]] = {
 _CUSTOM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[/,:]\s*(-?\d+(?:\.\d+)?)\s*$")
 #: MR has no absolute intensity scale: its window spans these percentiles of the original slice.
 AUTO_PERCENTILES = (0.5, 99.5)
+#: The viewer's window presets, in the order of its buttons and keys 4-7.
+VIEWER_CT_PRESETS = ("soft-tissue", "lung", "bone", "brain")
+VIEWER_MR_PERCENTILES = ((0.5, 99.5), (1.0, 99.0), (2.0, 98.0), (5.0, 95.0))
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,8 @@ class Window:
 
 
 def parse_window(text: str) -> Window:
-    """A preset name (abdomen, liver, brain, lung), ``auto``, or a custom ``W/L`` such as 350/50.
+    """A preset name (abdomen, soft-tissue, liver, brain, lung, bone), ``auto``, or a custom
+    ``W/L`` such as 350/50.
 
     >>> parse_window("400/40")
     Window(name='custom', width=400.0, level=40.0)

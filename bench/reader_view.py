@@ -1,0 +1,198 @@
+"""Reader viewer render times in headless Chromium, for 512 x 512 CT (issue 24, item 7).
+
+Data flow: a synthetic 512 x 512 x 16 CT (int16 HU: body, organs, bone, noise) as an
+nnU-Net raw dataset -> ``medlossy reader make`` (ratios 1 and 10, ``--stack 2``: five
+slices per side) -> the reader app on loopback (uvicorn in a thread, as ``reader serve``) ->
+Debian's chromium through Playwright opens each pair's page and plays a fixed script:
+wheel scrolling, window presets, zoom, pan drags, window (right-)drags, magnifier moves ->
+the page's own ``performance`` measures: ``medlossy-first-view`` (navigation start to the
+first frame drawn: page, stack fetch, parse, window, draw) and ``medlossy-render`` (input
+event to its frame drawn), per action. Medians, 95th percentiles and maxima on stdout (a
+Markdown table), everything in ``--out`` JSON with the machine and the load.
+
+    PYTHONPATH=src .venv/bin/python bench/reader_view.py [--pairs 6] [--out x.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def make_ct(dataset: Path, slices: int = 16, size: int = 512) -> None:
+    """A 512 x 512 CT with the structure windows care about (fat, organs, bone, air)."""
+    import nibabel as nib
+
+    (dataset / "imagesTr").mkdir(parents=True)
+    (dataset / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {"background": 0}, "numTraining": 1,
+        "file_ending": ".nii.gz"}))
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[0:slices, 0:size, 0:size].astype(np.float32)
+    centre = size / 2
+    body = ((x - centre) / 220) ** 2 + ((y - centre) / 170) ** 2 < 1
+    organ = ((x - centre + 80) / 70) ** 2 + ((y - centre + 20) / 55 + z / 40) ** 2 < 1
+    bone = ((x - centre) / 28) ** 2 + ((y - centre - 100) / 28) ** 2 < 1
+    lung = ((x - centre - 110) / 60) ** 2 + ((y - centre + 40) / 70) ** 2 < 1
+    values = np.full(x.shape, -1000.0, dtype=np.float32)
+    values[body] = -90 + 10 * np.sin(x[body] / 7)
+    values[organ & body] = 55
+    values[lung & body] = -800
+    values[bone] = 700 + 200 * np.cos(y[bone] / 5)
+    values += body * rng.normal(0, 12, values.shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(np.round(values).astype(np.int16).transpose(2, 1, 0),
+                             np.diag([-0.7, -0.7, 2.5, 1.0])),
+             dataset / "imagesTr" / "bench_001_0000.nii.gz")
+
+
+def start_app(study: Path, database):
+    """The app as ``reader serve`` runs it, on a free loopback port, in a thread."""
+    import socket
+
+    import uvicorn
+
+    from medlossy.reader_study.app import create_app
+    from medlossy.reader_study.server import deadline_protocol
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(study, database), host="127.0.0.1",
+                                           port=port, log_level="warning",
+                                           http=deadline_protocol(10.0)))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.02)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def _take(page, name: str = "medlossy-render") -> list[float]:
+    durations = page.evaluate("name => performance.getEntriesByName(name, 'measure')"
+                              ".map(entry => entry.duration)", name)
+    page.evaluate("name => performance.clearMeasures(name)", name)
+    return durations
+
+
+def _settle(page) -> None:
+    """Wait two animation frames, so that every requested frame has been drawn."""
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => "
+                  "requestAnimationFrame(done)))")
+
+
+def play(page, url: str) -> dict[str, list[float]]:
+    """Open one pair and play the script; the render times per action."""
+    times: dict[str, list[float]] = {}
+    page.goto(url)
+    page.wait_for_selector("#viewer[data-slice]")
+    times["first view"] = _take(page, "medlossy-first-view")
+    # Where the first view's time goes: the page itself, the stack's transfer.
+    times["first view: page received"] = [page.evaluate(
+        "performance.getEntriesByType('navigation')[0].responseEnd")]
+    times["first view: stack received"] = [page.evaluate(
+        "performance.getEntriesByType('resource').find(e => e.name.endsWith('.bin'))"
+        ".responseEnd")]
+    box = page.locator("#view-left").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    _take(page)
+
+    def action(name: str, steps) -> None:
+        for step in steps:
+            step()
+            _settle(page)
+        times[name] = _take(page)
+    action("scroll (wheel)", [lambda d=d: page.mouse.wheel(0, d) for d in (120,) * 2 +
+                              (-120,) * 4 + (120,) * 2])
+    action("scroll (keys)", [lambda k=k: page.keyboard.press(k) for k in
+                             ("PageDown", "PageUp", "j", "k")])
+    action("window preset", [lambda k=k: page.keyboard.press(k) for k in "56744"])
+    action("zoom", [lambda k=k: page.keyboard.press(k) for k in "++--+"])
+    action("pan (drag)", [page.mouse.down] + [lambda i=i: page.mouse.move(x + 8 * i, y + 5 * i)
+                                               for i in range(1, 9)] + [page.mouse.up])
+    action("window (right-drag)", [lambda: page.mouse.down(button="right")] +
+           [lambda i=i: page.mouse.move(x + 8 * i, y - 4 * i) for i in range(1, 9)] +
+           [lambda: page.mouse.up(button="right")])
+    page.keyboard.press("m")
+    _settle(page)
+    _take(page)
+    action("magnifier (move)", [lambda i=i: page.mouse.move(x - 6 * i, y - 6 * i)
+                                for i in range(1, 9)])
+    return times
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values)
+    return {"n": int(array.size), "median_ms": round(float(np.median(array)), 1),
+            "p95_ms": round(float(np.percentile(array, 95)), 1),
+            "max_ms": round(float(array.max()), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=6, help="pairs opened (default: 6)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results file")
+    arguments = parser.parse_args()
+    sys.path.insert(0, str(BENCH))
+    from _common import busy_cores, machine
+    from playwright.sync_api import sync_playwright
+
+    from medlossy.cli.main import main as cli_main
+    from medlossy.reader_study.db import Database
+    from medlossy.reader_study.pairs import load_pairs
+
+    scratch = Path(tempfile.mkdtemp(prefix="medlossy-reader-view-"))
+    try:
+        make_ct(scratch / "Dataset901_BenchCT")
+        code = cli_main(["reader", "make", str(scratch / "Dataset901_BenchCT"), "--out",
+                         str(scratch / "rs"), "--ratios", "1,10", "--per-pair",
+                         str(arguments.pairs), "--quiet", "--workers", "2"])
+        if code:
+            raise SystemExit(code)
+        study = scratch / "rs"
+        database = Database(f"sqlite:///{scratch / 'answers.sqlite'}")
+        token = database.setup([p["id"] for p in load_pairs(study)], 1)["rater1"]
+        busy = busy_cores()
+        server, base = start_app(study, database)
+        times: dict[str, list[float]] = {}
+        executable = shutil.which("chromium") or shutil.which("chromium-browser")
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, args=ARGS)
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            for position in range(1, arguments.pairs + 1):
+                for name, values in play(page, f"{base}/r/{token}/p/{position}").items():
+                    times.setdefault(name, []).extend(values)
+            browser.close()
+        server.should_exit = True
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    results = {"machine": machine(), "busy_cores_before": round(busy, 2),
+               "chromium": executable, "slice": [512, 512], "stack_slices": 5,
+               "viewport": [1600, 1000], "pairs": arguments.pairs,
+               "actions": {name: summary(values) for name, values in times.items()}}
+    print("| action | n | median ms | p95 ms | max ms |\n|---|---|---|---|---|")
+    for name, row in results["actions"].items():
+        print(f"| {name} | {row['n']} | {row['median_ms']} | {row['p95_ms']} | "
+              f"{row['max_ms']} |")
+    print(f"load average at start {results['machine']['load_average_at_start']}, busy cores "
+          f"before {results['busy_cores_before']}, nproc {results['machine']['nproc']}",
+          file=sys.stderr)
+    if arguments.out:
+        arguments.out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

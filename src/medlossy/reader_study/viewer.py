@@ -1,0 +1,391 @@
+"""The rating page's image viewer: windowing, zoom, pan, magnifier and scrolling, served
+as /static/viewer.js (and its rules appended to /static/rater.css).
+
+Data flow: the page's figure names the pair's stack (``data-stack``) -> the script fetches
+it once, reading it as it arrives (``stacks``: a header, then both sides' int16 values,
+nearest slices first, so the first frame is drawn once its two planes are in) -> per side
+and slice, the
+values go through a 65,536-entry lookup table of the current window into an RGBA bitmap
+(cached until the window changes) -> each frame draws both bitmaps with the same zoom, pan
+and magnifier, so the two sides are always in step. Nothing is pre-windowed: every grey
+level comes from the 16-bit values.
+
+Timing: ``performance`` measures named ``medlossy-first-view`` (navigation start to the
+first drawn frame) and ``medlossy-render`` (an input event to its frame drawn), read by the
+browser test and ``bench/reader_view.py``; the mark ``medlossy-shown`` (that first frame)
+starts the response time that ``assets.JS`` sends with the answer.
+
+Keys (the answer keys 1-3, arrows and space stay the rater's answers): wheel, PageUp /
+PageDown, j / k: slices; + / -: zoom; drag: pan; right-drag (or w, then drag): window;
+Shift + arrows: window width / level; 4-7: presets; 0: reset; m: magnifier.
+
+Kept apart from ``assets`` so that other viewing modes can be added beside it.
+"""
+
+VIEWER_CSS = """
+.viewer { display: flex; flex-direction: column; align-items: center; gap: 6px; }
+.viewer .panes { display: flex; gap: 12px; }
+.viewer canvas { background: #000; cursor: grab; touch-action: none; display: block; }
+.viewer.window-mode canvas { cursor: ns-resize; }
+.viewer .tools { display: flex; flex-wrap: wrap; gap: 6px; align-items: center;
+                 font-size: 13px; color: #aaa; }
+.viewer .tools button { font: inherit; color: #ddd; background: #2d2d2d; padding: 3px 9px;
+                        border: 1px solid #4a4a4a; border-radius: 5px; cursor: pointer; }
+.viewer .tools button.on { border-color: #6c9; }
+.viewer .readout { font-variant-numeric: tabular-nums; min-width: 300px; }
+figure[data-stack] img.replaced { display: none; }
+"""
+
+VIEWER_JS = r"""
+"use strict";
+(function () {
+  var figure = document.getElementById("figure");
+  if (!figure || !figure.dataset.stack || !window.fetch) { return; }
+  var image = document.getElementById("pair");
+  image.classList.add("replaced");
+  var CT_NAMES = ["soft tissue", "lung", "bone", "brain"];
+  var MR_NAMES = ["0.5-99.5 %", "1-99 %", "2-98 %", "5-95 %"];
+  var MAX_ZOOM = 8, MAGNIFY = 3, LENS = 80;
+
+  var HEADER = 128;
+
+  // The file holds the slices nearest the pair's own first (its own, then one step away on
+  // either side...), each as left then right: the first view needs only the first two
+  // planes, drawn while the rest is still arriving.
+  function parse(buffer) {
+    var view = new DataView(buffer), magic = "";
+    for (var i = 0; i < 8; i++) { magic += String.fromCharCode(view.getUint8(i)); }
+    if (magic !== "MLSTACK1") { throw new Error("not a stack"); }
+    var u = function (k) { return view.getUint32(8 + 4 * k, true); };
+    var d = function (k) { return view.getFloat64(32 + 8 * k, true); };
+    var stack = { slices: u(0), rows: u(1), columns: u(2), centre: u(3), ct: u(4) === 0,
+                  slope: d(0), intercept: d(1), windows: [], buffer: buffer, received: 0 };
+    for (var w = 0; w < 5; w++) { stack.windows.push([d(2 + 2 * w), d(3 + 2 * w)]); }
+    stack.plane = stack.rows * stack.columns;
+    var order = [];
+    for (var s = 0; s < stack.slices; s++) { order.push(s); }
+    order.sort(function (a, b) {
+      return Math.abs(a - stack.centre) - Math.abs(b - stack.centre) || a - b;
+    });
+    stack.rank = [];
+    order.forEach(function (slice, rank) { stack.rank[slice] = rank; });
+    stack.size = HEADER + 4 * stack.slices * stack.plane;
+    return stack;
+  }
+
+  function planeEnd(stack, slice, side) {
+    return HEADER + (2 * stack.rank[slice] + side + 1) * stack.plane * 2;
+  }
+
+  function codesOf(stack, slice, side) {
+    var end = planeEnd(stack, slice, side);
+    return new Int16Array(stack.buffer, end - stack.plane * 2, stack.plane);
+  }
+
+  function Viewer(stack) {
+    this.stack = stack;
+    this.names = stack.ct ? CT_NAMES : MR_NAMES;
+    this.cache = [{}, {}];
+    this.lens = null;
+    this.windowMode = false;
+    this.pending = null;
+    this.reset();
+    this.build();
+  }
+
+  Viewer.prototype.reset = function () {
+    this.slice = this.stack.centre;
+    this.zoom = 1; this.panX = 0; this.panY = 0;
+    this.setWindow(this.stack.windows[0][0], this.stack.windows[0][1], "study");
+  };
+
+  Viewer.prototype.setWindow = function (width, level, name) {
+    this.width = Math.max(width, this.stack.slope); this.level = level;
+    this.preset = name || "custom";
+    var lut = new Uint32Array(65536), low = level - this.width / 2;
+    var gain = 255 / this.width, slope = this.stack.slope, intercept = this.stack.intercept;
+    for (var code = -32768; code < 32768; code++) {
+      var grey = Math.round(((code * slope + intercept) - low) * gain);
+      grey = grey < 0 ? 0 : (grey > 255 ? 255 : grey);
+      lut[code + 32768] = 0xff000000 | (grey << 16) | (grey << 8) | grey;
+    }
+    this.lut = lut;
+    this.cache = [{}, {}];
+  };
+
+  Viewer.prototype.ready = function () {
+    return this.stack.received >= planeEnd(this.stack, this.slice, 1);
+  };
+
+  Viewer.prototype.bitmap = function (side) {
+    var cached = this.cache[side][this.slice];
+    if (cached) { return cached; }
+    var stack = this.stack, codes = codesOf(stack, this.slice, side), lut = this.lut;
+    var canvas = document.createElement("canvas");
+    canvas.width = stack.columns; canvas.height = stack.rows;
+    var context = canvas.getContext("2d");
+    var pixels = context.createImageData(stack.columns, stack.rows);
+    var out = new Uint32Array(pixels.data.buffer);
+    for (var i = 0; i < codes.length; i++) { out[i] = lut[codes[i] + 32768]; }
+    context.putImageData(pixels, 0, 0);
+    this.cache[side][this.slice] = canvas;
+    return canvas;
+  };
+
+  Viewer.prototype.build = function () {
+    var self = this, stack = this.stack;
+    var root = document.createElement("div");
+    root.className = "viewer"; root.id = "viewer";
+    var tools = document.createElement("div");
+    tools.className = "tools";
+    var add = function (label, title, action, id) {
+      var button = document.createElement("button");
+      button.type = "button"; button.textContent = label; button.title = title;
+      if (id) { button.id = id; }
+      button.addEventListener("click", function (event) {
+        action(); button.blur(); self.request(event.timeStamp);
+      });
+      tools.appendChild(button);
+      return button;
+    };
+    this.names.forEach(function (name, index) {
+      add(name, "window preset (key " + (index + 4) + ")", function () {
+        self.usePreset(index);
+      }, "preset-" + (index + 4));
+    });
+    add("\u2212", "zoom out (key -)", function () { self.zoomBy(0.5); }, "zoom-out");
+    add("+", "zoom in (key +)", function () { self.zoomBy(2); }, "zoom-in");
+    this.lensButton = add("magnifier", "magnifier (key m)", function () { self.toggleLens(); },
+                          "magnifier");
+    add("reset", "reset the view (key 0)", function () { self.reset(); }, "reset");
+    this.readout = document.createElement("span");
+    this.readout.className = "readout"; this.readout.id = "readout";
+    tools.appendChild(this.readout);
+    var panes = document.createElement("div");
+    panes.className = "panes";
+    var height = Math.min(window.innerHeight * 0.58, 600);
+    var width = Math.min((window.innerWidth * 0.94 - 12) / 2,
+                         height * stack.columns / stack.rows);
+    height = width * stack.rows / stack.columns;
+    var ratio = window.devicePixelRatio || 1;
+    this.canvases = ["left", "right"].map(function (side) {
+      var canvas = document.createElement("canvas");
+      canvas.id = "view-" + side;
+      canvas.style.width = width + "px"; canvas.style.height = height + "px";
+      canvas.width = Math.round(width * ratio); canvas.height = Math.round(height * ratio);
+      panes.appendChild(canvas);
+      return canvas;
+    });
+    this.scale = ratio;
+    root.appendChild(tools); root.appendChild(panes);
+    this.root = root;
+    figure.insertBefore(root, image);
+    this.listen();
+  };
+
+  Viewer.prototype.usePreset = function (index) {
+    var w = this.stack.windows[index + 1];
+    this.setWindow(w[0], w[1], this.names[index]);
+  };
+
+  Viewer.prototype.zoomBy = function (factor) {
+    this.zoom = Math.min(MAX_ZOOM, Math.max(1, this.zoom * factor));
+    if (this.zoom === 1) { this.panX = 0; this.panY = 0; }
+  };
+
+  Viewer.prototype.scroll = function (step) {
+    this.slice = Math.min(this.stack.slices - 1, Math.max(0, this.slice + step));
+  };
+
+  Viewer.prototype.toggleLens = function () {
+    this.lensOn = !this.lensOn;
+    this.lensButton.classList.toggle("on", this.lensOn);
+  };
+
+  // One frame per animation frame, whatever the number of events; "medlossy-render"
+  // measures from the (first) event that asked for it to the frame drawn.
+  Viewer.prototype.request = function (since) {
+    var self = this;
+    if (this.pending !== null) { return; }
+    this.pending = since;
+    window.requestAnimationFrame(function () {
+      var start = self.pending;
+      self.pending = null;
+      if (!self.draw()) { return; }
+      var now = performance.now();
+      if (!self.shown) {  // navigation start to the first frame drawn
+        self.shown = true;
+        performance.mark("medlossy-shown", { startTime: now });
+        performance.measure("medlossy-first-view", { start: 0, end: now });
+      } else {
+        performance.measure("medlossy-render", { start: start, end: now });
+      }
+    });
+  };
+
+  Viewer.prototype.fit = function () {
+    var canvas = this.canvases[0];
+    return Math.min(canvas.width / this.stack.columns, canvas.height / this.stack.rows);
+  };
+
+  Viewer.prototype.draw = function () {
+    var self = this, stack = this.stack, scale = this.fit() * this.zoom;
+    this.canvases.forEach(function (canvas, side) {
+      var context = canvas.getContext("2d");
+      context.setTransform(1, 0, 0, 1, 0, 0);
+      context.fillStyle = "#000";
+      context.fillRect(0, 0, canvas.width, canvas.height);
+      if (!self.ready()) { return; }  // drawn when its planes arrive (``arrived``)
+      var bitmap = self.bitmap(side);
+      context.imageSmoothingEnabled = scale < 1;
+      context.setTransform(scale, 0, 0, scale,
+                           canvas.width / 2 + self.panX * scale - stack.columns * scale / 2,
+                           canvas.height / 2 + self.panY * scale - stack.rows * scale / 2);
+      context.drawImage(bitmap, 0, 0);
+      if (self.lensOn && self.lens) { self.drawLens(context, bitmap, scale); }
+    });
+    if (!this.ready()) { return false; }
+    var root = this.root;
+    root.dataset.slice = this.slice; root.dataset.zoom = this.zoom;
+    root.dataset.width = this.width; root.dataset.level = this.level;
+    root.dataset.panX = this.panX; root.dataset.panY = this.panY;
+    root.dataset.preset = this.preset; root.dataset.magnifier = this.lensOn ? "on" : "off";
+    this.readout.textContent = "W " + Math.round(this.width) + " / L " +
+      Math.round(this.level) + " (" + this.preset + ") \u00b7 slice " + (this.slice + 1) +
+      " / " + stack.slices + " \u00b7 " + this.zoom + "x";
+    return true;
+  };
+
+  // More of the stack arrived: draw if the slice shown was waiting for it; the first frame
+  // drawn is the first view.
+  Viewer.prototype.arrived = function (received) {
+    var waiting = !this.ready();
+    this.stack.received = received;
+    if (waiting && this.ready()) { this.request(this.shown ? performance.now() : 0); }
+  };
+
+  Viewer.prototype.drawLens = function (context, bitmap, scale) {
+    var x = this.lens[0] * this.scale, y = this.lens[1] * this.scale, r = LENS * this.scale;
+    // The image point under the pointer stays put; around it, MAGNIFY times larger.
+    var canvas = context.canvas, big = scale * MAGNIFY;
+    var originX = canvas.width / 2 + this.panX * scale - this.stack.columns * scale / 2;
+    var originY = canvas.height / 2 + this.panY * scale - this.stack.rows * scale / 2;
+    var u = (x - originX) / scale, v = (y - originY) / scale;
+    context.save();
+    context.setTransform(1, 0, 0, 1, 0, 0);
+    context.beginPath(); context.arc(x, y, r, 0, 2 * Math.PI); context.clip();
+    context.fillStyle = "#000"; context.fillRect(x - r, y - r, 2 * r, 2 * r);
+    context.imageSmoothingEnabled = false;
+    context.setTransform(big, 0, 0, big, x - u * big, y - v * big);
+    context.drawImage(bitmap, 0, 0);
+    context.restore();
+    context.strokeStyle = "#6c9"; context.lineWidth = this.scale;
+    context.beginPath(); context.arc(x, y, r, 0, 2 * Math.PI); context.stroke();
+  };
+
+  Viewer.prototype.listen = function () {
+    var self = this, drag = null;
+    this.canvases.forEach(function (canvas) {
+      canvas.addEventListener("wheel", function (event) {
+        event.preventDefault();
+        if (event.ctrlKey) { self.zoomBy(event.deltaY < 0 ? 2 : 0.5); }
+        else { self.scroll(event.deltaY > 0 ? 1 : -1); }
+        self.request(event.timeStamp);
+      }, { passive: false });
+      canvas.addEventListener("contextmenu", function (event) { event.preventDefault(); });
+      canvas.addEventListener("pointerdown", function (event) {
+        canvas.setPointerCapture(event.pointerId);
+        drag = { x: event.clientX, y: event.clientY, panX: self.panX, panY: self.panY,
+                 width: self.width, level: self.level,
+                 window: event.button === 2 || self.windowMode };
+      });
+      canvas.addEventListener("pointermove", function (event) {
+        var box = canvas.getBoundingClientRect();
+        self.lens = [event.clientX - box.left, event.clientY - box.top];
+        if (drag) {
+          var dx = event.clientX - drag.x, dy = event.clientY - drag.y;
+          if (drag.window) {  // horizontal: width; vertical: level (down = darker)
+            var step = Math.max(drag.width, self.stack.slope * 256) / 256;
+            self.setWindow(Math.max(drag.width + dx * step, self.stack.slope),
+                           drag.level + dy * step);
+          } else {
+            var scale = self.fit() * self.zoom / self.scale;
+            self.panX = drag.panX + dx / scale; self.panY = drag.panY + dy / scale;
+          }
+        }
+        if (drag || self.lensOn) { self.request(event.timeStamp); }
+      });
+      var end = function () { drag = null; };
+      canvas.addEventListener("pointerup", end);
+      canvas.addEventListener("pointercancel", end);
+      canvas.addEventListener("pointerleave", function (event) {
+        self.lens = null;
+        if (self.lensOn) { self.request(event.timeStamp); }
+      });
+    });
+    document.addEventListener("keydown", function (event) {
+      if (event.altKey || event.ctrlKey || event.metaKey) { return; }
+      var key = event.key, handled = true;
+      if (event.shiftKey && key.indexOf("Arrow") === 0) {
+        var step = Math.max(self.width, self.stack.slope * 256) / 32;
+        if (key === "ArrowLeft") { self.setWindow(self.width - step, self.level); }
+        else if (key === "ArrowRight") { self.setWindow(self.width + step, self.level); }
+        else if (key === "ArrowUp") { self.setWindow(self.width, self.level + step); }
+        else { self.setWindow(self.width, self.level - step); }
+      } else if (key === "PageDown" || key === "j") { self.scroll(1); }
+      else if (key === "PageUp" || key === "k") { self.scroll(-1); }
+      else if (key === "+" || key === "=") { self.zoomBy(2); }
+      else if (key === "-") { self.zoomBy(0.5); }
+      else if (key === "0") { self.reset(); }
+      else if (key === "m") { self.toggleLens(); }
+      else if (key === "w") {
+        self.windowMode = !self.windowMode;
+        self.root.classList.toggle("window-mode", self.windowMode);
+      } else if (key >= "4" && key <= "7" && key.length === 1) { self.usePreset(key - 4); }
+      else { handled = false; }
+      if (handled) { event.preventDefault(); self.request(event.timeStamp); }
+    });
+  };
+
+  // Read the stack as it arrives into one buffer of the size its header gives.
+  function load(response) {
+    if (!response.ok) { throw new Error("stack " + response.status); }
+    var reader = response.body.getReader(), bytes = null, received = 0, viewer = null;
+    var head = new Uint8Array(HEADER), headFilled = 0;
+    function take(chunk) {
+      var offset = 0;
+      if (!bytes) {
+        offset = Math.min(chunk.length, HEADER - headFilled);
+        head.set(chunk.subarray(0, offset), headFilled);
+        headFilled += offset;
+        if (headFilled < HEADER) { return; }
+        var stack = parse(head.buffer);
+        bytes = new Uint8Array(stack.size);
+        bytes.set(head);
+        stack.buffer = bytes.buffer;
+        received = HEADER;
+        viewer = new Viewer(stack);
+      }
+      if (received + chunk.length - offset > bytes.length) { throw new Error("stack size"); }
+      bytes.set(chunk.subarray(offset), received);
+      received += chunk.length - offset;
+      viewer.arrived(received);
+    }
+    function pump() {
+      return reader.read().then(function (part) {
+        if (part.done) {
+          if (!bytes || received !== bytes.length) { throw new Error("stack cut off"); }
+          return;
+        }
+        take(part.value);
+        return pump();
+      });
+    }
+    return pump();
+  }
+
+  fetch(figure.dataset.stack, { credentials: "same-origin" }).then(load).catch(function () {
+    image.classList.remove("replaced");  // the composite image, as without script
+  });
+})();
+"""

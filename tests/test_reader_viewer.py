@@ -1,0 +1,214 @@
+"""The rater's viewer on the server side: 16-bit stacks, their route and blinding, response
+times, and an order that the study file reproduces (issue 24, items 1, 3, 5, 6).
+
+The first version served one pre-windowed 8-bit PNG per pair: no stack route (404), no
+response time, and each rater's order drawn from ``secrets``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from test_reader_app import form_of, new_database
+from test_reader_pairs import demo_study
+
+from medlossy.errors import MedlossyError
+from medlossy.reader_study import app as app_module
+from medlossy.reader_study.app import CLOCK_SLACK_MS, create_app
+from medlossy.reader_study.db import Database, order_seed, presentation_order
+from medlossy.reader_study.pairs import (
+    PairSettings,
+    gap_width,
+    load_key,
+    load_pairs,
+    study_seed,
+)
+from medlossy.reader_study.stacks import (
+    read_stack,
+    sixteen_bit,
+    stack_range,
+    transfer_order,
+    write_stack,
+)
+from medlossy.reader_study.windows import PRESETS, Window
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    return demo_study(tmp_path_factory)
+
+
+@pytest.fixture
+def client(study, tmp_path):
+    database, raters, admin = new_database(study, tmp_path)
+    return TestClient(create_app(study, database), follow_redirects=False), database, \
+        raters, admin
+
+
+def _values(header, codes: np.ndarray) -> np.ndarray:
+    return codes.astype(np.float64) * header.slope + header.intercept
+
+
+def test_each_pair_has_a_stack_of_16_bit_values_around_its_slice(study):
+    key = load_key(study)
+    for pair in load_pairs(study):
+        header, codes = read_stack(study / pair["stack"])
+        entry = key[pair["id"]]
+        first, last = entry["stack"]
+        assert header.slices == last - first + 1 == 5  # --stack 2 by default
+        assert first + header.centre == entry["slice"]
+        assert codes.shape == (2, 5, header.rows, header.columns)
+        if entry["modality"] == "CT":  # HU are integers: kept exactly, no rescaling
+            assert (header.slope, header.intercept) == (1.0, 0.0)
+            assert header.windows[1:] == tuple(PRESETS[name] for name in
+                                               ("soft-tissue", "lung", "bone", "brain"))
+        else:  # MR presets: percentile windows, narrower and narrower
+            widths = [width for width, _ in header.windows[1:]]
+            assert widths == sorted(widths, reverse=True) and widths[-1] > 0
+        # The pre-windowed PNG is the stack's own slice through the study's window.
+        composite = np.asarray(Image.open(study / pair["image"]))
+        low, high = entry["window"]["low"], entry["window"]["high"]
+        window = Window("custom", high - low, (low + high) / 2)
+        left = window.apply(_values(header, codes[0, header.centre]), (low, high))
+        right = window.apply(_values(header, codes[1, header.centre]), (low, high))
+        columns = header.columns
+        assert np.array_equal(composite[:, :columns], left)
+        assert np.array_equal(composite[:, columns + gap_width(columns):], right)
+        # Which side holds the less compressed image is the key's, never the file's.
+        if not entry["identical"]:
+            assert not np.array_equal(codes[0], codes[1])
+
+
+def test_stack_ranges_stay_inside_the_volume():
+    assert stack_range(10, 2, 40) == range(8, 13)
+    assert stack_range(0, 2, 40) == range(0, 5)
+    assert stack_range(39, 2, 40) == range(35, 40)
+    assert stack_range(1, 3, 4) == range(0, 4)  # thinner than the stack
+    assert stack_range(5, 0, 9) == range(5, 6)
+
+
+def test_sixteen_bit_keeps_integers_and_spans_floats():
+    assert sixteen_bit(np.array([-1024.0, 3071.0])) == (1.0, 0.0)
+    slope, intercept = sixteen_bit(np.array([0.0, 0.25, 70000.0]))
+    assert slope * 32767 + intercept >= 70000.0 - slope and intercept - slope * 32767 <= 0.0
+
+
+@pytest.mark.parametrize("stack", [-1, 11])
+def test_a_stack_out_of_range_is_refused(stack):
+    with pytest.raises(MedlossyError, match="--stack must be 0 to 10"):
+        PairSettings(ratios=(1, 5), per_pair=1, window=Window("auto"), stack=stack)
+
+
+def test_stacks_are_served_blind(client, study, monkeypatch):
+    """Every stack of a case has the same byte count and the same headers, and serving them
+    never reads the key (issue 24, item 6)."""
+    def no_key(_):
+        raise AssertionError("a rater's request read the key")
+    monkeypatch.setattr(app_module, "load_key", no_key)
+    client, _, (rater, _), _ = client
+    headers, sizes = set(), {}
+    for position in range(1, 13):
+        page = client.get(f"/r/{rater.token}/p/{position}").text
+        pair_id = form_of(page)["pair"]
+        assert f'data-stack="/r/{rater.token}/stack/{pair_id}.bin"' in page
+        stack = client.get(f"/r/{rater.token}/stack/{pair_id}.bin")
+        assert stack.status_code == 200
+        assert stack.headers["content-type"] == "application/octet-stream"
+        assert "content-encoding" not in stack.headers  # compression would leak the ratio
+        headers.add(tuple(sorted((k, v) for k, v in stack.headers.items()
+                                 if k != "content-length")))
+        assert stack.content == (study / "stacks" / f"{pair_id}.bin").read_bytes()
+        shape = stack.content[8:20]  # slices, rows, columns
+        sizes.setdefault(shape, set()).add(len(stack.content))
+    assert len(headers) == 1
+    assert all(len(found) == 1 for found in sizes.values())
+    for path in ("/r/{t}/stack/{f}.bin", "/r/{t}/stack/{p}.png", "/r/{t}/img/{p}.bin",
+                 "/r/{t}/stacks/{p}.bin", "/r/{t}/stack/..%2Fkey.json", "/r/{b}/stack/{p}.bin"):
+        url = path.format(t=rater.token, b="A" * 43, f="0" * 32, p=pair_id)
+        assert client.get(url).status_code == 404, url
+
+
+def test_a_study_without_stacks_shows_the_composite_image(study, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("pairs.json", "key.json", "study.json", "images"):
+        (old / name).symlink_to(study / name)
+    database, (rater, _), _ = new_database(old, tmp_path)
+    client = TestClient(create_app(old, database), follow_redirects=False)
+    page = client.get(f"/r/{rater.token}/p/1").text
+    assert "data-stack" not in page and '<img id="pair"' in page
+    assert client.get(f"/r/{rater.token}/stack/{form_of(page)['pair']}.bin").status_code == 404
+
+
+def test_response_times_are_the_pages_when_the_server_agrees(client, study):
+    client, database, (rater, _), admin = client
+    cases = {}
+    for position, elapsed in ((1, "1500"), (2, str(3_600_000)), (3, ""), (4, None)):
+        form = form_of(client.get(f"/r/{rater.token}/p/{position}").text)
+        assert form["elapsed_ms"] == ""  # filled in by the page's script
+        if elapsed is None:
+            del form["elapsed_ms"]  # a page served before the field existed
+        else:
+            form["elapsed_ms"] = elapsed
+        time.sleep(0.05)
+        assert client.post(f"/r/{rater.token}/answer", data=form).status_code == 303
+        cases[form["pair"]] = elapsed
+    stored = {a["pair"]: a["response_ms"] for a in database.all_answers()}
+    for pair, elapsed in cases.items():
+        if elapsed == "1500":  # the page's measure, within the server's 50 ms + slack
+            assert stored[pair] == 1500
+        else:  # an hour claimed after 50 ms, or nothing: the server's own measure
+            assert 50 <= stored[pair] < CLOCK_SLACK_MS, (elapsed, stored[pair])
+    form = form_of(client.get(f"/r/{rater.token}/p/5").text)
+    for bad in ("-1", "1.5", "x", "1" * 10):
+        response = client.post(f"/r/{rater.token}/answer", data=form | {"elapsed_ms": bad})
+        assert response.status_code == 400, bad
+    export = client.get(f"/admin/{admin.token}/answers.csv").text.splitlines()
+    assert export[0].split(",")[:5] == ["rater", "pair", "answer", "answered_at",
+                                        "response_ms"]
+    assert any(line.split(",")[4] == "1500" for line in export[1:])
+
+
+def test_a_raters_order_follows_from_the_study_file(study, tmp_path):
+    database = Database(f"sqlite:///{tmp_path / 'answers.sqlite'}")
+    ids = [pair["id"] for pair in load_pairs(study)]
+    tokens = database.setup(ids, 2, study_seed=study_seed(study))
+    client = TestClient(create_app(study, database), follow_redirects=False)
+    orders = {}
+    for name in ("rater1", "rater2"):
+        shown = [form_of(client.get(f"/r/{tokens[name]}/p/{n}").text)["pair"]
+                 for n in range(1, len(ids) + 1)]
+        assert shown == presentation_order(ids, order_seed(study_seed(study), name))
+        orders[name] = shown
+    assert orders["rater1"] != orders["rater2"]
+    again = Database(f"sqlite:///{tmp_path / 'again.sqlite'}")
+    again.setup(ids, 1, study_seed=study_seed(study))
+    assert again.raters("rater")[0].order_seed == order_seed(study_seed(study), "rater1")
+
+
+def test_serve_seeds_orders_from_the_study(study, tmp_path, monkeypatch, cli):
+    import uvicorn
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    url = f"sqlite:///{tmp_path / 'answers.sqlite'}"
+    code, _, err = cli("reader", "serve", study, "--db", url, "--raters", "1")
+    assert code == 0, err
+    rater = Database(url).raters("rater")[0]
+    assert rater.order_seed == order_seed(study_seed(study), "rater1")
+
+
+def test_a_stack_file_holds_the_pairs_own_slice_first(tmp_path):
+    left = np.arange(3 * 2 * 4, dtype=np.float64).reshape(3, 2, 4)
+    right = -left
+    path = tmp_path / "stack.bin"
+    write_stack(path, left, right, 2, "CT", (1.0, 0.0), [(400.0, 40.0)] * 5)
+    header, codes = read_stack(path)
+    assert (header.slices, header.rows, header.columns, header.centre) == (3, 2, 4, 2)
+    assert np.array_equal(codes[0], left) and np.array_equal(codes[1], right)
+    first = np.frombuffer(path.read_bytes(), dtype="<i2", offset=128, count=16)
+    assert np.array_equal(first, np.concatenate([left[2].ravel(), right[2].ravel()]))
+    assert transfer_order(5, 0) == [0, 1, 2, 3, 4] and transfer_order(5, 2) == [2, 1, 3, 0, 4]
