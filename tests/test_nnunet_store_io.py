@@ -216,6 +216,19 @@ def test_a_stores_sweep_holds_no_decoded_copy(stores_sweep) -> None:
     assert _run("dataset", "verify", stores_sweep.out) == 0
 
 
+def test_a_sweep_rerun_as_stores_drops_its_decoded_copies(tmp_path: Path) -> None:
+    source = _two_channel_dataset(tmp_path / "Dataset720_Blob", cases=1)
+    out = tmp_path / "sweep"
+    common = ("--ratios", "4", "--out", out, "--base-id", 730, "--workers", 1, "--quiet")
+    assert _run("dataset", "compress", source, *common) == 0
+    images = out / "nnunet" / "Dataset730_Blob_r4" / "imagesTr"
+    assert sorted(p.name for p in images.iterdir()) == ["case0_0000.nii.gz", "case0_0001.nii.gz"]
+    assert _run("dataset", "compress", source, *common, "--layout", "stores") == 0
+    assert sorted(p.name for p in images.iterdir()) == [f"case0_0000{LINK_ENDING}",
+                                                        f"case0_0001{LINK_ENDING}"]
+    assert _run("dataset", "verify", out) == 0
+
+
 def test_a_stores_dataset_reads_as_its_decoded_twin(stores_sweep, tmp_path: Path) -> None:
     """The link of a registered dataset (through its symlink) gives what nnU-Net's reader
     gives on the decoded file of the same store."""
