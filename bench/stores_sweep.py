@@ -1,11 +1,15 @@
 """Stores-only sweeps: the 7 lossy ratios with and without decoded NIfTI copies, against one
 `compress --ratio 20`, on a synthetic CT-like volume (512x512x48 int16, 0.78 x 0.78 x 2.5 mm).
 
-In this process with one worker, as bench/sweep_encode.py: one `compress_volume` at x20 (the
-store only), then the sweep's ``run_image`` at ratios 2, 5, 10, 20, 50, 70, 100 with the
-"nifti" layout (a decoded .nii.gz per ratio, the sweep before ``--layout stores``) and the
-"stores" layout (a link per ratio). CPU seconds are the load-independent figure on a shared
-machine; wall seconds are given too, and the bytes each layout adds beside the stores.
+Twice: in this process with one worker, as bench/sweep_encode.py (one `compress_volume` at
+x20, the store only, then the sweep's ``run_image`` at ratios 2, 5, 10, 20, 50, 70, 100), and
+as the commands a user types (`medlossy compress --ratio 20` against `medlossy dataset
+compress --ratios 2,...,100 --workers 1`, each a child process: wall seconds only, since
+their pool workers start from a forkserver that is never waited for, so no rusage holds their
+CPU time). Each sweep runs with the "nifti" layout (a decoded .nii.gz per ratio, the sweep before
+``--layout stores``) and the "stores" layout (a link per ratio). CPU seconds are the
+load-independent figure on a shared machine; wall seconds are given too, and the bytes each
+layout adds beside the stores.
 
 Usage: .venv/bin/python bench/stores_sweep.py
 """
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -71,6 +77,36 @@ def one_case_dataset(folder: Path) -> Path:
     return folder
 
 
+def _command(*arguments: object) -> None:
+    medlossy = Path(sys.executable).parent / "medlossy"
+    subprocess.run([str(medlossy), *(str(a) for a in arguments), "--quiet"], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def cli_rows(source: Path, scratch: Path, results: dict) -> list[list[str]]:
+    """The same comparison through the command line (child processes, whole tree's CPU)."""
+    image = source / "imagesTr" / "case_0000.nii.gz"
+    progress("command: compress --ratio 20")
+    single = timed(lambda: _command("compress", image, scratch / "cli_single.zarr", "--ratio",
+                                    20, "--modality", "CT"), repeats=1,
+                   setup=lambda: shutil.rmtree(scratch / "cli_single.zarr", ignore_errors=True))
+    results["cli single"] = {"wall": single["wall_best"]}
+    rows = []
+    for layout in ("nifti", "stores"):
+        progress(f"command: dataset compress --layout {layout}")
+        out = scratch / f"cli_{layout}"
+        shutil.rmtree(out, ignore_errors=True)
+        run = timed(lambda o=out, lay=layout: _command(
+            "dataset", "compress", source, "--ratios", ",".join(map(str, LOSSY)), "--out", o,
+            "--layout", lay, "--workers", 1), repeats=1)
+        results[f"cli {layout}"] = {"wall": run["wall_best"]}
+        rows.append([f"command, {layout}", "-", f"{run['wall_best']:.1f}", "-",
+                     f"**{run['wall_best'] / single['wall_best']:.1f}x**",
+                     f"{tree_bytes(out / 'stores') / 1e6:.2f}",
+                     f"{tree_bytes(out / 'nnunet') / 1e6:.3f}"])
+    return rows
+
+
 def main() -> None:
     info = machine()
     scratch = OUT / "stores_sweep"
@@ -92,15 +128,17 @@ def main() -> None:
         beside = tree_bytes(out / "nnunet")
         results[layout] = {"wall": run["wall_best"], "cpu": run["cpu_best"],
                            "nnunet_bytes": beside, "stores_bytes": tree_bytes(out / "stores")}
-        rows.append([layout, f"{run['cpu_best']:.1f}", f"{run['wall_best']:.1f}",
+        rows.append([f"in process, {layout}", f"{run['cpu_best']:.1f}", f"{run['wall_best']:.1f}",
                      f"**{run['cpu_best'] / single['cpu_best']:.1f}x**",
                      f"{run['wall_best'] / single['wall_best']:.1f}x",
                      f"{tree_bytes(out / 'stores') / 1e6:.2f}", f"{beside / 1e6:.3f}"])
+    rows += cli_rows(source, scratch, results)
     header = ["layout", "sweep CPU s", "sweep wall s", "CPU / compress", "wall / compress",
               "stores MB", "nnunet/ MB"]
-    text = (f"One compress --ratio 20: {single['cpu_best']:.1f} CPU s, "
-            f"{single['wall_best']:.1f} s wall.\n\n" + table(header, rows) + "\n\n"
-            + machine_markdown(info))
+    cli = results["cli single"]
+    text = (f"One compress --ratio 20: in process {single['cpu_best']:.1f} CPU s, "
+            f"{single['wall_best']:.1f} s wall; as a command {cli['wall']:.1f} s wall.\n\n"
+            + table(header, rows) + "\n\n" + machine_markdown(info))
     save("stores_sweep", {"machine": info, "results": results}, text)
 
 
