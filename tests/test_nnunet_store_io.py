@@ -302,3 +302,18 @@ def test_backend_plans_and_preprocesses_a_stores_dataset(stores_sweep, tmp_path:
     assert plans["configurations"]["3d_fullres"]["spacing"] == pytest.approx([2.5, 0.9, 0.8])
     preprocessed = folders.preprocessed / stores_sweep.r4.name / "nnUNetPlans_3d_fullres"
     assert len(list(preprocessed.glob("case*.pkl"))) == 3
+
+
+def test_a_model_of_decoded_images_refuses_a_stores_dataset(stores_sweep,
+                                                             tmp_path: Path) -> None:
+    """nnU-Net lists a prediction's inputs by the training dataset's file ending: a mismatch
+    would find no image, so it is refused, naming the dataset."""
+    from medlossy.errors import MedlossyError
+    from medlossy.nnunet.run import _check_file_ending
+
+    trained = tmp_path / "dataset.json"
+    trained.write_text(json.dumps({"file_ending": ".nii.gz"}))
+    with pytest.raises(MedlossyError, match=r"images end in \.mlstore, the model's training"):
+        _check_file_ending(trained, open_raw_dataset(stores_sweep.r4))
+    trained.write_text(json.dumps({"file_ending": LINK_ENDING}))
+    _check_file_ending(trained, open_raw_dataset(stores_sweep.r4))

@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = dataset_sub.add_parser(
         "compress", help="compress every image at every ratio",
         description="Compress an nnU-Net raw dataset (or a folder with images/ and labels/) "
-                    "at every ratio: stores, decoded nnU-Net datasets, manifest. Rerunning "
+                    "at every ratio: stores, nnU-Net datasets (decoded images, or links to "
+                    "the stores with --layout stores), manifest. Rerunning "
                     "resumes; finished images are verified by checksum and skipped.")
     sweep.add_argument("source", help="nnU-Net raw dataset folder, or images/ + labels/ folder")
     sweep.add_argument("--ratios", default=",".join(str(r) for r in STUDY_RATIOS),

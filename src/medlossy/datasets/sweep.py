@@ -498,7 +498,7 @@ def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
     store every slice as square tiles of this side (jpeg2k, htj2k; each ratio is then
     searched on its own, and ratio 1 of data that needs Blosc is stored whole).
     ``layout``: how the nnU-Net datasets hold their images (see ``LAYOUTS``). ``registry``:
-    the nnU-Net raw folder the datasets will be registered in (:func:`register_datasets`);
+    the nnU-Net raw folder the datasets will be registered in (``registration``);
     default ids skip the ids taken there.
     """
     if layout not in LAYOUTS:
