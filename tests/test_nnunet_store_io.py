@@ -290,18 +290,28 @@ def test_registration_is_idempotent_and_refuses_a_taken_id(stores_sweep, tmp_pat
 
 
 @pytest.mark.slow
-def test_backend_plans_and_preprocesses_a_stores_dataset(stores_sweep, tmp_path: Path) -> None:
-    """medlossy's backend runs nnU-Net's own planning and preprocessing on the links: the
-    processes nnU-Net spawns find the reader by name."""
-    from medlossy.nnunet.run import prepare
+def test_backend_trains_and_predicts_from_a_stores_dataset(stores_sweep,
+                                                           tmp_path: Path) -> None:
+    """medlossy's backend on the links: nnU-Net's own planning and preprocessing (the
+    processes it spawns find the reader by name), a tiny training, a prediction written as
+    NIfTI, and its evaluation against the NIfTI labels."""
+    from medlossy.nnunet.run import evaluate_nnunet, predict_nnunet, train_nnunet
 
-    folders = prepare(open_raw_dataset(stores_sweep.r4), "3d_fullres", "per-ratio",
-                      tmp_path / "prep", processes=1, quiet=True)
-    plans = json.loads(folders.plans(stores_sweep.r4.name).read_text())
+    model = train_nnunet(stores_sweep.r4, tmp_path / "model", configuration="3d_fullres",
+                         folds=3, epochs=1, iterations_per_epoch=2, validation_iterations=1,
+                         cache=tmp_path / "prep", processes=1, device="cpu", quiet=True)
+    name = stores_sweep.r4.name
+    prepared = tmp_path / "prep" / f"{name}_3d_fullres_per-ratio" / "preprocessed" / name
+    plans = json.loads((prepared / "nnUNetPlans.json").read_text())
     assert plans["image_reader_writer"] == NNUNET_READER
     assert plans["configurations"]["3d_fullres"]["spacing"] == pytest.approx([2.5, 0.9, 0.8])
-    preprocessed = folders.preprocessed / stores_sweep.r4.name / "nnUNetPlans_3d_fullres"
-    assert len(list(preprocessed.glob("case*.pkl"))) == 3
+    predictions = predict_nnunet(model, stores_sweep.r4, tmp_path / "preds", device="cpu",
+                                 quiet=True)
+    held_out = json.loads((model / "medlossy-model.json").read_text())["test_cases"]
+    assert sorted(p.name for p in predictions.glob("case*")) == \
+        [f"{case}.nii.gz" for case in held_out]
+    table = evaluate_nnunet(model, stores_sweep.r4, predictions)
+    assert set(table["case"]) == set(held_out)
 
 
 def test_a_model_of_decoded_images_refuses_a_stores_dataset(stores_sweep,
