@@ -216,6 +216,16 @@ def test_a_stores_sweep_holds_no_decoded_copy(stores_sweep) -> None:
     assert _run("dataset", "verify", stores_sweep.out) == 0
 
 
+def test_a_stores_sweep_has_monai_datalists(stores_sweep) -> None:
+    """Datalists name the stores and the NIfTI labels (not labels ending in .mlstore)."""
+    out = stores_sweep.out.parent / "datalists"
+    assert _run("dataset", "datalist", stores_sweep.out, "--out", out) == 0
+    datalist = json.loads((out / "r4.json").read_text())
+    for entry in datalist["training"] + datalist["validation"]:
+        assert entry["label"].endswith(".nii.gz") and "labelsTr/" in entry["label"]
+        assert all(image.endswith(".zarr") for image in entry["image"])
+
+
 def test_a_sweep_rerun_as_stores_drops_its_decoded_copies(tmp_path: Path) -> None:
     source = _two_channel_dataset(tmp_path / "Dataset720_Blob", cases=1)
     out = tmp_path / "sweep"
