@@ -16,7 +16,7 @@ mkdir -p bench/results
   "$python" -m pip list 2>/dev/null | grep -Ei "^(numpy|imagecodecs|pylibjpeg-openjpeg|zarr|numcodecs|nibabel|medlossy) "
   (opj_compress -h 2>/dev/null | grep "compiled against") || echo "opj_compress: not installed"
 } | tee bench/results/machine.txt
-for name in rate_accuracy throughput pipeline sweep_encode; do
+for name in rate_accuracy throughput pipeline sweep_encode stores_sweep; do
   echo "== $name" >&2
   "$python" "bench/$name.py" | tee "bench/results/$name.md"
 done

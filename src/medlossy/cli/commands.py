@@ -569,6 +569,7 @@ STUDY_LAYOUT = ("data", "prepared", "sweeps", "models", "results.csv", "report.m
 def dataset_compress(arguments: argparse.Namespace) -> None:
     from medlossy.datasets.nnunet_raw import open_raw_dataset
     from medlossy.datasets.preparation import crop_dataset
+    from medlossy.datasets.registration import check_registration, register_datasets
     from medlossy.datasets.sweep import check_sweep_folder, plan_sweep, run_sweep
     from medlossy.datasets.sweep_report import write_sweep_report
     from medlossy.tables import markdown_table
@@ -581,9 +582,14 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
     if arguments.crop_to_label:
         values = [int(v) for v in arguments.crop_to_label.split(",") if v.strip()]
         dataset = crop_dataset(dataset, values, arguments.margin, out / "prepared")
+    registry = Path(arguments.nnunet_raw) if arguments.nnunet_raw else None
     plan = plan_sweep(dataset, out, ratios, base_id=arguments.base_id,
                       skip_bad=arguments.skip_bad, origin=Path(arguments.source),
-                      codec=arguments.codec, tile=arguments.tile)
+                      codec=arguments.codec, tile=arguments.tile, layout=arguments.layout,
+                      registry=registry)
+    folders = [plan.dataset_folder(ratio) for ratio in plan.ratios]
+    if registry is not None:
+        check_registration(registry, folders)  # before any work: an id taken there
     for channel, peak in plan.ranges.items():
         modality = plan.dataset.channel_modality(channel)
         _say(arguments, f"channel {channel}: " + describe_peak(
@@ -598,6 +604,10 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
     print(markdown_table(summary))  # the result: --quiet silences progress and notes only
     for problem in sweep["bad_cases"].values():
         print(f"bad case: {problem}")
+    if registry is not None:
+        kept = {plan.dataset_folder(ratio).name for ratio in sweep["ratios"]}
+        for link in register_datasets(registry, [f for f in folders if f.name in kept]):
+            _say(arguments, f"registered: {link}")
 
 
 def _dicom_root_dataset(arguments: argparse.Namespace, out: Path):

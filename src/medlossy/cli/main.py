@@ -281,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = dataset_sub.add_parser(
         "compress", help="compress every image at every ratio",
         description="Compress an nnU-Net raw dataset (or a folder with images/ and labels/) "
-                    "at every ratio: stores, decoded nnU-Net datasets, manifest. Rerunning "
+                    "at every ratio: stores, nnU-Net datasets (decoded images, or links to "
+                    "the stores with --layout stores), manifest. Rerunning "
                     "resumes; finished images are verified by checksum and skipped.")
     sweep.add_argument("source", help="nnU-Net raw dataset folder, or images/ + labels/ folder")
     sweep.add_argument("--ratios", default=",".join(str(r) for r in STUDY_RATIOS),
@@ -322,6 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="store each slice as NxN tiles, one codestream each, for "
                             "training from the stores (jpeg2k, htj2k; each ratio is then "
                             "searched on its own, slower than the shared encode)")
+    sweep.add_argument("--layout", choices=("nifti", "stores"), default="nifti",
+                       help="how each ratio's nnU-Net dataset holds its images: nifti "
+                            "(default): decoded .nii.gz copies; stores: links to the stores "
+                            "(CASE_0000.mlstore), no decoded copy, read by nnU-Net through "
+                            "medlossy's reader (see docs/data.md)")
+    sweep.add_argument("--nnunet-raw", default=None, metavar="DIR",
+                       help="register every ratio's dataset in this nnU-Net raw folder "
+                            "(symlinks; an id it holds under another name is refused; "
+                            "default: none)")
     sweep.add_argument("--per-ratio-search", action="store_true",
                        help="search each ratio's rate on its own (the slower way before "
                             "one-encode sweeps) instead of cutting JPEG 2000 quality layers")

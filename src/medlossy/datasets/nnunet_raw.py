@@ -63,6 +63,12 @@ class RawDataset:
         return self.metadata.get("file_ending", ".nii.gz")
 
     @property
+    def label_ending(self) -> str:
+        """The ending of label files (and predictions): the images' ending, except in a
+        stores-only sweep dataset, whose images are store links and labels NIfTI."""
+        return self.metadata.get("medlossy", {}).get("label_ending", self.file_ending)
+
+    @property
     def channels(self) -> list[int]:
         return sorted(int(c) for c in self.metadata["channel_names"])
 
@@ -78,7 +84,7 @@ class RawDataset:
 
     def _label_path(self, case: str) -> Path:
         folder = self.root / ("labels" if self.plain else "labelsTr")
-        return folder / f"{case}{self.file_ending}"
+        return folder / f"{case}{self.label_ending}"
 
     def images(self) -> list[ImageFile]:
         """Every image file, training cases first, sorted by case and channel."""

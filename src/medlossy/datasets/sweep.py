@@ -1,11 +1,14 @@
-"""Compress a dataset at every ratio: stores, decoded nnU-Net datasets, a manifest.
+"""Compress a dataset at every ratio: stores, nnU-Net datasets, a manifest.
 
 Layout of a sweep folder::
 
     sweep.json                       what was asked (source, ratios, dataset ids), bad cases
     stores/r20/CASE_0000.zarr        the storage artefact: its bytes are the footprint
-    nnunet/Dataset812_AMOS_r20/      nnU-Net v2 raw dataset, images decoded to NIfTI,
-                                     labels copied bit-exact, dataset.json
+    nnunet/Dataset812_AMOS_r20/      nnU-Net v2 raw dataset, images decoded to NIfTI
+                                     (layout "nifti") or links to the stores (layout
+                                     "stores": CASE_0000.mlstore, read by nnU-Net through
+                                     ``medlossy.nnunet.store_io``), labels copied bit-exact,
+                                     dataset.json
     parts/r20/CASE_0000.json         one finished task: metrics, checksums, its source file
     manifest.csv                     all parts, one row per case x channel x ratio
 
@@ -61,6 +64,7 @@ from medlossy.metrics import CT_DATA_RANGE
 from medlossy.orphans import die_with_parent, worker_context
 from medlossy.outputs import check_own_folder
 from medlossy.store import SliceStore
+from medlossy.store.link import LINK_ENDING, NNUNET_READER, is_store_link, write_store_link
 from medlossy.terminal import progress_bar
 from medlossy.volume import Volume
 
@@ -71,6 +75,9 @@ CUSTOM_IDS = range(500, 1000)
 SWEEP_LAYOUT = ("sweep.json", "manifest.csv", "report.csv", "report.md", "stores", "nnunet",
                 "parts", "prepared")
 _DATASET_NAME = re.compile(r"Dataset(\d{3})_.+")
+#: How a ratio's nnU-Net dataset holds its images: decoded NIfTI copies, or links to the
+#: stores (no decoded copy; nnU-Net reads them with ``MedlossyStoreIO``).
+LAYOUTS = ("nifti", "stores")
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,7 @@ class SweepTask:
     ratio: float
     data_range: float
     store: str
+    #: the dataset's image: the decoded NIfTI, or a store link (layout "stores")
     decoded: str
     part: str
     #: the sweep folder; parts record ``store`` and ``decoded`` relative to it
@@ -207,9 +215,13 @@ def run_image(tasks: Sequence[SweepTask]) -> list[dict]:
 
 def _finish(task: SweepTask, attributes: dict, decoded: Volume, decode_seconds: float,
             encode_seconds: float, source: dict) -> dict:
-    """Write the decoded NIfTI and the part file of a compressed task; its manifest row."""
-    with atomic_output(task.decoded) as temporary:
-        write_nifti(decoded, temporary)
+    """Write the dataset's image (the decoded NIfTI, or a link to the store) and the part
+    file of a compressed task; its manifest row."""
+    if is_store_link(task.decoded):
+        write_store_link(task.decoded, task.store)
+    else:
+        with atomic_output(task.decoded) as temporary:
+            write_nifti(decoded, temporary)
     achieved = attributes["achieved"]
     row = {
         "case": task.case, "split": task.split, "channel": task.channel,
@@ -351,6 +363,13 @@ class SweepPlan:
     codec: str | None = None
     #: every store's tile side (None: whole slices); see ``SweepTask.tile``
     tile: int | None = None
+    #: how the nnU-Net datasets hold their images (see ``LAYOUTS``)
+    layout: str = "nifti"
+
+    @property
+    def image_ending(self) -> str:
+        """The ending of the nnU-Net datasets' images (their dataset.json file_ending)."""
+        return LINK_ENDING if self.layout == "stores" else self.dataset.file_ending
 
     def codec_for(self, ratio: float) -> str | None:
         return None if ratio == 1 else self.codec
@@ -372,7 +391,7 @@ class SweepPlan:
                         ratio=float(ratio), data_range=self.ranges[channel],
                         store=str(self.out / "stores" / tag / f"{stem}.zarr"),
                         decoded=str(folder / f"images{case.split}" /
-                                    f"{stem}{self.dataset.file_ending}"),
+                                    f"{stem}{self.image_ending}"),
                         part=str(self.out / "parts" / tag / f"{stem}.json"),
                         root=str(self.out), codec=self.codec_for(ratio), tile=self.tile))
         return tasks
@@ -408,12 +427,15 @@ def check_sweep_folder(out: Path, origin: Path, swept: Path | None = None) -> No
                                  "folder holds one source: choose another --out")
 
 
-def _ids_in_use(out: Path, own: set[str]) -> set[int]:
-    """nnU-Net ids already taken: in this sweep's nnunet/ and in the folders nnU-Net uses
-    ($nnUNet_raw, $nnUNet_preprocessed, $nnUNet_results), except this sweep's own datasets."""
+def _ids_in_use(out: Path, own: set[str], registry: Path | None = None) -> set[int]:
+    """nnU-Net ids already taken: in this sweep's nnunet/, in the folders nnU-Net uses
+    ($nnUNet_raw, $nnUNet_preprocessed, $nnUNet_results) and in ``registry`` (where the
+    datasets will be registered), except this sweep's own datasets."""
     folders = [out / "nnunet", *(Path(os.environ[name]) for name in
                                  ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
                                  if os.environ.get(name))]
+    if registry is not None:
+        folders.append(registry)
     taken = set()
     for folder in folders:
         if folder.is_dir():
@@ -432,7 +454,7 @@ def default_first_id(origin: Path) -> int:
 
 
 def _dataset_ids(out: Path, ratios: Sequence[float], base_id: int | None,
-                 origin: Path) -> dict[float, int]:
+                 origin: Path, registry: Path | None = None) -> dict[float, int]:
     """nnU-Net id per ratio, in ratio order. The ids an earlier run of this sweep gave keep
     their ratio, so adding a ratio later renames (and redoes) nothing. An explicit
     ``base_id`` counts up from there; by default ids start at :func:`default_first_id` and
@@ -444,7 +466,7 @@ def _dataset_ids(out: Path, ratios: Sequence[float], base_id: int | None,
                 for tag, name in earlier.get("datasets", {}).items()}
     taken = set(kept.values())
     if base_id is None:
-        taken |= _ids_in_use(out, set(earlier.get("datasets", {}).values()))
+        taken |= _ids_in_use(out, set(earlier.get("datasets", {}).values()), registry)
         candidates = [CUSTOM_IDS.start + (default_first_id(origin) - CUSTOM_IDS.start + k)
                       % len(CUSTOM_IDS) for k in range(len(CUSTOM_IDS))]
     else:
@@ -465,7 +487,8 @@ def _dataset_ids(out: Path, ratios: Sequence[float], base_id: int | None,
 def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
                base_id: int | None = None, skip_bad: bool = False,
                origin: Path | None = None, codec: str | None = None,
-               tile: int | None = None) -> SweepPlan:
+               tile: int | None = None, layout: str = "nifti",
+               registry: Path | None = None) -> SweepPlan:
     """Validate every case, then lay out what to do; bad cases stop here unless skipped.
 
     ``origin``: the source as the user named it, when ``dataset`` was prepared from it
@@ -474,7 +497,12 @@ def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
     :func:`_dataset_ids`. ``codec``: every ratio's codec (None: JPEG 2000). ``tile``:
     store every slice as square tiles of this side (jpeg2k, htj2k; each ratio is then
     searched on its own, and ratio 1 of data that needs Blosc is stored whole).
+    ``layout``: how the nnU-Net datasets hold their images (see ``LAYOUTS``). ``registry``:
+    the nnU-Net raw folder the datasets will be registered in (``registration``);
+    default ids skip the ids taken there.
     """
+    if layout not in LAYOUTS:
+        raise MedlossyError(None, f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if not ratios or any(r < 1 for r in ratios):
         raise MedlossyError(None, f"ratios must be >= 1 (1 = lossless), got {list(ratios)}")
     if codec is not None:
@@ -509,11 +537,11 @@ def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
         raise MedlossyError(dataset.root, "no usable case")
     ranges = _channel_ranges(dataset, good)
     ratios = tuple(sorted({float(r) for r in ratios}))
-    ids = _dataset_ids(out, ratios, base_id, origin)
+    ids = _dataset_ids(out, ratios, base_id, origin, registry)
     if max(ids.values()) > 999:
         raise MedlossyError(None, f"dataset id {max(ids.values())} is outside nnU-Net's 1..999")
     return SweepPlan(dataset, out, ratios, base_id, tuple(good), bad, ranges, ids, origin,
-                     codec, tile)
+                     codec, tile, layout)
 
 
 @contextmanager
@@ -573,24 +601,27 @@ def _write_nnunet_metadata(plan: SweepPlan, bad: dict[str, str],
     that failed are taken out of it again, so nnU-Net sees a consistent dataset."""
     training = [case for case in plan.cases if case.split == "Tr" and case.name not in bad]
     labels_found = {} if plan.dataset.metadata.get("labels") else _label_names(training)
+    label_ending = plan.dataset.label_ending
+    other_ending = plan.dataset.file_ending if plan.layout == "stores" else LINK_ENDING
     for ratio in plan.ratios:
         folder = plan.dataset_folder(ratio)
         for case in plan.cases:
+            # the case's own channels only: a glob on its name would also match the files
+            # of a case whose name extends it (p1 -> p1_b_0000)
+            for channel in plan.dataset.channels:
+                stem = folder / f"images{case.split}" / f"{case.name}_{channel:04d}"
+                # the other layout's image of an earlier run: a sweep holds one layout
+                Path(f"{stem}{other_ending}").unlink(missing_ok=True)
+                if case.name in bad:
+                    Path(f"{stem}{plan.image_ending}").unlink(missing_ok=True)
             if case.name in bad:
-                # the case's own channels only: a glob on its name would also match the
-                # files of a case whose name extends it (p1 -> p1_b_0000)
-                for channel in plan.dataset.channels:
-                    (folder / f"images{case.split}" /
-                     f"{case.name}_{channel:04d}{plan.dataset.file_ending}").unlink(
-                        missing_ok=True)
-                (folder / "labelsTr" / f"{case.name}{plan.dataset.file_ending}").unlink(
-                    missing_ok=True)
+                (folder / "labelsTr" / f"{case.name}{label_ending}").unlink(missing_ok=True)
         for case in training:
             if case.label is not None:
-                _copy_exact(case.label, folder / "labelsTr" /
-                            f"{case.name}{plan.dataset.file_ending}")
+                _copy_exact(case.label, folder / "labelsTr" / f"{case.name}{label_ending}")
         metadata = {key: value for key, value in plan.dataset.metadata.items()
-                    if key not in ("numTraining", "name")}
+                    if key not in ("numTraining", "name", "dataset",
+                                   "overwrite_image_reader_writer")}
         metadata["labels"] = metadata.get("labels") or labels_found
         codecs = _stored_codecs(plan, manifest, ratio)
         metadata.update({
@@ -604,7 +635,28 @@ def _write_nnunet_metadata(plan: SweepPlan, bad: dict[str, str],
                          "note": f"images decoded from {'lossless' if ratio == 1 else 'lossy'} "
                                  f"{codecs} stores; labels exact"},
         })
+        if plan.layout == "stores":
+            metadata.update(_stores_entries(plan, training, label_ending))
+            metadata["medlossy"].update(
+                layout="stores", label_ending=label_ending,
+                note=f"images: links to {'lossless' if ratio == 1 else 'lossy'} {codecs} "
+                     f"stores, read by nnU-Net with {NNUNET_READER}; labels exact")
         write_json(folder / "dataset.json", metadata)
+
+
+def _stores_entries(plan: SweepPlan, training: Sequence[Case], label_ending: str) -> dict:
+    """dataset.json entries of a stores-only dataset: nnU-Net's reader by name, the links'
+    file ending, and the training cases listed one by one (nnU-Net's "dataset" key), since
+    nnU-Net would otherwise look for labels ending in the images' ending."""
+    labelled = [case for case in training if case.label is not None]
+    return {
+        "file_ending": LINK_ENDING,
+        "overwrite_image_reader_writer": NNUNET_READER,
+        "dataset": {case.name: {
+            "images": [f"imagesTr/{case.name}_{channel:04d}{LINK_ENDING}"
+                       for channel in sorted(case.images)],
+            "label": f"labelsTr/{case.name}{label_ending}"} for case in labelled},
+    }
 
 
 def _clean_partials(out: Path) -> None:
@@ -626,6 +678,7 @@ def _write_sweep_json(plan: SweepPlan, bad: dict[str, str],
         "ratios": list(plan.ratios),
         "codec": plan.codec or "jpeg2k",
         "tile": plan.tile,
+        "layout": plan.layout,
         "base_id": plan.base_id,
         "datasets": {ratio_tag(r): plan.dataset_folder(r).name for r in plan.ratios},
         "psnr_ranges": {str(c): r for c, r in plan.ranges.items()},

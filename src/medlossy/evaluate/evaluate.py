@@ -159,7 +159,7 @@ def evaluate_predictions(predictions: str | os.PathLike[str],
     labels = dataset_labels(dataset)
     if not predictions.is_dir():
         raise MedlossyError(predictions, "no such folder of predictions")
-    ending = dataset.file_ending
+    ending = dataset.label_ending
     truth = reference_cases(dataset)
     predicted = {path.name[: -len(ending)]: path
                  for path in sorted(predictions.glob(f"*{ending}"))

@@ -5,6 +5,10 @@
                                   (the "reuse the x1 plans" control)
     python -m medlossy.nnunet.worker train|predict ...   (medlossy's trainer, see worker.py)
 
+nnU-Net's commands run through ``python -m medlossy.nnunet.launch``, which registers the
+store reader first, so datasets whose images are stores (``--layout stores``) plan and
+preprocess like decoded ones (see ``store_io``).
+
 Subprocesses rather than imports: nnU-Net reads its folders from the environment when its
 modules are imported, and spawns its own worker processes; a child process per step keeps
 both contained, and its output goes to a log file.
@@ -30,6 +34,7 @@ INSTALL_HINT = "pip install 'medlossy[nnunet]' (or: make install)"
 ENTRY_POINTS = ("nnUNetv2_plan_and_preprocess", "nnUNetv2_extract_fingerprint",
                 "nnUNetv2_move_plans_between_datasets", "nnUNetv2_preprocess")
 PLANS = "nnUNetPlans"
+LAUNCHER = "medlossy.nnunet.launch"
 _DATASET_NAME = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_.\-]+)$")
 
 
@@ -43,6 +48,13 @@ def find_command(name: str) -> str:
         raise MedlossyError(None, f"nnU-Net v2 is not installed ({name} not found); install "
                                   f"it with: {INSTALL_HINT}")
     return found
+
+
+def nnunet_command(name: str) -> list[str]:
+    """The command line that runs nnU-Net's entry point ``name`` with the store reader
+    registered (``medlossy.nnunet.launch``)."""
+    find_command(name)  # a missing nnU-Net is named as such, not as a launch failure
+    return [sys.executable, "-m", LAUNCHER, name]
 
 
 def require_nnunet() -> None:
@@ -169,6 +181,8 @@ def run_logged(arguments: list[str], environment: dict[str, str], log: Path, *,
     log.parent.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=8)
     name = Path(arguments[0]).name
+    if arguments[1:2] == ["-m"]:  # python -m MODULE ...: name the module, or nnU-Net's command
+        name = arguments[3] if arguments[2] == LAUNCHER else arguments[2]
     with open(log, "a", encoding="utf-8") as handle:
         handle.write(f"$ {' '.join(arguments)}\n")
         handle.flush()
@@ -198,7 +212,7 @@ def plan_and_preprocess(folders: NnunetFolders, identifier: int, config: str, *,
                         processes: int | None = None, quiet: bool = False) -> None:
     """Fingerprint, plan and preprocess one dataset for one configuration."""
     processes = processes or max(1, min(8, os.cpu_count() or 1))
-    run_logged([find_command("nnUNetv2_plan_and_preprocess"), "-d", str(identifier),
+    run_logged([*nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(identifier),
                 "-c", config, "--verify_dataset_integrity", "-np", str(processes)],
                folders.environment(), folders.logs / "plan_and_preprocess.log",
                quiet=quiet)
@@ -212,15 +226,15 @@ def move_plans(folders: NnunetFolders, source: int, target: str, config: str, *,
     identifier, _ = dataset_id(target)
     processes = processes or max(1, min(8, os.cpu_count() or 1))
     environment, log = folders.environment(), folders.logs / "plan_and_preprocess.log"
-    run_logged([find_command("nnUNetv2_extract_fingerprint"), "-d", str(identifier), "-np",
+    run_logged([*nnunet_command("nnUNetv2_extract_fingerprint"), "-d", str(identifier), "-np",
                 str(processes), "--verify_dataset_integrity"], environment, log, quiet=quiet)
-    run_logged([find_command("nnUNetv2_move_plans_between_datasets"), "-s", str(source),
+    run_logged([*nnunet_command("nnUNetv2_move_plans_between_datasets"), "-s", str(source),
                 "-t", str(identifier), "-sp", PLANS, "-tp", PLANS], environment, log,
                quiet=quiet)
     shutil.copyfile(folders.raw / target / "dataset.json",
                     folders.preprocessed / target / "dataset.json")
-    run_logged([find_command("nnUNetv2_preprocess"), "-d", str(identifier), "-plans_name", PLANS,
-                "-c", config, "-np", str(processes)], environment, log, quiet=quiet)
+    run_logged([*nnunet_command("nnUNetv2_preprocess"), "-d", str(identifier), "-plans_name",
+                PLANS, "-c", config, "-np", str(processes)], environment, log, quiet=quiet)
 
 
 def worker(arguments: list[str], folders: NnunetFolders, log: str, *,

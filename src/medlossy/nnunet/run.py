@@ -270,6 +270,7 @@ def predict_nnunet(model_dir: str | os.PathLike[str], dataset_folder: str | os.P
     if not checkpoint(model_dir).exists():
         raise MedlossyError(model_dir, "the model is not trained yet (no checkpoint_final.pth)")
     dataset = open_raw_dataset(dataset_folder)
+    _check_file_ending(_results(model_dir, model) / "dataset.json", dataset)
     available = {case.name: case for case in dataset.cases()}
     if cases == "all":
         wanted = list(available)
@@ -309,6 +310,19 @@ def predict_nnunet(model_dir: str | os.PathLike[str], dataset_folder: str | os.P
                              str(images), str(temporary), *options], folders, "predict.log",
                             quiet=quiet)
     return out
+
+
+def _check_file_ending(model_dataset: Path, dataset: RawDataset) -> None:
+    """nnU-Net lists a prediction's inputs by the file ending of the dataset the model was
+    trained on: a model of decoded NIfTI images cannot read store links, nor the reverse."""
+    try:
+        trained = json.loads(model_dataset.read_text()).get("file_ending", ".nii.gz")
+    except (OSError, json.JSONDecodeError):
+        return  # nnU-Net reports a damaged model folder itself
+    if trained != dataset.file_ending:
+        raise MedlossyError(dataset.root, f"images end in {dataset.file_ending}, the model's "
+                                          f"training images in {trained}: predict a dataset "
+                                          "of the same sweep layout (--layout)")
 
 
 def evaluate_nnunet(model_dir: str | os.PathLike[str], dataset_folder: str | os.PathLike[str],

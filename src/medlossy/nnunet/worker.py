@@ -23,6 +23,12 @@ from pathlib import Path
 
 import torch
 
+from medlossy.nnunet.store_io import register
+
+# At import, so that the processes nnU-Net spawns from this one (they import it again as
+# their main module) find the store reader too (see ``store_io``).
+register()
+
 TRAINING_FILE = "medlossy-training.json"
 
 

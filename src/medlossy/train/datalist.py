@@ -49,8 +49,10 @@ def ratio_datalist(sweep: Path, dataset: Path, rows: pd.DataFrame, out: Path, *,
     """The datalist of one ratio (``rows``: its manifest rows; ``dataset``: its nnU-Net
     dataset folder), paths relative to ``out``."""
     ratio = float(rows["ratio_target"].iloc[0])
-    ending = read_json(dataset / "dataset.json", "missing: the sweep did not finish"
-                       ).get("file_ending", ".nii.gz")
+    described = read_json(dataset / "dataset.json", "missing: the sweep did not finish")
+    # a stores-only sweep's images are links (.mlstore), its labels NIfTI
+    ending = described.get("medlossy", {}).get("label_ending",
+                                               described.get("file_ending", ".nii.gz"))
     images: dict[str, list[str]] = {}
     splits: dict[str, str] = {}
     for row in rows.sort_values(["case", "channel"]).to_dict("records"):

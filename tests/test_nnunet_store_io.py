@@ -1,0 +1,339 @@
+"""nnU-Net v2 reads medlossy stores (``medlossy.nnunet.store_io``): the same arrays, spacing
+and affines as nnU-Net's own ``NibabelIOWithReorient`` on the decoded .nii.gz (oblique and
+flipped grids, several channels); stores-only sweeps (``--layout stores``) that nnU-Net's
+``verify_dataset_integrity`` and fingerprint extraction accept, in this process (a thread
+pool stands in for nnU-Net's process pool); ``--nnunet-raw`` registration; and (slow) the
+backend planning and preprocessing such a dataset through nnU-Net's own command."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing.pool
+from pathlib import Path
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("nnunetv2")
+
+from nnunetv2.experiment_planning import verify_dataset_integrity as nnunet_verify
+from nnunetv2.experiment_planning.dataset_fingerprint import (
+    fingerprint_extractor,
+)
+from nnunetv2.imageio.nibabel_reader_writer import NibabelIO, NibabelIOWithReorient
+from nnunetv2.imageio.reader_writer_registry import (
+    determine_reader_writer_from_dataset_json,
+    recursive_find_reader_writer_by_name,
+)
+
+from medlossy.cli.main import main as cli_main
+from medlossy.datasets.nnunet_raw import open_raw_dataset
+from medlossy.nnunet.store_io import MedlossyStoreIO, register
+from medlossy.store.link import LINK_ENDING, NNUNET_READER, write_store_link
+
+
+def _rotation(x_degrees: float, y_degrees: float) -> np.ndarray:
+    a, b = np.radians(x_degrees), np.radians(y_degrees)
+    about_x = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    about_y = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    return about_y @ about_x
+
+
+def _ct(seed: int = 0) -> nib.Nifti1Image:
+    """int16 HU stored slices first, two axes flipped (LPS-like): nnU-Net's reorientation
+    moves every axis."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[0:8, 0:64, 0:64]
+    body = ((y - 32) / 26) ** 2 + ((x - 30) / 22) ** 2 < 1
+    organ = ((y - 36) / 9) ** 2 + ((x - 24) / 7) ** 2 + ((z - 4) / 5) ** 2 < 1
+    hu = np.where(body, 40.0, -1000.0) + np.where(organ, 60.0, 0.0) + rng.normal(0, 12, z.shape)
+    affine = np.array([[0.0, -0.78, 0.0, 120.0], [0.0, 0.0, -0.78, 95.0],
+                       [2.5, 0.0, 0.0, -310.0], [0.0, 0.0, 0.0, 1.0]])
+    return nib.Nifti1Image(np.rint(hu).astype(np.int16), affine)
+
+
+def _mr(seed: int = 1) -> nib.Nifti1Image:
+    """uint8 T1-like on an oblique grid (sform and qform) with a flipped first axis."""
+    rng = np.random.default_rng(seed)
+    x, y, _ = np.mgrid[0:64, 0:64, 0:8]
+    head = ((x - 32) / 27) ** 2 + ((y - 32) / 30) ** 2 < 1
+    brain = ((x - 32) / 21) ** 2 + ((y - 33) / 24) ** 2 < 1
+    t1 = np.where(head, 250.0, 0.0) - np.where(brain, 150.0, 0.0) + rng.normal(0, 6, x.shape)
+    affine = np.eye(4)
+    affine[:3, :3] = _rotation(18, -9) @ np.diag([-0.9, 0.9, 3.0])
+    affine[:3, 3] = (28.0, -31.0, 12.0)
+    image = nib.Nifti1Image(np.clip(np.rint(t1), 0, 255).astype(np.uint8), affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=2)
+    return image
+
+
+def _run(*arguments: object) -> int:
+    return cli_main([str(a) for a in arguments])
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """(store, decoded .nii.gz) per source, written by the CLI at x8; "mr2" is a second
+    channel on the MR's grid."""
+    root = tmp_path_factory.mktemp("nnunet-store-io")
+    made = {}
+    for name, image, modality in (("ct", _ct(), "CT"), ("mr", _mr(), "MR"),
+                                  ("mr2", _mr(seed=5), "MR")):
+        source, store, decoded = (root / f"{name}.nii.gz", root / f"{name}.zarr",
+                                  root / f"{name}_decoded.nii.gz")
+        nib.save(image, source)
+        assert _run("compress", source, store, "--ratio", 8, "--modality", modality,
+                    "--quiet") == 0
+        assert _run("decompress", store, decoded, "--quiet") == 0
+        made[name] = store, decoded
+    return made
+
+
+def _assert_same(ours: tuple[np.ndarray, dict], theirs: tuple[np.ndarray, dict]) -> None:
+    assert ours[0].dtype == theirs[0].dtype == np.float32
+    np.testing.assert_array_equal(ours[0], theirs[0])
+    assert ours[1]["spacing"] == theirs[1]["spacing"]
+    for key in ("original_affine", "reoriented_affine"):
+        np.testing.assert_array_equal(ours[1]["nibabel_stuff"][key],
+                                      theirs[1]["nibabel_stuff"][key])
+
+
+@pytest.mark.parametrize("name", ["ct", "mr"])
+def test_a_store_reads_as_nnunet_reads_its_decoded_file(stores, tmp_path: Path,
+                                                        name: str) -> None:
+    store, decoded = stores[name]
+    theirs = NibabelIOWithReorient().read_images([str(decoded)])
+    link = tmp_path / f"case_0000{LINK_ENDING}"
+    write_store_link(link, store)
+    for given in (store, link):
+        _assert_same(MedlossyStoreIO().read_images([str(given)]), theirs)
+    # the grid was really turned: not what nnU-Net reads without reorienting
+    unturned = NibabelIO().read_images([str(decoded)])[0]
+    assert unturned.shape != theirs[0].shape or not np.array_equal(unturned, theirs[0])
+
+
+def test_channels_of_a_case_stack_like_nnunets(stores, tmp_path: Path) -> None:
+    (mr, mr_decoded), (mr2, mr2_decoded) = stores["mr"], stores["mr2"]
+    links = []
+    for channel, store in enumerate((mr, mr2)):
+        links.append(tmp_path / f"case_{channel:04d}{LINK_ENDING}")
+        write_store_link(links[-1], store)
+    ours = MedlossyStoreIO().read_images([str(link) for link in links])
+    theirs = NibabelIOWithReorient().read_images([str(mr_decoded), str(mr2_decoded)])
+    assert ours[0].shape[0] == 2
+    _assert_same(ours, theirs)
+    with pytest.raises(RuntimeError, match="not all channels have the same"):
+        MedlossyStoreIO().read_images([str(mr), str(stores["ct"][0])])
+
+
+def test_labels_are_read_and_predictions_written_as_nnunet_does(stores,
+                                                                tmp_path: Path) -> None:
+    _, decoded = stores["mr"]
+    label = nib.Nifti1Image((np.asarray(nib.load(decoded).dataobj) > 120).astype(np.uint8),
+                            nib.load(decoded).affine)
+    nib.save(label, tmp_path / "case.nii.gz")
+    ours = MedlossyStoreIO().read_seg(str(tmp_path / "case.nii.gz"))
+    theirs = NibabelIOWithReorient().read_seg(str(tmp_path / "case.nii.gz"))
+    _assert_same(ours, theirs)
+    # nnU-Net names a prediction with the dataset's file ending: a link's becomes .nii.gz
+    MedlossyStoreIO().write_seg(ours[0][0].astype(np.uint8), str(tmp_path / f"p{LINK_ENDING}"),
+                                ours[1])
+    NibabelIOWithReorient().write_seg(theirs[0][0].astype(np.uint8),
+                                      str(tmp_path / "q.nii.gz"), theirs[1])
+    assert not (tmp_path / f"p{LINK_ENDING}").exists()
+    written, expected = nib.load(tmp_path / "p.nii.gz"), nib.load(tmp_path / "q.nii.gz")
+    np.testing.assert_array_equal(written.get_fdata(), expected.get_fdata())
+    np.testing.assert_array_equal(written.affine, label.affine)
+
+
+def test_nnunet_finds_the_registered_reader_by_name_and_ending() -> None:
+    register()
+    register()  # twice changes nothing
+    assert MedlossyStoreIO.__name__ == NNUNET_READER
+    assert recursive_find_reader_writer_by_name(NNUNET_READER) is MedlossyStoreIO
+    assert determine_reader_writer_from_dataset_json(
+        {"file_ending": LINK_ENDING}, verbose=False) is MedlossyStoreIO
+    assert determine_reader_writer_from_dataset_json(
+        {"overwrite_image_reader_writer": NNUNET_READER, "file_ending": LINK_ENDING},
+        verbose=False) is MedlossyStoreIO
+
+
+def _two_channel_dataset(root: Path, cases: int = 3) -> Path:
+    """nnU-Net raw dataset: two CT channels on an oblique, flipped 40x36x8 grid, a blob."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    affine = np.eye(4)
+    affine[:3, :3] = _rotation(0, 12) @ np.diag([-0.8, 0.9, 2.5])
+    affine[:3, 3] = (10.0, -20.0, 5.0)
+    x, y, z = np.indices((40, 36, 8))
+    for index in range(cases):
+        label = (np.sqrt((x - 20) ** 2 + (y - 18) ** 2 + ((z - 4) * 3) ** 2) < 6 + index
+                 ).astype(np.uint8)
+        for channel in range(2):
+            image = rng.normal(0, 20, label.shape) + 300.0 * label - 100 + 50 * channel
+            nib.save(nib.Nifti1Image(image.astype(np.int16), affine),
+                     root / "imagesTr" / f"case{index}_{channel:04d}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"case{index}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT", "1": "CT"}, "labels": {"background": 0, "blob": 1},
+        "numTraining": cases, "file_ending": ".nii.gz"}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def stores_sweep(tmp_path_factory) -> SimpleNamespace:
+    """A stores-only sweep (ratios 1 and 4) registered in a raw folder of its own."""
+    root = tmp_path_factory.mktemp("stores-sweep")
+    source = _two_channel_dataset(root / "Dataset700_Blob")
+    out, raw = root / "sweep", root / "raw"
+    assert _run("dataset", "compress", source, "--ratios", "1,4", "--out", out, "--layout",
+                "stores", "--nnunet-raw", raw, "--base-id", 710, "--workers", 1,
+                "--quiet") == 0
+    return SimpleNamespace(source=source, out=out, raw=raw,
+                           r4=raw / "Dataset711_Blob_r4", r1=raw / "Dataset710_Blob_r1")
+
+
+def test_a_stores_sweep_holds_no_decoded_copy(stores_sweep) -> None:
+    dataset = stores_sweep.r4
+    assert dataset.is_symlink() and dataset.resolve() == (stores_sweep.out / "nnunet" /
+                                                           dataset.name).resolve()
+    images = sorted(p.name for p in (dataset / "imagesTr").iterdir())
+    assert images == [f"case{i}_{c:04d}{LINK_ENDING}" for i in range(3) for c in range(2)]
+    assert not list(stores_sweep.out.rglob("*_000?.nii*"))
+    for case in range(3):  # labels: bit-exact NIfTI copies
+        name = f"case{case}.nii.gz"
+        assert (dataset / "labelsTr" / name).read_bytes() == \
+            (stores_sweep.source / "labelsTr" / name).read_bytes()
+    description = json.loads((dataset / "dataset.json").read_text())
+    assert description["file_ending"] == LINK_ENDING
+    assert description["overwrite_image_reader_writer"] == NNUNET_READER
+    cases = open_raw_dataset(dataset).cases()
+    assert [case.label.name for case in cases] == [f"case{i}.nii.gz" for i in range(3)]
+    assert _run("dataset", "verify", stores_sweep.out) == 0
+
+
+def test_a_stores_sweep_has_monai_datalists(stores_sweep) -> None:
+    """Datalists name the stores and the NIfTI labels (not labels ending in .mlstore)."""
+    out = stores_sweep.out.parent / "datalists"
+    assert _run("dataset", "datalist", stores_sweep.out, "--out", out) == 0
+    datalist = json.loads((out / "r4.json").read_text())
+    for entry in datalist["training"] + datalist["validation"]:
+        assert entry["label"].endswith(".nii.gz") and "labelsTr/" in entry["label"]
+        assert all(image.endswith(".zarr") for image in entry["image"])
+
+
+def test_a_sweep_rerun_as_stores_drops_its_decoded_copies(tmp_path: Path) -> None:
+    source = _two_channel_dataset(tmp_path / "Dataset720_Blob", cases=1)
+    out = tmp_path / "sweep"
+    common = ("--ratios", "4", "--out", out, "--base-id", 730, "--workers", 1, "--quiet")
+    assert _run("dataset", "compress", source, *common) == 0
+    images = out / "nnunet" / "Dataset730_Blob_r4" / "imagesTr"
+    assert sorted(p.name for p in images.iterdir()) == ["case0_0000.nii.gz", "case0_0001.nii.gz"]
+    assert _run("dataset", "compress", source, *common, "--layout", "stores") == 0
+    assert sorted(p.name for p in images.iterdir()) == [f"case0_0000{LINK_ENDING}",
+                                                        f"case0_0001{LINK_ENDING}"]
+    assert _run("dataset", "verify", out) == 0
+
+
+def test_a_stores_dataset_reads_as_its_decoded_twin(stores_sweep, tmp_path: Path) -> None:
+    """The link of a registered dataset (through its symlink) gives what nnU-Net's reader
+    gives on the decoded file of the same store."""
+    link = stores_sweep.r4 / "imagesTr" / f"case1_0001{LINK_ENDING}"
+    store = stores_sweep.out / "stores" / "r4" / "case1_0001.zarr"
+    assert _run("decompress", store, tmp_path / "decoded.nii.gz", "--quiet") == 0
+    _assert_same(MedlossyStoreIO().read_images([str(link)]),
+                 NibabelIOWithReorient().read_images([str(tmp_path / "decoded.nii.gz")]))
+
+
+def _in_process_pools(monkeypatch, module) -> None:
+    """nnU-Net's spawn pool, replaced by threads of this process: the same calls, in
+    seconds (spawned workers would import torch first)."""
+    monkeypatch.setattr(module, "multiprocessing", SimpleNamespace(
+        get_context=lambda method: SimpleNamespace(Pool=multiprocessing.pool.ThreadPool)))
+
+
+def test_nnunet_verifies_a_stores_dataset(stores_sweep, monkeypatch, capsys) -> None:
+    register()
+    _in_process_pools(monkeypatch, nnunet_verify)
+    nnunet_verify.verify_dataset_integrity(str(stores_sweep.r4), num_processes=1)
+    assert "verify_dataset_integrity Done" in capsys.readouterr().out
+
+
+def test_nnunet_fingerprints_a_stores_dataset(stores_sweep, monkeypatch,
+                                              tmp_path: Path) -> None:
+    register()
+    _in_process_pools(monkeypatch, fingerprint_extractor)
+    monkeypatch.setattr(fingerprint_extractor, "nnUNet_raw", str(stores_sweep.raw))
+    monkeypatch.setattr(fingerprint_extractor, "nnUNet_preprocessed", str(tmp_path))
+    extractor = fingerprint_extractor.DatasetFingerprintExtractor(stores_sweep.r4.name, 1)
+    extractor.show_progress_bar = False
+    fingerprint = extractor.run()
+    # the reoriented grid, in nnU-Net's (z, y, x) order: 8 slices of 2.5 mm
+    assert fingerprint["shapes_after_crop"] == [(8, 36, 40)] * 3
+    np.testing.assert_allclose(fingerprint["spacings"], [[2.5, 0.9, 0.8]] * 3, rtol=1e-6)
+    assert set(fingerprint["foreground_intensity_properties_per_channel"]) == {0, 1}
+
+
+def test_registration_is_idempotent_and_refuses_a_taken_id(stores_sweep, tmp_path: Path,
+                                                           capsys) -> None:
+    arguments = ("dataset", "compress", stores_sweep.source, "--ratios", "1,4", "--out",
+                 stores_sweep.out, "--layout", "stores", "--base-id", 710, "--workers", 1,
+                 "--quiet")
+    assert _run(*arguments, "--nnunet-raw", stores_sweep.raw) == 0  # all there already
+    capsys.readouterr()
+    taken = tmp_path / "raw"
+    (taken / "Dataset711_Other").mkdir(parents=True)
+    assert _run(*arguments, "--nnunet-raw", taken) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0
+    assert error.startswith(f"medlossy: error: {taken / 'Dataset711_Other'}: ")
+    assert "id 711" in error
+    assert not (taken / "Dataset710_Blob_r1").exists()  # refused before linking any
+    (taken / "Dataset711_Other").rmdir()
+    (taken / "Dataset711_Blob_r4").mkdir()  # same name, but not this sweep's dataset
+    assert _run(*arguments, "--nnunet-raw", taken) == 2
+    assert "not a link" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_backend_trains_and_predicts_from_a_stores_dataset(stores_sweep,
+                                                           tmp_path: Path) -> None:
+    """medlossy's backend on the links: nnU-Net's own planning and preprocessing (the
+    processes it spawns find the reader by name), a tiny training, a prediction written as
+    NIfTI, and its evaluation against the NIfTI labels."""
+    from medlossy.nnunet.run import evaluate_nnunet, predict_nnunet, train_nnunet
+
+    model = train_nnunet(stores_sweep.r4, tmp_path / "model", configuration="3d_fullres",
+                         folds=3, epochs=1, iterations_per_epoch=2, validation_iterations=1,
+                         cache=tmp_path / "prep", processes=1, device="cpu", quiet=True)
+    name = stores_sweep.r4.name
+    prepared = tmp_path / "prep" / f"{name}_3d_fullres_per-ratio" / "preprocessed" / name
+    plans = json.loads((prepared / "nnUNetPlans.json").read_text())
+    assert plans["image_reader_writer"] == NNUNET_READER
+    assert plans["configurations"]["3d_fullres"]["spacing"] == pytest.approx([2.5, 0.9, 0.8])
+    predictions = predict_nnunet(model, stores_sweep.r4, tmp_path / "preds", device="cpu",
+                                 quiet=True)
+    held_out = json.loads((model / "medlossy-model.json").read_text())["test_cases"]
+    assert sorted(p.name for p in predictions.glob("case*")) == \
+        [f"{case}.nii.gz" for case in held_out]
+    table = evaluate_nnunet(model, stores_sweep.r4, predictions)
+    assert set(table["case"]) == set(held_out)
+
+
+def test_a_model_of_decoded_images_refuses_a_stores_dataset(stores_sweep,
+                                                             tmp_path: Path) -> None:
+    """nnU-Net lists a prediction's inputs by the training dataset's file ending: a mismatch
+    would find no image, so it is refused, naming the dataset."""
+    from medlossy.errors import MedlossyError
+    from medlossy.nnunet.run import _check_file_ending
+
+    trained = tmp_path / "dataset.json"
+    trained.write_text(json.dumps({"file_ending": ".nii.gz"}))
+    with pytest.raises(MedlossyError, match=r"images end in \.mlstore, the model's training"):
+        _check_file_ending(trained, open_raw_dataset(stores_sweep.r4))
+    trained.write_text(json.dumps({"file_ending": LINK_ENDING}))
+    _check_file_ending(trained, open_raw_dataset(stores_sweep.r4))
