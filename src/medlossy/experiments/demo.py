@@ -1,9 +1,10 @@
 """The built-in demo study: real CT/MR for image quality, a synthetic cohort for training.
 
 Sized to finish in about ten minutes on two CPU cores: the phantom volumes are small and
-trained at a coarse 4 mm, the network small, five models (x1, x20, x100 and the two
-storage-budget arms) each train 480 iterations. The report says that such a run cannot
-support conclusions.
+trained at a coarse 4 mm, the network small, five models (x1, x20, one model for every ratio
+and the two storage-budget arms) each train 480 iterations. The x1 model and the mixed-ratio
+model are tested at every ratio, so the far end (x50-x100) is shown without a model of its
+own. The report says that such a run cannot support conclusions.
 
 What makes 480 iterations enough for every class at x1 (measured, see BENCHMARKS.md "The demo
 study"): a contrast-enhanced (portal-venous) phantom, whose vessels, kidneys and spleen stand
@@ -33,9 +34,11 @@ DEMO_TRAINING = {
     "optimizer": "adamw", "learning_rate": 3e-3, "weight_decay": 1e-4, "mirror_axes": [],
     "sampling": "classes", "foreground_fraction": 0.9,
 }
-#: Fewer, longer-trained models: x1, x20 (mid-curve) and x100 (the far end).
-DEMO_TRAIN_RATIOS = (1, 20, 100)
+#: Fewer, longer-trained models: x1 and x20 (the paper's "up to x20"); the far end is tested
+#: with the x1 model and the mixed-ratio model (a model at x100 would cost another 90 s).
+DEMO_TRAIN_RATIOS = (1, 20)
 DEMO_BUDGET_FRACTIONS = (0.1, 1.0)
+DEMO_EXPERIMENTS = ("quality", "train", "cross", "pretrained", "budget", "mixed")
 NOTES = ("Demo: the training experiments run on a SYNTHETIC phantom cohort (12 contrast-"
          "enhanced abdominal CTs made by medlossy, 120x120x48 voxels of 3.2 x 3.2 x 4 mm, "
          "trained at 4 mm; enhancement from "
@@ -54,7 +57,7 @@ def demo_config(out: Path, cache: str | None = None, show_progress: bool = False
         datasets=(DatasetEntry(phantom, train=True, synthetic=True, body_region="abdomen"),
                   *(DatasetEntry(folder, train=False, body_region="abdomen")
                     for folder in real)),
-        experiments=("quality", "train", "cross", "pretrained", "budget"),
+        experiments=DEMO_EXPERIMENTS,
         train_ratios=DEMO_TRAIN_RATIOS, folds=3, train_folds=(0,), seed=0,
         budget_fractions=DEMO_BUDGET_FRACTIONS, margin=0.01, training=dict(DEMO_TRAINING),
     )
