@@ -90,6 +90,13 @@ EMPTY = 2**64 - 1
 _BLOSC_SHUFFLE = {0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}
 
 
+def shard_depth(slices: int, depth: int, wanted: int | None) -> int:
+    """Slices per shard when ``wanted`` (None: all) are asked for: whole chunks of ``depth``
+    slices, at most the volume's (its last block padded)."""
+    whole = -(-slices // depth) * depth
+    return min(whole, -(-(wanted or whole) // depth) * depth)
+
+
 @dataclass(frozen=True)
 class StoreLayout:
     """Shape and encoding of the slice array, independent of its contents."""
@@ -127,10 +134,8 @@ class StoreLayout:
 
     @property
     def shard_depth(self) -> int:
-        """Slices per shard (format 3): whole chunks, at most the (padded) volume."""
-        whole = -(-self.slices // self.depth) * self.depth
-        wanted = whole if self.shard_slices is None else self.shard_slices
-        return min(whole, -(-wanted // self.depth) * self.depth)
+        """Slices per shard (format 3)."""
+        return shard_depth(self.slices, self.depth, self.shard_slices)
 
     @property
     def shard_shape(self) -> tuple[int, int, int]:
@@ -643,6 +648,11 @@ class SliceStore:
         if self.zarr_format == 2:
             return 1
         return int(self.zarray["shards"][0]) // self.depth * self.grid.per_slice
+
+    @property
+    def shard_slices(self) -> int | None:
+        """Slices per shard file (format 3); None in format 2."""
+        return int(self.zarray["shards"][0]) if self.zarr_format == 3 else None
 
     def chunk_path(self, index: int) -> Path:
         """The file holding chunk ``index``'s codestream (slice ``index`` for slice codecs;
