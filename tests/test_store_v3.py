@@ -240,6 +240,16 @@ def test_a_patch_reads_only_the_inner_chunks_it_touches(stores, monkeypatch):
     np.testing.assert_array_equal(patch, expected)
 
 
+def test_the_patch_dataset_takes_one_v3_store(stores):
+    # Was refused ("no *.zarr stores in this folder"): a single store was recognised by its
+    # .zattrs, which format 3 does not have.
+    from medlossy.loading import StorePatchDataset
+
+    dataset = StorePatchDataset(stores["v3_tiled"], (8, 64, 64), samples=2)
+    assert dataset.names == ["v3_tiled"]
+    assert tuple(dataset[0]["image"].shape) == (1, 8, 64, 64)
+
+
 def test_stock_zarr_reads_a_patch_by_byte_ranges_of_the_chunks_it_touches(stores):
     import zarr
     from zarr.storage import LocalStore, WrapperStore

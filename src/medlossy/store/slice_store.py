@@ -662,8 +662,8 @@ class SliceStore:
         return self.array_path / chunk_key(index, self.grid)
 
     def read_range(self, file: Path, offset: int, length: int) -> bytes:
-        """``length`` bytes of ``file`` from ``offset`` (negative: from the end); every
-        read of chunk data goes through here."""
+        """``length`` bytes (-1: all) of ``file`` from ``offset`` (negative: from the end);
+        every read of chunk data goes through here."""
         with file.open("rb") as handle:
             handle.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
             return handle.read(length)
@@ -687,7 +687,7 @@ class SliceStore:
     def _read_chunk(self, index: int) -> bytes:
         file = self.chunk_path(index)
         if self.zarr_format == 2:
-            return file.read_bytes()
+            return self.read_range(file, 0, -1)
         offset, length = (int(n) for n in
                           self._shard_index(index // self.chunks_per_shard)[
                               index % self.chunks_per_shard])
