@@ -9,8 +9,8 @@ tile of a slice, and every chunk file is a plain codestream (``0/0.0.0`` ... ``0
 tiled: ``0/z.y.x``). Stock ``zarr`` opens it
 once ``imagecodecs.numcodecs.register_codecs()`` has run, ome-zarr-py recognises it, any
 JPEG 2000 tool reads a chunk file directly, and a DICOM encapsulated frame can carry it
-unchanged. Format 2 rather than 3: zarr 3.x reads imagecodecs' numcodecs codecs only in
-format 2; format 3 would need an adapter that other tools do not have.
+unchanged. Format 2 is the default: zarr 3.x reads imagecodecs' numcodecs codecs in format 2
+with imagecodecs alone, while format 3 needs medlossy's adapter (docs/store-format.md).
 
 With ``--zarr-version 3`` the same array is written in Zarr format 3 as an OME-Zarr 0.5 image:
 ``zarr.json`` (group, NGFF ``ome`` attribute beside the medlossy attributes) and
