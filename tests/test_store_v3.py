@@ -327,6 +327,10 @@ def test_cli_writes_v3_and_refuses_shards_without_it(ct_b_crop_file, tmp_path, c
     document = json.loads(out_text)
     assert (document["zarr_format"], document["shard_slices"]) == (3, 10)
     assert document["bytes_on_disk"] == document["achieved"]["stored_bytes"]
+    # psnr takes a v3 store as either volume (it looked for .zattrs: "not a volume file")
+    code, out_text, err = cli("psnr", ct_b_crop_file, out)
+    assert code == 0, err
+    assert f"PSNR {document['achieved']['psnr_db']:.3f} dB" in out_text
     code, _, err = cli("compress", ct_b_crop_file, tmp_path / "x.zarr", "--ratio", "10",
                        "--shard-slices", "10", "--quiet")
     assert code == 2 and "--shard-slices applies only to --zarr-version 3" in err

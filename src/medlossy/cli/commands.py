@@ -443,7 +443,8 @@ def _verify_dicom(arguments: argparse.Namespace) -> None:
 
 def _store_attributes(path: str) -> dict | None:
     """A medlossy store's attributes, or None for a volume file or DICOM folder."""
-    if Path(path).is_dir() and (Path(path) / ".zattrs").exists():
+    folder = Path(path)
+    if folder.is_dir() and ((folder / ".zattrs").exists() or (folder / "zarr.json").exists()):
         return SliceStore(path).attributes
     return None
 
