@@ -3,6 +3,9 @@
 Usage (writes bench/results/store_layouts.{json,md}; stores under bench/out/store_layouts/):
     .venv/bin/python bench/store_layouts.py [--slices 64] [--ratios 1,2,5,10,20,50,70,100]
         [--tile 128] [--shard-slices 64] [--patches 6] [--supply-seconds 8]
+    .venv/bin/python bench/store_layouts.py --supply-only [--supply-rounds 6] [--workers 0]
+        (the loader's supply again on the x20 stores of the last run, more rounds:
+        bench/results/store_layouts_supply.{json,md})
 
 Data flow: a CT-like 512x512xN int16 volume (CT C's 20 real slices interpolated to N slices,
 +10 HU noise: synthetic, bench/memory.py) -> at every ratio, the stores ``medlossy compress``
@@ -124,16 +127,50 @@ def stock_amplification(path: Path, start, patch) -> float:
     return round(Counting.read / touched_bytes(SliceStore(path), start, patch), 3)
 
 
-def supply(paths: dict[str, Path], patch, seconds: float, rounds: int) -> dict[str, list]:
+def supply(paths: dict[str, Path], patch, seconds: float, rounds: int,
+           workers: int = 1) -> dict[str, list]:
     """Patch supply of each store, runs alternating between them."""
     runs: dict[str, list] = {name: [] for name in paths}
     for _ in range(rounds):
         for name, path in paths.items():
             dataset = StorePatchDataset(path, patch, samples=10**9)
-            result = measure_supply(dataset, workers=1, seconds=seconds)
+            result = measure_supply(dataset, workers=workers, seconds=seconds)
             runs[name].append({key: result[key] for key in (
                 "mvox_per_s", "mvox_per_cpu_s", "patches", "load_average")})
     return runs
+
+
+def supply_only(arguments: argparse.Namespace) -> None:
+    """The loader's supply on the x20 stores of the last run, v2 and v3 alternating."""
+    pairs = {name: OUT / folder / "r20.zarr" for name, folder in (
+        ("v2 per slice", "v2_per_slice"),
+        (f"v3 sharded ({arguments.shard_slices} slices/shard)",
+         f"v3_sharded_({arguments.shard_slices}_slices_shard)"),
+        (f"v2 tiled {arguments.tile}", f"v2_tiled_{arguments.tile}"),
+        (f"v3 sharded, tiled {arguments.tile}", f"v3_sharded_tiled_{arguments.tile}"))}
+    slices = SliceStore(next(iter(pairs.values()))).slices
+    patch = (min(PATCH[0], slices), *PATCH[1:])
+    document = {"machine": _common.machine(), "patch": patch, "workers": arguments.workers,
+                "seconds": arguments.supply_seconds, "supply": supply(
+                    pairs, patch, arguments.supply_seconds, arguments.supply_rounds,
+                    arguments.workers)}
+    rows = []
+    for name, runs in document["supply"].items():
+        wall = [r["mvox_per_s"] for r in runs]
+        cpu = [r["mvox_per_cpu_s"] for r in runs]
+        rows.append([name, f"{statistics.median(wall):.2f}", f"{statistics.median(cpu):.2f}",
+                     " / ".join(f"{v:.2f}" for v in cpu),
+                     f"{min(r['load_average'][0] for r in runs):.1f}-"
+                     f"{max(r['load_average'][0] for r in runs):.1f}"])
+    markdown = "\n".join([
+        _common.machine_markdown(document["machine"]), "",
+        f"Loader supply at x20 ({'x'.join(map(str, patch))} patches, "
+        f"{arguments.workers} DataLoader workers (0: in the main process), "
+        f"{arguments.supply_seconds:g} s per run, {arguments.supply_rounds} rounds, the four "
+        "stores alternating within each round):", "",
+        _common.table(["layout", "Mvox/s wall (median)", "Mvox/CPU-s (median)",
+                       "Mvox/CPU-s per run", "load"], rows)])
+    _common.save("store_layouts_supply", document, markdown)
 
 
 def main() -> None:
@@ -145,8 +182,13 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=6)
     parser.add_argument("--supply-seconds", type=float, default=8.0)
     parser.add_argument("--supply-rounds", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="encode processes; with --supply-only, DataLoader workers")
+    parser.add_argument("--supply-only", action="store_true")
     arguments = parser.parse_args()
+    if arguments.supply_only:
+        supply_only(arguments)
+        return
     ratios = [float(r) for r in arguments.ratios.split(",")]
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
