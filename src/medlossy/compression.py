@@ -10,6 +10,7 @@ it into place.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import zlib
@@ -59,8 +60,10 @@ from medlossy.ratecontrol import (
     search_ratios,
 )
 from medlossy.store.slice_store import (
+    DEFAULT_ZARR_FORMAT,
     FORMAT_VERSION,
     StoreLayout,
+    attributes_file,
     render_metadata,
     rewrite_attributes,
     stored_bytes,
@@ -164,7 +167,8 @@ class _Measurer:
     def total(self, streams: list[bytes]) -> int:
         attributes = {**self.attributes, "chunk_crc32": [crc32(s) for s in streams]}
         metadata = render_metadata(self.layout, self.codec, attributes)
-        return sum(map(len, streams)) + sum(map(len, metadata.values())) + self.reserve
+        return sum(map(len, streams)) + self.layout.index_bytes \
+            + sum(map(len, metadata.values())) + self.reserve
 
 
 def _round(value: float, digits: int = 6) -> float | None:
@@ -453,7 +457,8 @@ def compress_volume(volume: Volume, output: str | Path, target: Target, *,
                     codec_name: str | None = None, data_range: float | None = None,
                     workers: int | None = None, show_progress: bool = False,
                     source: str = "<volume>", tile: int | None = None,
-                    replace: bool = True) -> dict[str, Any]:
+                    replace: bool = True, zarr_format: int = DEFAULT_ZARR_FORMAT,
+                    shard_slices: int | None = None) -> dict[str, Any]:
     """Compress ``volume`` into the store ``output``; returns the store's medlossy attributes
     and, under ``timing``, the run's ``encode_seconds`` (not stored: a store's bytes depend
     only on its input and settings, so identical runs write identical stores).
@@ -464,8 +469,11 @@ def compress_volume(volume: Volume, output: str | Path, target: Target, *,
     ``tile``: store each slice as square tiles of this side, one codestream each (slice
     codecs with ``tiles``), so that readers decode only the tiles a region touches.
     ``replace`` False: refuse, at the end, an ``output`` that exists by then.
+    ``zarr_format`` 3: a sharded OME-Zarr 0.5 store, ``shard_slices`` slices per shard file
+    (None: one shard); the ratio counts the shard indexes too.
     """
-    plan = plan_volume(volume, codec_name, data_range, source, target, tile=tile)
+    plan = _stored_as(plan_volume(volume, codec_name, data_range, source, target, tile=tile),
+                      zarr_format, shard_slices)
     attributes = _base_attributes(volume, plan, target, source)
     found = encode_volume(volume, plan, target, _measurer(plan, target, attributes).total,
                           workers=workers, show_progress=show_progress, source=source)
@@ -473,15 +481,23 @@ def compress_volume(volume: Volume, output: str | Path, target: Target, *,
                            replace=replace)
 
 
+def _stored_as(plan: Plan, zarr_format: int, shard_slices: int | None) -> Plan:
+    """``plan`` with its store written in ``zarr_format`` (3: sharded)."""
+    return dataclasses.replace(plan, layout=dataclasses.replace(
+        plan.layout, zarr_format=zarr_format, shard_slices=shard_slices))
+
+
 def ratio_reach(volume: Volume, codec_name: str | None = None, *,
                 workers: int | None = None, source: str = "<volume>",
-                tile: int | None = None) -> tuple[float, float | None]:
+                tile: int | None = None, zarr_format: int = DEFAULT_ZARR_FORMAT,
+                shard_slices: int | None = None) -> tuple[float, float | None]:
     """What ``--ratio`` can ask of ``codec_name`` (None: JPEG 2000) on ``volume``, every
     stored byte counted: the ratio of its coarsest setting and, for a codec without a
     lossless mode, of its finest lossy setting (None for the others: lossless takes over).
     ``tile``: as stored in tiles of this side."""
     target = Target("ratio", 2.0)  # any ratio: the store's metadata is the same
-    plan = plan_volume(volume, codec_name or "jpeg2k", None, source, target, tile=tile)
+    plan = _stored_as(plan_volume(volume, codec_name or "jpeg2k", None, source, target,
+                                  tile=tile), zarr_format, shard_slices)
     codec, layout, mapping = plan.codec, plan.layout, plan.mapping
     count_bytes = _measurer(plan, target, _base_attributes(volume, plan, target, source)).total
     with slice_encoder(codec, (layout.slices, layout.rows, layout.columns),
@@ -519,7 +535,7 @@ def _write_encoding(output: str | Path, plan: Plan, shape: tuple[int, ...], targ
             attributes["achieved"] = update
             rewrite_attributes(temporary, attributes)
         else:  # no fixed point (the count's own digits move it): state a total, pad up to it
-            others = stored_bytes(temporary) - (temporary / ".zattrs").stat().st_size
+            others = stored_bytes(temporary) - attributes_file(temporary).stat().st_size
             total = stored_bytes(temporary)
             while True:
                 attributes["achieved"] = achieved(total)
@@ -536,7 +552,8 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
                            on_store: OnStore | None = None,
                            keep: Collection[float] | None = None,
                            show_progress: bool = False, source: str = "<volume>",
-                           tile: int | None = None) -> dict[float, dict[str, Any]]:
+                           tile: int | None = None, zarr_format: int = DEFAULT_ZARR_FORMAT,
+                           shard_slices: int | None = None) -> dict[float, dict[str, Any]]:
     """Compress ``volume`` at several ratios (1 = lossless) into one store each, reading and
     encoding it as few times as possible; returns each store's attributes by ratio.
 
@@ -551,8 +568,9 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
     all); the others are encoded all the same, so that each store is the same whichever
     ratios a rerun has left to do.
     ``tile``: stores in tiles of this side, each ratio then searched on its own (the layered
-    encode cuts whole slices).
+    encode cuts whole slices). ``zarr_format``, ``shard_slices``: as for ``compress_volume``.
     """
+    stored_as = {"zarr_format": zarr_format, "shard_slices": shard_slices}
     keep = set(outputs if keep is None else keep)
     ratios = sorted(outputs)
     lossy = [r for r in ratios if r != 1]
@@ -560,16 +578,18 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
         # 3D blocks, tiles: one ratio at a time
         return _compress_each(volume, outputs, keep, codec_name=codec_name,
                               data_range=data_range, workers=workers, on_store=on_store,
-                              source=source, tile=tile)
-    plan = plan_volume(volume, codec_name, data_range, source,
-                       Target("ratio", lossy[0]) if lossy else Target("lossless"))
+                              source=source, tile=tile, **stored_as)
+    plan = _stored_as(plan_volume(volume, codec_name, data_range, source,
+                                  Target("ratio", lossy[0]) if lossy else Target("lossless")),
+                      zarr_format, shard_slices)
     written: dict[float, dict[str, Any]] = {}
     if 1 in outputs and (not lossy or not plan.mapping.exact):
         # Lossless alone, or values JPEG 2000 cannot hold exactly (compress_volume then picks
         # another codec): ratio 1 on its own.
         written.update(_compress_each(volume, {1: outputs[1]}, keep, codec_name=codec_name,
                                       data_range=data_range, workers=workers,
-                                      on_store=on_store, source=source, tile=None))
+                                      on_store=on_store, source=source, tile=None,
+                                      **stored_as))
         ratios = lossy
         if not ratios:
             return written
@@ -613,6 +633,7 @@ def compress_volume_ratios(volume: Volume, outputs: dict[float, str | Path], *,
 def _compress_each(volume: Volume, outputs: dict[float, str | Path], keep: Collection[float],
                    *, codec_name: str | None, data_range: float | None, workers: int | None,
                    on_store: OnStore | None, source: str, tile: int | None,
+                   zarr_format: int = DEFAULT_ZARR_FORMAT, shard_slices: int | None = None,
                    ) -> dict[float, dict[str, Any]]:
     """``compress_volume_ratios`` the plain way: each kept ratio compressed on its own."""
     written = {}
@@ -621,7 +642,8 @@ def _compress_each(volume: Volume, outputs: dict[float, str | Path], keep: Colle
         written[ratio] = compress_volume(volume, outputs[ratio], target,
                                          codec_name=None if ratio == 1 else codec_name,
                                          data_range=data_range, workers=workers,
-                                         source=source, tile=tile)
+                                         source=source, tile=tile, zarr_format=zarr_format,
+                                         shard_slices=shard_slices)
         if on_store is not None:
             started = time.perf_counter()
             decoded = read_store(outputs[ratio], workers=workers)

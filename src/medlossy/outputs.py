@@ -34,39 +34,63 @@ _TEMPORARY = re.compile(r"\..*\.(partial|old)-[0-9a-f]{8}.*")
 
 
 def is_store(path: Path) -> bool:
-    """A folder with medlossy store attributes."""
+    """A folder with medlossy store attributes (``.zattrs``; ``zarr.json`` in format 3)."""
     try:
-        attributes = json.loads((path / ".zattrs").read_bytes())
-    except (OSError, ValueError):
+        if (path / "zarr.json").is_file():
+            attributes = json.loads((path / "zarr.json").read_bytes()).get("attributes")
+        else:
+            attributes = json.loads((path / ".zattrs").read_bytes())
+    except (OSError, ValueError, AttributeError):
         return False
     return isinstance(attributes, dict) and isinstance(attributes.get("medlossy"), dict)
 
 
 class _StoreFiles:
     """The files a store is made of: group and array metadata and the chunk keys of the
-    array's own chunk grid (from its ``.zarray``: shape, chunks, dimension separator). The
-    array is at ``0/`` (version 1 stores kept it at the root; see store/slice_store.py)."""
+    array's own chunk grid (from its ``.zarray``: shape, chunks, dimension separator; in
+    Zarr format 3 from ``zarr.json``: the shard files ``c/z/y/x``). The array is at ``0/``
+    (version 1 stores kept it at the root; see store/slice_store.py)."""
 
     def __init__(self, path: Path) -> None:
+        #: Zarr format 3: chunk keys start with this folder.
+        self.keys = ""
+        if (path / "zarr.json").is_file():
+            self.array, self.keys = LEVEL0, "c"
+            self.metadata = {"zarr.json", f"{LEVEL0}/zarr.json"}
+            self.grid, self.separator = self._grid_v3(path / LEVEL0 / "zarr.json")
+            return
         self.array = "" if (path / ".zarray").is_file() else LEVEL0
         prefix = f"{self.array}/" if self.array else ""
         self.metadata = {".zattrs", ".zgroup", f"{prefix}.zarray"}
         self.grid, self.separator = self._grid(path / self.array / ".zarray")
 
     @staticmethod
+    def _grid_v3(metadata: Path) -> tuple[list[int], str]:
+        """Shards along each axis of a format 3 array; no shards when unreadable."""
+        try:
+            document = json.loads(metadata.read_bytes())
+            shards = document["chunk_grid"]["configuration"]["chunk_shape"]
+            return _StoreFiles._grid_of(document["shape"], shards), "/"
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return [], "/"
+
+    @staticmethod
+    def _grid_of(shape: list[int], chunks: list[int]) -> list[int]:
+        if not (len(shape) == len(chunks) and all(type(n) is int and n >= 0 for n in shape)
+                and all(type(c) is int and c > 0 for c in chunks)):
+            return []
+        return [-(-n // c) for n, c in zip(shape, chunks, strict=True)]
+
+    @staticmethod
     def _grid(zarray: Path) -> tuple[list[int], str]:
         """Chunks along each axis and the key separator; no chunks when unreadable."""
         try:
             document = json.loads(zarray.read_bytes())
-            shape, chunks = document["shape"], document["chunks"]
             separator = document.get("dimension_separator") or "."
-            if not (len(shape) == len(chunks) and separator in (".", "/") and all(
-                    type(n) is int and n >= 0 for n in shape)
-                    and all(type(c) is int and c > 0 for c in chunks)):
-                return [], "."
+            grid = _StoreFiles._grid_of(document["shape"], document["chunks"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return [], "."
-        return [-(-n // c) for n, c in zip(shape, chunks, strict=True)], separator
+        return (grid, separator) if separator in (".", "/") else ([], ".")
 
     def _indices(self, entry: str) -> list[str] | None:
         """The chunk key parts of ``entry`` (relative to the store), None when it is not
@@ -75,6 +99,10 @@ class _StoreFiles:
             if not entry.startswith(f"{self.array}/"):
                 return None
             entry = entry[len(self.array) + 1:]
+        if self.keys:
+            if not entry.startswith(f"{self.keys}/"):
+                return None
+            entry = entry[len(self.keys) + 1:]
         return entry.split(self.separator)
 
     def _in_grid(self, parts: list[str]) -> bool:
@@ -89,7 +117,7 @@ class _StoreFiles:
 
     def is_folder(self, entry: str) -> bool:
         """The array's folder, or one level of a nested key ("/" separator: ``0/z/y``)."""
-        if entry == self.array:
+        if entry == self.array or (self.keys and entry == f"{self.array}/{self.keys}"):
             return True
         parts = self._indices(entry)
         return (self.separator == "/" and parts is not None

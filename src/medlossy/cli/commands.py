@@ -34,6 +34,7 @@ from medlossy.outputs import (
     medlossy_output,
 )
 from medlossy.store import MetadataMismatch, SliceStore, stored_bytes
+from medlossy.store.slice_store import DEFAULT_ZARR_FORMAT
 from medlossy.volume import Volume
 
 #: How a store written before metadata checksums is reported (readable, not refused).
@@ -127,6 +128,16 @@ def _refuse_file_name(arguments: argparse.Namespace) -> None:
                                               ".nii.gz and .nrrd files")
 
 
+def _refuse_store_format(arguments: argparse.Namespace) -> None:
+    """Refuse shard and format options where they do nothing."""
+    if arguments.shard_slices is not None and arguments.zarr_version != 3:
+        raise MedlossyError(None, "--shard-slices applies only to --zarr-version 3 (format 2 "
+                                  "writes one file per chunk)")
+    if getattr(arguments, "format", "store") == "dicom" \
+            and arguments.zarr_version != DEFAULT_ZARR_FORMAT:
+        raise MedlossyError(None, "--zarr-version applies only to stores")
+
+
 def compress(arguments: argparse.Namespace) -> None:
     _refuse_multiframe_without_dicom(arguments)
     _refuse_file_name(arguments)
@@ -136,6 +147,7 @@ def compress(arguments: argparse.Namespace) -> None:
     if arguments.format == "dicom" and arguments.tile is not None:
         raise MedlossyError(None, "--tile applies only to stores (DICOM frames are whole "
                                   "slices)")
+    _refuse_store_format(arguments)
     if arguments.format == "dicom":
         _compress_to_dicom(arguments, target, modality)
         return
@@ -146,7 +158,9 @@ def compress(arguments: argparse.Namespace) -> None:
     attributes = compress_volume(volume, arguments.output, target, codec_name=arguments.codec,
                                  data_range=arguments.data_range, workers=arguments.workers,
                                  show_progress=not arguments.quiet, source=arguments.input,
-                                 tile=arguments.tile, replace=arguments.force)
+                                 tile=arguments.tile, replace=arguments.force,
+                                 zarr_format=arguments.zarr_version,
+                                 shard_slices=arguments.shard_slices)
     achieved = attributes["achieved"]
     _say(arguments, f"note: {_chosen_peak(arguments, recorded, attributes)}")
     psnr = "inf (lossless)" if achieved["psnr_db"] is None else f"{achieved['psnr_db']:.2f} dB"
@@ -272,6 +286,8 @@ def _info_document(path: str) -> dict:
         "target": attributes["target"],
         "achieved": achieved,
         "tile": attributes.get("tile"),
+        "zarr_format": store.zarr_format,
+        "shard_slices": store.shard_slices,
         "metadata": "checksum matches" if store.protected else _UNPROTECTED,
         "bytes_on_disk": stored_bytes(store.path),
         "intensity": attributes["intensity"],
@@ -350,6 +366,8 @@ def _info(arguments: argparse.Namespace) -> None:
                   f"{document['codec'].get('wavelet', document['codec'].get('transform', ''))}"),
         ("tiles", "none (one codestream per slice)" if document["tile"] is None
                   else " x ".join(map(str, document["tile"])) + " per codestream"),
+        ("zarr format", "2 (one file per chunk)" if document["zarr_format"] == 2
+                        else f"3 (sharded, {document['shard_slices']} slices per shard)"),
         ("metadata", document["metadata"]),
         ("target", ", ".join(f"{k}={v}" for k, v in document["target"].items())),
         ("achieved ratio", f"x{achieved['ratio']:.3f} ({met})"),
@@ -425,7 +443,8 @@ def _verify_dicom(arguments: argparse.Namespace) -> None:
 
 def _store_attributes(path: str) -> dict | None:
     """A medlossy store's attributes, or None for a volume file or DICOM folder."""
-    if Path(path).is_dir() and (Path(path) / ".zattrs").exists():
+    folder = Path(path)
+    if folder.is_dir() and ((folder / ".zattrs").exists() or (folder / "zarr.json").exists()):
         return SliceStore(path).attributes
     return None
 
@@ -574,6 +593,7 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
     from medlossy.datasets.sweep_report import write_sweep_report
     from medlossy.tables import markdown_table
 
+    _refuse_store_format(arguments)
     ratios = _ratios(arguments.ratios)
     out = Path(arguments.out)
     check_sweep_folder(out, Path(arguments.source))  # before anything is prepared in it
@@ -586,7 +606,8 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
     plan = plan_sweep(dataset, out, ratios, base_id=arguments.base_id,
                       skip_bad=arguments.skip_bad, origin=Path(arguments.source),
                       codec=arguments.codec, tile=arguments.tile, layout=arguments.layout,
-                      registry=registry)
+                      registry=registry, zarr_format=arguments.zarr_version,
+                      shard_slices=arguments.shard_slices)
     folders = [plan.dataset_folder(ratio) for ratio in plan.ratios]
     if registry is not None:
         check_registration(registry, folders)  # before any work: an id taken there

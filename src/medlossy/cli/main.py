@@ -32,6 +32,7 @@ from medlossy.datasets.sweep import STUDY_RATIOS
 from medlossy.errors import CheckFailed, MedlossyError
 from medlossy.evaluate.cli import add_evaluate_parsers
 from medlossy.reader_study.cli import add_reader_parser
+from medlossy.store.slice_store import DEFAULT_ZARR_FORMAT, ZARR_FORMATS
 
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -79,6 +80,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="no progress bars or notes (results are still printed)")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help="processes/threads to use (default: all cores)")
+
+
+def _add_store_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--zarr-version", type=int, choices=ZARR_FORMATS,
+                        default=DEFAULT_ZARR_FORMAT,
+                        help="store layout: 2, one file per slice or tile (OME-Zarr 0.4); 3, "
+                             "the same codestreams inside shard files with an index "
+                             f"(OME-Zarr 0.5) (default: {DEFAULT_ZARR_FORMAT})")
+    parser.add_argument("--shard-slices", type=positive_int, default=None, metavar="N",
+                        help="with --zarr-version 3: one shard file per N slices (rounded up "
+                             "to whole 3D blocks) (default: one shard for the whole volume)")
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--tile", type=positive_int, default=None, metavar="N",
                           help="store each slice as NxN tiles, one codestream each, so that "
                                "patch reads decode only the tiles they touch (jpeg2k, htj2k)")
+    _add_store_format(compress)
     _add_common(compress)
     _add_json(compress)
     compress.set_defaults(handler=commands.compress)
@@ -332,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="register every ratio's dataset in this nnU-Net raw folder "
                             "(symlinks; an id it holds under another name is refused; "
                             "default: none)")
+    _add_store_format(sweep)
     sweep.add_argument("--per-ratio-search", action="store_true",
                        help="search each ratio's rate on its own (the slower way before "
                             "one-encode sweeps) instead of cutting JPEG 2000 quality layers")

@@ -65,6 +65,7 @@ from medlossy.orphans import die_with_parent, worker_context
 from medlossy.outputs import check_own_folder
 from medlossy.store import SliceStore
 from medlossy.store.link import LINK_ENDING, NNUNET_READER, is_store_link, write_store_link
+from medlossy.store.slice_store import DEFAULT_ZARR_FORMAT, shard_depth
 from medlossy.terminal import progress_bar
 from medlossy.volume import Volume
 
@@ -101,6 +102,9 @@ class SweepTask:
     codec: str | None = None
     #: Side of the square tiles each slice is stored as (None: whole slices).
     tile: int | None = None
+    #: Zarr format of the store (3: sharded) and its slices per shard (None: one shard).
+    zarr_format: int = DEFAULT_ZARR_FORMAT
+    shard_slices: int | None = None
 
 
 def ratio_tag(ratio: float) -> str:
@@ -123,6 +127,8 @@ def finished_part(task: SweepTask) -> dict | None:
         return None  # the sweep was rerun with another codec
     if row.get("tile") != task.tile:
         return None  # or with other tiles
+    if (store.zarr_format, store.shard_slices) != _stored_as(task, store):
+        return None  # or in another Zarr format or shard size
     if row.get("store_crc32") != _store_checksum(store):
         return None
     decoded = Path(task.decoded)
@@ -156,6 +162,13 @@ def source_changed(row: dict, image: Path) -> bool:
         sha256_file(image) != recorded["sha256"]
 
 
+def _stored_as(task: SweepTask, store: SliceStore) -> tuple[int, int | None]:
+    """The Zarr format and slices per shard that ``task`` writes ``store`` in."""
+    if task.zarr_format == 2:
+        return 2, None
+    return 3, shard_depth(store.slices, store.depth, task.shard_slices)
+
+
 def _store_checksum(store: SliceStore) -> str:
     return hashlib.sha256(json.dumps(store.attributes["chunk_crc32"]).encode()).hexdigest()
 
@@ -170,7 +183,8 @@ def run_task(task: SweepTask) -> dict:
     target = Target("lossless") if task.ratio == 1 else Target("ratio", task.ratio)
     attributes = compress_volume(volume, task.store, target, codec_name=task.codec,
                                  data_range=task.data_range, workers=1, source=task.image,
-                                 tile=task.tile)
+                                 tile=task.tile, zarr_format=task.zarr_format,
+                                 shard_slices=task.shard_slices)
     started = time.perf_counter()
     decoded = read_store(task.store, workers=1)
     decode_seconds = time.perf_counter() - started
@@ -209,7 +223,8 @@ def run_image(tasks: Sequence[SweepTask]) -> list[dict]:
     compress_volume_ratios(volume, {task.ratio: task.store for task in tasks},
                            data_range=first.data_range, workers=1, on_store=finish,
                            keep={task.ratio for task in todo}, source=first.image,
-                           tile=first.tile)
+                           tile=first.tile, zarr_format=first.zarr_format,
+                           shard_slices=first.shard_slices)
     return rows
 
 
@@ -272,7 +287,8 @@ def image_reach(task: SweepTask) -> tuple[float, float | None] | None:
     the image cannot be compressed at all (its task reports why, or skips the case)."""
     try:
         volume = read_volume(task.image, task.modality, lazy=True)
-        return ratio_reach(volume, task.codec, workers=1, source=task.image, tile=task.tile)
+        return ratio_reach(volume, task.codec, workers=1, source=task.image, tile=task.tile,
+                           zarr_format=task.zarr_format, shard_slices=task.shard_slices)
     except MedlossyError:
         return None
 
@@ -363,6 +379,9 @@ class SweepPlan:
     codec: str | None = None
     #: every store's tile side (None: whole slices); see ``SweepTask.tile``
     tile: int | None = None
+    #: every store's Zarr format and slices per shard; see ``SweepTask.zarr_format``
+    zarr_format: int = DEFAULT_ZARR_FORMAT
+    shard_slices: int | None = None
     #: how the nnU-Net datasets hold their images (see ``LAYOUTS``)
     layout: str = "nifti"
 
@@ -393,7 +412,8 @@ class SweepPlan:
                         decoded=str(folder / f"images{case.split}" /
                                     f"{stem}{self.image_ending}"),
                         part=str(self.out / "parts" / tag / f"{stem}.json"),
-                        root=str(self.out), codec=self.codec_for(ratio), tile=self.tile))
+                        root=str(self.out), codec=self.codec_for(ratio), tile=self.tile,
+                        zarr_format=self.zarr_format, shard_slices=self.shard_slices))
         return tasks
 
 
@@ -488,7 +508,9 @@ def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
                base_id: int | None = None, skip_bad: bool = False,
                origin: Path | None = None, codec: str | None = None,
                tile: int | None = None, layout: str = "nifti",
-               registry: Path | None = None) -> SweepPlan:
+               registry: Path | None = None,
+               zarr_format: int = DEFAULT_ZARR_FORMAT,
+               shard_slices: int | None = None) -> SweepPlan:
     """Validate every case, then lay out what to do; bad cases stop here unless skipped.
 
     ``origin``: the source as the user named it, when ``dataset`` was prepared from it
@@ -500,6 +522,7 @@ def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
     ``layout``: how the nnU-Net datasets hold their images (see ``LAYOUTS``). ``registry``:
     the nnU-Net raw folder the datasets will be registered in (``registration``);
     default ids skip the ids taken there.
+    ``zarr_format`` 3: sharded stores, ``shard_slices`` slices per shard (None: one).
     """
     if layout not in LAYOUTS:
         raise MedlossyError(None, f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -541,7 +564,7 @@ def plan_sweep(dataset: RawDataset, out: Path, ratios: Sequence[float], *,
     if max(ids.values()) > 999:
         raise MedlossyError(None, f"dataset id {max(ids.values())} is outside nnU-Net's 1..999")
     return SweepPlan(dataset, out, ratios, base_id, tuple(good), bad, ranges, ids, origin,
-                     codec, tile, layout)
+                     codec, tile, zarr_format, shard_slices, layout)
 
 
 @contextmanager
@@ -679,6 +702,8 @@ def _write_sweep_json(plan: SweepPlan, bad: dict[str, str],
         "codec": plan.codec or "jpeg2k",
         "tile": plan.tile,
         "layout": plan.layout,
+        "zarr_format": plan.zarr_format,
+        "shard_slices": plan.shard_slices,
         "base_id": plan.base_id,
         "datasets": {ratio_tag(r): plan.dataset_folder(r).name for r in plan.ratios},
         "psnr_ranges": {str(c): r for c, r in plan.ranges.items()},

@@ -120,6 +120,8 @@ def verify_sweep(out: Path) -> list[str]:
                          modality=row["modality"], image="", ratio=float(row["ratio_target"]),
                          data_range=0.0, store=str(store), decoded=str(decoded),
                          root=str(out), tile=None if tile is None or pd.isna(tile) else int(tile),
+                         zarr_format=sweep.get("zarr_format", 2),
+                         shard_slices=sweep.get("shard_slices"),
                          part=str(out / "parts" / f"r{row['ratio_target']:g}" /
                                   f"{row['case']}_{int(row['channel']):04d}.json"))
         done = finished_part(task)

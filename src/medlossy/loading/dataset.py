@@ -38,7 +38,7 @@ def group_stores(stores: str | os.PathLike[str] | Sequence[str | os.PathLike[str
     """Case name -> its channel stores in channel order (``CASE_0000.zarr``, ``CASE_0001``)."""
     if isinstance(stores, (str, os.PathLike)):
         folder = Path(stores)
-        if (folder / ".zattrs").exists():
+        if (folder / ".zattrs").exists() or (folder / "zarr.json").exists():  # Zarr 2 or 3
             paths = [folder]
         elif folder.is_dir():
             paths = sorted(folder.glob("*.zarr"))

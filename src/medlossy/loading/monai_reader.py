@@ -27,7 +27,8 @@ def is_store(path: PathLike) -> bool:
     folder = Path(path)
     return folder.suffix.lower() == ".zarr" or (
         (folder / ".zattrs").is_file()
-        and ((folder / LEVEL0 / ".zarray").is_file() or (folder / ".zarray").is_file()))
+        and ((folder / LEVEL0 / ".zarray").is_file() or (folder / ".zarray").is_file())
+    ) or ((folder / "zarr.json").is_file() and (folder / LEVEL0 / "zarr.json").is_file())
 
 
 class MedlossyStoreReader(NibabelReader):

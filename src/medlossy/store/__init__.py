@@ -1,4 +1,5 @@
-"""The compressed store: a Zarr (format 2) array of axial slices, one JPEG 2000 codestream each."""
+"""The compressed store: a Zarr array of axial slices (format 2: one JPEG 2000 codestream
+file each; format 3: the same codestreams as inner chunks of shard files)."""
 
 from medlossy.store.slice_store import (
     MetadataMismatch,

@@ -9,8 +9,16 @@ tile of a slice, and every chunk file is a plain codestream (``0/0.0.0`` ... ``0
 tiled: ``0/z.y.x``). Stock ``zarr`` opens it
 once ``imagecodecs.numcodecs.register_codecs()`` has run, ome-zarr-py recognises it, any
 JPEG 2000 tool reads a chunk file directly, and a DICOM encapsulated frame can carry it
-unchanged. Format 2 rather than 3: zarr 3.x reads imagecodecs' numcodecs codecs only in
-format 2; format 3 would need an adapter that other tools do not have.
+unchanged. Format 2 is the default: zarr 3.x reads imagecodecs' numcodecs codecs in format 2
+with imagecodecs alone, while format 3 needs medlossy's adapter (docs/store-format.md).
+
+With ``--zarr-version 3`` the same array is written in Zarr format 3 as an OME-Zarr 0.5 image:
+``zarr.json`` (group, NGFF ``ome`` attribute beside the medlossy attributes) and
+``0/zarr.json`` (array), the chunks kept as inner chunks of the sharding codec
+(``sharding_indexed``): one shard file per volume or per ``shard_slices`` slices
+(``0/c/k/0/0``), each the chunks' codestreams back to back and an index of (offset, length)
+per inner chunk with its CRC-32C at the end, so a reader fetches the index, then only the
+chunks it needs. Stock zarr reads the image codecs through ``medlossy.codecs.zarr3``.
 
 Version 1 stores (the bare array at the root, medlossy attributes in its ``.zattrs``) are
 still read: ``SliceStore`` finds the array and the attributes in either layout.
@@ -28,22 +36,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
 from numcodecs import FixedScaleOffset
 from numcodecs.abc import Codec as NumcodecsCodec
+from zarr.codecs import BloscCodec, BytesCodec
+from zarr.codecs.numcodecs import FixedScaleOffset as FixedScaleOffsetV3
 
 from medlossy.checksums import crc32
 from medlossy.codecs import SliceCodec, codec_names
 from medlossy.codecs.intensity import CodeMapping
 from medlossy.codecs.tiles import TileGrid
+from medlossy.codecs.zarr3 import array_bytes_codec
 from medlossy.errors import MedlossyError
-from medlossy.store.ngff import LEVEL0, multiscales
+from medlossy.store.ngff import AXIS_NAMES, LEVEL0, multiscales, ome_attributes
 
 FORMAT_VERSION = 3
 #: Versions this reader opens (1: bare array at the root, before OME-Zarr; 2: before the
@@ -62,6 +75,26 @@ SEALED = ("format_version", "modality", "geometry", "intensity", "codec", "tile"
           "chunk_crc32")
 #: The section that seals the array metadata (dtype, shape, chunks, compressor, filters).
 ARRAY_SECTION = ".zarray"
+#: The same in Zarr format 3 stores (the file ``0/zarr.json``, its attributes left out).
+ARRAY_SECTION_V3 = "zarr.json"
+#: Zarr formats a store can be written in.
+ZARR_FORMATS = (2, 3)
+#: The format ``compress`` writes unless told (docs/store-format.md says why).
+DEFAULT_ZARR_FORMAT = 2
+#: Bytes of one inner chunk's entry in a shard index (offset and length, two uint64).
+INDEX_ENTRY = 16
+#: Bytes of the CRC-32C that ends a shard index.
+INDEX_CHECKSUM = 4
+#: Offset and length of an inner chunk that a shard does not hold.
+EMPTY = 2**64 - 1
+_BLOSC_SHUFFLE = {0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}
+
+
+def shard_depth(slices: int, depth: int, wanted: int | None) -> int:
+    """Slices per shard when ``wanted`` (None: all) are asked for: whole chunks of ``depth``
+    slices, at most the volume's (its last block padded)."""
+    whole = -(-slices // depth) * depth
+    return min(whole, -(-(wanted or whole) // depth) * depth)
 
 
 @dataclass(frozen=True)
@@ -76,6 +109,16 @@ class StoreLayout:
     depth: int = 1
     #: Side of the square tiles a slice is cut into (None: one codestream per slice).
     tile: int | None = None
+    #: Zarr format: 2 (one file per chunk) or 3 (chunks inside shard files).
+    zarr_format: int = 2
+    #: Slices per shard file in format 3, rounded up to whole chunks (None: one shard).
+    shard_slices: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.zarr_format not in ZARR_FORMATS:
+            raise ValueError(f"Zarr format must be 2 or 3, got {self.zarr_format!r}")
+        if self.shard_slices is not None and self.shard_slices < 1:
+            raise ValueError(f"slices per shard must be positive, got {self.shard_slices}")
 
     @property
     def grid(self) -> TileGrid:
@@ -88,6 +131,30 @@ class StoreLayout:
     @property
     def chunk_shape(self) -> tuple[int, int, int]:
         return (self.depth, self.grid.tile_rows, self.grid.tile_columns)
+
+    @property
+    def shard_depth(self) -> int:
+        """Slices per shard (format 3)."""
+        return shard_depth(self.slices, self.depth, self.shard_slices)
+
+    @property
+    def shard_shape(self) -> tuple[int, int, int]:
+        grid = self.grid
+        down, across = grid.shape
+        return (self.shard_depth, down * grid.tile_rows, across * grid.tile_columns)
+
+    @property
+    def chunks_per_shard(self) -> int:
+        return self.shard_depth // self.depth * self.grid.per_slice
+
+    @property
+    def index_bytes(self) -> int:
+        """Bytes of the shard indexes: none in format 2; in format 3 an entry per inner chunk
+        of every shard (a last, partial shard's too) and a CRC-32C each."""
+        if self.zarr_format == 2:
+            return 0
+        shards = -(-self.slices // self.shard_depth)
+        return shards * (self.chunks_per_shard * INDEX_ENTRY + INDEX_CHECKSUM)
 
     @property
     def array_dtype(self) -> str:
@@ -124,14 +191,16 @@ def _section_digest(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def metadata_digests(attributes: dict[str, Any], zarray: Any) -> dict[str, str]:
+def metadata_digests(attributes: dict[str, Any], zarray: Any,
+                     array_section: str = ARRAY_SECTION) -> dict[str, str]:
     """The digest of each sealed section (an absent attribute is sealed as null)."""
     sections = {name: attributes.get(name) for name in SEALED}
-    sections[ARRAY_SECTION] = zarray
+    sections[array_section] = zarray
     return {name: _section_digest(value) for name, value in sections.items()}
 
 
-def unmatched_sections(attributes: dict[str, Any], zarray: Any) -> list[str] | None:
+def unmatched_sections(attributes: dict[str, Any], zarray: Any,
+                       array_section: str = ARRAY_SECTION) -> list[str] | None:
     """The sealed sections that no longer match their recorded digest; None for a store
     written before metadata was sealed (version 1 or 2 without ``metadata_sha256``:
     unprotected)."""
@@ -140,23 +209,72 @@ def unmatched_sections(attributes: dict[str, Any], zarray: Any) -> list[str] | N
         return [METADATA_KEY] if attributes.get("format_version", 0) >= SEALED_SINCE else None
     if not isinstance(recorded, dict):
         return [METADATA_KEY]
-    expected = metadata_digests(attributes, zarray)
+    expected = metadata_digests(attributes, zarray, array_section)
     return sorted(name for name in expected.keys() | recorded.keys()
                   if recorded.get(name) != expected.get(name))
 
 
-def root_attributes(attributes: dict[str, Any], zarray: dict[str, Any]) -> bytes:
-    """The root group's ``.zattrs``: NGFF multiscales beside the medlossy attributes, sealed
-    against ``zarray`` (the array metadata as written)."""
+def root_attributes(attributes: dict[str, Any], zarray: dict[str, Any],
+                    zarr_format: int = 2) -> bytes:
+    """The root group's attributes, sealed against ``zarray`` (the array metadata as
+    written): format 2, the ``.zattrs`` file with NGFF 0.4 multiscales beside the medlossy
+    attributes; format 3, the group's ``zarr.json`` with NGFF 0.5 (``ome``) beside them."""
     name = attributes.get("source", {}).get("file", "")
-    sealed = {**attributes, METADATA_KEY: metadata_digests(attributes, zarray)}
-    return _compact_json({"multiscales": multiscales(attributes["geometry"], name),
-                          ATTRIBUTE_KEY: sealed})
+    if zarr_format == 2:
+        sealed = {**attributes, METADATA_KEY: metadata_digests(attributes, zarray)}
+        return _compact_json({"multiscales": multiscales(attributes["geometry"], name),
+                              ATTRIBUTE_KEY: sealed})
+    sealed = {**attributes, METADATA_KEY: metadata_digests(attributes, zarray,
+                                                            ARRAY_SECTION_V3)}
+    return _compact_json({"zarr_format": 3, "node_type": "group", "attributes": {
+        "ome": ome_attributes(attributes["geometry"], name), ATTRIBUTE_KEY: sealed}})
+
+
+def _v3_codecs(layout: StoreLayout, codec: SliceCodec) -> dict[str, Any]:
+    """``create_array``'s filters, serializer and compressors for a format 3 store: the same
+    chunk bytes as format 2 (a codestream, or a Blosc frame of the chunk's values)."""
+    numcodec = codec.store_codec(layout.chunk_shape, layout.mapping.code_dtype)
+    filters = [FixedScaleOffsetV3(**{k: v for k, v in f.get_config().items() if k != "id"})
+               for f in layout.filters() or []]
+    config = numcodec.get_config()
+    if config["id"] != "blosc":
+        return {"filters": filters, "serializer": array_bytes_codec(numcodec),
+                "compressors": None}
+    blosc = BloscCodec(cname=config["cname"], clevel=config["clevel"],
+                       shuffle=_BLOSC_SHUFFLE[config["shuffle"]],
+                       typesize=np.dtype(layout.array_dtype).itemsize,
+                       blocksize=config.get("blocksize", 0))
+    return {"filters": filters, "serializer": BytesCodec(endian="little"),
+            "compressors": [blosc]}
+
+
+def _render_v3(layout: StoreLayout, codec: SliceCodec, attributes: dict[str, Any],
+               ) -> dict[str, bytes]:
+    with warnings.catch_warnings():  # "numcodecs codecs are not in the Zarr 3 spec": known
+        warnings.simplefilter("ignore")
+        array = zarr.create_array(
+            store=zarr.storage.MemoryStore(),
+            shape=(layout.slices, layout.rows, layout.columns),
+            chunks=layout.chunk_shape,
+            shards=layout.shard_shape,
+            dtype=layout.array_dtype,
+            fill_value=0,
+            zarr_format=3,
+            dimension_names=AXIS_NAMES,
+            **_v3_codecs(layout, codec),
+        )
+    document = array.metadata.to_dict()
+    document.pop("attributes", None)
+    rendered = _compact_json(document)
+    return {"zarr.json": root_attributes(attributes, json.loads(rendered), 3),
+            f"{LEVEL0}/zarr.json": rendered}
 
 
 def render_metadata(layout: StoreLayout, codec: SliceCodec, attributes: dict[str, Any],
                     ) -> dict[str, bytes]:
     """The metadata files (relative path -> bytes) of a store, built by zarr itself."""
+    if layout.zarr_format == 3:
+        return _render_v3(layout, codec, attributes)
     array = zarr.create_array(
         store=zarr.storage.MemoryStore(),
         shape=(layout.slices, layout.rows, layout.columns),
@@ -176,19 +294,58 @@ def render_metadata(layout: StoreLayout, codec: SliceCodec, attributes: dict[str
             f"{LEVEL0}/.zarray": rendered}
 
 
+def shard_key(shard: int) -> str:
+    """The file (under the array) of shard ``shard``: zarr's default key encoding."""
+    return f"c/{shard}/0/0"
+
+
+def shard_file(codestreams: Sequence[bytes]) -> bytes:
+    """A shard (``sharding_indexed``, index at the end): the inner chunks back to back, then
+    (offset, length) of each as little-endian uint64 (``EMPTY`` for chunks past the array)
+    and the index's CRC-32C."""
+    index = np.full((len(codestreams), 2), EMPTY, dtype="<u8")
+    offset = 0
+    for position, stream in enumerate(codestreams):
+        if stream is not None:
+            index[position] = offset, len(stream)
+            offset += len(stream)
+    table = index.tobytes()
+    checksum = google_crc32c.value(table).to_bytes(INDEX_CHECKSUM, "little")
+    return b"".join(s for s in codestreams if s is not None) + table + checksum
+
+
+def chunk_files(layout: StoreLayout, codestreams: Sequence[bytes]) -> dict[str, bytes]:
+    """The chunk files (path under the array -> bytes): one per chunk in format 2, one per
+    shard in format 3."""
+    if layout.zarr_format == 2:
+        return {chunk_key(index, layout.grid): stream
+                for index, stream in enumerate(codestreams)}
+    per_shard = layout.chunks_per_shard
+    files = {}
+    for shard, first in enumerate(range(0, len(codestreams), per_shard)):
+        held = list(codestreams[first : first + per_shard])
+        files[shard_key(shard)] = shard_file(held + [None] * (per_shard - len(held)))
+    return files
+
+
 def write_store(directory: Path, layout: StoreLayout, codec: SliceCodec,
                 codestreams: Sequence[bytes], attributes: dict[str, Any]) -> int:
     """Write a store into an empty ``directory``; returns the bytes written."""
     directory.mkdir(parents=True, exist_ok=False)
-    (directory / LEVEL0).mkdir()
-    total = 0
-    for name, content in render_metadata(layout, codec, attributes).items():
+    files = {**render_metadata(layout, codec, attributes),
+             **{f"{LEVEL0}/{key}": content
+                for key, content in chunk_files(layout, codestreams).items()}}
+    for name, content in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
         (directory / name).write_bytes(content)
-        total += len(content)
-    for index, stream in enumerate(codestreams):
-        (directory / LEVEL0 / chunk_key(index, layout.grid)).write_bytes(stream)
-        total += len(stream)
-    return total
+    return sum(map(len, files.values()))
+
+
+def attributes_file(directory: Path) -> Path:
+    """The file holding a store's medlossy attributes (``.zattrs``; ``zarr.json`` in
+    Zarr format 3)."""
+    v3 = directory / "zarr.json"
+    return v3 if v3.is_file() else directory / ".zattrs"
 
 
 def rewrite_attributes(directory: Path, attributes: dict[str, Any], size: int = 0) -> int:
@@ -197,10 +354,15 @@ def rewrite_attributes(directory: Path, attributes: dict[str, Any], size: int = 
     The file is padded with trailing spaces (still valid JSON) up to ``size`` bytes; returns
     its length.
     """
-    zarray = json.loads((directory / LEVEL0 / ".zarray").read_bytes())
-    content = root_attributes(attributes, zarray)
+    target = attributes_file(directory)
+    if target.name == "zarr.json":
+        zarray = json.loads((directory / LEVEL0 / "zarr.json").read_bytes())
+        content = root_attributes(attributes, zarray, 3)
+    else:
+        zarray = json.loads((directory / LEVEL0 / ".zarray").read_bytes())
+        content = root_attributes(attributes, zarray)
     content += b" " * (size - len(content))
-    (directory / ".zattrs").write_bytes(content)
+    target.write_bytes(content)
     return len(content)
 
 
@@ -302,6 +464,42 @@ def check_metadata(attributes: dict, zarray: Any) -> CodeMapping:
                        _integer(intensity.get("shift", 0), "intensity.shift"))
 
 
+def _sharded_view(meta: Any) -> dict[str, Any]:
+    """Shape, inner chunks and shard shape of a Zarr format 3 array as medlossy writes it
+    (a regular grid of shards, ``sharding_indexed`` with its CRC-32C-checked index at the
+    end, default chunk keys)."""
+    try:
+        sharding = meta["codecs"][0]
+        config = sharding["configuration"]
+        view = {"shape": meta.get("shape"), "chunks": config.get("chunk_shape"),
+                "shards": meta["chunk_grid"]["configuration"]["chunk_shape"]}
+        usual = (meta.get("zarr_format") == 3 and len(meta["codecs"]) == 1
+                 and sharding["name"] == "sharding_indexed"
+                 and config.get("index_location", "end") == "end"
+                 and config["index_codecs"] == [{"name": "bytes", "configuration": {
+                     "endian": "little"}}, {"name": "crc32c"}]
+                 and meta["chunk_grid"]["name"] == "regular"
+                 and meta["chunk_key_encoding"] == {"name": "default",
+                                                    "configuration": {"separator": "/"}})
+    except (KeyError, IndexError, TypeError, AttributeError):
+        usual = False
+    if not usual:
+        raise _Malformed("the array is not sharded as medlossy writes it (one "
+                         "sharding_indexed codec, its index at the end)")
+    return view
+
+
+def _check_shards(view: dict[str, Any], grid: TileGrid) -> None:
+    """Shards of whole chunks deep and of the whole (tiled) slice across."""
+    shards, depth = view["shards"], view["chunks"][0]
+    down, across = grid.shape
+    if not (isinstance(shards, list) and len(shards) == 3
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in shards)
+            and shards[0] > 0 and shards[0] % depth == 0
+            and shards[1:] == [down * grid.tile_rows, across * grid.tile_columns]):
+        raise _Malformed(f"shards {shards!r} are not whole chunks of whole slices")
+
+
 def _holds_dicom(folder: Path) -> bool:
     """Whether one of the first few files of ``folder`` is a DICOM file ("DICM" preamble)."""
     for entry in sorted(folder.iterdir())[:8]:
@@ -329,12 +527,16 @@ class SliceStore:
                                            "folder written by `medlossy compress`)")
         if not self.path.is_dir():
             raise MedlossyError(self.path, "no such store (expected a directory)")
+        #: 2, or 3 for a sharded store (its group metadata in ``zarr.json``).
+        self.zarr_format = 3 if (self.path / "zarr.json").is_file() else 2
         # Version 1 kept the array at the root; version 2 is a group with the array at "0".
         self.array_path = self.path if (self.path / ".zarray").exists() \
             else self.path / LEVEL0
+        section = ARRAY_SECTION if self.zarr_format == 2 else ARRAY_SECTION_V3
         try:
-            self.zarray = json.loads((self.array_path / ".zarray").read_bytes())
-            attributes = json.loads((self.path / ".zattrs").read_bytes())
+            #: The array metadata as written (what the seal covers).
+            self.array_metadata = json.loads((self.array_path / section).read_bytes())
+            attributes = json.loads(attributes_file(self.path).read_bytes())
         except FileNotFoundError as error:
             missing = Path(error.filename).relative_to(self.path)
             if _holds_dicom(self.path):
@@ -344,6 +546,14 @@ class SliceStore:
                                 ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise MedlossyError(self.path, f"corrupt store metadata ({error})") from None
+        if self.zarr_format == 3 and isinstance(attributes, dict):
+            attributes = attributes.get("attributes")
+            multiscales_found = attributes.get("ome", {}).get("multiscales") \
+                if isinstance(attributes, dict) and isinstance(attributes.get("ome"), dict) \
+                else None
+        else:
+            multiscales_found = attributes.get("multiscales") \
+                if isinstance(attributes, dict) else None
         medlossy = attributes.get(ATTRIBUTE_KEY) if isinstance(attributes, dict) else None
         self.attributes: dict[str, Any] = medlossy if isinstance(medlossy, dict) else {}
         self.format_version = self.attributes.get("format_version")
@@ -354,7 +564,7 @@ class SliceStore:
                                            f"{' or '.join(map(str, READABLE_VERSIONS))})")
         # Sealed values edited since compress (an offset, an axis, a shape), named as such
         # before the checks below would call an inconsistent edit corrupt
-        unmatched = unmatched_sections(self.attributes, self.zarray)
+        unmatched = unmatched_sections(self.attributes, self.array_metadata, section)
         #: Whether the metadata carries digests (stores written before them do not).
         self.protected = unmatched is not None
         if unmatched:
@@ -365,11 +575,17 @@ class SliceStore:
             raise MetadataMismatch(self.path, "metadata no longer matches its checksum ("
                                    f"{', '.join(unmatched)} changed since compress)")
         try:
+            #: Shape and chunks (the inner chunks of a sharded store; and its shards).
+            self.zarray = self.array_metadata if self.zarr_format == 2 \
+                else _sharded_view(self.array_metadata)
             self.mapping = check_metadata(self.attributes, self.zarray)
+            if self.zarr_format == 3:
+                _check_shards(self.zarray, TileGrid(*self.zarray["shape"][1:],
+                                                    *self.zarray["chunks"][1:]))
         except _Malformed as error:
             raise MedlossyError(self.path, f"corrupt store metadata ({error})") from None
-        if self.protected and isinstance(attributes, dict) and "multiscales" in attributes \
-                and attributes["multiscales"] != self._derived_multiscales():
+        if self.protected and multiscales_found is not None \
+                and multiscales_found != self._derived_multiscales():
             # What OME-Zarr viewers read (voxel spacing, origin) is derived from the sealed
             # geometry at write time: an edit there misplaces the image in every viewer.
             raise MetadataMismatch(self.path, "metadata no longer matches its checksum "
@@ -378,11 +594,13 @@ class SliceStore:
         #: The tiles of a slice (one tile, the slice itself, in an untiled store).
         self.grid = TileGrid(*self.slice_shape, int(self.zarray["chunks"][1]),
                              int(self.zarray["chunks"][2]))
+        self._indexes: dict[int, np.ndarray] = {}
 
     def _derived_multiscales(self) -> Any:
         """The ``multiscales`` that compress wrote for this geometry, as JSON reads it back."""
         name = self.attributes.get("source", {}).get("file", "")
-        return json.loads(json.dumps(multiscales(self.attributes["geometry"], name)))
+        return json.loads(json.dumps(multiscales(self.attributes["geometry"], name,
+                                                 self.zarr_format)))
 
     @property
     def slices(self) -> int:
@@ -424,15 +642,64 @@ class SliceStore:
         held = self.chunk_slices(index)
         return f"block {index} (slices {held.start}-{held.stop - 1})"
 
+    @property
+    def chunks_per_shard(self) -> int:
+        """Inner chunks per shard (format 3); 1 in format 2, where each chunk is a file."""
+        if self.zarr_format == 2:
+            return 1
+        return int(self.zarray["shards"][0]) // self.depth * self.grid.per_slice
+
+    @property
+    def shard_slices(self) -> int | None:
+        """Slices per shard file (format 3); None in format 2."""
+        return int(self.zarray["shards"][0]) if self.zarr_format == 3 else None
+
     def chunk_path(self, index: int) -> Path:
-        """The file holding chunk ``index``'s codestream (slice ``index`` for slice codecs)."""
+        """The file holding chunk ``index``'s codestream (slice ``index`` for slice codecs;
+        its shard in format 3)."""
+        if self.zarr_format == 3:
+            return self.array_path / shard_key(index // self.chunks_per_shard)
         return self.array_path / chunk_key(index, self.grid)
+
+    def read_range(self, file: Path, offset: int, length: int) -> bytes:
+        """``length`` bytes (-1: all) of ``file`` from ``offset`` (negative: from the end);
+        every read of chunk data goes through here."""
+        with file.open("rb") as handle:
+            handle.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
+            return handle.read(length)
+
+    def _shard_index(self, shard: int) -> np.ndarray:
+        """The (offset, length) of each inner chunk of ``shard``, its CRC-32C checked."""
+        if shard not in self._indexes:
+            file = self.array_path / shard_key(shard)
+            size = self.chunks_per_shard * INDEX_ENTRY + INDEX_CHECKSUM
+            try:
+                raw = self.read_range(file, -size, size)
+            except OSError:  # shorter than its index
+                raw = b""
+            if len(raw) != size or google_crc32c.value(raw[:-INDEX_CHECKSUM]) != \
+                    int.from_bytes(raw[-INDEX_CHECKSUM:], "little"):
+                raise MedlossyError(file, f"shard {shard} is corrupt (its index fails its "
+                                          "CRC-32C)")
+            self._indexes[shard] = np.frombuffer(raw[:-INDEX_CHECKSUM], "<u8").reshape(-1, 2)
+        return self._indexes[shard]
+
+    def _read_chunk(self, index: int) -> bytes:
+        file = self.chunk_path(index)
+        if self.zarr_format == 2:
+            return self.read_range(file, 0, -1)
+        offset, length = (int(n) for n in
+                          self._shard_index(index // self.chunks_per_shard)[
+                              index % self.chunks_per_shard])
+        if offset == EMPTY:
+            raise FileNotFoundError(file)
+        return self.read_range(file, offset, length)
 
     def codestream(self, index: int) -> bytes:
         """The raw codestream of chunk ``index``, after its checksum is verified."""
         file = self.chunk_path(index)
         try:
-            data = file.read_bytes()
+            data = self._read_chunk(index)
         except FileNotFoundError:
             raise MedlossyError(file, f"{self.chunk_name(index)} is missing from the store"
                                 ) from None
