@@ -52,6 +52,8 @@ class Design:
     name: str
     question: str
     choices: tuple[Choice, ...]
+    #: What a +1 means, for the report ("saw the flicker"...).
+    success: str
     #: P(+1) for a rater who sees no difference: the psychometric curve's floor.
     guess: float
     #: Whether the viewer alternates the two sides in one viewport.
@@ -91,17 +93,18 @@ DESIGNS = {
                (Choice("left", "Left better", _LEFT),
                 Choice("undecided", "Cannot decide", ("2", "ArrowDown", " ")),
                 Choice("right", "Right better", _RIGHT)),
-               guess=0.5, all_ratio_pairs=True),
+               "picked the less compressed image (cannot decide: half)", guess=0.5,
+               all_ratio_pairs=True),
         Design("flicker", "Do you see the image flicker (any difference between the two "
                           "images shown in turn)?",
                (Choice("seen", "Yes, it flickers", ("1", "y")),
                 Choice("unseen", "No flicker", ("3", "n"))),
-               guess=0.0, flicker=True),
+               "saw the flicker", guess=0.0, flicker=True),
         Design("2afc", "One image is the original, the other compressed: which one is "
                        "compressed?",
                (Choice("left", "Left is compressed", _LEFT),
                 Choice("right", "Right is compressed", _RIGHT)),
-               guess=0.5, pick_compressed=True),
+               "identified the compressed image", guess=0.5, pick_compressed=True),
     )
 }
 DEFAULT_DESIGN = "side-by-side"
