@@ -422,17 +422,17 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
         key = await db(load_key, study)
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["rater", "pair", "design", "answer", "answered_at", "response_ms",
-                         "revisions", "dataset",
+        writer.writerow(["rater", "pair", "answer", "answered_at", "response_ms", "revisions",
+                         "design", "dataset",
                          "case", "channel", "slice", "left_ratio", "right_ratio",
                          "less_compressed"])
         for row in await db(database.all_answers):
             entry = key[row["pair"]]
-            writer.writerow([row["rater"], row["pair"], row["design"], row["answer"],
-                             row["answered_at"],
-                             row["response_ms"], row["revisions"], entry["dataset"], entry["case"],
-                             entry["channel"], entry["slice"], entry["left"]["ratio"],
-                             entry["right"]["ratio"], entry["less_compressed"]])
+            writer.writerow([row["rater"], row["pair"], row["answer"], row["answered_at"],
+                             row["response_ms"], row["revisions"], row["design"],
+                             entry["dataset"], entry["case"], entry["channel"], entry["slice"],
+                             entry["left"]["ratio"], entry["right"]["ratio"],
+                             entry["less_compressed"]])
         return Response(buffer.getvalue(), media_type="text/csv",
                         headers={"Content-Disposition": "attachment; filename=answers.csv"})
 
@@ -523,8 +523,8 @@ def _button(choice: Choice, *, chosen: bool) -> str:
                       for key in choice.keys)
     css = ' class="chosen"' if chosen else ""
     return (f'<button type="submit" name="answer" value="{choice.value}" '
-            f'id="answer-{choice.value}" data-keys="{_key_list(choice.keys)}"'
-            f'{css}>{choice.label}<span class="keys">{keys}</span></button>')
+            f'id="answer-{choice.value}"{css} data-keys="{_key_list(choice.keys)}">'
+            f'{choice.label}<span class="keys">{keys}</span></button>')
 
 
 def _rating_page(root: str, form: str, pair_id: str, number: int, total: int,
