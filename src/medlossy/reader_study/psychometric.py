@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
+from scipy.special import expit
 
 from medlossy.reader_study.intervals import CONFIDENCE
 
@@ -59,7 +60,6 @@ def _forced_choice_family():
     bends the fit towards 0 below the floor and put the 50 % point at 5.3 for a true 6.
     """
     import statsmodels.api as sm
-    from scipy.special import expit
 
     class ForcedChoiceLogit(sm.families.links.Link):
         def __call__(self, p):
@@ -228,8 +228,7 @@ def curve_table(rows: pd.DataFrame, reference: float, params: np.ndarray | None,
         observed = correct_fraction(cell).mean()
         psnr = _compressed_psnr(cell)
         fitted = (float("nan") if params is None else
-                  guess + (1 - guess) / (1 + math.exp(-(params[0] + params[1]
-                                                        * math.log(ratio)))))
+                  guess + (1 - guess) * float(expit(params[0] + params[1] * math.log(ratio))))
         out.append({"reference_ratio": reference, "ratio": float(ratio), "n": len(cell),
                     "psnr_db": float(np.mean(psnr[np.isfinite(psnr)]))
                     if np.isfinite(psnr).any() else float("nan"),
