@@ -542,8 +542,9 @@ def _rating_page(root: str, form: str, pair_id: str, number: int, total: int,
     stack = f" data-stack=\"{root}/stack/{pair_id}.bin\"" if viewer else ""
     if design.flicker:
         stack += f" data-flicker-ms=\"{flicker_ms}\""
-        caption = ("<figcaption><span>the two images alternate in one view (needs "
-                   "JavaScript)</span></figcaption>")
+        caption = ("<figcaption><span>the two images alternate in this view</span>"
+                   "</figcaption><noscript><p>The flicker needs JavaScript: turn it on for "
+                   "this page.</p></noscript>")
     else:
         caption = "<figcaption><span>left</span><span>right</span></figcaption>"
     # Hidden by the viewer's script before the first layout, the composite is then mostly
