@@ -1,4 +1,4 @@
-"""The raters' web app: one blinded pair at a time, three answers, resumable.
+"""The raters' web app: one blinded pair at a time, the design's answers, resumable.
 
 Routes (``TOKEN`` is a rater's or the admin's private token; ``R`` is ``/r/TOKEN`` with
 links, or ``/s`` with a session cookie, see below):
@@ -9,9 +9,10 @@ links, or ``/s`` with a session cookie, see below):
   browser without script shows.
 - ``GET R/stack/PAIR.bin``: the pair's stack of 16-bit values, both sides (``stacks``),
   which the page's viewer windows, zooms and scrolls itself (``assets``).
-- ``POST R/answer``: ``pair``, ``answer`` (left / right / undecided), ``position``, the
-  page's ``form_token`` (cross-site request forgery guard) and ``elapsed_ms`` (the time from
-  the first view to the answer, measured by the page; may be empty); 303 to the next pair.
+- ``POST R/answer``: ``pair``, ``answer`` (one of the study design's: ``designs``),
+  ``position``, the page's ``form_token`` (cross-site request forgery guard) and
+  ``elapsed_ms`` (the time from the first view to the answer, measured by the page; may be
+  empty); 303 to the next pair.
 - ``GET /admin/TOKEN`` and ``GET /admin/TOKEN/answers.csv``: progress, export.
 
 Session cookies (``session_cookie=True``): the first visit of ``/r/TOKEN`` exchanges the

@@ -1,12 +1,14 @@
 """Make the reader study's blinded pairs (STUDY.md, "Reader study").
 
-For every pair of the chosen ratios and every dataset, ``per_pair`` axial slices are drawn at
-random (seeded) from the slices inside the body, no slice twice while the dataset has enough
-(``spread_slices``). Both images of a pair come from the same original slice, compressed at
-the two ratios; the less compressed one is on the left in exactly half of each ratio pair's
-pairs, in random order (``balanced_sides``). Pairs whose two images decode to the same pixels
-(a ratio stored losslessly) are marked ``identical`` in the key. Each pair becomes one
-composite PNG (left | gap | right) named by a random id, so a file's name, size or metadata
+For every pair of the chosen ratios (flicker and 2AFC designs: the reference, the least
+compressed ratio, against each other one; ``designs``) and every dataset, ``per_pair``
+axial slices are drawn at random (seeded) from the slices inside the body, no slice twice
+while the dataset has enough (``spread_slices``). Both images of a pair come from the same
+original slice, compressed at the two ratios; the less compressed one is on the left (for
+flicker: shown first) in exactly half of each ratio pair's pairs, in random order
+(``balanced_sides``). Pairs whose two images decode to the same pixels (a ratio stored
+losslessly) are marked ``identical`` in the key. Each pair becomes one composite PNG
+(left | gap | right) named by a random id, so a file's name, size or metadata
 cannot tell which side is which.
 
 Layout of the study folder::
