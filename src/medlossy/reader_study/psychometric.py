@@ -215,7 +215,11 @@ def threshold_estimate(rows: pd.DataFrame, measure: str, *,
                               confidence=confidence)[0]
     if measure != "ratio":
         return found
-    return Estimate(*(math.exp(v) for v in (found.value, found.low, found.high)), found.df)
+    # A bound past exp's range (a steep fit left out one rater) is unbounded: NaN, no interval.
+    with np.errstate(over="ignore"):
+        value, low, high = np.exp([found.value, found.low, found.high])
+    return Estimate(*(float(v) if np.isfinite(v) else float("nan") for v in (value, low, high)),
+                    found.df)
 
 
 def curve_table(rows: pd.DataFrame, reference: float, params: np.ndarray | None, *,
