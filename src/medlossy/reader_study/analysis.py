@@ -246,7 +246,7 @@ def plot_detection(curve: pd.DataFrame, params: np.ndarray | None,
                   color="tab:blue", label="fitted")
     if found["value"] is not None:
         axis.axvline(found["value"], color="tab:red", label="50 % detection")
-        if found["ci_low"] is not None:
+        if found["ci_low"] is not None and found["ci_high"] is not None:
             axis.axvspan(found["ci_low"], found["ci_high"], color="tab:red", alpha=0.15)
     axis.set_xscale("log")
     axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 10, not 10^1
@@ -323,15 +323,16 @@ def _interval(value: float | None, low: float | None, high: float | None,
 
 def result_lines(summary: dict[str, Any]) -> list[str]:
     """The results for stdout: pooled scores, the 50 % detection points, quality scale."""
-    lines = ["pooled mean score and rate of " + summary["success"]
-             + " (95% CI; raters and images random):"]
+    lines = ["pooled mean score and rate (+1: the rater " + summary["success"]
+             + "; 95% CI, raters and images random):"]
     lines += [f"  x{r['ratio_low']:g} vs x{r['ratio_high']:g}: n {r['n']}, score "
               + _interval(r["mean_score"], r["ci_low"], r["ci_high"]) + ", rate "
               + _interval(r["rate"], r["rate_ci_low"], r["rate_ci_high"])
               for r in summary["pooled"]]
     found = summary["detection_50"]
-    lines.append(f"50% detection against x{found['reference_ratio']:g} (visually lossless "
-                 "up to): ratio " + _interval(found["ratio"]["value"],
+    chance = "75% correct, " if found.get("guess") else ""
+    lines.append(f"50% detection against x{found['reference_ratio']:g} ({chance}visually "
+                 "lossless up to): ratio " + _interval(found["ratio"]["value"],
                                               found["ratio"]["ci_low"],
                                               found["ratio"]["ci_high"])
                  + ", compressed side's PSNR "
