@@ -284,3 +284,19 @@ def test_analyze_a_flicker_study_end_to_end(flicker, tmp_path):
     assert summary["detection_50"]["guess"] == 0.0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "saw the flicker" in report and "false alarms are not measured" in report
+
+
+def test_a_threshold_bound_past_exps_range_is_no_bound(tmp_path, monkeypatch):
+    """A steep fit with one rater left out can put the log-ratio bound past 709: the ratio
+    interval is then open, and the report still plots."""
+    from medlossy.reader_study import analysis, psychometric
+
+    monkeypatch.setattr(psychometric, "crossed_jackknife",
+                        lambda *_, **__: [psychometric.Estimate(2.0, 1.0, 900.0, 2.0)])
+    rows = _curve_rows({2.0: 0.2, 8.0: 0.6})
+    found = psychometric.threshold_estimate(rows, "ratio", guess=0.0)
+    assert found.value == pytest.approx(np.exp(2.0)) and np.isnan(found.high)
+    curve = curve_table(rows, 1.0, None, guess=0.0)
+    analysis.plot_detection(curve, None, {"value": found.value, "ci_low": np.exp(1.0),
+                                          "ci_high": None}, tmp_path / "detection.png")
+    assert (tmp_path / "detection.png").stat().st_size > 0
