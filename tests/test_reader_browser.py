@@ -317,7 +317,7 @@ def _flicker_sample(page, x: int, y: int) -> tuple[int, int]:
 
 
 def test_a_flicker_study_alternates_one_viewport_and_is_answered_by_keys(
-        browser, tmp_path_factory, tmp_path, screenshots):
+        browser, tmp_path_factory, tmp_path, screenshots, capsys):
     flicker = make_design_study(tmp_path_factory, "flicker")
     database, (rater, _), _ = new_database(flicker, tmp_path)
     total = len(load_pairs(flicker))
@@ -336,6 +336,9 @@ def test_a_flicker_study_alternates_one_viewport_and_is_answered_by_keys(
         time.sleep(1.5)
         rate = (float(_state(page)["flips"]) - flips) / 1.5
         assert 0.5 * 1000 / FLICKER_MS <= rate <= 1.2 * 1000 / FLICKER_MS, rate
+        with capsys.disabled():
+            print(f"\nflicker: {rate:.2f} switches/s at {FLICKER_MS} ms per image; "
+                  f"screenshots in {screenshots}")
         # Window, zoom and scrolling apply to the flicker viewport as to the two panes.
         for key_name in ("+", "+", "j", "5"):
             page.keyboard.press(key_name)
