@@ -141,8 +141,8 @@ def test_analyze_prints_intervals_threshold_and_quality_from_stored_answers(stud
     summary = json.loads((out / "summary.json").read_text())
     found = summary["detection_50"]["ratio"]
     assert 1 < found["value"] < 20 and found["ci_low"] < found["value"] < found["ci_high"]
-    assert "visually lossless up to): ratio " in stdout
-    assert "x1 vs x20: n 12, 1 [" in stdout
+    assert "(75% correct, visually lossless up to): ratio " in stdout
+    assert "x1 vs x20: n 12, score 1 [" in stdout
 
 
 def test_analyze_before_any_answer(study, tmp_path, cli):

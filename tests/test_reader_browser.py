@@ -16,11 +16,13 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_reader_app import new_database, running_server
+from test_reader_designs import FLICKER_MS, make_design_study
 from test_reader_pairs import demo_study
 
 from medlossy.reader_study.pairs import load_key, load_pairs
@@ -303,3 +305,101 @@ def test_the_viewer_shows_mr_with_percentile_presets(browser, study, tmp_path):
         assert (state["width"], state["level"]) == header.windows[2]
         _check_pixels(page, header, codes)
         page.close()
+
+
+def _flicker_sample(page, x: int, y: int) -> tuple[int, int]:
+    """(phase shown, grey at canvas pixel (x, y)), read in one task so that they match."""
+    return tuple(page.evaluate(
+        "at => { const canvas = document.getElementById('view-flicker');"
+        " const grey = canvas.getContext('2d').getImageData(at[0], at[1], 1, 1).data[0];"
+        " return [Number(document.getElementById('viewer').dataset.phase), grey]; }",
+        [x, y]))
+
+
+def test_a_flicker_study_alternates_one_viewport_and_is_answered_by_keys(
+        browser, tmp_path_factory, tmp_path, screenshots, capsys):
+    flicker = make_design_study(tmp_path_factory, "flicker")
+    database, (rater, _), _ = new_database(flicker, tmp_path)
+    total = len(load_pairs(flicker))
+    with running_server(flicker, database) as base:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{base}/r/{rater.token}")
+        page.wait_for_selector("#viewer[data-slice]")
+        assert page.locator("canvas").count() == 1 and page.locator("#view-left").count() == 0
+        pair_id = page.locator("input[name=pair]").get_attribute("value")
+        header, codes = read_stack(flicker / "stacks" / f"{pair_id}.bin")
+        # Alternates at the study's rate: about 1000 / FLICKER_MS switches a second.
+        _wait_until(page, "Number(document.getElementById('viewer').dataset.flips) >= 1")
+        flips = float(_state(page)["flips"])
+        time.sleep(1.5)
+        rate = (float(_state(page)["flips"]) - flips) / 1.5
+        assert 0.5 * 1000 / FLICKER_MS <= rate <= 1.2 * 1000 / FLICKER_MS, rate
+        with capsys.disabled():
+            print(f"\nflicker: {rate:.2f} switches/s at {FLICKER_MS} ms per image; "
+                  f"screenshots in {screenshots}")
+        # Window, zoom and scrolling apply to the flicker viewport as to the two panes.
+        for key_name in ("+", "+", "j", "5"):
+            page.keyboard.press(key_name)
+        state = _state(page)
+        assert state["zoom"] == 4
+        assert state["slice"] == min(header.centre + 1, header.slices - 1)
+        assert (state["width"], state["level"]) == header.windows[2]
+        canvas = page.locator("#view-flicker").evaluate("c => [c.width, c.height]")
+        scale = min(canvas[0] / header.columns, canvas[1] / header.rows) * state["zoom"]
+        column, row = header.columns // 2, header.rows // 2
+        x = int(canvas[0] / 2 + (column + 0.5 - header.columns / 2) * scale)
+        y = int(canvas[1] / 2 + (row + 0.5 - header.rows / 2) * scale)
+        seen: dict[int, int] = {}
+        deadline = time.monotonic() + 5
+        while len(seen) < 2 and time.monotonic() < deadline:  # both phases, each its plane
+            phase, grey = _flicker_sample(page, x, y)
+            assert abs(grey - _expected(header, codes, state, phase, row, column)) <= 1
+            if phase not in seen:
+                seen[phase] = grey
+                page.screenshot(path=screenshots / f"flicker-phase-{phase}.png")
+            time.sleep(FLICKER_MS / 3000)
+        assert set(seen) == {0, 1}
+        assert "flicker 150 ms" in page.locator("#readout").inner_text()
+        for step in range(total):
+            with page.expect_navigation():
+                page.keyboard.press(("y", "n", "1", "3")[step % 4])
+            if step < total - 1:
+                page.wait_for_selector("#viewer[data-flips]")
+        assert "Thank you" in page.locator("h1").inner_text()
+        assert errors == []
+        page.close()
+    answers = database.all_answers()
+    assert len(answers) == total and {a["design"] for a in answers} == {"flicker"}
+    assert Counter(a["answer"] for a in answers) == {"seen": total // 2, "unseen": total // 2}
+
+
+def test_a_2afc_study_is_answered_left_or_right_by_keys(browser, tmp_path_factory, tmp_path,
+                                                        screenshots):
+    afc = make_design_study(tmp_path_factory, "2afc")
+    database, (rater, _), _ = new_database(afc, tmp_path)
+    total = len(load_pairs(afc))
+    with running_server(afc, database) as base:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{base}/r/{rater.token}")
+        page.wait_for_selector("#viewer[data-slice]")
+        assert page.locator("#view-left").count() == 1 and page.locator("#view-right").count()
+        page.keyboard.press("+")
+        assert _state(page)["zoom"] == 2 and "flips" not in _state(page)
+        page.screenshot(path=screenshots / "2afc.png")
+        page.keyboard.press("2")  # no third answer in a forced choice: nothing happens
+        page.keyboard.press(" ")
+        time.sleep(0.3)
+        assert page.locator("#progress").inner_text() == f"1 / {total}"
+        for step in range(total):
+            with page.expect_navigation():
+                page.keyboard.press(("1", "ArrowRight", "ArrowLeft", "3")[step % 4])
+        assert "Thank you" in page.locator("h1").inner_text()
+        assert errors == []
+        page.close()
+    answers = database.all_answers()
+    assert len(answers) == total and {a["design"] for a in answers} == {"2afc"}
+    assert Counter(a["answer"] for a in answers) == {"left": total // 2, "right": total // 2}

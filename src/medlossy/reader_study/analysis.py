@@ -31,6 +31,7 @@ from medlossy.atomic import atomic_output
 from medlossy.errors import MedlossyError
 from medlossy.outputs import check_only
 from medlossy.reader_study.db import Database
+from medlossy.reader_study.designs import DEFAULT_DESIGN, Design, get_design
 from medlossy.reader_study.intervals import score_interval
 from medlossy.reader_study.pairs import load_key
 from medlossy.reader_study.psychometric import (
@@ -50,19 +51,22 @@ SCORES = {"correct": 1, "undecided": 0, "wrong": -1}
 SCALE = (-1, 0, 1)  #: the ordinal scale, in order (weighted kappa, alpha)
 
 
-def scored_answers(answers: list[dict], key: dict[str, dict]) -> pd.DataFrame:
-    """One row per answer with the pair's ratios and the score (+1 / 0 / -1)."""
+def scored_answers(answers: list[dict], key: dict[str, dict],
+                   design: Design | None = None) -> pd.DataFrame:
+    """One row per answer with the pair's ratios and the score (+1 / 0 / -1) under the
+    study's ``design`` (``designs``; side-by-side when not given)."""
+    design = design or get_design(DEFAULT_DESIGN)
     rows = []
     for answer in answers:
         entry = key.get(answer["pair"])
         if entry is None:
             raise MedlossyError(None, f"answer for pair {answer['pair']} which is not in the key")
+        if answer.get("design", design.name) != design.name:
+            raise MedlossyError(None, f"a {answer['design']} answer in a {design.name} study")
         ratios = (entry["left"]["ratio"], entry["right"]["ratio"])
-        if answer["answer"] == "undecided":
-            score = 0
-        else:
-            score = 1 if answer["answer"] == entry["less_compressed"] else -1
-        rows.append({**answer, "dataset": entry["dataset"], "case": entry["case"],
+        score = design.score(answer["answer"], entry["less_compressed"])
+        rows.append({**answer, "design": design.name, "dataset": entry["dataset"],
+                     "case": entry["case"],
                      "channel": entry["channel"], "slice": entry["slice"],
                      "left_ratio": ratios[0], "right_ratio": ratios[1],
                      "left_psnr_db": entry["left"].get("psnr_db"),
@@ -70,8 +74,8 @@ def scored_answers(answers: list[dict], key: dict[str, dict]) -> pd.DataFrame:
                      "less_compressed": entry["less_compressed"],
                      "ratio_low": min(ratios), "ratio_high": max(ratios), "score": score,
                      "identical": identical_pair(entry)})
-    columns = ["rater", "pair", "answer", "answered_at", "response_ms", "revisions", "dataset",
-               "case", "channel", "slice", "left_ratio", "right_ratio", "left_psnr_db",
+    columns = ["rater", "pair", "design", "answer", "answered_at", "response_ms", "revisions",
+               "dataset", "case", "channel", "slice", "left_ratio", "right_ratio", "left_psnr_db",
                "right_psnr_db", "less_compressed", "ratio_low", "ratio_high", "score", "identical"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -155,10 +159,14 @@ def score_table(scored: pd.DataFrame, ratio_pairs: list[tuple[float, float]], *,
                                                  cell["pair"].to_numpy())
             in_cell = everything[(everything["ratio_low"] == low) &
                                  (everything["ratio_high"] == high)]
+            mean = float(scores.mean()) if len(scores) else float("nan")
             rows.append({
                 "rater": who, "ratio_low": low, "ratio_high": high, "n": len(scores),
-                "mean_score": float(scores.mean()) if len(scores) else float("nan"),
-                "ci_low": ci_low, "ci_high": ci_high, "df": df,
+                "mean_score": mean, "ci_low": ci_low, "ci_high": ci_high, "df": df,
+                # The same on the proportion scale: detection (flicker) or correct
+                # identification (2AFC) rate.
+                "rate": (mean + 1) / 2, "rate_ci_low": (ci_low + 1) / 2,
+                "rate_ci_high": (ci_high + 1) / 2,
                 "correct": int((scores == 1).sum()), "undecided": int((scores == 0).sum()),
                 "wrong": int((scores == -1).sum()),
                 "identical_left_out": 0 if include_identical else
@@ -238,7 +246,7 @@ def plot_detection(curve: pd.DataFrame, params: np.ndarray | None,
                   color="tab:blue", label="fitted")
     if found["value"] is not None:
         axis.axvline(found["value"], color="tab:red", label="50 % detection")
-        if found["ci_low"] is not None:
+        if found["ci_low"] is not None and found["ci_high"] is not None:
             axis.axvspan(found["ci_low"], found["ci_high"], color="tab:red", alpha=0.15)
     axis.set_xscale("log")
     axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 10, not 10^1
@@ -267,16 +275,41 @@ def _estimate(found: Estimate) -> dict[str, float | None]:
             "ci_high": _number(found.high), "df": _number(found.df)}
 
 
-def psychometric_summary(used: pd.DataFrame, ratios: list[float]
+def psychometric_summary(used: pd.DataFrame, ratios: list[float],
+                         design: Design | None = None
                          ) -> tuple[pd.DataFrame, np.ndarray | None, pd.DataFrame,
                                     dict[str, Any]]:
-    """Detection curve table and fit, quality scale table, the 50 % detection points."""
+    """Detection curve table and fit, quality scale table, the 50 % detection points.
+
+    The curve's floor is the design's ``guess`` (1/2 forced choice, 0 flicker). The
+    Bradley-Terry scale needs preferences between ratios: side-by-side only (an empty table
+    otherwise).
+    """
+    design = design or get_design(DEFAULT_DESIGN)
     rows = detection_rows(used, ratios[0])
-    thresholds = {"reference_ratio": ratios[0],
-                  "ratio": _estimate(threshold_estimate(rows, "ratio")),
-                  "psnr_db": _estimate(threshold_estimate(rows, "psnr"))}
-    params = fit_curve(rows, "ratio")
-    return curve_table(rows, ratios[0], params), params, quality_table(used, ratios), thresholds
+    guess = design.guess
+    thresholds = {"reference_ratio": ratios[0], "guess": guess,
+                  "ratio": _estimate(threshold_estimate(rows, "ratio", guess=guess)),
+                  "psnr_db": _estimate(threshold_estimate(rows, "psnr", guess=guess))}
+    params = fit_curve(rows, "ratio", guess=guess)
+    quality = (quality_table(used, ratios) if design.all_ratio_pairs else
+               pd.DataFrame(columns=["ratio", "quality", "ci_low", "ci_high", "df"]))
+    return curve_table(rows, ratios[0], params, guess=guess), params, quality, thresholds
+
+
+def _curve_note(design: Design) -> str:
+    """How the detection curve was fitted, for the report."""
+    if design.guess:
+        fit = ("P(+1) = 1/2 + 1/2 logistic(a + b log ratio) (a rater who sees nothing is "
+               "right half the time), so 50 % detection is 75 % correct")
+    else:
+        fit = ("P(seen) = logistic(a + b log ratio), 50 % detection = half the answers see "
+               "the flicker (false alarms are not measured)")
+    scale = ("; quality: Bradley-Terry over every ratio pair" if design.all_ratio_pairs
+             else "")
+    return (f"Detection against the least compressed ratio, fitted as {fit}{scale}. "
+            "Intervals: delete-one-rater plus delete-one-image jackknife, t on "
+            "Satterthwaite's df.")
 
 
 def _interval(value: float | None, low: float | None, high: float | None,
@@ -290,22 +323,27 @@ def _interval(value: float | None, low: float | None, high: float | None,
 
 def result_lines(summary: dict[str, Any]) -> list[str]:
     """The results for stdout: pooled scores, the 50 % detection points, quality scale."""
-    lines = ["pooled mean score (95% CI; raters and images random):"]
-    lines += [f"  x{r['ratio_low']:g} vs x{r['ratio_high']:g}: n {r['n']}, "
-              + _interval(r["mean_score"], r["ci_low"], r["ci_high"])
+    lines = ["pooled mean score and rate (+1: the rater " + summary["success"]
+             + "; 95% CI, raters and images random):"]
+    lines += [f"  x{r['ratio_low']:g} vs x{r['ratio_high']:g}: n {r['n']}, score "
+              + _interval(r["mean_score"], r["ci_low"], r["ci_high"]) + ", rate "
+              + _interval(r["rate"], r["rate_ci_low"], r["rate_ci_high"])
               for r in summary["pooled"]]
     found = summary["detection_50"]
-    lines.append(f"50% detection against x{found['reference_ratio']:g} (visually lossless "
-                 "up to): ratio " + _interval(found["ratio"]["value"],
+    chance = "75% correct, " if found.get("guess") else ""
+    lines.append(f"50% detection against x{found['reference_ratio']:g} ({chance}visually "
+                 "lossless up to): ratio " + _interval(found["ratio"]["value"],
                                               found["ratio"]["ci_low"],
                                               found["ratio"]["ci_high"])
                  + ", compressed side's PSNR "
                  + _interval(found["psnr_db"]["value"], found["psnr_db"]["ci_low"],
                              found["psnr_db"]["ci_high"], " dB"))
-    lines.append("quality scale (Bradley-Terry, logits against x"
-                 f"{summary['quality'][0]['ratio']:g}): " + "; ".join(
-                     f"x{q['ratio']:g} " + _interval(q["quality"], q["ci_low"], q["ci_high"])
-                     for q in summary["quality"]))
+    if summary["quality"]:
+        lines.append("quality scale (Bradley-Terry, logits against x"
+                     f"{summary['quality'][0]['ratio']:g}): " + "; ".join(
+                         f"x{q['ratio']:g} " + _interval(q["quality"], q["ci_low"],
+                                                          q["ci_high"])
+                         for q in summary["quality"]))
     return lines
 
 
@@ -320,10 +358,11 @@ def analyze_study(study: str | os.PathLike[str], database: Database,
     ratios = [float(r) for r in settings["ratios"]]
     ratio_pairs = [(float(a), float(b)) for a, b in settings["ratio_pairs"]]
     key = load_key(study)
-    scored = scored_answers(database.all_answers(), key)
+    design = get_design(settings.get("design", DEFAULT_DESIGN))
+    scored = scored_answers(database.all_answers(), key, design)
     table = score_table(scored, ratio_pairs, include_identical=include_identical)
     used = _scored_for_scores(scored, include_identical)
-    curve, params, quality, thresholds = psychometric_summary(used, ratios)
+    curve, params, quality, thresholds = psychometric_summary(used, ratios, design)
     agreement = agreement_table(scored, include_identical=include_identical)
     alpha = krippendorff_alpha(used)
     pooled = table[table["rater"] == POOLED]
@@ -332,13 +371,15 @@ def analyze_study(study: str | os.PathLike[str], database: Database,
     summary = {
         "answers": len(scored), "raters": int(scored["rater"].nunique()),
         "pairs": settings["pairs"], "datasets": settings["datasets"],
-        "window": settings["window"],
+        "window": settings["window"], "design": design.name, "success": design.success,
         "pooled_ci": "Obuchowski-Rockette, raters and images random, Hillis df, Wilson form",
         "identical_pairs": identical_pairs, "identical_answers": identical_answers,
         "identical_included": include_identical,
         "pooled": [{"ratio_low": r.ratio_low, "ratio_high": r.ratio_high, "n": r.n,
                     "mean_score": _number(r.mean_score), "ci_low": _number(r.ci_low),
                     "ci_high": _number(r.ci_high), "df": _number(r.df),
+                    "rate": _number(r.rate), "rate_ci_low": _number(r.rate_ci_low),
+                    "rate_ci_high": _number(r.rate_ci_high),
                     "identical_left_out": r.identical_left_out}
                    for r in pooled.itertuples()],
         "detection_50": thresholds,
@@ -355,9 +396,10 @@ def analyze_study(study: str | os.PathLike[str], database: Database,
     report = "\n\n".join([
         "# Reader study",
         f"{len(scored)} answers from {summary['raters']} raters on {settings['pairs']} pairs "
-        f"({', '.join(settings['datasets'])}; window {settings['window']}). Score per answer: "
-        "+1 the less compressed image was picked, 0 cannot decide, -1 the more compressed "
-        "one. Mean per ratio pair with 95% CIs: pooled, raters and images both random "
+        f"({', '.join(settings['datasets'])}; window {settings['window']}; design "
+        f"{design.name}). Score per answer: +1 the rater {design.success}, 0 cannot decide, "
+        "-1 otherwise; rate = (score + 1) / 2. Mean per ratio pair with 95% CIs: pooled, "
+        "raters and images both random "
         "(Obuchowski-Rockette with Hillis's degrees of freedom, in a Wilson interval on the "
         "effective number of answers); per rater, that rater's images random.",
         f"{identical_pairs} of {settings['pairs']} pairs show two pixel-identical images "
@@ -366,16 +408,15 @@ def analyze_study(study: str | os.PathLike[str], database: Database,
         "![mean score per ratio pair](reader_study.png)",
         "## Pooled",
         _markdown(pooled, ["ratio_low", "ratio_high", "n", "mean_score", "ci_low", "ci_high",
-                           "df", "correct", "undecided", "wrong", "identical_left_out"]),
+                           "rate", "rate_ci_low", "rate_ci_high", "df", "correct", "undecided",
+                           "wrong", "identical_left_out"]),
         "## Detection and quality",
         "\n".join(result_lines(summary)[len(pooled) + 1:]),
         "![detection against the ratio](detection.png)",
-        "Detection against the least compressed ratio, fitted as P(correct) = 1/2 + 1/2 "
-        "logistic(a + b log ratio) (a rater who sees nothing is right half the time); "
-        "quality: Bradley-Terry over every ratio pair. Intervals: delete-one-rater plus "
-        "delete-one-image jackknife, t on Satterthwaite's df.",
-        _markdown(curve, ["ratio", "n", "psnr_db", "detection", "fitted_detection"]),
-        _markdown(quality, ["ratio", "quality", "ci_low", "ci_high"]),
+        _curve_note(design),
+        _markdown(curve, ["ratio", "n", "psnr_db", "correct", "detection", "fitted_detection"]),
+        _markdown(quality, ["ratio", "quality", "ci_low", "ci_high"]) if len(quality) else
+        "No quality scale: it needs preferences between every two ratios (side-by-side).",
         "## Per rater",
         _markdown(table[table["rater"] != POOLED],
                   ["rater", "ratio_low", "ratio_high", "n", "mean_score", "ci_low", "ci_high"]),

@@ -1,4 +1,4 @@
-"""The raters' web app: one blinded pair at a time, three answers, resumable.
+"""The raters' web app: one blinded pair at a time, the design's answers, resumable.
 
 Routes (``TOKEN`` is a rater's or the admin's private token; ``R`` is ``/r/TOKEN`` with
 links, or ``/s`` with a session cookie, see below):
@@ -9,9 +9,10 @@ links, or ``/s`` with a session cookie, see below):
   browser without script shows.
 - ``GET R/stack/PAIR.bin``: the pair's stack of 16-bit values, both sides (``stacks``),
   which the page's viewer windows, zooms and scrolls itself (``assets``).
-- ``POST R/answer``: ``pair``, ``answer`` (left / right / undecided), ``position``, the
-  page's ``form_token`` (cross-site request forgery guard) and ``elapsed_ms`` (the time from
-  the first view to the answer, measured by the page; may be empty); 303 to the next pair.
+- ``POST R/answer``: ``pair``, ``answer`` (one of the study design's: ``designs``),
+  ``position``, the page's ``form_token`` (cross-site request forgery guard) and
+  ``elapsed_ms`` (the time from the first view to the answer, measured by the page; may be
+  empty); 303 to the next pair.
 - ``GET /admin/TOKEN`` and ``GET /admin/TOKEN/answers.csv``: progress, export.
 
 Session cookies (``session_cookie=True``): the first visit of ``/r/TOKEN`` exchanges the
@@ -61,7 +62,6 @@ from medlossy.errors import MedlossyError
 from medlossy.reader_study.assets import CSS, JS
 from medlossy.reader_study.committer import Committer
 from medlossy.reader_study.db import (
-    ANSWERS,
     SESSION_LIFETIME,
     Database,
     DatabaseBusy,
@@ -70,7 +70,8 @@ from medlossy.reader_study.db import (
     presentation_order,
     tokens_equal,
 )
-from medlossy.reader_study.pairs import load_key, load_pairs
+from medlossy.reader_study.designs import Choice, Design, get_design
+from medlossy.reader_study.pairs import load_key, load_pairs, study_design
 from medlossy.reader_study.viewer import VIEWER_CSS, VIEWER_JS
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
@@ -101,9 +102,9 @@ _SECURITY_HEADERS = {
 }
 _RAW_HEADERS = tuple((name.lower().encode(), value.encode())
                      for name, value in _SECURITY_HEADERS.items())
-_LABELS = {"left": "Left better", "undecided": "Cannot decide", "right": "Right better"}
-_KEYS = {"left": ("1", "\u2190"), "undecided": ("2", "\u2193", "Space"),
-         "right": ("3", "\u2192")}
+#: How a key is shown on its button (``KeyboardEvent.key`` names otherwise).
+_KEY_NAMES = {"ArrowLeft": "\u2190", "ArrowRight": "\u2192", "ArrowDown": "\u2193",
+              " ": "Space"}
 T = TypeVar("T")
 
 
@@ -161,7 +162,9 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
     # Studies made before stacks existed show the composite PNG only.
     viewer = all(path.is_file() for path in files[".bin"].values())
     first_shown: dict[tuple[int, str], float] = {}
-    database.setup(pair_ids, raters=0)
+    design_name, flicker_ms = study_design(study)
+    design = get_design(design_name)
+    database.setup(pair_ids, raters=0, design=design.name)
     base, origin = public_base(public_url)
     secure = (public_url or "").startswith("https:")
     orders: dict[int, list[str]] = {}
@@ -297,7 +300,8 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
         first_shown.setdefault((visit.rater.id, pair_id), time.monotonic())
         return HTMLResponse(_rating_page(base + visit.root, form_token(visit.credential),
                                          pair_id, number, len(order), len(answers),
-                                         answers.get(pair_id), base, viewer=viewer))
+                                         answers.get(pair_id), base, viewer=viewer,
+                                         design=design, flicker_ms=flicker_ms))
 
     async def pair_file(resolve: Callable[[], _Visit], name: str, suffix: str) -> Response:
         """A pair's composite PNG or its stack: the file's bytes, nothing per file added."""
@@ -337,8 +341,8 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
         if elapsed and not _POSITION.match(elapsed):
             raise _Refused(400, "Bad response time.")
         pair_id, value = fields["pair"], fields["answer"]
-        if value not in ANSWERS:
-            raise _Refused(400, f"The answer must be one of {', '.join(ANSWERS)}.")
+        if value not in design.answers:
+            raise _Refused(400, f"The answer must be one of {', '.join(design.answers)}.")
         number = position_of(fields["position"], visit.rater, 400)
         if not _PAIR.match(pair_id) or pair_id not in images:
             raise _Refused(404, "No such pair.")
@@ -420,15 +424,16 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["rater", "pair", "answer", "answered_at", "response_ms", "revisions",
-                         "dataset",
+                         "design", "dataset",
                          "case", "channel", "slice", "left_ratio", "right_ratio",
                          "less_compressed"])
         for row in await db(database.all_answers):
             entry = key[row["pair"]]
             writer.writerow([row["rater"], row["pair"], row["answer"], row["answered_at"],
-                             row["response_ms"], row["revisions"], entry["dataset"], entry["case"],
-                             entry["channel"], entry["slice"], entry["left"]["ratio"],
-                             entry["right"]["ratio"], entry["less_compressed"]])
+                             row["response_ms"], row["revisions"], row["design"],
+                             entry["dataset"], entry["case"], entry["channel"], entry["slice"],
+                             entry["left"]["ratio"], entry["right"]["ratio"],
+                             entry["less_compressed"]])
         return Response(buffer.getvalue(), media_type="text/csv",
                         headers={"Content-Disposition": "attachment; filename=answers.csv"})
 
@@ -509,25 +514,40 @@ async def _form(request: Request) -> dict[str, str]:
     return {name: values[0] for name, values in parsed.items()}
 
 
-def _button(value: str, label: str, *, chosen: bool) -> str:
-    keys = " / ".join(f"<kbd>{key}</kbd>" for key in _KEYS[value])
+def _key_list(keys: tuple[str, ...]) -> str:
+    """Keys for the page's script, space-separated (the space bar itself as "Space")."""
+    return html.escape(" ".join("Space" if key == " " else key for key in keys))
+
+
+def _button(choice: Choice, *, chosen: bool) -> str:
+    keys = " / ".join(f"<kbd>{html.escape(_KEY_NAMES.get(key, key))}</kbd>"
+                      for key in choice.keys)
     css = ' class="chosen"' if chosen else ""
-    return (f'<button type="submit" name="answer" value="{value}" id="answer-{value}"{css}>'
-            f'{label}<span class="keys">{keys}</span></button>')
+    return (f'<button type="submit" name="answer" value="{choice.value}" '
+            f'id="answer-{choice.value}"{css} data-keys="{_key_list(choice.keys)}">'
+            f'{choice.label}<span class="keys">{keys}</span></button>')
 
 
 def _rating_page(root: str, form: str, pair_id: str, number: int, total: int,
-                 answered: int, current: str | None, base: str, *, viewer: bool) -> str:
+                 answered: int, current: str | None, base: str, *, viewer: bool,
+                 design: Design, flicker_ms: int) -> str:
     """The rating page; ``root`` is the rater's full link prefix (``BASE/r/TOKEN`` or
     ``BASE/s``). With ``viewer`` the page's script replaces the composite image by the
-    viewer on the pair's stack."""
-    buttons = "".join(_button(value, label, chosen=value == current)
-                      for value, label in _LABELS.items())
+    viewer on the pair's stack (one alternating viewport for a flicker design)."""
+    buttons = "".join(_button(choice, chosen=choice.value == current)
+                      for choice in design.choices)
     previous = (f"<a href=\"{root}/p/{number - 1}\">&larr; previous</a>" if number > 1
                 else "<span></span>")
     following = (f"<a href=\"{root}/p/{number + 1}\">next &rarr;</a>" if number < total
                  else "<span></span>")
     stack = f" data-stack=\"{root}/stack/{pair_id}.bin\"" if viewer else ""
+    if design.flicker:
+        stack += f" data-flicker-ms=\"{flicker_ms}\""
+        caption = ("<figcaption><span>the two images alternate in this view</span>"
+                   "</figcaption><noscript><p>The flicker needs JavaScript: turn it on for "
+                   "this page.</p></noscript>")
+    else:
+        caption = "<figcaption><span>left</span><span>right</span></figcaption>"
     # Hidden by the viewer's script before the first layout, the composite is then mostly
     # not fetched at all (lazy images are fetched when laid out visible).
     lazy = " loading=\"lazy\"" if viewer else ""
@@ -535,11 +555,11 @@ def _rating_page(root: str, form: str, pair_id: str, number: int, total: int,
         "<header><span class=\"title\">Reader study</span>"
         f"<span class=\"progress\" id=\"progress\">{number} / {total}</span>"
         f"<span class=\"answered\">{answered} answered</span></header>"
-        "<main class=\"rating\">"
-        "<p class=\"question\">Which image shows the anatomy with better quality?</p>"
+        f"<main class=\"rating\" data-design=\"{design.name}\">"
+        f"<p class=\"question\">{html.escape(design.question)}</p>"
         f"<figure id=\"figure\"{stack}><img id=\"pair\"{lazy} src=\"{root}/img/{pair_id}.png\" "
         "alt=\"two versions of one CT or MR slice, side by side\">"
-        "<figcaption><span>left</span><span>right</span></figcaption></figure>"
+        f"{caption}</figure>"
         f"<form method=\"post\" action=\"{root}/answer\" id=\"answer-form\">"
         f"<input type=\"hidden\" name=\"pair\" value=\"{pair_id}\">"
         f"<input type=\"hidden\" name=\"position\" value=\"{number}\">"

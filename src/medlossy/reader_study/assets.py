@@ -44,8 +44,13 @@ JS = """
 (function () {
   var form = document.getElementById("answer-form");
   if (!form) { return; }
-  var keys = { "1": "left", "ArrowLeft": "left", "2": "undecided", "ArrowDown": "undecided",
-               " ": "undecided", "3": "right", "ArrowRight": "right" };
+  // The design's answer keys, from its buttons ("1 ArrowLeft" answers "left"...).
+  var keys = {};
+  form.querySelectorAll("button[data-keys]").forEach(function (button) {
+    button.dataset.keys.split(" ").forEach(function (key) {
+      keys[key === "Space" ? " " : key] = button;
+    });
+  });
   var sent = false;
   var image = document.getElementById("pair");
   var markImage = function () { performance.mark("medlossy-image-shown"); };
@@ -66,10 +71,10 @@ JS = """
     // Shift + arrows belong to the viewer (window width / level).
     if (event.altKey || event.ctrlKey || event.metaKey || event.shiftKey || event.repeat ||
         sent) { return; }
-    var value = keys[event.key];
-    if (!value) { return; }
+    var button = keys[event.key];
+    if (!button) { return; }
     event.preventDefault();
-    form.requestSubmit(document.getElementById("answer-" + value));
+    form.requestSubmit(button);
   });
 })();
 """

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from medlossy.cli.types import positive_int
 from medlossy.errors import MedlossyError
+from medlossy.reader_study.designs import DEFAULT_DESIGN, DESIGNS, FLICKER_MS, FLICKER_MS_RANGE
 from medlossy.terminal import colours
 
 DEFAULT_RATIOS = "1,2,5,10,20,50"
@@ -67,13 +68,15 @@ def make(arguments: argparse.Namespace) -> None:
 
     settings = PairSettings(ratios=arguments.ratios, per_pair=arguments.per_pair,
                             window=parse_window(arguments.window), seed=arguments.seed,
-                            max_images=arguments.max_images, stack=arguments.stack)
+                            max_images=arguments.max_images, stack=arguments.stack,
+                            design=arguments.design, flicker_ms=arguments.flicker_ms)
     study = make_pairs(arguments.input, arguments.out, settings, stores=arguments.stores,
                        workers=arguments.workers, show_progress=not arguments.quiet)
     if not arguments.quiet:
         print(f"{arguments.out}: {study['pairs']} pairs from {', '.join(study['datasets'])} "
               f"({len(study['ratio_pairs'])} ratio pairs x {study['per_pair']} per dataset), "
-              f"window {study['window']}; key in {Path(arguments.out) / 'key.json'}",
+              f"design {study['design']}, window {study['window']}; "
+              f"key in {Path(arguments.out) / 'key.json'}",
               file=sys.stderr)
 
 
@@ -83,7 +86,7 @@ def serve(arguments: argparse.Namespace) -> None:
 
     from medlossy.reader_study.app import create_app, public_base
     from medlossy.reader_study.db import Database
-    from medlossy.reader_study.pairs import load_pairs, study_seed
+    from medlossy.reader_study.pairs import load_pairs, study_design, study_seed
     from medlossy.reader_study.server import deadline_protocol
 
     if arguments.raters < 1:
@@ -92,7 +95,8 @@ def serve(arguments: argparse.Namespace) -> None:
     public_base(arguments.public_url)  # a bad URL is refused before anything is created
     database = Database(_database_url(arguments))
     issued = database.setup([pair["id"] for pair in load_pairs(arguments.study)],
-                            arguments.raters, study_seed=study_seed(arguments.study))
+                            arguments.raters, study_seed=study_seed(arguments.study),
+                            design=study_design(arguments.study)[0])
     app = create_app(arguments.study, database, public_url=arguments.public_url,
                      session_cookie=arguments.session_cookie)
     base = _base(arguments)
@@ -190,6 +194,16 @@ def add_reader_parser(subparsers) -> None:
     make_parser.add_argument("--stack", type=int, default=2,
                              help="slices on each side of a pair's slice that raters can "
                                   "scroll through (0 to 10; default: 2)")
+    make_parser.add_argument("--design", choices=list(DESIGNS), default=DEFAULT_DESIGN,
+                             help="side-by-side: every pair of the ratios, which is better?; "
+                                  "flicker: the least compressed ratio and another alternate "
+                                  "in one viewport, is there a flicker?; 2afc: the least "
+                                  "compressed ratio and another side by side, which is "
+                                  f"compressed? (default: {DEFAULT_DESIGN})")
+    make_parser.add_argument("--flicker-ms", type=int, default=FLICKER_MS,
+                             help="flicker: how long each image stays on screen, "
+                                  f"{FLICKER_MS_RANGE[0]} to {FLICKER_MS_RANGE[1]} ms "
+                                  f"(default: {FLICKER_MS})")
     make_parser.add_argument("--stores", default=None,
                              help="reuse stores of an earlier run (e.g. a study output folder)")
     make_parser.add_argument("--max-images", type=int, default=None,

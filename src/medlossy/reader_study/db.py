@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medlossy.errors import MedlossyError
+from medlossy.reader_study.designs import DEFAULT_DESIGN, get_design
 
-ANSWERS = ("left", "right", "undecided")
 TOKEN_BYTES = 32
 #: Longest wait for a lock held by someone else before giving up (``DatabaseBusy``).
 BUSY_TIMEOUT_S = 2.0
@@ -79,10 +79,11 @@ CREATE INDEX IF NOT EXISTS sessions_by_rater ON sessions (rater_id);
 CREATE TABLE IF NOT EXISTS answers (
     rater_id INTEGER NOT NULL REFERENCES raters (id),
     pair_id TEXT NOT NULL REFERENCES pairs (id),
-    answer TEXT NOT NULL CHECK (answer IN ('left', 'right', 'undecided')),
+    answer TEXT NOT NULL CHECK (answer IN ('left', 'right', 'undecided', 'seen', 'unseen')),
     answered_at TEXT NOT NULL,
     revisions INTEGER NOT NULL DEFAULT 0,
     response_ms INTEGER,
+    design TEXT NOT NULL DEFAULT 'side-by-side',
     PRIMARY KEY (rater_id, pair_id)
 );
 CREATE TABLE IF NOT EXISTS answer_log (
@@ -91,7 +92,8 @@ CREATE TABLE IF NOT EXISTS answer_log (
     pair_id TEXT NOT NULL REFERENCES pairs (id),
     answer TEXT NOT NULL,
     answered_at TEXT NOT NULL,
-    response_ms INTEGER
+    response_ms INTEGER,
+    design TEXT NOT NULL DEFAULT 'side-by-side'
 );
 """
 class DatabaseBusy(MedlossyError):
@@ -190,6 +192,8 @@ class Database:
     def __init__(self, url: str) -> None:
         self.path = sqlite_path(url)
         self._local = threading.local()
+        #: The study's design (``setup``): which answers are accepted, recorded per answer.
+        self.design = DEFAULT_DESIGN
         if not self.path.parent.is_dir():
             raise MedlossyError(self.path, "its folder does not exist")
         for suffix in _FILE_SUFFIXES:  # files left readable by an older version
@@ -232,6 +236,16 @@ class Database:
         self._add_last_seen()
         self._drop_plain_tokens()
         self._add_response_time()
+        self._add_design()
+
+    def _add_design(self) -> None:
+        """Answers given before designs existed were side-by-side (the column's default)."""
+        for table in ("answers", "answer_log"):
+            columns = {row[1] for row in self._query(f"PRAGMA table_info({table})")}
+            if "design" not in columns:
+                with self._transaction() as connection:
+                    connection.execute(f"ALTER TABLE {table} ADD COLUMN design TEXT NOT NULL "
+                                       f"DEFAULT '{DEFAULT_DESIGN}'")
 
     def _add_response_time(self) -> None:
         """Answers given before response times were kept have none (NULL)."""
@@ -297,22 +311,28 @@ class Database:
     # Set-up ---------------------------------------------------------------------------------
 
     def setup(self, pair_ids: Iterable[str], raters: int, *,
-              study_seed: int | None = None) -> dict[str, str]:
+              study_seed: int | None = None, design: str = DEFAULT_DESIGN) -> dict[str, str]:
         """Register the pair set (once) and make sure there are ``raters`` raters and an admin.
 
         A new rater's order seed is ``order_seed(study_seed, name)``, so their order can be
         rebuilt from the study file (random when ``study_seed`` is None). Returns the private
         token of every rater (and admin) created now, by name: the only time it exists in the
-        clear. A database already holding another pair set is refused:
-        its answers would not match.
+        clear. A database already holding another pair set, or answers of another design,
+        is refused: its answers would not match.
         """
         pair_ids = sorted(set(pair_ids))
+        get_design(design)
         issued = {}
         with self._transaction() as connection:
             known = {row[0] for row in connection.execute("SELECT id FROM pairs")}
             if known and known != set(pair_ids):
                 raise MedlossyError(self.path, "holds answers for another pair set; use a new "
                                                "database for this one")
+            given = {row[0] for row in connection.execute("SELECT DISTINCT design FROM answers")}
+            if given - {design}:
+                raise MedlossyError(self.path, f"holds {', '.join(sorted(given))} answers, not "
+                                               f"{design}; use a new database for this study")
+            self.design = design
             connection.executemany("INSERT OR IGNORE INTO pairs (id) VALUES (?)",
                                    [(pair_id,) for pair_id in pair_ids])
             count = connection.execute(
@@ -411,11 +431,11 @@ class Database:
     def all_answers(self) -> list[dict]:
         """Every current answer with the rater's name, oldest first."""
         rows = self._query(
-            "SELECT r.name, a.pair_id, a.answer, a.answered_at, a.response_ms, a.revisions "
-            "FROM answers a JOIN raters r ON r.id = a.rater_id "
+            "SELECT r.name, a.pair_id, a.answer, a.answered_at, a.response_ms, a.revisions, "
+            "a.design FROM answers a JOIN raters r ON r.id = a.rater_id "
             "ORDER BY a.answered_at, r.name, a.pair_id")
         return [dict(zip(("rater", "pair", "answer", "answered_at", "response_ms",
-                          "revisions"), row, strict=True)) for row in rows]
+                          "revisions", "design"), row, strict=True)) for row in rows]
 
     def progress(self) -> list[tuple[Rater, int, str | None]]:
         """(rater, answers given, time of the last one) per rater."""
@@ -452,20 +472,22 @@ class Database:
 
     def record_many(self, answers: list[tuple[int, str, str, int | None]]) -> None:
         """Store several (rater id, pair id, answer, response time in ms or None) in one
-        transaction: all or none."""
+        transaction: all or none. Each is recorded with the study's design (``setup``),
+        whose answers only are accepted."""
+        allowed = get_design(self.design).answers
         for _, _, answer, _ in answers:
-            if answer not in ANSWERS:
-                raise ValueError(f"answer must be one of {ANSWERS}, got {answer!r}")
+            if answer not in allowed:
+                raise ValueError(f"answer must be one of {allowed}, got {answer!r}")
         now = _now()
         with self._transaction() as connection:
             for rater_id, pair_id, answer, response_ms in answers:
                 connection.execute(
-                    "INSERT INTO answers (rater_id, pair_id, answer, answered_at, response_ms) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (rater_id, pair_id) DO UPDATE SET "
-                    "answer = excluded.answer, answered_at = excluded.answered_at, "
+                    "INSERT INTO answers (rater_id, pair_id, answer, answered_at, response_ms, "
+                    "design) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rater_id, pair_id) DO "
+                    "UPDATE SET answer = excluded.answer, answered_at = excluded.answered_at, "
                     "response_ms = excluded.response_ms, revisions = answers.revisions + 1",
-                    (rater_id, pair_id, answer, now, response_ms))
+                    (rater_id, pair_id, answer, now, response_ms, self.design))
                 connection.execute(
                     "INSERT INTO answer_log (rater_id, pair_id, answer, answered_at, "
-                    "response_ms) VALUES (?, ?, ?, ?, ?)",
-                    (rater_id, pair_id, answer, now, response_ms))
+                    "response_ms, design) VALUES (?, ?, ?, ?, ?, ?)",
+                    (rater_id, pair_id, answer, now, response_ms, self.design))

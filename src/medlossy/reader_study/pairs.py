@@ -1,12 +1,14 @@
 """Make the reader study's blinded pairs (STUDY.md, "Reader study").
 
-For every pair of the chosen ratios and every dataset, ``per_pair`` axial slices are drawn at
-random (seeded) from the slices inside the body, no slice twice while the dataset has enough
-(``spread_slices``). Both images of a pair come from the same original slice, compressed at
-the two ratios; the less compressed one is on the left in exactly half of each ratio pair's
-pairs, in random order (``balanced_sides``). Pairs whose two images decode to the same pixels
-(a ratio stored losslessly) are marked ``identical`` in the key. Each pair becomes one
-composite PNG (left | gap | right) named by a random id, so a file's name, size or metadata
+For every pair of the chosen ratios (flicker and 2AFC designs: the reference, the least
+compressed ratio, against each other one; ``designs``) and every dataset, ``per_pair``
+axial slices are drawn at random (seeded) from the slices inside the body, no slice twice
+while the dataset has enough (``spread_slices``). Both images of a pair come from the same
+original slice, compressed at the two ratios; the less compressed one is on the left (for
+flicker: shown first) in exactly half of each ratio pair's pairs, in random order
+(``balanced_sides``). Pairs whose two images decode to the same pixels (a ratio stored
+losslessly) are marked ``identical`` in the key. Each pair becomes one composite PNG
+(left | gap | right) named by a random id, so a file's name, size or metadata
 cannot tell which side is which.
 
 Layout of the study folder::
@@ -24,7 +26,6 @@ Layout of the study folder::
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -45,6 +46,12 @@ from medlossy.errors import MedlossyError
 from medlossy.io import read_volume
 from medlossy.jsonfile import read_json
 from medlossy.outputs import check_only
+from medlossy.reader_study.designs import (
+    DEFAULT_DESIGN,
+    FLICKER_MS,
+    FLICKER_MS_RANGE,
+    get_design,
+)
 from medlossy.reader_study.stacks import sixteen_bit, stack_range, viewer_windows, write_stack
 from medlossy.reader_study.windows import Window
 from medlossy.store import SliceStore
@@ -78,6 +85,10 @@ class PairSettings:
     max_images: int | None = None
     #: Slices on each side of the chosen one that the viewer can scroll to.
     stack: int = 2
+    #: What a pair shows and asks (``designs``): side-by-side, flicker or 2afc.
+    design: str = DEFAULT_DESIGN
+    #: Flicker only: how long each image stays on screen (ms).
+    flicker_ms: int = FLICKER_MS
 
     def __post_init__(self) -> None:
         ratios = tuple(sorted({float(r) for r in self.ratios}))
@@ -92,10 +103,15 @@ class PairSettings:
             raise MedlossyError(None, f"--stack must be 0 to {MAX_STACK}, got {self.stack}")
         if self.max_images is not None and self.max_images < 1:
             raise MedlossyError(None, f"--max-images must be at least 1, got {self.max_images}")
+        get_design(self.design)
+        low, high = FLICKER_MS_RANGE
+        if not low <= self.flicker_ms <= high:
+            raise MedlossyError(None, f"--flicker-ms must be {low} to {high}, got "
+                                      f"{self.flicker_ms}")
 
     @property
     def ratio_pairs(self) -> list[tuple[float, float]]:
-        return list(itertools.combinations(self.ratios, 2))
+        return get_design(self.design).ratio_pairs(self.ratios)
 
 
 def find_datasets(path: str | os.PathLike[str]) -> list[RawDataset]:
@@ -350,6 +366,8 @@ def make_pairs(inputs: str | os.PathLike[str], out: str | os.PathLike[str],
         "seed": settings.seed,
         "max_images": settings.max_images,
         "stack": settings.stack,
+        "design": settings.design,
+        **({"flicker_ms": settings.flicker_ms} if get_design(settings.design).flicker else {}),
     }
     _write_json(out / "key.json", {"format_version": FORMAT_VERSION, "pairs": key},
                 private=True)
@@ -419,6 +437,14 @@ def study_seed(study: str | os.PathLike[str]) -> int:
     document = read_json(Path(study) / "study.json",
                          "missing: make the pairs first (medlossy reader make)")
     return int(document.get("seed", 0))
+
+
+def study_design(study: str | os.PathLike[str]) -> tuple[str, int]:
+    """(design, flicker half-period in ms) of a study; older studies are side-by-side."""
+    document = read_json(Path(study) / "study.json",
+                         "missing: make the pairs first (medlossy reader make)")
+    design = get_design(document.get("design", DEFAULT_DESIGN))
+    return design.name, int(document.get("flicker_ms", FLICKER_MS))
 
 
 def load_key(study: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:

@@ -1,13 +1,15 @@
 """Psychometric curve, "visually lossless up to" threshold and a quality scale per ratio.
 
-Data flow: scored answers -> y = 1 picked the less compressed image, 0.5 cannot decide (a
-guess), 0 the more compressed one -> logistic fits with statsmodels' GLM (Binomial):
+Data flow: scored answers -> y = 1 picked the less compressed image (side-by-side), the
+compressed one (2AFC) or saw the flicker, 0.5 cannot decide (a guess), 0 otherwise ->
+logistic fits with statsmodels' GLM (Binomial):
 
 - detection curve: the pairs against the least compressed ratio (the reference, usually
   lossless), P(correct) = 1/2 + 1/2 expit(a + b x) with x = log ratio or the compressed
   side's PSNR. In this two-alternative design a rater who sees nothing is right half the
   time, so expit(a + b x) is the detection probability (the expected score) and 50 %
-  detection, a + b x = 0, is the study's "visually lossless up to";
+  detection, a + b x = 0 (75 % correct), is the study's "visually lossless up to". In the
+  flicker design (yes / no, ``guess`` 0) P(seen) = expit(a + b x) itself, 50 % seen;
 - quality scale: Bradley-Terry over every ratio pair, logit P(i judged better than j) =
   q_i - q_j, q = 0 at the reference ratio (negative: worse, in logits).
 
@@ -27,11 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
+from scipy.special import expit
 
 from medlossy.reader_study.intervals import CONFIDENCE
 
-#: P(correct) at 50 % detection in a two-alternative choice (half the misses guessed right).
-THRESHOLD_CORRECT = 0.75
+#: P(correct) by chance in a two-alternative choice: the forced-choice curve's floor.
+FORCED_CHOICE_GUESS = 0.5
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,6 @@ def _forced_choice_family():
     bends the fit towards 0 below the floor and put the 50 % point at 5.3 for a true 6.
     """
     import statsmodels.api as sm
-    from scipy.special import expit
 
     class ForcedChoiceLogit(sm.families.links.Link):
         def __call__(self, p):
@@ -171,22 +173,29 @@ def curve_x(rows: pd.DataFrame, measure: str) -> np.ndarray:
     return _compressed_psnr(rows)
 
 
-def fit_curve(rows: pd.DataFrame, measure: str) -> np.ndarray | None:
-    """(a, b) of P(correct) = 1/2 + 1/2 expit(a + b x), or None (too few levels, no fit)."""
+def fit_curve(rows: pd.DataFrame, measure: str, *, guess: float = FORCED_CHOICE_GUESS
+               ) -> np.ndarray | None:
+    """(a, b) of P(+1) = guess + (1 - guess) expit(a + b x), or None (too few levels, no
+    fit). ``guess``: 1/2 for a forced choice (side-by-side, 2AFC), 0 for yes / no
+    (flicker)."""
+    if guess not in (0.0, FORCED_CHOICE_GUESS):
+        raise ValueError(f"guess must be 0 or 1/2, got {guess}")
     x = curve_x(rows, measure)
     keep = np.isfinite(x)
     if len(np.unique(x[keep])) < 2:
         return None
+    midpoint = guess + (1 - guess) / 2  # the pseudo-answer sits at 50 % detection
     design, success = _with_pseudo(rows["ratio_high"].to_numpy()[keep], x[keep][:, None],
-                                   correct_fraction(rows)[keep], THRESHOLD_CORRECT)
+                                   correct_fraction(rows)[keep], midpoint)
     return _fit(np.column_stack([np.ones(len(design)), design[:, 0]]), success,
-                forced_choice=True)
+                forced_choice=guess > 0)
 
 
-def threshold(rows: pd.DataFrame, measure: str) -> float:
+def threshold(rows: pd.DataFrame, measure: str, *,
+              guess: float = FORCED_CHOICE_GUESS) -> float:
     """x at 50 % detection (a + b x = 0), NaN when detection does not grow with compression
     (with the ratio, or as the PSNR falls)."""
-    params = fit_curve(rows, measure)
+    params = fit_curve(rows, measure, guess=guess)
     if params is None:
         return float("nan")
     intercept, slope = params
@@ -196,32 +205,40 @@ def threshold(rows: pd.DataFrame, measure: str) -> float:
 
 
 def threshold_estimate(rows: pd.DataFrame, measure: str, *,
-                       confidence: float = CONFIDENCE) -> Estimate:
+                       confidence: float = CONFIDENCE,
+                       guess: float = FORCED_CHOICE_GUESS) -> Estimate:
     """The 50 % detection point and its interval: a ratio (fitted in log ratio) or PSNR."""
     if rows.empty:
         return Estimate(*[float("nan")] * 4)
-    found = crossed_jackknife(rows, lambda part: np.array([threshold(part, measure)]),
+    found = crossed_jackknife(rows, lambda part: np.array([threshold(part, measure,
+                                                                     guess=guess)]),
                               confidence=confidence)[0]
     if measure != "ratio":
         return found
-    return Estimate(*(math.exp(v) for v in (found.value, found.low, found.high)), found.df)
+    # A bound past exp's range (a steep fit left out one rater) is unbounded: NaN, no interval.
+    with np.errstate(over="ignore"):
+        value, low, high = np.exp([found.value, found.low, found.high])
+    return Estimate(*(float(v) if np.isfinite(v) else float("nan") for v in (value, low, high)),
+                    found.df)
 
 
-def curve_table(rows: pd.DataFrame, reference: float, params: np.ndarray | None
-                ) -> pd.DataFrame:
+def curve_table(rows: pd.DataFrame, reference: float, params: np.ndarray | None, *,
+                guess: float = FORCED_CHOICE_GUESS) -> pd.DataFrame:
     """Per ratio against the reference: observed and fitted (``params`` of ``fit_curve`` in
-    log ratio) detection, mean PSNR of the compressed side."""
+    log ratio) detection, corrected for guessing (``guess``), mean PSNR of the compressed
+    side; ``correct`` is the raw fraction of +1 (half for "cannot decide")."""
     out = []
     for ratio, cell in rows.groupby("ratio_high"):
         observed = correct_fraction(cell).mean()
         psnr = _compressed_psnr(cell)
         fitted = (float("nan") if params is None else
-                  0.5 + 0.5 / (1 + math.exp(-(params[0] + params[1] * math.log(ratio)))))
+                  guess + (1 - guess) * float(expit(params[0] + params[1] * math.log(ratio))))
         out.append({"reference_ratio": reference, "ratio": float(ratio), "n": len(cell),
                     "psnr_db": float(np.mean(psnr[np.isfinite(psnr)]))
                     if np.isfinite(psnr).any() else float("nan"),
-                    "correct": float(observed), "detection": float(2 * observed - 1),
-                    "fitted_detection": float(2 * fitted - 1)})
+                    "correct": float(observed),
+                    "detection": float((observed - guess) / (1 - guess)),
+                    "fitted_detection": float((fitted - guess) / (1 - guess))})
     return pd.DataFrame(out, columns=["reference_ratio", "ratio", "n", "psnr_db", "correct",
                                       "detection", "fitted_detection"])
 

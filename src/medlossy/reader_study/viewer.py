@@ -19,6 +19,11 @@ Keys (the answer keys 1-3, arrows and space stay the rater's answers): wheel, Pa
 PageDown, j / k: slices; + / -: zoom; drag: pan; right-drag (or w, then drag): window;
 Shift + arrows: window width / level; 4-7: presets; 0: reset; m: magnifier.
 
+Flicker design (the figure has ``data-flicker-ms``): one viewport instead of two, showing
+the stack's left and right planes in turn, each for that many ms measured on the frame
+clock (``requestAnimationFrame``), from the first frame with both planes in; window, zoom,
+pan, magnifier and scrolling apply to it as to the two panes.
+
 Kept apart from ``assets`` so that other viewing modes can be added beside it.
 """
 
@@ -89,9 +94,25 @@ VIEWER_JS = r"""
     this.lens = null;
     this.windowMode = false;
     this.pending = null;
+    // Flicker design: one viewport showing side ``phase`` (0: the stack's left plane, shown
+    // first), switched every ``flickerMs`` on the frame clock, the same time for both.
+    this.flickerMs = Number(figure.dataset.flickerMs) || 0;
+    this.phase = 0; this.flips = 0;
     this.reset();
     this.build();
+    if (this.flickerMs) { this.flicker(); }
   }
+
+  Viewer.prototype.flicker = function () {
+    var self = this, start = null;
+    function tick(now) {
+      if (start === null && self.ready()) { start = now; }
+      var phase = start === null ? 0 : Math.floor((now - start) / self.flickerMs) % 2;
+      if (phase !== self.phase) { self.phase = phase; self.flips += 1; self.draw(); }
+      window.requestAnimationFrame(tick);
+    }
+    window.requestAnimationFrame(tick);
+  };
 
   Viewer.prototype.reset = function () {
     this.slice = this.stack.centre;
@@ -164,11 +185,12 @@ VIEWER_JS = r"""
     var panes = document.createElement("div");
     panes.className = "panes";
     var height = Math.min(window.innerHeight * 0.58, 600);
-    var width = Math.min((window.innerWidth * 0.94 - 12) / 2,
+    var sides = this.flickerMs ? ["flicker"] : ["left", "right"];
+    var width = Math.min((window.innerWidth * 0.94 - 12 * (sides.length - 1)) / sides.length,
                          height * stack.columns / stack.rows);
     height = width * stack.rows / stack.columns;
     var ratio = window.devicePixelRatio || 1;
-    this.canvases = ["left", "right"].map(function (side) {
+    this.canvases = sides.map(function (side) {
       var canvas = document.createElement("canvas");
       canvas.id = "view-" + side;
       canvas.style.width = width + "px"; canvas.style.height = height + "px";
@@ -236,7 +258,7 @@ VIEWER_JS = r"""
       context.fillStyle = "#000";
       context.fillRect(0, 0, canvas.width, canvas.height);
       if (!self.ready()) { return; }  // drawn when its planes arrive (``arrived``)
-      var bitmap = self.bitmap(side);
+      var bitmap = self.bitmap(self.flickerMs ? self.phase : side);
       context.imageSmoothingEnabled = scale < 1;
       context.setTransform(scale, 0, 0, scale,
                            canvas.width / 2 + self.panX * scale - stack.columns * scale / 2,
@@ -250,9 +272,11 @@ VIEWER_JS = r"""
     root.dataset.width = this.width; root.dataset.level = this.level;
     root.dataset.panX = this.panX; root.dataset.panY = this.panY;
     root.dataset.preset = this.preset; root.dataset.magnifier = this.lensOn ? "on" : "off";
+    if (this.flickerMs) { root.dataset.phase = this.phase; root.dataset.flips = this.flips; }
     this.readout.textContent = "W " + Math.round(this.width) + " / L " +
       Math.round(this.level) + " (" + this.preset + ") \u00b7 slice " + (this.slice + 1) +
-      " / " + stack.slices + " \u00b7 " + this.zoom + "x";
+      " / " + stack.slices + " \u00b7 " + this.zoom + "x" +
+      (this.flickerMs ? " \u00b7 flicker " + this.flickerMs + " ms" : "");
     return true;
   };
 
