@@ -33,7 +33,7 @@ from medlossy.outputs import (
     is_store,
     medlossy_output,
 )
-from medlossy.store import MetadataMismatch, SliceStore, stored_bytes
+from medlossy.store import MetadataMismatch, SliceStore
 from medlossy.store.slice_store import DEFAULT_ZARR_FORMAT
 from medlossy.volume import Volume
 
@@ -289,7 +289,8 @@ def _info_document(path: str) -> dict:
         "zarr_format": store.zarr_format,
         "shard_slices": store.shard_slices,
         "metadata": "checksum matches" if store.protected else _UNPROTECTED,
-        "bytes_on_disk": stored_bytes(store.path),
+        # None at an HTTP URL: a server need not list a store's files
+        "bytes_on_disk": store.stored_bytes(),
         "intensity": attributes["intensity"],
         "source": attributes["source"].get("file"),
         "software": attributes["software"],

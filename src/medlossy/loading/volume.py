@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import Executor
-from pathlib import Path
 
 import numpy as np
 
@@ -29,7 +28,8 @@ class StoreVolume:
 
     def __init__(self, path: str | os.PathLike[str], *, level: int = 0) -> None:
         self.store = SliceStore(path)
-        self.path = Path(path)
+        #: The store's folder, or its URL.
+        self.path = self.store.path
         self.codec = get_codec(self.store.attributes["codec"]["name"])
         self.mapping = self.store.mapping
         self.level = level

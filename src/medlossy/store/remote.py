@@ -1,0 +1,116 @@
+"""Where a store's files are: a local folder, or a URL read (and written) through fsspec.
+
+Data flow: a store given as ``http(s)://host/CASE.zarr`` (or any fsspec URL: ``file://``,
+``memory://``, ``s3://`` with its package) -> ``StoreFiles`` -> each metadata file one GET,
+each chunk one GET (Zarr 2: a file per chunk) or one range request (Zarr 3: the shard's index
+once, by a suffix range, then the chunk's bytes), so a patch read fetches only the chunks it
+touches. A local path keeps plain file reads. Errors name the URL in one line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from medlossy.errors import MedlossyError
+
+#: URL schemes fsspec serves over HTTP: read only (an HTTP server takes no writes).
+READ_ONLY = ("http", "https")
+
+
+def is_url(location: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` names a store by URL (``scheme://...``) rather than a path."""
+    return isinstance(location, str) and "://" in location
+
+
+def join(location: str | os.PathLike[str], name: str) -> str | Path:
+    """``location``/``name`` for a URL or a path."""
+    if is_url(location):
+        return f"{str(location).rstrip('/')}/{name}"
+    return Path(location) / name
+
+
+def basename(location: str | os.PathLike[str]) -> str:
+    """The last part of a store's path or URL (``CASE_0000.zarr``)."""
+    return PurePosixPath(str(location).rstrip("/")).name
+
+
+def filesystem(url: str):
+    """The fsspec filesystem of ``url``; a missing protocol package is named in one line."""
+    import fsspec
+
+    protocol = url.split("://", 1)[0]
+    try:
+        return fsspec.filesystem(protocol)
+    except (ImportError, ValueError) as error:
+        raise MedlossyError(url, f"cannot open {protocol}:// URLs here ({error}); install "
+                                 "medlossy[remote]") from None
+
+
+def _problem(error: BaseException) -> str:
+    """One line for a failed remote read (connection refused, a server error)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"cannot be read ({text})"
+
+
+class StoreFiles:
+    """Byte access to the files of one store, relative to its root."""
+
+    def __init__(self, location: str | os.PathLike[str]) -> None:
+        self.remote = is_url(location)
+        #: The store as users name it: a Path, or the URL without a trailing slash.
+        self.root: str | Path = str(location).rstrip("/") if self.remote else Path(location)
+        self._fs = filesystem(self.root) if self.remote else None
+
+    def __getstate__(self) -> dict:
+        # fsspec filesystems pickle as their arguments; rebuilt in the receiving process
+        return {"root": self.root, "remote": self.remote}
+
+    def __setstate__(self, state: dict) -> None:
+        self.root, self.remote = state["root"], state["remote"]
+        self._fs = filesystem(self.root) if self.remote else None
+
+    def where(self, name: str) -> str | Path:
+        """How messages name file ``name`` of the store (its path or URL)."""
+        return join(self.root, name) if name else self.root
+
+    def read(self, name: str, offset: int = 0, length: int = -1) -> bytes:
+        """``length`` bytes (-1: all) of file ``name`` from ``offset`` (negative: from the
+        end); FileNotFoundError when the file is not there."""
+        return self.read_at(self.where(name), offset, length)
+
+    def read_at(self, file: str | Path, offset: int = 0, length: int = -1) -> bytes:
+        """``read`` of a file named by ``where``."""
+        if not self.remote:
+            with Path(file).open("rb") as handle:
+                handle.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
+                return handle.read(length)
+        if offset == 0 and length < 0:
+            start, end = None, None
+        elif offset < 0:  # a suffix range: the last -offset bytes, one request
+            start, end = offset, None
+        else:
+            start, end = offset, offset + length
+        try:
+            return self._fs.cat_file(str(file), start=start, end=end)
+        except FileNotFoundError:
+            raise
+        except Exception as error:  # aiohttp and fsspec raise their own types
+            raise MedlossyError(file, _problem(error)) from None
+
+    def exists(self, name: str) -> bool:
+        """Whether file ``name`` is there (remote: one HEAD-like request)."""
+        if not self.remote:
+            return (self.root / name).is_file()
+        try:
+            return bool(self._fs.exists(str(self.where(name))))
+        except Exception as error:  # aiohttp and fsspec raise their own types
+            raise MedlossyError(self.root, _problem(error)) from None
+
+    def total_bytes(self) -> int | None:
+        """Bytes of every file of a store at a URL; None where the protocol cannot list a
+        folder (HTTP)."""
+        try:
+            return int(self._fs.du(str(self.root)))
+        except Exception:  # an HTTP server need not list folders
+            return None
