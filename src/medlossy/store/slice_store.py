@@ -542,6 +542,9 @@ class SliceStore:
             if not self.files.remote and _holds_dicom(self.path):
                 raise MedlossyError(self.path, "is a DICOM series folder, not a medlossy store "
                                                "(this command reads stores)") from None
+            if self.files.remote and str(missing) == ".zattrs":
+                raise MedlossyError(self.path, "no such store (neither zarr.json nor .zattrs "
+                                               "at this URL)") from None
             raise MedlossyError(self.path, f"not a medlossy store: {missing} is missing"
                                 ) from None
         section = ARRAY_SECTION if self.zarr_format == 2 else ARRAY_SECTION_V3
@@ -617,12 +620,13 @@ class SliceStore:
                 #: The array metadata as written (what the seal covers).
                 self.array_metadata = json.loads(self._metadata(f"{LEVEL0}/zarr.json"))
                 return json.loads(group)
+            attributes = self._metadata(".zattrs")
             try:  # version 1 kept the array at the root; version 2 is a group, array at "0"
                 zarray, self._array = self._metadata(".zarray"), ""
             except _MissingFile:
                 zarray, self._array = self._metadata(f"{LEVEL0}/.zarray"), f"{LEVEL0}/"
             self.array_metadata = json.loads(zarray)
-            return json.loads(self._metadata(".zattrs"))
+            return json.loads(attributes)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise MedlossyError(self.path, f"corrupt store metadata ({error})") from None
 
