@@ -4,6 +4,7 @@ the chunks they need (counted in the server's access log), checksums checked."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -59,7 +60,7 @@ http {{
     fastcgi_temp_path {folder};
     uwsgi_temp_path {folder};
     scgi_temp_path {folder};
-    server {{ listen 127.0.0.1:{self.port}; root {self.root}; }}
+    server {{ listen 127.0.0.1:{self.port}; root {self.root}; autoindex on; }}
 }}
 """)
         self.process = subprocess.Popen([NGINX, "-p", str(folder), "-c",
@@ -85,8 +86,13 @@ http {{
     def requests(self, since: int) -> list[tuple[str, str, int, int, str]]:
         """(method, path, status, body bytes, Range header) of each request after line
         ``since``."""
+        # nginx logs a request once its response is sent: wait for the log to settle
+        lines, previous = self.log.read_text().splitlines(), None
+        while lines != previous:
+            time.sleep(0.1)
+            previous, lines = lines, self.log.read_text().splitlines()
         rows = []
-        for line in self.log.read_text().splitlines()[since:]:
+        for line in lines[since:]:
             method, path, status, sent, ranged = line.split(" ", 4)
             rows.append((method, path, int(status), int(sent), ranged.strip('"')))
         return rows
@@ -150,7 +156,8 @@ def test_info_verify_and_decompress_read_a_url(server, stores, cli, tmp_path):
     code, out, err = cli("info", url, "--json")
     assert code == 0, err
     assert '"zarr_format": 3' in out and f'"store": "{url}"' in out
-    code, _out, err = cli("verify", url)
+    assert '"bytes_on_disk": null' in out  # not listed over HTTP
+    code, out, err = cli("verify", url)
     assert code == 0 and "match their checksums" in out, err
     code, out, err = cli("decompress", url, tmp_path / "ct.nii.gz")
     assert code == 0, err
@@ -163,13 +170,13 @@ def test_info_verify_and_decompress_read_a_url(server, stores, cli, tmp_path):
 @pytest.mark.parametrize("name", ["v2", "v3_tiled"])
 def test_a_corrupt_chunk_at_a_url_fails_its_checksum_naming_the_url(server, stores, name,
                                                                    cli):
-    damaged = server.root / f"damaged_{name}.zarr"
+    damaged = server.root / "damaged" / f"{name}.zarr"  # beside the good stores' folder
     shutil.copytree(stores[name], damaged)
     chunk = SliceStore(damaged).chunk_path(3)
     data = bytearray(Path(chunk).read_bytes())
     data[len(data) // 3] ^= 0xFF  # inside a codestream, not a shard's index
     Path(chunk).write_bytes(bytes(data))
-    url = f"{server.url}/damaged_{name}.zarr"
+    url = f"{server.url}/damaged/{name}.zarr"
     code, _out, err = cli("verify", url)
     assert code == 1 and url in err and len(err.strip().splitlines()) == 1, err
     with pytest.raises(MedlossyError, match=f"{url}/0/.*corrupt"):
@@ -177,13 +184,13 @@ def test_a_corrupt_chunk_at_a_url_fails_its_checksum_naming_the_url(server, stor
 
 
 def test_a_truncated_shard_at_a_url_is_refused_in_one_line(server, stores):
-    cut = server.root / "cut.zarr"
+    cut = server.root / "damaged" / "cut.zarr"
     shutil.copytree(stores["v3_tiled"], cut)
     shard = cut / "0" / "c" / "1" / "0" / "0"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     with pytest.raises(MedlossyError) as caught:
-        read_store(f"{server.url}/cut.zarr", workers=1)
-    assert f"{server.url}/cut.zarr/0/c/1/0/0: shard 1 is corrupt" in str(caught.value)
+        read_store(f"{server.url}/damaged/cut.zarr", workers=1)
+    assert f"{server.url}/damaged/cut.zarr/0/c/1/0/0: shard 1 is corrupt" in str(caught.value)
 
 
 def test_a_missing_store_or_server_is_one_line_naming_the_url(server, cli):
@@ -213,3 +220,41 @@ def test_dask_worker_processes_read_the_same_urls(server, stores):
     assert str(os.getpid()) not in {pid for pid, _ in results}  # read in the workers
     expected = [float(read_store(stores[name]).array.sum()) for name in LAYOUTS] * 2
     assert [total for _, total in results] == expected
+
+
+def test_bench_loader_reads_a_folder_url_in_worker_processes(server, stores, cli):
+    # the folder's listing (nginx's autoindex) names the stores; spawned workers fetch them
+    code, out, err = cli("bench", "loader", f"{server.url}/", "--patch", "8,48,40",
+                         "--workers", "1", "--seconds", "0.5", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["patches"] > 0 and result["codec"] == "jpeg2k"
+
+
+def test_patch_dataset_over_http_gives_the_local_patches(server, stores):
+    from medlossy.loading import StorePatchDataset
+
+    urls = [_url(server, name) for name in LAYOUTS]
+    remote = StorePatchDataset(urls, (8, 48, 40), samples=3, seed=4)
+    local = StorePatchDataset(list(stores.values()), (8, 48, 40), samples=3, seed=4)
+    assert remote.names == local.names == list(LAYOUTS)
+    for index in range(3):
+        np.testing.assert_array_equal(remote[index]["image"], local[index]["image"])
+
+
+def test_training_source_store_reads_the_stores_at_a_url(server, stores, tmp_path):
+    from medlossy.datasets.nnunet_raw import Case, RawDataset
+    from medlossy.train.preprocessing import load_case, store_folder
+
+    served = server.root / "r10"
+    served.mkdir(exist_ok=True)
+    shutil.copytree(stores["v3_tiled"], served / "ct_0000.zarr", dirs_exist_ok=True)
+    metadata = {"channel_names": {"0": "CT"}, "medlossy": {"stores": f"{server.url}/r10"}}
+    dataset = RawDataset(tmp_path, metadata)
+    folder = store_folder(dataset)
+    assert folder == f"{server.url}/r10"
+    case = load_case(dataset, Case("ct", "Tr"), folder)
+    expected = read_store(stores["v3_tiled"]).array
+    np.testing.assert_array_equal(case.channels[0], expected.astype(np.float32))
+    with pytest.raises(MedlossyError, match=r"r10/gone_0000\.zarr: no such store"):
+        load_case(dataset, Case("gone", "Tr"), folder)

@@ -107,9 +107,23 @@ class StoreFiles:
         except Exception as error:  # aiohttp and fsspec raise their own types
             raise MedlossyError(self.root, _problem(error)) from None
 
+    def listed(self, ending: str) -> list[str]:
+        """URLs of the entries of a store folder URL whose names end in ``ending``."""
+        try:
+            entries = self._fs.ls(str(self.root), detail=False)
+        except FileNotFoundError:
+            raise MedlossyError(self.root, "no such store or folder of stores") from None
+        except Exception as error:  # aiohttp and fsspec raise their own types
+            raise MedlossyError(self.root, _problem(error)) from None
+        protocol = str(self.root).split("://", 1)[0]
+        urls = (entry if "://" in entry else f"{protocol}://{entry}" for entry in entries)
+        return sorted(url.rstrip("/") for url in urls if url.rstrip("/").endswith(ending))
+
     def total_bytes(self) -> int | None:
-        """Bytes of every file of a store at a URL; None where the protocol cannot list a
-        folder (HTTP)."""
+        """Bytes of every file of a store at a URL; None over HTTP, where a listing (if the
+        server gives one) costs a request per file."""
+        if str(self.root).split("://", 1)[0] in READ_ONLY:
+            return None
         try:
             return int(self._fs.du(str(self.root)))
         except Exception:  # an HTTP server need not list folders
