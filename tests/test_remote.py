@@ -258,3 +258,66 @@ def test_training_source_store_reads_the_stores_at_a_url(server, stores, tmp_pat
     np.testing.assert_array_equal(case.channels[0], expected.astype(np.float32))
     with pytest.raises(MedlossyError, match=r"r10/gone_0000\.zarr: no such store"):
         load_case(dataset, Case("gone", "Tr"), folder)
+
+
+@pytest.fixture
+def small_dataset(tmp_path, monkeypatch) -> Path:
+    from test_dataset_validation import run_sweeps_serially, write_synthetic_dataset
+
+    run_sweeps_serially(monkeypatch)
+    return write_synthetic_dataset(tmp_path / "Dataset720_Remote", {"r_a": 1})
+
+
+def test_dataset_compress_writes_a_sweep_to_a_writable_url(small_dataset, cli):
+    import fsspec
+    import pandas as pd
+
+    memory = fsspec.filesystem("memory")
+    url = "memory://medlossy-test/sweep"
+    if memory.exists(url):  # left by an earlier run in this process
+        memory.rm(url, recursive=True)
+    code, _out, err = cli("dataset", "compress", small_dataset, "--ratios", "1,5", "--out",
+                          url, "--quiet", "--zarr-version", "3")
+    assert code == 0, err
+    with memory.open(f"{url}/manifest.csv") as file:
+        manifest = pd.read_csv(file)
+    assert len(manifest) == 2
+    for store in manifest["store"]:
+        code, out, err = cli("verify", f"{url}/{store}")
+        assert code == 0 and "match their checksums" in out, err
+    # a sweep is written to a new URL only
+    code, _out, err = cli("dataset", "compress", small_dataset, "--ratios", "5", "--out",
+                          url, "--quiet")
+    assert code == 2 and err.strip() == (f"medlossy: error: {url}: is not empty: a sweep is "
+                                         "written to a new URL (it is made in a local "
+                                         "temporary folder, then uploaded)"), err
+    memory.rm("memory://medlossy-test", recursive=True)
+
+
+def test_a_sweep_written_to_a_file_url_decodes_over_http(server, small_dataset, cli,
+                                                         tmp_path):
+    import pandas as pd
+
+    code, _out, err = cli("dataset", "compress", small_dataset, "--ratios", "5", "--out",
+                          f"file://{server.root}/sweeps/s1", "--quiet")
+    assert code == 0, err
+    store = pd.read_csv(server.root / "sweeps" / "s1" / "manifest.csv")["store"].iloc[0]
+    code, _out, err = cli("decompress", f"{server.url}/sweeps/s1/{store}",
+                          tmp_path / "remote.nii.gz")
+    assert code == 0, err
+    code, _out, err = cli("decompress", server.root / "sweeps" / "s1" / store,
+                          tmp_path / "local.nii.gz")
+    assert code == 0, err
+    import nibabel as nib
+
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "remote.nii.gz").dataobj),
+                                  np.asarray(nib.load(tmp_path / "local.nii.gz").dataobj))
+
+
+def test_dataset_compress_refuses_an_http_url_in_one_line(server, small_dataset, cli):
+    url = f"{server.url}/sweeps/new"
+    code, out, err = cli("dataset", "compress", small_dataset, "--ratios", "5", "--out", url)
+    assert code == 2 and out == "" and err.strip() == (
+        f"medlossy: error: {url}: http:// URLs are read-only: write to a folder or a writable "
+        "fsspec URL (file://, s3://...), then serve it"), err
+    assert not (server.root / "sweeps" / "new").exists()

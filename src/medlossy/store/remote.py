@@ -10,6 +10,9 @@ touches. A local path keeps plain file reads. Errors name the URL in one line.
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from medlossy.errors import MedlossyError
@@ -39,12 +42,51 @@ def filesystem(url: str):
     """The fsspec filesystem of ``url``; a missing protocol package is named in one line."""
     import fsspec
 
-    protocol = url.split("://", 1)[0]
+    protocol = protocol_of(url)
     try:
         return fsspec.filesystem(protocol)
     except (ImportError, ValueError) as error:
         raise MedlossyError(url, f"cannot open {protocol}:// URLs here ({error}); install "
                                  "medlossy[remote]") from None
+
+
+def protocol_of(url: str) -> str:
+    return url.split("://", 1)[0].lower()
+
+
+@contextmanager
+def local_folder(location: str | os.PathLike[str]) -> Iterator[Path]:
+    """A local folder to write the output folder ``location`` in: a path as it is, a
+    ``file://`` URL's path; for another writable URL (``memory://``, ``s3://``) a temporary
+    folder, uploaded with fsspec's ``put`` once the body succeeds. HTTP is refused: a web
+    server takes no writes."""
+    if not is_url(location):
+        yield Path(location)
+        return
+    url = str(location).rstrip("/")
+    protocol = protocol_of(url)
+    if protocol in READ_ONLY:
+        raise MedlossyError(url, f"{protocol}:// URLs are read-only: write to a folder or a "
+                                 "writable fsspec URL (file://, s3://...), then serve it")
+    fs = filesystem(url)
+    if protocol in ("file", "local"):
+        yield Path(fs._strip_protocol(url))
+        return
+    try:
+        taken = fs.exists(url) and bool(fs.ls(url, detail=False))
+    except Exception as error:  # aiohttp, botocore and fsspec raise their own types
+        raise MedlossyError(url, _problem(error)) from None
+    if taken:
+        raise MedlossyError(url, "is not empty: a sweep is written to a new URL (it is made "
+                                 "in a local temporary folder, then uploaded)")
+    with tempfile.TemporaryDirectory(prefix="medlossy-upload-") as stage:
+        folder = Path(stage) / basename(url)
+        yield folder
+        try:
+            fs.put(f"{folder}/", url, recursive=True)
+        except Exception as error:  # aiohttp, botocore and fsspec raise their own types
+            raise MedlossyError(url, f"cannot be written ({' '.join(str(error).split())})"
+                                ) from None
 
 
 def _problem(error: BaseException) -> str:
@@ -115,14 +157,14 @@ class StoreFiles:
             raise MedlossyError(self.root, "no such store or folder of stores") from None
         except Exception as error:  # aiohttp and fsspec raise their own types
             raise MedlossyError(self.root, _problem(error)) from None
-        protocol = str(self.root).split("://", 1)[0]
+        protocol = protocol_of(str(self.root))
         urls = (entry if "://" in entry else f"{protocol}://{entry}" for entry in entries)
         return sorted(url.rstrip("/") for url in urls if url.rstrip("/").endswith(ending))
 
     def total_bytes(self) -> int | None:
         """Bytes of every file of a store at a URL; None over HTTP, where a listing (if the
         server gives one) costs a request per file."""
-        if str(self.root).split("://", 1)[0] in READ_ONLY:
+        if protocol_of(str(self.root)) in READ_ONLY:
             return None
         try:
             return int(self._fs.du(str(self.root)))
