@@ -60,7 +60,10 @@ http {{
     fastcgi_temp_path {folder};
     uwsgi_temp_path {folder};
     scgi_temp_path {folder};
-    server {{ listen 127.0.0.1:{self.port}; root {self.root}; autoindex on; }}
+    server {{
+        listen 127.0.0.1:{self.port}; root {self.root}; autoindex on;
+        location ~ ^/failing/.*/0/[0-9c] {{ return 503; }}  # metadata served, chunks not
+    }}
 }}
 """)
         self.process = subprocess.Popen([NGINX, "-p", str(folder), "-c",
@@ -321,3 +324,12 @@ def test_dataset_compress_refuses_an_http_url_in_one_line(server, small_dataset,
         f"medlossy: error: {url}: http:// URLs are read-only: write to a folder or a writable "
         "fsspec URL (file://, s3://...), then serve it"), err
     assert not (server.root / "sweeps" / "new").exists()
+
+
+def test_verify_stops_at_a_failing_server_instead_of_calling_chunks_corrupt(server, stores,
+                                                                            cli):
+    shutil.copytree(stores["v2"], server.root / "failing" / "v2.zarr")
+    url = f"{server.url}/failing/v2.zarr"
+    code, out, err = cli("verify", url)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"medlossy: error: {url}/0/0.0.0: cannot be read (503"), err

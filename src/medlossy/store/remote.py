@@ -21,6 +21,11 @@ from medlossy.errors import MedlossyError
 READ_ONLY = ("http", "https")
 
 
+class Unreachable(MedlossyError):
+    """A URL that could not be read (connection refused, a server error): not a damaged
+    store, so ``verify`` stops at it rather than listing every chunk as bad."""
+
+
 def is_url(location: str | os.PathLike[str]) -> bool:
     """Whether ``location`` names a store by URL (``scheme://...``) rather than a path."""
     return isinstance(location, str) and "://" in location
@@ -40,14 +45,17 @@ def basename(location: str | os.PathLike[str]) -> str:
 
 def filesystem(url: str):
     """The fsspec filesystem of ``url``; a missing protocol package is named in one line."""
-    import fsspec
-
     protocol = protocol_of(url)
     try:
+        import fsspec
+
         return fsspec.filesystem(protocol)
-    except (ImportError, ValueError) as error:
-        raise MedlossyError(url, f"cannot open {protocol}:// URLs here ({error}); install "
-                                 "medlossy[remote]") from None
+    except ImportError as error:
+        raise MedlossyError(url, f"cannot open {protocol}:// URLs here ({error}): pip install "
+                                 "'medlossy[remote]' (and the fsspec package of this "
+                                 "protocol, e.g. s3fs for s3://)") from None
+    except ValueError as error:
+        raise MedlossyError(url, f"unknown URL scheme ({error})") from None
 
 
 def protocol_of(url: str) -> str:
@@ -138,7 +146,7 @@ class StoreFiles:
         except FileNotFoundError:
             raise
         except Exception as error:  # aiohttp and fsspec raise their own types
-            raise MedlossyError(file, _problem(error)) from None
+            raise Unreachable(file, _problem(error)) from None
 
     def exists(self, name: str) -> bool:
         """Whether file ``name`` is there (remote: one HEAD-like request)."""
@@ -147,7 +155,7 @@ class StoreFiles:
         try:
             return bool(self._fs.exists(str(self.where(name))))
         except Exception as error:  # aiohttp and fsspec raise their own types
-            raise MedlossyError(self.root, _problem(error)) from None
+            raise Unreachable(self.root, _problem(error)) from None
 
     def listed(self, ending: str) -> list[str]:
         """URLs of the entries of a store folder URL whose names end in ``ending``."""

@@ -57,7 +57,7 @@ from medlossy.codecs.tiles import TileGrid
 from medlossy.codecs.zarr3 import array_bytes_codec
 from medlossy.errors import MedlossyError
 from medlossy.store.ngff import AXIS_NAMES, LEVEL0, multiscales, ome_attributes
-from medlossy.store.remote import StoreFiles
+from medlossy.store.remote import StoreFiles, Unreachable
 
 FORMAT_VERSION = 3
 #: Versions this reader opens (1: bare array at the root, before OME-Zarr; 2: before the
@@ -789,6 +789,8 @@ class SliceStore:
         for index in range(self.chunks):
             try:
                 self.codestream(index)
+            except Unreachable:  # the server, not the chunk: no verdict on the store
+                raise
             except MedlossyError:
                 bad.append(index)
         return bad
