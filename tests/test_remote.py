@@ -333,3 +333,34 @@ def test_verify_stops_at_a_failing_server_instead_of_calling_chunks_corrupt(serv
     code, out, err = cli("verify", url)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"medlossy: error: {url}/0/0.0.0: cannot be read (503"), err
+
+
+@pytest.mark.slow
+def test_training_from_a_sweep_served_over_http(server, tmp_path):
+    # the sweep written to a file:// URL under the server; training reads its stores by
+    # HTTP, the decoded images deleted so that nothing else could be read
+    from dataclasses import replace
+
+    from test_train_store_source import CONFIG
+
+    from medlossy.cli.main import main as cli_main
+    from medlossy.data.phantom import PhantomConfig, write_phantom_dataset
+    from medlossy.train.loop import MODEL_FILE, train_model
+
+    source = write_phantom_dataset(tmp_path / "data", 4,
+                                   PhantomConfig(shape=(40, 40, 24), spacing=(6.0, 6.0, 6.0)))
+    assert cli_main(["dataset", "compress", str(source), "--ratios", "5", "--out",
+                     f"file://{server.root}/trained", "--quiet", "--workers", "1"]) == 0
+    (decoded,) = sorted((server.root / "trained" / "nnunet").iterdir())
+    copy = shutil.copytree(decoded, tmp_path / decoded.name)
+    document = json.loads((copy / "dataset.json").read_text())
+    document["medlossy"]["stores"] = f"{server.url}/trained/stores/r5"
+    (copy / "dataset.json").write_text(json.dumps(document))
+    for image in (copy / "imagesTr").iterdir():
+        image.write_bytes(b"not an image")
+    before = server.lines()
+    model = train_model(copy, tmp_path / "model", replace(CONFIG, source="store", epochs=1))
+    assert (model / MODEL_FILE).exists()
+    fetched = {path.split("/")[4] for _, path, status, _, _ in server.requests(before)
+               if status == 200}
+    assert len(fetched) >= 2 and all(name.endswith("_0000.zarr") for name in fetched)
