@@ -78,7 +78,9 @@ def local_folder(location: str | os.PathLike[str]) -> Iterator[Path]:
                                  "writable fsspec URL (file://, s3://...), then serve it")
     fs = filesystem(url)
     if protocol in ("file", "local"):
-        yield Path(fs._strip_protocol(url))
+        from fsspec.core import url_to_fs
+
+        yield Path(url_to_fs(url)[1])
         return
     try:
         taken = fs.exists(url) and bool(fs.ls(url, detail=False))
@@ -176,5 +178,5 @@ class StoreFiles:
             return None
         try:
             return int(self._fs.du(str(self.root)))
-        except Exception:  # an HTTP server need not list folders
+        except Exception:  # a protocol that cannot list: the size is not known
             return None
