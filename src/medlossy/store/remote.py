@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
@@ -126,6 +126,16 @@ class StoreFiles:
         """How messages name file ``name`` of the store (its path or URL)."""
         return join(self.root, name) if name else self.root
 
+    @staticmethod
+    def _bounds(offset: int, length: int) -> tuple[int | None, int | None]:
+        """fsspec's (start, end) of a read: the whole file, a suffix (the last -offset bytes:
+        one request), or a range."""
+        if offset == 0 and length < 0:
+            return None, None
+        if offset < 0:
+            return offset, None
+        return offset, offset + length
+
     def read(self, name: str, offset: int = 0, length: int = -1) -> bytes:
         """``length`` bytes (-1: all) of file ``name`` from ``offset`` (negative: from the
         end); FileNotFoundError when the file is not there."""
@@ -137,18 +147,35 @@ class StoreFiles:
             with Path(file).open("rb") as handle:
                 handle.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
                 return handle.read(length)
-        if offset == 0 and length < 0:
-            start, end = None, None
-        elif offset < 0:  # a suffix range: the last -offset bytes, one request
-            start, end = offset, None
-        else:
-            start, end = offset, offset + length
+        start, end = self._bounds(offset, length)
         try:
             return self._fs.cat_file(str(file), start=start, end=end)
         except FileNotFoundError:
             raise
         except Exception as error:  # aiohttp and fsspec raise their own types
             raise Unreachable(file, _problem(error)) from None
+
+    def read_many(self, reads: Sequence[tuple[str | Path, int, int]],
+                  ) -> list[bytes | FileNotFoundError]:
+        """``read_at`` of each (file, offset, length), at a URL as concurrent requests (one
+        per read); a missing file's entry is its FileNotFoundError."""
+        if not self.remote:
+            return [self._or_missing(file, offset, length) for file, offset, length in reads]
+        bounds = [self._bounds(offset, length) for _, offset, length in reads]
+        fetched = self._fs.cat_ranges([str(file) for file, _, _ in reads],
+                                      [start for start, _ in bounds],
+                                      [end for _, end in bounds], on_error="return")
+        for (file, _, _), data in zip(reads, fetched, strict=True):
+            if isinstance(data, Exception) and not isinstance(data, FileNotFoundError):
+                raise Unreachable(file, _problem(data))
+        return fetched
+
+    def _or_missing(self, file: str | Path, offset: int, length: int,
+                    ) -> bytes | FileNotFoundError:
+        try:
+            return self.read_at(file, offset, length)
+        except FileNotFoundError as error:
+            return error
 
     def exists(self, name: str) -> bool:
         """Whether file ``name`` is there (remote: one HEAD-like request)."""

@@ -730,28 +730,54 @@ class SliceStore:
             self._indexes[shard] = np.frombuffer(raw[:-INDEX_CHECKSUM], "<u8").reshape(-1, 2)
         return self._indexes[shard]
 
-    def _read_chunk(self, index: int) -> bytes:
+    def _chunk_range(self, index: int) -> tuple[str | Path, int, int]:
+        """(file, offset, length) of chunk ``index``'s bytes (length -1: the whole file);
+        FileNotFoundError for an inner chunk its shard does not hold."""
         file = self.chunk_path(index)
         if self.zarr_format == 2:
-            return self.read_range(file, 0, -1)
+            return file, 0, -1
         offset, length = (int(n) for n in
                           self._shard_index(index // self.chunks_per_shard)[
                               index % self.chunks_per_shard])
         if offset == EMPTY:
             raise FileNotFoundError(file)
-        return self.read_range(file, offset, length)
+        return file, offset, length
+
+    def _missing(self, index: int) -> MedlossyError:
+        return MedlossyError(self.chunk_path(index), f"{self.chunk_name(index)} is missing "
+                                                     "from the store")
+
+    def _checked(self, index: int, data: bytes) -> bytes:
+        if crc32(data) != self.attributes["chunk_crc32"][index]:
+            raise MedlossyError(self.chunk_path(index), f"{self.chunk_name(index)} is corrupt "
+                                                        "(CRC-32 mismatch)")
+        return data
 
     def codestream(self, index: int) -> bytes:
         """The raw codestream of chunk ``index``, after its checksum is verified."""
-        file = self.chunk_path(index)
         try:
-            data = self._read_chunk(index)
+            data = self.read_range(*self._chunk_range(index))
         except FileNotFoundError:
-            raise MedlossyError(file, f"{self.chunk_name(index)} is missing from the store"
-                                ) from None
-        if crc32(data) != self.attributes["chunk_crc32"][index]:
-            raise MedlossyError(file, f"{self.chunk_name(index)} is corrupt (CRC-32 mismatch)")
-        return data
+            raise self._missing(index) from None
+        return self._checked(index, data)
+
+    def codestreams(self, indices: Sequence[int]) -> list[bytes]:
+        """``codestream`` of each chunk; at a URL fetched together, as concurrent requests
+        (a patch's tiles or slices: one round trip's wait instead of one per chunk)."""
+        if not self.remote:
+            return [self.codestream(index) for index in indices]
+        ranges = []
+        for index in indices:
+            try:
+                ranges.append(self._chunk_range(index))
+            except FileNotFoundError:
+                raise self._missing(index) from None
+        fetched = self.files.read_many(ranges)
+        for index, data in zip(indices, fetched, strict=True):
+            if isinstance(data, FileNotFoundError):
+                raise self._missing(index)
+        return [self._checked(index, data) for index, data in zip(indices, fetched,
+                                                                  strict=True)]
 
     def decode_chunk(self, index: int, codec: SliceCodec) -> np.ndarray:
         """Chunk ``index`` as (slices, rows, columns) 16-bit codes of what it holds
