@@ -33,7 +33,8 @@ from medlossy.outputs import (
     is_store,
     medlossy_output,
 )
-from medlossy.store import MetadataMismatch, SliceStore, stored_bytes
+from medlossy.store import MetadataMismatch, SliceStore
+from medlossy.store.remote import local_folder
 from medlossy.store.slice_store import DEFAULT_ZARR_FORMAT
 from medlossy.volume import Volume
 
@@ -289,7 +290,8 @@ def _info_document(path: str) -> dict:
         "zarr_format": store.zarr_format,
         "shard_slices": store.shard_slices,
         "metadata": "checksum matches" if store.protected else _UNPROTECTED,
-        "bytes_on_disk": stored_bytes(store.path),
+        # None at an HTTP URL: a server need not list a store's files
+        "bytes_on_disk": store.stored_bytes(),
         "intensity": attributes["intensity"],
         "source": attributes["source"].get("file"),
         "software": attributes["software"],
@@ -586,6 +588,13 @@ STUDY_LAYOUT = ("data", "prepared", "sweeps", "models", "results.csv", "report.m
 
 
 def dataset_compress(arguments: argparse.Namespace) -> None:
+    _refuse_store_format(arguments)
+    ratios = _ratios(arguments.ratios)
+    with local_folder(arguments.out) as out:  # a URL: written here, then uploaded
+        _dataset_compress(arguments, out, ratios)
+
+
+def _dataset_compress(arguments: argparse.Namespace, out: Path, ratios: list[float]) -> None:
     from medlossy.datasets.nnunet_raw import open_raw_dataset
     from medlossy.datasets.preparation import crop_dataset
     from medlossy.datasets.registration import check_registration, register_datasets
@@ -593,9 +602,6 @@ def dataset_compress(arguments: argparse.Namespace) -> None:
     from medlossy.datasets.sweep_report import write_sweep_report
     from medlossy.tables import markdown_table
 
-    _refuse_store_format(arguments)
-    ratios = _ratios(arguments.ratios)
-    out = Path(arguments.out)
     check_sweep_folder(out, Path(arguments.source))  # before anything is prepared in it
     dataset = _dicom_root_dataset(arguments, out) or open_raw_dataset(
         arguments.source, modality=arguments.modality)

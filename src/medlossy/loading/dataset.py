@@ -27,30 +27,42 @@ from torch.utils.data import Dataset
 from medlossy.errors import MedlossyError
 from medlossy.io import read_volume
 from medlossy.loading.volume import StoreVolume
+from medlossy.store.remote import StoreFiles, basename, is_url
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 #: Foreground voxels remembered per case to centre patches on (a random subset).
 _FOREGROUND_SAMPLES = 10_000
 
 
+def _listed_stores(stores: str | os.PathLike[str]) -> list[Path] | list[str]:
+    """One store, or the ``*.zarr`` stores of a folder: a path, or a URL (a folder URL is
+    listed through fsspec, where its protocol lists: not plain HTTP without an index)."""
+    if is_url(stores):
+        files = StoreFiles(stores)
+        if files.exists("zarr.json") or files.exists(".zattrs"):  # Zarr 3 or 2
+            return [files.root]
+        return files.listed(".zarr")
+    folder = Path(stores)
+    if (folder / ".zattrs").exists() or (folder / "zarr.json").exists():  # Zarr 2 or 3
+        return [folder]
+    if folder.is_dir():
+        return sorted(folder.glob("*.zarr"))
+    raise MedlossyError(folder, "no such store or folder of stores")
+
+
 def group_stores(stores: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-                 ) -> dict[str, list[Path]]:
-    """Case name -> its channel stores in channel order (``CASE_0000.zarr``, ``CASE_0001``)."""
+                 ) -> dict[str, list[Path | str]]:
+    """Case name -> its channel stores in channel order (``CASE_0000.zarr``, ``CASE_0001``);
+    stores are paths or URLs."""
     if isinstance(stores, (str, os.PathLike)):
-        folder = Path(stores)
-        if (folder / ".zattrs").exists() or (folder / "zarr.json").exists():  # Zarr 2 or 3
-            paths = [folder]
-        elif folder.is_dir():
-            paths = sorted(folder.glob("*.zarr"))
-        else:
-            raise MedlossyError(folder, "no such store or folder of stores")
+        paths = _listed_stores(stores)
     else:
-        paths = [Path(p) for p in stores]
+        paths = [p if is_url(p) else Path(p) for p in stores]
     if not paths:
         raise MedlossyError(stores, "no *.zarr stores in this folder")
-    cases: dict[str, dict[int, Path]] = {}
+    cases: dict[str, dict[int, Path | str]] = {}
     for path in paths:
-        stem = path.name.removesuffix(".zarr")
+        stem = basename(path).removesuffix(".zarr")
         match = _CHANNEL.match(stem)
         case, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
         cases.setdefault(case, {})[channel] = path

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import Executor
-from pathlib import Path
+from functools import partial
 
 import numpy as np
 
@@ -29,7 +29,8 @@ class StoreVolume:
 
     def __init__(self, path: str | os.PathLike[str], *, level: int = 0) -> None:
         self.store = SliceStore(path)
-        self.path = Path(path)
+        #: The store's folder, or its URL.
+        self.path = self.store.path
         self.codec = get_codec(self.store.attributes["codec"]["name"])
         self.mapping = self.store.mapping
         self.level = level
@@ -50,8 +51,8 @@ class StoreVolume:
     def source_shape(self) -> tuple[int, int, int]:
         return tuple(self.store.attributes["geometry"]["shape"])
 
-    def _slice(self, index: int, rows: slice, columns: slice) -> np.ndarray:
-        data = self.store.codestream(index)
+    def _slice(self, index: int, data: bytes, rows: slice, columns: slice) -> np.ndarray:
+        """Slice ``index`` (its codestream ``data``) at the volume's level, cropped."""
         try:
             codes = decode_slice(self.codec, data, self.level, self.store.slice_shape,
                                  self.mapping.code_dtype)
@@ -60,10 +61,10 @@ class StoreVolume:
                                 f"slice {index} cannot be decoded ({error})") from None
         return codes[rows, columns]
 
-    def _tile(self, index: int) -> np.ndarray:
-        """Chunk ``index`` of a tiled store at the volume's level, its padding dropped."""
+    def _tile(self, index: int, data: bytes) -> np.ndarray:
+        """Chunk ``index`` (its codestream ``data``) of a tiled store at the volume's level,
+        its padding dropped."""
         grid = self.store.grid
-        data = self.store.codestream(index)
         try:
             codes = decode_slice(self.codec, data, self.level,
                                  (grid.tile_rows, grid.tile_columns), self.mapping.code_dtype)
@@ -82,8 +83,10 @@ class StoreVolume:
         tiles = grid.touched(rows, columns, self.level)
         chunks = [plane * grid.per_slice + tile
                   for plane in range(start[0], start[0] + size[0]) for tile in tiles]
-        decoded = map(self._tile, chunks) if threads is None else threads.map(self._tile,
-                                                                               chunks)
+        # fetched together (at a URL, concurrent requests), then decoded
+        streams = self.store.codestreams(chunks)
+        decoded = map(self._tile, chunks, streams) if threads is None \
+            else threads.map(self._tile, chunks, streams)
         # reduced levels decoded as block means (no reduced decoder) are not whole codes
         codes = np.empty(size, dtype=np.float32 if self.level else self.mapping.code_dtype)
         for chunk, part in zip(chunks, decoded, strict=True):
@@ -118,11 +121,14 @@ class StoreVolume:
         depth = self.store.depth
         if depth > 1:  # decode each block the box touches once, keep its slices in the box
             indices = range(start[0] // depth, (start[0] + size[0] - 1) // depth + 1)
-        read = self._slice if depth == 1 else self._block
-        if threads is None:
-            planes = [read(i, rows, columns) for i in indices]
+        if depth == 1:  # fetched together (at a URL, concurrent requests), then decoded
+            arguments = (indices, self.store.codestreams(indices))
+            read = partial(self._slice, rows=rows, columns=columns)
         else:
-            planes = list(threads.map(lambda i: read(i, rows, columns), indices))
+            arguments = (indices,)
+            read = partial(self._block, rows=rows, columns=columns)
+        planes = list(map(read, *arguments) if threads is None
+                      else threads.map(read, *arguments))
         if depth == 1:
             codes = np.stack(planes)
         else:

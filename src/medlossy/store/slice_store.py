@@ -57,6 +57,7 @@ from medlossy.codecs.tiles import TileGrid
 from medlossy.codecs.zarr3 import array_bytes_codec
 from medlossy.errors import MedlossyError
 from medlossy.store.ngff import AXIS_NAMES, LEVEL0, multiscales, ome_attributes
+from medlossy.store.remote import StoreFiles, Unreachable
 
 FORMAT_VERSION = 3
 #: Versions this reader opens (1: bare array at the root, before OME-Zarr; 2: before the
@@ -512,6 +513,10 @@ def _holds_dicom(folder: Path) -> bool:
     return False
 
 
+class _MissingFile(Exception):
+    """A metadata file the store lacks (its name relative to the store)."""
+
+
 class MetadataMismatch(MedlossyError):
     """Store metadata that no longer matches its recorded digests (edited or damaged)."""
 
@@ -521,31 +526,28 @@ class SliceStore:
     (refused when edited), every chunk against its CRC-32."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        if self.path.is_file():
-            raise MedlossyError(self.path, "is a file, not a medlossy store (a store is a "
-                                           "folder written by `medlossy compress`)")
-        if not self.path.is_dir():
-            raise MedlossyError(self.path, "no such store (expected a directory)")
-        #: 2, or 3 for a sharded store (its group metadata in ``zarr.json``).
-        self.zarr_format = 3 if (self.path / "zarr.json").is_file() else 2
-        # Version 1 kept the array at the root; version 2 is a group with the array at "0".
-        self.array_path = self.path if (self.path / ".zarray").exists() \
-            else self.path / LEVEL0
-        section = ARRAY_SECTION if self.zarr_format == 2 else ARRAY_SECTION_V3
+        #: Byte access to the store's files: a local folder or a URL (``store.remote``).
+        self.files = StoreFiles(path)
+        #: The store's folder, or its URL.
+        self.path = self.files.root
+        if not self.files.remote:
+            if self.path.is_file():
+                raise MedlossyError(self.path, "is a file, not a medlossy store (a store is a "
+                                               "folder written by `medlossy compress`)")
+            if not self.path.is_dir():
+                raise MedlossyError(self.path, "no such store (expected a directory)")
         try:
-            #: The array metadata as written (what the seal covers).
-            self.array_metadata = json.loads((self.array_path / section).read_bytes())
-            attributes = json.loads(attributes_file(self.path).read_bytes())
-        except FileNotFoundError as error:
-            missing = Path(error.filename).relative_to(self.path)
-            if _holds_dicom(self.path):
+            attributes = self._read_metadata()
+        except _MissingFile as missing:
+            if not self.files.remote and _holds_dicom(self.path):
                 raise MedlossyError(self.path, "is a DICOM series folder, not a medlossy store "
                                                "(this command reads stores)") from None
+            if self.files.remote and str(missing) == ".zattrs":
+                raise MedlossyError(self.path, "no such store (neither zarr.json nor .zattrs "
+                                               "at this URL)") from None
             raise MedlossyError(self.path, f"not a medlossy store: {missing} is missing"
                                 ) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise MedlossyError(self.path, f"corrupt store metadata ({error})") from None
+        section = ARRAY_SECTION if self.zarr_format == 2 else ARRAY_SECTION_V3
         if self.zarr_format == 3 and isinstance(attributes, dict):
             attributes = attributes.get("attributes")
             multiscales_found = attributes.get("ome", {}).get("multiscales") \
@@ -595,6 +597,52 @@ class SliceStore:
         self.grid = TileGrid(*self.slice_shape, int(self.zarray["chunks"][1]),
                              int(self.zarray["chunks"][2]))
         self._indexes: dict[int, np.ndarray] = {}
+
+    def _metadata(self, name: str) -> bytes:
+        try:
+            return self.files.read(name)
+        except FileNotFoundError:
+            raise _MissingFile(name) from None
+
+    def _read_metadata(self) -> Any:
+        """Read the array metadata (``self.array_metadata``) and return the root attributes
+        document; finds the Zarr format (``zarr.json``: 3) and the array (version 1: at the
+        root)."""
+        try:
+            group = self._metadata("zarr.json")
+            #: 2, or 3 for a sharded store (its group metadata in ``zarr.json``).
+            self.zarr_format = 3
+        except _MissingFile:
+            group, self.zarr_format = None, 2
+        try:
+            if self.zarr_format == 3:
+                self._array = f"{LEVEL0}/"
+                #: The array metadata as written (what the seal covers).
+                self.array_metadata = json.loads(self._metadata(f"{LEVEL0}/zarr.json"))
+                return json.loads(group)
+            attributes = self._metadata(".zattrs")
+            try:  # version 1 kept the array at the root; version 2 is a group, array at "0"
+                zarray, self._array = self._metadata(".zarray"), ""
+            except _MissingFile:
+                zarray, self._array = self._metadata(f"{LEVEL0}/.zarray"), f"{LEVEL0}/"
+            self.array_metadata = json.loads(zarray)
+            return json.loads(attributes)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise MedlossyError(self.path, f"corrupt store metadata ({error})") from None
+
+    @property
+    def remote(self) -> bool:
+        """Whether the store is read from a URL."""
+        return self.files.remote
+
+    @property
+    def array_path(self) -> str | Path:
+        """The full-resolution array's folder (or URL)."""
+        return self.files.where(self._array.rstrip("/"))
+
+    def stored_bytes(self) -> int | None:
+        """Every byte of every file of the store (None at a URL that cannot be listed)."""
+        return self.files.total_bytes() if self.remote else stored_bytes(self.path)
 
     def _derived_multiscales(self) -> Any:
         """The ``multiscales`` that compress wrote for this geometry, as JSON reads it back."""
@@ -654,24 +702,22 @@ class SliceStore:
         """Slices per shard file (format 3); None in format 2."""
         return int(self.zarray["shards"][0]) if self.zarr_format == 3 else None
 
-    def chunk_path(self, index: int) -> Path:
+    def chunk_path(self, index: int) -> str | Path:
         """The file holding chunk ``index``'s codestream (slice ``index`` for slice codecs;
-        its shard in format 3)."""
+        its shard in format 3): a path, or a URL."""
         if self.zarr_format == 3:
-            return self.array_path / shard_key(index // self.chunks_per_shard)
-        return self.array_path / chunk_key(index, self.grid)
+            return self.files.where(self._array + shard_key(index // self.chunks_per_shard))
+        return self.files.where(self._array + chunk_key(index, self.grid))
 
-    def read_range(self, file: Path, offset: int, length: int) -> bytes:
+    def read_range(self, file: str | Path, offset: int, length: int) -> bytes:
         """``length`` bytes (-1: all) of ``file`` from ``offset`` (negative: from the end);
-        every read of chunk data goes through here."""
-        with file.open("rb") as handle:
-            handle.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
-            return handle.read(length)
+        every read of chunk data goes through here (one range request at a URL)."""
+        return self.files.read_at(file, offset, length)
 
     def _shard_index(self, shard: int) -> np.ndarray:
         """The (offset, length) of each inner chunk of ``shard``, its CRC-32C checked."""
         if shard not in self._indexes:
-            file = self.array_path / shard_key(shard)
+            file = self.files.where(self._array + shard_key(shard))
             size = self.chunks_per_shard * INDEX_ENTRY + INDEX_CHECKSUM
             try:
                 raw = self.read_range(file, -size, size)
@@ -684,28 +730,54 @@ class SliceStore:
             self._indexes[shard] = np.frombuffer(raw[:-INDEX_CHECKSUM], "<u8").reshape(-1, 2)
         return self._indexes[shard]
 
-    def _read_chunk(self, index: int) -> bytes:
+    def _chunk_range(self, index: int) -> tuple[str | Path, int, int]:
+        """(file, offset, length) of chunk ``index``'s bytes (length -1: the whole file);
+        FileNotFoundError for an inner chunk its shard does not hold."""
         file = self.chunk_path(index)
         if self.zarr_format == 2:
-            return self.read_range(file, 0, -1)
+            return file, 0, -1
         offset, length = (int(n) for n in
                           self._shard_index(index // self.chunks_per_shard)[
                               index % self.chunks_per_shard])
         if offset == EMPTY:
             raise FileNotFoundError(file)
-        return self.read_range(file, offset, length)
+        return file, offset, length
+
+    def _missing(self, index: int) -> MedlossyError:
+        return MedlossyError(self.chunk_path(index), f"{self.chunk_name(index)} is missing "
+                                                     "from the store")
+
+    def _checked(self, index: int, data: bytes) -> bytes:
+        if crc32(data) != self.attributes["chunk_crc32"][index]:
+            raise MedlossyError(self.chunk_path(index), f"{self.chunk_name(index)} is corrupt "
+                                                        "(CRC-32 mismatch)")
+        return data
 
     def codestream(self, index: int) -> bytes:
         """The raw codestream of chunk ``index``, after its checksum is verified."""
-        file = self.chunk_path(index)
         try:
-            data = self._read_chunk(index)
+            data = self.read_range(*self._chunk_range(index))
         except FileNotFoundError:
-            raise MedlossyError(file, f"{self.chunk_name(index)} is missing from the store"
-                                ) from None
-        if crc32(data) != self.attributes["chunk_crc32"][index]:
-            raise MedlossyError(file, f"{self.chunk_name(index)} is corrupt (CRC-32 mismatch)")
-        return data
+            raise self._missing(index) from None
+        return self._checked(index, data)
+
+    def codestreams(self, indices: Sequence[int]) -> list[bytes]:
+        """``codestream`` of each chunk; at a URL fetched together, as concurrent requests
+        (a patch's tiles or slices: one round trip's wait instead of one per chunk)."""
+        if not self.remote:
+            return [self.codestream(index) for index in indices]
+        ranges = []
+        for index in indices:
+            try:
+                ranges.append(self._chunk_range(index))
+            except FileNotFoundError:
+                raise self._missing(index) from None
+        fetched = self.files.read_many(ranges)
+        for index, data in zip(indices, fetched, strict=True):
+            if isinstance(data, FileNotFoundError):
+                raise self._missing(index)
+        return [self._checked(index, data) for index, data in zip(indices, fetched,
+                                                                  strict=True)]
 
     def decode_chunk(self, index: int, codec: SliceCodec) -> np.ndarray:
         """Chunk ``index`` as (slices, rows, columns) 16-bit codes of what it holds
@@ -743,6 +815,8 @@ class SliceStore:
         for index in range(self.chunks):
             try:
                 self.codestream(index)
+            except Unreachable:  # the server, not the chunk: no verdict on the store
+                raise
             except MedlossyError:
                 bad.append(index)
         return bad

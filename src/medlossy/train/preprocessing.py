@@ -20,6 +20,7 @@ from medlossy.datasets.nnunet_raw import Case, RawDataset
 from medlossy.decompression import read_store
 from medlossy.errors import MedlossyError
 from medlossy.io import read_volume
+from medlossy.store.remote import is_url, join
 
 _SAMPLES_PER_CASE = 100_000  # foreground voxels drawn per case for the CT statistics
 
@@ -33,23 +34,27 @@ class LoadedCase:
     affine: np.ndarray
 
 
-def store_folder(dataset: RawDataset) -> Path:
-    """The folder of compressed stores a sweep's decoded dataset was made from."""
+def store_folder(dataset: RawDataset) -> Path | str:
+    """The folder of compressed stores a sweep's decoded dataset was made from: a path
+    relative to the dataset, or a URL (stores served over HTTP, read through fsspec)."""
     relative = dataset.metadata.get("medlossy", {}).get("stores")
     if relative is None:
         raise MedlossyError(dataset.root / "dataset.json", "training source 'store' needs a "
                             "dataset made by `medlossy dataset compress` (no medlossy.stores)")
+    if is_url(relative):
+        return str(relative)
     return (dataset.root / relative).resolve()
 
 
-def _read_store(stores: Path, case: Case, channel: int):
-    path = stores / f"{case.name}_{channel:04d}.zarr"
-    if not path.exists():
+def _read_store(stores: Path | str, case: Case, channel: int):
+    path = join(stores, f"{case.name}_{channel:04d}.zarr")
+    if not is_url(stores) and not Path(path).exists():
         raise MedlossyError(path, f"no store for case {case.name} channel {channel}")
     return read_store(path, workers=1)
 
 
-def load_case(dataset: RawDataset, case: Case, stores: Path | None = None) -> LoadedCase:
+def load_case(dataset: RawDataset, case: Case, stores: Path | str | None = None,
+              ) -> LoadedCase:
     """Images from the dataset's files, or decoded in memory from ``stores``; labels from
     the dataset (lossless) either way."""
     if stores is None:

@@ -1,0 +1,209 @@
+"""Where a store's files are: a local folder, or a URL read (and written) through fsspec.
+
+Data flow: a store given as ``http(s)://host/CASE.zarr`` (or any fsspec URL: ``file://``,
+``memory://``, ``s3://`` with its package) -> ``StoreFiles`` -> each metadata file one GET,
+each chunk one GET (Zarr 2: a file per chunk) or one range request (Zarr 3: the shard's index
+once, by a suffix range, then the chunk's bytes), so a patch read fetches only the chunks it
+touches. A local path keeps plain file reads. Errors name the URL in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+from medlossy.errors import MedlossyError
+
+#: URL schemes fsspec serves over HTTP: read only (an HTTP server takes no writes).
+READ_ONLY = ("http", "https")
+
+
+class Unreachable(MedlossyError):
+    """A URL that could not be read (connection refused, a server error): not a damaged
+    store, so ``verify`` stops at it rather than listing every chunk as bad."""
+
+
+def is_url(location: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` names a store by URL (``scheme://...``) rather than a path."""
+    return isinstance(location, str) and "://" in location
+
+
+def join(location: str | os.PathLike[str], name: str) -> str | Path:
+    """``location``/``name`` for a URL or a path."""
+    if is_url(location):
+        return f"{str(location).rstrip('/')}/{name}"
+    return Path(location) / name
+
+
+def basename(location: str | os.PathLike[str]) -> str:
+    """The last part of a store's path or URL (``CASE_0000.zarr``)."""
+    return PurePosixPath(str(location).rstrip("/")).name
+
+
+def filesystem(url: str):
+    """The fsspec filesystem of ``url``; a missing protocol package is named in one line."""
+    protocol = protocol_of(url)
+    try:
+        import fsspec
+
+        return fsspec.filesystem(protocol)
+    except ImportError as error:
+        raise MedlossyError(url, f"cannot open {protocol}:// URLs here ({error}): pip install "
+                                 "'medlossy[remote]' (and the fsspec package of this "
+                                 "protocol, e.g. s3fs for s3://)") from None
+    except ValueError as error:
+        raise MedlossyError(url, f"unknown URL scheme ({error})") from None
+
+
+def protocol_of(url: str) -> str:
+    return url.split("://", 1)[0].lower()
+
+
+@contextmanager
+def local_folder(location: str | os.PathLike[str]) -> Iterator[Path]:
+    """A local folder to write the output folder ``location`` in: a path as it is, a
+    ``file://`` URL's path; for another writable URL (``memory://``, ``s3://``) a temporary
+    folder, uploaded with fsspec's ``put`` once the body succeeds. HTTP is refused: a web
+    server takes no writes."""
+    if not is_url(location):
+        yield Path(location)
+        return
+    url = str(location).rstrip("/")
+    protocol = protocol_of(url)
+    if protocol in READ_ONLY:
+        raise MedlossyError(url, f"{protocol}:// URLs are read-only: write to a folder or a "
+                                 "writable fsspec URL (file://, s3://...), then serve it")
+    fs = filesystem(url)
+    if protocol in ("file", "local"):
+        from fsspec.core import url_to_fs
+
+        yield Path(url_to_fs(url)[1])
+        return
+    try:
+        taken = fs.exists(url) and bool(fs.ls(url, detail=False))
+    except Exception as error:  # aiohttp, botocore and fsspec raise their own types
+        raise MedlossyError(url, _problem(error)) from None
+    if taken:
+        raise MedlossyError(url, "is not empty: a sweep is written to a new URL (it is made "
+                                 "in a local temporary folder, then uploaded)")
+    with tempfile.TemporaryDirectory(prefix="medlossy-upload-") as stage:
+        folder = Path(stage) / basename(url)
+        yield folder
+        try:
+            fs.put(f"{folder}/", url, recursive=True)
+        except Exception as error:  # aiohttp, botocore and fsspec raise their own types
+            raise MedlossyError(url, f"cannot be written ({' '.join(str(error).split())})"
+                                ) from None
+
+
+def _problem(error: BaseException) -> str:
+    """One line for a failed remote read (connection refused, a server error)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"cannot be read ({text})"
+
+
+class StoreFiles:
+    """Byte access to the files of one store, relative to its root."""
+
+    def __init__(self, location: str | os.PathLike[str]) -> None:
+        self.remote = is_url(location)
+        #: The store as users name it: a Path, or the URL without a trailing slash.
+        self.root: str | Path = str(location).rstrip("/") if self.remote else Path(location)
+        self._fs = filesystem(self.root) if self.remote else None
+
+    def __getstate__(self) -> dict:
+        # fsspec filesystems pickle as their arguments; rebuilt in the receiving process
+        return {"root": self.root, "remote": self.remote}
+
+    def __setstate__(self, state: dict) -> None:
+        self.root, self.remote = state["root"], state["remote"]
+        self._fs = filesystem(self.root) if self.remote else None
+
+    def where(self, name: str) -> str | Path:
+        """How messages name file ``name`` of the store (its path or URL)."""
+        return join(self.root, name) if name else self.root
+
+    @staticmethod
+    def _bounds(offset: int, length: int) -> tuple[int | None, int | None]:
+        """fsspec's (start, end) of a read: the whole file, a suffix (the last -offset bytes:
+        one request), or a range."""
+        if offset == 0 and length < 0:
+            return None, None
+        if offset < 0:
+            return offset, None
+        return offset, offset + length
+
+    def read(self, name: str, offset: int = 0, length: int = -1) -> bytes:
+        """``length`` bytes (-1: all) of file ``name`` from ``offset`` (negative: from the
+        end); FileNotFoundError when the file is not there."""
+        return self.read_at(self.where(name), offset, length)
+
+    def read_at(self, file: str | Path, offset: int = 0, length: int = -1) -> bytes:
+        """``read`` of a file named by ``where``."""
+        if not self.remote:
+            with Path(file).open("rb") as handle:
+                handle.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
+                return handle.read(length)
+        start, end = self._bounds(offset, length)
+        try:
+            return self._fs.cat_file(str(file), start=start, end=end)
+        except FileNotFoundError:
+            raise
+        except Exception as error:  # aiohttp and fsspec raise their own types
+            raise Unreachable(file, _problem(error)) from None
+
+    def read_many(self, reads: Sequence[tuple[str | Path, int, int]],
+                  ) -> list[bytes | FileNotFoundError]:
+        """``read_at`` of each (file, offset, length), at a URL as concurrent requests (one
+        per read); a missing file's entry is its FileNotFoundError."""
+        if not self.remote:
+            return [self._or_missing(file, offset, length) for file, offset, length in reads]
+        bounds = [self._bounds(offset, length) for _, offset, length in reads]
+        fetched = self._fs.cat_ranges([str(file) for file, _, _ in reads],
+                                      [start for start, _ in bounds],
+                                      [end for _, end in bounds], on_error="return")
+        for (file, _, _), data in zip(reads, fetched, strict=True):
+            if isinstance(data, Exception) and not isinstance(data, FileNotFoundError):
+                raise Unreachable(file, _problem(data))
+        return fetched
+
+    def _or_missing(self, file: str | Path, offset: int, length: int,
+                    ) -> bytes | FileNotFoundError:
+        try:
+            return self.read_at(file, offset, length)
+        except FileNotFoundError as error:
+            return error
+
+    def exists(self, name: str) -> bool:
+        """Whether file ``name`` is there (remote: one HEAD-like request)."""
+        if not self.remote:
+            return (self.root / name).is_file()
+        try:
+            return bool(self._fs.exists(str(self.where(name))))
+        except Exception as error:  # aiohttp and fsspec raise their own types
+            raise Unreachable(self.root, _problem(error)) from None
+
+    def listed(self, ending: str) -> list[str]:
+        """URLs of the entries of a store folder URL whose names end in ``ending``."""
+        try:
+            entries = self._fs.ls(str(self.root), detail=False)
+        except FileNotFoundError:
+            raise MedlossyError(self.root, "no such store or folder of stores") from None
+        except Exception as error:  # aiohttp and fsspec raise their own types
+            raise MedlossyError(self.root, _problem(error)) from None
+        protocol = protocol_of(str(self.root))
+        urls = (entry if "://" in entry else f"{protocol}://{entry}" for entry in entries)
+        return sorted(url.rstrip("/") for url in urls if url.rstrip("/").endswith(ending))
+
+    def total_bytes(self) -> int | None:
+        """Bytes of every file of a store at a URL; None over HTTP, where a listing (if the
+        server gives one) costs a request per file."""
+        if protocol_of(str(self.root)) in READ_ONLY:
+            return None
+        try:
+            return int(self._fs.du(str(self.root)))
+        except Exception:  # a protocol that cannot list: the size is not known
+            return None
