@@ -152,10 +152,24 @@ def test_nnunet_cannot_train_a_mixed_model(tmp_path: Path) -> None:
         load_config(tmp_path / "study.toml")
 
 
+def _at_ratio(folder: Path, ratio: float) -> Path:
+    """A phantom dataset recorded as a sweep's dataset of ``ratio``."""
+    document = json.loads((folder / "dataset.json").read_text())
+    document["medlossy"] = {"ratio": ratio}
+    (folder / "dataset.json").write_text(json.dumps(document))
+    return folder
+
+
+def _two_ratios(tmp_path: Path, seed: int = 0) -> tuple[Path, Path]:
+    return (_at_ratio(write_phantom_dataset(tmp_path / "a", 4, PhantomConfig(
+                shape=(32, 32, 16), seed=0)), 1),
+            _at_ratio(write_phantom_dataset(tmp_path / "b", 4, PhantomConfig(
+                shape=(32, 32, 16), seed=seed)), 5))
+
+
 def test_the_sampler_draws_from_every_case_at_every_ratio(tmp_path: Path,
                                                           monkeypatch) -> None:
-    first = write_phantom_dataset(tmp_path / "a", 4, PhantomConfig(shape=(32, 32, 16), seed=0))
-    second = write_phantom_dataset(tmp_path / "b", 4, PhantomConfig(shape=(32, 32, 16), seed=0))
+    first, second = _two_ratios(tmp_path)
     seen = []
     original = loop.PatchSampler
 
@@ -173,9 +187,14 @@ def test_the_sampler_draws_from_every_case_at_every_ratio(tmp_path: Path,
     assert len(seen) == 2 * 2  # 2 training cases of fold 0, at 2 ratios
 
 
+MIXED_CONFIG = TrainConfig.from_preset("lowres", target_spacing=(6.0, 6.0, 6.0),
+                                       patch_size=(16, 16, 16), filters=(4, 8, 16), epochs=1,
+                                       iterations_per_epoch=1, batch_size=1, folds=2,
+                                       device="cpu")
+
+
 def test_a_ratio_missing_a_training_case_is_named(tmp_path: Path) -> None:
-    first = write_phantom_dataset(tmp_path / "a", 4, PhantomConfig(shape=(32, 32, 16)))
-    second = write_phantom_dataset(tmp_path / "b", 4, PhantomConfig(shape=(32, 32, 16)))
+    first, second = _two_ratios(tmp_path)
     for path in (second / "imagesTr").glob("phantom_000*"):
         path.unlink()
     (second / "labelsTr" / "phantom_000.nii.gz").unlink()
@@ -184,3 +203,36 @@ def test_a_ratio_missing_a_training_case_is_named(tmp_path: Path) -> None:
 
     with pytest.raises(MedlossyError, match="has no case phantom_00"):
         loop.train_model(first, tmp_path / "model", config, mixed=[second])
+
+
+def test_another_cohort_is_not_another_ratio(tmp_path: Path) -> None:
+    """Same case names and channels, other anatomy: refused, naming the dataset."""
+    first, second = _two_ratios(tmp_path, seed=9)
+
+    with pytest.raises(MedlossyError, match="labels differ from the x1"):
+        loop.train_model(first, tmp_path / "model", MIXED_CONFIG, mixed=[second])
+
+
+@pytest.mark.parametrize("which", ["itself", "not x1", "no ratio"])
+def test_mixed_datasets_must_be_other_ratios_of_a_sweep(tmp_path: Path, which: str) -> None:
+    first, second = _two_ratios(tmp_path)
+    if which == "itself":
+        dataset, mixed = first, [first]
+    elif which == "not x1":
+        dataset, mixed = second, [first]
+    else:
+        document = json.loads((second / "dataset.json").read_text())
+        del document["medlossy"]
+        (second / "dataset.json").write_text(json.dumps(document))
+        dataset, mixed = first, [second]
+
+    with pytest.raises(MedlossyError, match=r"not x1|not another ratio"):
+        loop.train_model(dataset, tmp_path / "model", MIXED_CONFIG, mixed=mixed)
+
+
+def test_a_scalar_mixed_ratios_is_refused_in_one_line(tmp_path: Path) -> None:
+    write_phantom_dataset(tmp_path / "data", 4, PhantomConfig(shape=(32, 32, 16)))
+    (tmp_path / "study.toml").write_text("mixed_ratios = 5\n" + CONFIG)
+
+    with pytest.raises(MedlossyError, match="must be \"all\" or a list"):
+        load_config(tmp_path / "study.toml")

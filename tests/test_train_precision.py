@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from medlossy.data.phantom import PhantomConfig, write_phantom_dataset
+from medlossy.errors import MedlossyError
 from medlossy.train import precision
 from medlossy.train.config import TrainConfig
 from medlossy.train.inference import load_model
@@ -65,8 +66,27 @@ def test_an_unknown_precision_is_refused() -> None:
         precision.uses_bfloat16(CPU, "half")
 
 
-def test_precision_is_a_speed_option_outside_the_recipe() -> None:
-    assert replace(CONFIG, precision="bf16").recipe() == CONFIG.recipe()
+def test_the_recipe_holds_the_arithmetic_so_a_cached_model_of_the_other_is_not_reused(
+        monkeypatch) -> None:
+    recipes = {chosen: replace(CONFIG, precision=chosen).recipe()
+               for chosen in ("fp32", "bf16")}
+
+    assert recipes["fp32"]["precision"] == "float32"
+    assert recipes["bf16"]["precision"] == "bfloat16"
+    assert recipes["fp32"] != recipes["bf16"]
+    for native, same in ((True, "bf16"), (False, "fp32")):
+        _cpu_instructions(monkeypatch, native, False)
+        assert CONFIG.recipe() == recipes[same]  # "auto" as this machine resolves it
+
+
+def test_a_bad_precision_in_model_json_names_the_file(dataset: Path, tmp_path: Path) -> None:
+    folder = train_model(dataset, tmp_path / "model", replace(CONFIG, precision="fp32"))
+    description = json.loads((folder / "model.json").read_text())
+    description["config"]["precision"] = "fp16"
+    (folder / "model.json").write_text(json.dumps(description))
+
+    with pytest.raises(MedlossyError, match=r"model\.json"):
+        load_model(folder, "cpu")
 
 
 @pytest.mark.parametrize(("chosen", "recorded"), [("fp32", "float32"), ("bf16", "bfloat16")])

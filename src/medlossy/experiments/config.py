@@ -229,7 +229,7 @@ def _check_pretrained(config: StudyConfig, source: str) -> None:
 
 def _check_mixed(config: StudyConfig, source: str) -> None:
     ratios = config.mixed_ratios
-    if isinstance(ratios, str) and ratios != "all":
+    if ratios != "all" and not isinstance(ratios, tuple | list):
         raise _fail(source, f"mixed_ratios must be \"all\" or a list of ratios, got {ratios!r}")
     chosen = config.mixed_model_ratios
     if any(isinstance(r, bool) or not isinstance(r, int | float) for r in chosen):
@@ -277,8 +277,6 @@ def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> S
     if training and 1 not in config.train_ratios:
         raise _fail(source, "train_ratios must include 1: every comparison is against the "
                             "uncompressed model")
-    if "mixed" in training:
-        _check_mixed(config, source)
     if any(not 0 < f <= 1 for f in config.budget_fractions):
         raise _fail(source, "budget fractions must be in (0, 1]")
     if len(set(config.seeds)) != len(config.seeds):
@@ -301,6 +299,8 @@ def validate(config: StudyConfig, source: str, *, check_files: bool = True) -> S
         config.backend.recipe(config.train_request(config.train_folds[0]))
     except (ValueError, TypeError) as error:
         raise _fail(source, f"[training]: {error}") from None
+    if "mixed" in training:
+        _check_mixed(config, source)
     for entry in config.datasets if check_files else ():
         dataset = open_raw_dataset(entry.path)
         labelled = [c for c in dataset.cases() if c.label is not None]

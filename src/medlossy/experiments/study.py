@@ -521,15 +521,21 @@ def _mixed_section(config: StudyConfig, results: pd.DataFrame, out: Path,
     comparison = compare_mixed(results, assumed_model_sd=config.assumed_model_sd)
     if comparison.empty:
         return []
-    ratios = ", ".join(f"x{r:g}" for r in config.mixed_model_ratios)
+    swept = set(comparison["ratio_test"])
+    ratios = ", ".join(f"x{r:g}" for r in config.mixed_model_ratios if r in swept)
+    missing = [what for column, what in (
+        ("x1_model_dice", "the x1 model's columns need 'pretrained' in experiments"),
+        ("ratio_model_dice", "a ratio's model needs 'train' and that ratio in train_ratios"))
+        if comparison[column].isna().all()]
     return [Section(
         "3b. One model for every ratio", f"One model trained on patches from a ratio drawn "
-        f"at random for each ({ratios}; the x1 data's split, normalisation and recipe), "
-        "tested at every ratio. Beside it, on the same test cases: the x1 model (as in "
-        "section 4) and the model trained at that ratio (section 2, where one was), each as "
-        "the paired difference 'mixed minus it' with its 95% interval (trained models as the "
-        "replication unit, as in the statistics above). A positive interval: the mixed model "
-        "is better there; one that holds 0: no difference shown.",
+        f"at random for each ({ratios}: the ratios swept; the x1 data's split, normalisation "
+        "and recipe), tested at every ratio. Beside it, on the same test cases: the x1 model "
+        "(the pretrained experiment's rows) and the model trained at that ratio (where one "
+        "was), each as the paired difference 'mixed minus it' with its 95% interval (trained "
+        "models as the replication unit, as in the statistics above). A positive interval: "
+        "the mixed model is better there; one that holds 0: no difference shown."
+        + (f" Empty columns: {'; '.join(missing)}." if missing else ""),
         comparison.assign(stored=stored_column(comparison["ratio_test"], notes)).round(4),
         figures.plot_mixed(comparison, out / "mixed_dice", notes))]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from medlossy.train.precision import PRECISIONS
+from medlossy.train.precision import PRECISIONS, arithmetic
 
 #: Sized for CPUs: coarse spacing, small patches and networks (see shared DATA.md timings).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -18,7 +18,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 OPTIMIZERS = ("sgd", "adamw")
 SAMPLINGS = ("foreground", "classes")
-SPEED_OPTIONS = ("channels_last", "compile", "loader_workers", "pin_memory", "precision")
+SPEED_OPTIONS = ("channels_last", "compile", "loader_workers", "pin_memory")
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,7 @@ class TrainConfig:
     #: experiment); a fixed subset for a given fold and fraction, at least one case.
     train_fraction: float = 1.0
     device: str = "auto"
-    #: Speed only (not part of the recipe's hash; results equal up to float rounding but for
-    #: ``precision``):
+    #: Speed only (not part of the recipe's hash; results equal up to float rounding):
     #: channels-last 3D memory layout, torch.compile (CUDA only; ignored on CPU), batches
     #: made by this many loader processes while the GPU trains (0: in this process), pinned
     #: host memory for the copies to the GPU (CUDA only).
@@ -72,8 +71,9 @@ class TrainConfig:
     pin_memory: bool = True
     #: Arithmetic of the network's forward pass: "auto" (bfloat16 mixed precision where the
     #: device computes it natively: CUDA GPUs, CPUs with AMX or AVX-512 BF16; float32
-    #: elsewhere), "bf16" or "fp32". bfloat16 changes results by training noise, not by float
-    #: rounding alone; the precision used is recorded in model.json.
+    #: elsewhere), "bf16" or "fp32". bfloat16 changes results by training noise, so the
+    #: recipe holds the arithmetic it resolves to here (a cached model of the other is not
+    #: reused); the precision used is recorded in model.json.
     precision: str = "auto"
     #: Where training images come from: "nifti" (the dataset's decoded image files) or
     #: "store" (decoded in memory from the compressed stores of a `medlossy dataset compress`
@@ -134,5 +134,8 @@ class TrainConfig:
         return asdict(self)
 
     def recipe(self) -> dict[str, Any]:
-        """Everything that decides the model: :meth:`to_dict` without the speed options."""
-        return {k: v for k, v in asdict(self).items() if k not in SPEED_OPTIONS}
+        """Everything that decides the model: :meth:`to_dict` without the speed options,
+        ``precision`` as the arithmetic it means on this machine."""
+        recipe = {k: v for k, v in asdict(self).items() if k not in SPEED_OPTIONS}
+        recipe["precision"] = arithmetic(self.device, self.precision)
+        return recipe

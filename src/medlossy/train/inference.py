@@ -55,9 +55,12 @@ def load_model(folder: str | Path, device: str = "auto") -> TrainedModel:
     network = build_network(description["network"])
     state = torch.load(folder / MODEL_FILE, map_location=resolved, weights_only=True)
     network.load_state_dict(state["network"])
-    precision = description.get("config", {}).get("precision", "auto")
-    return TrainedModel(description, network.to(resolved).eval(), resolved,
-                        uses_bfloat16(resolved, precision))
+    try:
+        bfloat16 = uses_bfloat16(resolved, description.get("config", {}).get("precision",
+                                                                             "auto"))
+    except ValueError as error:
+        raise MedlossyError(folder / DESCRIPTION_FILE, str(error)) from None
+    return TrainedModel(description, network.to(resolved).eval(), resolved, bfloat16)
 
 
 def _check_compatible(model: TrainedModel, dataset: RawDataset) -> None:

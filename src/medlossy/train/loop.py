@@ -23,7 +23,13 @@ from medlossy.terminal import progress_bar
 from medlossy.train.config import TrainConfig
 from medlossy.train.network import build_network, network_arguments
 from medlossy.train.precision import uses_bfloat16
-from medlossy.train.preprocessing import fit_normalisation, load_case, prepare, store_folder
+from medlossy.train.preprocessing import (
+    LoadedCase,
+    fit_normalisation,
+    load_case,
+    prepare,
+    store_folder,
+)
 from medlossy.train.sampling import PatchSampler, epoch_batches
 from medlossy.train.splits import kfold_splits, training_subset
 
@@ -71,8 +77,19 @@ def poly_learning_rate(config: TrainConfig, epoch: int) -> float:
 
 def _mixed_datasets(dataset: RawDataset, folders: Sequence[str | Path],
                     names: list[str]) -> list[RawDataset]:
-    """The other ratios' datasets of a mixed-ratio model, each holding every training case."""
+    """The other ratios' datasets of a mixed-ratio model, each holding every training case:
+    a sweep's datasets of distinct recorded ratios, ``dataset`` the x1 one."""
     others = [open_raw_dataset(folder) for folder in folders]
+    if others and _ratio(dataset) != 1:
+        raise MedlossyError(dataset.root, f"is at ratio {_ratio(dataset)}, not x1: a "
+                                          "mixed-ratio model takes its split, labels and "
+                                          "normalisation from the x1 dataset of a sweep")
+    ratios = [_ratio(other) for other in others]
+    for other, ratio in zip(others, ratios, strict=True):
+        if ratio is None or ratio == 1 or ratios.count(ratio) > 1:
+            raise MedlossyError(other.root, "is not another ratio of the sweep (its "
+                                            f"dataset.json records ratio {ratio}; each "
+                                            "--mixed dataset needs its own ratio above 1)")
     for other in others:
         have = {case.name for case in other.cases()}
         missing = sorted(set(names) - have)
@@ -84,6 +101,17 @@ def _mixed_datasets(dataset: RawDataset, folders: Sequence[str | Path],
             raise MedlossyError(other.root, f"has channels {other.channels}; "
                                             f"{dataset.root.name} has {dataset.channels}")
     return others
+
+
+def _check_same_labels(sources: list[RawDataset], loaded: list[list[LoadedCase]]) -> None:
+    """Every ratio's copy of a case has the x1 labels (a sweep stores them losslessly): else
+    the datasets are not one cohort at several ratios."""
+    reference = {case.name: case.labels for case in loaded[0]}
+    for source, cases in zip(sources[1:], loaded[1:], strict=True):
+        for case in cases:
+            if case.labels is None or not np.array_equal(case.labels, reference[case.name]):
+                raise MedlossyError(source.root, f"case {case.name}'s labels differ from the x1 "
+                                                 "dataset's: not another ratio of its sweep")
 
 
 def _ratio(dataset: RawDataset) -> float | None:
@@ -120,6 +148,7 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
         stores = store_folder(source) if config.source == "store" else None
         loaded.append([load_case(source, case, stores) for case in source.cases()
                        if case.name in split["train"]])
+    _check_same_labels(sources, loaded)
     specs = fit_normalisation(dataset, loaded[0], seed=config.seed)
     # Each (case, ratio) is one entry: drawing an entry uniformly draws a case, then a ratio.
     prepared = [prepare(case, specs, config.target_spacing) for cases in loaded

@@ -26,3 +26,12 @@ def uses_bfloat16(device: torch.device, precision: str) -> bool:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return precision == "bf16" or (precision == "auto" and native_bfloat16(device))
+
+
+def arithmetic(device: str, precision: str) -> str:
+    """"bfloat16" or "float32": what ``precision`` means for training on ``device`` ("auto":
+    a GPU when there is one) on this machine; part of a model's recipe, so that a model
+    trained one way is never reused or resumed as the other."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "bfloat16" if uses_bfloat16(torch.device(device), precision) else "float32"
