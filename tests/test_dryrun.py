@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,19 @@ def test_lits_is_cropped_to_the_liver() -> None:
 def test_brats_has_four_channels_by_its_size_hint() -> None:
     config = load_config(EXAMPLES / "brats2021.toml", check_files=False)
     assert config.datasets[0].voxels_per_case == 4 * 240 * 240 * 155
+
+
+def test_a_codec_list_plans_a_sweep_and_models_per_codec(tmp_path: Path) -> None:
+    """Each codec gets its own sweep and models, named dataset_codec, as the real run does
+    (the dry run used to plan one codec's units: half the GPU-hours)."""
+    config = load_config(EXAMPLES / "amos.toml", check_files=False)
+    two = replace(config, codec=("jpeg2k", "htj2k"))
+
+    one, _, _ = dry_run(config, tmp_path)
+    units, _, _ = dry_run(two, tmp_path)
+
+    for unit in ("compress", "train", "predict+evaluate"):
+        assert (units["unit"] == unit).sum() == 2 * (one["unit"] == unit).sum(), unit
+    names = set(units.loc[units["unit"] == "train", "dataset"])
+    assert len(names) == 2
+    assert sorted(name.rsplit("_", 1)[1] for name in names) == ["htj2k", "jpeg2k"]

@@ -137,6 +137,11 @@ class StudyConfig:
         """The ratios the mixed-ratio model draws its patches from."""
         return self.ratios if self.mixed_ratios == "all" else tuple(self.mixed_ratios)
 
+    def sweep_name(self, dataset_name: str, codec: str) -> str:
+        """The sweep's (and its models') name: the dataset's with one codec; with several,
+        dataset_codec, so the report compares codecs at equal ratio."""
+        return dataset_name if len(self.codecs) == 1 else f"{dataset_name}_{codec}"
+
     @property
     def training_seeds(self) -> tuple[int, ...]:
         """The seed of every training repeat."""

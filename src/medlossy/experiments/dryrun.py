@@ -19,6 +19,8 @@ run will skip it) -> GPU-hours and storage from measured speeds:
 
 from __future__ import annotations
 
+import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,19 +68,24 @@ def dataset_size(path: Path, cases: int | None, voxels: float | None) -> Dataset
 
 def _sweeps(config: StudyConfig, out: Path, sizes: dict[Path, DatasetSize],
             ratios: list[float]) -> list[seg.SweepFolders]:
+    """The training sweeps of every dataset and codec: as compressed where their sweep.json
+    holds every ratio but those out of the codec's reach, else as they will be."""
     sweeps = []
     for entry in config.datasets:
         if not entry.train:
             continue
-        name = sizes[entry.path].name
-        folder = out / "sweeps" / name
-        if (folder / "sweep.json").exists():
-            sweep = seg.sweep_folders(name, folder)
-            if set(ratios) <= set(sweep.by_ratio):
-                sweeps.append(sweep)
-                continue
-        sweeps.append(seg.SweepFolders(name, {r: folder / "nnunet" / f"(to compress)_{ratio_tag(r)}"
-                                              for r in ratios}))
+        for codec in config.codecs:
+            name = config.sweep_name(sizes[entry.path].name, codec)
+            folder = out / "sweeps" / name
+            if (folder / "sweep.json").exists():
+                sweep = seg.sweep_folders(name, folder)
+                unreached = {float(tag[1:]) for tag in json.loads(
+                    (folder / "sweep.json").read_text()).get("out_of_reach", {})}
+                if set(ratios) - unreached <= set(sweep.by_ratio):
+                    sweeps.append(sweep)
+                    continue
+            sweeps.append(seg.SweepFolders(name, {
+                r: folder / "nnunet" / f"(to compress)_{ratio_tag(r)}" for r in ratios}))
     return sweeps
 
 
@@ -92,15 +99,16 @@ def dry_run(config: StudyConfig, out: Path) -> tuple[pd.DataFrame, pd.DataFrame,
              + ("(image headers)" if s.measured else "(config hints: data not on disk)")
              for s in sizes.values()]
     rows = []
-    for entry in config.datasets:
+    for entry, codec in itertools.product(config.datasets, config.codecs):
         size = sizes[entry.path]
-        folder = out / "sweeps" / size.name
+        name = config.sweep_name(size.name, codec)
+        folder = out / "sweeps" / name
         done = (read_manifest(folder) if (folder / "manifest.csv").exists()
                 else pd.DataFrame())
         for ratio in ratios if entry.train else sorted(config.ratios):
             compressed = int((done["ratio_target"] == ratio).sum()) if len(done) else 0
             raw = size.cases * size.voxels_per_case * 2
-            rows.append({"unit": "compress", "dataset": size.name, "ratio": ratio,
+            rows.append({"unit": "compress", "dataset": name, "ratio": ratio,
                          "fold": "", "fraction": "", "cached": compressed >= size.cases > 0,
                          "gpu_hours": 0.0,
                          "storage_gb": (raw / ratio + raw * DECODED_SHARE) / 1e9})
@@ -108,7 +116,8 @@ def dry_run(config: StudyConfig, out: Path) -> tuple[pd.DataFrame, pd.DataFrame,
     wanted = training_experiments(config)
     if wanted:
         plan = seg.plan_segmentation(config, _sweeps(config, out, sizes, ratios), out)
-        by_name = {size.name: size for size in sizes.values()}
+        by_name = {config.sweep_name(size.name, codec): size for size in sizes.values()
+                   for codec in config.codecs}
         for unit in plan.train.values():
             work = backend.workload(unit.request)
             rows.append({"unit": "train", "dataset": unit.dataset,

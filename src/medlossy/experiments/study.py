@@ -348,9 +348,7 @@ def run_study(config: StudyConfig, out: Path, *, workers: int | None = None,
                                    out / "prepared")
         ratios = sweep_ratios(config) if entry.train else sorted(config.ratios)
         for position, codec in enumerate(config.codecs):
-            # One codec keeps the single-codec layout; several get a sweep (and models) each,
-            # named dataset_codec in every table, so the report compares them at equal ratio.
-            name = dataset.name if len(config.codecs) == 1 else f"{dataset.name}_{codec}"
+            name = config.sweep_name(dataset.name, codec)
             described.append((name, dataset.channel_modality(0), entry.body_region,
                               entry.train))
             if entry.synthetic:
