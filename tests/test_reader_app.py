@@ -161,6 +161,26 @@ def test_a_repeat_replaces_the_answer(setup):
     assert 'value="undecided" id="answer-undecided" class="chosen"' in page
 
 
+def test_a_second_answer_without_reloading_is_timed_by_the_server(setup):
+    client, database, rater = setup.client, setup.database, setup.raters[0]
+    form = form_of(client.get(f"/r/{rater.token}/p/1").text)
+    client.post(f"/r/{rater.token}/answer", data=form | {"elapsed_ms": "10"})
+    # Far more than the server has seen: its own measure is kept, not NULL.
+    client.post(f"/r/{rater.token}/answer",
+                data=form | {"answer": "undecided", "elapsed_ms": "99999999"})
+    (answer,) = database.all_answers()
+    assert answer["answer"] == "undecided"
+    assert answer["response_ms"] is not None and answer["response_ms"] < 99999999
+
+
+def test_a_position_that_does_not_match_the_pair_is_refused(setup):
+    client, database, rater = setup.client, setup.database, setup.raters[0]
+    form = form_of(client.get(f"/r/{rater.token}/p/2").text)
+    response = client.post(f"/r/{rater.token}/answer", data=form | {"position": "3"})
+    assert response.status_code == 400 and "does not match" in response.text
+    assert _count(database) == 0
+
+
 def test_a_rater_sees_only_their_own_answers(setup):
     client, (first, second) = setup.client, setup.raters
     form = form_of(client.get(f"/r/{first.token}/p/1").text)
