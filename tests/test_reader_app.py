@@ -375,3 +375,25 @@ def test_serve_refuses_postgresql_for_now(study, cli):
     assert code == 2
     assert err.strip().splitlines() == ["medlossy: error: PostgreSQL is not supported yet; use "
                                         "sqlite:///PATH"]
+
+
+def test_serve_on_a_port_in_use_is_refused_before_raters_are_made(study, cli, tmp_path):
+    database = tmp_path / "answers.sqlite"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = cli("reader", "serve", study, "--db", f"sqlite:///{database}",
+                             "--port", port)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and f"port {port}" in err
+    assert not database.exists()
+
+
+@pytest.mark.parametrize("command", ["serve", "analyze"])
+def test_serve_and_analyze_name_a_folder_that_is_no_study(cli, tmp_path, command):
+    code, _, err = cli("reader", command, tmp_path / "nonexistent")
+    assert code == 2
+    assert err.strip().splitlines() == [f"medlossy: error: {tmp_path / 'nonexistent'}: not a "
+                                        "reader study folder (make one with `medlossy reader "
+                                        "make`)"]
