@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,20 @@ def test_analyze_before_any_answer(study, tmp_path, cli):
                             "--out", tmp_path / "report")
     assert code == 0, err
     assert "0 answers from 0 raters" in stdout
+
+
+def test_analyze_without_a_database_says_no_answers_yet(study, cli, tmp_path):
+    fresh = tmp_path / "rs"  # a study nobody has served yet
+    fresh.mkdir()
+    shutil.copy(study / "pairs.json", fresh)
+    shutil.copy(study / "study.json", fresh)
+    shutil.copy(study / "key.json", fresh)
+    database = fresh / "answers.sqlite"
+    code, stdout, err = cli("reader", "analyze", fresh)
+    assert code == 2 and stdout == ""
+    assert err.strip().splitlines() == [f"medlossy: error: {fresh}: no answers yet (no "
+                                        f"database {database})"]
+    assert sorted(p.name for p in fresh.iterdir()) == ["key.json", "pairs.json", "study.json"]
 
 
 def _key_1_vs_20(images: int) -> dict:

@@ -161,6 +161,26 @@ def test_a_repeat_replaces_the_answer(setup):
     assert 'value="undecided" id="answer-undecided" class="chosen"' in page
 
 
+def test_a_second_answer_without_reloading_is_timed_by_the_server(setup):
+    client, database, rater = setup.client, setup.database, setup.raters[0]
+    form = form_of(client.get(f"/r/{rater.token}/p/1").text)
+    client.post(f"/r/{rater.token}/answer", data=form | {"elapsed_ms": "10"})
+    # Far more than the server has seen: its own measure is kept, not NULL.
+    client.post(f"/r/{rater.token}/answer",
+                data=form | {"answer": "undecided", "elapsed_ms": "99999999"})
+    (answer,) = database.all_answers()
+    assert answer["answer"] == "undecided"
+    assert answer["response_ms"] is not None and answer["response_ms"] < 99999999
+
+
+def test_a_position_that_does_not_match_the_pair_is_refused(setup):
+    client, database, rater = setup.client, setup.database, setup.raters[0]
+    form = form_of(client.get(f"/r/{rater.token}/p/2").text)
+    response = client.post(f"/r/{rater.token}/answer", data=form | {"position": "3"})
+    assert response.status_code == 400 and "does not match" in response.text
+    assert _count(database) == 0
+
+
 def test_a_rater_sees_only_their_own_answers(setup):
     client, (first, second) = setup.client, setup.raters
     form = form_of(client.get(f"/r/{first.token}/p/1").text)
@@ -355,3 +375,25 @@ def test_serve_refuses_postgresql_for_now(study, cli):
     assert code == 2
     assert err.strip().splitlines() == ["medlossy: error: PostgreSQL is not supported yet; use "
                                         "sqlite:///PATH"]
+
+
+def test_serve_on_a_port_in_use_is_refused_before_raters_are_made(study, cli, tmp_path):
+    database = tmp_path / "answers.sqlite"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = cli("reader", "serve", study, "--db", f"sqlite:///{database}",
+                             "--port", port)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and f"port {port}" in err
+    assert not database.exists()
+
+
+@pytest.mark.parametrize("command", ["serve", "analyze"])
+def test_serve_and_analyze_name_a_folder_that_is_no_study(cli, tmp_path, command):
+    code, _, err = cli("reader", command, tmp_path / "nonexistent")
+    assert code == 2
+    assert err.strip().splitlines() == [f"medlossy: error: {tmp_path / 'nonexistent'}: not a "
+                                        "reader study folder (make one with `medlossy reader "
+                                        "make`)"]

@@ -121,6 +121,26 @@ def _state(page) -> dict[str, float | str]:
     return {k: (v if k in ("preset", "magnifier") else float(v)) for k, v in data.items()}
 
 
+def _check_lens_ring(page, x: float, y: float) -> None:
+    """The magnifier's green ring circles the disc around the pointer (canvas pixels), on
+    both sides, whatever the zoom: green at the disc's edge, nowhere twice as far out."""
+    for side in ("left", "right"):
+        scale = page.locator(f"#view-{side}").evaluate(
+            "canvas => canvas.width / canvas.clientWidth")
+        cx, cy, radius = x * scale, y * scale, 80 * scale  # the viewer's LENS
+        assert _green(page, side, cx + radius, cy) and _green(page, side, cx - radius, cy)
+        assert not _green(page, side, cx + 2 * radius, cy)
+        assert not _green(page, side, cx - 2 * radius, cy)
+
+
+def _green(page, side: str, x: float, y: float) -> bool:
+    """Any of the five pixels of row y around x is the ring's green (grey images are not)."""
+    return page.locator(f"#view-{side}").evaluate(
+        "(canvas, at) => Array.from(canvas.getContext('2d').getImageData(at[0] - 2, at[1], 5, "
+        "1).data).some((value, i, data) => i % 4 === 1 && value > 150 && data[i - 1] < 150)",
+        [int(x), int(y)])
+
+
 def _grey(page, side: str, x: float, y: float) -> int:
     """The grey level drawn at canvas pixel (x, y) of one side."""
     return page.locator(f"#view-{side}").evaluate(
@@ -244,7 +264,9 @@ def test_the_viewer_windows_zooms_and_scrolls_both_sides_in_step(browser, study,
         page.mouse.move(centre[0] - 40, centre[1] - 40)
         page.mouse.move(centre[0] - 30, centre[1] - 30)
         assert _state(page)["magnifier"] == "on"
+        assert _state(page)["zoom"] == 4
         shot("magnifier")
+        _check_lens_ring(page, centre[0] - 30 - box["x"], centre[1] - 30 - box["y"])
         for _ in range(4):
             page.locator("#zoom-in").click()
         assert _state(page)["zoom"] == 8  # at most 8x

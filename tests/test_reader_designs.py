@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,12 @@ from medlossy.reader_study.app import create_app
 from medlossy.reader_study.db import Database
 from medlossy.reader_study.designs import DESIGNS, get_design
 from medlossy.reader_study.pairs import PairSettings, load_key, load_pairs
-from medlossy.reader_study.psychometric import curve_table, fit_curve, threshold
+from medlossy.reader_study.psychometric import (
+    curve_table,
+    fit_curve,
+    threshold,
+    threshold_problem,
+)
 from medlossy.reader_study.windows import Window
 
 FLICKER_MS = 150
@@ -44,8 +50,9 @@ def make_design_study(tmp_path_factory, design: str, name: str | None = None,
         return out
     code = cli_main(["reader", "make", str(demo.parent / "inputs"), "--out", str(out),
                      "--ratios", ",".join(f"{r:g}" for r in RATIOS), "--per-pair", "2",
-                     "--design", design, "--flicker-ms", str(FLICKER_MS), "--seed", str(seed),
-                     "--stores", str(demo / "stores"), "--quiet"])
+                     "--design", design, "--seed", str(seed), "--stores", str(demo / "stores"),
+                     "--quiet", *(["--flicker-ms", str(FLICKER_MS)] if design == "flicker"
+                                  else [])])
     assert code == 0
     return out
 
@@ -300,3 +307,54 @@ def test_a_threshold_bound_past_exps_range_is_no_bound(tmp_path, monkeypatch):
     analysis.plot_detection(curve, None, {"value": found.value, "ci_low": np.exp(1.0),
                                           "ci_high": None}, tmp_path / "detection.png")
     assert (tmp_path / "detection.png").stat().st_size > 0
+
+
+def _analyze_one_rater(study: Path, design: str, tmp_path: Path, cli,
+                       answer: Callable[[dict], str]) -> tuple[str, str, dict, str]:
+    """One rater answers every pair with ``answer(key entry)``; (stdout, stderr, summary,
+    report) of ``reader analyze``."""
+    database, (rater,), _ = new_database(study, tmp_path, raters=1)
+    database.setup([p["id"] for p in load_pairs(study)], raters=1, design=design)
+    for pair_id, entry in load_key(study).items():
+        database.record(rater.id, pair_id, answer(entry))
+    out = tmp_path / "report"
+    code, stdout, err = cli("reader", "analyze", study, "--db", f"sqlite:///{database.path}",
+                            "--out", out)
+    assert code == 0, err
+    return (stdout, err, json.loads((out / "summary.json").read_text()),
+            (out / "report.md").read_text())
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # exp overflowed in the plot
+def test_2afc_where_every_answer_is_wrong_has_no_threshold(afc, tmp_path, cli):
+    stdout, _, summary, report = _analyze_one_rater(
+        afc, "2afc", tmp_path, cli, lambda entry: entry["less_compressed"])
+    found = summary["detection_50"]
+    for measure in ("ratio", "psnr_db"):
+        assert found[measure]["value"] is None and found[measure]["not_determined"]
+    assert "ratio n/a: " in stdout and "PSNR n/a: " in stdout and "e+" not in stdout
+    assert "PSNR n/a: " in report and "e+" not in report
+    assert "answers from 1 rater;" in stdout and "from 1 rater on" in report
+
+
+def test_a_flat_flicker_curve_has_no_threshold(flicker, tmp_path, cli):
+    """Half the pairs of every ratio seen: detection 0.5 everywhere, no 50 % point."""
+    seen: dict[float, int] = {}
+
+    def half(entry: dict) -> str:
+        ratio = max(entry["left"]["ratio"], entry["right"]["ratio"])
+        seen[ratio] = seen.get(ratio, 0) + 1
+        return "seen" if seen[ratio] % 2 else "unseen"
+    stdout, _, summary, _ = _analyze_one_rater(flicker, "flicker", tmp_path, cli, half)
+    assert {row["rate"] for row in summary["pooled"]} == {0.5}
+    assert summary["detection_50"]["ratio"]["value"] is None
+    assert "ratio n/a: detection does not change with compression" in stdout
+
+
+def test_a_threshold_outside_the_tested_range_is_not_determined():
+    # Detection below 50 % at every tested ratio: the fit's 50 % point lies beyond x32.
+    rows = _curve_rows({r: 0.05 + 0.05 * i for i, r in enumerate((2.0, 4.0, 8.0, 16.0, 32.0))})
+    assert threshold_problem(rows, "ratio", guess=0.0).startswith(
+        "outside the tested range (x2 to x32)")
+    assert threshold_problem(_curve_rows({r: _detected(r) for r in (2.0, 8.0, 32.0)}),
+                             "ratio", guess=0.0) is None

@@ -233,6 +233,8 @@ def test_a_second_make_into_the_same_folder_is_refused(study, cli):
     (["--ratios", "0.5,2"], "ratios must be >= 1"),
     (["--per-pair", "0"], "--per-pair must be at least 1"),
     (["--window", "bone-ish"], "unknown window"),
+    (["--stores", "/nonexistent"], "/nonexistent: no such folder (--stores)"),
+    (["--design", "2afc", "--flicker-ms", "300"], "--flicker-ms is for the flicker design"),
 ])
 def test_bad_settings_are_one_line_errors(study, cli, tmp_path, arguments, message):
     code, _, err = cli("reader", "make", study.parent / "inputs", "--out", tmp_path / "x",
@@ -240,6 +242,17 @@ def test_bad_settings_are_one_line_errors(study, cli, tmp_path, arguments, messa
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_an_mr_only_study_records_the_auto_window_it_uses(study, cli, tmp_path):
+    out = tmp_path / "mr"
+    code, _, err = cli("reader", "make", study.parent / "inputs" / MR_DATASET, "--out", out,
+                       "--ratios", "1,5", "--per-pair", "1", "--window", "abdomen",
+                       "--stores", study / "stores")
+    assert code == 0
+    recorded = json.loads((out / "study.json").read_text())["window"]
+    assert recorded.startswith("auto") and "abdomen" not in err
+    assert f"window {recorded}" in err
 
 
 def test_input_without_datasets_is_an_error(tmp_path):

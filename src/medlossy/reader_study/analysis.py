@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 
 from medlossy.atomic import atomic_output
 from medlossy.errors import MedlossyError
@@ -41,6 +42,7 @@ from medlossy.reader_study.psychometric import (
     fit_curve,
     quality_table,
     threshold_estimate,
+    threshold_problem,
 )
 
 REPORT_FILES = ("answers.csv", "scores.csv", "agreement.csv", "psychometric.csv",
@@ -242,7 +244,7 @@ def plot_detection(curve: pd.DataFrame, params: np.ndarray | None,
     axis.plot(curve["ratio"], curve["detection"], "o", color="black", label="observed")
     if params is not None and len(curve):
         ratios = np.geomspace(curve["reference_ratio"].iloc[0] or 1, curve["ratio"].max(), 200)
-        axis.plot(ratios, 1 / (1 + np.exp(-(params[0] + params[1] * np.log(ratios)))),
+        axis.plot(ratios, expit(params[0] + params[1] * np.log(ratios)),
                   color="tab:blue", label="fitted")
     if found["value"] is not None:
         axis.axvline(found["value"], color="tab:red", label="50 % detection")
@@ -270,9 +272,21 @@ def _number(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
-def _estimate(found: Estimate) -> dict[str, float | None]:
+def _estimate(found: Estimate, problem: str | None = None) -> dict[str, Any]:
+    """``problem``: why the value is not determined (then every number is None)."""
+    if problem is not None:
+        return {"value": None, "ci_low": None, "ci_high": None, "df": None,
+                "not_determined": problem}
     return {"value": _number(found.value), "ci_low": _number(found.low),
             "ci_high": _number(found.high), "df": _number(found.df)}
+
+
+def _threshold(rows: pd.DataFrame, measure: str, guess: float) -> dict[str, Any]:
+    problem = ("no answers against the least compressed ratio" if rows.empty else
+               threshold_problem(rows, measure, guess=guess))
+    if problem is not None:
+        return _estimate(Estimate(*[float("nan")] * 4), problem)
+    return _estimate(threshold_estimate(rows, measure, guess=guess))
 
 
 def psychometric_summary(used: pd.DataFrame, ratios: list[float],
@@ -289,8 +303,8 @@ def psychometric_summary(used: pd.DataFrame, ratios: list[float],
     rows = detection_rows(used, ratios[0])
     guess = design.guess
     thresholds = {"reference_ratio": ratios[0], "guess": guess,
-                  "ratio": _estimate(threshold_estimate(rows, "ratio", guess=guess)),
-                  "psnr_db": _estimate(threshold_estimate(rows, "psnr", guess=guess))}
+                  "ratio": _threshold(rows, "ratio", guess),
+                  "psnr_db": _threshold(rows, "psnr", guess)}
     params = fit_curve(rows, "ratio", guess=guess)
     quality = (quality_table(used, ratios) if design.all_ratio_pairs else
                pd.DataFrame(columns=["ratio", "quality", "ci_low", "ci_high", "df"]))
@@ -321,6 +335,16 @@ def _interval(value: float | None, low: float | None, high: float | None,
     return f"{value:.3g}{unit} [{low:.3g}, {high:.3g}]"
 
 
+def _threshold_text(found: dict[str, Any], unit: str = "") -> str:
+    if found.get("not_determined"):
+        return f"n/a: {found['not_determined']}"
+    return _interval(found["value"], found["ci_low"], found["ci_high"], unit)
+
+
+def _raters(count: int) -> str:
+    return f"{count} rater{'' if count == 1 else 's'}"
+
+
 def result_lines(summary: dict[str, Any]) -> list[str]:
     """The results for stdout: pooled scores, the 50 % detection points, quality scale."""
     lines = ["pooled mean score and rate (+1: the rater " + summary["success"]
@@ -332,12 +356,8 @@ def result_lines(summary: dict[str, Any]) -> list[str]:
     found = summary["detection_50"]
     chance = "75% correct, " if found.get("guess") else ""
     lines.append(f"50% detection against x{found['reference_ratio']:g} ({chance}visually "
-                 "lossless up to): ratio " + _interval(found["ratio"]["value"],
-                                              found["ratio"]["ci_low"],
-                                              found["ratio"]["ci_high"])
-                 + ", compressed side's PSNR "
-                 + _interval(found["psnr_db"]["value"], found["psnr_db"]["ci_low"],
-                             found["psnr_db"]["ci_high"], " dB"))
+                 "lossless up to): ratio " + _threshold_text(found["ratio"])
+                 + ", compressed side's PSNR " + _threshold_text(found["psnr_db"], " dB"))
     if summary["quality"]:
         lines.append("quality scale (Bradley-Terry, logits against x"
                      f"{summary['quality'][0]['ratio']:g}): " + "; ".join(
@@ -395,7 +415,7 @@ def analyze_study(study: str | os.PathLike[str], database: Database,
                 f"left out of scores and agreement ({identical_answers} answers)")
     report = "\n\n".join([
         "# Reader study",
-        f"{len(scored)} answers from {summary['raters']} raters on {settings['pairs']} pairs "
+        f"{len(scored)} answers from {_raters(summary['raters'])} on {settings['pairs']} pairs "
         f"({', '.join(settings['datasets'])}; window {settings['window']}; design "
         f"{design.name}). Score per answer: +1 the rater {design.success}, 0 cannot decide, "
         "-1 otherwise; rate = (score + 1) / 2. Mean per ratio pair with 95% CIs: pooled, "

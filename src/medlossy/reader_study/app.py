@@ -161,7 +161,9 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
     images = files[".png"]
     # Studies made before stacks existed show the composite PNG only.
     viewer = all(path.is_file() for path in files[".bin"].values())
-    first_shown: dict[tuple[int, str], float] = {}
+    # Per rater, the pair on screen and when the server first showed it: kept until the
+    # rater is shown another pair, so a second answer to the same pair is timed too.
+    first_shown: dict[int, tuple[str, float]] = {}
     design_name, flicker_ms = study_design(study)
     design = get_design(design_name)
     database.setup(pair_ids, raters=0, design=design.name)
@@ -297,7 +299,8 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
         visit, number, answers = await db(work)
         order = order_of(visit.rater)
         pair_id = order[number - 1]
-        first_shown.setdefault((visit.rater.id, pair_id), time.monotonic())
+        if first_shown.get(visit.rater.id, ("", 0.0))[0] != pair_id:
+            first_shown[visit.rater.id] = (pair_id, time.monotonic())
         return HTMLResponse(_rating_page(base + visit.root, form_token(visit.credential),
                                          pair_id, number, len(order), len(answers),
                                          answers.get(pair_id), base, viewer=viewer,
@@ -320,8 +323,9 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
 
     def response_time(rater_id: int, pair_id: str, reported: str) -> int | None:
         """The page's measure when the server's clock allows it, else the server's own."""
-        shown = first_shown.pop((rater_id, pair_id), None)
-        served_ms = None if shown is None else round((time.monotonic() - shown) * 1000)
+        shown_pair, shown = first_shown.get(rater_id, ("", 0.0))
+        served_ms = (None if shown_pair != pair_id else
+                     round((time.monotonic() - shown) * 1000))
         browser_ms = int(reported) if reported else None
         limit = MAX_RESPONSE_MS if served_ms is None else served_ms + CLOCK_SLACK_MS
         if browser_ms is not None and browser_ms <= limit:
@@ -346,6 +350,8 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
         number = position_of(fields["position"], visit.rater, 400)
         if not _PAIR.match(pair_id) or pair_id not in images:
             raise _Refused(404, "No such pair.")
+        if order_of(visit.rater)[number - 1] != pair_id:
+            raise _Refused(400, "The position does not match the pair.")
         await committer.record(visit.rater.id, pair_id, value,
                                response_time(visit.rater.id, pair_id, elapsed))
         following = await db(next_position, visit.rater, number)

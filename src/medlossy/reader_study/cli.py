@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import math
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -54,6 +55,31 @@ def _database_url(arguments: argparse.Namespace) -> str:
     return arguments.db or f"sqlite:///{Path(arguments.study) / DEFAULT_DB}"
 
 
+def _study_folder(study: str) -> None:
+    """``serve`` and ``analyze`` need a folder made by ``reader make``: say so in one line."""
+    if not (Path(study) / "pairs.json").is_file():
+        raise MedlossyError(study, "not a reader study folder (make one with "
+                                   "`medlossy reader make`)")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind and release ``host:port`` as uvicorn will (SO_REUSEADDR), so a port in use is
+    refused before raters are created and their links printed."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as error:
+        raise MedlossyError(None, f"cannot listen on {host} port {port}: "
+                                  f"{error.strerror or error}") from None
+
+
+def _rater_count(count: int) -> str:
+    return f"{count} rater{'' if count == 1 else 's'}"
+
+
 def _private() -> None:
     """Every file this process creates (study folder, database, -wal, -shm, report) is
     0600 / 0700: the key and the answers unblind the study."""
@@ -66,10 +92,17 @@ def make(arguments: argparse.Namespace) -> None:
     from medlossy.reader_study.pairs import PairSettings, make_pairs
     from medlossy.reader_study.windows import parse_window
 
+    flicker = DESIGNS[arguments.design].flicker
+    if arguments.flicker_ms is not None and not flicker:
+        raise MedlossyError(None, f"--flicker-ms is for the flicker design, not "
+                                  f"{arguments.design}")
+    if arguments.stores is not None and not Path(arguments.stores).is_dir():
+        raise MedlossyError(arguments.stores, "no such folder (--stores)")
+    flicker_ms = FLICKER_MS if arguments.flicker_ms is None else arguments.flicker_ms
     settings = PairSettings(ratios=arguments.ratios, per_pair=arguments.per_pair,
                             window=parse_window(arguments.window), seed=arguments.seed,
                             max_images=arguments.max_images, stack=arguments.stack,
-                            design=arguments.design, flicker_ms=arguments.flicker_ms)
+                            design=arguments.design, flicker_ms=flicker_ms)
     study = make_pairs(arguments.input, arguments.out, settings, stores=arguments.stores,
                        workers=arguments.workers, show_progress=not arguments.quiet)
     if not arguments.quiet:
@@ -91,8 +124,10 @@ def serve(arguments: argparse.Namespace) -> None:
 
     if arguments.raters < 1:
         raise MedlossyError(None, f"--raters must be at least 1, got {arguments.raters}")
+    _study_folder(arguments.study)
     _private()
     public_base(arguments.public_url)  # a bad URL is refused before anything is created
+    _check_port(arguments.host, arguments.port)
     database = Database(_database_url(arguments))
     issued = database.setup([pair["id"] for pair in load_pairs(arguments.study)],
                             arguments.raters, study_seed=study_seed(arguments.study),
@@ -101,7 +136,7 @@ def serve(arguments: argparse.Namespace) -> None:
                      session_cookie=arguments.session_cookie)
     base = _base(arguments)
     print(f"Reader study: {len(database.pair_ids())} pairs, "
-          f"{len(database.raters('rater'))} raters.")
+          f"{_rater_count(len(database.raters('rater')))}.")
     _print_links(issued, base)
     if not _loopback(arguments.host) and not (arguments.public_url or "").startswith("https:"):
         print("note: links travel in plain HTTP; put the server behind an HTTPS proxy and "
@@ -152,15 +187,19 @@ def _loopback(host: str) -> bool:
 
 def analyze(arguments: argparse.Namespace) -> None:
     _require("sklearn", "krippendorff", "statsmodels")
+    _study_folder(arguments.study)
     _private()
     from medlossy.reader_study.analysis import analyze_study, result_lines
-    from medlossy.reader_study.db import Database
+    from medlossy.reader_study.db import Database, sqlite_path
 
-    database = Database(_database_url(arguments))
+    url = _database_url(arguments)
+    if not sqlite_path(url).is_file():  # opening it would create an empty one
+        raise MedlossyError(arguments.study, f"no answers yet (no database {sqlite_path(url)})")
+    database = Database(url)
     out = Path(arguments.out or Path(arguments.study) / "report")
     result = analyze_study(arguments.study, database, out,
                            include_identical=arguments.include_identical)
-    print(f"{out}: {result['answers']} answers from {result['raters']} raters; "
+    print(f"{out}: {result['answers']} answers from {_rater_count(result['raters'])}; "
           f"{', '.join(sorted(result['files']))}")
     print("\n".join(result_lines(result)))
 
@@ -200,7 +239,7 @@ def add_reader_parser(subparsers) -> None:
                                   "in one viewport, is there a flicker?; 2afc: the least "
                                   "compressed ratio and another side by side, which is "
                                   f"compressed? (default: {DEFAULT_DESIGN})")
-    make_parser.add_argument("--flicker-ms", type=int, default=FLICKER_MS,
+    make_parser.add_argument("--flicker-ms", type=int, default=None,
                              help="flicker: how long each image stays on screen, "
                                   f"{FLICKER_MS_RANGE[0]} to {FLICKER_MS_RANGE[1]} ms "
                                   f"(default: {FLICKER_MS})")

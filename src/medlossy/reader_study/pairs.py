@@ -362,7 +362,7 @@ def make_pairs(inputs: str | os.PathLike[str], out: str | os.PathLike[str],
         "ratio_pairs": [list(p) for p in settings.ratio_pairs],
         "per_pair": settings.per_pair,
         "pairs": len(pairs),
-        "window": settings.window.describe(),
+        "window": _windows_used(draws, settings.window),
         "seed": settings.seed,
         "max_images": settings.max_images,
         "stack": settings.stack,
@@ -423,6 +423,14 @@ def _side(store: SliceStore, ratio: float) -> dict[str, Any]:
     achieved = store.attributes["achieved"]
     return {"ratio": ratio, "achieved_ratio": achieved["ratio"],
             "target_reached": achieved["target_reached"], "psnr_db": achieved["psnr_db"]}
+
+
+def _windows_used(draws: list[_Draw], window: Window) -> str:
+    """The window(s) the pairs were shown in: CT gets the chosen one, other modalities auto."""
+    used = {window if draw.image.modality == "CT" else Window("auto") for draw in draws}
+    if len(used) == 1:
+        return used.pop().describe()
+    return f"{window.describe()} for CT, {Window('auto').describe()} otherwise"
 
 
 def load_pairs(study: str | os.PathLike[str]) -> list[dict[str, str]]:

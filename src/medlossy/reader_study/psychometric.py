@@ -204,6 +204,33 @@ def threshold(rows: pd.DataFrame, measure: str, *,
     return -intercept / slope
 
 
+#: A fit whose detection changes less than this across the tested range has no threshold.
+FLAT_DETECTION = 0.01
+
+
+def threshold_problem(rows: pd.DataFrame, measure: str, *,
+                      guess: float = FORCED_CHOICE_GUESS) -> str | None:
+    """Why the 50 % detection point is not determined (None where it is): no fit, a flat or
+    inverted fit, or a point outside the tested range (an extrapolation, not a finding)."""
+    params = fit_curve(rows, measure, guess=guess)
+    if params is None:
+        return "too few answers or ratios to fit a curve"
+    x = curve_x(rows, measure)
+    x = x[np.isfinite(x)]
+    low, high = float(x.min()), float(x.max())
+    intercept, slope = params
+    if abs(expit(intercept + slope * high) - expit(intercept + slope * low)) < FLAT_DETECTION:
+        return "detection does not change with compression"
+    if (slope <= 0) if measure == "ratio" else (slope >= 0):
+        return "detection falls with compression"
+    point = -intercept / slope
+    if not low <= point <= high:
+        shown = (f"x{math.exp(low):g} to x{math.exp(high):g}" if measure == "ratio" else
+                 f"{low:.3g} to {high:.3g} dB")
+        return f"outside the tested range ({shown})"
+    return None
+
+
 def threshold_estimate(rows: pd.DataFrame, measure: str, *,
                        confidence: float = CONFIDENCE,
                        guess: float = FORCED_CHOICE_GUESS) -> Estimate:

@@ -303,8 +303,12 @@ VIEWER_JS = r"""
     context.setTransform(big, 0, 0, big, x - u * big, y - v * big);
     context.drawImage(bitmap, 0, 0);
     context.restore();
+    // The ring around the disc, in canvas pixels: restore() brought back the image's zoom.
+    context.save();
+    context.setTransform(1, 0, 0, 1, 0, 0);
     context.strokeStyle = "#6c9"; context.lineWidth = this.scale;
     context.beginPath(); context.arc(x, y, r, 0, 2 * Math.PI); context.stroke();
+    context.restore();
   };
 
   Viewer.prototype.listen = function () {
