@@ -14,8 +14,10 @@ threads running two sweep images) are safe; medlossy parallelises encodes with p
 from __future__ import annotations
 
 import math
+import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import imagecodecs
 import numpy as np
@@ -38,9 +40,27 @@ _SOT_MARKER = b"\xff\x90"
 _ENCODER_LOCK = threading.Lock()
 
 
+#: Signals that Python turns into exceptions (medlossy's SIGTERM handler, Ctrl-C).
+_DEFERRED = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the encoder has returned. OpenJPEG writes its codestream
+    through Python callbacks: an exception raised there by a signal handler left it
+    writing on (a segmentation fault in 4 of 5 SIGTERMs during `reader make --workers 1`);
+    held, the signal arrives when the call is over and unwinds as usual."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def _encode(image: np.ndarray, **options: object) -> bytes:
-    """pylibjpeg-openjpeg's encode_array under the process-wide lock (see the module notes)."""
-    with _ENCODER_LOCK:
+    """pylibjpeg-openjpeg's encode_array under the process-wide lock (see the module notes),
+    with SIGINT/SIGTERM held until it returns."""
+    with _ENCODER_LOCK, _signals_deferred():
         return encode_array(np.ascontiguousarray(image), bits_stored=_bits(image), **options)
 
 
