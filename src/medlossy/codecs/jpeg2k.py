@@ -50,6 +50,9 @@ def _signals_deferred() -> Iterator[None]:
     through Python callbacks: an exception raised there by a signal handler left it
     writing on (a segmentation fault in 4 of 5 SIGTERMs during `reader make --workers 1`);
     held, the signal arrives when the call is over and unwinds as usual."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks to hold them
+        yield
+        return
     held = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
     try:
         yield
