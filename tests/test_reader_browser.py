@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -338,17 +339,25 @@ def _flicker_sample(page, x: int, y: int) -> tuple[int, int]:
         [x, y]))
 
 
-def test_a_flicker_study_alternates_one_viewport_and_is_answered_by_keys(
-        browser, tmp_path_factory, tmp_path, screenshots, capsys):
-    flicker = make_design_study(tmp_path_factory, "flicker")
-    database, (rater, _), _ = new_database(flicker, tmp_path)
-    total = len(load_pairs(flicker))
-    with running_server(flicker, database) as base:
+@contextmanager
+def _design_page(browser, tmp_path_factory, tmp_path: Path, design: str):
+    """A rater's first page of a ``design`` study, served, waited for its viewer; yields
+    (study, database, pair count, page, the page's errors)."""
+    study = make_design_study(tmp_path_factory, design)
+    database, (rater, _), _ = new_database(study, tmp_path)
+    with running_server(study, database) as base:
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(f"{base}/r/{rater.token}")
         page.wait_for_selector("#viewer[data-slice]")
+        yield study, database, len(load_pairs(study)), page, errors
+
+
+def test_a_flicker_study_alternates_one_viewport_and_is_answered_by_keys(
+        browser, tmp_path_factory, tmp_path, screenshots, capsys):
+    with _design_page(browser, tmp_path_factory, tmp_path, "flicker") as (
+            flicker, database, total, page, errors):
         assert page.locator("canvas").count() == 1 and page.locator("#view-left").count() == 0
         pair_id = page.locator("input[name=pair]").get_attribute("value")
         header, codes = read_stack(flicker / "stacks" / f"{pair_id}.bin")
@@ -399,15 +408,8 @@ def test_a_flicker_study_alternates_one_viewport_and_is_answered_by_keys(
 
 def test_a_2afc_study_is_answered_left_or_right_by_keys(browser, tmp_path_factory, tmp_path,
                                                         screenshots):
-    afc = make_design_study(tmp_path_factory, "2afc")
-    database, (rater, _), _ = new_database(afc, tmp_path)
-    total = len(load_pairs(afc))
-    with running_server(afc, database) as base:
-        page = browser.new_page(viewport={"width": 1280, "height": 860})
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(f"{base}/r/{rater.token}")
-        page.wait_for_selector("#viewer[data-slice]")
+    with _design_page(browser, tmp_path_factory, tmp_path, "2afc") as (
+            _, database, total, page, errors):
         assert page.locator("#view-left").count() == 1 and page.locator("#view-right").count()
         page.keyboard.press("+")
         assert _state(page)["zoom"] == 2 and "flips" not in _state(page)
