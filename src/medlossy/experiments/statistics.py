@@ -275,12 +275,9 @@ def compare_budget_arms(results: pd.DataFrame, level: float = 0.95,
     """Per dataset and budget fraction: mean Dice of each arm and the paired difference
     compressed - few-shot over the same test cases (and seeds), its interval, and which arm
     the interval shows better ("no difference shown" when it holds 0: no tie rule)."""
-    rows = results[results["experiment"].str.startswith("budget:")
-                   & (results["metric"] == "dice") & (results["class"] == MEAN)]
+    rows = _mean_dice(results, results["experiment"].str.startswith("budget:"))
     if rows.empty:
         return pd.DataFrame()
-    if "train_seed" not in rows:
-        rows = rows.assign(train_seed=0)
     arms = rows.assign(arm=rows["experiment"].str.split(":").str[1]).pivot_table(
         index=["dataset", "budget_fraction", "case", "fold", "train_seed"], columns="arm",
         values="value", aggfunc="mean").reset_index()
@@ -299,13 +296,17 @@ def compare_budget_arms(results: pd.DataFrame, level: float = 0.95,
     return pd.DataFrame(table)
 
 
-def _case_means(results: pd.DataFrame, experiment: str) -> pd.DataFrame:
-    """Per-case mean Dice of ``experiment``'s rows, by dataset, test ratio, case, fold, seed."""
-    rows = results[(results["experiment"] == experiment) & (results["metric"] == "dice")
-                   & (results["class"] == MEAN)]
-    rows = rows.assign(value=pd.to_numeric(rows["value"], errors="coerce"),
+def _mean_dice(results: pd.DataFrame, selected: pd.Series) -> pd.DataFrame:
+    """The ``selected`` rows' per-case mean Dice, values numeric, a missing seed as 0."""
+    rows = results[selected & (results["metric"] == "dice") & (results["class"] == MEAN)]
+    return rows.assign(value=pd.to_numeric(rows["value"], errors="coerce"),
                        train_seed=pd.Series(rows.get("train_seed", 0), index=rows.index)
                        .fillna(0))
+
+
+def _case_means(results: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    """Per-case mean Dice of ``experiment``'s rows, by dataset, test ratio, case, fold, seed."""
+    rows = _mean_dice(results, results["experiment"] == experiment)
     return rows[["dataset", "ratio_train", "ratio_test", "case", "fold", "train_seed",
                  "value"]]
 
@@ -349,15 +350,13 @@ def mean_intervals(results: pd.DataFrame, experiment: str, by: list[str], *,
     the per-case mean Dice and its interval by :func:`model_interval` (models as the
     replication unit; ``assumed_model_sd`` 0 for a fixed model such as a given checkpoint),
     with the cases it used."""
-    rows = results[results["experiment"].str.startswith(experiment)
-                   & (results["metric"] == "dice") & (results["class"] == MEAN)]
-    rows = rows.assign(difference=pd.to_numeric(rows["value"], errors="coerce"))
+    rows = _mean_dice(results, results["experiment"].str.startswith(experiment))
+    rows = rows.assign(difference=rows["value"])
     rows = rows[np.isfinite(rows["difference"])]
     if rows.empty:
         return pd.DataFrame(columns=["dataset", "experiment", *by, "ci_low", "ci_high"])
     # a given checkpoint has no fold or seed: one model
-    rows = rows.assign(train_seed=pd.Series(rows.get("train_seed", 0), index=rows.index)
-                       .fillna(0), fold=rows["fold"].astype(str))
+    rows = rows.assign(fold=rows["fold"].astype(str))
     table = []
     for keys, group in rows.groupby(["dataset", "experiment", *by]):
         interval = difference_interval(group, level, assumed_model_sd)
