@@ -6,7 +6,7 @@ work. imagecodecs exposes this for HTJ2K (OpenJPH, ``skipres``) but not for JPEG
 
 JPEG 2000 also decodes a window: OpenJPEG's decode area (``opj_set_decode_area``) decodes
 only the code-blocks whose wavelet support reaches the window, and its values are exactly
-the full decode's there (tested). A 160x160 window of a 512x512 slice at x20 costs about 60%
+the full decode's there (tested). A 160x160 window of a 512x512 slice at x20 costs 55-70%
 of the whole slice (the coarse levels' code-blocks are needed wherever the window is, see
 BENCHMARKS.md, loader). JPEG 2000 windows and reduced levels go through libopenjp2 by
 glymur's bindings (``glymur.lib.openjp2``), file based: the codestream is written to a
@@ -49,9 +49,10 @@ def _openjpeg_decode(data: bytes, level: int, window: Window | None) -> np.ndarr
     """Codes of a JPEG 2000 codestream at resolution ``level``, only ``window`` (at that
     level) if given, through glymur's bindings of libopenjp2.
 
-    Not glymur's ``Jp2k``: it starts a pool of OpenJPEG threads for every read, which cost
-    3-4 ms of CPU per slice (more than half a window's decode); here the calling thread
-    decodes (the loader parallelises slices with threads and processes)."""
+    Not glymur's ``Jp2k``: it starts and joins a pool of OpenJPEG threads for every read,
+    3-4 ms of wall time per slice on a busy machine (half a window's decode), and parses the
+    header in Python; here the calling thread decodes (the loader parallelises slices with
+    threads and processes)."""
     import glymur.lib.openjp2 as opj2  # optional: see glymur_available
 
     with ExitStack() as stack:
@@ -65,7 +66,8 @@ def _openjpeg_decode(data: bytes, level: int, window: Window | None) -> np.ndarr
         opj2.setup_decoder(codec, parameters)
         image = opj2.read_header(stream, codec)
         stack.callback(opj2.image_destroy, image)
-        if window is not None:  # in full-resolution (reference grid) coordinates
+        # in full-resolution reference grid coordinates (medlossy's streams start at 0, 0)
+        if window is not None:
             rows, columns = window
             grid, factor = image.contents, 2**level
             opj2.set_decode_area(codec, image, columns.start * factor, rows.start * factor,
@@ -122,7 +124,7 @@ def note_whole_slices(codec_name: str) -> None:
     where a window decoder would need a library that is missing."""
     if codec_name == "jpeg2k" and codec_name not in WINDOW_DECODERS:
         print("medlossy: note: glymur or libopenjp2 is missing: JPEG 2000 patches decode "
-              "whole slices (about 1.6x slower; pip install glymur, apt install libopenjp2-7)",
+              "whole slices (1.5-1.8x slower; pip install glymur, apt install libopenjp2-7)",
               file=sys.stderr)
 
 
