@@ -107,3 +107,24 @@ def test_without_libopenjp2_patches_are_the_same_and_a_note_says_so_once(
     notes = [line for line in capsys.readouterr().err.splitlines() if "whole slices" in line]
     assert len(notes) == 1 and notes[0].startswith("medlossy: note: ")
     decoders.note_whole_slices.cache_clear()
+
+
+def test_a_decode_leaves_no_named_file_a_killed_worker_could_leave_behind(
+        ct_slice, tmp_path, monkeypatch):
+    import glymur.lib.openjp2 as opj2
+
+    monkeypatch.setattr(decoders, "_SHM", tmp_path)  # where the codestream is written
+    during = []
+    decode = opj2.decode
+
+    def listing_decode(*arguments):
+        during.append(sorted(p.name for p in tmp_path.iterdir()))
+        return decode(*arguments)
+
+    monkeypatch.setattr(opj2, "decode", listing_decode)
+    stream = _streams(ct_slice)["x20 uint16"]
+    window = (slice(5, 70), slice(9, 41))
+    np.testing.assert_array_equal(decoders._openjpeg_decode(stream, 0, window),
+                                  imagecodecs.jpeg2k_decode(stream)[window])
+    assert during == [[]]  # the file in use has no name (a SIGKILL now would leave nothing)
+    assert list(tmp_path.iterdir()) == []

@@ -9,10 +9,11 @@ only the code-blocks whose wavelet support reaches the window, and its values ar
 the full decode's there (tested). A 160x160 window of a 512x512 slice at x20 costs 55-70%
 of the whole slice (the coarse levels' code-blocks are needed wherever the window is, see
 BENCHMARKS.md, loader). JPEG 2000 windows and reduced levels go through libopenjp2 by
-glymur's bindings (``glymur.lib.openjp2``), file based: the codestream is written to a
-temporary file in memory-backed /dev/shm when it exists (measured: 0.05 ms a slice, 1% of a
-window's decode). Without glymur or libopenjp2, windows are cropped from full decodes and
-reduced levels block-averaged (same shapes; ``note_whole_slices`` says so once).
+glymur's bindings (``glymur.lib.openjp2``), file based: the codestream is written to an
+unnamed temporary file in memory-backed /dev/shm when it exists (measured: 0.03-0.05 ms a
+slice, under 1% of a window's decode, so no in-memory stream was written by hand). Without
+glymur or libopenjp2, windows are cropped from full decodes and reduced levels
+block-averaged (same shapes; ``note_whole_slices`` says so once).
 """
 
 from __future__ import annotations
@@ -31,14 +32,24 @@ import numpy as np
 from medlossy.codecs import SliceCodec
 
 _SHM = Path("/dev/shm")
+_OWN_DESCRIPTORS = Path("/proc/self/fd")
 #: rows, columns of a slice at the decoded level.
 Window = tuple[slice, slice]
 
 
 @contextmanager
 def _codestream_file(data: bytes) -> Iterator[str]:
-    """``data`` in a temporary file (in /dev/shm where writable): libopenjp2 reads files."""
+    """A path from which libopenjp2 (which reads only files) reads ``data``: a temporary file
+    in /dev/shm where writable. Where /proc/self/fd exists the file has no name (opened anew
+    through its descriptor), so that a process killed mid-decode, as a DataLoader shutting
+    down may kill its workers, leaves no file in /dev/shm; elsewhere a named one."""
     directory = _SHM if _SHM.is_dir() and os.access(_SHM, os.W_OK) else None
+    if _OWN_DESCRIPTORS.is_dir():
+        with tempfile.TemporaryFile(dir=directory) as file:
+            file.write(data)
+            file.flush()
+            yield str(_OWN_DESCRIPTORS / str(file.fileno()))
+        return
     with tempfile.NamedTemporaryFile(suffix=".j2k", dir=directory) as file:
         file.write(data)
         file.flush()
