@@ -135,7 +135,7 @@ def note_whole_slices(codec_name: str) -> None:
     where a window decoder would need a library that is missing."""
     if codec_name == "jpeg2k" and codec_name not in WINDOW_DECODERS:
         print("medlossy: note: glymur or libopenjp2 is missing: JPEG 2000 patches decode "
-              "whole slices (1.5-1.8x slower; pip install glymur, apt install libopenjp2-7)",
+              "whole slices (1.4-1.8x slower; pip install glymur, apt install libopenjp2-7)",
               file=sys.stderr)
 
 
