@@ -2,6 +2,8 @@
 
 Usage (writes bench/results/loader.{json,md}; stores are cached under bench/out/loader/):
     .venv/bin/python bench/loader.py [--seconds 10] [--workers 2] [--slices 200]
+        [--only 'CT C x200'] [--codecs jpeg2k] [--variants 'full slice,level 1']
+        [--no-blosc2] [--profile 10] [--results loader]
 
 Data flow: two real-looking CTs -> medlossy stores at x20 (``compress_volume``, the rate
 control of ``medlossy compress``), JPEG 2000 and HTJ2K, each written untiled and with
@@ -14,15 +16,19 @@ control of ``medlossy compress``), JPEG 2000 and HTJ2K, each written untiled and
 and nnU-Net 2.8's own blosc2 preprocessed format (``nnUNetDatasetBlosc2.save_case`` with
 ``comp_blosc2_params`` for the patch, float32 z-scored data + int16 seg), read patch by patch
 through its mmap'd arrays the way its loader does. Storage and the store's own PSNR (peak
-4096) are reported beside each.
+4096) are reported beside each. ``--profile N`` also reads N patches in this process under
+cProfile with the CPU clock and reports the share of their CPU time spent decoding slices.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import math
 import os
+import pstats
 import shutil
+import time
 from pathlib import Path
 
 import _common
@@ -109,6 +115,25 @@ def supply(dataset, workers: int, seconds: float) -> dict:
     return measure_supply(dataset, workers=workers, seconds=seconds)
 
 
+def decode_share(dataset: StorePatchDataset, patches: int) -> dict:
+    """CPU seconds of ``patches`` patch reads in this process and the shares spent in
+    ``decode_slice`` (all of a slice's decoding) and in the decoding library's call itself
+    (imagecodecs' or libopenjp2's), from cProfile on the CPU clock."""
+    profile = cProfile.Profile(time.process_time)
+    profile.runcall(lambda: [dataset[index] for index in range(1, patches + 1)])
+    stats = pstats.Stats(profile).stats  # (file, line, name) -> (cc, nc, tottime, cumtime, _)
+    total = sum(entry[3] for key, entry in stats.items() if key[2] == "__getitem__"
+                and key[0].endswith("dataset.py"))
+    slices = sum(entry[3] for key, entry in stats.items() if key[2] == "decode_slice")
+    # imagecodecs' Cython functions are not profiled apart from their caller: the library
+    # time is the codec's decode method's own time, or glymur's binding of opj_decode
+    library = sum(entry[2] for key, entry in stats.items() if key[2] == "decode" and (
+        key[0].endswith("openjp2.py") or os.path.join("medlossy", "codecs") in key[0]))
+    return {"patches": patches, "cpu_seconds": round(total, 3),
+            "decode_slice_share": round(slices / total, 3),
+            "library_decode_share": round(library / total, 3)}
+
+
 def _row(name: str, codec: str, label: str, run: dict, psnr: float | None,
          level: int) -> list:
     per_cpu = run["mvox_per_cpu_s"] or 0.0
@@ -116,7 +141,16 @@ def _row(name: str, codec: str, label: str, run: dict, psnr: float | None,
             "lossless" if codec.startswith("nnU-Net") else "-" if psnr is None else f"{psnr:.2f}",
             "x".join(map(str, run["patch"])), run["mvox_per_s"], per_cpu,
             round(2 * per_cpu, 1), round(2 * per_cpu * 4**level, 1), run["patches"],
-            f"{run['load_before']:.2f} / {run['load_average'][0]:.2f}"]
+            f"{run['load_before']:.2f} / {run['load_average'][0]:.2f}",
+            _shares(run.get("profile"))]
+
+
+def _shares(profile: dict | None) -> str:
+    if profile is None:
+        return "-"
+    per_patch = 1000 * profile["cpu_seconds"] / profile["patches"]
+    return (f"{profile['decode_slice_share']:.0%} / {profile['library_decode_share']:.0%} "
+            f"({per_patch:.0f} ms)")
 
 
 def _swap(dataset: StorePatchDataset, volume) -> StorePatchDataset:
@@ -130,7 +164,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--slices", type=int, default=200)
     parser.add_argument("--only", default=None, help="CT B or 'CT C x200'")
+    parser.add_argument("--codecs", default="jpeg2k,htj2k", help="comma-separated")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated label prefixes ('full slice,level 1'); all")
+    parser.add_argument("--blosc2", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile N patches in-process for the decode share")
+    parser.add_argument("--results", default="loader", help="bench/results/NAME.json")
     arguments = parser.parse_args()
+    variants = [v for v in VARIANTS if arguments.variants is None or any(
+        v[0].startswith(p.strip()) for p in arguments.variants.split(","))]
     OUT.mkdir(parents=True, exist_ok=True)
     rows, document = [], {"machine": _common.machine(), "patch": list(PATCH), "runs": []}
     for name, (description, volume) in _volumes(arguments.slices).items():
@@ -139,8 +182,8 @@ def main() -> None:
         patch = tuple(min(p, n) for p, n in zip(PATCH, _common.slices_first(volume).shape,
                                                 strict=True))
         raw = math.prod(volume.shape) * 2
-        for codec_name in ("jpeg2k", "htj2k"):
-            for label, level, tile in VARIANTS:
+        for codec_name in arguments.codecs.split(","):
+            for label, level, tile in variants:
                 if tile is not None and tile >= max(volume.slice_shape()):
                     continue  # one tile would be the whole slice: the untiled store
                 path = store(name, volume, codec_name, tile, OUT)
@@ -157,8 +200,13 @@ def main() -> None:
                        "codec": codec_name, "variant": label, "tile": attributes.get("tile"),
                        "ratio": round(raw / bytes_, 2), "stored_bytes": bytes_,
                        "psnr_db": psnr, "load_before": load_before}
+                if arguments.profile:
+                    run["profile"] = decode_share(dataset, arguments.profile)
+                    _common.progress(f"  profile: {run['profile']}")
                 document["runs"].append(run)
                 rows.append(_row(name, codec_name, label, run, psnr, level))
+        if not arguments.blosc2:
+            continue
         folder = OUT / f"blosc2_{name.replace(' ', '_')}"
         if folder.exists() and not list(folder.glob("*.b2nd")):
             shutil.rmtree(folder)
@@ -179,11 +227,13 @@ def main() -> None:
         "s per run after the first patch; ratio against 16-bit raw; Mvox/s wall clock and per "
         "CPU second (workers included); x2 cores = the CPU-time estimate for 2 idle cores; "
         "level-1 patches also in full-resolution voxels (x4); load = 1-minute load average "
-        "at the start / end of the run (2 cores).", "",
+        "at the start / end of the run (2 cores); decode share (with --profile): CPU share "
+        "of in-process patch reads spent decoding slices / in the library's decode call, "
+        "and CPU ms per patch.", "",
         _common.table(["volume", "codec", "variant", "ratio", "PSNR dB", "patch",
                        "Mvox/s wall", "Mvox/CPU-s", "x2 cores", "full-res equiv. x2 cores",
-                       "patches", "load start / end"], rows)])
-    _common.save("loader", document, markdown)
+                       "patches", "load start / end", "decode share"], rows)])
+    _common.save(arguments.results, document, markdown)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
 Data flow: patch box (z, y, x in the store's axis order, at resolution ``level``) -> the
 slices z..z+depth, each read and CRC-checked, decoded at that level (threads: imagecodecs and
 OpenJPEG release the GIL) -> the y/x window cropped -> codes mapped to values (float32,
-original units). In an untiled store slices are whole codestreams, so each decoded slice
-costs the full slice at that level and the y/x crop saves memory, not decode time; in a tiled
-store (``compress --tile``) only the tiles the y/x window touches are read and decoded (see
-BENCHMARKS.md, loader). Stores of 3D codecs hold blocks of slices: each block the box touches
-is decoded once, in full, and reduced levels are block means of the decoded slices.
+original units). In an untiled store slices are whole codestreams: JPEG 2000 decodes only the
+y/x window's share of each (OpenJPEG's decode area, the code-blocks the window needs), other
+codecs decode the whole slice and crop it; in a tiled store (``compress --tile``) only the
+tiles the y/x window touches are read and decoded (see BENCHMARKS.md, loader). Stores of 3D
+codecs hold blocks of slices: each block the box touches is decoded once, in full, and
+reduced levels are block means of the decoded slices.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from medlossy.codecs import get_codec
 from medlossy.errors import MedlossyError
-from medlossy.loading.decoders import block_mean, decode_slice
+from medlossy.loading.decoders import block_mean, decode_slice, note_whole_slices
 from medlossy.store import SliceStore
 
 
@@ -42,6 +43,8 @@ class StoreVolume:
                                            f"by {factor}, the store's are "
                                            f"{grid.tile_rows}x{grid.tile_columns}")
         self.shape = (self.store.slices, -(-rows // factor), -(-columns // factor))
+        if not grid.tiled and self.store.depth == 1:
+            note_whole_slices(self.codec.name)
 
     @property
     def axial_axis(self) -> int:
@@ -52,14 +55,15 @@ class StoreVolume:
         return tuple(self.store.attributes["geometry"]["shape"])
 
     def _slice(self, index: int, data: bytes, rows: slice, columns: slice) -> np.ndarray:
-        """Slice ``index`` (its codestream ``data``) at the volume's level, cropped."""
+        """The ``rows`` x ``columns`` window of slice ``index`` (its codestream ``data``) at
+        the volume's level."""
+        whole = (rows, columns) == (slice(0, self.shape[1]), slice(0, self.shape[2]))
         try:
-            codes = decode_slice(self.codec, data, self.level, self.store.slice_shape,
-                                 self.mapping.code_dtype)
+            return decode_slice(self.codec, data, self.level, self.store.slice_shape,
+                                self.mapping.code_dtype, None if whole else (rows, columns))
         except Exception as error:  # decoder errors come in library-specific types
             raise MedlossyError(self.store.chunk_path(index),
                                 f"slice {index} cannot be decoded ({error})") from None
-        return codes[rows, columns]
 
     def _tile(self, index: int, data: bytes) -> np.ndarray:
         """Chunk ``index`` (its codestream ``data``) of a tiled store at the volume's level,
