@@ -61,6 +61,8 @@ class MedlossyTrainer(nnUNetTrainer):
             from medlossy.nnunet.preprocessed import MedlossyStoreDataset
 
             self.dataset_class = MedlossyStoreDataset
+            self.print_to_log_file(f"medlossy: training cases read by MedlossyStoreDataset "
+                                   f"from {self.preprocessed_dataset_folder}")
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr,
