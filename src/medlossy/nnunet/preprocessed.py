@@ -164,10 +164,20 @@ class NormalisedStores:
 class MedlossyStoreDataset(nnUNetBaseDataset):
     """nnU-Net's dataset contract over a folder :func:`convert_folder` wrote."""
 
+    def __init__(self, folder: str, identifiers: list[str] | None = None,
+                 folder_with_segs_from_previous_stage: str | None = None) -> None:
+        super().__init__(folder, identifiers, folder_with_segs_from_previous_stage)
+        # opened stores by case: opening one reads and checks its metadata (several ms),
+        # which nnU-Net's loader would otherwise pay for every patch
+        self._images: dict[str, NormalisedStores] = {}
+
     def load_case(self, identifier: str):
         with open(os.path.join(self.source_folder, f"{identifier}.pkl"), "rb") as handle:
             properties = pickle.load(handle)
-        data = NormalisedStores(self.source_folder, properties.pop(PROPERTIES_KEY))
+        stores = properties.pop(PROPERTIES_KEY)
+        data = self._images.get(identifier)
+        if data is None:
+            data = self._images[identifier] = NormalisedStores(self.source_folder, stores)
         options = {} if os.name == "nt" else {"mmap_mode": "r"}
         seg = blosc2.open(urlpath=os.path.join(self.source_folder, f"{identifier}_seg.b2nd"),
                           mode="r", dparams={"nthreads": 1}, **options)
