@@ -237,15 +237,17 @@ def test_cli_trains_two_epochs_from_lossless_stores_and_predicts(tmp_path: Path)
 
     source = write_ct_dataset(tmp_path / "Dataset992_Spheres")
     model = tmp_path / "model"
-    started = time.perf_counter()
-    assert main(["train", str(source), "--out", str(model), "--backend", "nnunet",
+    arguments = ["train", str(source), "--out", str(model), "--backend", "nnunet",
                  "--configuration", "3d_fullres", "--epochs", "2", "--iterations", "2",
                  "--validation-iterations", "1", "--folds", "2", "--fold", "0",
                  "--device", "cpu", "--preprocessed", "lossless", "--preprocessed-tile",
-                 "32", "--quiet"]) == 0
+                 "32", "--quiet"]
+    started = time.perf_counter()
+    assert main(arguments) == 0
     trained = time.perf_counter() - started
     description = read_model(model)
-    assert description["preprocessed"] == {"storage": "lossless", "codec": "htj2k", "tile": 32}
+    assert description["preprocessed_storage"] == {"storage": "lossless", "codec": "htj2k",
+                                                   "tile": 32}
     assert description["training"]["preprocessed_folder"].endswith("_medlossy_htj2k_lossless_t32")
     final = torch.load(checkpoint(model), map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 2 and len(final["logging"]["train_losses"]) == 2
@@ -256,6 +258,10 @@ def test_cli_trains_two_epochs_from_lossless_stores_and_predicts(tmp_path: Path)
                  "--device", "cpu", "--quiet"]) == 0
     written = sorted(p.name for p in (tmp_path / "predictions").glob("*.nii.gz"))
     assert written == [f"{name}.nii.gz" for name in description["test_cases"]]
+    # A rerun finds the fold finished and does nothing; another storage is another model.
+    mtime = checkpoint(model).stat().st_mtime_ns
+    assert main(arguments) == 0 and checkpoint(model).stat().st_mtime_ns == mtime
+    assert main([*arguments[:-5], "--preprocessed", "x10", "--quiet"]) == 2
     print(f"\nnnU-Net from stores: train {trained:.0f} s, predict "
           f"{time.perf_counter() - started:.0f} s")
 

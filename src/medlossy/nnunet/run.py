@@ -60,7 +60,8 @@ TRAINER = "MedlossyTrainer"
 PLANS_MODES = ("per-ratio", "x1")
 #: Settings compared when a rerun reuses a model folder.
 _IDENTITY = ("dataset_name", "configuration", "fold", "folds", "train_fraction", "epochs",
-             "iterations_per_epoch", "validation_iterations", "plans", "preprocessed")
+             "iterations_per_epoch", "validation_iterations", "plans",
+             "preprocessed_storage")
 
 
 def read_model(model_dir: str | os.PathLike[str]) -> dict:
@@ -229,11 +230,12 @@ def train_nnunet(dataset_folder: str | os.PathLike[str], out: str | os.PathLike[
              "test_cases": splits[fold]["val"],
              "labels": dataset.metadata.get("labels", {}), "status": "training"}
     if not storage.is_blosc2:  # absent for nnU-Net's own files, as in earlier model folders
-        model["preprocessed"] = storage.to_dict()
+        model["preprocessed_storage"] = storage.to_dict()
     previous = read_model(model_dir) if (model_dir / MODEL_FILE).exists() else None
     if previous is not None and any(previous.get(k) != model.get(k) for k in _IDENTITY):
         raise MedlossyError(model_dir, "holds an nnU-Net model of another dataset, "
-                                       "configuration, fold or budget; choose a new --out")
+                                       "configuration, fold, budget or preprocessed "
+                                       "storage; choose a new --out")
     if previous is not None and previous.get("status") == "trained" and \
             checkpoint(model_dir).exists():
         return model_dir
