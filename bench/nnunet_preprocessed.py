@@ -13,13 +13,16 @@ second through nnU-Net's ``nnUNetDataLoader`` (batch 2 of 64x160x160, a third fo
 oversampled, no augmentation: the data supply alone) in ``--workers`` processes of
 nnU-Net's ``NonDetMultiThreadedAugmenter``, each variant in a fresh process, with the load
 average before and after. Bytes: the image files only (the segmentation is nnU-Net's blosc2
-file in every variant) and the normalised values' error against nnU-Net's float32.
+file in every variant), on disk in whole file-system blocks, and files; the normalised
+values' largest error against nnU-Net's float32 and the stores' own PSNR (peak 4096 HU, the
+lowest of the cases).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -158,11 +161,19 @@ def _measured(folder: Path, kind: str, workers: int, seconds: float) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _image_bytes(folder: Path, kind: str) -> int:
+def _image_files(folder: Path, kind: str) -> list[Path]:
     if kind == "blosc2":
-        return sum(p.stat().st_size for p in folder.glob("*.b2nd")
-                   if not p.name.endswith("_seg.b2nd"))
-    return sum(_common.tree_bytes(p) for p in folder.glob("*.zarr"))
+        return [p for p in folder.glob("*.b2nd") if not p.name.endswith("_seg.b2nd")]
+    return [p for p in folder.glob("*.zarr/**/*") if p.is_file()]
+
+
+def _image_bytes(folder: Path, kind: str) -> int:
+    return sum(p.stat().st_size for p in _image_files(folder, kind))
+
+
+def _disk_bytes(folder: Path, kind: str) -> int:
+    """What the files take on the file system (whole blocks), as du counts."""
+    return sum(p.stat().st_blocks * 512 for p in _image_files(folder, kind))
 
 
 def _max_error(blosc2_folder: Path, folder: Path) -> float:
@@ -194,6 +205,7 @@ def main() -> None:
 
     from medlossy.nnunet.preprocessed import convert_folder
     from medlossy.nnunet.storage import parse_storage
+    from medlossy.store import SliceStore
 
     source = OUT / "nnUNetPlans_3d_fullres"
     plans = json.loads((OUT / "plans.json").read_text()) if (OUT / "plans.json").exists() \
@@ -213,15 +225,22 @@ def main() -> None:
             convert_folder(source, folder, plans, "3d_fullres", kind, workers=2)
             _common.progress(f"  {time.perf_counter() - started:.0f} s")
         variants.append((label, folder, "stores", _max_error(source, folder)))
+    psnr = {folder: min((SliceStore(store).attributes["achieved"]["psnr_db"] or math.inf
+                         for store in folder.glob("*.zarr")), default=None)
+            for _, folder, kind, _ in variants if kind == "stores"}
     for label, folder, kind, error in variants:
         _common.progress(f"measuring: {label}")
         run = _measured(folder, kind, arguments.workers, arguments.seconds)
-        stored = _image_bytes(folder, kind)
+        stored, disk = _image_bytes(folder, kind), _disk_bytes(folder, kind)
         entry = {"variant": label, "image_bytes": stored, "of_blosc2": stored / blosc2_bytes,
+                 "disk_bytes": disk, "files": len(_image_files(folder, kind)),
+                 "min_store_psnr_db": psnr.get(folder),
                  "bytes_per_voxel": stored / voxels, "max_abs_error_normalised": error, **run}
         document["variants"].append(entry)
         rows.append([label, f"{stored / 1e6:.1f}", f"{stored / blosc2_bytes:.3f}",
+                     f"{disk / 1e6:.1f}", str(entry["files"]),
                      f"{8 * stored / voxels:.2f}", "-" if error is None else f"{error:.3g}",
+                     "-" if kind == "blosc2" else f"{psnr[folder]:.1f}",
                      f"{run['patches_per_second']:.2f}", f"{run['mvox_per_second']:.1f}",
                      f"{run['mvox_per_cpu_second']:.1f}",
                      f"{run['load_before']:.1f} / {run['load_after']:.1f}"])
@@ -230,16 +249,16 @@ def main() -> None:
     for entry, row in zip(document["variants"], rows, strict=True):
         entry["of_blosc2_rate"] = entry["patches_per_second"] / blosc2_rate
         entry["of_blosc2_cpu_rate"] = entry["mvox_per_cpu_second"] / blosc2_cpu_rate
-        row.insert(6, f"{entry['of_blosc2_rate']:.2f}")
-        row.insert(9, f"{entry['of_blosc2_cpu_rate']:.2f}")
+        row.insert(9, f"{entry['of_blosc2_rate']:.2f}")
+        row.insert(12, f"{entry['of_blosc2_cpu_rate']:.2f}")
     markdown = "\n".join([
         f"### nnU-Net preprocessed data: blosc2 vs stores ({voxels / 1e6:.1f} Mvox in 2 "
         f"cases, patches {'x'.join(map(str, PATCH))}, batch 2, {arguments.workers} loader "
         "workers)", "",
-        _common.table(["variant", "image MB", "of blosc2", "bits/voxel",
-                       "max error (normalised)", "patches/s", "of blosc2 rate", "Mvox/s",
-                       "Mvox/CPU-s", "of blosc2 per CPU-s", "load 1 min before / after"],
-                      rows), "",
+        _common.table(["variant", "image MB", "of blosc2", "on disk MB", "files", "bits/voxel",
+                       "max error (normalised)", "store PSNR dB (min)", "patches/s",
+                       "of blosc2 rate", "Mvox/s", "Mvox/CPU-s", "of blosc2 per CPU-s",
+                       "load 1 min before / after"], rows), "",
         _common.machine_markdown(document["machine"])])
     _common.save("nnunet_preprocessed", document, markdown)
 
