@@ -108,8 +108,25 @@ def preprocess(folder: Path) -> dict:
     return plans
 
 
-def measure(folder: str, kind: str, workers: int, seconds: float) -> dict:
-    """Patches per second of nnU-Net's loader over ``folder`` (run in a fresh process)."""
+def _augmentation() -> tuple[tuple[int, ...], object]:
+    """nnU-Net's training pipeline for this patch (3D, rotation +-30 degrees, all mirror
+    axes): the larger patch its loader crops first, and its transforms."""
+    from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    rotation = (-30.0 / 360 * 2 * np.pi, 30.0 / 360 * 2 * np.pi)
+    initial = tuple(int(n) for n in get_patch_size(PATCH, rotation, rotation, rotation,
+                                                   (0.85, 1.25)))
+    transforms = nnUNetTrainer.get_training_transforms(
+        PATCH, rotation, None, (0, 1, 2), False, use_mask_for_norm=[False],
+        foreground_labels=[1, 2])
+    return initial, transforms
+
+
+def measure(folder: str, kind: str, workers: int, seconds: float,
+            augment: bool = False) -> dict:
+    """Patches per second of nnU-Net's loader over ``folder`` (run in a fresh process);
+    ``augment``: with nnU-Net's training transforms, as its trainer runs the loader."""
     from batchgenerators.dataloading.nondet_multi_threaded_augmenter import (
         NonDetMultiThreadedAugmenter,
     )
@@ -120,8 +137,9 @@ def measure(folder: str, kind: str, workers: int, seconds: float) -> dict:
     from medlossy.nnunet.preprocessed import MedlossyStoreDataset
 
     dataset = (nnUNetDatasetBlosc2 if kind == "blosc2" else MedlossyStoreDataset)(folder)
-    loader = nnUNetDataLoader(dataset, 2, PATCH, PATCH, LabelManager(LABELS, None),
-                              oversample_foreground_percent=0.33)
+    initial, transforms = _augmentation() if augment else (PATCH, None)
+    loader = nnUNetDataLoader(dataset, 2, initial, PATCH, LabelManager(LABELS, None),
+                              oversample_foreground_percent=0.33, transforms=transforms)
     supply = loader if workers == 0 else NonDetMultiThreadedAugmenter(
         loader, None, workers, max(6, workers // 2), None, False, 0.002)
     for _ in range(2):
@@ -154,9 +172,10 @@ def _cpu_seconds(children: list[int]) -> float:
     return total
 
 
-def _measured(folder: Path, kind: str, workers: int, seconds: float) -> dict:
+def _measured(folder: Path, kind: str, workers: int, seconds: float, augment: bool) -> dict:
     result = subprocess.run([sys.executable, __file__, "--measure", str(folder), kind,
-                             "--workers", str(workers), "--seconds", str(seconds)],
+                             "--workers", str(workers), "--seconds", str(seconds),
+                             *(["--augment"] if augment else [])],
                             capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -195,10 +214,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--augment", action="store_true",
+                        help="with nnU-Net's training transforms (results: "
+                             "nnunet_preprocessed_augment)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="VARIANT",
+                        help="these store variants only, e.g. 'HTJ2K x20'")
     parser.add_argument("--measure", nargs=2, metavar=("FOLDER", "KIND"))
     arguments = parser.parse_args()
     if arguments.measure:
-        print(json.dumps(measure(*arguments.measure, arguments.workers, arguments.seconds)))
+        print(json.dumps(measure(*arguments.measure, arguments.workers, arguments.seconds,
+                                 arguments.augment)))
         return
 
     import blosc2
@@ -211,12 +236,15 @@ def main() -> None:
     plans = json.loads((OUT / "plans.json").read_text()) if (OUT / "plans.json").exists() \
         else preprocess(source)
     rows, document = [], {"machine": _common.machine(), "patch": PATCH, "batch": 2,
-                          "workers": arguments.workers, "variants": []}
+                          "workers": arguments.workers, "augment": arguments.augment,
+                          "variants": []}
     voxels = sum(int(np.prod(blosc2.open(str(p), mode="r").shape))
                  for p in source.glob("*.b2nd") if not p.name.endswith("_seg.b2nd"))
     blosc2_bytes = _image_bytes(source, "blosc2")
     variants = [("nnU-Net blosc2 float32", source, "blosc2", None)]
     for label, storage, codec, tile in VARIANTS:
+        if arguments.only and label not in arguments.only:
+            continue
         kind = parse_storage(storage, codec, tile)
         folder = OUT / kind.folder(source.name)
         if not folder.exists():
@@ -230,7 +258,8 @@ def main() -> None:
             for _, folder, kind, _ in variants if kind == "stores"}
     for label, folder, kind, error in variants:
         _common.progress(f"measuring: {label}")
-        run = _measured(folder, kind, arguments.workers, arguments.seconds)
+        run = _measured(folder, kind, arguments.workers, arguments.seconds,
+                        arguments.augment)
         stored, disk = _image_bytes(folder, kind), _disk_bytes(folder, kind)
         entry = {"variant": label, "image_bytes": stored, "of_blosc2": stored / blosc2_bytes,
                  "disk_bytes": disk, "files": len(_image_files(folder, kind)),
@@ -254,13 +283,14 @@ def main() -> None:
     markdown = "\n".join([
         f"### nnU-Net preprocessed data: blosc2 vs stores ({voxels / 1e6:.1f} Mvox in 2 "
         f"cases, patches {'x'.join(map(str, PATCH))}, batch 2, {arguments.workers} loader "
-        "workers)", "",
+        f"workers{', nnU-Net augmentation' if arguments.augment else ''})", "",
         _common.table(["variant", "image MB", "of blosc2", "on disk MB", "files", "bits/voxel",
                        "max error (normalised)", "store PSNR dB (min)", "patches/s",
                        "of blosc2 rate", "Mvox/s", "Mvox/CPU-s", "of blosc2 per CPU-s",
                        "load 1 min before / after"], rows), "",
         _common.machine_markdown(document["machine"])])
-    _common.save("nnunet_preprocessed", document, markdown)
+    _common.save("nnunet_preprocessed" + ("_augment" if arguments.augment else ""), document,
+                 markdown)
 
 
 if __name__ == "__main__":
