@@ -3,7 +3,11 @@
 Options (``[training]`` of a study config): ``configuration`` ("3d_lowres", the paper's;
 "3d_fullres" where nnU-Net plans no lowres), ``plans`` ("per-ratio", the paper's, or "x1"),
 ``validation_iterations`` (nnU-Net's 50), ``test_time_mirroring`` (nnU-Net's true),
-``tile_step_size`` (0.5), ``device``.
+``tile_step_size`` (0.5), ``device``, ``preprocessed`` (how nnU-Net's preprocessed training
+images are kept: "blosc2", nnU-Net's float32, the default; "lossless" or "xR", 16-bit medlossy
+stores read by nnU-Net's own loader), ``preprocessed_codec`` ("htj2k" or "jpeg2k"),
+``preprocessed_tile`` (128; 0 = whole slices). The three enter the unit key only when
+``preprocessed`` is not "blosc2", so units trained before keep their folders.
 """
 
 from __future__ import annotations
@@ -22,12 +26,17 @@ from medlossy.backends.base import (
 )
 from medlossy.errors import MedlossyError
 from medlossy.nnunet import run
+from medlossy.nnunet.storage import BLOSC2, DEFAULT_CODEC, DEFAULT_TILE, parse_storage
 
 OPTIONS = ("configuration", "plans", "validation_iterations", "test_time_mirroring",
-           "tile_step_size", "device")
+           "tile_step_size", "device", "preprocessed", "preprocessed_codec",
+           "preprocessed_tile")
 DEFAULTS: dict[str, Any] = {"configuration": "3d_lowres", "plans": "per-ratio",
                             "validation_iterations": 50, "test_time_mirroring": True,
-                            "tile_step_size": 0.5, "device": "auto"}
+                            "tile_step_size": 0.5, "device": "auto",
+                            "preprocessed": BLOSC2, "preprocessed_codec": DEFAULT_CODEC,
+                            "preprocessed_tile": DEFAULT_TILE}
+_STORAGE_OPTIONS = ("preprocessed", "preprocessed_codec", "preprocessed_tile")
 #: nnU-Net plans the patch from the data; before planning, dry runs assume its usual
 #: abdominal-CT size: batch 2 of 128^3 voxels.
 ASSUMED_VOXELS_PER_ITERATION = 2 * 128 ** 3
@@ -52,6 +61,8 @@ class NnunetBackend(TrainingBackend):
             raise ValueError("epochs, iterations and validation iterations must be >= 1")
         if not 0 < float(options["tile_step_size"]) <= 1:
             raise ValueError("tile_step_size must be in (0, 1]")
+        parse_storage(options["preprocessed"], options["preprocessed_codec"],
+                      options["preprocessed_tile"])
         return options
 
     def recipe(self, request: TrainRequest) -> dict[str, Any]:
@@ -59,6 +70,8 @@ class NnunetBackend(TrainingBackend):
             raise ValueError("mixed-ratio models are trained by the built-in backend only "
                              "(nnU-Net preprocesses one dataset per model)")
         options = self.options(request)
+        if options["preprocessed"] == BLOSC2:  # nnU-Net's own files: the key units had before
+            options = {k: v for k, v in options.items() if k not in _STORAGE_OPTIONS}
         recipe = {"backend": self.name, "trainer": run.TRAINER, "fold": request.fold,
                   "folds": request.folds, "seed": request.seed,
                   "train_fraction": request.train_fraction, "epochs": request.epochs,
@@ -79,7 +92,9 @@ class NnunetBackend(TrainingBackend):
             reference=request.reference_dataset,
             test_time_mirroring=bool(options["test_time_mirroring"]),
             tile_step_size=float(options["tile_step_size"]), cache=cache,
-            device=options["device"], quiet=not show_progress)
+            device=options["device"], preprocessed=options["preprocessed"],
+            preprocessed_codec=options["preprocessed_codec"],
+            preprocessed_tile=int(options["preprocessed_tile"]), quiet=not show_progress)
 
     def predict(self, model: Path, dataset: Path, out: Path, *, cases: str = "test",
                 device: str = "auto", show_progress: bool = False) -> Path:

@@ -728,7 +728,10 @@ def _train_options(arguments: argparse.Namespace) -> dict:
                if arguments.patch_size else None,
                "augment": False if arguments.no_augment else None,
                "configuration": arguments.configuration, "plans": arguments.plans,
-               "validation_iterations": arguments.validation_iterations}
+               "validation_iterations": arguments.validation_iterations,
+               "preprocessed": arguments.preprocessed,
+               "preprocessed_codec": arguments.preprocessed_codec,
+               "preprocessed_tile": arguments.preprocessed_tile}
     return {key: value for key, value in options.items() if value is not None}
 
 

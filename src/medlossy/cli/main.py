@@ -272,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the uncompressed dataset, for --plans x1")
     nnunet.add_argument("--validation-iterations", type=int, default=None,
                         help="nnU-Net's pseudo-validation batches per epoch (default: 50)")
+    nnunet.add_argument("--preprocessed", default=None, metavar="blosc2|lossless|xR",
+                        help="keep nnU-Net's preprocessed training images as its blosc2 "
+                             "float32 or as 16-bit stores, lossless or at ratio R, decoded by "
+                             "nnU-Net's loader (default: blosc2)")
+    nnunet.add_argument("--preprocessed-codec", choices=("htj2k", "jpeg2k"), default=None,
+                        help="codec of those stores (default: htj2k)")
+    nnunet.add_argument("--preprocessed-tile", type=int, default=None,
+                        help="their tile side, 0 = whole slices (default: 128)")
     train.add_argument("--quiet", action="store_true",
                        help="no progress bars or notes (results are still printed)")
     train.set_defaults(handler=commands.train)

@@ -9,7 +9,10 @@ A model folder (``out`` of :func:`train_nnunet`)::
 
 Planning and preprocessing live in ``PREP/<dataset>_<configuration>_<plans>``, where PREP is
 ``cache`` when given (the study shares it between the folds and budget arms of one ratio)
-or the model folder. Per-ratio planning is the default and the paper's: nnU-Net plans each
+or the model folder. ``preprocessed`` other than "blosc2" keeps the training cases as
+medlossy stores beside nnU-Net's folder (``medlossy.nnunet.preprocessed``), converted once
+per storage and shared like the preprocessing; the trainer reads them with nnU-Net's loader.
+Per-ratio planning is the default and the paper's: nnU-Net plans each
 ratio's dataset on its own, as anyone training nnU-Net on compressed data would. ``plans =
 "x1"`` is the control: the ratio's data are preprocessed with the plans made for the
 uncompressed dataset, so only the pixels differ between ratios.
@@ -27,6 +30,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +45,13 @@ from medlossy.jsonfile import write_json
 from medlossy.locks import unit_lock
 from medlossy.nnunet import commands
 from medlossy.nnunet.commands import NnunetFolders
+from medlossy.nnunet.storage import (
+    BLOSC2,
+    DEFAULT_CODEC,
+    DEFAULT_TILE,
+    PreprocessedStorage,
+    parse_storage,
+)
 from medlossy.outputs import check_only
 from medlossy.train.splits import kfold_splits, training_subset
 
@@ -49,7 +60,8 @@ TRAINER = "MedlossyTrainer"
 PLANS_MODES = ("per-ratio", "x1")
 #: Settings compared when a rerun reuses a model folder.
 _IDENTITY = ("dataset_name", "configuration", "fold", "folds", "train_fraction", "epochs",
-             "iterations_per_epoch", "validation_iterations", "plans")
+             "iterations_per_epoch", "validation_iterations", "plans",
+             "preprocessed_storage")
 
 
 def read_model(model_dir: str | os.PathLike[str]) -> dict:
@@ -121,6 +133,9 @@ def prepare(dataset: RawDataset, configuration: str, plans: str, prep_root: Path
     with unit_lock(shared.with_name(shared.name + ".lock")):
         if done.exists() and json.loads(done.read_text()) == stamp:
             return folders
+        for stale in (folders.preprocessed / name).glob("*_medlossy_*"):
+            # stores (and their markers) of the preprocessing being redone
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         folders.create()
         folders.link_dataset(dataset.root)
         if plans == "x1" and reference is not None and reference.root != dataset.root:
@@ -138,6 +153,22 @@ def prepare(dataset: RawDataset, configuration: str, plans: str, prep_root: Path
     return folders
 
 
+def store_preprocessed(prepared: NnunetFolders, name: str, configuration: str,
+                       storage: PreprocessedStorage, *, quiet: bool = False) -> str:
+    """Convert the prepared dataset's preprocessed cases into stores once (locked like the
+    preprocessing); returns their folder's name under the dataset's preprocessed folder."""
+    plans = json.loads(prepared.plans(name).read_text())
+    folder = storage.folder(plans["configurations"][configuration]["data_identifier"])
+    with unit_lock(prepared.root.with_name(prepared.root.name + ".lock")):
+        # the JSON the conversion writes beside the folder last (``preprocessed.marker_file``)
+        if not (prepared.preprocessed / name / f"{folder}.json").is_file():
+            commands.worker(["convert", name, configuration, storage.name, "--codec",
+                             storage.codec, "--tile", str(storage.tile), "--workers",
+                             str(max(1, min(8, os.cpu_count() or 1)))], prepared,
+                            "convert.log", quiet=quiet)
+    return folder
+
+
 def train_nnunet(dataset_folder: str | os.PathLike[str], out: str | os.PathLike[str], *,
                  configuration: str = "3d_lowres", fold: int = 0, folds: int = 3,
                  epochs: int = 300, iterations_per_epoch: int = 250,
@@ -145,7 +176,9 @@ def train_nnunet(dataset_folder: str | os.PathLike[str], out: str | os.PathLike[
                  plans: str = "per-ratio", reference: str | os.PathLike[str] | None = None,
                  test_time_mirroring: bool = True, tile_step_size: float = 0.5,
                  cache: str | os.PathLike[str] | None = None, device: str = "auto",
-                 processes: int | None = None, quiet: bool = False) -> Path:
+                 processes: int | None = None, preprocessed: str = BLOSC2,
+                 preprocessed_codec: str = DEFAULT_CODEC, preprocessed_tile: int = DEFAULT_TILE,
+                 quiet: bool = False) -> Path:
     """Plan, preprocess and train one fold of the study's split with ``MedlossyTrainer``.
 
     Args:
@@ -164,6 +197,10 @@ def train_nnunet(dataset_folder: str | os.PathLike[str], out: str | os.PathLike[
         cache: folder for preprocessing that units of one study share (default: ``out``).
         device: "auto" (CUDA when present), "cpu" or "cuda".
         processes: preprocessing processes (default: the cores, at most 8).
+        preprocessed: how the preprocessed training images are kept: "blosc2" (nnU-Net's
+            float32), "lossless" or "xR" (16-bit medlossy stores, see
+            ``medlossy.nnunet.preprocessed``), with ``preprocessed_codec`` ("htj2k" or
+            "jpeg2k") in tiles of ``preprocessed_tile`` (0: whole slices).
         quiet: keep nnU-Net's output in the logs only.
     """
     commands.require_nnunet()
@@ -174,6 +211,10 @@ def train_nnunet(dataset_folder: str | os.PathLike[str], out: str | os.PathLike[
                                   f"split), got {fold}")
     if not 0 < train_fraction <= 1:
         raise MedlossyError(None, f"train fraction must be in (0, 1], got {train_fraction}")
+    try:
+        storage = parse_storage(preprocessed, preprocessed_codec, preprocessed_tile)
+    except ValueError as error:
+        raise MedlossyError(None, str(error)) from None
     dataset = open_raw_dataset(dataset_folder)
     identifier, name = commands.dataset_id(dataset.root)
     splits = study_splits(dataset, folds, train_fraction)
@@ -188,10 +229,13 @@ def train_nnunet(dataset_folder: str | os.PathLike[str], out: str | os.PathLike[
              "tile_step_size": tile_step_size, "train_cases": splits[fold]["train"],
              "test_cases": splits[fold]["val"],
              "labels": dataset.metadata.get("labels", {}), "status": "training"}
+    if not storage.is_blosc2:  # absent for nnU-Net's own files, as in earlier model folders
+        model["preprocessed_storage"] = storage.to_dict()
     previous = read_model(model_dir) if (model_dir / MODEL_FILE).exists() else None
-    if previous is not None and any(previous.get(k) != model[k] for k in _IDENTITY):
+    if previous is not None and any(previous.get(k) != model.get(k) for k in _IDENTITY):
         raise MedlossyError(model_dir, "holds an nnU-Net model of another dataset, "
-                                       "configuration, fold or budget; choose a new --out")
+                                       "configuration, fold, budget or preprocessed "
+                                       "storage; choose a new --out")
     if previous is not None and previous.get("status") == "trained" and \
             checkpoint(model_dir).exists():
         return model_dir
@@ -204,11 +248,14 @@ def train_nnunet(dataset_folder: str | os.PathLike[str], out: str | os.PathLike[
     prepared = prepare(dataset, configuration, plans,
                        Path(cache) if cache is not None else model_dir / "nnunet",
                        reference=reference_dataset, processes=processes, quiet=quiet)
+    stores = [] if storage.is_blosc2 else [
+        "--preprocessed-folder", store_preprocessed(prepared, name, configuration, storage,
+                                                    quiet=quiet)]
     training = NnunetFolders(folders.root, shared=prepared.root)
     commands.worker(["train", name, configuration, str(fold), "--epochs", str(epochs),
                      "--iterations", str(iterations_per_epoch), "--validation-iterations",
                      str(validation_iterations), "--splits", str(splits_file.resolve()),
-                     "--device", commands.resolve_device(device)],
+                     "--device", commands.resolve_device(device), *stores],
                     training, f"train_{configuration}_fold{fold}.log", quiet=quiet)
     final = checkpoint(model_dir)
     if not final.exists():

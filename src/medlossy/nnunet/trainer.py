@@ -6,7 +6,9 @@ Dice + cross-entropy with deep supervision, a third of patches oversampled on fo
 pins those values (so a new nnU-Net default cannot change the study silently) and changes
 only what the study configures: epochs x iterations per epoch, validation iterations, the
 study's own split (a ``splits_final.json`` of the unit, so every backend tests on the same
-cases), and a checkpoint every epoch written atomically (a killed unit resumes).
+cases), and a checkpoint every epoch written atomically (a killed unit resumes). With
+``preprocessed_folder`` it trains from nnU-Net's preprocessed cases kept as medlossy stores
+(``medlossy.nnunet.preprocessed``) instead of nnU-Net's blosc2 files.
 
 nnU-Net saves the constructor's arguments in every checkpoint, so the constructor keeps
 nnU-Net's signature; the budget is set with :meth:`MedlossyTrainer.configure` before
@@ -34,8 +36,10 @@ class MedlossyTrainer(nnUNetTrainer):
     """nnUNetTrainer with the study's budget, split and atomic per-epoch checkpoints."""
 
     def configure(self, *, epochs: int, iterations_per_epoch: int, validation_iterations: int,
-                  splits_file: str | os.PathLike[str]) -> None:
-        """The study's budget and split; call before ``initialize``."""
+                  splits_file: str | os.PathLike[str],
+                  preprocessed_folder: str | None = None) -> None:
+        """The study's budget and split; call before ``initialize``. ``preprocessed_folder``:
+        a folder of stores beside nnU-Net's preprocessed one (None: nnU-Net's blosc2)."""
         self.num_epochs = int(epochs)
         self.num_iterations_per_epoch = int(iterations_per_epoch)
         self.num_val_iterations_per_epoch = int(validation_iterations)
@@ -44,6 +48,21 @@ class MedlossyTrainer(nnUNetTrainer):
         self.enable_deep_supervision = True
         self.save_every = 1
         self.splits_file = Path(splits_file)
+        self.medlossy_folder = preprocessed_folder
+        if preprocessed_folder is not None:
+            self.preprocessed_dataset_folder = os.path.join(
+                self.preprocessed_dataset_folder_base, preprocessed_folder)
+
+    def initialize(self) -> None:
+        """nnU-Net's, then the dataset class of the stores where the cases are stores
+        (nnU-Net infers its class from the folder's file endings)."""
+        super().initialize()
+        if getattr(self, "medlossy_folder", None) is not None:
+            from medlossy.nnunet.preprocessed import MedlossyStoreDataset
+
+            self.dataset_class = MedlossyStoreDataset
+            self.print_to_log_file(f"medlossy: training cases read by MedlossyStoreDataset "
+                                   f"from {self.preprocessed_dataset_folder}")
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr,

@@ -2,6 +2,7 @@
 
     python -m medlossy.nnunet.worker train DATASET CONFIG FOLD --epochs E --iterations I ...
     python -m medlossy.nnunet.worker predict MODEL_FOLDER FOLD INPUT OUTPUT ...
+    python -m medlossy.nnunet.worker convert DATASET CONFIG lossless|xR --codec htj2k ...
 
 nnU-Net's own ``nnUNetv2_train`` / ``nnUNetv2_predict`` find a trainer class by importing
 every module of nnU-Net's trainer package, some of which need timm and torchvision (absent
@@ -60,7 +61,8 @@ def train(arguments: argparse.Namespace) -> None:
                               device=_device(arguments.device))
     trainer.configure(epochs=arguments.epochs, iterations_per_epoch=arguments.iterations,
                       validation_iterations=arguments.validation_iterations,
-                      splits_file=arguments.splits)
+                      splits_file=arguments.splits,
+                      preprocessed_folder=arguments.preprocessed_folder)
     folder = Path(trainer.output_folder)
     latest = folder / "checkpoint_latest.pth"
     if latest.exists():
@@ -78,7 +80,25 @@ def train(arguments: argparse.Namespace) -> None:
         "patch_size": list(trainer.configuration_manager.patch_size),
         "batch_size": trainer.configuration_manager.batch_size,
         "peak_gpu_memory_gb": _peak_memory(trainer.device),
+        "preprocessed_folder": arguments.preprocessed_folder,
         "device": str(trainer.device), "torch": torch.__version__}, indent=2) + "\n")
+
+
+def convert(arguments: argparse.Namespace) -> None:
+    """nnU-Net's preprocessed folder of one configuration -> stores (see ``preprocessed``)."""
+    from medlossy.nnunet.preprocessed import convert_folder
+    from medlossy.nnunet.storage import parse_storage
+
+    base = Path(os.environ["nnUNet_preprocessed"]) / arguments.dataset  # noqa: SIM112
+    plans = json.loads((base / f"{arguments.plans}.json").read_text())
+    storage = parse_storage(arguments.storage, arguments.codec, arguments.tile)
+    source = plans["configurations"][arguments.configuration]["data_identifier"]
+    started = time.perf_counter()
+    marker = convert_folder(base / source, base / storage.folder(source), plans,
+                            arguments.configuration, storage, workers=arguments.workers)
+    print(f"medlossy: {marker['cases']} cases as {storage.name} {storage.codec} stores in "
+          f"{time.perf_counter() - started:.1f} s: {marker['image_bytes']} bytes of images "
+          f"(blosc2: {marker['blosc2_image_bytes']})")
 
 
 def predict(arguments: argparse.Namespace) -> None:
@@ -130,7 +150,19 @@ def main(argv: list[str] | None = None) -> int:
     training.add_argument("--validation-iterations", type=int, default=50)
     training.add_argument("--splits", required=True, help="splits_final.json of the unit")
     training.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    training.add_argument("--preprocessed-folder", default=None,
+                          help="folder of stores under the dataset's preprocessed folder "
+                               "(default: nnU-Net's blosc2 files)")
     training.set_defaults(handler=train)
+    conversion = sub.add_parser("convert")
+    conversion.add_argument("dataset", help="DatasetXXX_Name under nnUNet_preprocessed")
+    conversion.add_argument("configuration")
+    conversion.add_argument("storage", help="lossless or xR")
+    conversion.add_argument("--codec", default="htj2k")
+    conversion.add_argument("--tile", type=int, default=128)
+    conversion.add_argument("--plans", default="nnUNetPlans")
+    conversion.add_argument("--workers", type=int, default=1)
+    conversion.set_defaults(handler=convert)
     prediction = sub.add_parser("predict")
     prediction.add_argument("model", help="results/DatasetXXX/TRAINER__PLANS__CONFIG")
     prediction.add_argument("fold", type=int)
