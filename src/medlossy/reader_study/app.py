@@ -80,7 +80,7 @@ from medlossy.reader_study.viewer import VIEWER_CSS, VIEWER_JS
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 _PAIR = re.compile(r"^[0-9a-f]{32}$")
 _FILES = {".png": "img", ".bin": "stack"}
-_PARTS = {str(part): part for part in PARTS}  # ``?part=`` of a stack
+_PARTS = {f"part={part}": part for part in PARTS}  # a stack's query, exactly
 _POSITION = re.compile(r"^[0-9]{1,9}$")  # ASCII digits: str.isdigit() also accepts "²"
 _FIELDS = {"pair", "answer", "position", "form_token", "elapsed_ms"}
 _REQUIRED = _FIELDS - {"elapsed_ms"}  # pages served before the field existed lack it
@@ -315,12 +315,13 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
                                          design=design, flicker_ms=flicker_ms))
 
     async def pair_file(resolve: Callable[[], _Visit], name: str, suffix: str,
-                        part: str | None = None) -> Response:
+                        query: str) -> Response:
         """A pair's composite PNG, its stack or a part of the stack (``?part=1``: the header
         and the pair's own slice, ``?part=2``: the rest): the file's bytes, nothing per file
         added."""
-        if part is not None and (suffix != ".bin" or part not in _PARTS):
+        if query and (suffix != ".bin" or query not in _PARTS):
             raise _Refused(404, "No such image.")
+        part = _PARTS.get(query)
 
         def work() -> bytes:
             resolve()
@@ -330,7 +331,7 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
                 raise _Refused(404, "No such image.")
             path = files[suffix][pair_id]
             try:
-                return path.read_bytes() if part is None else read_part(path, _PARTS[part])
+                return path.read_bytes() if part is None else read_part(path, part)
             except FileNotFoundError:
                 raise _Refused(404, "No such image.") from None
         media_type = "image/png" if suffix == ".png" else "application/octet-stream"
@@ -398,14 +399,12 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
         return await show(by_cookie(request), position)
 
     @app.get("/r/{token}/{kind}/{name}")
-    async def file_by_link(token: str, kind: str, name: str, part: str | None = None
-                           ) -> Response:
-        return await pair_file(by_link(token), name, _suffix(kind), part)
+    async def file_by_link(token: str, kind: str, name: str, request: Request) -> Response:
+        return await pair_file(by_link(token), name, _suffix(kind), request.url.query)
 
     @app.get("/s/{kind}/{name}")
-    async def file_by_cookie(kind: str, name: str, request: Request, part: str | None = None
-                             ) -> Response:
-        return await pair_file(by_cookie(request), name, _suffix(kind), part)
+    async def file_by_cookie(kind: str, name: str, request: Request) -> Response:
+        return await pair_file(by_cookie(request), name, _suffix(kind), request.url.query)
 
     @app.post("/r/{token}/answer")
     async def answer_by_link(token: str, request: Request) -> Response:
