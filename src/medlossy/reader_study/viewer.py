@@ -101,6 +101,7 @@ VIEWER_JS = r"""
     this.lens = null;
     this.windowMode = false;
     this.pending = null;
+    this.waiting = null;  // the first input not drawn yet: its slice had not arrived
     // Flicker design: one viewport showing side ``phase`` (0: the stack's left plane, shown
     // first), switched every ``flickerMs`` on the frame clock, the same time for both.
     this.flickerMs = Number(figure.dataset.flickerMs) || 0;
@@ -240,7 +241,11 @@ VIEWER_JS = r"""
     window.requestAnimationFrame(function () {
       var start = self.pending;
       self.pending = null;
-      if (!self.draw()) { return; }
+      if (!self.draw()) {
+        self.waiting = self.waiting === null ? start : Math.min(self.waiting, start);
+        return;
+      }
+      self.waiting = null;
       var now = performance.now();
       if (!self.shown) {  // navigation start to the first frame drawn
         self.shown = true;
@@ -287,12 +292,14 @@ VIEWER_JS = r"""
     return true;
   };
 
-  // More of the stack arrived: draw if the slice shown was waiting for it; the first frame
-  // drawn is the first view.
+  // More of the stack arrived: draw if the slice shown was waiting for it, timed from the
+  // input that asked for it; the first frame drawn is the first view.
   Viewer.prototype.arrived = function (received) {
     var waiting = !this.ready();
     this.stack.received = received;
-    if (waiting && this.ready()) { this.request(this.shown ? performance.now() : 0); }
+    if (waiting && this.ready()) {
+      this.request(!this.shown ? 0 : this.waiting === null ? performance.now() : this.waiting);
+    }
   };
 
   Viewer.prototype.drawLens = function (context, bitmap, scale) {
