@@ -7,6 +7,8 @@ response time, and each rater's order drawn from ``secrets``.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from pathlib import Path
 
@@ -176,6 +178,24 @@ def test_stacks_are_served_in_two_blind_parts_the_pairs_own_slice_first(client, 
         assert client.get(f"{stack}?{query}").status_code == 404, query
     assert client.get(f"/r/{rater.token}/img/{pair_id}.png?part=1").status_code == 404
     assert client.get(f"/r/{'A' * 43}/stack/{pair_id}.bin?part=1").status_code == 404
+
+
+def test_pages_name_their_assets_by_content_so_that_browsers_keep_them(client):
+    """The stylesheet and scripts are named by their content's hash and may be kept for
+    good; any other URL of them is not stored (issue 24, item 7). Before, every pair's page
+    fetched all three again (no-store) before its first view could be drawn."""
+    client, _, (rater, _), _ = client
+    page = client.get(f"/r/{rater.token}/p/1").text
+    assets = re.findall(r'(?:href|src)="(/static/[^"]+)"', page)
+    assert len(assets) == 3
+    for url in assets:
+        response = client.get(url)
+        assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+        assert "content-security-policy" in response.headers
+        name, version = url.removeprefix("/static/").split("?v=")
+        assert version == hashlib.sha256(response.content).hexdigest()[:16]
+        for other in ("", f"?v={'0' * 16}"):
+            assert client.get(f"/static/{name}{other}").headers["cache-control"] == "no-store"
 
 
 def test_a_study_without_stacks_shows_the_composite_image(study, tmp_path):

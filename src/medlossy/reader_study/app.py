@@ -44,6 +44,7 @@ memory); the time the page reports is kept when it is no longer than that (plus
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import io
 import re
@@ -106,6 +107,14 @@ _SECURITY_HEADERS = {
 }
 _RAW_HEADERS = tuple((name.lower().encode(), value.encode())
                      for name, value in _SECURITY_HEADERS.items())
+#: The page's stylesheet and scripts: (text, media type).
+_ASSETS = {"rater.css": (CSS + VIEWER_CSS, "text/css"), "rater.js": (JS, "text/javascript"),
+           "viewer.js": (VIEWER_JS, "text/javascript")}
+#: Pages name each asset with its content's hash (``?v=``): such a URL never changes what it
+#: serves, so browsers keep it instead of fetching it again before every pair's first view.
+_VERSIONS = {name: hashlib.sha256(text.encode()).hexdigest()[:16]
+             for name, (text, _) in _ASSETS.items()}
+_IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
 #: How a key is shown on its button (``KeyboardEvent.key`` names otherwise).
 _KEY_NAMES = {"ArrowLeft": "\u2190", "ArrowRight": "\u2192", "ArrowDown": "\u2193",
               " ": "Space"}
@@ -143,18 +152,22 @@ def public_base(public_url: str | None) -> tuple[str, str | None]:
     return origin + parts.path.rstrip("/"), origin
 
 
+def _asset(base: str, name: str) -> str:
+    return f"{base}/static/{name}?v={_VERSIONS[name]}"
+
+
 def _page(title: str, body: str, base: str, *, script: bool = False, preload: str = "") -> str:
     """A page; ``preload``: a URL the page's script will fetch, requested from the head so
     that its transfer starts while the rest of the page is still being parsed."""
     early = (f"<link rel=\"preload\" href=\"{preload}\" as=\"fetch\" crossorigin>"
              if preload else "")
-    tail = (f'<script src="{base}/static/rater.js"></script>'
-            f'<script src="{base}/static/viewer.js"></script>') if script else ""
+    tail = (f'<script src="{_asset(base, "rater.js")}"></script>'
+            f'<script src="{_asset(base, "viewer.js")}"></script>') if script else ""
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             "<meta name=\"referrer\" content=\"same-origin\">"
             f"<title>{html.escape(title)}</title>"
-            f"{early}<link rel=\"stylesheet\" href=\"{base}/static/rater.css\"></head>"
+            f"{early}<link rel=\"stylesheet\" href=\"{_asset(base, 'rater.css')}\"></head>"
             f"<body>{body}{tail}</body></html>")
 
 
@@ -252,14 +265,12 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
     app.add_middleware(_SecurityHeaders)
 
     @app.get("/static/{name}")
-    async def static(name: str) -> Response:
-        assets = {"rater.css": (CSS + VIEWER_CSS, "text/css"),
-                  "rater.js": (JS, "text/javascript"),
-                  "viewer.js": (VIEWER_JS, "text/javascript")}
-        if name not in assets:
+    async def static(name: str, request: Request) -> Response:
+        if name not in _ASSETS:
             raise _Refused(404, "Not here.")
-        text, media_type = assets[name]
-        return Response(text, media_type=media_type)
+        text, media_type = _ASSETS[name]
+        versioned = request.url.query == f"v={_VERSIONS[name]}"
+        return Response(text, media_type=media_type, headers=_IMMUTABLE if versioned else None)
 
     @app.get("/favicon.ico")
     async def favicon() -> Response:

@@ -298,6 +298,8 @@ VIEWER_JS = r"""
     var waiting = !this.ready();
     this.stack.received = received;
     if (waiting && this.ready()) {
+      // Window both sides now, while the frame is awaited, rather than in it.
+      this.bitmap(0); this.bitmap(1);
       this.request(!this.shown ? 0 : this.waiting === null ? performance.now() : this.waiting);
     }
   };
