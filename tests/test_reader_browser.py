@@ -290,6 +290,40 @@ def test_the_viewer_windows_zooms_and_scrolls_both_sides_in_step(browser, study,
               f"{max(renders):.1f} ms ({len(renders)})", file=sys.stderr)
 
 
+def test_the_first_view_waits_for_the_pairs_own_slice_only(browser, study, tmp_path):
+    """The page asks for its stack's part 1 (the header and the pair's own slice) once,
+    preloaded from its head, for part 2 (the other slices) only once the first view is
+    drawn, and never for the composite PNG; scrolling then reaches the other slices
+    (issue 24, item 7). Before, the page fetched the composite beside the whole stack, from
+    its last script, and the first view waited for nearly all of it."""
+    database, (rater, _), _ = new_database(study, tmp_path)
+    with running_server(study, database) as base:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(f"{base}/r/{rater.token}/p/3")
+        page.wait_for_selector("#viewer[data-slice]")
+        _wait_until(page, "performance.getEntriesByType('resource')"
+                          ".some(entry => entry.name.endsWith('?part=2'))")
+        parts = page.evaluate(
+            "() => performance.getEntriesByType('resource')"
+            ".filter(entry => entry.name.includes('/stack/'))"
+            ".map(entry => [entry.name.split('?')[1], entry.startTime, entry.responseEnd])")
+        (first_view,) = _measures(page, "medlossy-first-view")
+        assert [part for part, _, _ in parts] == ["part=1", "part=2"]
+        assert parts[0][2] <= first_view <= parts[1][1]  # part 2 asked for after the view
+        stacks = [url.split("/stack/")[1] for url in requested if "/stack/" in url]
+        assert [name.split("?")[1] for name in stacks] == ["part=1", "part=2"]
+        assert not [url for url in requested if "/img/" in url]
+        centre = int(_state(page)["slice"])
+        page.keyboard.press("PageDown" if centre == 0 else "PageUp")
+        assert _state(page)["slice"] != centre  # drawn from part 2
+        assert errors == []
+        page.close()
+
+
 def _pair_at(page, base: str, rater, position: int) -> str:
     page.goto(f"{base}/r/{rater.token}/p/{position}")
     return page.locator("input[name=pair]").get_attribute("value")

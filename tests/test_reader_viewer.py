@@ -7,6 +7,8 @@ response time, and each rater's order drawn from ``secrets``.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from medlossy.reader_study.pairs import (
     study_seed,
 )
 from medlossy.reader_study.stacks import (
+    HEADER,
     read_stack,
     sixteen_bit,
     stack_range,
@@ -131,6 +134,68 @@ def test_stacks_are_served_blind(client, study, monkeypatch):
                  "/r/{t}/stacks/{p}.bin", "/r/{t}/stack/..%2Fkey.json", "/r/{b}/stack/{p}.bin"):
         url = path.format(t=rater.token, b="A" * 43, f="0" * 32, p=pair_id)
         assert client.get(url).status_code == 404, url
+
+
+def test_stacks_are_served_in_two_blind_parts_the_pairs_own_slice_first(client, study,
+                                                                          monkeypatch):
+    """The page preloads part 1 of its stack (the header and the pair's own slice, both
+    sides) and has the 8-bit composite only for browsers without script; part 2 holds the
+    other slices. Parts of the same stack size have the same byte count and headers, and
+    serving them never reads the key (issue 24, items 6 and 7).
+
+    Before, the page fetched the whole 5.2 MB stack (512 x 512, five slices) and the
+    composite PNG, and the first view waited for all of it."""
+    def no_key(_):
+        raise AssertionError("a rater's request read the key")
+    monkeypatch.setattr(app_module, "load_key", no_key)
+    client, _, (rater, _), _ = client
+    headers, sizes = set(), {}
+    for position in range(1, 13):
+        page = client.get(f"/r/{rater.token}/p/{position}").text
+        pair_id = form_of(page)["pair"]
+        stack = f"/r/{rater.token}/stack/{pair_id}.bin"
+        head, body = page.split("</head>")
+        assert f'<link rel="preload" href="{stack}?part=1" as="fetch" crossorigin>' in head
+        image = f'<img id="pair" src="/r/{rater.token}/img/{pair_id}.png"'
+        assert f"<noscript>{image}" in body and body.count("<img") == 1
+        parts = [client.get(f"{stack}?part={part}") for part in (1, 2)]
+        header, codes = read_stack(study / "stacks" / f"{pair_id}.bin")
+        first = np.frombuffer(parts[0].content, dtype="<i2", offset=HEADER.size)
+        assert np.array_equal(first.reshape(2, header.rows, header.columns),
+                              codes[:, header.centre])
+        assert parts[0].content + parts[1].content == \
+            (study / "stacks" / f"{pair_id}.bin").read_bytes()
+        for number, response in enumerate(parts, 1):
+            assert response.status_code == 200
+            assert "content-encoding" not in response.headers
+            headers.add(tuple(sorted((k, v) for k, v in response.headers.items()
+                                     if k != "content-length")))
+            sizes.setdefault((number, header.slices, header.rows, header.columns),
+                             set()).add(len(response.content))
+    assert len(headers) == 1
+    assert all(len(found) == 1 for found in sizes.values())
+    for query in ("part=0", "part=3", "part=01", "part=1&part=2", "part=", "x=1"):
+        assert client.get(f"{stack}?{query}").status_code == 404, query
+    assert client.get(f"/r/{rater.token}/img/{pair_id}.png?part=1").status_code == 404
+    assert client.get(f"/r/{'A' * 43}/stack/{pair_id}.bin?part=1").status_code == 404
+
+
+def test_pages_name_their_assets_by_content_so_that_browsers_keep_them(client):
+    """The stylesheet and scripts are named by their content's hash and may be kept for
+    good; any other URL of them is not stored (issue 24, item 7). Before, every pair's page
+    fetched all three again (no-store) before its first view could be drawn."""
+    client, _, (rater, _), _ = client
+    page = client.get(f"/r/{rater.token}/p/1").text
+    assets = re.findall(r'(?:href|src)="(/static/[^"]+)"', page)
+    assert len(assets) == 3
+    for url in assets:
+        response = client.get(url)
+        assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+        assert "content-security-policy" in response.headers
+        name, version = url.removeprefix("/static/").split("?v=")
+        assert version == hashlib.sha256(response.content).hexdigest()[:16]
+        for other in ("", f"?v={'0' * 16}"):
+            assert client.get(f"/static/{name}{other}").headers["cache-control"] == "no-store"
 
 
 def test_a_study_without_stacks_shows_the_composite_image(study, tmp_path):

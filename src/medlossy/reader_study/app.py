@@ -8,7 +8,9 @@ links, or ``/s`` with a session cookie, see below):
 - ``GET R/img/PAIR.png``: the pair's composite image (left | right), pre-windowed: what a
   browser without script shows.
 - ``GET R/stack/PAIR.bin``: the pair's stack of 16-bit values, both sides (``stacks``),
-  which the page's viewer windows, zooms and scrolls itself (``assets``).
+  which the page's viewer windows, zooms and scrolls itself (``viewer``); with ``?part=1``
+  only its header and the pair's own slice (preloaded by the page's head: the first view),
+  with ``?part=2`` the other slices (fetched once the first view is drawn).
 - ``POST R/answer``: ``pair``, ``answer`` (one of the study design's: ``designs``),
   ``position``, the page's ``form_token`` (cross-site request forgery guard) and
   ``elapsed_ms`` (the time from the first view to the answer, measured by the page; may be
@@ -42,6 +44,7 @@ memory); the time the page reports is kept when it is no longer than that (plus
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import io
 import re
@@ -72,11 +75,13 @@ from medlossy.reader_study.db import (
 )
 from medlossy.reader_study.designs import Choice, Design, get_design
 from medlossy.reader_study.pairs import load_key, load_pairs, study_design
+from medlossy.reader_study.stacks import PARTS, read_part
 from medlossy.reader_study.viewer import VIEWER_CSS, VIEWER_JS
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 _PAIR = re.compile(r"^[0-9a-f]{32}$")
 _FILES = {".png": "img", ".bin": "stack"}
+_PARTS = {f"part={part}": part for part in PARTS}  # a stack's query, exactly
 _POSITION = re.compile(r"^[0-9]{1,9}$")  # ASCII digits: str.isdigit() also accepts "²"
 _FIELDS = {"pair", "answer", "position", "form_token", "elapsed_ms"}
 _REQUIRED = _FIELDS - {"elapsed_ms"}  # pages served before the field existed lack it
@@ -102,6 +107,14 @@ _SECURITY_HEADERS = {
 }
 _RAW_HEADERS = tuple((name.lower().encode(), value.encode())
                      for name, value in _SECURITY_HEADERS.items())
+#: The page's stylesheet and scripts: (text, media type).
+_ASSETS = {"rater.css": (CSS + VIEWER_CSS, "text/css"), "rater.js": (JS, "text/javascript"),
+           "viewer.js": (VIEWER_JS, "text/javascript")}
+#: Pages name each asset with its content's hash (``?v=``): such a URL never changes what it
+#: serves, so browsers keep it instead of fetching it again before every pair's first view.
+_VERSIONS = {name: hashlib.sha256(text.encode()).hexdigest()[:16]
+             for name, (text, _) in _ASSETS.items()}
+_IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
 #: How a key is shown on its button (``KeyboardEvent.key`` names otherwise).
 _KEY_NAMES = {"ArrowLeft": "\u2190", "ArrowRight": "\u2192", "ArrowDown": "\u2193",
               " ": "Space"}
@@ -139,14 +152,22 @@ def public_base(public_url: str | None) -> tuple[str, str | None]:
     return origin + parts.path.rstrip("/"), origin
 
 
-def _page(title: str, body: str, base: str, *, script: bool = False) -> str:
-    tail = (f'<script src="{base}/static/rater.js"></script>'
-            f'<script src="{base}/static/viewer.js"></script>') if script else ""
+def _asset(base: str, name: str) -> str:
+    return f"{base}/static/{name}?v={_VERSIONS[name]}"
+
+
+def _page(title: str, body: str, base: str, *, script: bool = False, preload: str = "") -> str:
+    """A page; ``preload``: a URL the page's script will fetch, requested from the head so
+    that its transfer starts while the rest of the page is still being parsed."""
+    early = (f"<link rel=\"preload\" href=\"{preload}\" as=\"fetch\" crossorigin>"
+             if preload else "")
+    tail = (f'<script src="{_asset(base, "rater.js")}"></script>'
+            f'<script src="{_asset(base, "viewer.js")}"></script>') if script else ""
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             "<meta name=\"referrer\" content=\"same-origin\">"
             f"<title>{html.escape(title)}</title>"
-            f"<link rel=\"stylesheet\" href=\"{base}/static/rater.css\"></head>"
+            f"{early}<link rel=\"stylesheet\" href=\"{_asset(base, 'rater.css')}\"></head>"
             f"<body>{body}{tail}</body></html>")
 
 
@@ -244,14 +265,12 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
     app.add_middleware(_SecurityHeaders)
 
     @app.get("/static/{name}")
-    async def static(name: str) -> Response:
-        assets = {"rater.css": (CSS + VIEWER_CSS, "text/css"),
-                  "rater.js": (JS, "text/javascript"),
-                  "viewer.js": (VIEWER_JS, "text/javascript")}
-        if name not in assets:
+    async def static(name: str, request: Request) -> Response:
+        if name not in _ASSETS:
             raise _Refused(404, "Not here.")
-        text, media_type = assets[name]
-        return Response(text, media_type=media_type)
+        text, media_type = _ASSETS[name]
+        versioned = request.url.query == f"v={_VERSIONS[name]}"
+        return Response(text, media_type=media_type, headers=_IMMUTABLE if versioned else None)
 
     @app.get("/favicon.ico")
     async def favicon() -> Response:
@@ -306,16 +325,24 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
                                          answers.get(pair_id), base, viewer=viewer,
                                          design=design, flicker_ms=flicker_ms))
 
-    async def pair_file(resolve: Callable[[], _Visit], name: str, suffix: str) -> Response:
-        """A pair's composite PNG or its stack: the file's bytes, nothing per file added."""
+    async def pair_file(resolve: Callable[[], _Visit], name: str, suffix: str,
+                        query: str) -> Response:
+        """A pair's composite PNG, its stack or a part of the stack (``?part=1``: the header
+        and the pair's own slice, ``?part=2``: the rest): the file's bytes, nothing per file
+        added."""
+        if query and (suffix != ".bin" or query not in _PARTS):
+            raise _Refused(404, "No such image.")
+        part = _PARTS.get(query)
+
         def work() -> bytes:
             resolve()
             pair_id = name.removesuffix(suffix)
             if not name.endswith(suffix) or not _PAIR.match(pair_id) or \
                     pair_id not in files[suffix]:
                 raise _Refused(404, "No such image.")
+            path = files[suffix][pair_id]
             try:
-                return files[suffix][pair_id].read_bytes()
+                return path.read_bytes() if part is None else read_part(path, part)
             except FileNotFoundError:
                 raise _Refused(404, "No such image.") from None
         media_type = "image/png" if suffix == ".png" else "application/octet-stream"
@@ -383,12 +410,12 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
         return await show(by_cookie(request), position)
 
     @app.get("/r/{token}/{kind}/{name}")
-    async def file_by_link(token: str, kind: str, name: str) -> Response:
-        return await pair_file(by_link(token), name, _suffix(kind))
+    async def file_by_link(token: str, kind: str, name: str, request: Request) -> Response:
+        return await pair_file(by_link(token), name, _suffix(kind), request.url.query)
 
     @app.get("/s/{kind}/{name}")
     async def file_by_cookie(kind: str, name: str, request: Request) -> Response:
-        return await pair_file(by_cookie(request), name, _suffix(kind))
+        return await pair_file(by_cookie(request), name, _suffix(kind), request.url.query)
 
     @app.post("/r/{token}/answer")
     async def answer_by_link(token: str, request: Request) -> Response:
@@ -546,26 +573,30 @@ def _rating_page(root: str, form: str, pair_id: str, number: int, total: int,
                 else "<span></span>")
     following = (f"<a href=\"{root}/p/{number + 1}\">next &rarr;</a>" if number < total
                  else "<span></span>")
-    stack = f" data-stack=\"{root}/stack/{pair_id}.bin\"" if viewer else ""
+    image = f"{root}/img/{pair_id}.png"
+    composite = (f"<img id=\"pair\" src=\"{image}\" alt=\"two versions of one CT or MR "
+                 "slice, side by side\">")
+    stack = f"{root}/stack/{pair_id}.bin" if viewer else ""
+    figure = f" data-stack=\"{stack}\" data-image=\"{image}\"" if viewer else ""
     if design.flicker:
-        stack += f" data-flicker-ms=\"{flicker_ms}\""
+        figure += f" data-flicker-ms=\"{flicker_ms}\""
         caption = ("<figcaption><span>the two images alternate in this view</span>"
                    "</figcaption><noscript><p>The flicker needs JavaScript: turn it on for "
                    "this page.</p></noscript>")
     else:
         caption = "<figcaption><span>left</span><span>right</span></figcaption>"
-    # Hidden by the viewer's script before the first layout, the composite is then mostly
-    # not fetched at all (lazy images are fetched when laid out visible).
-    lazy = " loading=\"lazy\"" if viewer else ""
+    # With the viewer the composite is for browsers without script only: inside <noscript>
+    # a scripted browser never fetches it (it took bandwidth and CPU from the stack), and
+    # the viewer's script shows it when the stack cannot be had.
+    if viewer:
+        composite = f"<noscript>{composite}</noscript>"
     body = (
         "<header><span class=\"title\">Reader study</span>"
         f"<span class=\"progress\" id=\"progress\">{number} / {total}</span>"
         f"<span class=\"answered\">{answered} answered</span></header>"
         f"<main class=\"rating\" data-design=\"{design.name}\">"
         f"<p class=\"question\">{html.escape(design.question)}</p>"
-        f"<figure id=\"figure\"{stack}><img id=\"pair\"{lazy} src=\"{root}/img/{pair_id}.png\" "
-        "alt=\"two versions of one CT or MR slice, side by side\">"
-        f"{caption}</figure>"
+        f"<figure id=\"figure\"{figure}>{composite}{caption}</figure>"
         f"<form method=\"post\" action=\"{root}/answer\" id=\"answer-form\">"
         f"<input type=\"hidden\" name=\"pair\" value=\"{pair_id}\">"
         f"<input type=\"hidden\" name=\"position\" value=\"{number}\">"
@@ -574,4 +605,5 @@ def _rating_page(root: str, form: str, pair_id: str, number: int, total: int,
         f"<div class=\"buttons\">{buttons}</div></form>"
         f"<nav>{previous}<span class=\"hint\">You can stop at any time: your link brings you "
         f"back where you left off.</span>{following}</nav></main>")
-    return _page(f"Reader study {number} / {total}", body, base, script=True)
+    return _page(f"Reader study {number} / {total}", body, base, script=True,
+                 preload=f"{stack}?part=1" if viewer else "")

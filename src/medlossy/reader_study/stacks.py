@@ -5,9 +5,10 @@ from both stores -> ``sixteen_bit`` picks one value <-> int16 mapping for the pa
 the original, so it never depends on which side is compressed more) -> ``write_stack``
 writes ``stacks/<id>.bin``: a fixed header, then one plane after another, (rows, columns)
 little-endian int16 in the radiological view, left then right for each slice, slices in
-``transfer_order`` (the pair's own first) -> the app serves the file as it is -> the
-page's script windows the values into a canvas, drawing the first view as soon as the
-pair's own slice has arrived.
+``transfer_order`` (the pair's own first) -> the app serves the file in two parts
+(``read_part``): part 1, the header and the pair's own slice (both sides), which the page
+preloads and draws as the first view; part 2, the other slices, fetched once that view is
+drawn -> the page's script windows the values into a canvas.
 
 The header (``HEADER``, 128 bytes) holds the magic, the stack's size, the index of the
 pair's own slice in it, the modality, the mapping (value = code * slope + intercept) and
@@ -133,6 +134,29 @@ def write_stack(path: Path, left: np.ndarray, right: np.ndarray, centre: int,
         for index in transfer_order(slices, centre):
             file.write(to_codes(left[index], *mapping).tobytes())
             file.write(to_codes(right[index], *mapping).tobytes())
+
+
+#: The parts a stack is served in: 1 = the header and the pair's own slice, 2 = the rest.
+PARTS = (1, 2)
+
+
+def part_range(header: StackHeader, part: int) -> tuple[int, int]:
+    """(start, stop) byte offsets of ``part`` in the stack file: its byte counts depend on
+    the stack's size alone, like the file's."""
+    split = HEADER.size + 2 * header.rows * header.columns * INT16.bits // 8
+    total = HEADER.size + 2 * header.slices * header.rows * header.columns * INT16.bits // 8
+    return {1: (0, split), 2: (split, total)}[part]
+
+
+def read_part(path: Path, part: int) -> bytes:
+    """Part 1 or 2 of a stack file (``PARTS``), read without the rest of the file."""
+    with Path(path).open("rb") as file:
+        start, stop = part_range(StackHeader.unpack(file.read(HEADER.size)), part)
+        file.seek(start)
+        data = file.read(stop - start)
+    if len(data) != stop - start:
+        raise ValueError(f"{path}: stack cut off")
+    return data
 
 
 def read_stack(path: Path) -> tuple[StackHeader, np.ndarray]:

@@ -2,8 +2,9 @@
 as /static/viewer.js (and its rules appended to /static/rater.css).
 
 Data flow: the page's figure names the pair's stack (``data-stack``) -> the script fetches
-it once, reading it as it arrives (``stacks``: a header, then both sides' int16 values,
-nearest slices first, so the first frame is drawn once its two planes are in) -> per side
+it in two parts (``stacks``: part 1, the header and the pair's own slice, both sides,
+preloaded by the page's head and drawn as the first view; part 2, the other slices, asked
+for once that view is drawn), reading each as it arrives into one buffer -> per side
 and slice, the
 values go through a 65,536-entry lookup table of the current window into an RGBA bitmap
 (cached until the window changes) -> each frame draws both bitmaps with the same zoom, pan
@@ -38,16 +39,22 @@ VIEWER_CSS = """
                         border: 1px solid #4a4a4a; border-radius: 5px; cursor: pointer; }
 .viewer .tools button.on { border-color: #6c9; }
 .viewer .readout { font-variant-numeric: tabular-nums; min-width: 300px; }
-figure[data-stack] img.replaced { display: none; }
 """
 
 VIEWER_JS = r"""
 "use strict";
 (function () {
   var figure = document.getElementById("figure");
-  if (!figure || !figure.dataset.stack || !window.fetch) { return; }
-  var image = document.getElementById("pair");
-  image.classList.add("replaced");
+  if (!figure || !figure.dataset.stack) { return; }
+  // The composite image, as a browser without script shows it (the page has it only in
+  // <noscript>, so that it is not fetched beside the stack): when the stack cannot be had.
+  function showImage() {
+    var image = document.createElement("img");
+    image.id = "pair"; image.src = figure.dataset.image;
+    image.alt = "two versions of one CT or MR slice, side by side";
+    figure.insertBefore(image, figure.firstChild);
+  }
+  if (!window.fetch || !window.ReadableStream) { showImage(); return; }
   var CT_NAMES = ["soft tissue", "lung", "bone", "brain"];
   var MR_NAMES = ["0.5-99.5 %", "1-99 %", "2-98 %", "5-95 %"];
   var MAX_ZOOM = 8, MAGNIFY = 3, LENS = 80;
@@ -94,6 +101,7 @@ VIEWER_JS = r"""
     this.lens = null;
     this.windowMode = false;
     this.pending = null;
+    this.waiting = null;  // the first input not drawn yet: its slice had not arrived
     // Flicker design: one viewport showing side ``phase`` (0: the stack's left plane, shown
     // first), switched every ``flickerMs`` on the frame clock, the same time for both.
     this.flickerMs = Number(figure.dataset.flickerMs) || 0;
@@ -201,7 +209,7 @@ VIEWER_JS = r"""
     this.scale = ratio;
     root.appendChild(tools); root.appendChild(panes);
     this.root = root;
-    figure.insertBefore(root, image);
+    figure.insertBefore(root, figure.firstChild);
     this.listen();
   };
 
@@ -233,7 +241,11 @@ VIEWER_JS = r"""
     window.requestAnimationFrame(function () {
       var start = self.pending;
       self.pending = null;
-      if (!self.draw()) { return; }
+      if (!self.draw()) {
+        self.waiting = self.waiting === null ? start : Math.min(self.waiting, start);
+        return;
+      }
+      self.waiting = null;
       var now = performance.now();
       if (!self.shown) {  // navigation start to the first frame drawn
         self.shown = true;
@@ -280,12 +292,16 @@ VIEWER_JS = r"""
     return true;
   };
 
-  // More of the stack arrived: draw if the slice shown was waiting for it; the first frame
-  // drawn is the first view.
+  // More of the stack arrived: draw if the slice shown was waiting for it, timed from the
+  // input that asked for it; the first frame drawn is the first view.
   Viewer.prototype.arrived = function (received) {
     var waiting = !this.ready();
     this.stack.received = received;
-    if (waiting && this.ready()) { this.request(this.shown ? performance.now() : 0); }
+    if (waiting && this.ready()) {
+      // Window both sides now, while the frame is awaited, rather than in it.
+      this.bitmap(0); this.bitmap(1);
+      this.request(!this.shown ? 0 : this.waiting === null ? performance.now() : this.waiting);
+    }
   };
 
   Viewer.prototype.drawLens = function (context, bitmap, scale) {
@@ -375,45 +391,62 @@ VIEWER_JS = r"""
     });
   };
 
-  // Read the stack as it arrives into one buffer of the size its header gives.
-  function load(response) {
-    if (!response.ok) { throw new Error("stack " + response.status); }
-    var reader = response.body.getReader(), bytes = null, received = 0, viewer = null;
-    var head = new Uint8Array(HEADER), headFilled = 0;
-    function take(chunk) {
-      var offset = 0;
-      if (!bytes) {
-        offset = Math.min(chunk.length, HEADER - headFilled);
-        head.set(chunk.subarray(0, offset), headFilled);
-        headFilled += offset;
-        if (headFilled < HEADER) { return; }
-        var stack = parse(head.buffer);
-        bytes = new Uint8Array(stack.size);
-        bytes.set(head);
-        stack.buffer = bytes.buffer;
-        received = HEADER;
-        viewer = new Viewer(stack);
-      }
-      if (received + chunk.length - offset > bytes.length) { throw new Error("stack size"); }
-      bytes.set(chunk.subarray(offset), received);
-      received += chunk.length - offset;
-      viewer.arrived(received);
+  // The stack comes in two parts, read as they arrive into one buffer of the size its
+  // header gives: part 1 (the header and the pair's own slice, preloaded by the page's head
+  // with the same credentials mode, so this fetch takes over a transfer begun while the page
+  // was being parsed) is the first view; part 2 (the other slices) is asked for only once
+  // that view is drawn, so that it does not compete with it.
+  var bytes = null, received = 0, viewer = null;
+  var head = new Uint8Array(HEADER), headFilled = 0;
+  function take(chunk) {
+    var offset = 0;
+    if (!bytes) {
+      offset = Math.min(chunk.length, HEADER - headFilled);
+      head.set(chunk.subarray(0, offset), headFilled);
+      headFilled += offset;
+      if (headFilled < HEADER) { return; }
+      var stack = parse(head.buffer);
+      bytes = new Uint8Array(stack.size);
+      bytes.set(head);
+      stack.buffer = bytes.buffer;
+      received = HEADER;
+      viewer = new Viewer(stack);
     }
-    function pump() {
-      return reader.read().then(function (part) {
-        if (part.done) {
-          if (!bytes || received !== bytes.length) { throw new Error("stack cut off"); }
-          return;
-        }
-        take(part.value);
-        return pump();
-      });
-    }
-    return pump();
+    if (received + chunk.length - offset > bytes.length) { throw new Error("stack size"); }
+    bytes.set(chunk.subarray(offset), received);
+    received += chunk.length - offset;
+    viewer.arrived(received);
   }
 
-  fetch(figure.dataset.stack, { credentials: "same-origin" }).then(load).catch(function () {
-    image.classList.remove("replaced");  // the composite image, as without script
-  });
+  function load(part) {
+    return fetch(figure.dataset.stack + "?part=" + part, { credentials: "same-origin" })
+      .then(function (response) {
+        if (!response.ok) { throw new Error("stack " + response.status); }
+        var reader = response.body.getReader();
+        function pump() {
+          return reader.read().then(function (chunk) {
+            if (chunk.done) { return; }
+            take(chunk.value);
+            return pump();
+          });
+        }
+        return pump();
+      });
+  }
+
+  // The frame that draws the first view was asked for (``arrived``) before this one: part 2
+  // is asked for right after it is drawn.
+  function nextFrame() {
+    return new Promise(function (done) { window.requestAnimationFrame(done); });
+  }
+
+  load(1).then(function () {
+    if (!bytes || received !== HEADER + 4 * viewer.stack.plane) {
+      throw new Error("stack cut off");
+    }
+    return received < bytes.length ? nextFrame().then(function () { return load(2); }) : null;
+  }).then(function () {
+    if (received !== bytes.length) { throw new Error("stack cut off"); }
+  }).catch(showImage);
 })();
 """
