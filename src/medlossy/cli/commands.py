@@ -11,17 +11,13 @@ import numpy as np
 
 from medlossy.codecs import get_codec
 from medlossy.compression import Target, compress_volume
-from medlossy.decompression import decompress_to_file, read_store
+from medlossy.decompression import decompress_to_file
 from medlossy.errors import CheckFailed, MedlossyError
-from medlossy.frames import to_reference_frame
 from medlossy.io import read_volume
 from medlossy.metrics import (
     AUTO_CT,
     AUTO_NOT_CT,
-    ErrorTally,
-    data_range_for,
     describe_peak,
-    detect_modality,
     peak_rule,
 )
 from medlossy.outputs import (
@@ -443,66 +439,22 @@ def _verify_dicom(arguments: argparse.Namespace) -> None:
             f"file(s) decode{checked} (DICOM holds no medlossy checksum)")
 
 
-def _store_attributes(path: str) -> dict | None:
-    """A medlossy store's attributes, or None for a volume file or DICOM folder."""
-    folder = Path(path)
-    if folder.is_dir() and ((folder / ".zattrs").exists() or (folder / "zarr.json").exists()):
-        return SliceStore(path).attributes
-    return None
-
-
-def _load(path: str) -> Volume:
-    if _store_attributes(path) is not None:
-        return read_store(path)
-    return read_volume(path)
-
-
-def _psnr_peak(arguments: argparse.Namespace, reference: Volume) -> tuple[str, float, str]:
-    """(modality, r, what to tell the user): --range and --modality as given; under auto a
-    store's recorded modality and r (what `info` reports), else the one detection rule on the
-    reference's values."""
-    if arguments.modality == "auto" and arguments.data_range is None:
-        for path in (arguments.test, arguments.reference):
-            attributes = _store_attributes(path)
-            if attributes is not None:
-                modality = attributes.get("modality", "OTHER")
-                peak = float(attributes["achieved"]["data_range"])
-                return modality, peak, describe_peak(modality, f"recorded in {path}", peak,
-                                                     "recorded")
-    low, high = float(np.min(reference.array)), float(np.max(reference.array))
-    modality, how = detect_modality(arguments.modality, low, high, known=reference.modality)
-    peak = data_range_for(modality, low, high, arguments.data_range)
-    rule = peak_rule(modality, arguments.data_range, "max - min of the reference")
-    note = describe_peak(modality, how, peak, rule)
-    if rule not in ("given", "CT"):
-        note += "; pass --range with the dataset's range to match the study"
-    return modality, peak, note
-
-
 def psnr(arguments: argparse.Namespace) -> None:
-    reference, test = _load(arguments.reference), _load(arguments.test)
-    try:
-        aligned = to_reference_frame(reference, test)
-    except ValueError as error:
-        raise MedlossyError(arguments.test, f"voxel grid differs from {arguments.reference}'s "
-                                            f"({error}): cannot compare voxel by voxel") from None
-    if aligned.reoriented:
+    from medlossy.evaluate.quality import volume_quality
+
+    document = volume_quality(arguments.reference, arguments.test, modality=arguments.modality,
+                              data_range=arguments.data_range)
+    if document["reoriented"]:
         print(f"note: {arguments.test} reoriented to {arguments.reference}'s voxel frame "
-              f"({aligned.reoriented})", file=sys.stderr)
-    modality, peak, note = _psnr_peak(arguments, reference)
-    print(f"note: {note}", file=sys.stderr)
-    tally = ErrorTally()
-    tally.add(np.asarray(reference.array), aligned.array)
-    value = tally.psnr(peak)
-    document = {"psnr_db": None if value == float("inf") else value, "data_range": peak,
-                "modality": modality, "mse": tally.mse, "max_abs_error": tally.max_abs_error,
-                "reoriented": aligned.reoriented}
+              f"({document['reoriented']})", file=sys.stderr)
+    print(f"note: {document.pop('note')}", file=sys.stderr)
     if arguments.json:
         print(json.dumps(document, indent=2))
         return
-    shown = "inf (identical)" if document["psnr_db"] is None else f"{value:.3f} dB"
-    print(f"PSNR {shown} (r={peak:g}), MSE {tally.mse:.6g}, max abs error "
-          f"{tally.max_abs_error:g}")
+    value, peak = document["psnr_db"], document["data_range"]
+    shown = "inf (identical)" if value is None else f"{value:.3f} dB"
+    print(f"PSNR {shown} (r={peak:g}), MSE {document['mse']:.6g}, max abs error "
+          f"{document['max_abs_error']:g}")
 
 
 def data_demo(arguments: argparse.Namespace) -> None:
