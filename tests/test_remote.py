@@ -460,3 +460,19 @@ def test_quality_table_stops_at_an_unreachable_url_naming_it(server, stores, sla
         quality_table([(slab_file, _url(server, "v2")), (slab_file, closed)], executor)
     assert str(caught.value).startswith(closed) and ": cannot be read (" in str(caught.value)
     assert len(str(caught.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [
+    ("dataset", "compress", "{url}", "--ratios", "5", "--out", "{out}"),
+    ("dataset", "verify", "{url}"), ("dataset", "report", "{url}"),
+    ("dataset", "datalist", "{url}"), ("train", "{url}", "--out", "{out}"),
+    ("evaluate", "{url}", "{url}", "--out", "{out}/dice.csv")])
+def test_folders_given_as_urls_are_refused_in_one_line_naming_them(server, cli, command):
+    # a sweep's source, a sweep folder, a dataset: read from folders only; nothing written
+    import fsspec
+
+    url, out = f"{server.url}/sweeps/s1", "memory://medlossy-refused/out"
+    code, stdout, err = cli(*(part.format(url=url, out=out) for part in command))
+    assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"medlossy: error: {url}: ") and "not a URL" in err, err
+    assert not fsspec.filesystem("memory").exists("memory://medlossy-refused")

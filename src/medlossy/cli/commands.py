@@ -30,7 +30,7 @@ from medlossy.outputs import (
     medlossy_output,
 )
 from medlossy.store import MetadataMismatch, SliceStore
-from medlossy.store.remote import local_folder
+from medlossy.store.remote import folder_only, local_folder
 from medlossy.store.slice_store import DEFAULT_ZARR_FORMAT
 from medlossy.volume import Volume
 
@@ -540,6 +540,10 @@ STUDY_LAYOUT = ("data", "prepared", "sweeps", "models", "results.csv", "report.m
 
 
 def dataset_compress(arguments: argparse.Namespace) -> None:
+    # before --out is staged: a refused source leaves nothing at any URL
+    folder_only(arguments.source, "a sweep's source",
+                "every image is read whole, and recorded by size, mtime and sha256 to "
+                "resume: download it first")
     _refuse_store_format(arguments)
     ratios = _ratios(arguments.ratios)
     with local_folder(arguments.out) as out:  # a URL: written here, then uploaded
@@ -610,11 +614,16 @@ def _dicom_root_dataset(arguments: argparse.Namespace, out: Path):
     return dataset
 
 
+#: Why the dataset commands read a sweep from a folder only.
+_SWEEP_FOLDER_WHY = "it is listed, its decoded images and label copies written or checked"
+
+
 def dataset_report(arguments: argparse.Namespace) -> None:
     from medlossy.datasets.sweep_report import write_sweep_report
     from medlossy.tables import markdown_table
 
-    summary, sweep = write_sweep_report(Path(arguments.sweep))
+    summary, sweep = write_sweep_report(folder_only(arguments.sweep, "a sweep",
+                                                    _SWEEP_FOLDER_WHY))
     if arguments.json:
         _print_json({"sweep": arguments.sweep, "ratios": summary.to_dict("records"),
                      "bad_cases": sweep["bad_cases"]})
@@ -627,7 +636,7 @@ def dataset_report(arguments: argparse.Namespace) -> None:
 def dataset_verify(arguments: argparse.Namespace) -> None:
     from medlossy.datasets.sweep_report import verify_sweep
 
-    problems = verify_sweep(Path(arguments.sweep))
+    problems = verify_sweep(folder_only(arguments.sweep, "a sweep", _SWEEP_FOLDER_WHY))
     document = {"sweep": arguments.sweep, "ok": not problems, "problems": problems}
     if problems:
         for problem in problems[1:]:
@@ -640,8 +649,8 @@ def dataset_verify(arguments: argparse.Namespace) -> None:
 def dataset_datalist(arguments: argparse.Namespace) -> None:
     from medlossy.train.datalist import write_datalists
 
-    written = write_datalists(Path(arguments.sweep), arguments.out, folds=arguments.folds,
-                              fold=arguments.fold)
+    sweep = folder_only(arguments.sweep, "a sweep", _SWEEP_FOLDER_WHY)
+    written = write_datalists(sweep, arguments.out, folds=arguments.folds, fold=arguments.fold)
     _result(arguments, {"sweep": arguments.sweep, "datalists": [str(p) for p in written]},
             "\n".join(str(path) for path in written))
 

@@ -31,6 +31,16 @@ def is_url(location: str | os.PathLike[str]) -> bool:
     return isinstance(location, str) and "://" in location
 
 
+def folder_only(location: str | os.PathLike[str], what: str, why: str) -> Path:
+    """``location`` as a local path; a URL refused in one line naming it: ``what`` (a
+    sweep's source, a sweep...) must be a local folder, because ``why``."""
+    if is_url(location):
+        raise MedlossyError(str(location).rstrip("/"), f"{what} must be a local folder, not a "
+                            f"URL ({why}); URLs are read for stores: info, verify, "
+                            "decompress, psnr, bench loader, training source \"store\"")
+    return Path(location)
+
+
 def join(location: str | os.PathLike[str], name: str) -> str | Path:
     """``location``/``name`` for a URL or a path."""
     if is_url(location):
