@@ -476,3 +476,32 @@ def test_folders_given_as_urls_are_refused_in_one_line_naming_them(server, cli, 
     assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"medlossy: error: {url}: ") and "not a URL" in err, err
     assert not fsspec.filesystem("memory").exists("memory://medlossy-refused")
+
+
+def test_compress_writes_a_store_to_a_writable_url_and_refuses_http(server, slab_file, cli,
+                                                                     tmp_path):
+    import fsspec
+
+    memory, url = fsspec.filesystem("memory"), "memory://medlossy-compress/ct.zarr"
+    if memory.exists("memory://medlossy-compress"):  # left by an earlier run in this process
+        memory.rm("memory://medlossy-compress", recursive=True)
+    code, _out, err = cli("compress", slab_file, url, "--ratio", "10", "--quiet")
+    assert code == 0, err
+    code, out, err = cli("verify", url)  # read back through fsspec
+    assert code == 0 and "match their checksums" in out, err
+    code, _out, err = cli("compress", slab_file, url, "--ratio", "10", "--quiet")
+    assert code == 2 and err.strip() == (f"medlossy: error: {url}: is not empty: a store is "
+                                         "written to a new URL (it is made in a local "
+                                         "temporary folder, then uploaded)"), err
+    memory.rm("memory://medlossy-compress", recursive=True)
+    # http(s) takes no writes; before: a local folder named "http:" and success
+    served = f"{server.url}/new.zarr"
+    code, out, err = cli("compress", slab_file, served, "--ratio", "10")
+    assert code == 2 and out == "" and err.strip() == (
+        f"medlossy: error: {served}: http:// URLs are read-only: write to a folder or a "
+        "writable fsspec URL (file://, s3://...), then serve it"), err
+    assert not Path("http:").exists() and not (server.root / "new.zarr").exists()
+    code, out, err = cli("decompress", _url(server, "v2"), "memory://medlossy-x/ct.nii.gz")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "memory://medlossy-x/ct.nii.gz: decoded volumes are written to a local path" in err
+    assert not Path("memory:").exists()

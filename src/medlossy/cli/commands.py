@@ -30,7 +30,7 @@ from medlossy.outputs import (
     medlossy_output,
 )
 from medlossy.store import MetadataMismatch, SliceStore
-from medlossy.store.remote import folder_only, local_folder
+from medlossy.store.remote import folder_only, is_url, local_folder
 from medlossy.store.slice_store import DEFAULT_ZARR_FORMAT
 from medlossy.volume import Volume
 
@@ -139,25 +139,30 @@ def compress(arguments: argparse.Namespace) -> None:
     _refuse_multiframe_without_dicom(arguments)
     _refuse_file_name(arguments)
     target = _target(arguments)
-    _refuse_existing(arguments.output, arguments.force, arguments.input)
+    if not is_url(arguments.output):  # a URL must be new or empty (``local_folder``)
+        _refuse_existing(arguments.output, arguments.force, arguments.input)
     modality = "OTHER" if arguments.modality == "auto" else arguments.modality
     if arguments.format == "dicom" and arguments.tile is not None:
         raise MedlossyError(None, "--tile applies only to stores (DICOM frames are whole "
                                   "slices)")
     _refuse_store_format(arguments)
     if arguments.format == "dicom":
+        _refuse_url_output(arguments.output, "DICOM files are")
         _compress_to_dicom(arguments, target, modality)
         return
-    volume = read_volume(arguments.input, modality, lazy=True,
-                         allow_gaps=arguments.allow_gaps)
-    _note_dicom_input(arguments, volume)
-    recorded = volume.modality  # a DICOM series' own; else the values decide below
-    attributes = compress_volume(volume, arguments.output, target, codec_name=arguments.codec,
-                                 data_range=arguments.data_range, workers=arguments.workers,
-                                 show_progress=not arguments.quiet, source=arguments.input,
-                                 tile=arguments.tile, replace=arguments.force,
-                                 zarr_format=arguments.zarr_version,
-                                 shard_slices=arguments.shard_slices)
+    # a URL: the store is written here, then uploaded (http(s):// refused before any work)
+    with local_folder(arguments.output, "a store") as output:
+        volume = read_volume(arguments.input, modality, lazy=True,
+                             allow_gaps=arguments.allow_gaps)
+        _note_dicom_input(arguments, volume)
+        recorded = volume.modality  # a DICOM series' own; else the values decide below
+        attributes = compress_volume(volume, output, target, codec_name=arguments.codec,
+                                     data_range=arguments.data_range,
+                                     workers=arguments.workers,
+                                     show_progress=not arguments.quiet, source=arguments.input,
+                                     tile=arguments.tile, replace=arguments.force,
+                                     zarr_format=arguments.zarr_version,
+                                     shard_slices=arguments.shard_slices)
     achieved = attributes["achieved"]
     _say(arguments, f"note: {_chosen_peak(arguments, recorded, attributes)}")
     psnr = "inf (lossless)" if achieved["psnr_db"] is None else f"{achieved['psnr_db']:.2f} dB"
@@ -246,7 +251,16 @@ def _note_unprotected(path: str) -> None:
         print(f"note: {path}: metadata {_UNPROTECTED}", file=sys.stderr)
 
 
+def _refuse_url_output(output: str, what: str) -> None:
+    """One line for an output named by a URL where only a local path is written."""
+    if is_url(output):
+        raise MedlossyError(output, f"{what} written to a local path, not a URL (stores "
+                                    "are: compress and dataset compress take a writable "
+                                    "fsspec URL)")
+
+
 def decompress(arguments: argparse.Namespace) -> None:
+    _refuse_url_output(arguments.output, "decoded volumes are")
     _refuse_multiframe_without_dicom(arguments)
     _refuse_existing(arguments.output, arguments.force, arguments.store,
                      folder=arguments.format == "dicom")
