@@ -269,6 +269,7 @@ def main() -> None:
             "alternating (each run's figure, then the next):", "",
         _common.table(["layout", "Mvox/s wall", "Mvox/CPU-s", "load at end"], supply_rows)])
     _common.save("store_layouts", document, markdown)
+    (_common.RESULTS / "store_layouts.partial.json").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
