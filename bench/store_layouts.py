@@ -22,6 +22,7 @@ alternating v2 and v3 runs.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -47,13 +48,19 @@ PATCH = (64, 160, 160)
 FULL_SLICES = 500
 
 
-def layouts(tile: int, shard_slices: int) -> dict[str, dict]:
-    return {"v2 per slice": {},
-            f"v2 tiled {tile}": {"tile": tile},
-            f"v3 sharded ({shard_slices} slices/shard)": {"zarr_format": 3,
-                                                         "shard_slices": shard_slices},
-            f"v3 sharded, tiled {tile}": {"zarr_format": 3, "tile": tile,
-                                          "shard_slices": shard_slices}}
+#: ``--layouts`` keys (encoded in the order given).
+LAYOUT_KEYS = ("v2-slice", "v2-tiled", "v3-sharded", "v3-tiled")
+
+
+def layouts(tile: int, shard_slices: int, keys: list[str]) -> dict[str, dict]:
+    """The chosen layouts: name -> ``compress_volume_ratios`` options."""
+    every = {"v2-slice": ("v2 per slice", {}),
+             "v2-tiled": (f"v2 tiled {tile}", {"tile": tile}),
+             "v3-sharded": (f"v3 sharded ({shard_slices} slices/shard)",
+                            {"zarr_format": 3, "shard_slices": shard_slices}),
+             "v3-tiled": (f"v3 sharded, tiled {tile}",
+                          {"zarr_format": 3, "tile": tile, "shard_slices": shard_slices})}
+    return dict(every[key] for key in keys)
 
 
 def files_for(slices: int, options: dict) -> int:
@@ -185,6 +192,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2,
                         help="encode processes; with --supply-only, DataLoader workers")
     parser.add_argument("--supply-only", action="store_true")
+    parser.add_argument("--layouts", default=",".join(LAYOUT_KEYS),
+                        help=f"comma-separated, of {', '.join(LAYOUT_KEYS)}")
     arguments = parser.parse_args()
     if arguments.supply_only:
         supply_only(arguments)
@@ -203,7 +212,7 @@ def main() -> None:
     document = {"machine": _common.machine(), "slices": arguments.slices, "patch": patch,
                 "ratios": ratios, "layouts": {}, "stores": []}
     rows = []
-    chosen = layouts(arguments.tile, arguments.shard_slices)
+    chosen = layouts(arguments.tile, arguments.shard_slices, arguments.layouts.split(","))
     for name, options in chosen.items():
         _common.progress(f"encoding: {name}")
         folder = OUT / name.replace(" ", "_").replace("/", "_").replace(",", "")
@@ -229,6 +238,10 @@ def main() -> None:
                          f"x{achieved['ratio']:.3f}",
                          "lossless" if error is None else f"{error:+.2f}%",
                          reads["patch_mvox_per_s"], reads["read_amplification"], stock])
+        # A long run (500 slices: hours) keeps what it measured if it is stopped.
+        _common.RESULTS.mkdir(parents=True, exist_ok=True)
+        (_common.RESULTS / "store_layouts.partial.json").write_text(
+            json.dumps(document, indent=2, default=str) + "\n")
     tiled = {name: OUT / name.replace(" ", "_").replace("/", "_").replace(",", "")
              / "r20.zarr" for name in chosen if "tiled" in name}
     _common.progress("patch supply")
@@ -256,6 +269,7 @@ def main() -> None:
             "alternating (each run's figure, then the next):", "",
         _common.table(["layout", "Mvox/s wall", "Mvox/CPU-s", "load at end"], supply_rows)])
     _common.save("store_layouts", document, markdown)
+    (_common.RESULTS / "store_layouts.partial.json").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

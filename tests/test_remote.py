@@ -364,3 +364,144 @@ def test_training_from_a_sweep_served_over_http(server, tmp_path):
     fetched = {path.split("/")[4] for _, path, status, _, _ in server.requests(before)
                if status == 200}
     assert len(fetched) >= 2 and all(name.endswith("_0000.zarr") for name in fetched)
+
+
+@pytest.fixture(scope="module")
+def slab_file(ct_b_image, tmp_path_factory) -> Path:
+    """The original of the served stores, as a NIfTI file."""
+    import nibabel as nib
+
+    path = tmp_path_factory.mktemp("slab") / "slab.nii.gz"
+    slab = np.asarray(ct_b_image.dataobj[:, :, SLICES])
+    nib.save(nib.Nifti1Image(slab, ct_b_image.affine), path)
+    return path
+
+
+def _chunk_requests(server: Server, since: int, store: str) -> list[tuple]:
+    """The requests after log line ``since`` for ``store``'s chunks (not its metadata)."""
+    return [r for r in server.requests(since) if r[1].startswith(f"/{store}.zarr/0/")
+            and not r[1].endswith(("zarr.json", ".zarray", ".zattrs"))]
+
+
+@pytest.mark.parametrize("name", ["v2", "v3_tiled"])
+def test_psnr_of_a_store_url_is_its_local_psnr_each_chunk_fetched_once(server, stores,
+                                                                        slab_file, cli, name):
+    code, local, err = cli("psnr", slab_file, stores[name], "--json")
+    assert code == 0, err
+    before = server.lines()
+    code, remote, err = cli("psnr", slab_file, _url(server, name), "--json")
+    assert code == 0, err
+    assert json.loads(remote) == json.loads(local)
+    assert json.loads(remote)["psnr_db"] > 30  # x10 of a CT: lossy, not identical
+    store = SliceStore(stores[name])
+    chunks = _chunk_requests(server, before, name)
+    if store.zarr_format == 2:  # one GET per chunk file
+        assert sorted(r[1] for r in chunks) == sorted(
+            f"/{name}.zarr/{Path(store.chunk_path(i)).relative_to(stores[name]).as_posix()}"
+            for i in range(store.chunks))
+    else:  # per shard its index (a suffix range), then one range per inner chunk
+        indexes = [r for r in chunks if r[4].startswith("bytes=-")]
+        assert len(indexes) == len({store.chunk_path(i) for i in range(store.chunks)})
+        assert len(chunks) - len(indexes) == store.chunks
+        assert len({(r[1], r[4]) for r in chunks}) == len(chunks)  # none fetched twice
+
+
+def test_psnr_of_an_unreachable_url_is_one_line_and_exit_2(slab_file, cli):
+    closed = f"http://127.0.0.1:{_free_port()}/ct.zarr"
+    code, out, err = cli("psnr", slab_file, closed, "--json")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"medlossy: error: {closed}") and "cannot be read" in err, err
+
+
+def _no_reads_here(*_arguments, **_options):
+    raise AssertionError("a store was read in the client, not in a worker")
+
+
+def test_quality_table_on_a_local_cluster_reads_the_urls_in_its_workers(server, stores,
+                                                                         slab_file,
+                                                                         monkeypatch):
+    # an evaluation of stores served over HTTP, run by Dask worker processes (spawned),
+    # each opening its URLs through fsspec: the local table, each chunk fetched once
+    distributed = pytest.importorskip("distributed")
+    from medlossy.evaluate.quality import quality_table
+
+    names = list(LAYOUTS)
+    local = quality_table([(slab_file, stores[name]) for name in names])
+    before = server.lines()
+    from medlossy.store.remote import StoreFiles
+
+    for method in ("read_at", "read_many"):  # this process only: the workers are spawned
+        monkeypatch.setattr(StoreFiles, method, _no_reads_here)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client, client.get_executor() as executor:
+        table = quality_table([(slab_file, _url(server, name)) for name in names], executor)
+    monkeypatch.undo()
+    assert table["test"].tolist() == [_url(server, name) for name in names]
+    pd = pytest.importorskip("pandas")
+    columns = ["psnr_db", "data_range", "modality", "mse", "max_abs_error"]
+    pd.testing.assert_frame_equal(table[columns], local[columns])
+    for name in names:
+        store = SliceStore(stores[name])
+        chunks = _chunk_requests(server, before, name)
+        fetched = [r for r in chunks if not r[4].startswith("bytes=-")]
+        assert len(fetched) == store.chunks == len({(r[1], r[4]) for r in fetched}), name
+
+
+def test_quality_table_stops_at_an_unreachable_url_naming_it(server, stores, slab_file):
+    distributed = pytest.importorskip("distributed")
+    from medlossy.evaluate.quality import quality_table
+
+    closed = f"http://127.0.0.1:{_free_port()}/ct.zarr"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client, client.get_executor() as executor, \
+            pytest.raises(MedlossyError) as caught:
+        quality_table([(slab_file, _url(server, "v2")), (slab_file, closed)], executor)
+    assert str(caught.value).startswith(closed) and ": cannot be read (" in str(caught.value)
+    assert len(str(caught.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [
+    ("dataset", "compress", "{url}", "--ratios", "5", "--out", "{out}"),
+    ("dataset", "verify", "{url}"), ("dataset", "report", "{url}"),
+    ("dataset", "datalist", "{url}"), ("train", "{url}", "--out", "{out}"),
+    ("evaluate", "{url}", "{url}", "--out", "{out}/dice.csv")])
+def test_folders_given_as_urls_are_refused_in_one_line_naming_them(server, cli, command):
+    # a sweep's source, a sweep folder, a dataset: read from folders only; nothing written
+    import fsspec
+
+    url, out = f"{server.url}/sweeps/s1", "memory://medlossy-refused/out"
+    code, stdout, err = cli(*(part.format(url=url, out=out) for part in command))
+    assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"medlossy: error: {url}: ") and "not a URL" in err, err
+    assert not fsspec.filesystem("memory").exists("memory://medlossy-refused")
+
+
+def test_compress_writes_a_store_to_a_writable_url_and_refuses_http(server, slab_file, cli,
+                                                                     tmp_path):
+    import fsspec
+
+    memory, url = fsspec.filesystem("memory"), "memory://medlossy-compress/ct.zarr"
+    if memory.exists("memory://medlossy-compress"):  # left by an earlier run in this process
+        memory.rm("memory://medlossy-compress", recursive=True)
+    code, _out, err = cli("compress", slab_file, url, "--ratio", "10", "--quiet")
+    assert code == 0, err
+    code, out, err = cli("verify", url)  # read back through fsspec
+    assert code == 0 and "match their checksums" in out, err
+    code, _out, err = cli("compress", slab_file, url, "--ratio", "10", "--quiet")
+    assert code == 2 and err.strip() == (f"medlossy: error: {url}: is not empty: a store is "
+                                         "written to a new URL (it is made in a local "
+                                         "temporary folder, then uploaded)"), err
+    memory.rm("memory://medlossy-compress", recursive=True)
+    # http(s) takes no writes; before: a local folder named "http:" and success
+    served = f"{server.url}/new.zarr"
+    code, out, err = cli("compress", slab_file, served, "--ratio", "10")
+    assert code == 2 and out == "" and err.strip() == (
+        f"medlossy: error: {served}: http:// URLs are read-only: write to a folder or a "
+        "writable fsspec URL (file://, s3://...), then serve it"), err
+    assert not Path("http:").exists() and not (server.root / "new.zarr").exists()
+    code, out, err = cli("decompress", _url(server, "v2"), "memory://medlossy-x/ct.nii.gz")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "memory://medlossy-x/ct.nii.gz: decoded volumes are written to a local path" in err
+    assert not Path("memory:").exists()

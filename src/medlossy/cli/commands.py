@@ -11,17 +11,13 @@ import numpy as np
 
 from medlossy.codecs import get_codec
 from medlossy.compression import Target, compress_volume
-from medlossy.decompression import decompress_to_file, read_store
+from medlossy.decompression import decompress_to_file
 from medlossy.errors import CheckFailed, MedlossyError
-from medlossy.frames import to_reference_frame
 from medlossy.io import read_volume
 from medlossy.metrics import (
     AUTO_CT,
     AUTO_NOT_CT,
-    ErrorTally,
-    data_range_for,
     describe_peak,
-    detect_modality,
     peak_rule,
 )
 from medlossy.outputs import (
@@ -34,7 +30,7 @@ from medlossy.outputs import (
     medlossy_output,
 )
 from medlossy.store import MetadataMismatch, SliceStore
-from medlossy.store.remote import local_folder
+from medlossy.store.remote import folder_only, is_url, local_folder
 from medlossy.store.slice_store import DEFAULT_ZARR_FORMAT
 from medlossy.volume import Volume
 
@@ -143,25 +139,30 @@ def compress(arguments: argparse.Namespace) -> None:
     _refuse_multiframe_without_dicom(arguments)
     _refuse_file_name(arguments)
     target = _target(arguments)
-    _refuse_existing(arguments.output, arguments.force, arguments.input)
+    if not is_url(arguments.output):  # a URL must be new or empty (``local_folder``)
+        _refuse_existing(arguments.output, arguments.force, arguments.input)
     modality = "OTHER" if arguments.modality == "auto" else arguments.modality
     if arguments.format == "dicom" and arguments.tile is not None:
         raise MedlossyError(None, "--tile applies only to stores (DICOM frames are whole "
                                   "slices)")
     _refuse_store_format(arguments)
     if arguments.format == "dicom":
+        _refuse_url_output(arguments.output, "DICOM files are")
         _compress_to_dicom(arguments, target, modality)
         return
-    volume = read_volume(arguments.input, modality, lazy=True,
-                         allow_gaps=arguments.allow_gaps)
-    _note_dicom_input(arguments, volume)
-    recorded = volume.modality  # a DICOM series' own; else the values decide below
-    attributes = compress_volume(volume, arguments.output, target, codec_name=arguments.codec,
-                                 data_range=arguments.data_range, workers=arguments.workers,
-                                 show_progress=not arguments.quiet, source=arguments.input,
-                                 tile=arguments.tile, replace=arguments.force,
-                                 zarr_format=arguments.zarr_version,
-                                 shard_slices=arguments.shard_slices)
+    # a URL: the store is written here, then uploaded (http(s):// refused before any work)
+    with local_folder(arguments.output, "a store") as output:
+        volume = read_volume(arguments.input, modality, lazy=True,
+                             allow_gaps=arguments.allow_gaps)
+        _note_dicom_input(arguments, volume)
+        recorded = volume.modality  # a DICOM series' own; else the values decide below
+        attributes = compress_volume(volume, output, target, codec_name=arguments.codec,
+                                     data_range=arguments.data_range,
+                                     workers=arguments.workers,
+                                     show_progress=not arguments.quiet, source=arguments.input,
+                                     tile=arguments.tile, replace=arguments.force,
+                                     zarr_format=arguments.zarr_version,
+                                     shard_slices=arguments.shard_slices)
     achieved = attributes["achieved"]
     _say(arguments, f"note: {_chosen_peak(arguments, recorded, attributes)}")
     psnr = "inf (lossless)" if achieved["psnr_db"] is None else f"{achieved['psnr_db']:.2f} dB"
@@ -250,7 +251,16 @@ def _note_unprotected(path: str) -> None:
         print(f"note: {path}: metadata {_UNPROTECTED}", file=sys.stderr)
 
 
+def _refuse_url_output(output: str, what: str) -> None:
+    """One line for an output named by a URL where only a local path is written."""
+    if is_url(output):
+        raise MedlossyError(output, f"{what} written to a local path, not a URL (stores "
+                                    "are: compress and dataset compress take a writable "
+                                    "fsspec URL)")
+
+
 def decompress(arguments: argparse.Namespace) -> None:
+    _refuse_url_output(arguments.output, "decoded volumes are")
     _refuse_multiframe_without_dicom(arguments)
     _refuse_existing(arguments.output, arguments.force, arguments.store,
                      folder=arguments.format == "dicom")
@@ -443,66 +453,22 @@ def _verify_dicom(arguments: argparse.Namespace) -> None:
             f"file(s) decode{checked} (DICOM holds no medlossy checksum)")
 
 
-def _store_attributes(path: str) -> dict | None:
-    """A medlossy store's attributes, or None for a volume file or DICOM folder."""
-    folder = Path(path)
-    if folder.is_dir() and ((folder / ".zattrs").exists() or (folder / "zarr.json").exists()):
-        return SliceStore(path).attributes
-    return None
-
-
-def _load(path: str) -> Volume:
-    if _store_attributes(path) is not None:
-        return read_store(path)
-    return read_volume(path)
-
-
-def _psnr_peak(arguments: argparse.Namespace, reference: Volume) -> tuple[str, float, str]:
-    """(modality, r, what to tell the user): --range and --modality as given; under auto a
-    store's recorded modality and r (what `info` reports), else the one detection rule on the
-    reference's values."""
-    if arguments.modality == "auto" and arguments.data_range is None:
-        for path in (arguments.test, arguments.reference):
-            attributes = _store_attributes(path)
-            if attributes is not None:
-                modality = attributes.get("modality", "OTHER")
-                peak = float(attributes["achieved"]["data_range"])
-                return modality, peak, describe_peak(modality, f"recorded in {path}", peak,
-                                                     "recorded")
-    low, high = float(np.min(reference.array)), float(np.max(reference.array))
-    modality, how = detect_modality(arguments.modality, low, high, known=reference.modality)
-    peak = data_range_for(modality, low, high, arguments.data_range)
-    rule = peak_rule(modality, arguments.data_range, "max - min of the reference")
-    note = describe_peak(modality, how, peak, rule)
-    if rule not in ("given", "CT"):
-        note += "; pass --range with the dataset's range to match the study"
-    return modality, peak, note
-
-
 def psnr(arguments: argparse.Namespace) -> None:
-    reference, test = _load(arguments.reference), _load(arguments.test)
-    try:
-        aligned = to_reference_frame(reference, test)
-    except ValueError as error:
-        raise MedlossyError(arguments.test, f"voxel grid differs from {arguments.reference}'s "
-                                            f"({error}): cannot compare voxel by voxel") from None
-    if aligned.reoriented:
+    from medlossy.evaluate.quality import volume_quality
+
+    document = volume_quality(arguments.reference, arguments.test, modality=arguments.modality,
+                              data_range=arguments.data_range)
+    if document["reoriented"]:
         print(f"note: {arguments.test} reoriented to {arguments.reference}'s voxel frame "
-              f"({aligned.reoriented})", file=sys.stderr)
-    modality, peak, note = _psnr_peak(arguments, reference)
-    print(f"note: {note}", file=sys.stderr)
-    tally = ErrorTally()
-    tally.add(np.asarray(reference.array), aligned.array)
-    value = tally.psnr(peak)
-    document = {"psnr_db": None if value == float("inf") else value, "data_range": peak,
-                "modality": modality, "mse": tally.mse, "max_abs_error": tally.max_abs_error,
-                "reoriented": aligned.reoriented}
+              f"({document['reoriented']})", file=sys.stderr)
+    print(f"note: {document.pop('note')}", file=sys.stderr)
     if arguments.json:
         print(json.dumps(document, indent=2))
         return
-    shown = "inf (identical)" if document["psnr_db"] is None else f"{value:.3f} dB"
-    print(f"PSNR {shown} (r={peak:g}), MSE {tally.mse:.6g}, max abs error "
-          f"{tally.max_abs_error:g}")
+    value, peak = document["psnr_db"], document["data_range"]
+    shown = "inf (identical)" if value is None else f"{value:.3f} dB"
+    print(f"PSNR {shown} (r={peak:g}), MSE {document['mse']:.6g}, max abs error "
+          f"{document['max_abs_error']:g}")
 
 
 def data_demo(arguments: argparse.Namespace) -> None:
@@ -588,6 +554,10 @@ STUDY_LAYOUT = ("data", "prepared", "sweeps", "models", "results.csv", "report.m
 
 
 def dataset_compress(arguments: argparse.Namespace) -> None:
+    # before --out is staged: a refused source leaves nothing at any URL
+    folder_only(arguments.source, "a sweep's source",
+                "every image is read whole, and recorded by size, mtime and sha256 to "
+                "resume: download it first")
     _refuse_store_format(arguments)
     ratios = _ratios(arguments.ratios)
     with local_folder(arguments.out) as out:  # a URL: written here, then uploaded
@@ -658,11 +628,16 @@ def _dicom_root_dataset(arguments: argparse.Namespace, out: Path):
     return dataset
 
 
+#: Why the dataset commands read a sweep from a folder only.
+_SWEEP_FOLDER_WHY = "it is listed, its decoded images and label copies written or checked"
+
+
 def dataset_report(arguments: argparse.Namespace) -> None:
     from medlossy.datasets.sweep_report import write_sweep_report
     from medlossy.tables import markdown_table
 
-    summary, sweep = write_sweep_report(Path(arguments.sweep))
+    summary, sweep = write_sweep_report(folder_only(arguments.sweep, "a sweep",
+                                                    _SWEEP_FOLDER_WHY))
     if arguments.json:
         _print_json({"sweep": arguments.sweep, "ratios": summary.to_dict("records"),
                      "bad_cases": sweep["bad_cases"]})
@@ -675,7 +650,7 @@ def dataset_report(arguments: argparse.Namespace) -> None:
 def dataset_verify(arguments: argparse.Namespace) -> None:
     from medlossy.datasets.sweep_report import verify_sweep
 
-    problems = verify_sweep(Path(arguments.sweep))
+    problems = verify_sweep(folder_only(arguments.sweep, "a sweep", _SWEEP_FOLDER_WHY))
     document = {"sweep": arguments.sweep, "ok": not problems, "problems": problems}
     if problems:
         for problem in problems[1:]:
@@ -688,8 +663,8 @@ def dataset_verify(arguments: argparse.Namespace) -> None:
 def dataset_datalist(arguments: argparse.Namespace) -> None:
     from medlossy.train.datalist import write_datalists
 
-    written = write_datalists(Path(arguments.sweep), arguments.out, folds=arguments.folds,
-                              fold=arguments.fold)
+    sweep = folder_only(arguments.sweep, "a sweep", _SWEEP_FOLDER_WHY)
+    written = write_datalists(sweep, arguments.out, folds=arguments.folds, fold=arguments.fold)
     _result(arguments, {"sweep": arguments.sweep, "datalists": [str(p) for p in written]},
             "\n".join(str(path) for path in written))
 

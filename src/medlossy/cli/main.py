@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "into a Zarr store of JPEG 2000 slices (or another "
                                           "codec's slices or blocks, --codec).")
     compress.add_argument("input", help=".nii, .nii.gz, .nrrd, or a folder of DICOM files")
-    compress.add_argument("output", help="store to create (a folder, e.g. ct_r20.zarr), or "
+    compress.add_argument("output", help="store to create (a folder, e.g. ct_r20.zarr, or a "
+                                         "new writable fsspec URL: s3://..., not http), or "
                                          "with --format dicom a DICOM series folder")
     target = compress.add_mutually_exclusive_group(required=True)
     target.add_argument("--ratio", type=_positive_float,
@@ -187,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     psnr = sub.add_parser("psnr", help="PSNR (and MSE, max error) of a volume against another")
     psnr.add_argument("reference", help="the original: a volume file (.nii, .nii.gz, "
-                                        ".nrrd), a DICOM series folder or a medlossy store")
+                                        ".nrrd), a DICOM series folder or a medlossy store "
+                                        "(a folder or a URL)")
     psnr.add_argument("test", help="the volume to measure, in any of those forms; reoriented "
                                    "onto the reference's voxel grid by the two affines "
                                    "(refused when the grids differ otherwise)")

@@ -65,6 +65,7 @@ from medlossy.orphans import die_with_parent, worker_context
 from medlossy.outputs import check_own_folder
 from medlossy.store import SliceStore
 from medlossy.store.link import LINK_ENDING, NNUNET_READER, is_store_link, write_store_link
+from medlossy.store.remote import folder_only
 from medlossy.store.slice_store import DEFAULT_ZARR_FORMAT, shard_depth
 from medlossy.terminal import progress_bar
 from medlossy.volume import Volume
@@ -344,7 +345,9 @@ def _channel_ranges(dataset: RawDataset, cases: Sequence[Case]) -> dict[int, flo
 
 def resolve_dataset_folder(path: str | Path) -> Path:
     """A dataset folder, or ``SWEEP/r20`` for the ratio-20 dataset of a sweep folder."""
-    path = Path(path)
+    path = folder_only(path, "a dataset", "its cases are listed and its labels read whole; "
+                                          "a sweep's stores at a URL train with source "
+                                          "\"store\"")
     if path.is_dir():
         return path
     sweep_file = path.parent / "sweep.json"

@@ -11,6 +11,7 @@ import pandas as pd
 
 from medlossy.atomic import atomic_output
 from medlossy.errors import MedlossyError
+from medlossy.store.remote import folder_only
 
 
 def _fold(text: str) -> int | str:
@@ -43,8 +44,10 @@ def evaluate(arguments: argparse.Namespace) -> None:
 
     # SWEEP/r20 as train and predict take it: a sweep's ids are not known in advance
     reference = resolve_dataset_folder(arguments.reference)
+    predictions = folder_only(arguments.predictions, "a folder of predictions",
+                              "its label maps are listed and read whole")
     table = evaluate_predictions(
-        arguments.predictions, reference, ratio_train=arguments.ratio_train,
+        predictions, reference, ratio_train=arguments.ratio_train,
         ratio_test=arguments.ratio_test, fold=arguments.fold, hd95=arguments.hd95,
         only_predicted=arguments.only_predicted)
     _write_table(table, arguments.out)

@@ -31,6 +31,16 @@ def is_url(location: str | os.PathLike[str]) -> bool:
     return isinstance(location, str) and "://" in location
 
 
+def folder_only(location: str | os.PathLike[str], what: str, why: str) -> Path:
+    """``location`` as a local path; a URL refused in one line naming it: ``what`` (a
+    sweep's source, a sweep...) must be a local folder, because ``why``."""
+    if is_url(location):
+        raise MedlossyError(str(location).rstrip("/"), f"{what} must be a local folder, not a "
+                            f"URL ({why}); URLs are read for stores: info, verify, "
+                            "decompress, psnr, bench loader, training source \"store\"")
+    return Path(location)
+
+
 def join(location: str | os.PathLike[str], name: str) -> str | Path:
     """``location``/``name`` for a URL or a path."""
     if is_url(location):
@@ -63,11 +73,11 @@ def protocol_of(url: str) -> str:
 
 
 @contextmanager
-def local_folder(location: str | os.PathLike[str]) -> Iterator[Path]:
+def local_folder(location: str | os.PathLike[str], what: str = "a sweep") -> Iterator[Path]:
     """A local folder to write the output folder ``location`` in: a path as it is, a
     ``file://`` URL's path; for another writable URL (``memory://``, ``s3://``) a temporary
     folder, uploaded with fsspec's ``put`` once the body succeeds. HTTP is refused: a web
-    server takes no writes."""
+    server takes no writes. ``what`` names the output in the message for a taken URL."""
     if not is_url(location):
         yield Path(location)
         return
@@ -87,7 +97,7 @@ def local_folder(location: str | os.PathLike[str]) -> Iterator[Path]:
     except Exception as error:  # aiohttp, botocore and fsspec raise their own types
         raise MedlossyError(url, _problem(error)) from None
     if taken:
-        raise MedlossyError(url, "is not empty: a sweep is written to a new URL (it is made "
+        raise MedlossyError(url, f"is not empty: {what} is written to a new URL (it is made "
                                  "in a local temporary folder, then uploaded)")
     with tempfile.TemporaryDirectory(prefix="medlossy-upload-") as stage:
         folder = Path(stage) / basename(url)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -597,6 +598,17 @@ class SliceStore:
         self.grid = TileGrid(*self.slice_shape, int(self.zarray["chunks"][1]),
                              int(self.zarray["chunks"][2]))
         self._indexes: dict[int, np.ndarray] = {}
+        # decoding threads (read_store) share one store: a shard's index is fetched once
+        self._index_lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        del state["_index_lock"]  # a lock does not cross processes
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._index_lock = threading.Lock()
 
     def _metadata(self, name: str) -> bytes:
         try:
@@ -716,19 +728,26 @@ class SliceStore:
 
     def _shard_index(self, shard: int) -> np.ndarray:
         """The (offset, length) of each inner chunk of ``shard``, its CRC-32C checked."""
-        if shard not in self._indexes:
-            file = self.files.where(self._array + shard_key(shard))
-            size = self.chunks_per_shard * INDEX_ENTRY + INDEX_CHECKSUM
-            try:
-                raw = self.read_range(file, -size, size)
-            except OSError:  # shorter than its index
-                raw = b""
-            if len(raw) != size or google_crc32c.value(raw[:-INDEX_CHECKSUM]) != \
-                    int.from_bytes(raw[-INDEX_CHECKSUM:], "little"):
-                raise MedlossyError(file, f"shard {shard} is corrupt (its index fails its "
-                                          "CRC-32C)")
-            self._indexes[shard] = np.frombuffer(raw[:-INDEX_CHECKSUM], "<u8").reshape(-1, 2)
+        if shard in self._indexes:
+            return self._indexes[shard]
+        with self._index_lock:
+            if shard not in self._indexes:
+                self._indexes[shard] = self._read_shard_index(shard)
         return self._indexes[shard]
+
+    def _read_shard_index(self, shard: int) -> np.ndarray:
+        """``_shard_index`` read from the shard file (a suffix range at a URL)."""
+        file = self.files.where(self._array + shard_key(shard))
+        size = self.chunks_per_shard * INDEX_ENTRY + INDEX_CHECKSUM
+        try:
+            raw = self.read_range(file, -size, size)
+        except OSError:  # shorter than its index
+            raw = b""
+        if len(raw) != size or google_crc32c.value(raw[:-INDEX_CHECKSUM]) != \
+                int.from_bytes(raw[-INDEX_CHECKSUM:], "little"):
+            raise MedlossyError(file, f"shard {shard} is corrupt (its index fails its "
+                                      "CRC-32C)")
+        return np.frombuffer(raw[:-INDEX_CHECKSUM], "<u8").reshape(-1, 2)
 
     def _chunk_range(self, index: int) -> tuple[str | Path, int, int]:
         """(file, offset, length) of chunk ``index``'s bytes (length -1: the whole file);
