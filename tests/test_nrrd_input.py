@@ -78,3 +78,29 @@ def test_data_file_beside_the_header_is_read(tmp_path: Path, cli) -> None:
     code, _, stderr = cli("decompress", tmp_path / "s.zarr", tmp_path / "back.nrrd")
     assert code == 0, stderr
     np.testing.assert_array_equal(np.asarray(read_volume(tmp_path / "back.nrrd").array), voxels)
+
+
+def test_writing_the_same_volume_twice_gives_the_same_bytes(tmp_path: Path, monkeypatch) -> None:
+    """pynrrd stamps the wall-clock second into every header; a decode repeated a second
+    later differed at byte 73 (found as a flaky `decompress --force` test)."""
+    import datetime
+
+    import nrrd.writer
+
+    from medlossy.io.registry import write_volume
+    from medlossy.volume import Volume
+
+    clock = iter([datetime.datetime(2026, 1, 1, 0, 0, 0), datetime.datetime(2026, 1, 1, 0, 0, 1)])
+
+    class Clock(datetime.datetime):
+        @classmethod
+        def utcnow(cls):
+            return next(clock)
+
+    monkeypatch.setattr(nrrd.writer, "datetime", Clock)
+    volume = Volume(np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE),
+                    np.diag([0.8, 0.8, 2.5, 1.0]), "CT")
+    write_volume(volume, tmp_path / "a.nrrd", note="test")
+    write_volume(volume, tmp_path / "b.nrrd", note="test")
+    assert (tmp_path / "a.nrrd").read_bytes() == (tmp_path / "b.nrrd").read_bytes()
+    assert np.array_equal(read_volume(tmp_path / "b.nrrd").array, volume.array)

@@ -89,3 +89,14 @@ def write_nrrd(volume: Volume, path: Path, *, note: str | None = None) -> None:
         header[NOTE_FIELD] = with_voxel_digest(note, np.asarray(volume.array),
                                                geometry_fields(header))
     nrrd.write(str(path), volume.array, header, index_order="F")
+    _drop_write_time(path)
+
+
+def _drop_write_time(path: Path) -> None:
+    """Remove the "# on <date time>(GMT)." comment pynrrd always writes as the header's third
+    line (it has no option to leave it out), so that decoding a store twice gives the same
+    bytes; the header has no offsets, so dropping a comment line moves nothing else."""
+    blob = Path(path).read_bytes()
+    magic, generated, written, rest = blob.split(b"\n", 3)
+    if written.startswith(b"# on ") and written.endswith(b"(GMT)."):
+        Path(path).write_bytes(b"\n".join((magic, generated, rest)))
