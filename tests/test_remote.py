@@ -364,3 +364,17 @@ def test_training_from_a_sweep_served_over_http(server, tmp_path):
     fetched = {path.split("/")[4] for _, path, status, _, _ in server.requests(before)
                if status == 200}
     assert len(fetched) >= 2 and all(name.endswith("_0000.zarr") for name in fetched)
+
+
+def test_a_store_read_after_a_fork_rebuilds_its_http_filesystem(server, stores, monkeypatch):
+    # a DataLoader worker forked (Linux's default) from a process that read the URL gets the
+    # parent's fsspec filesystem, which refuses ("This class is not fork-safe"); the fork is
+    # simulated by a new process id, as forking after fsspec's threads is not safe in a test
+    volume = StoreVolume(_url(server, "v3_tiled"))
+    local = StoreVolume(stores["v3_tiled"])
+    box = (0, 0, 0), (8, 48, 40)
+    np.testing.assert_array_equal(volume.read(*box), local.read(*box))
+    parent = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: parent + 1)
+    box = (9, 50, 60), (8, 48, 40)  # other chunks: fetched in the "child"
+    np.testing.assert_array_equal(volume.read(*box), local.read(*box))

@@ -112,7 +112,18 @@ class StoreFiles:
         self.remote = is_url(location)
         #: The store as users name it: a Path, or the URL without a trailing slash.
         self.root: str | Path = str(location).rstrip("/") if self.remote else Path(location)
-        self._fs = filesystem(self.root) if self.remote else None
+        # built now so that a missing protocol package is reported at once
+        self._filesystem = filesystem(self.root) if self.remote else None
+        self._pid = os.getpid()
+
+    @property
+    def _fs(self):
+        """The store's fsspec filesystem, rebuilt in a forked process (a DataLoader worker):
+        fsspec's HTTP filesystem holds an event loop and a session that cannot cross a fork
+        ("This class is not fork-safe")."""
+        if self._pid != os.getpid():
+            self._filesystem, self._pid = filesystem(str(self.root)), os.getpid()
+        return self._filesystem
 
     def __getstate__(self) -> dict:
         # fsspec filesystems pickle as their arguments; rebuilt in the receiving process
@@ -120,7 +131,7 @@ class StoreFiles:
 
     def __setstate__(self, state: dict) -> None:
         self.root, self.remote = state["root"], state["remote"]
-        self._fs = filesystem(self.root) if self.remote else None
+        self._filesystem, self._pid = None, -1
 
     def where(self, name: str) -> str | Path:
         """How messages name file ``name`` of the store (its path or URL)."""
