@@ -240,6 +240,39 @@ def test_a_patch_reads_only_the_inner_chunks_it_touches(stores, monkeypatch):
     np.testing.assert_array_equal(patch, expected)
 
 
+def _bytes_read() -> int:
+    """Bytes this process has read from files so far (the kernel's count, page cache too)."""
+    line = next(line for line in Path("/proc/self/io").read_text().splitlines()
+                if line.startswith("rchar:"))
+    return int(line.split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's /proc")
+def test_a_local_patch_reads_from_disk_only_the_bytes_of_its_chunks(stores):
+    # Each ~500-byte chunk reopened its shard and read a 4 KiB buffer: 8.0x the chunks'
+    # bytes (and an open per chunk) on a tiled store; kept open and read by os.pread now
+    start, size = (5, 40, 30), (8, 100, 90)
+    volume = StoreVolume(stores["v3_tiled"])
+    volume.read(start, size)  # the shard indexes, read once
+    touched, _ = _touched_chunk_bytes(SliceStore(stores["v3_tiled"]), start, size)
+    before = _bytes_read()
+    volume.read(start, size)
+    assert touched <= _bytes_read() - before <= 1.1 * touched
+
+
+def test_a_shard_file_replaced_in_place_is_read_anew(tmp_path):
+    # open shard files are kept; a file rewritten (atomically, a new inode) is reopened
+    from medlossy.store.remote import StoreFiles
+
+    shard = tmp_path / "shard"
+    shard.write_bytes(b"old bytes")
+    files = StoreFiles(tmp_path)
+    assert files.read("shard", 4, 5) == b"bytes" and files.read("shard", -3, 3) == b"tes"
+    (tmp_path / "new").write_bytes(b"new bytes!")
+    os.replace(tmp_path / "new", shard)
+    assert files.read("shard", 4, 6) == b"bytes!" and files.read("shard", -3, 3) == b"es!"
+
+
 def test_the_patch_dataset_takes_one_v3_store(stores):
     # Was refused ("no *.zarr stores in this folder"): a single store was recognised by its
     # .zattrs, which format 3 does not have.

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -105,6 +107,67 @@ def _problem(error: BaseException) -> str:
     return f"cannot be read ({text})"
 
 
+#: Local files kept open for range reads (per process, least recently used closed first): a
+#: sharded store's patch reads hundreds of small chunks from a few shard files.
+OPEN_FILES = 64
+
+
+class _Opened:
+    """A local file open for ``os.pread``, closed when its last reference goes: a thread may
+    still read one the cache has dropped."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        status = os.fstat(self.fd)
+        self.identity = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+    def __del__(self, close=os.close) -> None:
+        close(self.fd)
+
+
+_opened: OrderedDict[str, _Opened] = OrderedDict()
+_opened_lock = threading.Lock()
+
+
+def _forget_opened() -> None:
+    """A forked child opens its own files (and must not wait on a lock held by a parent's
+    thread at the fork)."""
+    global _opened, _opened_lock
+    _opened, _opened_lock = OrderedDict(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_opened)
+
+
+def _opened_file(path: str) -> _Opened:
+    """``path`` open for reading, from the cache unless the file was replaced since (a store
+    rewritten in place: one stat a read)."""
+    status = os.stat(path)
+    identity = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+    with _opened_lock:
+        opened = _opened.get(path)
+        if opened is not None and opened.identity == identity:
+            _opened.move_to_end(path)
+            return opened
+    opened = _Opened(path)
+    with _opened_lock:
+        _opened[path] = opened
+        _opened.move_to_end(path)
+        while len(_opened) > OPEN_FILES:
+            _opened.popitem(last=False)
+    return opened
+
+
+def _read_range(path: str, offset: int, length: int) -> bytes:
+    """``length`` bytes (-1: to the end) of local file ``path`` from ``offset`` (negative:
+    from the end): exactly those bytes, no buffer's read-ahead, no open per read."""
+    opened = _opened_file(path)
+    size = opened.identity[2]
+    start = max(size + offset, 0) if offset < 0 else offset
+    wanted = size - start if length < 0 else length
+    return os.pread(opened.fd, max(wanted, 0), start)
+
+
 class StoreFiles:
     """Byte access to the files of one store, relative to its root."""
 
@@ -155,9 +218,9 @@ class StoreFiles:
     def read_at(self, file: str | Path, offset: int = 0, length: int = -1) -> bytes:
         """``read`` of a file named by ``where``."""
         if not self.remote:
-            with Path(file).open("rb") as handle:
-                handle.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
-                return handle.read(length)
+            if offset == 0 and length < 0:  # a whole file: a chunk of Zarr 2, metadata
+                return Path(file).read_bytes()
+            return _read_range(str(file), offset, length)
         start, end = self._bounds(offset, length)
         try:
             return self._fs.cat_file(str(file), start=start, end=end)
