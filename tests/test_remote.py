@@ -196,6 +196,17 @@ def test_a_truncated_shard_at_a_url_is_refused_in_one_line(server, stores):
     assert f"{server.url}/damaged/cut.zarr/0/c/1/0/0: shard 1 is corrupt" in str(caught.value)
 
 
+def test_a_missing_shard_at_a_url_is_called_missing(server, stores):
+    # a 404 was reported as "corrupt (its index fails its CRC-32C)"
+    gone = server.root / "damaged" / "gone.zarr"
+    shutil.copytree(stores["v3_tiled"], gone)
+    (gone / "0" / "c" / "1" / "0" / "0").unlink()
+    with pytest.raises(MedlossyError) as caught:
+        read_store(f"{server.url}/damaged/gone.zarr", workers=1)
+    assert str(caught.value) == (f"{server.url}/damaged/gone.zarr/0/c/1/0/0: shard 1 is "
+                                 "missing from the store")
+
+
 def test_a_missing_store_or_server_is_one_line_naming_the_url(server, cli):
     url = f"{server.url}/nothing.zarr"
     code, _out, err = cli("info", url)

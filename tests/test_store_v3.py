@@ -397,3 +397,11 @@ def test_a_dataset_sweep_writes_v3_stores_and_redoes_them_as_v2(tmp_path, cli, m
     assert code == 0, err
     manifest = pd.read_csv(out / "manifest.csv")
     assert all(SliceStore(out / store).zarr_format == 2 for store in manifest["store"])
+
+
+def test_a_missing_shard_is_called_missing_not_corrupt(stores, tmp_path, cli):
+    store = _copy(stores["v3_tiled"], tmp_path)
+    (store / "0" / "c" / "1" / "0" / "0").unlink()
+    with pytest.raises(MedlossyError, match=r"0/c/1/0/0: shard 1 is missing from the store$"):
+        SliceStore(store).codestream(8 * 12)
+    assert SliceStore(store).verify() == list(range(8 * 12, 16 * 12))
