@@ -389,3 +389,15 @@ def test_a_store_read_after_a_fork_rebuilds_its_http_filesystem(server, stores, 
     monkeypatch.setattr(os, "getpid", lambda: parent + 1)
     box = (9, 50, 60), (8, 48, 40)  # other chunks: fetched in the "child"
     np.testing.assert_array_equal(volume.read(*box), local.read(*box))
+
+
+def test_bench_loader_workers_report_a_failing_server_in_one_line(server, stores, cli):
+    # the worker's Unreachable came back as "RuntimeError: Caught Unreachable in DataLoader
+    # worker process 0" and its traceback, exit 1; as with --workers 0 now
+    shutil.copytree(stores["v2"], server.root / "failing" / "bench.zarr")
+    url = f"{server.url}/failing/bench.zarr"
+    for workers in ("0", "1"):
+        code, out, err = cli("bench", "loader", url, "--patch", "8,48,40", "--workers",
+                             workers, "--seconds", "0.5")
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"medlossy: error: {url}/0/") and "cannot be read (503" in err
