@@ -198,6 +198,50 @@ def test_stock_zarr_and_ome_zarr_read_v3_exactly_with_only_medlossy_installed(
                    for m in document["loaded"])
 
 
+#: Stock zarr alone, with every module that medlossy's own tools need but a reader must not
+#: (JPEG 2000's encoder, the training stack, medical formats) refused on import.
+_MINIMAL_READER = """
+import importlib.abc, json, sys
+import numpy as np
+
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"openjpeg", "glymur", "torch", "monai", "nibabel", "pydicom",
+                                  "SimpleITK", "skimage"}:
+            raise ModuleNotFoundError(f"No module named {name!r} (refused)")
+
+sys.meta_path.insert(0, Refuse())
+import zarr
+
+for store in sys.argv[2:]:
+    np.save(f"{sys.argv[1]}/{store.rsplit('/', 1)[-1]}.npy", zarr.open(store, mode="r")["0"][:])
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("medlossy"))))
+"""
+
+
+def test_stock_zarr_reads_every_codec_kind_with_only_the_documented_packages(
+        stores, ct_slab, tmp_path):
+    # the adapter imported medlossy.codecs, which imported every codec: "No module named
+    # 'openjpeg'" in an environment of zarr, numcodecs and imagecodecs alone
+    block = tmp_path / "sperr.zarr"
+    _compress(ct_slab, block, Target("ratio", 8.0), codec_name="sperr", zarr_format=3,
+              shard_slices=16)
+    paths = [stores["v3_tiled"], block]
+    site = _entry_point_site(tmp_path / "site")
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(site), str(REPOSITORY / "src")])}
+    result = subprocess.run([sys.executable, "-c", _MINIMAL_READER, str(tmp_path),
+                             *map(str, paths)], capture_output=True, text=True,
+                            env=environment, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for path in paths:
+        ours = np.moveaxis(read_store(path, workers=1).array, 2, 0)
+        np.testing.assert_array_equal(np.load(tmp_path / f"{path.name}.npy"), ours)
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not any(m.endswith((".jpeg2k", ".htj2k", ".jpegxl", ".jpegls", ".blosc"))
+                   for m in loaded), loaded
+
+
 class _CountingStore(SliceStore):
     """A store that counts the bytes read from its files."""
 
