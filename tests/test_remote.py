@@ -401,3 +401,12 @@ def test_bench_loader_workers_report_a_failing_server_in_one_line(server, stores
                              workers, "--seconds", "0.5")
         assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
         assert err.startswith(f"medlossy: error: {url}/0/") and "cannot be read (503" in err
+
+
+@pytest.mark.parametrize("name", ["v2_tiled", "v3_tiled"])
+def test_a_patch_of_many_chunks_stays_within_the_servers_connections(server, stores, name):
+    # nginx here takes 64 connections; a patch of 240 tiles sent them all at once (fsspec's
+    # batch, aiohttp's 100 connections): "Server disconnected"
+    start, size = (0, 0, 0), (20, 233, 167)
+    local = StoreVolume(stores[name]).read(start, size)
+    np.testing.assert_array_equal(StoreVolume(_url(server, name)).read(start, size), local)

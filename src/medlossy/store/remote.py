@@ -21,6 +21,10 @@ from medlossy.errors import MedlossyError
 
 #: URL schemes fsspec serves over HTTP: read only (an HTTP server takes no writes).
 READ_ONLY = ("http", "https")
+#: Range requests in flight at once per store read at a URL. fsspec's default (up to 1,280,
+#: through aiohttp's 100 connections) overwhelmed servers that take fewer: nginx with
+#: ``worker_connections 64`` dropped them mid-patch ("Server disconnected").
+CONCURRENT_REQUESTS = 16
 
 
 class Unreachable(MedlossyError):
@@ -99,6 +103,11 @@ def local_folder(location: str | os.PathLike[str]) -> Iterator[Path]:
         except Exception as error:  # aiohttp, botocore and fsspec raise their own types
             raise MedlossyError(url, f"cannot be written ({' '.join(str(error).split())})"
                                 ) from None
+
+
+def _failed(data: bytes | Exception) -> bool:
+    """Whether a read failed other than by a missing file (a server error, a connection)."""
+    return isinstance(data, Exception) and not isinstance(data, FileNotFoundError)
 
 
 def _problem(error: BaseException) -> str:
@@ -222,12 +231,15 @@ class StoreFiles:
                 return Path(file).read_bytes()
             return _read_range(str(file), offset, length)
         start, end = self._bounds(offset, length)
-        try:
-            return self._fs.cat_file(str(file), start=start, end=end)
-        except FileNotFoundError:
-            raise
-        except Exception as error:  # aiohttp and fsspec raise their own types
-            raise Unreachable(file, _problem(error)) from None
+        for retry in (False, True):  # a dropped connection is tried once more
+            try:
+                return self._fs.cat_file(str(file), start=start, end=end)
+            except FileNotFoundError:
+                raise
+            except Exception as error:  # aiohttp and fsspec raise their own types
+                if retry:
+                    raise Unreachable(file, _problem(error)) from None
+        raise AssertionError("unreachable")
 
     def read_many(self, reads: Sequence[tuple[str | Path, int, int]],
                   ) -> list[bytes | FileNotFoundError]:
@@ -235,14 +247,25 @@ class StoreFiles:
         per read); a missing file's entry is its FileNotFoundError."""
         if not self.remote:
             return [self._or_missing(file, offset, length) for file, offset, length in reads]
-        bounds = [self._bounds(offset, length) for _, offset, length in reads]
-        fetched = self._fs.cat_ranges([str(file) for file, _, _ in reads],
-                                      [start for start, _ in bounds],
-                                      [end for _, end in bounds], on_error="return")
-        for (file, _, _), data in zip(reads, fetched, strict=True):
-            if isinstance(data, Exception) and not isinstance(data, FileNotFoundError):
-                raise Unreachable(file, _problem(data))
+        fetched = self._cat_ranges(reads)
+        failed = [i for i, data in enumerate(fetched) if _failed(data)]
+        for i, data in zip(failed, self._cat_ranges([reads[i] for i in failed]), strict=True):
+            if _failed(data):  # a dropped connection is tried once more
+                raise Unreachable(reads[i][0], _problem(data))
+            fetched[i] = data
         return fetched
+
+    def _cat_ranges(self, reads: Sequence[tuple[str | Path, int, int]],
+                    ) -> list[bytes | Exception]:
+        """fsspec's concurrent range requests (``CONCURRENT_REQUESTS`` at a time); an entry
+        is the bytes, or the read's exception."""
+        if not reads:
+            return []
+        bounds = [self._bounds(offset, length) for _, offset, length in reads]
+        return list(self._fs.cat_ranges([str(file) for file, _, _ in reads],
+                                        [start for start, _ in bounds],
+                                        [end for _, end in bounds], on_error="return",
+                                        batch_size=CONCURRENT_REQUESTS))
 
     def _or_missing(self, file: str | Path, offset: int, length: int,
                     ) -> bytes | FileNotFoundError:
