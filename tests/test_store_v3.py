@@ -317,6 +317,32 @@ def test_a_shard_file_replaced_in_place_is_read_anew(tmp_path):
     assert files.read("shard", 4, 6) == b"bytes!" and files.read("shard", -3, 3) == b"es!"
 
 
+#: A process with no threads that reads a range, forks, and reads again in the child.
+_FORKED_READ = """
+import os, sys, threading
+from medlossy.store import remote
+
+files = remote.StoreFiles(sys.argv[1])
+assert files.read("shard", 4, 5) == b"bytes" and list(remote._opened)
+assert threading.active_count() == 1  # safe to fork
+child = os.fork()
+if child == 0:
+    fresh = not remote._opened  # the parent's open files are not the child's
+    os._exit(0 if fresh and files.read("shard", 0, 3) == b"old" and remote._opened else 1)
+_, status = os.waitpid(child, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_process_opens_its_own_shard_files(tmp_path):
+    (tmp_path / "shard").write_bytes(b"old bytes")
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY / "src")}
+    result = subprocess.run([sys.executable, "-c", _FORKED_READ, str(tmp_path)],
+                            capture_output=True, text=True, env=environment, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
 def test_the_patch_dataset_takes_one_v3_store(stores):
     # Was refused ("no *.zarr stores in this folder"): a single store was recognised by its
     # .zattrs, which format 3 does not have.

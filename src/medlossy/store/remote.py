@@ -125,13 +125,16 @@ class _Opened:
     """A local file open for ``os.pread``, closed when its last reference goes: a thread may
     still read one the cache has dropped."""
 
+    fd = -1
+
     def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         status = os.fstat(self.fd)
         self.identity = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
     def __del__(self, close=os.close) -> None:
-        close(self.fd)
+        if self.fd >= 0:
+            close(self.fd)
 
 
 _opened: OrderedDict[str, _Opened] = OrderedDict()
@@ -145,7 +148,8 @@ def _forget_opened() -> None:
     _opened, _opened_lock = OrderedDict(), threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_opened)
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere processes are spawned, not forked
+    os.register_at_fork(after_in_child=_forget_opened)
 
 
 def _opened_file(path: str) -> _Opened:
@@ -170,6 +174,10 @@ def _opened_file(path: str) -> _Opened:
 def _read_range(path: str, offset: int, length: int) -> bytes:
     """``length`` bytes (-1: to the end) of local file ``path`` from ``offset`` (negative:
     from the end): exactly those bytes, no buffer's read-ahead, no open per read."""
+    if not hasattr(os, "pread"):  # Windows: a buffered read of its own
+        with Path(path).open("rb") as handle:
+            handle.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
+            return handle.read(length)
     opened = _opened_file(path)
     size = opened.identity[2]
     start = max(size + offset, 0) if offset < 0 else offset
