@@ -196,6 +196,17 @@ def test_a_truncated_shard_at_a_url_is_refused_in_one_line(server, stores):
     assert f"{server.url}/damaged/cut.zarr/0/c/1/0/0: shard 1 is corrupt" in str(caught.value)
 
 
+def test_a_missing_shard_at_a_url_is_called_missing(server, stores):
+    # a 404 was reported as "corrupt (its index fails its CRC-32C)"
+    gone = server.root / "damaged" / "gone.zarr"
+    shutil.copytree(stores["v3_tiled"], gone)
+    (gone / "0" / "c" / "1" / "0" / "0").unlink()
+    with pytest.raises(MedlossyError) as caught:
+        read_store(f"{server.url}/damaged/gone.zarr", workers=1)
+    assert str(caught.value) == (f"{server.url}/damaged/gone.zarr/0/c/1/0/0: shard 1 is "
+                                 "missing from the store")
+
+
 def test_a_missing_store_or_server_is_one_line_naming_the_url(server, cli):
     url = f"{server.url}/nothing.zarr"
     code, _out, err = cli("info", url)
@@ -505,3 +516,38 @@ def test_compress_writes_a_store_to_a_writable_url_and_refuses_http(server, slab
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
     assert "memory://medlossy-x/ct.nii.gz: decoded volumes are written to a local path" in err
     assert not Path("memory:").exists()
+
+
+def test_a_store_read_after_a_fork_rebuilds_its_http_filesystem(server, stores, monkeypatch):
+    # a DataLoader worker forked (Linux's default) from a process that read the URL gets the
+    # parent's fsspec filesystem, which refuses ("This class is not fork-safe"); the fork is
+    # simulated by a new process id, as forking after fsspec's threads is not safe in a test
+    volume = StoreVolume(_url(server, "v3_tiled"))
+    local = StoreVolume(stores["v3_tiled"])
+    box = (0, 0, 0), (8, 48, 40)
+    np.testing.assert_array_equal(volume.read(*box), local.read(*box))
+    parent = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: parent + 1)
+    box = (9, 50, 60), (8, 48, 40)  # other chunks: fetched in the "child"
+    np.testing.assert_array_equal(volume.read(*box), local.read(*box))
+
+
+def test_bench_loader_workers_report_a_failing_server_in_one_line(server, stores, cli):
+    # the worker's Unreachable came back as "RuntimeError: Caught Unreachable in DataLoader
+    # worker process 0" and its traceback, exit 1; as with --workers 0 now
+    shutil.copytree(stores["v2"], server.root / "failing" / "bench.zarr")
+    url = f"{server.url}/failing/bench.zarr"
+    for workers in ("0", "1"):
+        code, out, err = cli("bench", "loader", url, "--patch", "8,48,40", "--workers",
+                             workers, "--seconds", "0.5")
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"medlossy: error: {url}/0/") and "cannot be read (503" in err
+
+
+@pytest.mark.parametrize("name", ["v2_tiled", "v3_tiled"])
+def test_a_patch_of_many_chunks_stays_within_the_servers_connections(server, stores, name):
+    # nginx here takes 64 connections; a patch of 240 tiles sent them all at once (fsspec's
+    # batch, aiohttp's 100 connections): "Server disconnected"
+    start, size = (0, 0, 0), (20, 233, 167)
+    local = StoreVolume(stores[name]).read(start, size)
+    np.testing.assert_array_equal(StoreVolume(_url(server, name)).read(start, size), local)

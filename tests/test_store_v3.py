@@ -198,6 +198,50 @@ def test_stock_zarr_and_ome_zarr_read_v3_exactly_with_only_medlossy_installed(
                    for m in document["loaded"])
 
 
+#: Stock zarr alone, with every module that medlossy's own tools need but a reader must not
+#: (JPEG 2000's encoder, the training stack, medical formats) refused on import.
+_MINIMAL_READER = """
+import importlib.abc, json, sys
+import numpy as np
+
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"openjpeg", "glymur", "torch", "monai", "nibabel", "pydicom",
+                                  "SimpleITK", "skimage"}:
+            raise ModuleNotFoundError(f"No module named {name!r} (refused)")
+
+sys.meta_path.insert(0, Refuse())
+import zarr
+
+for store in sys.argv[2:]:
+    np.save(f"{sys.argv[1]}/{store.rsplit('/', 1)[-1]}.npy", zarr.open(store, mode="r")["0"][:])
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("medlossy"))))
+"""
+
+
+def test_stock_zarr_reads_every_codec_kind_with_only_the_documented_packages(
+        stores, ct_slab, tmp_path):
+    # the adapter imported medlossy.codecs, which imported every codec: "No module named
+    # 'openjpeg'" in an environment of zarr, numcodecs and imagecodecs alone
+    block = tmp_path / "sperr.zarr"
+    _compress(ct_slab, block, Target("ratio", 8.0), codec_name="sperr", zarr_format=3,
+              shard_slices=16)
+    paths = [stores["v3_tiled"], block]
+    site = _entry_point_site(tmp_path / "site")
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(site), str(REPOSITORY / "src")])}
+    result = subprocess.run([sys.executable, "-c", _MINIMAL_READER, str(tmp_path),
+                             *map(str, paths)], capture_output=True, text=True,
+                            env=environment, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for path in paths:
+        ours = np.moveaxis(read_store(path, workers=1).array, 2, 0)
+        np.testing.assert_array_equal(np.load(tmp_path / f"{path.name}.npy"), ours)
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not any(m.endswith((".jpeg2k", ".htj2k", ".jpegxl", ".jpegls", ".blosc"))
+                   for m in loaded), loaded
+
+
 class _CountingStore(SliceStore):
     """A store that counts the bytes read from its files."""
 
@@ -238,6 +282,65 @@ def test_a_patch_reads_only_the_inner_chunks_it_touches(stores, monkeypatch):
     whole = np.moveaxis(read_store(stores["v3_tiled"], workers=1).array, 2, 0)
     expected = whole[5:13, 40:140, 30:120].astype(np.float32)
     np.testing.assert_array_equal(patch, expected)
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read from files so far (the kernel's count, page cache too)."""
+    line = next(line for line in Path("/proc/self/io").read_text().splitlines()
+                if line.startswith("rchar:"))
+    return int(line.split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's /proc")
+def test_a_local_patch_reads_from_disk_only_the_bytes_of_its_chunks(stores):
+    # Each ~500-byte chunk reopened its shard and read a 4 KiB buffer: 8.0x the chunks'
+    # bytes (and an open per chunk) on a tiled store; kept open and read by os.pread now
+    start, size = (5, 40, 30), (8, 100, 90)
+    volume = StoreVolume(stores["v3_tiled"])
+    volume.read(start, size)  # the shard indexes, read once
+    touched, _ = _touched_chunk_bytes(SliceStore(stores["v3_tiled"]), start, size)
+    before = _bytes_read()
+    volume.read(start, size)
+    assert touched <= _bytes_read() - before <= 1.1 * touched
+
+
+def test_a_shard_file_replaced_in_place_is_read_anew(tmp_path):
+    # open shard files are kept; a file rewritten (atomically, a new inode) is reopened
+    from medlossy.store.remote import StoreFiles
+
+    shard = tmp_path / "shard"
+    shard.write_bytes(b"old bytes")
+    files = StoreFiles(tmp_path)
+    assert files.read("shard", 4, 5) == b"bytes" and files.read("shard", -3, 3) == b"tes"
+    (tmp_path / "new").write_bytes(b"new bytes!")
+    os.replace(tmp_path / "new", shard)
+    assert files.read("shard", 4, 6) == b"bytes!" and files.read("shard", -3, 3) == b"es!"
+
+
+#: A process with no threads that reads a range, forks, and reads again in the child.
+_FORKED_READ = """
+import os, sys, threading
+from medlossy.store import remote
+
+files = remote.StoreFiles(sys.argv[1])
+assert files.read("shard", 4, 5) == b"bytes" and list(remote._opened)
+assert threading.active_count() == 1  # safe to fork
+child = os.fork()
+if child == 0:
+    fresh = not remote._opened  # the parent's open files are not the child's
+    os._exit(0 if fresh and files.read("shard", 0, 3) == b"old" and remote._opened else 1)
+_, status = os.waitpid(child, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_process_opens_its_own_shard_files(tmp_path):
+    (tmp_path / "shard").write_bytes(b"old bytes")
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY / "src")}
+    result = subprocess.run([sys.executable, "-c", _FORKED_READ, str(tmp_path)],
+                            capture_output=True, text=True, env=environment, timeout=60)
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_patch_dataset_takes_one_v3_store(stores):
@@ -364,3 +467,11 @@ def test_a_dataset_sweep_writes_v3_stores_and_redoes_them_as_v2(tmp_path, cli, m
     assert code == 0, err
     manifest = pd.read_csv(out / "manifest.csv")
     assert all(SliceStore(out / store).zarr_format == 2 for store in manifest["store"])
+
+
+def test_a_missing_shard_is_called_missing_not_corrupt(stores, tmp_path, cli):
+    store = _copy(stores["v3_tiled"], tmp_path)
+    (store / "0" / "c" / "1" / "0" / "0").unlink()
+    with pytest.raises(MedlossyError, match=r"0/c/1/0/0: shard 1 is missing from the store$"):
+        SliceStore(store).codestream(8 * 12)
+    assert SliceStore(store).verify() == list(range(8 * 12, 16 * 12))

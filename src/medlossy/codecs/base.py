@@ -10,6 +10,7 @@ chunk per file either way.
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -121,6 +122,16 @@ class SliceCodec(ABC):
 
 
 _REGISTRY: dict[str, type[SliceCodec]] = {}
+#: The built-in codecs, each registered by its module ``medlossy.codecs.<name>`` when first
+#: asked for: a reader of one codec imports only that codec's libraries (stock zarr's adapter,
+#: ``medlossy.codecs.zarr3``, needs only zarr, numcodecs and imagecodecs).
+BUILTIN = ("blosc", "htj2k", "jpeg2k", "jpegls", "jpegxl", "sperr", "sz3", "zfp")
+
+
+def _load(names: tuple[str, ...]) -> None:
+    for name in names:
+        if name in BUILTIN and name not in _REGISTRY:
+            importlib.import_module(f"medlossy.codecs.{name}")
 
 
 def register(codec_type: type[SliceCodec]) -> type[SliceCodec]:
@@ -131,11 +142,12 @@ def register(codec_type: type[SliceCodec]) -> type[SliceCodec]:
 
 def codec_type(name: str) -> type[SliceCodec]:
     """The class registered as ``name``, installed or not."""
+    _load((name,))
     try:
         return _REGISTRY[name]
     except KeyError:
         raise CodecError(f"unknown codec {name!r}; known: "
-                               f"{', '.join(sorted(_REGISTRY))}") from None
+                               f"{', '.join(codec_names())}") from None
 
 
 def get_codec(name: str) -> SliceCodec:
@@ -147,6 +159,7 @@ def get_codec(name: str) -> SliceCodec:
 
 
 def codec_names() -> list[str]:
+    _load(BUILTIN)
     return sorted(_REGISTRY)
 
 

@@ -26,6 +26,10 @@ from numcodecs.registry import get_codec as get_numcodec
 from zarr.abc.codec import ArrayBytesCodec
 from zarr.registry import register_codec
 
+# numcodecs' "medlossy.block" (the block codecs' numcodecs codec) registered on import too,
+# where medlossy is on the path without its entry points
+from medlossy.codecs import blocks  # noqa: F401
+
 if TYPE_CHECKING:
     from typing import Self
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -19,6 +21,10 @@ from medlossy.errors import MedlossyError
 
 #: URL schemes fsspec serves over HTTP: read only (an HTTP server takes no writes).
 READ_ONLY = ("http", "https")
+#: Range requests in flight at once per store read at a URL. fsspec's default (up to 1,280,
+#: through aiohttp's 100 connections) overwhelmed servers that take fewer: nginx with
+#: ``worker_connections 64`` dropped them mid-patch ("Server disconnected").
+CONCURRENT_REQUESTS = 16
 
 
 class Unreachable(MedlossyError):
@@ -109,10 +115,84 @@ def local_folder(location: str | os.PathLike[str], what: str = "a sweep") -> Ite
                                 ) from None
 
 
+def _failed(data: bytes | Exception) -> bool:
+    """Whether a read failed other than by a missing file (a server error, a connection)."""
+    return isinstance(data, Exception) and not isinstance(data, FileNotFoundError)
+
+
 def _problem(error: BaseException) -> str:
     """One line for a failed remote read (connection refused, a server error)."""
     text = " ".join(str(error).split()) or type(error).__name__
     return f"cannot be read ({text})"
+
+
+#: Local files kept open for range reads (per process, least recently used closed first): a
+#: sharded store's patch reads hundreds of small chunks from a few shard files.
+OPEN_FILES = 64
+
+
+class _Opened:
+    """A local file open for ``os.pread``, closed when its last reference goes: a thread may
+    still read one the cache has dropped."""
+
+    fd = -1
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        status = os.fstat(self.fd)
+        self.identity = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+    def __del__(self, close=os.close) -> None:
+        if self.fd >= 0:
+            close(self.fd)
+
+
+_opened: OrderedDict[str, _Opened] = OrderedDict()
+_opened_lock = threading.Lock()
+
+
+def _forget_opened() -> None:
+    """A forked child opens its own files (and must not wait on a lock held by a parent's
+    thread at the fork)."""
+    global _opened, _opened_lock
+    _opened, _opened_lock = OrderedDict(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere processes are spawned, not forked
+    os.register_at_fork(after_in_child=_forget_opened)
+
+
+def _opened_file(path: str) -> _Opened:
+    """``path`` open for reading, from the cache unless the file was replaced since (a store
+    rewritten in place: one stat a read)."""
+    status = os.stat(path)
+    identity = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+    with _opened_lock:
+        opened = _opened.get(path)
+        if opened is not None and opened.identity == identity:
+            _opened.move_to_end(path)
+            return opened
+    opened = _Opened(path)
+    with _opened_lock:
+        _opened[path] = opened
+        _opened.move_to_end(path)
+        while len(_opened) > OPEN_FILES:
+            _opened.popitem(last=False)
+    return opened
+
+
+def _read_range(path: str, offset: int, length: int) -> bytes:
+    """``length`` bytes (-1: to the end) of local file ``path`` from ``offset`` (negative:
+    from the end): exactly those bytes, no buffer's read-ahead, no open per read."""
+    if not hasattr(os, "pread"):  # Windows: a buffered read of its own
+        with Path(path).open("rb") as handle:
+            handle.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
+            return handle.read(length)
+    opened = _opened_file(path)
+    size = opened.identity[2]
+    start = max(size + offset, 0) if offset < 0 else offset
+    wanted = size - start if length < 0 else length
+    return os.pread(opened.fd, max(wanted, 0), start)
 
 
 class StoreFiles:
@@ -122,7 +202,18 @@ class StoreFiles:
         self.remote = is_url(location)
         #: The store as users name it: a Path, or the URL without a trailing slash.
         self.root: str | Path = str(location).rstrip("/") if self.remote else Path(location)
-        self._fs = filesystem(self.root) if self.remote else None
+        # built now so that a missing protocol package is reported at once
+        self._filesystem = filesystem(self.root) if self.remote else None
+        self._pid = os.getpid()
+
+    @property
+    def _fs(self):
+        """The store's fsspec filesystem, rebuilt in a forked process (a DataLoader worker):
+        fsspec's HTTP filesystem holds an event loop and a session that cannot cross a fork
+        ("This class is not fork-safe")."""
+        if self._pid != os.getpid():
+            self._filesystem, self._pid = filesystem(str(self.root)), os.getpid()
+        return self._filesystem
 
     def __getstate__(self) -> dict:
         # fsspec filesystems pickle as their arguments; rebuilt in the receiving process
@@ -130,7 +221,7 @@ class StoreFiles:
 
     def __setstate__(self, state: dict) -> None:
         self.root, self.remote = state["root"], state["remote"]
-        self._fs = filesystem(self.root) if self.remote else None
+        self._filesystem, self._pid = None, -1
 
     def where(self, name: str) -> str | Path:
         """How messages name file ``name`` of the store (its path or URL)."""
@@ -154,16 +245,19 @@ class StoreFiles:
     def read_at(self, file: str | Path, offset: int = 0, length: int = -1) -> bytes:
         """``read`` of a file named by ``where``."""
         if not self.remote:
-            with Path(file).open("rb") as handle:
-                handle.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
-                return handle.read(length)
+            if offset == 0 and length < 0:  # a whole file: a chunk of Zarr 2, metadata
+                return Path(file).read_bytes()
+            return _read_range(str(file), offset, length)
         start, end = self._bounds(offset, length)
-        try:
-            return self._fs.cat_file(str(file), start=start, end=end)
-        except FileNotFoundError:
-            raise
-        except Exception as error:  # aiohttp and fsspec raise their own types
-            raise Unreachable(file, _problem(error)) from None
+        for retry in (False, True):  # a dropped connection is tried once more
+            try:
+                return self._fs.cat_file(str(file), start=start, end=end)
+            except FileNotFoundError:
+                raise
+            except Exception as error:  # aiohttp and fsspec raise their own types
+                if retry:
+                    raise Unreachable(file, _problem(error)) from None
+        raise AssertionError("unreachable")
 
     def read_many(self, reads: Sequence[tuple[str | Path, int, int]],
                   ) -> list[bytes | FileNotFoundError]:
@@ -171,14 +265,25 @@ class StoreFiles:
         per read); a missing file's entry is its FileNotFoundError."""
         if not self.remote:
             return [self._or_missing(file, offset, length) for file, offset, length in reads]
-        bounds = [self._bounds(offset, length) for _, offset, length in reads]
-        fetched = self._fs.cat_ranges([str(file) for file, _, _ in reads],
-                                      [start for start, _ in bounds],
-                                      [end for _, end in bounds], on_error="return")
-        for (file, _, _), data in zip(reads, fetched, strict=True):
-            if isinstance(data, Exception) and not isinstance(data, FileNotFoundError):
-                raise Unreachable(file, _problem(data))
+        fetched = self._cat_ranges(reads)
+        failed = [i for i, data in enumerate(fetched) if _failed(data)]
+        for i, data in zip(failed, self._cat_ranges([reads[i] for i in failed]), strict=True):
+            if _failed(data):  # a dropped connection is tried once more
+                raise Unreachable(reads[i][0], _problem(data))
+            fetched[i] = data
         return fetched
+
+    def _cat_ranges(self, reads: Sequence[tuple[str | Path, int, int]],
+                    ) -> list[bytes | Exception]:
+        """fsspec's concurrent range requests (``CONCURRENT_REQUESTS`` at a time); an entry
+        is the bytes, or the read's exception."""
+        if not reads:
+            return []
+        bounds = [self._bounds(offset, length) for _, offset, length in reads]
+        return list(self._fs.cat_ranges([str(file) for file, _, _ in reads],
+                                        [start for start, _ in bounds],
+                                        [end for _, end in bounds], on_error="return",
+                                        batch_size=CONCURRENT_REQUESTS))
 
     def _or_missing(self, file: str | Path, offset: int, length: int,
                     ) -> bytes | FileNotFoundError:

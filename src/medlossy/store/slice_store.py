@@ -741,6 +741,8 @@ class SliceStore:
         size = self.chunks_per_shard * INDEX_ENTRY + INDEX_CHECKSUM
         try:
             raw = self.read_range(file, -size, size)
+        except FileNotFoundError:  # deleted, or a 404 at a URL: not a damaged index
+            raise MedlossyError(file, f"shard {shard} is missing from the store") from None
         except OSError:  # shorter than its index
             raw = b""
         if len(raw) != size or google_crc32c.value(raw[:-INDEX_CHECKSUM]) != \
