@@ -316,6 +316,9 @@ def test_the_first_view_waits_for_the_pairs_own_slice_only(browser, study, tmp_p
         assert parts[0][2] <= first_view <= parts[1][1]  # part 2 asked for after the view
         stacks = [url.split("/stack/")[1] for url in requested if "/stack/" in url]
         assert [name.split("?")[1] for name in stacks] == ["part=1", "part=2"]
+        assert page.evaluate(  # part 1 is the head's preload, taken over by the script
+            "() => performance.getEntriesByType('resource').find(entry => "
+            "entry.name.endsWith('?part=1')).initiatorType") == "link"
         assert not [url for url in requested if "/img/" in url]
         centre = int(_state(page)["slice"])
         page.keyboard.press("PageDown" if centre == 0 else "PageUp")
@@ -629,7 +632,9 @@ def test_without_script_a_flicker_pair_cannot_be_answered(browser, tmp_path_fact
                                                           tmp_path):
     """Without JavaScript a flicker page shows no image (the composite is side by side, not
     a flicker), says why, and its answers are disabled; a 2AFC page, side by side like the
-    composite, shows it and is answered."""
+    composite, shows it and is answered. Neither fetches the stack (before, the head's
+    preload fetched its part 1 for nothing)."""
+    requested: list[str] = []
     for design, shown in (("flicker", False), ("2afc", True)):
         study = make_design_study(tmp_path_factory, design)
         (tmp_path / design).mkdir()
@@ -638,7 +643,10 @@ def test_without_script_a_flicker_pair_cannot_be_answered(browser, tmp_path_fact
             context = browser.new_context(java_script_enabled=False,
                                           viewport={"width": 1280, "height": 860})
             page = context.new_page()
+            requested.clear()
+            page.on("request", lambda request: requested.append(request.url))
             page.goto(f"{base}/r/{rater.token}/p/1")
+            page.wait_for_load_state("load")
             assert (page.locator("#pair").count() == 1) == shown
             button = page.locator("#answer-form button").first
             assert button.is_disabled() != shown
@@ -647,5 +655,6 @@ def test_without_script_a_flicker_pair_cannot_be_answered(browser, tmp_path_fact
                     button.click()
             else:
                 assert "cannot be shown" in page.locator("figure").inner_text()
+            assert not [url for url in requested if "/stack/" in url]
             context.close()
         assert len(database.all_answers()) == int(shown)

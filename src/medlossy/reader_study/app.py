@@ -158,9 +158,11 @@ def _asset(base: str, name: str) -> str:
 
 def _page(title: str, body: str, base: str, *, script: bool = False, preload: str = "") -> str:
     """A page; ``preload``: a URL the page's script will fetch, requested from the head so
-    that its transfer starts while the rest of the page is still being parsed."""
-    early = (f"<link rel=\"preload\" href=\"{preload}\" as=\"fetch\" crossorigin>"
-             if preload else "")
+    that its transfer starts while the rest of the page is still being parsed; only where
+    script runs (``media``: a browser without script would fetch it for nothing, and one
+    that does not know the feature fetches it from the script)."""
+    early = (f"<link rel=\"preload\" href=\"{preload}\" as=\"fetch\" crossorigin "
+             "media=\"(scripting: enabled)\">" if preload else "")
     tail = (f'<script src="{_asset(base, "rater.js")}"></script>'
             f'<script src="{_asset(base, "viewer.js")}"></script>') if script else ""
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
