@@ -316,6 +316,9 @@ def test_the_first_view_waits_for_the_pairs_own_slice_only(browser, study, tmp_p
         assert parts[0][2] <= first_view <= parts[1][1]  # part 2 asked for after the view
         stacks = [url.split("/stack/")[1] for url in requested if "/stack/" in url]
         assert [name.split("?")[1] for name in stacks] == ["part=1", "part=2"]
+        assert page.evaluate(  # part 1 is the head's preload, taken over by the script
+            "() => performance.getEntriesByType('resource').find(entry => "
+            "entry.name.endsWith('?part=1')).initiatorType") == "link"
         assert not [url for url in requested if "/img/" in url]
         centre = int(_state(page)["slice"])
         page.keyboard.press("PageDown" if centre == 0 else "PageUp")
@@ -461,3 +464,197 @@ def test_a_2afc_study_is_answered_left_or_right_by_keys(browser, tmp_path_factor
     answers = database.all_answers()
     assert len(answers) == total and {a["design"] for a in answers} == {"2afc"}
     assert Counter(a["answer"] for a in answers) == {"left": total // 2, "right": total // 2}
+
+
+def _part(number: int, handle):
+    """A route handler applying ``handle(route)`` to part ``number`` of a stack only."""
+    def route(route):
+        if route.request.url.endswith(f"?part={number}"):
+            handle(route)
+        else:
+            route.continue_()
+    return route
+
+
+def _cut(fraction: float):
+    """Serves a part's first ``fraction`` of bytes only (a connection cut short)."""
+    def handle(route):
+        body = route.fetch().body()
+        route.fulfill(status=200, body=body[:int(len(body) * fraction)],
+                      headers={"content-type": "application/octet-stream"})
+    return handle
+
+
+def _not_found(route) -> None:
+    route.fulfill(status=404, body="")
+
+
+def _open_with(browser, base: str, rater, position: int, handler):
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.route("**/stack/*", handler)
+    page.goto(f"{base}/r/{rater.token}/p/{position}")
+    return page, errors
+
+
+@pytest.mark.parametrize("failure", ["404", "cut"])
+def test_a_failed_part_2_keeps_the_first_view_and_the_slices_that_arrived(
+        browser, study, tmp_path, failure):
+    """Part 2 (the other slices) fails after the first view: the viewer stays where it is,
+    says once that the other slices could not be loaded, and scrolls only through the
+    slices that arrived; the pair is answered as usual. Before, the composite PNG was put
+    above the working viewer (pushing it below the fold) with no message, and scrolling
+    went on to black slices."""
+    database, (rater, _), _ = new_database(study, tmp_path)
+    handler = _part(2, _not_found if failure == "404" else _cut(3 / 8))
+    with running_server(study, database) as base:
+        page, errors = _open_with(browser, base, rater, 3, handler)
+        page.wait_for_selector("#viewer-note")
+        pair_id = page.locator("input[name=pair]").get_attribute("value")
+        header, codes = read_stack(study / "stacks" / f"{pair_id}.bin")
+        assert page.locator("#pair").count() == 0
+        assert page.locator("#viewer").evaluate("v => v === v.parentNode.firstElementChild")
+        assert page.locator("#view-left").bounding_box()["y"] < 300  # not pushed down
+        note = page.locator("#viewer-note").inner_text()
+        assert "could not be loaded" in note and "can still be read" in note
+        # Part 2 holds the other slices nearest first, each left then right: 3/8 of 4
+        # slices is one whole slice (the nearer of the two neighbours, lower first).
+        arrived = {header.centre} if failure == "404" else {
+            header.centre, header.centre - 1 if header.centre > 0 else header.centre + 1}
+        seen = {int(_state(page)["slice"])}
+        for key_name in ["PageDown"] * header.slices + ["PageUp"] * header.slices:
+            page.keyboard.press(key_name)
+            state = _state(page)
+            seen.add(int(state["slice"]))
+            assert "loading" not in state
+        assert seen == arrived
+        page.keyboard.press("+")
+        page.keyboard.press("+")
+        _check_pixels(page, header, codes)
+        assert page.locator("#viewer-note").count() == 1 and errors == []
+        with page.expect_navigation():
+            page.keyboard.press("3")
+        page.close()
+    (answer,) = database.all_answers()
+    assert answer["pair"] == pair_id and answer["answer"] == "right"
+
+
+def test_a_slice_still_arriving_keeps_the_one_shown_and_says_it_is_loading(
+        browser, study, tmp_path):
+    """Scrolling to a slice of part 2 before it arrives keeps the slice on screen (drawn,
+    zoomable) with "loading slice N" in the readout, and draws the new one when it comes.
+    Before, both sides went black while the readout still named the old slice."""
+    database, (rater, _), _ = new_database(study, tmp_path)
+    held: list = []
+    with running_server(study, database) as base:
+        page, errors = _open_with(browser, base, rater, 3, _part(2, held.append))
+        page.wait_for_selector("#viewer[data-slice]")
+        pair_id = page.locator("input[name=pair]").get_attribute("value")
+        header, codes = read_stack(study / "stacks" / f"{pair_id}.bin")
+        deadline = time.monotonic() + 10
+        while not held:
+            assert time.monotonic() < deadline, "part 2 never asked for"
+            page.wait_for_timeout(20)
+        step, target = (("PageDown", header.centre + 1) if header.centre == 0 else
+                        ("PageUp", header.centre - 1))
+        page.keyboard.press("+")
+        page.keyboard.press("+")
+        page.keyboard.press(step)
+        state = _state(page)
+        assert state["slice"] == header.centre and state["loading"] == target
+        assert f"loading slice {target + 1}" in page.locator("#readout").inner_text()
+        _check_pixels(page, header, codes)  # the slice shown is still drawn
+        held[0].continue_()
+        _wait_until(page, f"document.getElementById('viewer').dataset.slice == {target}")
+        state = _state(page)
+        assert "loading" not in state
+        assert "loading" not in page.locator("#readout").inner_text()
+        _check_pixels(page, header, codes)
+        assert errors == []
+        page.close()
+
+
+@pytest.mark.parametrize("failure", ["404", "cut"])
+def test_a_failed_part_1_shows_the_composite_without_an_empty_viewer(browser, study,
+                                                                      tmp_path, failure):
+    """Part 1 fails or is cut short, so there is no first view: the composite PNG, as
+    without script, and no viewer (before, a cut part 1 left the toolbar and two black
+    canvases above the PNG)."""
+    database, (rater, _), _ = new_database(study, tmp_path)
+    handler = _part(1, _not_found if failure == "404" else _cut(3 / 4))
+    with running_server(study, database) as base:
+        page, errors = _open_with(browser, base, rater, 1, handler)
+        _wait_until(page, "!!document.getElementById('pair') && "
+                          "document.getElementById('pair').naturalWidth > 0")
+        assert page.locator("#viewer").count() == 0 and page.locator("canvas").count() == 0
+        with page.expect_navigation():
+            page.keyboard.press("1")
+        assert errors == []
+        page.close()
+    (answer,) = database.all_answers()
+    assert answer["answer"] == "left"
+
+
+@pytest.mark.parametrize("part", [1, 2])
+def test_a_flicker_pair_is_never_shown_side_by_side(browser, tmp_path_factory, tmp_path,
+                                                    part):
+    """A flicker pair whose stack fails before its first view (part 1) says it cannot be
+    shown and cannot be answered (it stays unanswered and comes again); after it (part 2)
+    the flicker stays, with its note, and is answered. Before, the side-by-side composite
+    appeared (beside a caption saying the images alternate) and its answer was taken."""
+    study = make_design_study(tmp_path_factory, "flicker")
+    database, (rater, _), _ = new_database(study, tmp_path)
+    with running_server(study, database) as base:
+        page, errors = _open_with(browser, base, rater, 1, _part(part, _not_found))
+        page.wait_for_selector("#viewer-note")
+        time.sleep(0.3)
+        assert page.locator("#pair").count() == 0 and page.locator("img").count() == 0
+        if part == 1:
+            assert "cannot be shown" in page.locator("#viewer-note").inner_text()
+            assert page.locator("#viewer").count() == 0
+            assert page.locator("#answer-seen").is_disabled()
+            page.keyboard.press("y")
+            page.locator("#answer-unseen").click(force=True)
+            time.sleep(0.3)
+            assert page.url.endswith("/p/1") and database.all_answers() == []
+        else:
+            assert page.locator("#view-flicker").count() == 1
+            _wait_until(page, "Number(document.getElementById('viewer').dataset.flips) >= 1")
+            with page.expect_navigation():
+                page.keyboard.press("y")
+            assert [a["answer"] for a in database.all_answers()] == ["seen"]
+        assert errors == []
+        page.close()
+
+
+def test_without_script_a_flicker_pair_cannot_be_answered(browser, tmp_path_factory,
+                                                          tmp_path):
+    """Without JavaScript a flicker page shows no image (the composite is side by side, not
+    a flicker), says why, and its answers are disabled; a 2AFC page, side by side like the
+    composite, shows it and is answered. Neither fetches the stack (before, the head's
+    preload fetched its part 1 for nothing)."""
+    requested: list[str] = []
+    for design, shown in (("flicker", False), ("2afc", True)):
+        study = make_design_study(tmp_path_factory, design)
+        (tmp_path / design).mkdir()
+        database, (rater, _), _ = new_database(study, tmp_path / design)
+        with running_server(study, database) as base:
+            context = browser.new_context(java_script_enabled=False,
+                                          viewport={"width": 1280, "height": 860})
+            page = context.new_page()
+            requested.clear()
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(f"{base}/r/{rater.token}/p/1")
+            page.wait_for_load_state("load")
+            assert (page.locator("#pair").count() == 1) == shown
+            button = page.locator("#answer-form button").first
+            assert button.is_disabled() != shown
+            if shown:
+                with page.expect_navigation():
+                    button.click()
+            else:
+                assert "cannot be shown" in page.locator("figure").inner_text()
+            assert not [url for url in requested if "/stack/" in url]
+            context.close()
+        assert len(database.all_answers()) == int(shown)

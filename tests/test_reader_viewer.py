@@ -155,7 +155,8 @@ def test_stacks_are_served_in_two_blind_parts_the_pairs_own_slice_first(client, 
         pair_id = form_of(page)["pair"]
         stack = f"/r/{rater.token}/stack/{pair_id}.bin"
         head, body = page.split("</head>")
-        assert f'<link rel="preload" href="{stack}?part=1" as="fetch" crossorigin>' in head
+        assert (f'<link rel="preload" href="{stack}?part=1" as="fetch" crossorigin '
+                'media="(scripting: enabled)">') in head
         image = f'<img id="pair" src="/r/{rater.token}/img/{pair_id}.png"'
         assert f"<noscript>{image}" in body and body.count("<img") == 1
         parts = [client.get(f"{stack}?part={part}") for part in (1, 2)]

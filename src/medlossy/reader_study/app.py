@@ -158,9 +158,11 @@ def _asset(base: str, name: str) -> str:
 
 def _page(title: str, body: str, base: str, *, script: bool = False, preload: str = "") -> str:
     """A page; ``preload``: a URL the page's script will fetch, requested from the head so
-    that its transfer starts while the rest of the page is still being parsed."""
-    early = (f"<link rel=\"preload\" href=\"{preload}\" as=\"fetch\" crossorigin>"
-             if preload else "")
+    that its transfer starts while the rest of the page is still being parsed; only where
+    script runs (``media``: a browser without script would fetch it for nothing, and one
+    that does not know the feature fetches it from the script)."""
+    early = (f"<link rel=\"preload\" href=\"{preload}\" as=\"fetch\" crossorigin "
+             "media=\"(scripting: enabled)\">" if preload else "")
     tail = (f'<script src="{_asset(base, "rater.js")}"></script>'
             f'<script src="{_asset(base, "viewer.js")}"></script>') if script else ""
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -552,12 +554,13 @@ def _key_list(keys: tuple[str, ...]) -> str:
     return html.escape(" ".join("Space" if key == " " else key for key in keys))
 
 
-def _button(choice: Choice, *, chosen: bool) -> str:
+def _button(choice: Choice, *, chosen: bool, disabled: bool = False) -> str:
     keys = " / ".join(f"<kbd>{html.escape(_KEY_NAMES.get(key, key))}</kbd>"
                       for key in choice.keys)
     css = ' class="chosen"' if chosen else ""
+    off = " disabled" if disabled else ""
     return (f'<button type="submit" name="answer" value="{choice.value}" '
-            f'id="answer-{choice.value}"{css} data-keys="{_key_list(choice.keys)}">'
+            f'id="answer-{choice.value}"{css}{off} data-keys="{_key_list(choice.keys)}">'
             f'{choice.label}<span class="keys">{keys}</span></button>')
 
 
@@ -566,8 +569,13 @@ def _rating_page(root: str, form: str, pair_id: str, number: int, total: int,
                  design: Design, flicker_ms: int) -> str:
     """The rating page; ``root`` is the rater's full link prefix (``BASE/r/TOKEN`` or
     ``BASE/s``). With ``viewer`` the page's script replaces the composite image by the
-    viewer on the pair's stack (one alternating viewport for a flicker design)."""
-    buttons = "".join(_button(choice, chosen=choice.value == current)
+    viewer on the pair's stack (one alternating viewport for a flicker design).
+
+    A flicker pair has no composite (it is side by side, not the design) and its answers
+    are disabled until the viewer's first view is drawn: without script, or when its stack
+    cannot be had, the pair cannot be answered (it stays unanswered; ``viewer``)."""
+    buttons = "".join(_button(choice, chosen=choice.value == current,
+                              disabled=design.flicker)
                       for choice in design.choices)
     previous = (f"<a href=\"{root}/p/{number - 1}\">&larr; previous</a>" if number > 1
                 else "<span></span>")
@@ -580,15 +588,16 @@ def _rating_page(root: str, form: str, pair_id: str, number: int, total: int,
     figure = f" data-stack=\"{stack}\" data-image=\"{image}\"" if viewer else ""
     if design.flicker:
         figure += f" data-flicker-ms=\"{flicker_ms}\""
+        composite = ""
         caption = ("<figcaption><span>the two images alternate in this view</span>"
-                   "</figcaption><noscript><p>The flicker needs JavaScript: turn it on for "
-                   "this page.</p></noscript>")
+                   "</figcaption><noscript><p>This pair cannot be shown: the flicker needs "
+                   "JavaScript. Turn it on for this page.</p></noscript>")
     else:
         caption = "<figcaption><span>left</span><span>right</span></figcaption>"
     # With the viewer the composite is for browsers without script only: inside <noscript>
     # a scripted browser never fetches it (it took bandwidth and CPU from the stack), and
     # the viewer's script shows it when the stack cannot be had.
-    if viewer:
+    if viewer and composite:
         composite = f"<noscript>{composite}</noscript>"
     body = (
         "<header><span class=\"title\">Reader study</span>"

@@ -81,7 +81,7 @@ JS = """
     if (event.altKey || event.ctrlKey || event.metaKey || event.shiftKey || event.repeat ||
         sent) { return; }
     var button = keys[event.key];
-    if (!button) { return; }
+    if (!button || button.disabled) { return; }  // a flicker not shown yet
     event.preventDefault();
     form.requestSubmit(button);
   });

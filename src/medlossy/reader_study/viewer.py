@@ -25,6 +25,11 @@ the stack's left and right planes in turn, each for that many ms measured on the
 clock (``requestAnimationFrame``), from the first frame with both planes in; window, zoom,
 pan, magnifier and scrolling apply to it as to the two panes.
 
+Failures: part 1 failed or cut short (no first view): the composite PNG instead of the
+viewer, or in a flicker study a line saying the pair cannot be shown (its answers, disabled
+in the page, stay so); part 2: the first view stays, with a line saying so, and scrolling
+reaches only the slices that arrived.
+
 Kept apart from ``assets`` so that other viewing modes can be added beside it.
 """
 
@@ -39,6 +44,7 @@ VIEWER_CSS = """
                         border: 1px solid #4a4a4a; border-radius: 5px; cursor: pointer; }
 .viewer .tools button.on { border-color: #6c9; }
 .viewer .readout { font-variant-numeric: tabular-nums; min-width: 300px; }
+.viewer-note { margin: 4px 0; color: #f0c36d; font-size: 14px; }
 """
 
 VIEWER_JS = r"""
@@ -46,15 +52,40 @@ VIEWER_JS = r"""
 (function () {
   var figure = document.getElementById("figure");
   if (!figure || !figure.dataset.stack) { return; }
-  // The composite image, as a browser without script shows it (the page has it only in
-  // <noscript>, so that it is not fetched beside the stack): when the stack cannot be had.
-  function showImage() {
+  var flickerMs = Number(figure.dataset.flickerMs) || 0;
+  // A line under the toolbar (or in place of the viewer) saying what could not be shown.
+  function note(parent, before, text) {
+    var line = document.createElement("p");
+    line.className = "viewer-note"; line.id = "viewer-note"; line.setAttribute("role", "alert");
+    line.textContent = text;
+    parent.insertBefore(line, before);
+  }
+  // The stack could not be had before a first view: the composite image, as a browser
+  // without script shows it (the page has it only in <noscript>, so that it is not fetched
+  // beside the stack). A flicker pair has no such image (the composite is side by side,
+  // not the design): it says so, and its answers stay disabled (``answerable``).
+  function fallBack() {
+    var viewer = document.getElementById("viewer");
+    if (viewer) { viewer.remove(); }
+    if (flickerMs) {
+      note(figure, figure.firstChild, "This pair cannot be shown: its images could not be " +
+           "loaded. Go on with the next pair (this one is offered again later) or reload " +
+           "the page.");
+      return;
+    }
     var image = document.createElement("img");
     image.id = "pair"; image.src = figure.dataset.image;
     image.alt = "two versions of one CT or MR slice, side by side";
     figure.insertBefore(image, figure.firstChild);
   }
-  if (!window.fetch || !window.ReadableStream) { showImage(); return; }
+  // A flicker's answers are disabled in the page until its first view is drawn: one not
+  // seen cannot be judged.
+  function answerable() {
+    document.querySelectorAll("#answer-form button[disabled]").forEach(function (button) {
+      button.disabled = false;
+    });
+  }
+  if (!window.fetch || !window.ReadableStream) { fallBack(); return; }
   var CT_NAMES = ["soft tissue", "lung", "bone", "brain"];
   var MR_NAMES = ["0.5-99.5 %", "1-99 %", "2-98 %", "5-95 %"];
   var MAX_ZOOM = 8, MAGNIFY = 3, LENS = 80;
@@ -102,9 +133,11 @@ VIEWER_JS = r"""
     this.windowMode = false;
     this.pending = null;
     this.waiting = null;  // the first input not drawn yet: its slice had not arrived
+    this.drawn = null;  // the slice on screen: kept while the one asked for is arriving
+    this.cutOff = false;  // the stack stopped before its end: the rest never comes
     // Flicker design: one viewport showing side ``phase`` (0: the stack's left plane, shown
     // first), switched every ``flickerMs`` on the frame clock, the same time for both.
-    this.flickerMs = Number(figure.dataset.flickerMs) || 0;
+    this.flickerMs = flickerMs;
     this.phase = 0; this.flips = 0;
     this.reset();
     this.build();
@@ -142,14 +175,16 @@ VIEWER_JS = r"""
     this.cache = [{}, {}];
   };
 
-  Viewer.prototype.ready = function () {
-    return this.stack.received >= planeEnd(this.stack, this.slice, 1);
+  Viewer.prototype.arrivedSlice = function (slice) {
+    return this.stack.received >= planeEnd(this.stack, slice, 1);
   };
 
-  Viewer.prototype.bitmap = function (side) {
-    var cached = this.cache[side][this.slice];
+  Viewer.prototype.ready = function () { return this.arrivedSlice(this.slice); };
+
+  Viewer.prototype.bitmap = function (side, slice) {
+    var cached = this.cache[side][slice];
     if (cached) { return cached; }
-    var stack = this.stack, codes = codesOf(stack, this.slice, side), lut = this.lut;
+    var stack = this.stack, codes = codesOf(stack, slice, side), lut = this.lut;
     var canvas = document.createElement("canvas");
     canvas.width = stack.columns; canvas.height = stack.rows;
     var context = canvas.getContext("2d");
@@ -157,7 +192,7 @@ VIEWER_JS = r"""
     var out = new Uint32Array(pixels.data.buffer);
     for (var i = 0; i < codes.length; i++) { out[i] = lut[codes[i] + 32768]; }
     context.putImageData(pixels, 0, 0);
-    this.cache[side][this.slice] = canvas;
+    this.cache[side][slice] = canvas;
     return canvas;
   };
 
@@ -223,8 +258,11 @@ VIEWER_JS = r"""
     if (this.zoom === 1) { this.panX = 0; this.panY = 0; }
   };
 
+  // Once the stack is cut off, only to slices that arrived (nearest the pair's own first,
+  // so they are one run of slices around it).
   Viewer.prototype.scroll = function (step) {
-    this.slice = Math.min(this.stack.slices - 1, Math.max(0, this.slice + step));
+    var slice = Math.min(this.stack.slices - 1, Math.max(0, this.slice + step));
+    if (!this.cutOff || this.arrivedSlice(slice)) { this.slice = slice; }
   };
 
   Viewer.prototype.toggleLens = function () {
@@ -249,6 +287,7 @@ VIEWER_JS = r"""
       var now = performance.now();
       if (!self.shown) {  // navigation start to the first frame drawn
         self.shown = true;
+        answerable();
         performance.mark("medlossy-shown", { startTime: now });
         performance.measure("medlossy-first-view", { start: 0, end: now });
       } else {
@@ -262,15 +301,18 @@ VIEWER_JS = r"""
     return Math.min(canvas.width / this.stack.columns, canvas.height / this.stack.rows);
   };
 
+  // Draws the slice asked for, or while it is arriving the one already on screen (with
+  // the current window, zoom and pan) and says so: false until the one asked for is drawn.
   Viewer.prototype.draw = function () {
     var self = this, stack = this.stack, scale = this.fit() * this.zoom;
+    var slice = this.ready() ? this.slice : this.drawn;
+    if (slice === null) { return false; }  // drawn when its planes arrive (``arrived``)
     this.canvases.forEach(function (canvas, side) {
       var context = canvas.getContext("2d");
       context.setTransform(1, 0, 0, 1, 0, 0);
       context.fillStyle = "#000";
       context.fillRect(0, 0, canvas.width, canvas.height);
-      if (!self.ready()) { return; }  // drawn when its planes arrive (``arrived``)
-      var bitmap = self.bitmap(self.flickerMs ? self.phase : side);
+      var bitmap = self.bitmap(self.flickerMs ? self.phase : side, slice);
       context.imageSmoothingEnabled = scale < 1;
       context.setTransform(scale, 0, 0, scale,
                            canvas.width / 2 + self.panX * scale - stack.columns * scale / 2,
@@ -278,18 +320,34 @@ VIEWER_JS = r"""
       context.drawImage(bitmap, 0, 0);
       if (self.lensOn && self.lens) { self.drawLens(context, bitmap, scale); }
     });
-    if (!this.ready()) { return false; }
+    this.drawn = slice;
     var root = this.root;
-    root.dataset.slice = this.slice; root.dataset.zoom = this.zoom;
+    root.dataset.slice = slice; root.dataset.zoom = this.zoom;
     root.dataset.width = this.width; root.dataset.level = this.level;
     root.dataset.panX = this.panX; root.dataset.panY = this.panY;
     root.dataset.preset = this.preset; root.dataset.magnifier = this.lensOn ? "on" : "off";
     if (this.flickerMs) { root.dataset.phase = this.phase; root.dataset.flips = this.flips; }
+    if (slice === this.slice) { delete root.dataset.loading; }
+    else { root.dataset.loading = this.slice; }
     this.readout.textContent = "W " + Math.round(this.width) + " / L " +
-      Math.round(this.level) + " (" + this.preset + ") \u00b7 slice " + (this.slice + 1) +
+      Math.round(this.level) + " (" + this.preset + ") \u00b7 slice " + (slice + 1) +
       " / " + stack.slices + " \u00b7 " + this.zoom + "x" +
-      (this.flickerMs ? " \u00b7 flicker " + this.flickerMs + " ms" : "");
-    return true;
+      (this.flickerMs ? " \u00b7 flicker " + this.flickerMs + " ms" : "") +
+      (slice === this.slice ? "" : " \u00b7 loading slice " + (this.slice + 1) + "\u2026");
+    return slice === this.slice;
+  };
+
+  // The rest of the stack will not come (part 2 failed or was cut short): stay on what
+  // arrived, say so once, and let scrolling reach only the slices that arrived.
+  Viewer.prototype.stopped = function () {
+    var stack = this.stack, reach = [];
+    this.cutOff = true;
+    for (var s = 0; s < stack.slices; s++) { if (this.arrivedSlice(s)) { reach.push(s); } }
+    note(this.root, this.root.querySelector(".panes"), "The other slices could not be " +
+         "loaded; " + (reach.length > 1 ? "slices " + (reach[0] + 1) + " to " +
+         (reach[reach.length - 1] + 1) + " can" : "this slice can") + " still be read.");
+    if (!this.ready()) { this.slice = this.drawn; this.waiting = null; }
+    this.request(performance.now());
   };
 
   // More of the stack arrived: draw if the slice shown was waiting for it, timed from the
@@ -299,7 +357,7 @@ VIEWER_JS = r"""
     this.stack.received = received;
     if (waiting && this.ready()) {
       // Window both sides now, while the frame is awaited, rather than in it.
-      this.bitmap(0); this.bitmap(1);
+      this.bitmap(0, this.slice); this.bitmap(1, this.slice);
       this.request(!this.shown ? 0 : this.waiting === null ? performance.now() : this.waiting);
     }
   };
@@ -440,13 +498,17 @@ VIEWER_JS = r"""
     return new Promise(function (done) { window.requestAnimationFrame(done); });
   }
 
+  // Part 1 failed or was cut short: no first view (the fallback); part 2: the first view
+  // stays, with the slices that arrived.
   load(1).then(function () {
     if (!bytes || received !== HEADER + 4 * viewer.stack.plane) {
       throw new Error("stack cut off");
     }
-    return received < bytes.length ? nextFrame().then(function () { return load(2); }) : null;
-  }).then(function () {
-    if (received !== bytes.length) { throw new Error("stack cut off"); }
-  }).catch(showImage);
+    return received < bytes.length ? nextFrame().then(function () {
+      return load(2).then(function () {
+        if (received !== bytes.length) { throw new Error("stack cut off"); }
+      }).catch(function () { viewer.stopped(); });
+    }) : null;
+  }).catch(fallBack);
 })();
 """
