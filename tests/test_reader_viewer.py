@@ -107,17 +107,23 @@ def test_a_stack_out_of_range_is_refused(stack):
         PairSettings(ratios=(1, 5), per_pair=1, window=Window("auto"), stack=stack)
 
 
-def test_stacks_are_served_blind(client, study, monkeypatch):
-    """Every stack of a case has the same byte count and the same headers, and serving them
-    never reads the key (issue 24, item 6)."""
+def _keyless_pages(client, monkeypatch) -> tuple:
+    """The test client, the rater and each of its 12 pages with its pair id; from here on a
+    request that reads the key fails the test."""
     def no_key(_):
         raise AssertionError("a rater's request read the key")
     monkeypatch.setattr(app_module, "load_key", no_key)
     client, _, (rater, _), _ = client
+    pages = [client.get(f"/r/{rater.token}/p/{position}").text for position in range(1, 13)]
+    return client, rater, [(page, form_of(page)["pair"]) for page in pages]
+
+
+def test_stacks_are_served_blind(client, study, monkeypatch):
+    """Every stack of a case has the same byte count and the same headers, and serving them
+    never reads the key (issue 24, item 6)."""
+    client, rater, pages = _keyless_pages(client, monkeypatch)
     headers, sizes = set(), {}
-    for position in range(1, 13):
-        page = client.get(f"/r/{rater.token}/p/{position}").text
-        pair_id = form_of(page)["pair"]
+    for page, pair_id in pages:
         assert f'data-stack="/r/{rater.token}/stack/{pair_id}.bin"' in page
         stack = client.get(f"/r/{rater.token}/stack/{pair_id}.bin")
         assert stack.status_code == 200
@@ -145,14 +151,9 @@ def test_stacks_are_served_in_two_blind_parts_the_pairs_own_slice_first(client, 
 
     Before, the page fetched the whole 5.2 MB stack (512 x 512, five slices) and the
     composite PNG, and the first view waited for all of it."""
-    def no_key(_):
-        raise AssertionError("a rater's request read the key")
-    monkeypatch.setattr(app_module, "load_key", no_key)
-    client, _, (rater, _), _ = client
+    client, rater, pages = _keyless_pages(client, monkeypatch)
     headers, sizes = set(), {}
-    for position in range(1, 13):
-        page = client.get(f"/r/{rater.token}/p/{position}").text
-        pair_id = form_of(page)["pair"]
+    for page, pair_id in pages:
         stack = f"/r/{rater.token}/stack/{pair_id}.bin"
         head, body = page.split("</head>")
         assert (f'<link rel="preload" href="{stack}?part=1" as="fetch" crossorigin '
