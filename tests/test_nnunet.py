@@ -92,6 +92,28 @@ def test_a_failing_command_names_its_log(tmp_path: Path) -> None:
     assert "planning" in log.read_text()
 
 
+def test_a_failing_command_names_the_store_a_worker_could_not_read(tmp_path: Path) -> None:
+    # nnU-Net's loader and preprocessor run medlossy's reader in background workers; when one
+    # dies, nnU-Net's last lines only say so: the error names the store (was: "One or more
+    # background workers are no longer alive")
+    script = ("import sys, traceback\n"
+              "from medlossy.errors import MedlossyError\n"
+              "try:\n"
+              "    raise MedlossyError('case003_0000.zarr', 'slice 26 is corrupt')\n"
+              "except MedlossyError:\n"
+              "    traceback.print_exc(file=sys.stdout)\n"
+              "print('Traceback (most recent call last):')\n"
+              "print('  File \"nondet_multi_threaded_augmenter.py\", line 206')\n"
+              "print('RuntimeError: One or more background workers are no longer alive')\n"
+              "sys.exit(1)\n")
+    source = str(Path(commands.__file__).parents[2])  # the child imports this medlossy
+    log = tmp_path / "train.log"
+    with pytest.raises(MedlossyError, match=r"train\.log: python.* failed \(exit 1\): "
+                                            r"case003_0000\.zarr: slice 26 is corrupt$"):
+        commands.run_logged([sys.executable, "-c", script], {"PYTHONPATH": source}, log,
+                            quiet=True)
+
+
 @pytest.mark.parametrize("content", [{"notes.txt": "mine"}, {"scan.nii.gz": "mine"}],
                          ids=["other files", "volumes without nnU-Net's marker"])
 def test_predict_never_replaces_a_folder_it_did_not_write(tmp_path: Path, content) -> None:
