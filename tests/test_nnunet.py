@@ -250,3 +250,33 @@ def test_x1_plans_control_preprocesses_a_ratio_with_the_uncompressed_plans(
     # 20^3 images get their own, smaller patch when planned on their own.
     assert planned["configurations"]["3d_fullres"]["patch_size"] != \
         source["configurations"]["3d_fullres"]["patch_size"]
+
+
+def test_a_conversion_killed_midway_leaves_no_stores_behind_after_the_rerun(
+        tmp_path: Path, monkeypatch) -> None:
+    # kill -9 during the conversion into stores left the atomic write's temporary folder
+    # (every store converted so far) beside nnU-Net's folder; the rerun converted again but
+    # kept it for good
+    from medlossy.nnunet.run import store_preprocessed
+    from medlossy.nnunet.storage import parse_storage
+
+    prepared = NnunetFolders(tmp_path / "prep")
+    dataset = prepared.preprocessed / "Dataset990_Sphere"
+    dataset.mkdir(parents=True)
+    plans = {"configurations": {"3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres"}}}
+    prepared.plans("Dataset990_Sphere").write_text(json.dumps(plans))
+    folder = "nnUNetPlans_3d_fullres_medlossy_htj2k_lossless_t128"
+    killed = dataset / f".{folder}.partial-0123abcd"
+    (killed / "case000_0000.zarr").mkdir(parents=True)
+    other = dataset / ".nnUNetPlans_3d_fullres_medlossy_htj2k_x20_t128.partial-0123abcd"
+    other.mkdir()  # another storage's conversion, perhaps running now: not this one's
+
+    def convert(arguments, folders, log, *, quiet=False) -> None:
+        (folders.preprocessed / arguments[1] / folder).mkdir()
+        (folders.preprocessed / arguments[1] / f"{folder}.json").write_text("{}")
+
+    monkeypatch.setattr(commands, "worker", convert)
+    assert store_preprocessed(prepared, "Dataset990_Sphere", "3d_fullres",
+                              parse_storage("lossless"), quiet=True) == folder
+    assert sorted(p.name for p in dataset.iterdir()) == sorted(
+        [other.name, folder, f"{folder}.json", "nnUNetPlans.json"])
