@@ -92,6 +92,28 @@ def test_a_failing_command_names_its_log(tmp_path: Path) -> None:
     assert "planning" in log.read_text()
 
 
+def test_a_failing_command_names_the_store_a_worker_could_not_read(tmp_path: Path) -> None:
+    # nnU-Net's loader and preprocessor run medlossy's reader in background workers; when one
+    # dies, nnU-Net's last lines only say so: the error names the store (was: "One or more
+    # background workers are no longer alive")
+    script = ("import sys, traceback\n"
+              "from medlossy.errors import MedlossyError\n"
+              "try:\n"
+              "    raise MedlossyError('case003_0000.zarr', 'slice 26 is corrupt')\n"
+              "except MedlossyError:\n"
+              "    traceback.print_exc(file=sys.stdout)\n"
+              "print('Traceback (most recent call last):')\n"
+              "print('  File \"nondet_multi_threaded_augmenter.py\", line 206')\n"
+              "print('RuntimeError: One or more background workers are no longer alive')\n"
+              "sys.exit(1)\n")
+    source = str(Path(commands.__file__).parents[2])  # the child imports this medlossy
+    log = tmp_path / "train.log"
+    with pytest.raises(MedlossyError, match=r"train\.log: python.* failed \(exit 1\): "
+                                            r"case003_0000\.zarr: slice 26 is corrupt$"):
+        commands.run_logged([sys.executable, "-c", script], {"PYTHONPATH": source}, log,
+                            quiet=True)
+
+
 @pytest.mark.parametrize("content", [{"notes.txt": "mine"}, {"scan.nii.gz": "mine"}],
                          ids=["other files", "volumes without nnU-Net's marker"])
 def test_predict_never_replaces_a_folder_it_did_not_write(tmp_path: Path, content) -> None:
@@ -228,3 +250,33 @@ def test_x1_plans_control_preprocesses_a_ratio_with_the_uncompressed_plans(
     # 20^3 images get their own, smaller patch when planned on their own.
     assert planned["configurations"]["3d_fullres"]["patch_size"] != \
         source["configurations"]["3d_fullres"]["patch_size"]
+
+
+def test_a_conversion_killed_midway_leaves_no_stores_behind_after_the_rerun(
+        tmp_path: Path, monkeypatch) -> None:
+    # kill -9 during the conversion into stores left the atomic write's temporary folder
+    # (every store converted so far) beside nnU-Net's folder; the rerun converted again but
+    # kept it for good
+    from medlossy.nnunet.run import store_preprocessed
+    from medlossy.nnunet.storage import parse_storage
+
+    prepared = NnunetFolders(tmp_path / "prep")
+    dataset = prepared.preprocessed / "Dataset990_Sphere"
+    dataset.mkdir(parents=True)
+    plans = {"configurations": {"3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres"}}}
+    prepared.plans("Dataset990_Sphere").write_text(json.dumps(plans))
+    folder = "nnUNetPlans_3d_fullres_medlossy_htj2k_lossless_t128"
+    killed = dataset / f".{folder}.partial-0123abcd"
+    (killed / "case000_0000.zarr").mkdir(parents=True)
+    other = dataset / ".nnUNetPlans_3d_fullres_medlossy_htj2k_x20_t128.partial-0123abcd"
+    other.mkdir()  # another storage's conversion, perhaps running now: not this one's
+
+    def convert(arguments, folders, log, *, quiet=False) -> None:
+        (folders.preprocessed / arguments[1] / folder).mkdir()
+        (folders.preprocessed / arguments[1] / f"{folder}.json").write_text("{}")
+
+    monkeypatch.setattr(commands, "worker", convert)
+    assert store_preprocessed(prepared, "Dataset990_Sphere", "3d_fullres",
+                              parse_storage("lossless"), quiet=True) == folder
+    assert sorted(p.name for p in dataset.iterdir()) == sorted(
+        [other.name, folder, f"{folder}.json", "nnUNetPlans.json"])

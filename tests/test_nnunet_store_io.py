@@ -299,6 +299,31 @@ def test_registration_is_idempotent_and_refuses_a_taken_id(stores_sweep, tmp_pat
     assert "not a link" in capsys.readouterr().err
 
 
+def test_registration_refuses_an_id_nnunet_keeps_plans_or_models_of_under_another_name(
+        stores_sweep, tmp_path: Path, monkeypatch, capsys) -> None:
+    # nnU-Net looks an id up in $nnUNet_raw, $nnUNet_preprocessed and $nnUNet_results
+    # together: Dataset711_Other in nnUNet_results beside a registered Dataset711_Blob_r4
+    # made every nnU-Net command on id 711 fail ("More than one dataset name found")
+    arguments = ("dataset", "compress", stores_sweep.source, "--ratios", "1,4", "--out",
+                 stores_sweep.out, "--layout", "stores", "--base-id", 710, "--workers", 1,
+                 "--quiet", "--nnunet-raw", tmp_path / "raw")
+    for name in ("nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, str(tmp_path / name))
+        (tmp_path / name).mkdir()
+    (tmp_path / "nnUNet_preprocessed" / "Dataset710_Blob_r1").mkdir()  # its own plans: fine
+    other = tmp_path / "nnUNet_results" / "Dataset711_Other"
+    other.mkdir()
+    assert _run(*arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"medlossy: error: {other}: ")
+    assert "id 711" in error
+    assert not (tmp_path / "raw" / "Dataset710_Blob_r1").exists()
+    other.rmdir()
+    assert _run(*arguments) == 0
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [
+        "Dataset710_Blob_r1", "Dataset711_Blob_r4"]
+
+
 @pytest.mark.slow
 def test_backend_trains_and_predicts_from_a_stores_dataset(stores_sweep,
                                                            tmp_path: Path) -> None:

@@ -83,3 +83,33 @@ def test_store_source_needs_a_sweep_dataset(tmp_path):
 def test_an_unknown_source_is_refused():
     with pytest.raises(ValueError, match="source must be nifti or store"):
         replace(CONFIG, source="tape")
+
+
+def test_a_stores_only_dataset_is_read_through_its_links(tmp_path):
+    # `dataset compress --layout stores` writes links (CASE_0000.mlstore), no decoded copy:
+    # the built-in backend refused them ("unknown image format"), in training, and prediction
+    # named its output CASE.mlstore (nibabel: "Cannot work out file type")
+    from medlossy.datasets.nnunet_raw import open_raw_dataset
+    from medlossy.train.preprocessing import load_case, store_folder
+
+    source = write_phantom_dataset(tmp_path / "data", 4,
+                                   PhantomConfig(shape=(32, 32, 16), spacing=(6.0, 6.0, 6.0)))
+    out = tmp_path / "sweep"
+    assert cli_main(["dataset", "compress", str(source), "--ratios", "5", "--out", str(out),
+                     "--layout", "stores", "--quiet", "--workers", "1"]) == 0
+    (folder,) = sorted((out / "nnunet").iterdir())
+    dataset = open_raw_dataset(folder)
+    cases = list(dataset.cases())
+    assert cases and all(case.images[0].suffix == ".mlstore" for case in cases)
+    for case in cases:
+        linked = load_case(dataset, case)
+        stored = load_case(dataset, case, store_folder(dataset))
+        np.testing.assert_array_equal(linked.channels, stored.channels)
+        np.testing.assert_array_equal(linked.affine, stored.affine)
+        assert linked.spacing == stored.spacing
+    model = train_model(folder, tmp_path / "model", replace(CONFIG, epochs=1,
+                                                            iterations_per_epoch=1))
+    predicted = predict_dataset(model, folder, tmp_path / "pred", device="cpu")
+    assert predicted and all(path.name.endswith(".nii.gz") for path in predicted)
+    table = evaluate_predictions(tmp_path / "pred", folder, only_predicted=True)
+    assert (table["metric"] == "dice").any()

@@ -2,14 +2,17 @@
 
 Each ratio's dataset ``SWEEP/nnunet/DatasetXXX_Name_rR`` appears there as a symlink of the
 same name, so nnU-Net's own commands (``nnUNetv2_plan_and_preprocess -d XXX``) find it and
-nothing is copied. nnU-Net tells datasets apart by their id alone, so an id that the folder
-already holds under another name, or the same name that is not a link to this sweep's
-dataset, is refused before anything is linked (and, from ``dataset compress --nnunet-raw``,
-before anything is compressed).
+nothing is copied. nnU-Net tells datasets apart by their id alone, and looks an id up in
+$nnUNet_raw, $nnUNet_preprocessed and $nnUNet_results together ("More than one dataset
+name found for dataset id"), so an id that the folder or those two already hold under
+another name, or the same name in the folder that is not a link to this sweep's dataset,
+is refused before anything is linked (and, from ``dataset compress --nnunet-raw``, before
+anything is compressed).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,12 +29,21 @@ def _identifier(name: str) -> str:
     return match.group(1)
 
 
+def _nnunet_entries() -> list[Path]:
+    """What $nnUNet_preprocessed and $nnUNet_results hold, where nnU-Net also looks ids up."""
+    folders = [Path(os.environ[name]) for name in ("nnUNet_preprocessed", "nnUNet_results")
+               if os.environ.get(name)]
+    return [entry for folder in folders if folder.is_dir()
+            for entry in sorted(folder.iterdir())]
+
+
 def check_registration(raw: Path, datasets: Iterable[Path]) -> list[tuple[Path, Path]]:
     """(link, dataset) for each dataset folder not linked in ``raw`` yet; refuses, in one
-    line naming the entry, an id ``raw`` holds under another name or the same name that
-    is something else than a link to that dataset."""
+    line naming the entry, an id ``raw`` ($nnUNet_preprocessed, $nnUNet_results) holds
+    under another name or the same name in ``raw`` that is something else than a link to
+    that dataset."""
     raw = Path(raw)
-    present = sorted(raw.iterdir()) if raw.is_dir() else []
+    present = [*(sorted(raw.iterdir()) if raw.is_dir() else []), *_nnunet_entries()]
     todo = []
     for dataset in datasets:
         dataset = Path(dataset).absolute()
@@ -43,6 +55,8 @@ def check_registration(raw: Path, datasets: Iterable[Path]) -> list[tuple[Path, 
                 raise MedlossyError(entry, f"holds nnU-Net dataset id {identifier} under "
                                            f"another name; {dataset.name} needs that id: "
                                            "pass another --base-id or remove it")
+            if entry.parent != raw:
+                continue  # this dataset's own plans or models: nnU-Net's, as they should be
             if not entry.is_symlink() or entry.resolve() != dataset.resolve():
                 raise MedlossyError(entry, f"is another dataset of that name, not a link "
                                            f"to {dataset}: remove it or choose another "

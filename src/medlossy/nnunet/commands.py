@@ -35,6 +35,10 @@ ENTRY_POINTS = ("nnUNetv2_plan_and_preprocess", "nnUNetv2_extract_fingerprint",
                 "nnUNetv2_move_plans_between_datasets", "nnUNetv2_preprocess")
 PLANS = "nnUNetPlans"
 LAUNCHER = "medlossy.nnunet.launch"
+#: The last line of a medlossy error's traceback, in a log: the cause, where nnU-Net's own
+#: message names only its background workers ("One or more background workers are no
+#: longer alive").
+_MEDLOSSY_ERROR = re.compile(r"^medlossy\.errors\.\w+: (.+)$")
 _DATASET_NAME = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_.\-]+)$")
 
 
@@ -176,10 +180,13 @@ def run_logged(arguments: list[str], environment: dict[str, str], log: Path, *,
     """Run one nnU-Net command; its output goes to ``log`` (and to stderr unless quiet).
 
     Raises:
-        MedlossyError: naming the log, with nnU-Net's last lines, when the command fails.
+        MedlossyError: naming the log, when the command fails, with the first medlossy
+            error the log holds (a store that a worker could not read), else nnU-Net's last
+            lines.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=8)
+    cause: str | None = None
     name = Path(arguments[0]).name
     if arguments[1:2] == ["-m"]:  # python -m MODULE ...: name the module, or nnU-Net's command
         name = arguments[3] if arguments[2] == LAUNCHER else arguments[2]
@@ -196,6 +203,8 @@ def run_logged(arguments: list[str], environment: dict[str, str], log: Path, *,
                 handle.write(line)
                 if line.strip():
                     tail.append(line.strip())
+                if cause is None and (found := _MEDLOSSY_ERROR.match(line)):
+                    cause = found.group(1).strip()
                 if not quiet:
                     sys.stderr.write(line)
             code = process.wait()
@@ -204,7 +213,7 @@ def run_logged(arguments: list[str], environment: dict[str, str], log: Path, *,
             process.wait()
             raise
     if code != 0:
-        last = " | ".join(list(tail)[-3:])
+        last = cause or " | ".join(list(tail)[-3:])
         raise MedlossyError(log, f"{name} failed (exit {code}): {last}")
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetBaseDataset
 
 from medlossy.atomic import atomic_output
+from medlossy.codecs.jpeg2k import MIN_SIDE
 from medlossy.compression import compress_volume
 from medlossy.errors import MedlossyError
 from medlossy.jsonfile import write_json
@@ -91,6 +92,14 @@ def _volume(codes: np.ndarray, spacing: Sequence[float], modality: str) -> Volum
     return Volume(codes, affine, modality=modality)
 
 
+def _pad_slices(codes: np.ndarray) -> np.ndarray:
+    """Slices widened to the codecs' smallest side by repeating their edge: a case cropped
+    to a small foreground (a 20 x 40 slice) is refused by the codecs as it is. The loader
+    never reads the padding: it keeps the case's own shape (the stores' ``shape``)."""
+    short = [(0, 0)] + [(0, max(0, MIN_SIDE - side)) for side in codes.shape[1:]]
+    return np.pad(codes, short, mode="edge") if any(after for _, after in short) else codes
+
+
 def _tile(storage: PreprocessedStorage, shape: Sequence[int]) -> int | None:
     """The store's tile side: none where a slice fits in one tile."""
     return storage.tile if storage.tile and max(shape[1:]) > storage.tile else None
@@ -108,13 +117,14 @@ def save_case(data: np.ndarray, seg_file: str | os.PathLike[str], properties: di
     for channel, (offset, scale) in enumerate(scales):
         name = f"{Path(output_filename_truncated).name}_{channel:04d}.zarr"
         path = Path(output_filename_truncated).parent / name
-        codes = quantise(data[channel], offset, scale)
+        codes = _pad_slices(quantise(data[channel], offset, scale))
         # Zarr 3, one shard: a tiled store is then one file, not one per tile (a 128 x 128
         # tile at x20 holds about 1.6 KB, less than a file system block)
         compress_volume(_volume(codes, spacing, modality), path, target,
                         codec_name=storage.codec, workers=workers, source=str(path),
                         tile=_tile(storage, codes.shape), zarr_format=3)
-        stores.append({"store": name, "offset": offset, "scale": scale})
+        stores.append({"store": name, "offset": offset, "scale": scale,
+                       "shape": list(data.shape[1:])})
         total += stored_bytes(path)
     shutil.copyfile(seg_file, f"{output_filename_truncated}_seg.b2nd")
     with open(f"{output_filename_truncated}.pkl", "wb") as handle:
@@ -131,7 +141,9 @@ class NormalisedStores:
     def __init__(self, folder: str, stores: list[dict[str, Any]]) -> None:
         self.channels = [(StoreVolume(os.path.join(folder, entry["store"])),
                           float(entry["offset"]), float(entry["scale"])) for entry in stores]
-        self.shape = (len(stores), *self.channels[0][0].shape)
+        # the case's shape: its stores' slices may be padded (folders written before
+        # "shape" was recorded hold unpadded stores)
+        self.shape = (len(stores), *stores[0].get("shape", self.channels[0][0].shape))
         self.ndim = len(self.shape)
 
     def __len__(self) -> int:

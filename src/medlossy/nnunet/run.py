@@ -162,6 +162,10 @@ def store_preprocessed(prepared: NnunetFolders, name: str, configuration: str,
     with unit_lock(prepared.root.with_name(prepared.root.name + ".lock")):
         # the JSON the conversion writes beside the folder last (``preprocessed.marker_file``)
         if not (prepared.preprocessed / name / f"{folder}.json").is_file():
+            # a conversion killed (kill -9) before it finished left its temporaries: the
+            # folder (all the stores written so far) and the marker's, never reused
+            for stale in (prepared.preprocessed / name).glob(f".{folder}.*partial-*"):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
             commands.worker(["convert", name, configuration, storage.name, "--codec",
                              storage.codec, "--tile", str(storage.tile), "--workers",
                              str(max(1, min(8, os.cpu_count() or 1)))], prepared,

@@ -114,7 +114,8 @@ def predict_dataset(model_folder: str | Path, dataset_folder: str | Path, out: s
     written = []
     out = Path(out)
     for case in progress_bar(chosen, desc="predict", unit="case", show=show_progress):
-        target = out / f"{case.name}{dataset.file_ending}"
+        # the labels' ending: a stores-only dataset's images end in .mlstore, not its labels
+        target = out / f"{case.name}{dataset.label_ending}"
         if not target.exists():
             loaded = load_case(dataset, case)
             labels = predict_case(model, loaded)

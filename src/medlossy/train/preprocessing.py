@@ -20,7 +20,9 @@ from medlossy.datasets.nnunet_raw import Case, RawDataset
 from medlossy.decompression import read_store
 from medlossy.errors import MedlossyError
 from medlossy.io import read_volume
+from medlossy.store.link import is_store_link, read_store_link
 from medlossy.store.remote import is_url, join
+from medlossy.volume import Volume
 
 _SAMPLES_PER_CASE = 100_000  # foreground voxels drawn per case for the CT statistics
 
@@ -53,12 +55,20 @@ def _read_store(stores: Path | str, case: Case, channel: int):
     return read_store(path, workers=1)
 
 
+def _read_image(path: Path, modality: str) -> Volume:
+    """An image file, or the store that a stores-only sweep's link (``CASE_0000.mlstore``)
+    names, decoded in memory: such a dataset has no decoded copy to read."""
+    if is_store_link(path):
+        return read_store(read_store_link(path), workers=1)
+    return read_volume(path, modality)
+
+
 def load_case(dataset: RawDataset, case: Case, stores: Path | str | None = None,
               ) -> LoadedCase:
-    """Images from the dataset's files, or decoded in memory from ``stores``; labels from
-    the dataset (lossless) either way."""
+    """Images from the dataset's files (a store link: its store), or decoded in memory from
+    ``stores``; labels from the dataset (lossless) either way."""
     if stores is None:
-        volumes = [read_volume(case.images[c], dataset.channel_modality(c))
+        volumes = [_read_image(case.images[c], dataset.channel_modality(c))
                    for c in dataset.channels]
     else:
         volumes = [_read_store(stores, case, c) for c in dataset.channels]
