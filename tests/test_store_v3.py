@@ -304,6 +304,24 @@ def test_a_local_patch_reads_from_disk_only_the_bytes_of_its_chunks(stores):
     assert touched <= _bytes_read() - before <= 1.1 * touched
 
 
+def test_a_patch_builds_each_shard_path_once_not_one_per_chunk(stores, monkeypatch):
+    # A profile of tiled patches put ~15% of the CPU in the chunk lookup: a path object
+    # built (and chunks_per_shard recomputed) for every one of a patch's chunks
+    from medlossy.store.remote import StoreFiles
+
+    volume = StoreVolume(stores["v3_tiled"])
+    built = []
+    where = StoreFiles.where
+    monkeypatch.setattr(StoreFiles, "where", lambda self, name: built.append(name)
+                        or where(self, name))
+    start, size = (5, 40, 30), (8, 100, 90)  # 48 chunks from two shards
+    first = volume.read(start, size)
+    assert built == ["0/c/0/0/0", "0/c/1/0/0"]
+    built.clear()
+    np.testing.assert_array_equal(volume.read(start, size), first)
+    assert built == []
+
+
 def test_a_shard_file_replaced_in_place_is_read_anew(tmp_path):
     # open shard files are kept; a file rewritten (atomically, a new inode) is reopened
     from medlossy.store.remote import StoreFiles

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -35,12 +36,13 @@ class TileGrid:
     def tiled(self) -> bool:
         return (self.tile_rows, self.tile_columns) != (self.rows, self.columns)
 
-    @property
+    # cached: a patch's read asks for them once per tile it decodes
+    @cached_property
     def shape(self) -> tuple[int, int]:
         """Tiles down and across."""
         return -(-self.rows // self.tile_rows), -(-self.columns // self.tile_columns)
 
-    @property
+    @cached_property
     def per_slice(self) -> int:
         down, across = self.shape
         return down * across

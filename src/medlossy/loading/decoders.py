@@ -8,12 +8,22 @@ JPEG 2000 also decodes a window: OpenJPEG's decode area (``opj_set_decode_area``
 only the code-blocks whose wavelet support reaches the window, and its values are exactly
 the full decode's there (tested). A 160x160 window of a 512x512 slice at x20 costs 55-70%
 of the whole slice (the coarse levels' code-blocks are needed wherever the window is, see
-BENCHMARKS.md, loader). JPEG 2000 windows and reduced levels go through libopenjp2 by
-glymur's bindings (``glymur.lib.openjp2``), file based: the codestream is written to an
-unnamed temporary file in memory-backed /dev/shm when it exists (measured: 0.03-0.05 ms a
-slice, under 1% of a window's decode, so no in-memory stream was written by hand). Without
-glymur or libopenjp2, windows are cropped from full decodes and reduced levels
-block-averaged (same shapes; ``note_whole_slices`` says so once).
+BENCHMARKS.md, loader). Where a window's time goes (perf, libopenjp2 2.5.3 built with
+symbols, x20 CT): code-block decoding (tier 1) 95% of the library's time, packet headers
+(tier 2) and the inverse wavelet 1% each; a call's fixed cost (this module's Python, the
+temporary file, the header) 0.17 ms, 4% of a window. So the codestream's layout sets the
+cost: medlossy's encoder writes 64x64 code-blocks and no precincts, and PLT markers alone
+change nothing. Precincts halving from 128 down the levels, or 32x32 code-blocks, made
+windows 20-30% cheaper (opj_compress at the same ratio: -0.16 / -0.05 dB), but OpenJPEG
+2.5.0-2.5.4 then decodes some windows off by one code (84 and 2 of 320) unless the area is
+widened by 16 / 8 pixels, which leaves at most 17% (a loaded machine's figures); and
+pylibjpeg-openjpeg cannot write either layout. The exactness above is that of today's
+layout. JPEG 2000 windows and reduced levels go through libopenjp2 by glymur's bindings
+(``glymur.lib.openjp2``), file based: the codestream is written to an unnamed temporary
+file in memory-backed /dev/shm when it exists (measured: 0.03-0.05 ms a slice, under 1% of
+a window's decode, so no in-memory stream was written by hand). Without glymur or
+libopenjp2, windows are cropped from full decodes and reduced levels block-averaged (same
+shapes; ``note_whole_slices`` says so once).
 """
 
 from __future__ import annotations

@@ -597,7 +597,13 @@ class SliceStore:
         #: The tiles of a slice (one tile, the slice itself, in an untiled store).
         self.grid = TileGrid(*self.slice_shape, int(self.zarray["chunks"][1]),
                              int(self.zarray["chunks"][2]))
-        self._indexes: dict[int, np.ndarray] = {}
+        #: Inner chunks per shard (format 3); 1 in format 2, where each chunk is a file.
+        #: Computed once: every chunk read of a patch needs it (see _chunk_range).
+        self.chunks_per_shard = 1 if self.zarr_format == 2 else \
+            int(self.zarray["shards"][0]) // self.depth * self.grid.per_slice
+        self._indexes: dict[int, list[tuple[int, int]]] = {}
+        # a patch reads hundreds of chunks from a few shards: each shard's path built once
+        self._shard_paths: dict[int, str | Path] = {}
         # decoding threads (read_store) share one store: a shard's index is fetched once
         self._index_lock = threading.Lock()
 
@@ -703,13 +709,6 @@ class SliceStore:
         return f"block {index} (slices {held.start}-{held.stop - 1})"
 
     @property
-    def chunks_per_shard(self) -> int:
-        """Inner chunks per shard (format 3); 1 in format 2, where each chunk is a file."""
-        if self.zarr_format == 2:
-            return 1
-        return int(self.zarray["shards"][0]) // self.depth * self.grid.per_slice
-
-    @property
     def shard_slices(self) -> int | None:
         """Slices per shard file (format 3); None in format 2."""
         return int(self.zarray["shards"][0]) if self.zarr_format == 3 else None
@@ -718,15 +717,22 @@ class SliceStore:
         """The file holding chunk ``index``'s codestream (slice ``index`` for slice codecs;
         its shard in format 3): a path, or a URL."""
         if self.zarr_format == 3:
-            return self.files.where(self._array + shard_key(index // self.chunks_per_shard))
+            return self._shard_path(index // self.chunks_per_shard)
         return self.files.where(self._array + chunk_key(index, self.grid))
+
+    def _shard_path(self, shard: int) -> str | Path:
+        """The file of shard ``shard`` (a path, or a URL), built once per store."""
+        path = self._shard_paths.get(shard)
+        if path is None:  # threads racing here build the same value: no lock needed
+            path = self._shard_paths[shard] = self.files.where(self._array + shard_key(shard))
+        return path
 
     def read_range(self, file: str | Path, offset: int, length: int) -> bytes:
         """``length`` bytes (-1: all) of ``file`` from ``offset`` (negative: from the end);
         every read of chunk data goes through here (one range request at a URL)."""
         return self.files.read_at(file, offset, length)
 
-    def _shard_index(self, shard: int) -> np.ndarray:
+    def _shard_index(self, shard: int) -> list[tuple[int, int]]:
         """The (offset, length) of each inner chunk of ``shard``, its CRC-32C checked."""
         if shard in self._indexes:
             return self._indexes[shard]
@@ -735,9 +741,10 @@ class SliceStore:
                 self._indexes[shard] = self._read_shard_index(shard)
         return self._indexes[shard]
 
-    def _read_shard_index(self, shard: int) -> np.ndarray:
-        """``_shard_index`` read from the shard file (a suffix range at a URL)."""
-        file = self.files.where(self._array + shard_key(shard))
+    def _read_shard_index(self, shard: int) -> list[tuple[int, int]]:
+        """``_shard_index`` read from the shard file (a suffix range at a URL), as Python
+        integers: one conversion per shard instead of one per chunk read."""
+        file = self._shard_path(shard)
         size = self.chunks_per_shard * INDEX_ENTRY + INDEX_CHECKSUM
         try:
             raw = self.read_range(file, -size, size)
@@ -749,7 +756,8 @@ class SliceStore:
                 int.from_bytes(raw[-INDEX_CHECKSUM:], "little"):
             raise MedlossyError(file, f"shard {shard} is corrupt (its index fails its "
                                       "CRC-32C)")
-        return np.frombuffer(raw[:-INDEX_CHECKSUM], "<u8").reshape(-1, 2)
+        return [(offset, length) for offset, length in
+                np.frombuffer(raw[:-INDEX_CHECKSUM], "<u8").reshape(-1, 2).tolist()]
 
     def _chunk_range(self, index: int) -> tuple[str | Path, int, int]:
         """(file, offset, length) of chunk ``index``'s bytes (length -1: the whole file);
@@ -757,9 +765,8 @@ class SliceStore:
         file = self.chunk_path(index)
         if self.zarr_format == 2:
             return file, 0, -1
-        offset, length = (int(n) for n in
-                          self._shard_index(index // self.chunks_per_shard)[
-                              index % self.chunks_per_shard])
+        shard, inner = divmod(index, self.chunks_per_shard)
+        offset, length = self._shard_index(shard)[inner]
         if offset == EMPTY:
             raise FileNotFoundError(file)
         return file, offset, length
