@@ -662,26 +662,26 @@ def _start_page(root: str, position: int, answered: int, total: int, base: str, 
         controls = ("<h2>Looking closer</h2><p>Everything applies to both images at once. "
                     "The window starts at the study's; the presets are soft tissue, lung, "
                     "bone and brain for CT, percentile windows for MR.</p>"
-                    "<table class="keys-table"><tr><th>what</th><th>mouse</th><th>keys</th>"
+                    "<table class=\"keys-table\"><tr><th>what</th><th>mouse</th><th>keys</th>"
                     f"</tr>{rows}</table>")
     progress = (f"You have answered {answered} of {total} pairs." if answered else
                 f"{total} pairs to answer.")
     label = "Begin" if answered == 0 else f"Continue with pair {position}"
     body = (
-        "<header><span class="title">Reader study</span>"
-        f"<span class="progress" id="progress">{answered} / {total} answered</span>"
+        "<header><span class=\"title\">Reader study</span>"
+        f"<span class=\"progress\">{answered} / {total} answered</span>"
         "<span></span></header>"
-        f"<main class="message start" data-design="{design.name}">"
+        f"<main class=\"message start\" data-design=\"{design.name}\">"
         "<h1>Reader study</h1>"
         f"<p>Each page shows {shown}. The images are shown in random order and nothing on "
-        f"the page tells which is which.</p><p class="question"><strong>"
+        f"the page tells which is which.</p><p class=\"question\"><strong>"
         f"{html.escape(design.question)}</strong></p>"
-        f"<h2>Answers</h2><table class="keys-table">{answers}</table>"
+        f"<h2>Answers</h2><table class=\"keys-table\">{answers}</table>"
         "<p>Answering moves on to the next pair; &larr; previous / next &rarr; go back, and "
         "a new answer replaces the old one.</p>"
         f"{controls}"
-        f"<p class="status" id="status">{progress}</p>"
-        f"<p><a class="begin" id="begin" href="{root}/p/{position}">{label}</a></p>"
-        "<p class="hint">You can stop at any time: your link brings you back here, to "
+        f"<p class=\"status\" id=\"status\">{progress}</p>"
+        f"<p><a class=\"begin\" id=\"begin\" href=\"{root}/p/{position}\">{label}</a></p>"
+        "<p class=\"hint\">You can stop at any time: your link brings you back here, to "
         "where you left off.</p></main>")
     return _page("Reader study", body, base, script=True)
