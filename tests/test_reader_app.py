@@ -301,6 +301,32 @@ def test_pages_and_images_do_not_depend_on_the_key(setup, study, monkeypatch):
     assert all(len(values) == 1 for values in sizes.values())
 
 
+def test_the_start_page_is_blind_plain_and_sent_like_the_pair_pages(setup, study,
+                                                                   monkeypatch):
+    """The link's start page reads no key, is the same for every rater up to the token (and
+    their progress), needs no script of its own (no inline code: the CSP forbids it; only
+    the pair pages' hashed assets, which it loads for them) and has the pages' headers."""
+    monkeypatch.setattr(app_module, "load_key", lambda _: pytest.fail("the key was read"))
+    client, (first, second) = setup.client, setup.raters
+    pages = [client.get(f"/r/{rater.token}") for rater in (first, second)]
+    texts = {page.text.replace(rater.token, "TOKEN") for page, rater in zip(
+        pages, (first, second), strict=True)}
+    assert len(texts) == 1
+    (text,) = texts
+    assert "12 pairs to answer." in text and ">Begin</a>" in text
+    assert begin_link(pages[0]) == f"/r/{first.token}/p/1"
+    assert re.findall(r"<script[^>]*>", text) == [
+        f'<script src="/static/{name}?v={app_module._VERSIONS[name]}">'
+        for name in ("rater.js", "viewer.js")]
+    assert f'href="/static/rater.css?v={app_module._VERSIONS["rater.css"]}"' in text
+    pair_page = client.get(f"/r/{first.token}/p/1")
+    for name in ("content-security-policy", "cache-control", "referrer-policy",
+                 "x-frame-options", "x-content-type-options"):
+        assert pages[0].headers[name] == pair_page.headers[name], name
+    for word in ("ratio", "lossless", "x20", "x5"):
+        assert word not in text.replace("TOKEN", "").lower()
+
+
 def test_security_headers(setup):
     page = setup.client.get(f"/r/{setup.raters[0].token}/p/1")
     assert page.headers["referrer-policy"] == "same-origin"
