@@ -9,8 +9,9 @@ Debian's chromium through Playwright, along two paths, each in a browser started
 - a rater's: the private link (its start page), Begin, the first pair, then every other
   pair's page in turn, where a fixed script plays: wheel scrolling, window presets, zoom,
   pan drags, window (right-)drags, magnifier moves;
-- the direct pair link, ``--cold`` times, one fresh browser each: the first page such a
-  browser ever sees from the app is a pair (no start page before it).
+- ``--cold`` more times each, alternated, one fresh browser each: the link (start page,
+  Begin, the first pair's first view) and a pair's link opened directly (the first page such
+  a browser ever sees from the app is a pair: no start page before it).
 
 The numbers are the page's own ``performance`` measures: ``medlossy-first-view``
 (navigation start to the first frame drawn: page, the stack's part 1 with the pair's own
@@ -207,7 +208,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=6, help="pairs opened (default: 6)")
     parser.add_argument("--cold", type=int, default=3,
-                        help="fresh browsers opening a pair's link directly (default: 3)")
+                        help="fresh browsers opening the link (start page, Begin), and as "
+                             "many opening a pair's link directly, alternated (default: 3)")
     parser.add_argument("--out", type=Path, default=None, help="JSON results file")
     arguments = parser.parse_args()
     sys.path.insert(0, str(BENCH))
@@ -251,14 +253,23 @@ def main() -> None:
                     label = {"first view": LATER_PAIRS}.get(name, name)
                     times.setdefault(label, []).extend(values)
             browser.close()
-            # The direct pair link, each time in a fresh browser: no start page before it.
+            # Both cold paths again, alternated, each in a fresh browser: the link (its
+            # start page, Begin, the first pair) and a pair's link opened directly.
             for position in range(1, arguments.cold + 1):
-                browser = playwright.chromium.launch(executable_path=executable, args=ARGS)
-                cold_page = browser.new_page(viewport={"width": 1600, "height": 1000})
-                cold = _first_view(cold_page, _watch_parts(cold_page),
-                                   partial(cold_page.goto, f"{link}/p/{position}"))
-                times.setdefault(DIRECT, []).extend(cold["first view"])
-                browser.close()
+                for direct in (False, True):
+                    browser = playwright.chromium.launch(executable_path=executable,
+                                                         args=ARGS)
+                    fresh = browser.new_page(viewport={"width": 1600, "height": 1000})
+                    if direct:
+                        cold = _first_view(fresh, _watch_parts(fresh),
+                                           partial(fresh.goto, f"{link}/p/{position}"))
+                        times.setdefault(DIRECT, []).extend(cold["first view"])
+                    else:
+                        opened = open_link(fresh, link)
+                        times[first].extend(opened["first view"])
+                        if START in opened:
+                            times[START].extend(opened[START])
+                    browser.close()
         server.should_exit = True
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
