@@ -671,7 +671,7 @@ def _start_page(root: str, position: int, answered: int, total: int, base: str, 
         "<header><span class=\"title\">Reader study</span>"
         f"<span class=\"progress\">{answered} / {total} answered</span>"
         "<span></span></header>"
-        f"<main class=\"message start\" data-design=\"{design.name}\">"
+        "<main class=\"message start\">"
         "<h1>Reader study</h1>"
         f"<p>Each page shows {shown}. The images are shown in random order and nothing on "
         f"the page tells which is which.</p><p class=\"question\"><strong>"
