@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 
 BENCH = Path(__file__).resolve().parent
+#: How long a pair's first view is waited for before the run is given up.
+FIRST_VIEW_WAIT_S = 60
 #: The first view's rows, by path (see the module's docstring).
 START = "start page: link opened to page loaded (fresh browser)"
 FIRST_PAIR = "first view: the rater's first pair (link, start page, Begin; fresh browser)"
@@ -116,9 +118,12 @@ def _settle(page) -> None:
 def _first_view(page, parts: list[str], navigate) -> dict[str, list[float]]:
     """Run ``navigate`` (a navigation to a pair's page), wait for its first view without
     touching the page (``parts``: the part-2 requests seen so far), read its timings."""
-    count = len(parts)
+    count, deadline = len(parts), time.monotonic() + FIRST_VIEW_WAIT_S
     navigate()
     while len(parts) == count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"reader_view: {page.url}: no first view within "
+                             f"{FIRST_VIEW_WAIT_S} s (its stack's part 1 not loaded?)")
         page.wait_for_timeout(5)
     page.wait_for_selector("#viewer[data-slice]")
     return {"first view": _take(page, "medlossy-first-view"),
