@@ -265,9 +265,10 @@ def main() -> None:
                     browser = playwright.chromium.launch(executable_path=executable,
                                                          args=ARGS)
                     fresh = browser.new_page(viewport={"width": 1600, "height": 1000})
-                    if direct:
+                    if direct:  # the pairs in turn (a study of --pairs pairs)
+                        url = f"{link}/p/{(position - 1) % arguments.pairs + 1}"
                         cold = _first_view(fresh, _watch_parts(fresh),
-                                           partial(fresh.goto, f"{link}/p/{position}"))
+                                           partial(fresh.goto, url))
                         times.setdefault(DIRECT, []).extend(cold["first view"])
                     else:
                         opened = open_link(fresh, link)
