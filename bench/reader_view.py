@@ -3,15 +3,27 @@
 Data flow: a synthetic 512 x 512 x 16 CT (int16 HU: body, organs, bone, noise) as an
 nnU-Net raw dataset -> ``medlossy reader make`` (ratios 1 and 10, ``--stack 2``: five
 slices per side) -> the reader app on loopback (uvicorn in a thread, as ``reader serve``) ->
-Debian's chromium through Playwright opens each pair's page and plays a fixed script:
-wheel scrolling, window presets, zoom, pan drags, window (right-)drags, magnifier moves ->
-the page's own ``performance`` measures: ``medlossy-first-view`` (navigation start to the
-first frame drawn: page, the stack's part 1 with the pair's own slice, window, draw) and
-``medlossy-render`` (input event to its frame drawn), per action. Medians, 95th percentiles
-and maxima on stdout (a Markdown table), everything in ``--out`` JSON with the machine and
-the load.
+Debian's chromium through Playwright, along two paths, each in a browser started for it
+(empty cache, nothing compiled yet):
 
-    PYTHONPATH=src .venv/bin/python bench/reader_view.py [--pairs 6] [--out x.json]
+- a rater's: the private link (its start page), Begin, the first pair, then every other
+  pair's page in turn, where a fixed script plays: wheel scrolling, window presets, zoom,
+  pan drags, window (right-)drags, magnifier moves;
+- ``--cold`` more times each, alternated, one fresh browser each: the link (start page,
+  Begin, the first pair's first view) and a pair's link opened directly (the first page such
+  a browser ever sees from the app is a pair: no start page before it).
+
+The numbers are the page's own ``performance`` measures: ``medlossy-first-view``
+(navigation start to the first frame drawn: page, the stack's part 1 with the pair's own
+slice, window, draw) and ``medlossy-render`` (input event to its frame drawn), per action.
+Each first view is waited for by the page's request for part 2 of its stack (asked for right
+after that frame), seen from outside the page: evaluating anything in the page before that
+would compile Playwright's own injected script (31 ms in a fresh browser, 9-12 ms on later
+pages, traced) ahead of the frame and count it in the first view.
+Medians, 95th percentiles and maxima on stdout (a Markdown table; the first view's rows say
+which path), everything in ``--out`` JSON with the machine and the load.
+
+    PYTHONPATH=src .venv/bin/python bench/reader_view.py [--pairs 6] [--cold 3] [--out x.json]
 """
 
 from __future__ import annotations
@@ -24,11 +36,21 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 BENCH = Path(__file__).resolve().parent
+#: How long a pair's first view is waited for before the run is given up.
+FIRST_VIEW_WAIT_S = 60
+#: The first view's rows, by path (see the module's docstring).
+START = "start page: link opened to page loaded (fresh browser)"
+FIRST_PAIR = "first view: the rater's first pair (link, start page, Begin; fresh browser)"
+FIRST_PAIR_REDIRECTED = ("first view: the rater's first pair (the link redirected to it, no "
+                         "start page; fresh browser)")
+LATER_PAIRS = "first view: the rater's later pairs"
+DIRECT = "first view: direct pair link (fresh browser each, no start page)"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -93,19 +115,61 @@ def _settle(page) -> None:
                   "requestAnimationFrame(done)))")
 
 
-def play(page, url: str) -> dict[str, list[float]]:
-    """Open one pair and play the script; the render times per action."""
-    times: dict[str, list[float]] = {}
-    page.goto(url)
+def _first_view(page, parts: list[str], navigate) -> dict[str, list[float]]:
+    """Run ``navigate`` (a navigation to a pair's page), wait for its first view without
+    touching the page (``parts``: the part-2 requests seen so far), read its timings."""
+    count, deadline = len(parts), time.monotonic() + FIRST_VIEW_WAIT_S
+    navigate()
+    while len(parts) == count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"reader_view: {page.url}: no first view within "
+                             f"{FIRST_VIEW_WAIT_S} s (its stack's part 1 not loaded?)")
+        page.wait_for_timeout(5)
     page.wait_for_selector("#viewer[data-slice]")
-    times["first view"] = _take(page, "medlossy-first-view")
-    # Where the first view's time goes: the page itself, the stack's transfer.
-    times["first view: page received"] = [page.evaluate(
-        "performance.getEntriesByType('navigation')[0].responseEnd")]
-    # The stack's part 1 (header and the pair's own slice) is what the first view waits for.
-    times["first view: stack part 1 received"] = [page.evaluate(
-        "performance.getEntriesByType('resource').find(e => e.name.includes('/stack/'))"
-        ".responseEnd")]
+    return {"first view": _take(page, "medlossy-first-view"),
+            # Where the first view's time goes: the page itself, the stack's part 1 (its
+            # header and the pair's own slice: what the first view waits for).
+            "first view: page received": [page.evaluate(
+                "performance.getEntriesByType('navigation')[0].responseEnd")],
+            "first view: stack part 1 received": [page.evaluate(
+                "performance.getEntriesByType('resource').find(e => e.name.includes("
+                "'/stack/')).responseEnd")]}
+
+
+def _watch_parts(page) -> list[str]:
+    """The page's requests for part 2 of a stack, as the browser sends them."""
+    parts: list[str] = []
+    page.on("request", lambda request: request.url.endswith("?part=2") and
+            parts.append(request.url))
+    return parts
+
+
+def open_link(page, link: str) -> dict[str, list[float]]:
+    """A rater opens their link: the start page, then Begin to the first pair (an app
+    without a start page redirects the link to that pair)."""
+    parts = _watch_parts(page)
+    times: dict[str, list[float]] = {}
+
+    def navigate() -> None:
+        page.goto(link)
+        if "/p/" not in page.url:  # the start page
+            times[START] = [page.evaluate(
+                "performance.getEntriesByType('navigation')[0].loadEventEnd")]
+            page.locator("#begin").click()
+    times |= _first_view(page, parts, navigate)
+    return times
+
+
+def play(page, url: str, parts: list[str]) -> dict[str, list[float]]:
+    """Open one pair and play the script; the render times per action."""
+    times = _first_view(page, parts, lambda: page.goto(url))
+    times |= play_script(page)
+    return times
+
+
+def play_script(page) -> dict[str, list[float]]:
+    """The fixed script on the pair shown; the render times per action."""
+    times: dict[str, list[float]] = {}
     box = page.locator("#view-left").bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(x, y)
@@ -148,6 +212,9 @@ def summary(values: list[float]) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=6, help="pairs opened (default: 6)")
+    parser.add_argument("--cold", type=int, default=3,
+                        help="fresh browsers opening the link (start page, Begin), and as "
+                             "many opening a pair's link directly, alternated (default: 3)")
     parser.add_argument("--out", type=Path, default=None, help="JSON results file")
     arguments = parser.parse_args()
     sys.path.insert(0, str(BENCH))
@@ -173,19 +240,49 @@ def main() -> None:
         server, base = start_app(study, database)
         times: dict[str, list[float]] = {}
         executable = shutil.which("chromium") or shutil.which("chromium-browser")
+        link = f"{base}/r/{token}"
         with sync_playwright() as playwright:
+            # A rater's path, in a browser that never saw the study.
             browser = playwright.chromium.launch(executable_path=executable, args=ARGS)
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            for position in range(1, arguments.pairs + 1):
-                for name, values in play(page, f"{base}/r/{token}/p/{position}").items():
-                    times.setdefault(name, []).extend(values)
+            opened = open_link(page, link)
+            start_page = START in opened
+            first = FIRST_PAIR if start_page else FIRST_PAIR_REDIRECTED
+            for name, values in opened.items():
+                times.setdefault({"first view": first}.get(name, name), []).extend(values)
+            for name, values in play_script(page).items():
+                times.setdefault(name, []).extend(values)
+            parts = _watch_parts(page)
+            for position in range(2, arguments.pairs + 1):
+                for name, values in play(page, f"{link}/p/{position}", parts).items():
+                    label = {"first view": LATER_PAIRS}.get(name, name)
+                    times.setdefault(label, []).extend(values)
             browser.close()
+            # Both cold paths again, alternated, each in a fresh browser: the link (its
+            # start page, Begin, the first pair) and a pair's link opened directly.
+            for position in range(1, arguments.cold + 1):
+                for direct in (False, True):
+                    browser = playwright.chromium.launch(executable_path=executable,
+                                                         args=ARGS)
+                    fresh = browser.new_page(viewport={"width": 1600, "height": 1000})
+                    if direct:  # the pairs in turn (a study of --pairs pairs)
+                        url = f"{link}/p/{(position - 1) % arguments.pairs + 1}"
+                        cold = _first_view(fresh, _watch_parts(fresh),
+                                           partial(fresh.goto, url))
+                        times.setdefault(DIRECT, []).extend(cold["first view"])
+                    else:
+                        opened = open_link(fresh, link)
+                        times[first].extend(opened["first view"])
+                        if START in opened:
+                            times[START].extend(opened[START])
+                    browser.close()
         server.should_exit = True
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     results = {"machine": machine(), "busy_cores_before": round(busy, 2),
                "chromium": executable, "slice": [512, 512], "stack_slices": 5,
-               "viewport": [1600, 1000], "pairs": arguments.pairs,
+               "viewport": [1600, 1000], "pairs": arguments.pairs, "cold": arguments.cold,
+               "start_page": start_page,
                "actions": {name: summary(values) for name, values in times.items()}}
     print("| action | n | median ms | p95 ms | max ms |\n|---|---|---|---|---|")
     for name, row in results["actions"].items():

@@ -112,6 +112,12 @@ def form_of(page: str) -> dict[str, str]:
                 ) | {"answer": "left"}
 
 
+def begin_link(start_page) -> str:
+    """Where the start page's Begin (or Continue) link goes."""
+    assert start_page.status_code == 200
+    return re.search(r'<a class="begin" id="begin" href="([^"]+)"', start_page.text).group(1)
+
+
 def _count(database: Database) -> int:
     return len(database.all_answers())
 
@@ -119,9 +125,7 @@ def _count(database: Database) -> int:
 def test_a_rater_answers_every_pair_and_can_resume(setup, study):
     client, database, rater = setup.client, setup.database, setup.raters[0]
     total = len(load_pairs(study))
-    response = client.get(f"/r/{rater.token}")
-    assert response.status_code == 303
-    location = response.headers["location"]
+    location = begin_link(client.get(f"/r/{rater.token}"))
     seen = []
     for step in range(total):
         page = client.get(location)
@@ -133,8 +137,9 @@ def test_a_rater_answers_every_pair_and_can_resume(setup, study):
         response = client.post(f"/r/{rater.token}/answer", data=form)
         assert response.status_code == 303
         location = response.headers["location"]
-        if step == 2:  # stop, come back later: the link resumes at the next unanswered pair
-            assert client.get(f"/r/{rater.token}").headers["location"] == location
+        if step == 2:  # stop, come back later: the link's start page goes on at the next
+            start = client.get(f"/r/{rater.token}")  # unanswered pair, with the progress
+            assert begin_link(start) == location and "answered 3 of 12 pairs" in start.text
     assert location.endswith("/done")
     assert sorted(seen) == sorted(p["id"] for p in load_pairs(study))
     assert _count(database) == total
@@ -296,6 +301,32 @@ def test_pages_and_images_do_not_depend_on_the_key(setup, study, monkeypatch):
     assert all(len(values) == 1 for values in sizes.values())
 
 
+def test_the_start_page_is_blind_plain_and_sent_like_the_pair_pages(setup, study,
+                                                                   monkeypatch):
+    """The link's start page reads no key, is the same for every rater up to the token (and
+    their progress), needs no script of its own (no inline code: the CSP forbids it; only
+    the pair pages' hashed assets, which it loads for them) and has the pages' headers."""
+    monkeypatch.setattr(app_module, "load_key", lambda _: pytest.fail("the key was read"))
+    client, (first, second) = setup.client, setup.raters
+    pages = [client.get(f"/r/{rater.token}") for rater in (first, second)]
+    texts = {page.text.replace(rater.token, "TOKEN") for page, rater in zip(
+        pages, (first, second), strict=True)}
+    assert len(texts) == 1
+    (text,) = texts
+    assert "12 pairs to answer." in text and ">Begin</a>" in text
+    assert begin_link(pages[0]) == f"/r/{first.token}/p/1"
+    assert re.findall(r"<script[^>]*>", text) == [
+        f'<script src="/static/{name}?v={app_module._VERSIONS[name]}">'
+        for name in ("rater.js", "viewer.js")]
+    assert f'href="/static/rater.css?v={app_module._VERSIONS["rater.css"]}"' in text
+    pair_page = client.get(f"/r/{first.token}/p/1")
+    for name in ("content-security-policy", "cache-control", "referrer-policy",
+                 "x-frame-options", "x-content-type-options"):
+        assert pages[0].headers[name] == pair_page.headers[name], name
+    for word in ("ratio", "lossless", "x20", "x5"):
+        assert word not in text.replace("TOKEN", "").lower()
+
+
 def test_security_headers(setup):
     page = setup.client.get(f"/r/{setup.raters[0].token}/p/1")
     assert page.headers["referrer-policy"] == "same-origin"
@@ -364,7 +395,7 @@ def test_answers_survive_the_server_being_killed(study, tmp_path):
     process, _ = start(token)
     try:  # the same private link works after a restart, and resumes after the 7 answers
         response = httpx.get(f"http://127.0.0.1:{port}/r/{token}", follow_redirects=False)
-        assert response.headers["location"].endswith("/p/8")
+        assert begin_link(response).endswith("/p/8")
     finally:
         process.terminate()
         process.wait(timeout=10)

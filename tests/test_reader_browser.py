@@ -74,7 +74,7 @@ def test_a_rater_completes_a_session_in_the_browser(browser, study, tmp_path):
         errors: list[str] = []
         page.on("console", lambda message: message.type == "error" and
                 errors.append(message.text))
-        page.goto(f"{base}/r/{rater.token}")
+        begin(page, f"{base}/r/{rater.token}")
         assert page.locator("#progress").inner_text() == f"1 / {total}"
         page.wait_for_selector("#viewer[data-slice]")
         assert not page.locator("#pair").is_visible()  # the viewer replaced the composite
@@ -82,13 +82,13 @@ def test_a_rater_completes_a_session_in_the_browser(browser, study, tmp_path):
             page.goto(f"{base}/r/{rater.token}/p/12")
             page.wait_for_selector("#viewer[data-slice]")
             page.screenshot(path=os.environ["MEDLOSSY_SCREENSHOT"])
-            page.goto(f"{base}/r/{rater.token}")
+            begin(page, f"{base}/r/{rater.token}")
         for step in range(total):
             assert page.locator("#progress").inner_text() == f"{step + 1} / {total}"
             if step == 4:  # stop: close the tab, open the link again later
                 page.close()
                 page = browser.new_page(viewport={"width": 1280, "height": 860})
-                page.goto(f"{base}/r/{rater.token}")
+                begin(page, f"{base}/r/{rater.token}")
                 assert page.locator("#progress").inner_text() == f"{step + 1} / {total}"
             with page.expect_navigation():
                 if step % 4 == 3:
@@ -103,6 +103,13 @@ def test_a_rater_completes_a_session_in_the_browser(browser, study, tmp_path):
     assert len(answers) == total
     assert {a["answer"] for a in answers} == {"left", "right", "undecided"}
     assert {a["pair"] for a in answers} == {p["id"] for p in load_pairs(study)}
+
+
+def begin(page, link: str) -> None:
+    """Open a rater's link (its start page) and follow its Begin (or Continue) link."""
+    page.goto(link)
+    with page.expect_navigation():
+        page.locator("#begin").click()
 
 
 def _wait_until(page, expression: str, timeout: float = 10.0) -> None:
@@ -386,7 +393,7 @@ def _design_page(browser, tmp_path_factory, tmp_path: Path, design: str):
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(f"{base}/r/{rater.token}")
+        begin(page, f"{base}/r/{rater.token}")
         page.wait_for_selector("#viewer[data-slice]")
         yield study, database, len(load_pairs(study)), page, errors
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from test_reader_app import form_of, new_database, running_server
+from test_reader_app import begin_link, form_of, new_database, running_server
 from test_reader_pairs import demo_study
 
 from medlossy.reader_study.app import SESSION_COOKIE, create_app
@@ -70,7 +70,7 @@ def test_behind_a_proxy_that_rewrites_host_answers_go_through(study, tmp_path):
                            headers={"origin": "https://reader.example.org"})
     assert response.status_code == 303
     assert response.headers["location"] == f"{PUBLIC}/r/{rater.token}/p/2"
-    assert client.get(f"/r/{rater.token}").headers["location"].startswith(PUBLIC + "/r/")
+    assert begin_link(client.get(f"/r/{rater.token}")).startswith(PUBLIC + "/r/")
     admin_page = client.get(f"/admin/{admin.token}").text
     assert all(link.startswith(PUBLIC + "/") for link in _LINKS.findall(admin_page))
     for origin in (f"http://{UPSTREAM}", "https://evil.example", "http://reader.example.org"):
@@ -93,7 +93,8 @@ def test_the_link_token_is_exchanged_for_a_session_cookie(study, tmp_path):
                         base_url="https://reader.example.org", follow_redirects=False)
     first = client.get(f"/r/{rater.token}")
     assert first.status_code == 303
-    assert first.headers["location"] == "https://reader.example.org/s/p/1"
+    assert first.headers["location"] == "https://reader.example.org/s"  # the start page
+    assert begin_link(client.get("/s")) == "https://reader.example.org/s/p/1"
     cookie = first.headers["set-cookie"].lower()
     assert all(word in cookie for word in ("httponly", "secure", "samesite=lax", "path=/"))
     session = client.cookies[SESSION_COOKIE]

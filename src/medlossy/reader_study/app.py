@@ -3,7 +3,11 @@
 Routes (``TOKEN`` is a rater's or the admin's private token; ``R`` is ``/r/TOKEN`` with
 links, or ``/s`` with a session cookie, see below):
 
-- ``GET /r/TOKEN``: on to the first unanswered pair in the rater's own random order.
+- ``GET /r/TOKEN``: the start page: what the study asks, the answer and viewer keys, the
+  rater's progress and a link on to the first unanswered pair in the rater's own random
+  order (at the end: on to the thank-you page). It loads the rating pages' stylesheet and
+  scripts (named by content hash, kept by the browser), so that the first pair's page
+  finds them cached instead of fetching them cold.
 - ``GET R/p/N``: the N-th pair of that order, with the answer given so far if any.
 - ``GET R/img/PAIR.png``: the pair's composite image (left | right), pre-windowed: what a
   browser without script shows.
@@ -282,7 +286,7 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
     async def start(token: str, request: Request) -> Response:
         visit = await db(by_link(token))
         if not session_cookie:
-            return await resume(lambda: visit)
+            return await welcome(lambda: visit)
         held = request.cookies.get(SESSION_COOKIE, "")
 
         def session_of_this_browser() -> tuple[str, bool]:
@@ -292,7 +296,7 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
                 return held, False
             return database.open_session(visit.rater.id), True
         session, new = await db(session_of_this_browser)
-        response = await resume(lambda: _Visit(visit.rater, session, "/s"))
+        response = redirect("/s")  # the start page, without the token in its URL
         if new:
             response.set_cookie(SESSION_COOKIE, session,
                                 max_age=int(SESSION_LIFETIME.total_seconds()),
@@ -302,15 +306,20 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
 
     @app.get("/s")
     async def session_start(request: Request) -> Response:
-        return await resume(by_cookie(request))
+        return await welcome(by_cookie(request))
 
-    async def resume(resolve: Callable[[], _Visit]) -> Response:
-        def work() -> tuple[_Visit, int | None]:
+    async def welcome(resolve: Callable[[], _Visit]) -> Response:
+        """The start page, on to the first unanswered pair; the thank-you page at the end."""
+        def work() -> tuple[_Visit, int, int | None]:
             visit = resolve()
-            return visit, next_position(visit.rater)
-        visit, position = await db(work)
-        return redirect(f"{visit.root}/done" if position is None
-                        else f"{visit.root}/p/{position}")
+            return (visit, len(database.answers_of(visit.rater.id)),
+                    next_position(visit.rater))
+        visit, answered, position = await db(work)
+        if position is None:
+            return redirect(f"{visit.root}/done")
+        return HTMLResponse(_start_page(base + visit.root, position, answered,
+                                        len(pair_ids), base, viewer=viewer, design=design,
+                                        flicker_ms=flicker_ms))
 
     async def show(resolve: Callable[[], _Visit], position: str) -> HTMLResponse:
         def work() -> tuple[_Visit, int, dict[str, str]]:
@@ -616,3 +625,63 @@ def _rating_page(root: str, form: str, pair_id: str, number: int, total: int,
         f"back where you left off.</span>{following}</nav></main>")
     return _page(f"Reader study {number} / {total}", body, base, script=True,
                  preload=f"{stack}?part=1" if viewer else "")
+
+
+#: The viewer's controls as the start page lists them (the viewer's own keys: ``viewer``).
+_VIEWER_HELP = (
+    ("window presets", "buttons", "<kbd>4</kbd> <kbd>5</kbd> <kbd>6</kbd> <kbd>7</kbd>"),
+    ("window width / level", "right-drag (or <kbd>w</kbd>, then drag)",
+     "<kbd>Shift</kbd> + arrows"),
+    ("slices above and below", "wheel", "<kbd>PageUp</kbd> <kbd>PageDown</kbd>, "
+     "<kbd>k</kbd> <kbd>j</kbd>"),
+    ("zoom (1x to 8x)", "buttons, <kbd>Ctrl</kbd> + wheel", "<kbd>+</kbd> <kbd>-</kbd>"),
+    ("pan", "drag", ""),
+    ("magnifier", "button", "<kbd>m</kbd>"),
+    ("reset the view", "button", "<kbd>0</kbd>"),
+)
+
+
+def _start_page(root: str, position: int, answered: int, total: int, base: str, *,
+                viewer: bool, design: Design, flicker_ms: int) -> str:
+    """The page a rater's link opens: the task, the keys, their progress and a plain link
+    on to pair ``position`` (no script needed). It carries the rating pages' stylesheet
+    and scripts (which do nothing here): fetched and compiled now, cached for the pairs."""
+    if design.flicker:
+        shown = (f"one view in which two versions of the same slice alternate, each shown for "
+                 f"{flicker_ms} ms")
+    else:
+        shown = "two versions of the same slice side by side, left and right"
+    answers = "".join(
+        f"<tr><td>{html.escape(choice.label)}</td><td>" +
+        " / ".join(f"<kbd>{html.escape(_KEY_NAMES.get(key, key))}</kbd>" for key in choice.keys)
+        + "</td></tr>" for choice in design.choices)
+    controls = ""
+    if viewer:
+        rows = "".join(f"<tr><td>{what}</td><td>{mouse}</td><td>{keys}</td></tr>"
+                       for what, mouse, keys in _VIEWER_HELP)
+        controls = ("<h2>Looking closer</h2><p>Everything applies to both images at once. "
+                    "The window starts at the study's; the presets are soft tissue, lung, "
+                    "bone and brain for CT, percentile windows for MR.</p>"
+                    "<table class=\"keys-table\"><tr><th>what</th><th>mouse</th><th>keys</th>"
+                    f"</tr>{rows}</table>")
+    progress = (f"You have answered {answered} of {total} pairs." if answered else
+                f"{total} pairs to answer.")
+    label = "Begin" if answered == 0 else f"Continue with pair {position}"
+    body = (
+        "<header><span class=\"title\">Reader study</span>"
+        f"<span class=\"progress\">{answered} / {total} answered</span>"
+        "<span></span></header>"
+        "<main class=\"message start\">"
+        "<h1>Reader study</h1>"
+        f"<p>Each page shows {shown}. The images are shown in random order and nothing on "
+        f"the page tells which is which.</p><p class=\"question\"><strong>"
+        f"{html.escape(design.question)}</strong></p>"
+        f"<h2>Answers</h2><table class=\"keys-table\">{answers}</table>"
+        "<p>Answering moves on to the next pair; &larr; previous / next &rarr; go back, and "
+        "a new answer replaces the old one.</p>"
+        f"{controls}"
+        f"<p class=\"status\" id=\"status\">{progress}</p>"
+        f"<p><a class=\"begin\" id=\"begin\" href=\"{root}/p/{position}\">{label}</a></p>"
+        "<p class=\"hint\">You can stop at any time: your link brings you back here, to "
+        "where you left off.</p></main>")
+    return _page("Reader study", body, base, script=True)

@@ -37,6 +37,12 @@ main.message { max-width: 900px; margin: 10vh auto; padding: 0 24px; }
 table { border-collapse: collapse; margin: 16px 0; }
 th, td { border-bottom: 1px solid #333; padding: 6px 12px; text-align: left; }
 code { font-size: 12px; word-break: break-all; }
+main.start h2 { font-size: 18px; margin: 22px 0 4px; color: #eee; }
+main.start .status { font-size: 18px; color: #fff; }
+a.begin { display: inline-block; padding: 12px 28px; font-size: 19px; color: #eee;
+          background: #2d2d2d; border: 1px solid #6c9; border-radius: 8px;
+          text-decoration: none; }
+a.begin:hover, a.begin:focus-visible { background: #3a3a3a; outline: none; }
 """
 
 JS = """
