@@ -96,9 +96,14 @@ def convert(arguments: argparse.Namespace) -> None:
     started = time.perf_counter()
     marker = convert_folder(base / source, base / storage.folder(source), plans,
                             arguments.configuration, storage, workers=arguments.workers)
+    stored_as = [channel["stored_as"] for channels in marker["stored"].values()
+                 for channel in channels]
+    others = [name for name in stored_as if name != storage.name]
     print(f"medlossy: {marker['cases']} cases as {storage.name} {storage.codec} stores in "
           f"{time.perf_counter() - started:.1f} s: {marker['image_bytes']} bytes of images "
-          f"(blosc2: {marker['blosc2_image_bytes']})")
+          f"(blosc2: {marker['blosc2_image_bytes']})"
+          + (f"; {len(others)} of {len(stored_as)} stores otherwise (lossless where smaller, "
+             "else the closest ratio reached: see the folder's JSON)" if others else ""))
 
 
 def predict(arguments: argparse.Namespace) -> None:
