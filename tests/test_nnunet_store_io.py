@@ -289,6 +289,18 @@ def test_nnunet_fingerprints_a_stores_dataset(stores_sweep, monkeypatch,
     assert set(fingerprint["foreground_intensity_properties_per_channel"]) == {0, 1}
 
 
+@pytest.mark.parametrize("content", [b"", b"\x1f\x8b\x08 cut short", b"\x00" * 400])
+def test_a_mlstore_file_that_is_neither_link_nor_nifti_is_named(tmp_path: Path,
+                                                                 content: bytes) -> None:
+    from medlossy.errors import MedlossyError
+
+    path = tmp_path / f"case{LINK_ENDING}"
+    path.write_bytes(content)
+    with pytest.raises(MedlossyError, match="neither a medlossy store link") as error:
+        MedlossyStoreIO().read_seg(str(path))
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
 def test_nnunet_finds_medlossys_trainer_by_name_without_importing_its_variants() -> None:
     """``nnUNetv2_predict -tr MedlossyTrainer`` (through the launcher): nnU-Net's lookup by
     name imported every trainer variant, one of which needs timm, and did not find the

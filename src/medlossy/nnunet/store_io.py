@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -45,6 +46,7 @@ from nnunetv2.imageio import reader_writer_registry
 from nnunetv2.imageio.nibabel_reader_writer import NibabelIOWithReorient
 
 from medlossy.decompression import decoded_nifti
+from medlossy.errors import MedlossyError
 from medlossy.store.link import LINK_ENDING, NNUNET_READER, is_store_link, read_store_link
 
 NIFTI_ENDING = ".nii.gz"
@@ -74,9 +76,14 @@ def load_image(path: str | os.PathLike[str]) -> nibabel.Nifti1Image:
     as nibabel gives the decoded file."""
     path = Path(path)
     if is_store_link(path):
-        if not holds_link(path):
+        if holds_link(path):
+            return decoded_nifti(read_store_link(path), workers=1)
+        try:
             return nifti_from_file(path)
-        return decoded_nifti(read_store_link(path), workers=1)
+        except (nibabel.spatialimages.HeaderDataError, nibabel.wrapstruct.WrapStructError,
+                zlib.error, OSError, EOFError, ValueError):
+            raise MedlossyError(path, "neither a medlossy store link (a JSON object) nor a "
+                                      "NIfTI image") from None
     if path.suffix == ".zarr" or path.is_dir():
         return decoded_nifti(path, workers=1)
     return nibabel.load(path)
