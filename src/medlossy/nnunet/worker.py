@@ -7,7 +7,8 @@
 nnU-Net's own ``nnUNetv2_train`` / ``nnUNetv2_predict`` find a trainer class by importing
 every module of nnU-Net's trainer package, some of which need timm and torchvision (absent
 beside a CPU torch, see the Makefile); they also cannot find a trainer that lives outside
-nnU-Net. This worker builds ``MedlossyTrainer`` directly and predicts through nnU-Net's
+nnU-Net (``medlossy.nnunet.launch`` registers it for a user's own nnU-Net commands). This
+worker builds ``MedlossyTrainer`` directly and predicts through nnU-Net's
 ``nnUNetPredictor.manual_initialization``, which is what ``nnUNetv2_predict`` does after the
 class lookup. nnU-Net reads its folders (nnUNet_raw, nnUNet_preprocessed, nnUNet_results)
 from the environment the parent sets.
