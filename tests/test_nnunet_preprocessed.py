@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import time
 from pathlib import Path
 
@@ -308,3 +309,65 @@ def write_ct_dataset(root: Path, cases: int = 4) -> Path:
         "channel_names": {"0": "CT"}, "labels": {"background": 0, "sphere": 1},
         "numTraining": cases, "file_ending": ".nii.gz"}))
     return root
+
+
+@pytest.fixture(scope="module")
+def hard_cases(tmp_path_factory) -> Path:
+    """Two cases nnU-Net could hand the conversion: a heavily clipped CT (air, soft tissue
+    and bone at the clip bounds: piecewise constant) and a small noisy crop."""
+    folder = tmp_path_factory.mktemp("hard") / "nnUNetPlans_3d_fullres"
+    folder.mkdir()
+    _, y, x = np.indices((16, 256, 256))
+    body = ((y - 128) / 100) ** 2 + ((x - 128) / 85) ** 2 < 1
+    bone = ((y - 180) / 14) ** 2 + ((x - 128) / 14) ** 2 < 1
+    clipped = np.where(body, 40, -1000) + 2000 * bone
+    nnunet_preprocess(folder, "clipped", clipped.astype(np.int16), body.astype(np.uint8),
+                      (2.0, 1.0, 1.0), (2.0, 1.0, 1.0))
+    noisy = np.random.default_rng(3).normal(0, 300, (4, 32, 40))
+    nnunet_preprocess(folder, "noisy", np.rint(noisy).astype(np.int16),
+                      (noisy > 0).astype(np.uint8), (2.0, 1.0, 1.0), (2.0, 1.0, 1.0))
+    return folder
+
+
+def test_a_case_smaller_lossless_than_at_the_ratio_is_stored_lossless(hard_cases: Path,
+                                                                      tmp_path: Path) -> None:
+    """A heavily clipped CT at a ratio was stored lossy and larger than lossless (tester, x20:
+    176,921 B vs 150,417 B; here x12: 174,537 B vs 114,297 B): where lossless fits the
+    ratio's budget, the case is stored lossless, as a compress at a ratio does."""
+    folder = tmp_path / hard_cases.name
+    folder.mkdir()
+    for name in ("clipped.b2nd", "clipped_seg.b2nd", "clipped.pkl"):  # that case alone
+        shutil.copyfile(hard_cases / name, folder / name)
+    lossless = json.loads(marker_file(converted(folder, "lossless", tile=0)).read_text())
+    x12 = converted(folder, "x12", tile=0)
+    marker = json.loads(marker_file(x12).read_text())
+    assert marker["image_bytes"] == lossless["image_bytes"]  # before: 174,537 vs 114,297
+    clipped = marker["stored"]["clipped"][0]
+    assert clipped["stored_as"] == "lossless" and clipped["ratio"] > 12
+    assert clipped["bytes"] == lossless["stored"]["clipped"][0]["bytes"]
+    assert SliceStore(x12 / "clipped_0000.zarr").attributes["codec"]["setting"]["mode"] == \
+        "lossless"
+    data, _, _, _ = MedlossyStoreDataset(str(x12)).load_case("clipped")
+    expected = reference(folder, "clipped")
+    assert np.abs(np.asarray(data) - expected).max() <= STEP * (1 + 1e-5) + 1e-6
+
+
+def test_a_case_that_cannot_reach_the_ratio_is_stored_at_the_closest(hard_cases: Path,
+                                                                     tmp_path: Path,
+                                                                     capfd) -> None:
+    """One small noisy crop that HTJ2K cannot take to x10 failed the whole conversion
+    ("cannot reach x10"); it is stored at the closest ratio it reaches, said on stderr and
+    in the folder's record, and the other cases are converted as asked."""
+    x10 = tmp_path / "x10"
+    marker = convert_folder(hard_cases, x10, plans(), "3d_fullres",
+                            parse_storage("x10", "htj2k", 0))
+    assert json.loads(marker_file(x10).read_text()) == marker
+    noisy = marker["stored"]["noisy"][0]
+    assert 1 < noisy["ratio"] < 10 and noisy["stored_as"] == f"x{noisy['ratio']:.2f}"
+    assert SliceStore(x10 / "noisy_0000.zarr").attributes["achieved"]["ratio"] == \
+        noisy["ratio"]
+    note = capfd.readouterr().err
+    assert "noisy_0000.zarr: htj2k cannot reach x10" in note and noisy["stored_as"] in note
+    assert marker["cases"] == 2 and marker["stored"]["clipped"][0]["stored_as"] == "lossless"
+    data, _, _, _ = MedlossyStoreDataset(str(x10)).load_case("noisy")
+    assert np.asarray(data).shape == reference(hard_cases, "noisy").shape

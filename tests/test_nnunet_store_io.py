@@ -7,8 +7,13 @@ backend planning and preprocessing such a dataset through nnU-Net's own command.
 
 from __future__ import annotations
 
+import gzip
 import json
 import multiprocessing.pool
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +23,7 @@ import pytest
 
 pytest.importorskip("nnunetv2")
 
+from nnunetv2.evaluation import evaluate_predictions as nnunet_evaluate
 from nnunetv2.experiment_planning import verify_dataset_integrity as nnunet_verify
 from nnunetv2.experiment_planning.dataset_fingerprint import (
     fingerprint_extractor,
@@ -27,6 +33,7 @@ from nnunetv2.imageio.reader_writer_registry import (
     determine_reader_writer_from_dataset_json,
     recursive_find_reader_writer_by_name,
 )
+from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
 from medlossy.cli.main import main as cli_main
 from medlossy.datasets.nnunet_raw import open_raw_dataset
@@ -138,14 +145,18 @@ def test_labels_are_read_and_predictions_written_as_nnunet_does(stores,
     ours = MedlossyStoreIO().read_seg(str(tmp_path / "case.nii.gz"))
     theirs = NibabelIOWithReorient().read_seg(str(tmp_path / "case.nii.gz"))
     _assert_same(ours, theirs)
-    # nnU-Net names a prediction with the dataset's file ending: a link's becomes .nii.gz
+    # nnU-Net names a prediction with the dataset's file ending, which it also lists to
+    # evaluate: the NIfTI file keeps that name, and reads back as the label it holds
     MedlossyStoreIO().write_seg(ours[0][0].astype(np.uint8), str(tmp_path / f"p{LINK_ENDING}"),
                                 ours[1])
     NibabelIOWithReorient().write_seg(theirs[0][0].astype(np.uint8),
                                       str(tmp_path / "q.nii.gz"), theirs[1])
-    assert not (tmp_path / f"p{LINK_ENDING}").exists()
-    written, expected = nib.load(tmp_path / "p.nii.gz"), nib.load(tmp_path / "q.nii.gz")
+    assert sorted(p.name for p in tmp_path.glob("p*")) == [f"p{LINK_ENDING}"]
+    written = nib.Nifti1Image.from_bytes(
+        gzip.decompress((tmp_path / f"p{LINK_ENDING}").read_bytes()))
+    expected = nib.load(tmp_path / "q.nii.gz")
     np.testing.assert_array_equal(written.get_fdata(), expected.get_fdata())
+    _assert_same(MedlossyStoreIO().read_seg(str(tmp_path / f"p{LINK_ENDING}")), theirs)
     np.testing.assert_array_equal(written.affine, label.affine)
 
 
@@ -278,6 +289,74 @@ def test_nnunet_fingerprints_a_stores_dataset(stores_sweep, monkeypatch,
     assert set(fingerprint["foreground_intensity_properties_per_channel"]) == {0, 1}
 
 
+@pytest.mark.parametrize("content", [b"", b"\x1f\x8b\x08 cut short", b"\x00" * 400])
+def test_a_mlstore_file_that_is_neither_link_nor_nifti_is_named(tmp_path: Path,
+                                                                 content: bytes) -> None:
+    from medlossy.errors import MedlossyError
+
+    path = tmp_path / f"case{LINK_ENDING}"
+    path.write_bytes(content)
+    with pytest.raises(MedlossyError, match="neither a medlossy store link") as error:
+        MedlossyStoreIO().read_seg(str(path))
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_nnunet_finds_medlossys_trainer_by_name_without_importing_its_variants() -> None:
+    """``nnUNetv2_predict -tr MedlossyTrainer`` (through the launcher): nnU-Net's lookup by
+    name imported every trainer variant, one of which needs timm, and did not find the
+    trainer anyway; registered, it is found in the first module the lookup imports."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from medlossy.nnunet.trainer import MedlossyTrainer
+    from medlossy.nnunet.trainer import register as register_trainer
+
+    before = set(sys.modules)
+    register_trainer()
+    register_trainer()  # twice changes nothing
+    assert recursive_find_trainer_class_by_name("MedlossyTrainer") is MedlossyTrainer
+    assert not [name for name in set(sys.modules) - before if ".variants" in name]
+
+
+def test_nnunet_evaluates_predictions_of_a_stores_dataset_against_its_gt_copies(
+        stores_sweep, monkeypatch, tmp_path: Path) -> None:
+    """nnU-Net's evaluation chain on a stores dataset: its copies of the labels named with
+    the dataset's ending (gt_segmentations/CASE.mlstore, as plan_and_preprocess writes
+    them) against predictions its export names so too, listed, read and scored by
+    nnU-Net's own compute_metrics_on_folder2 (nnUNetv2_evaluate_folder). Before: read_seg
+    refused the copies ("not a medlossy store link") and predictions ended in .nii.gz."""
+    register()
+    _in_process_pools(monkeypatch, nnunet_evaluate)
+    description = json.loads((stores_sweep.r4 / "dataset.json").read_text())
+    ending = description["file_ending"]
+    gt, predictions = tmp_path / "gt_segmentations", tmp_path / "predictions"
+    gt.mkdir()
+    predictions.mkdir()
+    for case, files in get_filenames_of_train_images_and_targets(
+            str(stores_sweep.r4), description).items():
+        shutil.copyfile(files["label"], gt / f"{case}{ending}")  # nnU-Net's copy
+    reader = determine_reader_writer_from_dataset_json(
+        description, str(next(gt.iterdir())), verbose=False)()
+    for index, case in enumerate(("case0", "case1", "case2")):
+        seg, properties = reader.read_seg(str(gt / f"{case}{ending}"))
+        if index == 0:
+            truth = seg > 0
+            seg[..., : seg.shape[-1] // 2] = 0  # half the blob missed
+            missed = 2 * (truth & (seg > 0)).sum() / (truth.sum() + (seg > 0).sum())
+        reader.write_seg(seg[0].astype(np.uint8), str(predictions / f"{case}{ending}"),
+                         properties)
+    plans = tmp_path / "plans.json"
+    plans.write_text("{}")
+    nnunet_evaluate.compute_metrics_on_folder2(
+        str(gt), str(predictions), str(stores_sweep.r4 / "dataset.json"), str(plans),
+        num_processes=1)
+    summary = json.loads((predictions / "summary.json").read_text())
+    dice = {Path(row["prediction_file"]).name: row["metrics"]["1"]["Dice"]
+            for row in summary["metric_per_case"]}
+    assert dice[f"case1{ending}"] == dice[f"case2{ending}"] == 1.0
+    assert 0.4 < missed < 0.9
+    assert dice[f"case0{ending}"] == pytest.approx(missed)
+
+
 def test_registration_is_idempotent_and_refuses_a_taken_id(stores_sweep, tmp_path: Path,
                                                            capsys) -> None:
     arguments = ("dataset", "compress", stores_sweep.source, "--ratios", "1,4", "--out",
@@ -347,6 +426,35 @@ def test_backend_trains_and_predicts_from_a_stores_dataset(stores_sweep,
         [f"{case}.nii.gz" for case in held_out]
     table = evaluate_nnunet(model, stores_sweep.r4, predictions)
     assert set(table["case"]) == set(held_out)
+    # nnU-Net's own chain, as the docs type it: nnUNetv2_predict through the launcher finds
+    # MedlossyTrainer (before: the lookup imported a variant that needs timm, and could not
+    # find the trainer anyway), names its predictions with the dataset's ending, and its
+    # evaluation scores them against its copies of the labels (gt_segmentations)
+    inputs, out = tmp_path / "inputs", tmp_path / "nnunet-preds"
+    inputs.mkdir()
+    for case in held_out:
+        for channel in range(2):
+            name = f"{case}_{channel:04d}{LINK_ENDING}"
+            (inputs / name).symlink_to(stores_sweep.r4 / "imagesTr" / name)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path),
+                   "nnUNet_raw": str(prepared.parent.parent / "raw"),
+                   "nnUNet_preprocessed": str(prepared.parent),
+                   "nnUNet_results": str(model / "nnunet" / "results")}
+    launched = subprocess.run(
+        [sys.executable, "-m", "medlossy.nnunet.launch", "nnUNetv2_predict", "-i", inputs,
+         "-o", out, "-d", "711", "-c", "3d_fullres", "-f", "0", "-tr", "MedlossyTrainer",
+         "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar"],
+        env=environment, capture_output=True, text=True, timeout=600)
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    assert sorted(p.name for p in out.glob("case*")) == \
+        [f"{case}{LINK_ENDING}" for case in held_out]
+    register()
+    nnunet_evaluate.compute_metrics_on_folder2(
+        str(prepared / "gt_segmentations"), str(out), str(prepared / "dataset.json"),
+        str(prepared / "nnUNetPlans.json"), num_processes=1, chill=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(Path(row["reference_file"]).name for row in summary["metric_per_case"]) \
+        == [f"{case}{LINK_ENDING}" for case in held_out]
 
 
 def test_a_model_of_decoded_images_refuses_a_stores_dataset(stores_sweep,

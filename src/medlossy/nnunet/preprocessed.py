@@ -4,11 +4,13 @@ Data flow: nnU-Net preprocesses as usual (transpose -> crop -> normalise -> resa
 in blosc2) -> :func:`convert_folder` turns each case's image channels back into 16-bit
 integers on the scale of the normalisation's input (CT: clipped Hounsfield units, q =
 round(x * std + mean); other schemes: fixed point, q = round(x * K)) and compresses them
-into one store each (lossless, or at the ratio asked); the segmentation stays nnU-Net's
-lossless blosc2 file, the properties its pickle -> :class:`MedlossyStoreDataset`, a dataset
-class with nnU-Net's ``nnUNetBaseDataset`` contract, hands nnU-Net's data loader a lazy
-image whose crops decode only the slices (tiled stores: the tiles) they touch and apply the
-normalisation on the fly, x = (q - offset) / scale, in float32 as nnU-Net computes it.
+into one store each (lossless, or at the ratio asked: lossless where that is smaller, the
+closest ratio where the codec cannot reach it; the folder's record says which case got
+what); the segmentation stays nnU-Net's lossless blosc2 file, the properties its pickle ->
+:class:`MedlossyStoreDataset`, a dataset class with nnU-Net's ``nnUNetBaseDataset``
+contract, hands nnU-Net's data loader a lazy image whose crops decode only the slices
+(tiled stores: the tiles) they touch and apply the normalisation on the fly, x = (q -
+offset) / scale, in float32 as nnU-Net computes it.
 
 What is exact: with a lossless store, a voxel differs from nnU-Net's float32 value only by
 rounding to the integer grid, at most half a step (0.5 / std for CT: 0.5 HU), and not at
@@ -24,6 +26,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,13 +37,12 @@ from nnunetv2.training.dataloading.nnunet_dataset import nnUNetBaseDataset
 
 from medlossy.atomic import atomic_output
 from medlossy.codecs.jpeg2k import MIN_SIDE
-from medlossy.compression import compress_volume
+from medlossy.compression import compress_volume, ratio_reach
 from medlossy.errors import MedlossyError
 from medlossy.jsonfile import write_json
 from medlossy.loading.volume import StoreVolume
-from medlossy.nnunet.storage import PreprocessedStorage
-from medlossy.ratecontrol import Target
-from medlossy.store.slice_store import stored_bytes
+from medlossy.nnunet.storage import LOSSLESS, PreprocessedStorage
+from medlossy.ratecontrol import Target, lossless_fits
 from medlossy.volume import Volume
 
 PROPERTIES_KEY = "medlossy_stores"
@@ -105,31 +107,65 @@ def _tile(storage: PreprocessedStorage, shape: Sequence[int]) -> int | None:
     return storage.tile if storage.tile and max(shape[1:]) > storage.tile else None
 
 
+def _store_channel(codes: np.ndarray, spacing: Sequence[float], modality: str, path: Path,
+                   storage: PreprocessedStorage, workers: int) -> dict[str, Any]:
+    """One channel's store: lossless where asked, or where lossless fits the ratio's budget
+    (``ratecontrol.lossless_fits``, the rule of a compress at a ratio; it tries lossless
+    only when even its finest lossy setting is under the budget, whereas a heavily clipped
+    CT can be smaller lossless than lossy at x20, so lossless is tried first here); else at
+    the ratio, or, where the codec cannot reach it (a small noisy crop), at the closest
+    ratio it reaches, said on stderr: training data keeps every case rather than losing
+    the conversion. Returns how it was stored: ``stored_as`` (lossless, the storage's xR,
+    or the closest xR), the ``ratio`` achieved and the ``bytes``, every stored byte
+    counted."""
+    volume = _volume(codes, spacing, modality)
+    # Zarr 3, one shard: a tiled store is then one file, not one per tile (a 128 x 128
+    # tile at x20 holds about 1.6 KB, less than a file system block)
+    options = {"codec_name": storage.codec, "workers": workers, "source": str(path),
+               "tile": _tile(storage, codes.shape), "zarr_format": 3}
+    achieved = compress_volume(volume, path, Target("lossless"), **options)["achieved"]
+    stored_as = LOSSLESS
+    if storage.ratio is not None and not lossless_fits(
+            achieved["stored_bytes"], int(achieved["raw_bytes"] / storage.ratio)):
+        try:
+            achieved = compress_volume(volume, path, Target("ratio", storage.ratio),
+                                       **options)["achieved"]
+            stored_as = storage.name
+        except MedlossyError:
+            reach, _ = ratio_reach(volume, storage.codec, workers=workers, source=str(path),
+                                   tile=options["tile"], zarr_format=3)
+            if reach >= storage.ratio:
+                raise
+            achieved = compress_volume(volume, path, Target("ratio", reach),
+                                       **options)["achieved"]
+            stored_as = f"x{achieved['ratio']:.2f}"
+            print(f"medlossy: note: {path.name}: {storage.codec} cannot reach "
+                  f"{storage.name} here (its coarsest setting gives x{reach:.2f}); stored at "
+                  f"{stored_as}, the closest", file=sys.stderr)
+    return {"stored_as": stored_as, "ratio": achieved["ratio"],
+            "bytes": achieved["stored_bytes"]}
+
+
 def save_case(data: np.ndarray, seg_file: str | os.PathLike[str], properties: dict,
               output_filename_truncated: str, *, storage: PreprocessedStorage,
               scales: Sequence[tuple[float, float]], modality: str = "OTHER",
-              workers: int = 1) -> int:
+              workers: int = 1) -> list[dict[str, Any]]:
     """Write one case: a store per image channel, nnU-Net's segmentation file copied, the
-    properties with the stores' (offset, scale); returns the image stores' bytes."""
-    target = Target("lossless") if storage.ratio is None else Target("ratio", storage.ratio)
+    properties with the stores' (offset, scale); returns how each channel was stored
+    (:func:`_store_channel`)."""
     spacing = [float(s) for s in properties["spacing"]]
-    stores, total = [], 0
+    stores, stored = [], []
     for channel, (offset, scale) in enumerate(scales):
         name = f"{Path(output_filename_truncated).name}_{channel:04d}.zarr"
         path = Path(output_filename_truncated).parent / name
         codes = _pad_slices(quantise(data[channel], offset, scale))
-        # Zarr 3, one shard: a tiled store is then one file, not one per tile (a 128 x 128
-        # tile at x20 holds about 1.6 KB, less than a file system block)
-        compress_volume(_volume(codes, spacing, modality), path, target,
-                        codec_name=storage.codec, workers=workers, source=str(path),
-                        tile=_tile(storage, codes.shape), zarr_format=3)
+        stored.append(_store_channel(codes, spacing, modality, path, storage, workers))
         stores.append({"store": name, "offset": offset, "scale": scale,
                        "shape": list(data.shape[1:])})
-        total += stored_bytes(path)
     shutil.copyfile(seg_file, f"{output_filename_truncated}_seg.b2nd")
     with open(f"{output_filename_truncated}.pkl", "wb") as handle:
         pickle.dump({**properties, PROPERTIES_KEY: stores}, handle)
-    return total
+    return stored
 
 
 class NormalisedStores:
@@ -230,22 +266,25 @@ def convert_folder(source: str | os.PathLike[str], target: str | os.PathLike[str
                    if not p.name.endswith("_seg.b2nd"))
     if not cases:
         raise MedlossyError(source, "holds no nnU-Net preprocessed cases (*.b2nd)")
-    image_bytes = source_bytes = seg_bytes = 0
+    source_bytes = seg_bytes = 0
+    stored: dict[str, list[dict[str, Any]]] = {}
     with atomic_output(target) as temporary:
         temporary.mkdir(parents=True)
         for case in cases:
             data = blosc2.open(urlpath=str(source / f"{case}.b2nd"), mode="r")[:]
             with open(source / f"{case}.pkl", "rb") as handle:
                 properties = pickle.load(handle)
-            image_bytes += save_case(data, source / f"{case}_seg.b2nd", properties,
+            stored[case] = save_case(data, source / f"{case}_seg.b2nd", properties,
                                      str(temporary / case), storage=storage,
                                      scales=channel_scales(data, schemes, intensities),
                                      modality=modality, workers=workers)
             source_bytes += (source / f"{case}.b2nd").stat().st_size
             seg_bytes += (source / f"{case}_seg.b2nd").stat().st_size
+    image_bytes = sum(channel["bytes"] for channels in stored.values() for channel in channels)
     marker = {**storage.to_dict(), "configuration": configuration, "cases": len(cases),
               "normalization_schemes": schemes, "image_bytes": image_bytes,
-              "blosc2_image_bytes": source_bytes, "segmentation_bytes": seg_bytes}
+              "blosc2_image_bytes": source_bytes, "segmentation_bytes": seg_bytes,
+              "stored": stored}
     write_json(marker_file(target), marker)
     return marker
 

@@ -360,7 +360,19 @@ def predict_nnunet(model_dir: str | os.PathLike[str], dataset_folder: str | os.P
             commands.worker(["predict", str(_results(model_dir, model)), str(model["fold"]),
                              str(images), str(temporary), *options], folders, "predict.log",
                             quiet=quiet)
+            _name_like_labels(temporary, dataset)
     return out
+
+
+def _name_like_labels(folder: Path, dataset: RawDataset) -> None:
+    """nnU-Net names its label maps with the dataset's file ending; a stores dataset's
+    (``CASE.mlstore``, NIfTI files: see ``store_io``) are renamed as its labels are named
+    (``CASE.nii.gz``), for medlossy's evaluation and for any viewer."""
+    ending = dataset.file_ending
+    if ending == dataset.label_ending:
+        return
+    for path in folder.glob(f"*{ending}"):
+        path.rename(path.with_name(path.name[: -len(ending)] + dataset.label_ending))
 
 
 def _check_file_ending(model_dataset: Path, dataset: RawDataset) -> None:

@@ -7,7 +7,16 @@ image ``medlossy decompress`` would write, in memory -> exactly what nnU-Net's
 axes, transpose to nnU-Net's (z, y, x) order, spacing from the reoriented header. So
 planning, preprocessing and prediction see the array and spacing nnU-Net would see on the
 decoded .nii.gz, with no decoded copy on disk. Labels stay NIfTI (lossless, in labelsTr) and
-are read the same way; predictions are written as NIfTI (``CASE.nii.gz``).
+are read the same way.
+
+Segmentations nnU-Net names itself. nnU-Net gives every file of a dataset the dataset's
+file ending, the link's here: its copies of the labels (``gt_segmentations/CASE.mlstore``,
+the label file's bytes), its predictions and postprocessed predictions (``CASE.mlstore``),
+and it evaluates by listing both folders by that ending. So ``write_seg`` writes the NIfTI
+file under the name nnU-Net gives, and a ``.mlstore`` file that holds a NIfTI image rather
+than a link (a link is a JSON object) is read as that image: nnU-Net's validation at the
+end of training, ``nnUNetv2_evaluate_folder``, postprocessing and
+``nnUNetv2_find_best_configuration`` then work on a stores dataset as on any other.
 
 How nnU-Net finds it. nnU-Net picks a reader by the name in dataset.json's
 ``overwrite_image_reader_writer`` (and by file ending), but searches for that name only in
@@ -23,7 +32,9 @@ register it too.
 
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -35,16 +46,44 @@ from nnunetv2.imageio import reader_writer_registry
 from nnunetv2.imageio.nibabel_reader_writer import NibabelIOWithReorient
 
 from medlossy.decompression import decoded_nifti
+from medlossy.errors import MedlossyError
 from medlossy.store.link import LINK_ENDING, NNUNET_READER, is_store_link, read_store_link
 
 NIFTI_ENDING = ".nii.gz"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def holds_link(path: Path) -> bool:
+    """Whether a ``.mlstore`` file is a store link (a JSON object), not a segmentation that
+    nnU-Net named with the dataset's ending (a NIfTI file, gzipped or not)."""
+    with open(path, "rb") as handle:
+        return handle.read(64).lstrip().startswith(b"{")
+
+
+def nifti_from_file(path: Path) -> nibabel.Nifti1Image:
+    """A NIfTI-1 or -2 file, whatever its name ends in (nibabel goes by the ending)."""
+    data = path.read_bytes()
+    if data.startswith(_GZIP_MAGIC):
+        data = gzip.decompress(data)
+    try:
+        return nibabel.Nifti1Image.from_bytes(data)
+    except nibabel.spatialimages.HeaderDataError:
+        return nibabel.Nifti2Image.from_bytes(data)
 
 
 def load_image(path: str | os.PathLike[str]) -> nibabel.Nifti1Image:
-    """A store link, a store folder or a NIfTI file as nibabel gives the decoded file."""
+    """A store link, a store folder or a NIfTI file (also one named ``.mlstore`` by nnU-Net)
+    as nibabel gives the decoded file."""
     path = Path(path)
     if is_store_link(path):
-        return decoded_nifti(read_store_link(path), workers=1)
+        if holds_link(path):
+            return decoded_nifti(read_store_link(path), workers=1)
+        try:
+            return nifti_from_file(path)
+        except (nibabel.spatialimages.HeaderDataError, nibabel.wrapstruct.WrapStructError,
+                zlib.error, OSError, EOFError, ValueError):
+            raise MedlossyError(path, "neither a medlossy store link (a JSON object) nor a "
+                                      "NIfTI image") from None
     if path.suffix == ".zarr" or path.is_dir():
         return decoded_nifti(path, workers=1)
     return nibabel.load(path)
@@ -82,11 +121,20 @@ class MedlossyStoreIO(NibabelIOWithReorient):
         return np.vstack(images, dtype=np.float32, casting="unsafe"), properties
 
     def write_seg(self, seg: np.ndarray, output_fname: str, properties: dict) -> None:
-        """NIfTI, as ``NibabelIOWithReorient`` writes it; nnU-Net names the output with the
-        dataset's file ending, which for stores is the link's: such a name gets .nii.gz."""
-        if output_fname.endswith(LINK_ENDING):
-            output_fname = output_fname[: -len(LINK_ENDING)] + NIFTI_ENDING
-        super().write_seg(seg, output_fname, properties)
+        """NIfTI (gzipped), as ``NibabelIOWithReorient`` writes it, under the name nnU-Net
+        gives: with the dataset's ending (``CASE.mlstore``), which nnU-Net's evaluation
+        lists (see the module docstring). Written beside it first, then renamed: a reader
+        never sees half a file."""
+        if not output_fname.endswith(LINK_ENDING):
+            super().write_seg(seg, output_fname, properties)
+            return
+        temporary = f"{output_fname}.partial{NIFTI_ENDING}"  # nibabel goes by the ending
+        try:
+            super().write_seg(seg, temporary, properties)
+            os.replace(temporary, output_fname)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
 
 
 def register() -> None:

@@ -12,14 +12,23 @@ cases), and a checkpoint every epoch written atomically (a killed unit resumes).
 
 nnU-Net saves the constructor's arguments in every checkpoint, so the constructor keeps
 nnU-Net's signature; the budget is set with :meth:`MedlossyTrainer.configure` before
-``initialize``. Imported only in the worker subprocess (``medlossy.nnunet.worker``), after
-nnU-Net's folder variables are set.
+``initialize``. Imported only in processes that run nnU-Net (``medlossy.nnunet.worker``, and
+``medlossy.nnunet.launch`` for nnU-Net's own commands), after nnU-Net's folder variables are
+set.
+
+How nnU-Net finds it by name (``nnUNetv2_predict -tr MedlossyTrainer``). nnU-Net looks a
+trainer up by importing the modules of its own trainer package one by one until one holds
+the name: its base module first, then every variant, some of which need timm (absent here);
+a trainer outside the package is not found at all. :func:`register` puts the class on the
+base module, which the search imports first, so it is found there before any variant is
+imported.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -87,3 +96,9 @@ class MedlossyTrainer(nnUNetTrainer):
         super().save_checkpoint(temporary)
         if os.path.exists(temporary):
             os.replace(temporary, filename)
+
+
+def register() -> None:
+    """Make nnU-Net's lookup of a trainer by name find ``MedlossyTrainer`` in this process
+    (see the module docstring); calling it again changes nothing."""
+    setattr(sys.modules[nnUNetTrainer.__module__], MedlossyTrainer.__name__, MedlossyTrainer)

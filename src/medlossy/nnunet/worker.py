@@ -7,7 +7,8 @@
 nnU-Net's own ``nnUNetv2_train`` / ``nnUNetv2_predict`` find a trainer class by importing
 every module of nnU-Net's trainer package, some of which need timm and torchvision (absent
 beside a CPU torch, see the Makefile); they also cannot find a trainer that lives outside
-nnU-Net. This worker builds ``MedlossyTrainer`` directly and predicts through nnU-Net's
+nnU-Net (``medlossy.nnunet.launch`` registers it for a user's own nnU-Net commands). This
+worker builds ``MedlossyTrainer`` directly and predicts through nnU-Net's
 ``nnUNetPredictor.manual_initialization``, which is what ``nnUNetv2_predict`` does after the
 class lookup. nnU-Net reads its folders (nnUNet_raw, nnUNet_preprocessed, nnUNet_results)
 from the environment the parent sets.
@@ -96,9 +97,14 @@ def convert(arguments: argparse.Namespace) -> None:
     started = time.perf_counter()
     marker = convert_folder(base / source, base / storage.folder(source), plans,
                             arguments.configuration, storage, workers=arguments.workers)
+    stored_as = [channel["stored_as"] for channels in marker["stored"].values()
+                 for channel in channels]
+    others = [name for name in stored_as if name != storage.name]
     print(f"medlossy: {marker['cases']} cases as {storage.name} {storage.codec} stores in "
           f"{time.perf_counter() - started:.1f} s: {marker['image_bytes']} bytes of images "
-          f"(blosc2: {marker['blosc2_image_bytes']})")
+          f"(blosc2: {marker['blosc2_image_bytes']})"
+          + (f"; {len(others)} of {len(stored_as)} stores otherwise (lossless where smaller, "
+             "else the closest ratio reached: see the folder's JSON)" if others else ""))
 
 
 def predict(arguments: argparse.Namespace) -> None:

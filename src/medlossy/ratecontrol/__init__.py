@@ -25,7 +25,7 @@ from medlossy.ratecontrol.base import (
     Found,
     Target,
 )
-from medlossy.ratecontrol.lossless import encode_lossless
+from medlossy.ratecontrol.lossless import encode_lossless, lossless_fits
 from medlossy.ratecontrol.max_error import encode_max_error, max_error_codes
 from medlossy.ratecontrol.modes import require_target, search
 from medlossy.ratecontrol.psnr import search_psnr
@@ -60,6 +60,7 @@ __all__ = [
     "encode_max_error",
     "fill_budget",
     "land_budget",
+    "lossless_fits",
     "max_error_codes",
     "reachable_ratios",
     "refuse_out_of_reach",

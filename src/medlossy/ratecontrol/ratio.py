@@ -25,6 +25,7 @@ from medlossy.ratecontrol.base import (
     Found,
     Target,
 )
+from medlossy.ratecontrol.lossless import lossless_fits
 from medlossy.ratecontrol.mixing import best_mix, mix_chunks, squared_errors
 from medlossy.ratecontrol.solver import Trial, solve_budget
 
@@ -102,7 +103,7 @@ def search_ratio(encodes: Encodes, count_bytes: ByteCounter, target: Target,
         # Even the best lossy quality is under budget (x2 on some CT): if lossless fits too,
         # it is both exact and smaller, so store that and report the ratio achieved.
         lossless = encodes(Setting("lossless"))
-        if count_bytes(lossless) <= budget * (1.0 + RATIO_TOLERANCE):
+        if lossless_fits(count_bytes(lossless), budget):
             return Found(Setting("lossless"), lossless, False, 0.0)
         if beyond:  # the budget lies between the best lossy quality and lossless: mix them
             streams = mix_chunks(encoder, count_bytes, [lossless, streams], budget)
@@ -136,7 +137,7 @@ def _search_discrete(encodes: Encodes, count_bytes: ByteCounter, budget: int) ->
         setting = Setting("max_error", float(high))
         reached = abs(size(high) / budget - 1.0) <= RATIO_TOLERANCE
         return Found(setting, encoded[high], reached, float(high), not reached)
-    if low == 0 and size(0) <= budget * (1.0 + RATIO_TOLERANCE):
+    if low == 0 and lossless_fits(size(0), budget):
         # Even lossless fits the budget: exact and within it, so store that (as search_ratio).
         return Found(Setting("lossless"), encoded[0], False, 0.0)
     while high - low > 1:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from medlossy.codecs import Setting
 from medlossy.ratecontrol.base import (
-    RATIO_TOLERANCE,
     SEARCH_TOLERANCE,
     ByteCounter,
     Encodes,
@@ -18,6 +17,7 @@ from medlossy.ratecontrol.base import (
     Target,
 )
 from medlossy.ratecontrol.layered import encode_ratios
+from medlossy.ratecontrol.lossless import lossless_fits
 from medlossy.ratecontrol.ratio import refuse_out_of_reach, search_ratio
 
 
@@ -53,7 +53,7 @@ def search_ratios(encodes: Encodes, counters: dict[float, ByteCounter], raw: int
             # it fits, as the search would decide.
             if lossless is None:
                 lossless = encodes(Setting("lossless"))
-            if counters[ratio](lossless) <= budgets[ratio] * (1.0 + RATIO_TOLERANCE):
+            if lossless_fits(counters[ratio](lossless), budgets[ratio]):
                 found[ratio] = Found(Setting("lossless"), lossless, False, 0.0)
     for ratio in lossy:
         target = Target("ratio", ratio)
