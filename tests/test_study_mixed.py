@@ -247,3 +247,67 @@ def test_a_scalar_mixed_ratios_is_refused_in_one_line(tmp_path: Path) -> None:
 
     with pytest.raises(MedlossyError, match="must be \"all\" or a list"):
         load_config(tmp_path / "study.toml")
+
+
+def test_mixed_weights_set_how_often_each_ratio_is_drawn(tmp_path: Path,
+                                                         monkeypatch) -> None:
+    """Weights [3, 1]: three patches in four from the x1 cases, each case equally often."""
+    first, second = _two_ratios(tmp_path)
+    made = []
+    original = loop.PatchSampler
+
+    def recording(cases, config, weights=None):
+        made.append(original(cases, config, weights))
+        return made[-1]
+
+    monkeypatch.setattr(loop, "PatchSampler", recording)
+    loop.train_model(first, tmp_path / "model", MIXED_CONFIG, mixed=[second],
+                     mixed_weights=[3, 1])
+    sampler = made[0]
+    draws = np.bincount([sampler._draw() for _ in range(4000)], minlength=4)
+
+    assert sampler.weights.tolist() == pytest.approx([3 / 8, 3 / 8, 1 / 8, 1 / 8])
+    assert draws[:2].sum() / 4000 == pytest.approx(0.75, abs=0.03)
+
+
+def test_mixed_weights_need_one_number_per_ratio(tmp_path: Path) -> None:
+    first, second = _two_ratios(tmp_path)
+
+    with pytest.raises(ValueError, match="one per ratio"):
+        loop.train_model(first, tmp_path / "model", MIXED_CONFIG, mixed=[second],
+                         mixed_weights=[1])
+
+
+def _distance(a: dict, b: dict) -> float:
+    return sum(float((a[k].float() - b[k].float()).abs().sum()) for k in a)
+
+
+def test_a_continued_model_starts_from_the_x1_model(tmp_path: Path) -> None:
+    """Continuing the x1 model: its weights and optimizer state, at its last learning rate;
+    a fresh network (another seed than the x1 model's) ends far from it."""
+    import torch
+
+    first, second = _two_ratios(tmp_path)
+    x1 = loop.train_model(first, tmp_path / "x1", replace(MIXED_CONFIG, epochs=2, seed=5))
+    continued = loop.train_model(first, tmp_path / "mixed", MIXED_CONFIG, mixed=[second],
+                                 start_from=x1)
+    fresh = loop.train_model(first, tmp_path / "fresh", MIXED_CONFIG, mixed=[second])
+
+    def weights(folder: Path) -> dict:
+        return torch.load(folder / loop.MODEL_FILE, weights_only=False)["network"]
+
+    described = json.loads((continued / loop.DESCRIPTION_FILE).read_text())
+    x1_history = json.loads((x1 / loop.DESCRIPTION_FILE).read_text())["training"]["history"]
+    assert described["training"]["history"][0]["lr"] == pytest.approx(x1_history[-1]["lr"])
+    assert described["trained_on"]["continued_from"] == str(x1)
+    assert _distance(weights(continued), weights(x1)) < \
+        _distance(weights(fresh), weights(x1)) / 10
+
+
+def test_a_model_of_another_split_cannot_be_continued(tmp_path: Path) -> None:
+    first, second = _two_ratios(tmp_path)
+    other = loop.train_model(first, tmp_path / "x1", replace(MIXED_CONFIG, fold=1))
+
+    with pytest.raises(MedlossyError, match="another network, split"):
+        loop.train_model(first, tmp_path / "mixed", MIXED_CONFIG, mixed=[second],
+                         start_from=other)
