@@ -56,6 +56,33 @@ def study(tmp_path_factory) -> Path:
     return root / "out"
 
 
+@pytest.fixture(scope="module")
+def continued(tmp_path_factory) -> Path:
+    """A study whose mixed model continues the x1 model, x1 patches drawn 3 times as often."""
+    root = tmp_path_factory.mktemp("continued")
+    write_phantom_dataset(root / "data", 4, PhantomConfig(shape=(64, 64, 16),
+                                                         spacing=(6.0, 6.0, 6.0)))
+    (root / "study.toml").write_text('mixed_ratios = [1, 20]\nmixed_weights = [3, 1]\n'
+                                     'mixed_start = "x1"\nmixed_epochs = 2\n' +
+                                     CONFIG.replace('"cross", ', ''))
+    run_study(load_config(root / "study.toml"), root / "out", workers=1)
+    return root / "out"
+
+
+def test_a_mixed_model_can_continue_the_x1_model_with_weights(continued: Path) -> None:
+    models = continued / "models" / "Dataset950_Phantom"
+    mixed = next(models.glob("mixed_fold0_*/"))
+    x1 = next(models.glob("r1_fold0_*/"))
+    described = json.loads((mixed / "model.json").read_text())
+
+    assert described["trained_on"]["continued_from"] == str(x1)
+    assert described["trained_on"]["mixed_weights"] == [3, 1]
+    assert len(described["training"]["history"]) == 2  # mixed_epochs, not [training]'s
+    results = pd.read_csv(continued / "results.csv")
+    assert sorted(results[results["experiment"] == "mixed"]["ratio_test"].unique()) == \
+        [1, 5, 20]
+
+
 def test_the_mixed_model_is_trained_on_every_ratio_of_the_sweep(study: Path) -> None:
     folders = sorted((study / "models" / "Dataset950_Phantom").glob("mixed_fold0_*/"))
     assert len(folders) == 1
@@ -144,6 +171,10 @@ def test_compare_mixed_leaves_a_model_that_was_not_run_empty() -> None:
     ("mixed_ratios = [5, 20]", "must include 1"),
     ("mixed_ratios = [1, 50]", "not among ratios"),
     ("mixed_ratios = \"some\"", "must be \"all\" or a list"),
+    ("mixed_weights = [1, 2]", "one number >= 0 per ratio"),
+    ("mixed_ratios = [1, 5]\nmixed_weights = [0, 0]", "not all 0"),
+    ("mixed_start = \"x20\"", "mixed_start must be one of scratch, x1"),
+    ("mixed_epochs = 0", "mixed_epochs must be a whole number"),
 ])
 def test_bad_mixed_ratios_are_refused_in_one_line(tmp_path: Path, line: str,
                                                   problem: str) -> None:
