@@ -342,3 +342,23 @@ def test_a_model_of_another_split_cannot_be_continued(tmp_path: Path) -> None:
     with pytest.raises(MedlossyError, match="another network, split"):
         loop.train_model(first, tmp_path / "mixed", MIXED_CONFIG, mixed=[second],
                          start_from=other)
+
+
+def test_the_train_command_takes_weights_and_a_model_to_continue(tmp_path: Path,
+                                                                  cli) -> None:
+    first, second = _two_ratios(tmp_path)
+    common = ["--preset", "lowres", "--patch-size", "16", "--batch-size", "1", "--epochs", "1",
+              "--iterations", "1", "--folds", "2", "--device", "cpu"]
+    code, _, err = cli("train", first, "--out", tmp_path / "x1", *common)
+    assert code == 0, err
+
+    code, _, err = cli("train", first, "--out", tmp_path / "mixed", "--mixed", second,
+                       "--mixed-weights", "3,1", "--start-from", tmp_path / "x1", *common)
+
+    assert code == 0, err
+    trained_on = json.loads((tmp_path / "mixed" / "model.json").read_text())["trained_on"]
+    assert trained_on["mixed_weights"] == [3.0, 1.0]
+    assert trained_on["continued_from"] == str(tmp_path / "x1")
+    code, _, err = cli("train", first, "--out", tmp_path / "bad", "--mixed", second,
+                       "--mixed-weights", "1,2,3", *common)
+    assert code == 2 and err.count("\n") == 1 and "--mixed-weights needs 1 or 2" in err
