@@ -81,6 +81,9 @@ def test_a_mixed_model_can_continue_the_x1_model_with_weights(continued: Path) -
     results = pd.read_csv(continued / "results.csv")
     assert sorted(results[results["experiment"] == "mixed"]["ratio_test"].unique()) == \
         [1, 5, 20]
+    report = (continued / "report.md").read_text()
+    assert "x1 weight 3, x20 weight 1" in report
+    assert "continuing the x1 model for 2 more epochs" in report
 
 
 def test_the_mixed_model_is_trained_on_every_ratio_of_the_sweep(study: Path) -> None:
