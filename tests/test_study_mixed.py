@@ -218,9 +218,9 @@ def test_the_sampler_draws_from_every_case_at_every_ratio(tmp_path: Path,
     seen = []
     original = loop.PatchSampler
 
-    def recording(cases, config):
+    def recording(cases, config, weights=None):
         seen.extend(cases)
-        return original(cases, config)
+        return original(cases, config, weights)
 
     monkeypatch.setattr(loop, "PatchSampler", recording)
     config = TrainConfig.from_preset("lowres", target_spacing=(6.0, 6.0, 6.0),
