@@ -195,7 +195,8 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
                        if case.name in split["train"]])
     _check_same_labels(sources, loaded)
     specs = fit_normalisation(dataset, loaded[0], seed=config.seed)
-    # Each (case, ratio) is one entry: drawing an entry uniformly draws a case, then a ratio.
+    # Each (case, ratio) is one entry: drawing an entry uniformly draws a case, then a ratio
+    # (with mixed_weights: a ratio by its weight, then one of its cases).
     prepared = [prepare(case, specs, config.target_spacing) for cases in loaded
                 for case in cases]
     counts = [len(cases) for cases in loaded]
@@ -206,16 +207,17 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
     optimizer = build_optimizer(network, config)
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False,
                                batch=True)
-    sampler = PatchSampler(prepared, config,
-                           _entry_weights(mixed_weights, counts))
+    sampler = PatchSampler(prepared, config, _entry_weights(mixed_weights, counts))
     learning_rate = config.learning_rate
     if start_from is not None:
         learning_rate = _continue(Path(start_from), network, optimizer, arguments, specs,
                                   split, device)
     fingerprint = hashlib.sha256(json.dumps(
         [config.recipe(), str(dataset.root.resolve()), split,
-         *[str(source.root.resolve()) for source in sources[1:]], mixed_weights,
-         str(Path(start_from).resolve()) if start_from else None], sort_keys=True,
+         *[str(source.root.resolve()) for source in sources[1:]],
+         # only where set: a checkpoint written before these options still resumes
+         *([list(mixed_weights)] if mixed_weights else []),
+         *([str(Path(start_from).resolve())] if start_from else [])], sort_keys=True,
         default=str).encode()).hexdigest()
 
     start_epoch, history = 0, []
