@@ -37,6 +37,12 @@ class TrainRequest:
     #: The same cases at other ratios: one model trained on patches from a ratio drawn at
     #: random for each (built-in backend only; empty: a model of one ratio).
     mixed_datasets: tuple[Path, ...] = ()
+    #: How often each ratio's patches are drawn (the x1 dataset's first, then
+    #: ``mixed_datasets``'); empty: equally often.
+    mixed_weights: tuple[float, ...] = ()
+    #: A trained model of the same dataset, split and network whose training this one
+    #: continues (built-in backend only; the unit that trains it must run first).
+    start_from: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ class BuiltinBackend(TrainingBackend):
         from medlossy.train.loop import train_model
 
         return train_model(dataset, out, self.config(request), mixed=request.mixed_datasets,
-                           show_progress=show_progress)
+                           mixed_weights=request.mixed_weights or None,
+                           start_from=request.start_from, show_progress=show_progress)
 
     def predict(self, model: Path, dataset: Path, out: Path, *, cases: str = "test",
                 device: str = "auto", show_progress: bool = False) -> Path:

@@ -721,7 +721,12 @@ def train(arguments: argparse.Namespace) -> None:
                            epochs=arguments.epochs, iterations_per_epoch=arguments.iterations,
                            options=_train_options(arguments), reference_dataset=reference,
                            mixed_datasets=tuple(Path(resolve_dataset_folder(folder))
-                                                for folder in arguments.mixed))
+                                                for folder in arguments.mixed),
+                           mixed_weights=_numbers(arguments.mixed_weights, "--mixed-weights",
+                                                  float, 1 + len(arguments.mixed))
+                           if arguments.mixed_weights else (),
+                           start_from=Path(arguments.start_from) if arguments.start_from
+                           else None)
     backend.recipe(request)  # every option checked before any work
     folder = backend.train(Path(dataset), Path(arguments.out), request,
                            show_progress=not arguments.quiet)

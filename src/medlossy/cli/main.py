@@ -264,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     builtin.add_argument("--mixed", nargs="+", default=(), metavar="DATASET",
                          help="the same cases at other ratios (e.g. SWEEP/r5 SWEEP/r20): one "
                               "model trained on patches from a ratio drawn at random")
+    builtin.add_argument("--mixed-weights", default=None, metavar="W,W,...",
+                         help="how often each ratio is drawn: DATASET's first, then --mixed's "
+                              "(default: equally often)")
+    builtin.add_argument("--start-from", default=None, metavar="MODEL",
+                         help="continue this model (trained on DATASET's split) for --epochs "
+                              "more, from its last learning rate")
     nnunet = train.add_argument_group("nnunet backend")
     nnunet.add_argument("--configuration", "--config", dest="configuration", default=None,
                         help="nnU-Net configuration (default: 3d_lowres, the paper's)")

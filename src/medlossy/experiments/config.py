@@ -6,6 +6,9 @@ Example (every key optional except ``datasets``)::
     ratios = [1, 2, 5, 10, 20, 50, 70, 100]        # compression (quality experiment)
     train_ratios = [1, 5, 20, 50]                 # one model per ratio (and fold)
     mixed_ratios = "all"                          # experiment "mixed": one model, every ratio
+    mixed_weights = [2, 1, 1, 1]                  # optional: how often each of mixed_ratios
+    mixed_start = "scratch"                       # or "x1": continue the x1 model on them
+    mixed_epochs = 4                              # optional: its epochs (default [training]'s)
     folds = 3
     train_folds = [0]                             # repeats: [0, 1, 2]
     seed = 0
@@ -57,9 +60,11 @@ from medlossy.experiments.guidelines import BODY_REGIONS
 if TYPE_CHECKING:
     from medlossy.codecs.base import SliceCodec
 
+#: Where the mixed-ratio model starts: a fresh network, or the x1 model (continued).
+MIXED_STARTS = ("scratch", "x1")
 EXPERIMENTS = ("quality", "train", "cross", "pretrained", "budget", "mixed", "reader")
-_TOP_KEYS = {"experiments", "ratios", "train_ratios", "mixed_ratios", "folds", "train_folds",
-             "seed", "seeds",
+_TOP_KEYS = {"experiments", "ratios", "train_ratios", "mixed_ratios", "mixed_weights",
+             "mixed_start", "mixed_epochs", "folds", "train_folds", "seed", "seeds",
              "budget_fractions", "margin", "min_test_cases", "safe_ratio_over", "tail_drop",
              "tail_limit", "assumed_model_sd", "datasets",
              "training", "pretrained", "reader_results", "base_id", "codec", "tile"}
@@ -94,6 +99,15 @@ class StudyConfig:
     #: Experiment "mixed": one model trained on patches from a ratio drawn at random among
     #: these ("all": every ratio of ``ratios``), tested at every ratio.
     mixed_ratios: tuple[float, ...] | str = "all"
+    #: How often the mixed model draws each of ``mixed_ratios``' patches, in their order
+    #: (empty: equally often).
+    mixed_weights: tuple[float, ...] = ()
+    #: "scratch": the mixed model is trained from a fresh network; "x1": it continues the x1
+    #: model of the same fold and seed (its weights, optimizer state and last learning rate)
+    #: for ``mixed_epochs`` more epochs, so it costs only those.
+    mixed_start: str = "scratch"
+    #: Epochs of the mixed model (None: [training] epochs).
+    mixed_epochs: int | None = None
     folds: int = 3
     train_folds: tuple[int, ...] = (0,)
     seed: int = 0
@@ -246,6 +260,20 @@ def _check_mixed(config: StudyConfig, source: str) -> None:
     if outside:
         raise _fail(source, f"mixed_ratios {outside} are not among ratios "
                             f"{list(config.ratios)} (only those are swept)")
+    weights = config.mixed_weights
+    if weights and (len(weights) != len(chosen) or any(
+            isinstance(w, bool) or not isinstance(w, int | float) or w < 0 for w in weights)
+            or not sum(weights)):
+        raise _fail(source, f"mixed_weights must be one number >= 0 per ratio of "
+                            f"mixed_ratios {list(chosen)}, not all 0, got {list(weights)}")
+    if config.mixed_start not in MIXED_STARTS:
+        raise _fail(source, f"mixed_start must be one of {', '.join(MIXED_STARTS)}, got "
+                            f"{config.mixed_start!r}")
+    if config.mixed_epochs is not None and (isinstance(config.mixed_epochs, bool) or not
+                                            isinstance(config.mixed_epochs, int) or
+                                            config.mixed_epochs < 1):
+        raise _fail(source, f"mixed_epochs must be a whole number >= 1, got "
+                            f"{config.mixed_epochs!r}")
     request = config.train_request(config.train_folds[0])
     try:
         config.backend.recipe(replace(request, mixed_datasets=(Path("x"),)))

@@ -170,15 +170,24 @@ class _Planner:
                          self.root / "cache" / sweep.name)
         return self.plan.train.setdefault(out, unit)
 
-    def mixed_model(self, sweep: SweepFolders, ratios: Sequence[float],
-                    request: TrainRequest) -> TrainUnit:
-        """One model for every ratio in ``ratios`` (1 among them): trained on the x1 data's
-        split with each patch drawn from a case at a random ratio."""
-        others = tuple(sweep[r] for r in ratios if r != 1)
-        request = replace(request, mixed_datasets=others)
+    def mixed_model(self, sweep: SweepFolders, ratios: dict[float, float],
+                    request: TrainRequest, x1: TrainUnit | None) -> TrainUnit:
+        """One model for every ratio of ``ratios`` (1 among them, each with its weight):
+        trained on the x1 data's split with each patch drawn from a case at a random ratio;
+        from a fresh network, or continuing ``x1`` (``mixed_start``)."""
+        others = [r for r in ratios if r != 1]
+        weights = (ratios[1], *(ratios[r] for r in others))
+        config = self.config
+        request = replace(
+            request, mixed_datasets=tuple(sweep[r] for r in others),
+            mixed_weights=weights if config.mixed_weights else (),
+            epochs=config.mixed_epochs or request.epochs,
+            start_from=x1.out if x1 is not None else None)
         recipe = self.backend.recipe(request)
         key = hashlib.sha256(json.dumps(
-            [recipe, *(self._digest(sweep[r]) for r in ratios)], sort_keys=True,
+            [recipe, *(self._digest(sweep[r]) for r in ratios),
+             *([list(weights)] if config.mixed_weights else []),
+             *([x1.out.name] if x1 is not None else [])], sort_keys=True,
             default=str).encode()).hexdigest()[:12]
         out = (self.root / "models" / sweep.name /
                f"mixed_fold{request.fold}_frac{request.train_fraction:g}_{key}")
@@ -225,8 +234,11 @@ def plan_segmentation(config: StudyConfig, sweeps: Sequence[SweepFolders], root:
                         plan.rows.append(Row("cross", planner.evaluation(
                             models[train_ratio], sweep[test_ratio], test_ratio)))
             if "mixed" in wanted:
+                weights = config.mixed_weights or (1.0,) * len(config.mixed_model_ratios)
                 mixed = planner.mixed_model(
-                    sweep, [r for r in config.mixed_model_ratios if r in sweep.by_ratio], full)
+                    sweep, {r: w for r, w in zip(config.mixed_model_ratios, weights,
+                                                 strict=True) if r in sweep.by_ratio},
+                    full, planner.model(sweep, 1, full) if config.mixed_start == "x1" else None)
                 for test_ratio in test_ratios:
                     plan.rows.append(Row("mixed", planner.evaluation(
                         mixed, sweep[test_ratio], test_ratio)))
@@ -290,8 +302,11 @@ def run_plan(plan: SegmentationPlan, *, runner: Runner = serial, show_progress: 
     """Run ``plan``'s units (training first) and return the results."""
     from functools import partial
 
-    runner(partial(run_train_unit, show_progress=show_progress),
-           [unit for unit in plan.train.values() if not unit.done()])
+    # Models that continue another (a mixed model from the x1 one) train once it is done.
+    for continues in (False, True):
+        runner(partial(run_train_unit, show_progress=show_progress),
+               [unit for unit in plan.train.values()
+                if (unit.request.start_from is not None) == continues and not unit.done()])
     runner(partial(run_eval_unit, show_progress=show_progress),
            [unit for unit in plan.evaluations.values() if not unit.done()])
     tables = []

@@ -513,6 +513,25 @@ def _quality_section(quality: pd.DataFrame, out: Path, synthetic: set[str]) -> S
         quality_summary(quality), figures_written)
 
 
+def _mixed_ratios_note(config: StudyConfig, swept: set[float]) -> str:
+    """The mixed model's ratios, with their weights where they are not equal."""
+    weights = config.mixed_weights or (1,) * len(config.mixed_model_ratios)
+    chosen = [(r, w) for r, w in zip(config.mixed_model_ratios, weights, strict=True)
+              if r in swept]
+    if not config.mixed_weights:
+        return ", ".join(f"x{r:g}" for r, _ in chosen) + ": the ratios swept, equally often"
+    return (", ".join(f"x{r:g} weight {w:g}" for r, w in chosen)
+            + ": the ratios swept, each drawn as often as its weight says")
+
+
+def _mixed_start_note(config: StudyConfig) -> str:
+    epochs = config.mixed_epochs or int(config.training.get("epochs", 300))
+    if config.mixed_start == "x1":
+        return (f"continuing the x1 model for {epochs} more epochs from its last learning "
+                "rate")
+    return f"a fresh network trained for {epochs} epochs"
+
+
 def _mixed_section(config: StudyConfig, results: pd.DataFrame, out: Path,
                    notes: dict[float, str]) -> list[Section]:
     """Section 3b: the mixed-ratio model against the x1 model and each ratio's model."""
@@ -520,15 +539,15 @@ def _mixed_section(config: StudyConfig, results: pd.DataFrame, out: Path,
     if comparison.empty:
         return []
     swept = set(comparison["ratio_test"])
-    ratios = ", ".join(f"x{r:g}" for r in config.mixed_model_ratios if r in swept)
     missing = [what for column, what in (
         ("x1_model_dice", "the x1 model's columns need 'pretrained' in experiments"),
         ("ratio_model_dice", "a ratio's model needs 'train' and that ratio in train_ratios"))
         if comparison[column].isna().all()]
     return [Section(
         "3b. One model for every ratio", f"One model trained on patches from a ratio drawn "
-        f"at random for each ({ratios}: the ratios swept; the x1 data's split, normalisation "
-        "and recipe), tested at every ratio. Beside it, on the same test cases: the x1 model "
+        f"at random for each ({_mixed_ratios_note(config, swept)}; the x1 data's split, "
+        f"normalisation and recipe; {_mixed_start_note(config)}), tested "
+        "at every ratio. Beside it, on the same test cases: the x1 model "
         "(the pretrained experiment's rows) and the model trained at that ratio (where one "
         "was), each as the paired difference 'mixed minus it' with its 95% interval (trained "
         "models as the replication unit, as in the statistics above). A positive interval: "

@@ -70,9 +70,48 @@ def build_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.opti
                            weight_decay=config.weight_decay)
 
 
-def poly_learning_rate(config: TrainConfig, epoch: int) -> float:
-    """lr0 * (1 - epoch / epochs) ** 0.9, the study's schedule."""
-    return config.learning_rate * (1 - epoch / config.epochs) ** config.poly_exponent
+def poly_learning_rate(config: TrainConfig, epoch: int, start: float | None = None) -> float:
+    """lr0 * (1 - epoch / epochs) ** 0.9, the study's schedule (lr0: ``start`` where given,
+    else the config's learning rate)."""
+    lr0 = config.learning_rate if start is None else start
+    return lr0 * (1 - epoch / config.epochs) ** config.poly_exponent
+
+
+def _entry_weights(weights: Sequence[float] | None, counts: list[int]) -> list[float] | None:
+    """Each (case, ratio) entry's probability: its ratio's weight shared by its cases."""
+    if weights is None:
+        return None
+    if len(weights) != len(counts) or any(not w >= 0 for w in weights) or not sum(weights):
+        raise ValueError(f"mixed weights must be {len(counts)} numbers >= 0, one per ratio "
+                         f"and not all 0, got {list(weights)}")
+    total = sum(weights)
+    return [w / total / n for w, n in zip(weights, counts, strict=True) for _ in range(n)]
+
+
+def _continue(start: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              arguments: dict, specs: list, split: dict, device: torch.device) -> float:
+    """Load the model this training continues (network, and the optimizer's state where its
+    checkpoint is kept) and return its last learning rate; refuse another network, split or
+    normalisation."""
+    try:
+        description = json.loads((start / DESCRIPTION_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        raise MedlossyError(start, f"not a model trained by medlossy ({DESCRIPTION_FILE} "
+                                   "missing or unreadable)") from None
+    trained_on = description["trained_on"]
+    if (description["network"] != arguments or trained_on["train_cases"] != split["train"]
+            or description["preprocessing"]["normalisation"] != specs):
+        raise MedlossyError(start, "was trained with another network, split or "
+                                   "normalisation: cannot continue it on these data")
+    checkpoint_path = start / CHECKPOINT_FILE
+    if checkpoint_path.exists():
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        network.load_state_dict(checkpoint["network"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    else:
+        network.load_state_dict(torch.load(start / MODEL_FILE, map_location=device,
+                                           weights_only=False)["network"])
+    return float(description["training"]["history"][-1]["lr"])
 
 
 def _mixed_datasets(dataset: RawDataset, folders: Sequence[str | Path],
@@ -119,13 +158,19 @@ def _ratio(dataset: RawDataset) -> float | None:
 
 
 def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig, *,
-                mixed: Sequence[str | Path] = (), show_progress: bool = False) -> Path:
+                mixed: Sequence[str | Path] = (), mixed_weights: Sequence[float] | None = None,
+                start_from: str | Path | None = None, show_progress: bool = False) -> Path:
     """Train on the training cases of ``config.fold``; returns the model folder.
 
     ``mixed``: the same cases at other ratios (a sweep's other datasets): one model for every
     ratio, each patch drawn from a case at a ratio chosen at random (``dataset_folder``'s
-    included). Labels, split and normalisation come from ``dataset_folder`` (the x1 data).
+    included), uniformly or with ``mixed_weights`` (one per ratio, ``dataset_folder``'s
+    first). Labels, split and normalisation come from ``dataset_folder`` (the x1 data).
     Every ratio's cases are held in memory: ratios x one model's memory.
+
+    ``start_from``: a model trained by this function on the same split and network, whose
+    training this one continues (weights and optimizer state) for ``config.epochs`` more,
+    the poly schedule starting at that model's last learning rate.
     """
     dataset = open_raw_dataset(dataset_folder)
     out = Path(out)
@@ -150,9 +195,11 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
                        if case.name in split["train"]])
     _check_same_labels(sources, loaded)
     specs = fit_normalisation(dataset, loaded[0], seed=config.seed)
-    # Each (case, ratio) is one entry: drawing an entry uniformly draws a case, then a ratio.
+    # Each (case, ratio) is one entry: drawing an entry uniformly draws a case, then a ratio
+    # (with mixed_weights: a ratio by its weight, then one of its cases).
     prepared = [prepare(case, specs, config.target_spacing) for cases in loaded
                 for case in cases]
+    counts = [len(cases) for cases in loaded]
     del loaded
     arguments = network_arguments(len(dataset.channels), max(labels.values()) + 1,
                                   config.filters)
@@ -160,10 +207,17 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
     optimizer = build_optimizer(network, config)
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False,
                                batch=True)
-    sampler = PatchSampler(prepared, config)
+    sampler = PatchSampler(prepared, config, _entry_weights(mixed_weights, counts))
+    learning_rate = config.learning_rate
+    if start_from is not None:
+        learning_rate = _continue(Path(start_from), network, optimizer, arguments, specs,
+                                  split, device)
     fingerprint = hashlib.sha256(json.dumps(
         [config.recipe(), str(dataset.root.resolve()), split,
-         *[str(source.root.resolve()) for source in sources[1:]]], sort_keys=True,
+         *[str(source.root.resolve()) for source in sources[1:]],
+         # only where set: a checkpoint written before these options still resumes
+         *([list(mixed_weights)] if mixed_weights else []),
+         *([str(Path(start_from).resolve())] if start_from else [])], sort_keys=True,
         default=str).encode()).hexdigest()
 
     start_epoch, history = 0, []
@@ -187,7 +241,7 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
     network.train()
     for epoch in range(start_epoch, config.epochs):
         for group in optimizer.param_groups:
-            group["lr"] = poly_learning_rate(config, epoch)
+            group["lr"] = poly_learning_rate(config, epoch, learning_rate)
         losses = []
         batches = epoch_batches(sampler, config, epoch,
                                 pin_memory=config.pin_memory and device.type == "cuda")
@@ -227,6 +281,8 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
         "trained_on": {"dataset": str(dataset.root), "ratio": ratio,
                        **({"mixed": [{"dataset": str(source.root), "ratio": _ratio(source)}
                                      for source in sources]} if mixed else {}),
+                       **({"mixed_weights": list(mixed_weights)} if mixed_weights else {}),
+                       **({"continued_from": str(start_from)} if start_from else {}),
                        "fold": config.fold,
                        "folds": config.folds, "train_cases": split["train"],
                        "test_cases": split["test"]},

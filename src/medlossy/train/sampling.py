@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -69,11 +69,14 @@ def build_transforms(config: TrainConfig, classes: int = 2) -> Compose:
 
 
 class PatchSampler:
-    """Draws batches of (image, label) patches from prepared training cases."""
+    """Draws batches of (image, label) patches from prepared training cases: each patch
+    from a case drawn uniformly, or with probabilities ``weights`` (one per case, sum 1)."""
 
-    def __init__(self, cases: list[PreparedCase], config: TrainConfig) -> None:
+    def __init__(self, cases: list[PreparedCase], config: TrainConfig,
+                 weights: Sequence[float] | None = None) -> None:
         self.cases = cases
         self.config = config
+        self.weights = None if weights is None else np.asarray(weights, dtype=float)
         classes = max((int(case.labels.max()) for case in cases if case.labels is not None),
                       default=0) + 1
         self.transforms = build_transforms(config, classes)
@@ -102,11 +105,16 @@ class PatchSampler:
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
         for _ in range(self.config.batch_size):
-            sample = self.transforms(self._input(int(self.rng.integers(len(self.cases)))))
+            sample = self.transforms(self._input(self._draw()))
             sample = sample[0] if isinstance(sample, list) else sample
             images.append(torch.as_tensor(np.asarray(sample["image"]), dtype=torch.float32))
             labels.append(torch.as_tensor(np.asarray(sample["label"])).round().long())
         return torch.stack(images), torch.stack(labels)
+
+    def _draw(self) -> int:
+        if self.weights is None:  # the stream of models trained before weights existed
+            return int(self.rng.integers(len(self.cases)))
+        return int(self.rng.choice(len(self.cases), p=self.weights))
 
     def state(self) -> dict:
         """Random states of the case choice and of every random transform (for resume)."""
@@ -139,15 +147,16 @@ class _EpochPatches(IterableDataset):
     sampler seeded by (seed, epoch, process), so an epoch's batches repeat exactly, also
     after a resume."""
 
-    def __init__(self, cases: list[PreparedCase], config: TrainConfig, epoch: int) -> None:
-        self.cases, self.config, self.epoch = cases, config, epoch
+    def __init__(self, cases: list[PreparedCase], config: TrainConfig, epoch: int,
+                 weights: np.ndarray | None) -> None:
+        self.cases, self.config, self.epoch, self.weights = cases, config, epoch, weights
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         seed = int(np.random.SeedSequence([self.config.seed, self.epoch, worker])
                    .generate_state(1)[0] % 2 ** 31)
-        sampler = PatchSampler(self.cases, replace(self.config, seed=seed))
+        sampler = PatchSampler(self.cases, replace(self.config, seed=seed), self.weights)
         for _ in range(worker, self.config.iterations_per_epoch, workers):
             yield sampler.batch()
 
@@ -162,7 +171,8 @@ def epoch_batches(sampler: PatchSampler, config: TrainConfig, epoch: int, *,
             images, labels = sampler.batch()
             yield (images.pin_memory(), labels.pin_memory()) if pin_memory else (images, labels)
         return
-    loader = DataLoader(_EpochPatches(sampler.cases, config, epoch), batch_size=None,
+    loader = DataLoader(_EpochPatches(sampler.cases, config, epoch, sampler.weights),
+                        batch_size=None,
                         num_workers=config.loader_workers, pin_memory=pin_memory,
                         prefetch_factor=4)
     yield from items(loader)
