@@ -103,6 +103,22 @@ def test_a_trailing_slash_redirects_within_the_public_url(study, tmp_path):
     assert local.get(f"/r/{rater.token}/").headers["location"] == f"/r/{rater.token}"
 
 
+def test_a_method_not_allowed_says_which_is(study, tmp_path):
+    """405 came without ``Allow`` (RFC 9110 requires it): the app's error page dropped the
+    headers of Starlette's refusal. HEAD or POST on a rater's link, GET on the answer route."""
+    database, (rater, _), _ = new_database(study, tmp_path)
+    client = TestClient(create_app(study, database), follow_redirects=False)
+    for method, path, allowed in (("HEAD", f"/r/{rater.token}", "GET"),
+                                  ("POST", f"/r/{rater.token}", "GET"),
+                                  ("PUT", f"/r/{rater.token}/p/1", "GET"),
+                                  ("GET", f"/r/{rater.token}/answer", "POST")):
+        response = client.request(method, path)
+        assert response.status_code == 405, (method, path)
+        assert response.headers.get("allow") == allowed, (method, path)
+        assert response.headers["cache-control"] == "no-store"
+    assert database.all_answers() == []
+
+
 def test_a_bad_public_url_is_one_line_error(study, cli):
     code, _, err = cli("reader", "serve", study, "--public-url", "reader.example.org")
     assert code == 2

@@ -271,8 +271,9 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
         if error.status_code == 404 and (path := _without_slash(app, request)):
             query = f"?{request.url.query}" if request.url.query else ""
             return RedirectResponse(base + path + query, status_code=307)
+        # Starlette's headers kept: a 405 names the allowed methods (``Allow``).
         return refusal(error.status_code, "Not here." if error.status_code == 404
-                       else str(error.detail))
+                       else str(error.detail), dict(error.headers or {}))
 
     app.add_middleware(_SecurityHeaders)
 
