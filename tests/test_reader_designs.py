@@ -29,7 +29,7 @@ from medlossy.reader_study.analysis import analyze_study, score_table, scored_an
 from medlossy.reader_study.app import create_app
 from medlossy.reader_study.db import Database
 from medlossy.reader_study.designs import DESIGNS, get_design
-from medlossy.reader_study.pairs import PairSettings, load_key, load_pairs
+from medlossy.reader_study.pairs import PairSettings, load_key, load_pairs, study_design
 from medlossy.reader_study.psychometric import (
     curve_table,
     fit_curve,
@@ -358,3 +358,16 @@ def test_a_threshold_outside_the_tested_range_is_not_determined():
         "outside the tested range (x2 to x32)")
     assert threshold_problem(_curve_rows({r: _detected(r) for r in (2.0, 8.0, 32.0)}),
                              "ratio", guess=0.0) is None
+
+
+@pytest.mark.parametrize("value", ["<b>x</b>", "200", 1e9, 10, True, None])
+def test_a_bad_flicker_ms_in_study_json_is_named(tmp_path, value):
+    """A study.json edited by hand with a flicker_ms that is no whole number from 50 to
+    2000 was shown on pages as given (1e9 ms) or failed with an error naming no file
+    ("invalid literal for int() with base 10: '<b>x</b>'"); now one error naming the file."""
+    (tmp_path / "study.json").write_text(json.dumps({"design": "flicker", "flicker_ms": value}))
+    with pytest.raises(MedlossyError, match="flicker_ms must be") as raised:
+        study_design(tmp_path)
+    assert "study.json" in str(raised.value)
+    (tmp_path / "study.json").write_text(json.dumps({"design": "flicker", "flicker_ms": 350}))
+    assert study_design(tmp_path) == ("flicker", 350)

@@ -80,6 +80,45 @@ def test_behind_a_proxy_that_rewrites_host_answers_go_through(study, tmp_path):
     assert len(database.all_answers()) == 1
 
 
+def test_a_trailing_slash_redirects_within_the_public_url(study, tmp_path):
+    """A link pasted with a slash (``/r/TOKEN/``) was redirected by Starlette to the Host the
+    app received: behind a proxy ``http://127.0.0.1:8000/r/TOKEN``, the token sent in clear
+    to the proxy's upstream address from the rater's machine. Redirects are built from
+    ``--public-url`` as every other link; only paths of the app's own pages are redirected."""
+    database, (rater, _), admin = new_database(study, tmp_path)
+    for cookies in (False, True):
+        client = TestClient(create_app(study, database, public_url=PUBLIC + "/",
+                                       session_cookie=cookies),
+                            base_url=f"http://{UPSTREAM}", follow_redirects=False)
+        paths = [f"/r/{rater.token}", f"/r/{rater.token}/p/1", f"/r/{rater.token}/done",
+                 f"/admin/{admin.token}"] + (["/s", "/s/p/2"] if cookies else [])
+        for path in paths:
+            response = client.get(path + "/")
+            assert response.status_code == 307, path
+            assert response.headers["location"] == PUBLIC + path, path
+        for path in ("//evil.example/", "/nothing/", f"/r/{rater.token}/p/1//"):
+            assert client.get(path).status_code == 404, path
+    local = TestClient(create_app(study, database), base_url=f"http://{UPSTREAM}",
+                       follow_redirects=False)
+    assert local.get(f"/r/{rater.token}/").headers["location"] == f"/r/{rater.token}"
+
+
+def test_a_method_not_allowed_says_which_is(study, tmp_path):
+    """405 came without ``Allow`` (RFC 9110 requires it): the app's error page dropped the
+    headers of Starlette's refusal. HEAD or POST on a rater's link, GET on the answer route."""
+    database, (rater, _), _ = new_database(study, tmp_path)
+    client = TestClient(create_app(study, database), follow_redirects=False)
+    for method, path, allowed in (("HEAD", f"/r/{rater.token}", "GET"),
+                                  ("POST", f"/r/{rater.token}", "GET"),
+                                  ("PUT", f"/r/{rater.token}/p/1", "GET"),
+                                  ("GET", f"/r/{rater.token}/answer", "POST")):
+        response = client.request(method, path)
+        assert response.status_code == 405, (method, path)
+        assert response.headers.get("allow") == allowed, (method, path)
+        assert response.headers["cache-control"] == "no-store"
+    assert database.all_answers() == []
+
+
 def test_a_bad_public_url_is_one_line_error(study, cli):
     code, _, err = cli("reader", "serve", study, "--public-url", "reader.example.org")
     assert code == 2

@@ -64,6 +64,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from medlossy.errors import MedlossyError
 from medlossy.reader_study.assets import CSS, JS
@@ -199,7 +200,9 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
     orders: dict[int, list[str]] = {}
     committer = Committer(database)
 
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    # Starlette's own trailing-slash redirect is built from the request's Host, which a proxy
+    # rewrites (to its upstream address): ``http_error`` redirects from ``base`` instead.
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
 
     async def db(function: Callable[..., T], *arguments: Any) -> T:
         """Run a database call in a worker thread, never on the event loop."""
@@ -264,9 +267,13 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
                             "answer again in a moment.", {"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, error: StarletteHTTPException) -> HTMLResponse:
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 404 and (path := _without_slash(app, request)):
+            query = f"?{request.url.query}" if request.url.query else ""
+            return RedirectResponse(base + path + query, status_code=307)
+        # Starlette's headers kept: a 405 names the allowed methods (``Allow``).
         return refusal(error.status_code, "Not here." if error.status_code == 404
-                       else str(error.detail))
+                       else str(error.detail), dict(error.headers or {}))
 
     app.add_middleware(_SecurityHeaders)
 
@@ -482,6 +489,18 @@ def create_app(study: str | Path, database: Database, *, public_url: str | None 
                         headers={"Content-Disposition": "attachment; filename=answers.csv"})
 
     return app
+
+
+def _without_slash(app: FastAPI, request: Request) -> str | None:
+    """The request's path without its trailing slash where that is one of the app's routes
+    for this method (a link pasted with a slash), else None."""
+    path = request.scope["path"]
+    if not path.endswith("/") or path.endswith("//"):
+        return None
+    scope = {**request.scope, "path": path[:-1]}
+    if any(route.matches(scope)[0] is Match.FULL for route in app.router.routes):
+        return path[:-1]
+    return None
 
 
 def _suffix(kind: str) -> str:

@@ -449,10 +449,15 @@ def study_seed(study: str | os.PathLike[str]) -> int:
 
 def study_design(study: str | os.PathLike[str]) -> tuple[str, int]:
     """(design, flicker half-period in ms) of a study; older studies are side-by-side."""
-    document = read_json(Path(study) / "study.json",
-                         "missing: make the pairs first (medlossy reader make)")
+    path = Path(study) / "study.json"
+    document = read_json(path, "missing: make the pairs first (medlossy reader make)")
     design = get_design(document.get("design", DEFAULT_DESIGN))
-    return design.name, int(document.get("flicker_ms", FLICKER_MS))
+    flicker_ms, (low, high) = document.get("flicker_ms", FLICKER_MS), FLICKER_MS_RANGE
+    # type(): a bool is an int to isinstance(); a hand-edited file is checked as make checks.
+    if type(flicker_ms) is not int or not low <= flicker_ms <= high:
+        raise MedlossyError(path, f"flicker_ms must be a whole number of ms from {low} to "
+                                  f"{high}, got {flicker_ms!r}")
+    return design.name, flicker_ms
 
 
 def load_key(study: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
