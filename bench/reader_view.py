@@ -236,7 +236,7 @@ def main() -> None:
         study = scratch / "rs"
         database = Database(f"sqlite:///{scratch / 'answers.sqlite'}")
         token = database.setup([p["id"] for p in load_pairs(study)], 1)["rater1"]
-        busy = busy_cores()
+        busy, before = busy_cores(), machine()  # the load before the browsers run
         server, base = start_app(study, database)
         times: dict[str, list[float]] = {}
         executable = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -279,7 +279,7 @@ def main() -> None:
         server.should_exit = True
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    results = {"machine": machine(), "busy_cores_before": round(busy, 2),
+    results = {"machine": before, "busy_cores_before": round(busy, 2),
                "chromium": executable, "slice": [512, 512], "stack_slices": 5,
                "viewport": [1600, 1000], "pairs": arguments.pairs, "cold": arguments.cold,
                "start_page": start_page,

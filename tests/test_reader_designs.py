@@ -9,6 +9,7 @@ nothing is compressed again.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections import Counter
 from collections.abc import Callable
@@ -174,6 +175,19 @@ def test_the_flicker_page_asks_about_a_flicker_and_takes_only_its_answers(flicke
     assert client.post(f"/r/{rater.token}/answer",
                        data=form | {"answer": "seen"}).status_code == 303
     assert [(a["answer"], a["design"]) for a in database.all_answers()] == [("seen", "flicker")]
+
+
+def test_only_a_flicker_start_page_warns_a_browser_without_script(flicker, afc, tmp_path):
+    """A flicker pair cannot be answered without JavaScript: its start page says so inside
+    <noscript> before the rater begins (they learnt it on the first pair)."""
+    pages = {}
+    for name, study in (("flicker", flicker), ("afc", afc)):
+        (tmp_path / name).mkdir()
+        client, _, rater = _client(study, tmp_path / name)
+        pages[name] = client.get(f"/r/{rater.token}").text
+    warning = re.search(r"<noscript>(.*?)</noscript>", pages["flicker"])
+    assert warning is not None and "needs JavaScript" in warning.group(1)
+    assert "<noscript>" not in pages["afc"]
 
 
 def test_the_2afc_page_has_two_answers_and_no_undecided(afc, tmp_path):

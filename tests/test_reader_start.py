@@ -64,6 +64,10 @@ def test_the_link_opens_the_start_page_and_begin_reaches_pair_1(chromium, study,
                          f"{total} pairs to answer."):
             assert expected in text, expected
         assert page.locator("#begin").inner_text() == "Begin"
+        # Begin in sight without scrolling on a laptop screen (it was at y = 1026 of 768).
+        page.set_viewport_size({"width": 1366, "height": 768})
+        box = page.locator("#begin").bounding_box()
+        assert box is not None and box["y"] + box["height"] <= 768, box
         with page.expect_navigation():
             page.locator("#begin").click()
         assert page.url == f"{base}/r/{rater.token}/p/1"

@@ -686,6 +686,11 @@ def _start_page(root: str, position: int, answered: int, total: int, base: str, 
     progress = (f"You have answered {answered} of {total} pairs." if answered else
                 f"{total} pairs to answer.")
     label = "Begin" if answered == 0 else f"Continue with pair {position}"
+    # Progress and the link come before the instructions: on a laptop screen (768-900 px
+    # high) a link below them was out of sight.
+    needs_script = ("<noscript><p class=\"status\">The pairs of this study flicker, which "
+                    "needs JavaScript: turn it on for this site before you begin.</p>"
+                    "</noscript>" if design.flicker else "")
     body = (
         "<header><span class=\"title\">Reader study</span>"
         f"<span class=\"progress\">{answered} / {total} answered</span>"
@@ -695,12 +700,13 @@ def _start_page(root: str, position: int, answered: int, total: int, base: str, 
         f"<p>Each page shows {shown}. The images are shown in random order and nothing on "
         f"the page tells which is which.</p><p class=\"question\"><strong>"
         f"{html.escape(design.question)}</strong></p>"
+        f"{needs_script}"
+        f"<p class=\"status\" id=\"status\">{progress}</p>"
+        f"<p><a class=\"begin\" id=\"begin\" href=\"{root}/p/{position}\">{label}</a></p>"
         f"<h2>Answers</h2><table class=\"keys-table\">{answers}</table>"
         "<p>Answering moves on to the next pair; &larr; previous / next &rarr; go back, and "
         "a new answer replaces the old one.</p>"
         f"{controls}"
-        f"<p class=\"status\" id=\"status\">{progress}</p>"
-        f"<p><a class=\"begin\" id=\"begin\" href=\"{root}/p/{position}\">{label}</a></p>"
         "<p class=\"hint\">You can stop at any time: your link brings you back here, to "
         "where you left off.</p></main>")
     return _page("Reader study", body, base, script=True)
