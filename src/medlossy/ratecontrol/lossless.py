@@ -18,7 +18,9 @@ _SAMPLE_EVERY = 8
 _SAMPLE_AT_LEAST = 4
 #: The whole volume is encoded losslessly only when the sample's estimate is within this
 #: factor of the budget: the sample misjudges an ordinary volume by far less, and on CT
-#: (lossless x2-x4) a ratio above x6 costs only the sample: about 1/8 of one encode pass.
+#: (lossless x2-x4) a ratio above x6 costs only the sample. Measured on a real CT (191
+#: slices of 233 x 167, --ratio 20): the sample (24 slices) took 0.19-0.25 s of CPU, 3% of
+#: JPEG 2000's 7-8 s search (a whole lossless pass: 1.8-2.2 s), about 2% of the compress.
 _PLAUSIBLE = 1.5
 
 
