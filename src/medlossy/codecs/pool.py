@@ -111,13 +111,19 @@ class SliceEncoder:
     def encode_all(self, setting: Setting, *, label: str = "encode",
                    show_progress: bool = False) -> list[bytes]:
         """Codestreams of every chunk, in slice order."""
-        count = self.chunks
+        return self.encode_chunks(setting, range(self.chunks), label=label,
+                                  show_progress=show_progress)
+
+    def encode_chunks(self, setting: Setting, indices: Sequence[int], *,
+                      label: str = "encode", show_progress: bool = False) -> list[bytes]:
+        """Codestreams of the chunks ``indices``, in that order (a sample of the volume)."""
+        count = len(indices)
         if self._executor is None:
-            results = (self.codec.encode(self.chunk(i), setting) for i in range(count))
+            results = (self.codec.encode(self.chunk(i), setting) for i in indices)
         else:
             chunk = max(1, count // (self.workers * 8))
             results = self._executor.map(_encode_in_worker,
-                                         [(i, setting) for i in range(count)], chunksize=chunk)
+                                         [(i, setting) for i in indices], chunksize=chunk)
         return list(progress_bar(results, total=count, desc=label, unit="chunk", leave=False,
                                  show=show_progress))
 

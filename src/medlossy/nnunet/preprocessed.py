@@ -110,9 +110,8 @@ def _tile(storage: PreprocessedStorage, shape: Sequence[int]) -> int | None:
 def _store_channel(codes: np.ndarray, spacing: Sequence[float], modality: str, path: Path,
                    storage: PreprocessedStorage, workers: int) -> dict[str, Any]:
     """One channel's store: lossless where asked, or where lossless fits the ratio's budget
-    (``ratecontrol.lossless_fits``, the rule of a compress at a ratio; it tries lossless
-    only when even its finest lossy setting is under the budget, whereas a heavily clipped
-    CT can be smaller lossless than lossy at x20, so lossless is tried first here); else at
+    (``ratecontrol.lossless_fits``, the rule of a compress at a ratio; the lossless store
+    is written first here, so that a case it fits needs no search at the ratio); else at
     the ratio, or, where the codec cannot reach it (a small noisy crop), at the closest
     ratio it reaches, said on stderr: training data keeps every case rather than losing
     the conversion. Returns how it was stored: ``stored_as`` (lossless, the storage's xR,

@@ -10,7 +10,8 @@ nothing here writes a file.
   2000's from layered encodes (``layered``).
 - ``psnr.search_psnr``: a PSNR, corrected by the PSNR measured on the codes.
 - ``max_error.encode_max_error``: every voxel within a bound (``max_error_codes``).
-- ``lossless.encode_lossless``: bit-exact.
+- ``lossless.encode_lossless``: bit-exact; ``lossless.lossless_within``: the lossless
+  codestreams where they fit a ratio's budget, which every ratio search asks first.
 - ``modes.search``: the one call that picks among them by ``Target.mode``
   (``modes.require_target`` first refuses what the codec cannot aim for).
 - ``solver``: the pure budget solvers (secant search, per-chunk choice within a budget);

@@ -79,9 +79,23 @@ class Encodes:
                  ) -> None:
         self.encoder, self.label, self.show_progress = encoder, label, show_progress
         self.passes = 0
+        self._lossless: list[bytes] | None = None
+        #: A lossless encode of a sample of the chunks (``lossless.lossless_within``).
+        self.lossless_sample: list[bytes] | None = None
 
     def __call__(self, setting: Setting) -> list[bytes]:
         """Every chunk encoded at ``setting``, in order."""
         self.passes += 1
         return self.encoder.encode_all(setting, label=f"{self.label} pass {self.passes}",
                                        show_progress=self.show_progress)
+
+    def lossless(self) -> list[bytes]:
+        """Every chunk encoded losslessly, once per volume: a later call (another ratio of a
+        sweep, a search that ends under its budget) reuses that encode."""
+        if self._lossless is None:
+            self._lossless = self(Setting("lossless"))
+        return self._lossless
+
+    @property
+    def has_lossless(self) -> bool:
+        return self._lossless is not None

@@ -5,8 +5,11 @@ Data flow: budget = raw 16-bit bytes / ratio -> whole-volume encodes along the c
 (``solver.solve_budget``: secant, then interpolation inside the bracket) -> when sizes jump
 across the budget, the two closest encodes mixed chunk by chunk, refined with encodes at
 knobs around them and, for a codec with a ladder of other settings (ZFP's fixed accuracy),
-mixed with those too (``mixing``) -> lossless instead when it fits -> ``Found``. Each
-candidate is priced by the caller's ``ByteCounter``: every byte of the output counts.
+mixed with those too (``mixing``) -> ``Found``. Lossless comes first: where it fits the
+budget (``lossless.lossless_within``) it is stored without a search, being exact and smaller;
+a search whose finest lossy setting is under the budget ends there too, or mixes lossless
+with it. Each candidate is priced by the caller's ``ByteCounter``: every byte of the output
+counts.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from medlossy.ratecontrol.base import (
     Found,
     Target,
 )
-from medlossy.ratecontrol.lossless import lossless_fits
+from medlossy.ratecontrol.lossless import lossless_fits, lossless_within
 from medlossy.ratecontrol.mixing import best_mix, mix_chunks, squared_errors
 from medlossy.ratecontrol.solver import Trial, solve_budget
 
@@ -43,11 +46,16 @@ def search_ratio(encodes: Encodes, count_bytes: ByteCounter, target: Target,
     """Codestreams whose ``count_bytes`` meets the ratio ``target`` (``raw`` bytes / total),
     searched along the codec's quality knob (allocation "psnr"), its per-chunk ratio
     ("equal") or both ("optimal", then mixed chunk by chunk); a codec with whole-number
-    steps only is searched between its two bracketing steps. ``out_of_reach`` in the answer:
-    no setting meets the ratio (see ``refuse_out_of_reach``)."""
+    steps only is searched between its two bracketing steps. Lossless, where it fits the
+    budget, is stored instead (exact and smaller; ``reached`` False, the ratio achieved is
+    above the one asked). ``out_of_reach`` in the answer: no setting meets the ratio (see
+    ``refuse_out_of_reach``)."""
     encoder = encodes.encoder
     codec = encoder.codec
     budget = int(raw / target.value)
+    lossless = lossless_within(encodes, count_bytes, budget)
+    if lossless is not None:
+        return Found(Setting("lossless"), lossless, False, 0.0)
     if codec.discrete:
         return _search_discrete(encodes, count_bytes, budget)
     found = []
@@ -100,9 +108,9 @@ def search_ratio(encodes: Encodes, count_bytes: ByteCounter, target: Target,
     if bounds:
         bound = None if bound is None or None in bounds else max(bound, *bounds)
     if best.total_bytes < budget * (1.0 - RATIO_TOLERANCE) and "lossless" in codec.modes:
-        # Even the best lossy quality is under budget (x2 on some CT): if lossless fits too,
-        # it is both exact and smaller, so store that and report the ratio achieved.
-        lossless = encodes(Setting("lossless"))
+        # Even the best lossy quality is under budget (x2 on some CT): if lossless fits too
+        # (the sample above can misjudge it), it is both exact and smaller, so store that.
+        lossless = encodes.lossless()
         if lossless_fits(count_bytes(lossless), budget):
             return Found(Setting("lossless"), lossless, False, 0.0)
         if beyond:  # the budget lies between the best lossy quality and lossless: mix them
@@ -125,8 +133,9 @@ def _search_discrete(encodes: Encodes, count_bytes: ByteCounter, budget: int) ->
     encoded: dict[int, list[bytes]] = {}
 
     def size(near: int) -> int:
-        if near not in encoded:
-            encoded[near] = encodes(Setting("max_error", float(near)))
+        if near not in encoded:  # NEAR 0 is lossless: the encode lossless_within made
+            encoded[near] = encodes.lossless() if near == 0 \
+                else encodes(Setting("max_error", float(near)))
         return count_bytes(encoded[near])
 
     top = int(codec.quality_range[1])
