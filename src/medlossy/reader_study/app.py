@@ -7,7 +7,9 @@ links, or ``/s`` with a session cookie, see below):
   rater's progress and a link on to the first unanswered pair in the rater's own random
   order (at the end: on to the thank-you page). It loads the rating pages' stylesheet and
   scripts (named by content hash, kept by the browser), so that the first pair's page
-  finds them cached instead of fetching them cold.
+  finds them cached instead of fetching them cold, and a practice viewer on a test pattern
+  the script makes (``viewer``): raters try the controls, and the viewer's code is compiled
+  before the first pair.
 - ``GET R/p/N``: the N-th pair of that order, with the answer given so far if any.
 - ``GET R/img/PAIR.png``: the pair's composite image (left | right), pre-windowed: what a
   browser without script shows.
@@ -682,7 +684,7 @@ def _start_page(root: str, position: int, answered: int, total: int, base: str, 
                 viewer: bool, design: Design, flicker_ms: int) -> str:
     """The page a rater's link opens: the task, the keys, their progress and a plain link
     on to pair ``position`` (no script needed). It carries the rating pages' stylesheet
-    and scripts (which do nothing here): fetched and compiled now, cached for the pairs."""
+    and scripts, cached for the pairs; with a viewer, its practice figure (``_practice``)."""
     if design.flicker:
         shown = (f"one view in which two versions of the same slice alternate, each shown for "
                  f"{flicker_ms} ms")

@@ -25,6 +25,11 @@ the stack's left and right planes in turn, each for that many ms measured on the
 clock (``requestAnimationFrame``), from the first frame with both planes in; window, zoom,
 pan, magnifier and scrolling apply to it as to the two panes.
 
+Practice (the start page's figure ``practice``, no ``figure``): once the page has loaded,
+the script makes a CT test pattern as a stack (``practiceStack``: no request, no study
+data) and feeds it, a plane per task, to the same reading, windowing and drawing code,
+which is thus compiled before the rater's first pair.
+
 Failures: part 1 failed or cut short (no first view): the composite PNG instead of the
 viewer, or in a flicker study a line saying the pair cannot be shown (its answers, disabled
 in the page, stay so); part 2: the first view stays, with a line saying so, and scrolling
