@@ -238,8 +238,10 @@ VIEWER_JS = r"""
     panes.className = "panes";
     var height = Math.min(window.innerHeight * 0.58, 600);
     var sides = this.flickerMs ? ["flicker"] : ["left", "right"];
-    // The page's width, or the practice figure's column on the start page.
-    var room = Math.min(window.innerWidth * 0.94, figure.parentElement.clientWidth);
+    // The page's width, or the practice figure's column on the start page (read there
+    // only: it forces a layout, which a pair's first view need not wait for).
+    var room = window.innerWidth * 0.94;
+    if (practice) { room = Math.min(room, figure.parentElement.clientWidth); }
     var width = Math.min((room - 12 * (sides.length - 1)) / sides.length,
                          height * stack.columns / stack.rows);
     height = width * stack.rows / stack.columns;
