@@ -6,7 +6,8 @@ slices per side) -> the reader app on loopback (uvicorn in a thread, as ``reader
 Debian's chromium through Playwright, along two paths, each in a browser started for it
 (empty cache, nothing compiled yet):
 
-- a rater's: the private link (its start page), Begin, the first pair, then every other
+- a rater's: the private link (its start page, ``--read-s`` seconds on it, as a rater
+  reads it: its practice viewer draws meanwhile), Begin, the first pair, then every other
   pair's page in turn, where a fixed script plays: wheel scrolling, window presets, zoom,
   pan drags, window (right-)drags, magnifier moves;
 - ``--cold`` more times each, alternated, one fresh browser each: the link (start page,
@@ -144,9 +145,9 @@ def _watch_parts(page) -> list[str]:
     return parts
 
 
-def open_link(page, link: str) -> dict[str, list[float]]:
-    """A rater opens their link: the start page, then Begin to the first pair (an app
-    without a start page redirects the link to that pair)."""
+def open_link(page, link: str, read_s: float) -> dict[str, list[float]]:
+    """A rater opens their link: the start page, ``read_s`` seconds reading it, then Begin
+    to the first pair (an app without a start page redirects the link to that pair)."""
     parts = _watch_parts(page)
     times: dict[str, list[float]] = {}
 
@@ -155,6 +156,7 @@ def open_link(page, link: str) -> dict[str, list[float]]:
         if "/p/" not in page.url:  # the start page
             times[START] = [page.evaluate(
                 "performance.getEntriesByType('navigation')[0].loadEventEnd")]
+            time.sleep(read_s)  # outside the page: nothing evaluated in it meanwhile
             page.locator("#begin").click()
     times |= _first_view(page, parts, navigate)
     return times
@@ -215,6 +217,9 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=3,
                         help="fresh browsers opening the link (start page, Begin), and as "
                              "many opening a pair's link directly, alternated (default: 3)")
+    parser.add_argument("--read-s", type=float, default=2.0,
+                        help="seconds a rater spends on the start page before Begin "
+                             "(default: 2)")
     parser.add_argument("--out", type=Path, default=None, help="JSON results file")
     arguments = parser.parse_args()
     sys.path.insert(0, str(BENCH))
@@ -245,7 +250,7 @@ def main() -> None:
             # A rater's path, in a browser that never saw the study.
             browser = playwright.chromium.launch(executable_path=executable, args=ARGS)
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            opened = open_link(page, link)
+            opened = open_link(page, link, arguments.read_s)
             start_page = START in opened
             first = FIRST_PAIR if start_page else FIRST_PAIR_REDIRECTED
             for name, values in opened.items():
@@ -271,7 +276,7 @@ def main() -> None:
                                            partial(fresh.goto, url))
                         times.setdefault(DIRECT, []).extend(cold["first view"])
                     else:
-                        opened = open_link(fresh, link)
+                        opened = open_link(fresh, link, arguments.read_s)
                         times[first].extend(opened["first view"])
                         if START in opened:
                             times[START].extend(opened[START])
@@ -282,6 +287,7 @@ def main() -> None:
     results = {"machine": before, "busy_cores_before": round(busy, 2),
                "chromium": executable, "slice": [512, 512], "stack_slices": 5,
                "viewport": [1600, 1000], "pairs": arguments.pairs, "cold": arguments.cold,
+               "read_s": arguments.read_s,
                "start_page": start_page,
                "actions": {name: summary(values) for name, values in times.items()}}
     print("| action | n | median ms | p95 ms | max ms |\n|---|---|---|---|---|")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from test_reader_app import new_database, running_server
-from test_reader_browser import CHROMIUM_ARGS, _chromium
+from test_reader_browser import CHROMIUM_ARGS, _chromium, _state, _wait_until
 from test_reader_pairs import demo_study
 
 from medlossy.reader_study.pairs import load_pairs
@@ -117,12 +117,55 @@ def test_a_returning_rater_sees_their_progress_and_continues(chromium, study, tm
     assert len(database.all_answers()) == 2
 
 
+def _practice_pixels(page, side: str) -> int:
+    """The sum of one practice side's drawn grey levels (changes with window and slice)."""
+    return page.locator(f"#practice #view-{side}").evaluate(
+        "canvas => canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height)"
+        ".data.reduce((sum, value, i) => i % 4 === 0 ? sum + value : sum, 0)")
+
+
+def test_the_start_page_has_a_practice_viewer(chromium, study, tmp_path):
+    """The start page shows the viewer on a test pattern made in the page (no request for
+    study data): presets change its pixels, keys scroll its slices, the two sides differ;
+    Begin stays in sight on a laptop screen. Before, the page had no viewer to try."""
+    database, (rater, _), _ = new_database(study, tmp_path)
+    with running_server(study, database) as base:
+        page = chromium.new_page(viewport={"width": 1366, "height": 768})
+        errors: list[str] = []
+        requests: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(f"{base}/r/{rater.token}")
+        _wait_until(page, "!!document.querySelector('#practice #viewer[data-slice]')")
+        assert page.locator("#practice-section").is_visible()
+        box = page.locator("#begin").bounding_box()
+        assert box is not None and box["y"] + box["height"] <= 768, box
+        page.locator("#practice-section").scroll_into_view_if_needed()
+        state = _state(page)
+        assert (state["slice"], state["preset"]) == (2, "study")
+        study_window = _practice_pixels(page, "left")
+        assert _practice_pixels(page, "right") != study_window  # the coarsened side
+        page.keyboard.press("7")  # the brain preset
+        assert _state(page)["preset"] == "brain"
+        assert _practice_pixels(page, "left") != study_window
+        brain = _practice_pixels(page, "left")
+        page.keyboard.press("j")
+        _wait_until(page, "document.querySelector('#practice #viewer').dataset.slice === '3'")
+        assert _state(page)["slice"] == 3 and "loading" not in _state(page)
+        assert _practice_pixels(page, "left") != brain  # another slice
+        assert not [url for url in requests if "/stack/" in url or "/img/" in url]
+        assert errors == []
+        page.close()
+
+
 def test_without_script_the_start_page_leads_to_the_pairs(chromium, study, tmp_path):
     database, (rater, _), _ = new_database(study, tmp_path)
     with running_server(study, database) as base:
         context = chromium.new_context(java_script_enabled=False, viewport=_VIEWPORT)
         page = context.new_page()
         page.goto(f"{base}/r/{rater.token}")
+        assert not page.locator("#practice-section").is_visible()  # no practice viewer
+        assert page.locator("#viewer").count() == 0
         with page.expect_navigation():
             page.locator("#begin").click()
         assert page.url.endswith("/p/1")

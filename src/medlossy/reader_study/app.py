@@ -7,7 +7,9 @@ links, or ``/s`` with a session cookie, see below):
   rater's progress and a link on to the first unanswered pair in the rater's own random
   order (at the end: on to the thank-you page). It loads the rating pages' stylesheet and
   scripts (named by content hash, kept by the browser), so that the first pair's page
-  finds them cached instead of fetching them cold.
+  finds them cached instead of fetching them cold, and a practice viewer on a test pattern
+  the script makes (``viewer``): raters try the controls, and the viewer's code is compiled
+  before the first pair.
 - ``GET R/p/N``: the N-th pair of that order, with the answer given so far if any.
 - ``GET R/img/PAIR.png``: the pair's composite image (left | right), pre-windowed: what a
   browser without script shows.
@@ -82,6 +84,7 @@ from medlossy.reader_study.designs import Choice, Design, get_design
 from medlossy.reader_study.pairs import load_key, load_pairs, study_design
 from medlossy.reader_study.stacks import PARTS, read_part
 from medlossy.reader_study.viewer import VIEWER_CSS, VIEWER_JS
+from medlossy.reader_study.windows import PRESETS, VIEWER_CT_PRESETS
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 _PAIR = re.compile(r"^[0-9a-f]{32}$")
@@ -660,11 +663,28 @@ _VIEWER_HELP = (
 )
 
 
+def _practice(design: Design, flicker_ms: int) -> str:
+    """The start page's practice viewer: a figure the viewer's script fills with a CT test
+    pattern it makes itself (no study data, the same for every rater), hidden until then, so
+    absent without script. Trying the controls there also runs the viewer's code once
+    before the first pair (compiled, caches warm), whose first view is then as fast as the
+    later pairs'."""
+    windows = [PRESETS["soft-tissue"], *(PRESETS[name] for name in VIEWER_CT_PRESETS)]
+    listed = " ".join(f"{width:g},{level:g}" for width, level in windows)
+    flicker = f" data-flicker-ms=\"{flicker_ms}\"" if design.flicker else ""
+    return ("<section class=\"practice\" id=\"practice-section\" hidden>"
+            "<h2>Try the viewer</h2><p>A test pattern, not from the study: a gradient, fine "
+            "bars, a bone ring and a faint disc that grows from slice to slice. The right "
+            "side is coarsened, as a compressed image may be: look for it with the brain "
+            "preset and the magnifier.</p>"
+            f"<figure id=\"practice\" data-windows=\"{listed}\"{flicker}></figure></section>")
+
+
 def _start_page(root: str, position: int, answered: int, total: int, base: str, *,
                 viewer: bool, design: Design, flicker_ms: int) -> str:
     """The page a rater's link opens: the task, the keys, their progress and a plain link
     on to pair ``position`` (no script needed). It carries the rating pages' stylesheet
-    and scripts (which do nothing here): fetched and compiled now, cached for the pairs."""
+    and scripts, cached for the pairs; with a viewer, its practice figure (``_practice``)."""
     if design.flicker:
         shown = (f"one view in which two versions of the same slice alternate, each shown for "
                  f"{flicker_ms} ms")
@@ -682,7 +702,7 @@ def _start_page(root: str, position: int, answered: int, total: int, base: str, 
                     "The window starts at the study's; the presets are soft tissue, lung, "
                     "bone and brain for CT, percentile windows for MR.</p>"
                     "<table class=\"keys-table\"><tr><th>what</th><th>mouse</th><th>keys</th>"
-                    f"</tr>{rows}</table>")
+                    f"</tr>{rows}</table>{_practice(design, flicker_ms)}")
     progress = (f"You have answered {answered} of {total} pairs." if answered else
                 f"{total} pairs to answer.")
     label = "Begin" if answered == 0 else f"Continue with pair {position}"

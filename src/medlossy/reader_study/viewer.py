@@ -25,6 +25,11 @@ the stack's left and right planes in turn, each for that many ms measured on the
 clock (``requestAnimationFrame``), from the first frame with both planes in; window, zoom,
 pan, magnifier and scrolling apply to it as to the two panes.
 
+Practice (the start page's figure ``practice``, no ``figure``): once the page has loaded,
+the script makes a CT test pattern as a stack (``practiceStack``: no request, no study
+data) and feeds it, a plane per task, to the same reading, windowing and drawing code,
+which is thus compiled before the rater's first pair.
+
 Failures: part 1 failed or cut short (no first view): the composite PNG instead of the
 viewer, or in a flicker study a line saying the pair cannot be shown (its answers, disabled
 in the page, stay so); part 2: the first view stays, with a line saying so, and scrolling
@@ -44,14 +49,19 @@ VIEWER_CSS = """
                         border: 1px solid #4a4a4a; border-radius: 5px; cursor: pointer; }
 .viewer .tools button.on { border-color: #6c9; }
 .viewer .readout { font-variant-numeric: tabular-nums; min-width: 300px; }
+.practice .viewer { margin-top: 8px; }
 .viewer-note { margin: 4px 0; color: #f0c36d; font-size: 14px; }
 """
 
 VIEWER_JS = r"""
 "use strict";
 (function () {
+  // A pair's figure (its stack from the server), or the start page's practice figure (a
+  // test pattern made here: ``practise``), shown by the same code.
   var figure = document.getElementById("figure");
-  if (!figure || !figure.dataset.stack) { return; }
+  var practice = !figure && document.getElementById("practice");
+  if (practice) { figure = practice; }
+  else if (!figure || !figure.dataset.stack) { return; }
   var flickerMs = Number(figure.dataset.flickerMs) || 0;
   // A line under the toolbar (or in place of the viewer) saying what could not be shown.
   function note(parent, before, text) {
@@ -85,7 +95,6 @@ VIEWER_JS = r"""
       button.disabled = false;
     });
   }
-  if (!window.fetch || !window.ReadableStream) { fallBack(); return; }
   var CT_NAMES = ["soft tissue", "lung", "bone", "brain"];
   var MR_NAMES = ["0.5-99.5 %", "1-99 %", "2-98 %", "5-95 %"];
   var MAX_ZOOM = 8, MAGNIFY = 3, LENS = 80;
@@ -229,7 +238,11 @@ VIEWER_JS = r"""
     panes.className = "panes";
     var height = Math.min(window.innerHeight * 0.58, 600);
     var sides = this.flickerMs ? ["flicker"] : ["left", "right"];
-    var width = Math.min((window.innerWidth * 0.94 - 12 * (sides.length - 1)) / sides.length,
+    // The page's width, or the practice figure's column on the start page (read there
+    // only: it forces a layout, which a pair's first view need not wait for).
+    var room = window.innerWidth * 0.94;
+    if (practice) { room = Math.min(room, figure.parentElement.clientWidth); }
+    var width = Math.min((room - 12 * (sides.length - 1)) / sides.length,
                          height * stack.columns / stack.rows);
     height = width * stack.rows / stack.columns;
     var ratio = window.devicePixelRatio || 1;
@@ -498,6 +511,87 @@ VIEWER_JS = r"""
     return new Promise(function (done) { window.requestAnimationFrame(done); });
   }
 
+  // The practice stack: a 512 x 512 CT test pattern in HU (not study data; the same for
+  // every rater), five slices, as the server's stack file lays them out (``stacks``):
+  // a gradient (-100 to 100) in a body, a lung, a bone ring, bar groups of 1 to 4 px and a
+  // low-contrast disc (+8 HU) whose size changes with the slice, with a fixed +-8 HU
+  // texture. The right side is the left coarsened to 16 HU steps: something to look for.
+  // Windows from the figure (``data-windows``: the study's, then the presets).
+  function practiceStack() {
+    var size = 512, slices = 5, centre = 2, plane = size * size;
+    var windows = practice.dataset.windows.split(" ").map(function (pair) {
+      return pair.split(",").map(Number);
+    });
+    function header() {
+      var bytes = new Uint8Array(HEADER), view = new DataView(bytes.buffer);
+      for (var i = 0; i < 8; i++) { view.setUint8(i, "MLSTACK1".charCodeAt(i)); }
+      [slices, size, size, centre, 0].forEach(function (n, k) {
+        view.setUint32(8 + 4 * k, n, true);
+      });
+      view.setFloat64(32, 1, true); view.setFloat64(40, 0, true);
+      windows.forEach(function (w, k) {
+        view.setFloat64(48 + 16 * k, w[0], true); view.setFloat64(56 + 16 * k, w[1], true);
+      });
+      return bytes;
+    }
+    function value(x, y, s) {
+      var bx = (x - 256) / 230, by = (y - 256) / 200;
+      if (bx * bx + by * by >= 1) { return -1000; }
+      var lx = (x - 150) / 60, ly = (y - 250) / 85;
+      if (lx * lx + ly * ly < 1) { return -800; }
+      var r = Math.sqrt((x - 256) * (x - 256) + (y - 370) * (y - 370));
+      if (r >= 30 && r < 42) { return 1000; }
+      var v = -100 + 200 * x / size + (((x * 7919) ^ (y * 104729) ^ (s * 1299709)) & 15) - 8;
+      if (y >= 140 && y < 200 && x >= 290 && x < 450) {  // bar groups: 1, 2, 3, 4 px
+        var half = 1 + Math.floor((x - 290) / 40);
+        if (Math.floor((x - 290 + s) / half) % 2 === 0) { v += 200; }
+      }
+      var dx = x - 330, dy = y - 290, disc = 16 + 4 * s;
+      if (dx * dx + dy * dy < disc * disc) { v += 8; }
+      return v;
+    }
+    function slicePlane(s, side) {
+      return function () {
+        var codes = new Int16Array(plane);
+        for (var y = 0, i = 0; y < size; y++) {
+          for (var x = 0; x < size; x++, i++) {
+            var v = value(x, y, s);
+            codes[i] = side ? Math.round(v / 16) * 16 : v;
+          }
+        }
+        return new Uint8Array(codes.buffer);
+      };
+    }
+    var planes = [];
+    [2, 1, 3, 0, 4].forEach(function (s) { planes.push(slicePlane(s, 0), slicePlane(s, 1)); });
+    return { header: header, planes: planes };
+  }
+
+  // The practice pattern, made once the start page has loaded (its load is not delayed),
+  // a plane per task (the page stays responsive), fed to the viewer as a stack arrives:
+  // the header and the middle slice, then after the first frame the other slices.
+  function practise() {
+    var stack = practiceStack(), chunks = [stack.header];
+    for (var p = 0; p < stack.planes.length; p++) { chunks.push(stack.planes[p]); }
+    function feed(index) {
+      take(chunks[index]());
+      if (index + 1 < chunks.length) {
+        (index === 2 ? nextFrame() : Promise.resolve()).then(function () {
+          setTimeout(feed, 0, index + 1);
+        });
+      }
+    }
+    var section = practice.closest("[hidden]");  // absent without script
+    if (section) { section.hidden = false; }
+    feed(0);
+  }
+
+  if (practice) {
+    if (document.readyState === "complete") { setTimeout(practise, 0); }
+    else { window.addEventListener("load", function () { setTimeout(practise, 0); }); }
+    return;
+  }
+  if (!window.fetch || !window.ReadableStream) { fallBack(); return; }
   // Part 1 failed or was cut short: no first view (the fallback); part 2: the first view
   // stays, with the slices that arrived.
   load(1).then(function () {
