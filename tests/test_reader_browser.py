@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,16 +49,25 @@ def _chromium() -> str | None:
     return shutil.which("chromium")
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextmanager
+def launched_chromium() -> Iterator:
+    """Debian's Chromium driven by Playwright (the test skips without either)."""
     sync_api = pytest.importorskip("playwright.sync_api")
     executable = _chromium()
     if executable is None:
         pytest.skip("no chromium: not installed and apt-get could not install it")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with launched_chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")

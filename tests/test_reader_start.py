@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from test_reader_app import new_database, running_server
-from test_reader_browser import CHROMIUM_ARGS, _chromium, _state, _wait_until
+from test_reader_browser import _state, _wait_until, launched_chromium
 from test_reader_pairs import demo_study
 
 from medlossy.reader_study.pairs import load_pairs
@@ -24,14 +24,8 @@ _VIEWPORT = {"width": 1280, "height": 860}
 
 @pytest.fixture(scope="module")
 def chromium():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    executable = _chromium()
-    if executable is None:
-        pytest.skip("no chromium: not installed and apt-get could not install it")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    with launched_chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
