@@ -403,10 +403,13 @@ def test_infinite_mixed_weights_are_refused(tmp_path: Path, weights: list) -> No
                          mixed_weights=weights)
 
 
-def test_an_infinite_mixed_weight_in_the_config_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("weight", ["inf", "nan"])
+def test_a_mixed_weight_that_is_no_finite_number_is_refused(tmp_path: Path,
+                                                            weight: str) -> None:
+    """TOML's nan and inf passed the study's check (nan < 0 is false)."""
     write_phantom_dataset(tmp_path / "data", 4, PhantomConfig(shape=(32, 32, 16)))
-    (tmp_path / "study.toml").write_text("mixed_ratios = [1, 5]\nmixed_weights = [inf, 1]\n"
-                                         + CONFIG)
+    (tmp_path / "study.toml").write_text(f"mixed_ratios = [1, 5]\nmixed_weights = [{weight}, 1]"
+                                         "\n" + CONFIG)
 
     with pytest.raises(MedlossyError, match="finite and not all 0"):
         load_config(tmp_path / "study.toml")
