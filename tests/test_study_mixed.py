@@ -456,3 +456,14 @@ def test_mixed_weights_without_mixed_datasets_are_refused(tmp_path: Path, cli) -
 
     assert code == 2 and err.count("\n") == 1 and "--mixed-weights needs --mixed" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_a_model_is_not_continued_into_its_own_folder(tmp_path: Path) -> None:
+    """--start-from X --out X replaced the x1 model X by the mixed one, continued_from X."""
+    first, second = _two_ratios(tmp_path)
+    x1 = loop.train_model(first, tmp_path / "x1", MIXED_CONFIG)
+    before = (x1 / loop.MODEL_FILE).read_bytes()
+
+    with pytest.raises(MedlossyError, match="is the model to continue"):
+        loop.train_model(first, x1, MIXED_CONFIG, mixed=[second], start_from=x1)
+    assert (x1 / loop.MODEL_FILE).read_bytes() == before

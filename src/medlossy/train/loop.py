@@ -185,6 +185,11 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
     """
     dataset = open_raw_dataset(dataset_folder)
     out = Path(out)
+    if start_from is not None and Path(start_from).resolve() == out.resolve():
+        # its checkpoint's fingerprint differs: training would start over in it and
+        # replace the model it continues
+        raise MedlossyError(out, "is the model to continue: train the continued model into "
+                                 "another folder")
     labels = _labels(dataset)
     labelled = [case for case in dataset.cases() if case.label is not None]
     try:
