@@ -391,3 +391,79 @@ def test_a_lossless_copy_as_the_other_ratio_gives_the_x1_entries_again(tmp_path:
         assert x1.name == other.name
         np.testing.assert_array_equal(x1.image, other.image)
         np.testing.assert_array_equal(x1.labels, other.labels)
+
+
+@pytest.mark.parametrize("weights", [[math.inf, 1], [1, 1e309]])
+def test_infinite_mixed_weights_are_refused(tmp_path: Path, weights: list) -> None:
+    """inf passed '>= 0' and failed later as 'Probabilities contain NaN' (no name)."""
+    first, second = _two_ratios(tmp_path)
+
+    with pytest.raises(ValueError, match="finite numbers >= 0, one per ratio"):
+        loop.train_model(first, tmp_path / "model", MIXED_CONFIG, mixed=[second],
+                         mixed_weights=weights)
+
+
+@pytest.mark.parametrize("weight", ["inf", "nan"])
+def test_a_mixed_weight_that_is_no_finite_number_is_refused(tmp_path: Path,
+                                                            weight: str) -> None:
+    """TOML's nan and inf passed the study's check (nan < 0 is false)."""
+    write_phantom_dataset(tmp_path / "data", 4, PhantomConfig(shape=(32, 32, 16)))
+    (tmp_path / "study.toml").write_text(f"mixed_ratios = [1, 5]\nmixed_weights = [{weight}, 1]"
+                                         "\n" + CONFIG)
+
+    with pytest.raises(MedlossyError, match="finite and not all 0"):
+        load_config(tmp_path / "study.toml")
+
+
+@pytest.mark.parametrize("damage", ["cut_checkpoint", "cut_model", "garbage_model",
+                                    "empty_json", "list_json", "no_history"])
+def test_a_damaged_model_to_continue_is_one_error_naming_it(tmp_path: Path,
+                                                            damage: str) -> None:
+    """Each of these was a traceback (RuntimeError, KeyError, TypeError, IndexError) or a
+    line naming no file ('invalid literal for int()')."""
+    import shutil
+
+    first, second = _two_ratios(tmp_path)
+    x1 = loop.train_model(first, tmp_path / "x1", MIXED_CONFIG)
+    start = Path(shutil.copytree(x1, tmp_path / "start"))
+    described = json.loads((start / loop.DESCRIPTION_FILE).read_text())
+    if damage != "cut_checkpoint":
+        (start / loop.CHECKPOINT_FILE).unlink()
+    if damage == "cut_checkpoint":
+        (start / loop.CHECKPOINT_FILE).write_bytes((x1 / loop.CHECKPOINT_FILE).read_bytes()[:999])
+    elif damage == "cut_model":
+        (start / loop.MODEL_FILE).write_bytes((x1 / loop.MODEL_FILE).read_bytes()[:999])
+    elif damage == "garbage_model":
+        (start / loop.MODEL_FILE).write_text("garbage\n")
+    elif damage == "no_history":
+        described["training"]["history"] = []
+        (start / loop.DESCRIPTION_FILE).write_text(json.dumps(described))
+    else:
+        (start / loop.DESCRIPTION_FILE).write_text("{}" if damage == "empty_json" else "[1]")
+
+    with pytest.raises(MedlossyError, match=str(start)) as raised:
+        loop.train_model(first, tmp_path / "mixed", MIXED_CONFIG, mixed=[second],
+                         start_from=start)
+    assert "\n" not in str(raised.value)
+
+
+def test_mixed_weights_without_mixed_datasets_are_refused(tmp_path: Path, cli) -> None:
+    """They were taken and recorded in model.json of a plain x1 model."""
+    first, _ = _two_ratios(tmp_path)
+
+    code, _, err = cli("train", first, "--out", tmp_path / "m", "--mixed-weights", "3",
+                       "--epochs", "1", "--iterations", "1", "--device", "cpu")
+
+    assert code == 2 and err.count("\n") == 1 and "--mixed-weights needs --mixed" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_model_is_not_continued_into_its_own_folder(tmp_path: Path) -> None:
+    """--start-from X --out X replaced the x1 model X by the mixed one, continued_from X."""
+    first, second = _two_ratios(tmp_path)
+    x1 = loop.train_model(first, tmp_path / "x1", MIXED_CONFIG)
+    before = (x1 / loop.MODEL_FILE).read_bytes()
+
+    with pytest.raises(MedlossyError, match="is the model to continue"):
+        loop.train_model(first, x1, MIXED_CONFIG, mixed=[second], start_from=x1)
+    assert (x1 / loop.MODEL_FILE).read_bytes() == before

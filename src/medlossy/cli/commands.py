@@ -717,6 +717,8 @@ def train(arguments: argparse.Namespace) -> None:
     dataset = resolve_dataset_folder(arguments.dataset)
     backend = get_backend(arguments.backend)
     reference = resolve_dataset_folder(arguments.reference) if arguments.reference else None
+    if arguments.mixed_weights and not arguments.mixed:
+        raise MedlossyError(None, "--mixed-weights needs --mixed (the other ratios' datasets)")
     request = TrainRequest(fold=arguments.fold, folds=arguments.folds, seed=arguments.seed,
                            epochs=arguments.epochs, iterations_per_epoch=arguments.iterations,
                            options=_train_options(arguments), reference_dataset=reference,

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -262,10 +263,12 @@ def _check_mixed(config: StudyConfig, source: str) -> None:
                             f"{list(config.ratios)} (only those are swept)")
     weights = config.mixed_weights
     if weights and (len(weights) != len(chosen) or any(
-            isinstance(w, bool) or not isinstance(w, int | float) or w < 0 for w in weights)
+            isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w < math.inf
+            for w in weights)
             or not sum(weights)):
         raise _fail(source, f"mixed_weights must be one number >= 0 per ratio of "
-                            f"mixed_ratios {list(chosen)}, not all 0, got {list(weights)}")
+                            f"mixed_ratios {list(chosen)}, finite and not all 0, got "
+                            f"{list(weights)}")
     if config.mixed_start not in MIXED_STARTS:
         raise _fail(source, f"mixed_start must be one of {', '.join(MIXED_STARTS)}, got "
                             f"{config.mixed_start!r}")

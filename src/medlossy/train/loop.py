@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,9 +82,11 @@ def _entry_weights(weights: Sequence[float] | None, counts: list[int]) -> list[f
     """Each (case, ratio) entry's probability: its ratio's weight shared by its cases."""
     if weights is None:
         return None
-    if len(weights) != len(counts) or any(not w >= 0 for w in weights) or not sum(weights):
-        raise ValueError(f"mixed weights must be {len(counts)} numbers >= 0, one per ratio "
-                         f"and not all 0, got {list(weights)}")
+    # inf passes ">= 0" but makes every probability inf / inf = nan
+    if len(weights) != len(counts) or any(not 0 <= w < math.inf for w in weights) \
+            or not sum(weights):
+        raise ValueError(f"mixed weights must be {len(counts)} finite numbers >= 0, one per "
+                         f"ratio and not all 0, got {list(weights)}")
     total = sum(weights)
     return [w / total / n for w, n in zip(weights, counts, strict=True) for _ in range(n)]
 
@@ -95,23 +98,31 @@ def _continue(start: Path, network: torch.nn.Module, optimizer: torch.optim.Opti
     normalisation."""
     try:
         description = json.loads((start / DESCRIPTION_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        trained_on, history = description["trained_on"], description["training"]["history"]
+        same = (description["network"] == arguments and trained_on["train_cases"] ==
+                split["train"] and description["preprocessing"]["normalisation"] == specs)
+        learning_rate = float(history[-1]["lr"])
+    # JSON that is not a finished model's description: keys, types or history missing
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         raise MedlossyError(start, f"not a model trained by medlossy ({DESCRIPTION_FILE} "
                                    "missing or unreadable)") from None
-    trained_on = description["trained_on"]
-    if (description["network"] != arguments or trained_on["train_cases"] != split["train"]
-            or description["preprocessing"]["normalisation"] != specs):
+    if not same:
         raise MedlossyError(start, "was trained with another network, split or "
                                    "normalisation: cannot continue it on these data")
     checkpoint_path = start / CHECKPOINT_FILE
-    if checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        network.load_state_dict(checkpoint["network"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-    else:
-        network.load_state_dict(torch.load(start / MODEL_FILE, map_location=device,
-                                           weights_only=False)["network"])
-    return float(description["training"]["history"][-1]["lr"])
+    path = checkpoint_path if checkpoint_path.exists() else start / MODEL_FILE
+    try:
+        saved = torch.load(path, map_location=device, weights_only=False)
+        network.load_state_dict(saved["network"])
+        if path == checkpoint_path:
+            optimizer.load_state_dict(saved["optimizer"])
+    # torch.load of a cut-short or foreign file raises any of these (RuntimeError: not a zip)
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError, TypeError,
+            pickle.UnpicklingError) as error:
+        raise MedlossyError(path, f"cannot be read as this model's weights "
+                                  f"({type(error).__name__}: {str(error).splitlines()[0]})"
+                            ) from None
+    return learning_rate
 
 
 def _mixed_datasets(dataset: RawDataset, folders: Sequence[str | Path],
@@ -174,6 +185,11 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
     """
     dataset = open_raw_dataset(dataset_folder)
     out = Path(out)
+    if start_from is not None and Path(start_from).resolve() == out.resolve():
+        # its checkpoint's fingerprint differs: training would start over in it and
+        # replace the model it continues
+        raise MedlossyError(out, "is the model to continue: train the continued model into "
+                                 "another folder")
     labels = _labels(dataset)
     labelled = [case for case in dataset.cases() if case.label is not None]
     try:
