@@ -212,30 +212,32 @@ def _two_ratios(tmp_path: Path, seed: int = 0) -> tuple[Path, Path]:
                 shape=(32, 32, 16), seed=seed)), 5))
 
 
-def test_the_sampler_draws_from_every_case_at_every_ratio(tmp_path: Path,
-                                                          monkeypatch) -> None:
-    first, second = _two_ratios(tmp_path)
-    seen = []
-    original = loop.PatchSampler
-
-    def recording(cases, config, weights=None):
-        seen.extend(cases)
-        return original(cases, config, weights)
-
-    monkeypatch.setattr(loop, "PatchSampler", recording)
-    config = TrainConfig.from_preset("lowres", target_spacing=(6.0, 6.0, 6.0),
-                                     patch_size=(16, 16, 16), filters=(4, 8, 16), epochs=1,
-                                     iterations_per_epoch=1, batch_size=1, folds=2,
-                                     device="cpu")
-    loop.train_model(first, tmp_path / "model", config, mixed=[second])
-
-    assert len(seen) == 2 * 2  # 2 training cases of fold 0, at 2 ratios
-
-
 MIXED_CONFIG = TrainConfig.from_preset("lowres", target_spacing=(6.0, 6.0, 6.0),
                                        patch_size=(16, 16, 16), filters=(4, 8, 16), epochs=1,
                                        iterations_per_epoch=1, batch_size=1, folds=2,
                                        device="cpu")
+
+
+def _samplers_made(monkeypatch) -> list:
+    """Every patch sampler the training loop makes, recorded as it makes them."""
+    made = []
+    original = loop.PatchSampler
+
+    def recording(cases, config, weights=None):
+        made.append(original(cases, config, weights))
+        return made[-1]
+
+    monkeypatch.setattr(loop, "PatchSampler", recording)
+    return made
+
+
+def test_the_sampler_draws_from_every_case_at_every_ratio(tmp_path: Path,
+                                                          monkeypatch) -> None:
+    first, second = _two_ratios(tmp_path)
+    made = _samplers_made(monkeypatch)
+    loop.train_model(first, tmp_path / "model", MIXED_CONFIG, mixed=[second])
+
+    assert len(made[0].cases) == 2 * 2  # 2 training cases of fold 0, at 2 ratios
 
 
 def test_a_ratio_missing_a_training_case_is_named(tmp_path: Path) -> None:
@@ -287,14 +289,7 @@ def test_mixed_weights_set_how_often_each_ratio_is_drawn(tmp_path: Path,
                                                          monkeypatch) -> None:
     """Weights [3, 1]: three patches in four from the x1 cases, each case equally often."""
     first, second = _two_ratios(tmp_path)
-    made = []
-    original = loop.PatchSampler
-
-    def recording(cases, config, weights=None):
-        made.append(original(cases, config, weights))
-        return made[-1]
-
-    monkeypatch.setattr(loop, "PatchSampler", recording)
+    made = _samplers_made(monkeypatch)
     loop.train_model(first, tmp_path / "model", MIXED_CONFIG, mixed=[second],
                      mixed_weights=[3, 1])
     sampler = made[0]
