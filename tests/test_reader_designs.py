@@ -188,6 +188,9 @@ def test_only_a_flicker_start_page_warns_a_browser_without_script(flicker, afc, 
     warning = re.search(r"<noscript>(.*?)</noscript>", pages["flicker"])
     assert warning is not None and "needs JavaScript" in warning.group(1)
     assert "<noscript>" not in pages["afc"]
+    # the practice text points at what each design shows (a flicker has no right side)
+    assert "One of the two alternating images is coarsened" in pages["flicker"]
+    assert "The right side is coarsened" in pages["afc"]
 
 
 def test_the_2afc_page_has_two_answers_and_no_undecided(afc, tmp_path):

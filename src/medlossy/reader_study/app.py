@@ -672,10 +672,12 @@ def _practice(design: Design, flicker_ms: int) -> str:
     windows = [PRESETS["soft-tissue"], *(PRESETS[name] for name in VIEWER_CT_PRESETS)]
     listed = " ".join(f"{width:g},{level:g}" for width, level in windows)
     flicker = f" data-flicker-ms=\"{flicker_ms}\"" if design.flicker else ""
+    # a flicker study's practice is one view: no right side to point at
+    coarsened = ("One of the two alternating images" if design.flicker else "The right side")
     return ("<section class=\"practice\" id=\"practice-section\" hidden>"
             "<h2>Try the viewer</h2><p>A test pattern, not from the study: a gradient, fine "
-            "bars, a bone ring and a faint disc that grows from slice to slice. The right "
-            "side is coarsened, as a compressed image may be: look for it with the brain "
+            f"bars, a bone ring and a faint disc that grows from slice to slice. {coarsened} "
+            "is coarsened, as a compressed image may be: look for it with the brain "
             "preset and the magnifier.</p>"
             f"<figure id=\"practice\" data-windows=\"{listed}\"{flicker}></figure></section>")
 
