@@ -147,6 +147,10 @@ def test_the_start_page_has_a_practice_viewer(chromium, study, tmp_path):
         _wait_until(page, "document.querySelector('#practice #viewer').dataset.slice === '3'")
         assert _state(page)["slice"] == 3 and "loading" not in _state(page)
         assert _practice_pixels(page, "left") != brain  # another slice
+        page.evaluate("window.scrollTo(0, 0)")
+        page.keyboard.press("PageDown")  # scrolls the page, not the practice's slices
+        _wait_until(page, "window.scrollY > 0")
+        assert _state(page)["slice"] == 3
         assert not [url for url in requests if "/stack/" in url or "/img/" in url]
         assert errors == []
         page.close()

@@ -441,6 +441,9 @@ VIEWER_JS = r"""
     document.addEventListener("keydown", function (event) {
       if (event.altKey || event.ctrlKey || event.metaKey) { return; }
       var key = event.key, handled = true;
+      // On the start page PageUp/PageDown scroll the page (it is taller than a laptop
+      // screen); the practice's slices follow j/k and the wheel.
+      if (practice && (key === "PageDown" || key === "PageUp")) { return; }
       if (event.shiftKey && key.indexOf("Arrow") === 0) {
         var step = Math.max(self.width, self.stack.slope * 256) / 32;
         if (key === "ArrowLeft") { self.setWindow(self.width - step, self.level); }
