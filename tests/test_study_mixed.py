@@ -462,3 +462,19 @@ def test_a_model_is_not_continued_into_its_own_folder(tmp_path: Path) -> None:
     with pytest.raises(MedlossyError, match="is the model to continue"):
         loop.train_model(first, x1, MIXED_CONFIG, mixed=[second], start_from=x1)
     assert (x1 / loop.MODEL_FILE).read_bytes() == before
+
+
+def test_train_into_a_finished_model_of_another_recipe_exits_2_and_keeps_it(
+        tmp_path: Path, cli) -> None:
+    """README: an existing output is never replaced; train --out MODEL retrained over it."""
+    first, _ = _two_ratios(tmp_path)
+    options = ("--epochs", "1", "--iterations", "1", "--device", "cpu", "--folds", "2",
+               "--patch-size", "16,16,16")
+    code, _, err = cli("train", first, "--out", tmp_path / "m", *options)
+    assert code == 0, err
+    before = (tmp_path / "m" / loop.MODEL_FILE).read_bytes()
+
+    code, _, err = cli("train", first, "--out", tmp_path / "m", *options, "--seed", "7")
+
+    assert code == 2 and err.count("\n") == 1 and "choose a new --out" in err
+    assert (tmp_path / "m" / loop.MODEL_FILE).read_bytes() == before

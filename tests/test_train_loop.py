@@ -109,13 +109,42 @@ def test_same_seed_gives_identical_losses_and_weights(model: Path, dataset: Path
     assert _identical(_weights(again), _weights(model))
 
 
-def test_other_seed_differs_and_ignores_a_foreign_checkpoint(model: Path, dataset: Path,
-                                                             tmp_path: Path) -> None:
+def test_a_finished_model_of_another_recipe_is_refused_not_trained_over(
+        model: Path, dataset: Path, tmp_path: Path) -> None:
+    """train --out MODEL with another recipe retrained over the finished model."""
+    finished = tmp_path / "finished"
+    shutil.copytree(model, finished)
+    before = {p.name: p.read_bytes() for p in finished.iterdir()}
+
+    with pytest.raises(MedlossyError, match="holds a model trained with another recipe"):
+        train_model(dataset, finished, replace(CONFIG, seed=1))
+    assert {p.name: p.read_bytes() for p in finished.iterdir()} == before
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"notes.txt": b"mine"}, "files that are not a model's"),
+    ({MODEL_FILE: b"x", DESCRIPTION_FILE: b"{}"}, "a model without its checkpoint"),
+    ({CHECKPOINT_FILE: b"cut short"}, "cannot be read as a checkpoint"),
+])
+def test_a_folder_of_other_files_is_refused_before_any_work(
+        dataset: Path, tmp_path: Path, files: dict, expected: str) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+
+    with pytest.raises(MedlossyError, match=expected):
+        train_model(dataset, out, CONFIG)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+
+
+def test_other_seed_differs_and_replaces_a_foreign_checkpoint_when_asked(
+        model: Path, dataset: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(model / CHECKPOINT_FILE, other / CHECKPOINT_FILE)  # made with seed 0
 
-    train_model(dataset, other, replace(CONFIG, seed=1))
+    train_model(dataset, other, replace(CONFIG, seed=1), replace=True)
 
     description = _description(other)
     assert description["training"]["iterations_this_run"] == 3 * 2  # started over

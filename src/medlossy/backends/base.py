@@ -83,9 +83,12 @@ class TrainingBackend(ABC):
 
     @abstractmethod
     def train(self, dataset: Path, out: Path, request: TrainRequest, *,
-              cache: Path | None = None, show_progress: bool = False) -> Path:
+              cache: Path | None = None, show_progress: bool = False,
+              replace: bool = False) -> Path:
         """Train into ``out`` (a rerun resumes); ``cache``: a folder that units of the same
-        study may share (preprocessed data). Returns ``out``."""
+        study may share (preprocessed data); ``replace``: train over a model of another
+        recipe or dataset found in ``out`` (a study's own unit folders) instead of refusing
+        it. Returns ``out``."""
 
     @abstractmethod
     def predict(self, model: Path, dataset: Path, out: Path, *, cases: str = "test",

@@ -45,12 +45,14 @@ class BuiltinBackend(TrainingBackend):
         return self.config(request).recipe()
 
     def train(self, dataset: Path, out: Path, request: TrainRequest, *,
-              cache: Path | None = None, show_progress: bool = False) -> Path:
+              cache: Path | None = None, show_progress: bool = False,
+              replace: bool = False) -> Path:
         from medlossy.train.loop import train_model
 
         return train_model(dataset, out, self.config(request), mixed=request.mixed_datasets,
                            mixed_weights=request.mixed_weights or None,
-                           start_from=request.start_from, show_progress=show_progress)
+                           start_from=request.start_from, show_progress=show_progress,
+                           replace=replace)
 
     def predict(self, model: Path, dataset: Path, out: Path, *, cases: str = "test",
                 device: str = "auto", show_progress: bool = False) -> Path:

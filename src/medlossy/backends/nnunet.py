@@ -81,7 +81,8 @@ class NnunetBackend(TrainingBackend):
         return recipe
 
     def train(self, dataset: Path, out: Path, request: TrainRequest, *,
-              cache: Path | None = None, show_progress: bool = False) -> Path:
+              cache: Path | None = None, show_progress: bool = False,
+              replace: bool = False) -> Path:
         options = self.options(request)
         return run.train_nnunet(
             dataset, out, configuration=options["configuration"], fold=request.fold,
@@ -94,7 +95,8 @@ class NnunetBackend(TrainingBackend):
             tile_step_size=float(options["tile_step_size"]), cache=cache,
             device=options["device"], preprocessed=options["preprocessed"],
             preprocessed_codec=options["preprocessed_codec"],
-            preprocessed_tile=int(options["preprocessed_tile"]), quiet=not show_progress)
+            preprocessed_tile=int(options["preprocessed_tile"]), replace=replace,
+            quiet=not show_progress)
 
     def predict(self, model: Path, dataset: Path, out: Path, *, cases: str = "test",
                 device: str = "auto", show_progress: bool = False) -> Path:

@@ -105,8 +105,11 @@ def run_train_unit(unit: TrainUnit, show_progress: bool = False) -> str:
     if not unit.done():
         with unit_lock(unit.out.with_name(unit.out.name + ".lock")):
             if not unit.done():  # another worker may have finished it while we waited
+                # the unit's folder is named by its recipe and data: a checkpoint of
+                # another fingerprint there (the study was moved) is its own, stale
                 get_backend(unit.backend).train(unit.folder, unit.out, unit.request,
-                                                cache=unit.cache, show_progress=show_progress)
+                                                cache=unit.cache, show_progress=show_progress,
+                                                replace=True)
     return unit.name
 
 

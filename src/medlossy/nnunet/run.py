@@ -182,7 +182,7 @@ def train_nnunet(dataset_folder: str | os.PathLike[str], out: str | os.PathLike[
                  cache: str | os.PathLike[str] | None = None, device: str = "auto",
                  processes: int | None = None, preprocessed: str = BLOSC2,
                  preprocessed_codec: str = DEFAULT_CODEC, preprocessed_tile: int = DEFAULT_TILE,
-                 quiet: bool = False) -> Path:
+                 replace: bool = False, quiet: bool = False) -> Path:
     """Plan, preprocess and train one fold of the study's split with ``MedlossyTrainer``.
 
     Args:
@@ -205,6 +205,8 @@ def train_nnunet(dataset_folder: str | os.PathLike[str], out: str | os.PathLike[
             float32), "lossless" or "xR" (16-bit medlossy stores, see
             ``medlossy.nnunet.preprocessed``), with ``preprocessed_codec`` ("htj2k" or
             "jpeg2k") in tiles of ``preprocessed_tile`` (0: whole slices).
+        replace: start over in ``out`` when it holds a model of another dataset or recipe
+            (refused without it).
         quiet: keep nnU-Net's output in the logs only.
     """
     commands.require_nnunet()
@@ -236,6 +238,10 @@ def train_nnunet(dataset_folder: str | os.PathLike[str], out: str | os.PathLike[
     if not storage.is_blosc2:  # absent for nnU-Net's own files, as in earlier model folders
         model["preprocessed_storage"] = storage.to_dict()
     previous = read_model(model_dir) if (model_dir / MODEL_FILE).exists() else None
+    if previous is not None and any(previous.get(k) != model.get(k) for k in _IDENTITY) \
+            and replace:
+        shutil.rmtree(model_dir / "nnunet", ignore_errors=True)  # its checkpoints resume
+        previous = None
     if previous is not None and any(previous.get(k) != model.get(k) for k in _IDENTITY):
         raise MedlossyError(model_dir, "holds an nnU-Net model of another dataset, "
                                        "configuration, fold, budget or preprocessed "

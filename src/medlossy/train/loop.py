@@ -168,9 +168,47 @@ def _ratio(dataset: RawDataset) -> float | None:
     return dataset.metadata.get("medlossy", {}).get("ratio")
 
 
+def _resumable_checkpoint(out: Path, fingerprint: str, replace: bool) -> dict | None:
+    """The checkpoint in ``out`` that this training resumes (None: start afresh); a folder
+    holding another model, or files of its own, is refused (``replace``: trained over)."""
+    try:
+        return _own_checkpoint(out, fingerprint)
+    except MedlossyError:
+        if replace and out.is_dir():
+            return None
+        raise
+
+
+def _own_checkpoint(out: Path, fingerprint: str) -> dict | None:
+    if out.exists() and not out.is_dir():
+        raise MedlossyError(out, "is a file, not a model folder: choose a new --out")
+    written = [out / name for name in (CHECKPOINT_FILE, MODEL_FILE, DESCRIPTION_FILE)]
+    if not out.exists() or not any(out.iterdir()):
+        return None
+    if not written[0].exists():
+        kind = "a model without its checkpoint" if any(p.exists() for p in written[1:]) \
+            else "files that are not a model's"
+        raise MedlossyError(out, f"holds {kind}: training writes only into a new or empty "
+                                 "folder or resumes its own; choose a new --out")
+    try:
+        checkpoint = torch.load(written[0], map_location="cpu", weights_only=False)
+        same = checkpoint.get("fingerprint") == fingerprint
+    # torch.load of a cut-short or foreign file raises any of these (RuntimeError: not a zip)
+    except (OSError, RuntimeError, EOFError, ValueError, AttributeError,
+            pickle.UnpicklingError) as error:
+        raise MedlossyError(written[0], f"cannot be read as a checkpoint ({type(error).__name__}"
+                                        f": {str(error).splitlines()[0]}); choose a new --out"
+                            ) from None
+    if not same:
+        raise MedlossyError(out, "holds a model trained with another recipe, dataset, split or "
+                                 "start: it is never trained over; choose a new --out")
+    return checkpoint
+
+
 def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig, *,
                 mixed: Sequence[str | Path] = (), mixed_weights: Sequence[float] | None = None,
-                start_from: str | Path | None = None, show_progress: bool = False) -> Path:
+                start_from: str | Path | None = None, show_progress: bool = False,
+                replace: bool = False) -> Path:
     """Train on the training cases of ``config.fold``; returns the model folder.
 
     ``mixed``: the same cases at other ratios (a sweep's other datasets): one model for every
@@ -182,6 +220,9 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
     ``start_from``: a model trained by this function on the same split and network, whose
     training this one continues (weights and optimizer state) for ``config.epochs`` more,
     the poly schedule starting at that model's last learning rate.
+
+    ``out``: a new or empty folder, or this training's own (it resumes); a folder holding a
+    model of another recipe, dataset or split is refused unless ``replace`` (it starts over).
     """
     dataset = open_raw_dataset(dataset_folder)
     out = Path(out)
@@ -204,6 +245,15 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
     torch.manual_seed(config.seed)
 
     sources = [dataset, *_mixed_datasets(dataset, mixed, split["train"])]
+    fingerprint = hashlib.sha256(json.dumps(
+        [config.recipe(), str(dataset.root.resolve()), split,
+         *[str(source.root.resolve()) for source in sources[1:]],
+         # only where set: a checkpoint written before these options still resumes
+         *([list(mixed_weights)] if mixed_weights else []),
+         *([str(Path(start_from).resolve())] if start_from else [])], sort_keys=True,
+        default=str).encode()).hexdigest()
+    # before any work: refusals first
+    checkpoint = _resumable_checkpoint(out, fingerprint, replace)
     loaded = []
     for source in sources:
         stores = store_folder(source) if config.source == "store" else None
@@ -228,24 +278,16 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
     if start_from is not None:
         learning_rate = _continue(Path(start_from), network, optimizer, arguments, specs,
                                   split, device)
-    fingerprint = hashlib.sha256(json.dumps(
-        [config.recipe(), str(dataset.root.resolve()), split,
-         *[str(source.root.resolve()) for source in sources[1:]],
-         # only where set: a checkpoint written before these options still resumes
-         *([list(mixed_weights)] if mixed_weights else []),
-         *([str(Path(start_from).resolve())] if start_from else [])], sort_keys=True,
-        default=str).encode()).hexdigest()
 
     start_epoch, history = 0, []
     checkpoint_path = out / CHECKPOINT_FILE
-    if checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if checkpoint.get("fingerprint") == fingerprint:
-            network.load_state_dict(checkpoint["network"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            sampler.restore(checkpoint["sampler"])
-            torch.set_rng_state(checkpoint["torch_rng"])
-            start_epoch, history = checkpoint["epoch"], checkpoint["history"]
+    if checkpoint is not None:
+        network.load_state_dict(checkpoint["network"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        sampler.restore(checkpoint["sampler"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        start_epoch, history = checkpoint["epoch"], checkpoint["history"]
+        del checkpoint
 
     use_amp = uses_bfloat16(device, config.precision)
     memory_format = torch.channels_last_3d if config.channels_last else torch.contiguous_format
