@@ -4,6 +4,7 @@ installed) an end-to-end run on CPU with nnU-Net's 1-epoch trainer."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -280,3 +281,18 @@ def test_a_conversion_killed_midway_leaves_no_stores_behind_after_the_rerun(
                               parse_storage("lossless"), quiet=True) == folder
     assert sorted(p.name for p in dataset.iterdir()) == sorted(
         [other.name, folder, f"{folder}.json", "nnUNetPlans.json"])
+
+
+@pytest.mark.parametrize("setting, expected", [("1", 1), ("3", 3), ("4,2", None), ("x", None),
+                                               (None, None)])
+def test_cpu_training_uses_the_threads_omp_num_threads_allows(
+        monkeypatch: pytest.MonkeyPatch, setting: str | None, expected: int | None) -> None:
+    """nnU-Net's CPU training took every core even with OMP_NUM_THREADS=1 (a test study beside
+    another job ran 14 times slower with two spinning threads on two cores)."""
+    from medlossy.nnunet import worker
+
+    if setting is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", setting)
+    assert worker._cpu_threads() == (expected or os.cpu_count())

@@ -39,8 +39,16 @@ def _device(name: str) -> torch.device:
         torch.backends.cudnn.benchmark = True
         torch.set_num_threads(1)  # nnU-Net's choice: more CPU threads do not help on a GPU
         return torch.device("cuda")
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(_cpu_threads())
     return torch.device("cpu")
+
+
+def _cpu_threads() -> int:
+    """nnU-Net's choice on CPU, every core, unless OMP_NUM_THREADS limits the threads."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):  # unset, or a per-level list such as "4,2"
+        return os.cpu_count() or 1
 
 
 def _peak_memory(device: torch.device) -> float | None:
