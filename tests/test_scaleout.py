@@ -64,7 +64,7 @@ def test_two_workers_never_train_the_same_unit_twice(tmp_path: Path, monkeypatch
         def is_trained(self, out: Path) -> bool:
             return (out / "done").exists()
 
-        def train(self, folder, out, request, *, cache, show_progress) -> Path:
+        def train(self, folder, out, request, *, cache, show_progress, replace) -> Path:
             calls.append(threading.get_ident())
             time.sleep(0.5)
             out.mkdir(parents=True, exist_ok=True)
