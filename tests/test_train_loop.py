@@ -209,6 +209,20 @@ def test_an_unwritable_folder_is_refused_before_any_work(
     assert not (tmp_path / "ro").exists()
 
 
+def test_an_out_naming_a_sweeps_ratio_is_refused(dataset: Path, tmp_path: Path,
+                                                 monkeypatch) -> None:
+    """train SWEEP/r1 --out SWEEP/r1 wrote a model there, and SWEEP/r1 then named the
+    model folder: train, predict and evaluate of SWEEP/r1 said "not a dataset"."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text(json.dumps({"datasets": {"r1": "Dataset800_X_r1"}}))
+    _no_work(monkeypatch)
+
+    with pytest.raises(MedlossyError, match="names a ratio's dataset of the sweep"):
+        train_model(dataset, sweep / "r1", CONFIG)
+    assert sorted(p.name for p in sweep.iterdir()) == ["sweep.json"]
+
+
 def test_other_seed_differs_and_replaces_a_foreign_checkpoint_when_asked(
         model: Path, dataset: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"

@@ -241,6 +241,14 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
                       show_progress=show_progress, replace=replace)
 
 
+def _sweep_ratio(out: Path) -> bool:
+    """Whether ``out`` is SWEEP/r20, a name that commands resolve to a sweep's dataset."""
+    try:
+        return out.name in json.loads((out.parent / "sweep.json").read_text())["datasets"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 @contextmanager
 def _held(out: Path) -> Iterator[None]:
     """Hold the model folder ``out`` (created if missing) for one training: a second training
@@ -248,6 +256,9 @@ def _held(out: Path) -> Iterator[None]:
     if (out.is_symlink() or out.exists()) and not out.is_dir():
         raise MedlossyError(out, "is a file or a broken link, not a model folder: choose a "
                                  "new --out")
+    if _sweep_ratio(out):
+        raise MedlossyError(out, "names a ratio's dataset of the sweep it is in: a model "
+                                 "there would hide that dataset; choose a new --out")
     created = [folder for folder in (out, *out.parents) if not folder.exists()]
     out.mkdir(parents=True, exist_ok=True)
     handle, held = os.open(out, os.O_RDONLY), False
