@@ -185,8 +185,7 @@ def _resumable_checkpoint(out: Path, fingerprint: str, replace: bool) -> dict | 
 
 
 def _own_checkpoint(out: Path, fingerprint: str) -> dict | None:
-    if out.exists() and not out.is_dir():
-        raise MedlossyError(out, "is a file, not a model folder: choose a new --out")
+    """The checkpoint in the folder ``out`` (:func:`_held` refused a file) to resume."""
     written = [out / name for name in (CHECKPOINT_FILE, MODEL_FILE, DESCRIPTION_FILE)]
     if not out.exists() or not any(out.iterdir()):
         return None
