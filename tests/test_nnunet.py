@@ -136,6 +136,28 @@ def test_predict_refuses_a_folder_that_is_no_model(tmp_path: Path) -> None:
         predict_nnunet(tmp_path, tmp_path, tmp_path / "out")
 
 
+@pytest.mark.parametrize("names", [("model.pt", "model.json", "checkpoint.pt"), (".DS_Store",)])
+def test_train_nnunet_refuses_a_folder_of_other_files_before_any_work(
+        tmp_path: Path, names: tuple[str, ...], monkeypatch) -> None:
+    """--backend nnunet into a built-in model's folder (or one holding a .DS_Store) wrote its
+    description and nnunet/ beside them, and planned there."""
+    from medlossy.nnunet import run
+
+    pytest.importorskip("nnunetv2")
+
+    def plan(*args, **kwargs):
+        raise AssertionError("nnU-Net planned")
+    monkeypatch.setattr(run, "prepare", plan)
+    dataset = write_sphere_dataset(tmp_path / "Dataset990_Sphere", cases=2, size=8)
+    out = tmp_path / "model"
+    out.mkdir()
+    for name in names:
+        (out / name).write_bytes(b"x")
+    with pytest.raises(MedlossyError, match="holds files that are not an nnU-Net model's"):
+        run.train_nnunet(dataset, out, configuration="3d_fullres", fold=0, folds=2)
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+
+
 def test_splits_are_the_study_folds_in_nnunet_format(tmp_path: Path) -> None:
     from medlossy.datasets.nnunet_raw import open_raw_dataset
     from medlossy.nnunet.run import study_splits

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -136,6 +138,89 @@ def test_a_folder_of_other_files_is_refused_before_any_work(
     with pytest.raises(MedlossyError, match=expected):
         train_model(dataset, out, CONFIG)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def _no_work(monkeypatch) -> None:
+    from medlossy.train import loop
+
+    def work(*args, **kwargs):
+        raise AssertionError("training loaded its data")
+    monkeypatch.setattr(loop, "load_case", work)
+
+
+def test_a_rerun_of_a_finished_training_leaves_its_files_as_written(
+        model: Path, dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    """train twice with the same options: the rerun rewrote model.pt and model.json, whose
+    record of the run became 0 iterations in 0 s (and a read-only model folder a traceback)."""
+    finished = tmp_path / "finished"
+    shutil.copytree(model, finished)
+    before = _snapshot(finished)
+    _no_work(monkeypatch)
+
+    assert train_model(dataset, finished, CONFIG) == finished
+
+    assert _snapshot(finished) == before
+    assert _description(finished)["training"]["iterations_this_run"] == 3 * 2
+
+
+def test_a_folder_another_training_is_writing_is_refused(
+        dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    """Two trains into one --out both ran, and left a model.json of one seed beside the
+    model and checkpoint of the other."""
+    out = tmp_path / "busy"
+    out.mkdir()
+    other = os.open(out, os.O_RDONLY)  # what the first training holds while it runs
+    fcntl.flock(other, fcntl.LOCK_EX)
+    _no_work(monkeypatch)
+    try:
+        with pytest.raises(MedlossyError, match="being trained into by another run"):
+            train_model(dataset, out, replace(CONFIG, seed=1))
+    finally:
+        os.close(other)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("make", [
+    lambda out: (out.parent / "file").write_text("x") and out.parent / "file" / "m",
+    lambda out: out.symlink_to(out.parent / "missing") or out,
+])
+def test_an_out_that_cannot_be_a_folder_is_refused_before_any_work(
+        dataset: Path, tmp_path: Path, monkeypatch, make) -> None:
+    """--out under a file, or a broken link: one epoch trained before the error."""
+    out = make(tmp_path / "out")
+    _no_work(monkeypatch)
+
+    with pytest.raises((MedlossyError, OSError)):
+        train_model(dataset, out, CONFIG)
+
+
+def test_an_unwritable_folder_is_refused_before_any_work(
+        dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    """An unwritable --out failed after an epoch, with a traceback (torch.save's
+    RuntimeError). os.access is faked: this test may run as root."""
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    _no_work(monkeypatch)
+    with pytest.raises(MedlossyError, match="is not writable"):
+        train_model(dataset, tmp_path / "ro", CONFIG)
+    assert not (tmp_path / "ro").exists()
+
+
+def test_an_out_naming_a_sweeps_ratio_is_refused(dataset: Path, tmp_path: Path,
+                                                 monkeypatch) -> None:
+    """train SWEEP/r1 --out SWEEP/r1 wrote a model there, and SWEEP/r1 then named the
+    model folder: train, predict and evaluate of SWEEP/r1 said "not a dataset"."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text(json.dumps({"datasets": {"r1": "Dataset800_X_r1"}}))
+    _no_work(monkeypatch)
+
+    with pytest.raises(MedlossyError, match="names a ratio's dataset of the sweep"):
+        train_model(dataset, sweep / "r1", CONFIG)
+    assert sorted(p.name for p in sweep.iterdir()) == ["sweep.json"]
 
 
 def test_other_seed_differs_and_replaces_a_foreign_checkpoint_when_asked(

@@ -238,6 +238,14 @@ def train_nnunet(dataset_folder: str | os.PathLike[str], out: str | os.PathLike[
     if not storage.is_blosc2:  # absent for nnU-Net's own files, as in earlier model folders
         model["preprocessed_storage"] = storage.to_dict()
     previous = read_model(model_dir) if (model_dir / MODEL_FILE).exists() else None
+    # "nnunet" alone: a run killed before it wrote its description
+    foreign = sorted(p.name for p in model_dir.iterdir() if p.name != "nnunet") \
+        if previous is None and model_dir.is_dir() else []
+    if foreign and not replace:
+        raise MedlossyError(model_dir, f"holds files that are not an nnU-Net model's "
+                                       f"({', '.join(foreign[:3])}): training writes only into "
+                                       "a new or empty folder or resumes its own; choose a "
+                                       "new --out")
     if previous is not None and any(previous.get(k) != model.get(k) for k in _IDENTITY) \
             and replace:
         shutil.rmtree(model_dir / "nnunet", ignore_errors=True)  # its checkpoints resume

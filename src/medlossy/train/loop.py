@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
+import os
 import pickle
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +60,10 @@ def _labels(dataset: RawDataset) -> dict[str, int]:
 
 
 def _save(path: Path, payload: dict) -> None:
-    with atomic_output(path) as temporary:
-        torch.save(payload, temporary)
+    # an open file: an unwritable folder is an OSError naming it (torch.save of a path raises
+    # a RuntimeError), and the archive's inner name is fixed, not the temporary file's
+    with atomic_output(path) as temporary, open(temporary, "wb") as file:
+        torch.save(payload, file)
 
 
 def build_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -180,8 +185,7 @@ def _resumable_checkpoint(out: Path, fingerprint: str, replace: bool) -> dict | 
 
 
 def _own_checkpoint(out: Path, fingerprint: str) -> dict | None:
-    if out.exists() and not out.is_dir():
-        raise MedlossyError(out, "is a file, not a model folder: choose a new --out")
+    """The checkpoint in the folder ``out`` (:func:`_held` refused a file) to resume."""
     written = [out / name for name in (CHECKPOINT_FILE, MODEL_FILE, DESCRIPTION_FILE)]
     if not out.exists() or not any(out.iterdir()):
         return None
@@ -205,6 +209,12 @@ def _own_checkpoint(out: Path, fingerprint: str) -> dict | None:
     return checkpoint
 
 
+def _finished(out: Path, checkpoint: dict | None, config: TrainConfig) -> bool:
+    """Whether ``checkpoint`` (this training's) ends it and its model files were written."""
+    return checkpoint is not None and checkpoint["epoch"] >= config.epochs and \
+        all((out / name).exists() for name in (MODEL_FILE, DESCRIPTION_FILE))
+
+
 def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig, *,
                 mixed: Sequence[str | Path] = (), mixed_weights: Sequence[float] | None = None,
                 start_from: str | Path | None = None, show_progress: bool = False,
@@ -224,6 +234,56 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
     ``out``: a new or empty folder, or this training's own (it resumes); a folder holding a
     model of another recipe, dataset or split is refused unless ``replace`` (it starts over).
     """
+    with _held(Path(out)):
+        return _train(dataset_folder, Path(out), config, mixed=mixed,
+                      mixed_weights=mixed_weights, start_from=start_from,
+                      show_progress=show_progress, replace=replace)
+
+
+def _sweep_ratio(out: Path) -> bool:
+    """Whether ``out`` is SWEEP/r20, a name that commands resolve to a sweep's dataset."""
+    try:
+        return out.name in json.loads((out.parent / "sweep.json").read_text())["datasets"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+@contextmanager
+def _held(out: Path) -> Iterator[None]:
+    """Hold the model folder ``out`` (created if missing) for one training: a second training
+    into it meanwhile is refused instead of interleaving its checkpoints and model files."""
+    if (out.is_symlink() or out.exists()) and not out.is_dir():
+        raise MedlossyError(out, "is a file or a broken link, not a model folder: choose a "
+                                 "new --out")
+    if _sweep_ratio(out):
+        raise MedlossyError(out, "names a ratio's dataset of the sweep it is in: a model "
+                                 "there would hide that dataset; choose a new --out")
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    handle, held = os.open(out, os.O_RDONLY), False
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the process dies
+        except BlockingIOError:
+            raise MedlossyError(out, "is being trained into by another run: wait for it to "
+                                     "finish, or choose a new --out") from None
+        except OSError:
+            pass  # no locks on folders there (NFS emulates flock by write locks): as before
+        held = True
+        yield
+    finally:
+        for folder in created if held else ():  # refused or failed before writing
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        os.close(handle)
+
+
+def _train(dataset_folder: str | Path, out: Path, config: TrainConfig, *,
+           mixed: Sequence[str | Path], mixed_weights: Sequence[float] | None,
+           start_from: str | Path | None, show_progress: bool, replace: bool) -> Path:
+    """:func:`train_model` while holding ``out``."""
     dataset = open_raw_dataset(dataset_folder)
     out = Path(out)
     if start_from is not None and Path(start_from).resolve() == out.resolve():
@@ -254,6 +314,10 @@ def train_model(dataset_folder: str | Path, out: str | Path, config: TrainConfig
         default=str).encode()).hexdigest()
     # before any work: refusals first
     checkpoint = _resumable_checkpoint(out, fingerprint, replace)
+    if _finished(out, checkpoint, config):
+        return out  # a rerun: nothing to train, and the model's files stay as written
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise MedlossyError(out, "is not writable: choose a new --out")
     loaded = []
     for source in sources:
         stores = store_folder(source) if config.source == "store" else None
