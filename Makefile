@@ -40,7 +40,7 @@ demo: $(DEMO_STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=20  # the slowest tests, for keeping CI well under 30 minutes
 
 bench: $(STAMP)
 	bash bench/run_all.sh
