@@ -246,11 +246,12 @@ def train_nnunet(dataset_folder: str | os.PathLike[str], out: str | os.PathLike[
                                        f"({', '.join(foreign[:3])}): training writes only into "
                                        "a new or empty folder or resumes its own; choose a "
                                        "new --out")
-    if previous is not None and any(previous.get(k) != model.get(k) for k in _IDENTITY) \
-            and replace:
-        shutil.rmtree(model_dir / "nnunet", ignore_errors=True)  # its checkpoints resume
+    another = previous is not None and any(previous.get(k) != model.get(k) for k in _IDENTITY)
+    if another and replace:
+        # its checkpoints would otherwise be resumed as this model's
+        shutil.rmtree(model_dir / "nnunet", ignore_errors=True)
         previous = None
-    if previous is not None and any(previous.get(k) != model.get(k) for k in _IDENTITY):
+    elif another:
         raise MedlossyError(model_dir, "holds an nnU-Net model of another dataset, "
                                        "configuration, fold, budget or preprocessed "
                                        "storage; choose a new --out")
