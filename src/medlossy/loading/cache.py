@@ -11,6 +11,14 @@ the environment), by ``MEDLOSSY_DECODE_CACHE_MB``; 0 (the default) keeps nothing
 worker keeps its own: the memory used is up to workers x the budget. Keys name the store's
 path, the resolution level and the chunk, so stores rewritten in place during a run are
 not noticed (training never does that).
+
+Where a slice's window alone can be decoded (untiled JPEG 2000: about half the cost of the
+whole slice), caching means decoding whole slices, which pays only if later patches come
+back to them often enough. So the cache also keeps a ghost: the keys (and sizes) it would
+hold if every slice were kept, no data. The share of slice reads the ghost would have
+answered (a moving average) says whether keeping whole slices pays (:meth:`revisits`);
+until it does, such slices are decoded as windows and not kept. Hand-written: no cache
+library estimates its own hit rate before admitting entries.
 """
 
 from __future__ import annotations
@@ -27,6 +35,11 @@ from medlossy.errors import MedlossyError
 
 ENVIRONMENT = "MEDLOSSY_DECODE_CACHE_MB"
 _MB = 1 << 20
+#: Share of reads the cache must answer for whole slices to beat windows: a 160 x 160
+#: window of a 512 x 512 slice costs 0.53 of the slice, so keeping pays above 1 - 0.53.
+WORTH_KEEPING = 0.5
+#: Weight of the latest read in the moving share (about the last 100 slice reads count).
+_SMOOTHING = 0.01
 
 
 class DecodeCache:
@@ -38,6 +51,9 @@ class DecodeCache:
         self._entries: LRUCache = LRUCache(maxsize=max(budget, 1), getsizeof=_nbytes)
         self._lock = threading.Lock()
         self.hits = self.misses = 0
+        self._ghost: LRUCache = LRUCache(maxsize=max(budget, 1), getsizeof=int)
+        #: moving share of :meth:`revisits` reads the ghost held
+        self.revisit_share = 0.0
 
     def lookup(self, key: Hashable) -> np.ndarray | None:
         """The array kept under ``key`` (read-only: callers copy what they change), or None."""
@@ -59,6 +75,17 @@ class DecodeCache:
             with self._lock:
                 self._entries[key] = array
         return array
+
+    def revisits(self, key: Hashable, nbytes: int) -> bool:
+        """Record a read of ``key`` (``nbytes`` decoded) in the ghost; True where reads
+        come back to what the cache could hold often enough for keeping whole slices to
+        pay (:data:`WORTH_KEEPING`)."""
+        with self._lock:
+            held = key in self._ghost
+            if nbytes <= self.budget:
+                self._ghost[key] = nbytes
+            self.revisit_share += _SMOOTHING * (held - self.revisit_share)
+            return self.revisit_share > WORTH_KEEPING
 
     @property
     def used(self) -> int:
