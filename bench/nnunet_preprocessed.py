@@ -222,12 +222,13 @@ def main() -> None:
                              "nnunet_preprocessed_augment)")
     parser.add_argument("--only", nargs="+", default=None, metavar="VARIANT",
                         help="these store variants only, e.g. 'HTJ2K x20'")
-    parser.add_argument("--decode-cache", type=float, default=0.0, metavar="MB",
+    parser.add_argument("--decode-cache", type=float, default=None, metavar="MB",
                         help="each loader worker keeps up to MB of decoded slices/tiles "
                              "(results: ..._cacheMB)")
     parser.add_argument("--measure", nargs=2, metavar=("FOLDER", "KIND"))
     arguments = parser.parse_args()
-    set_decode_cache(arguments.decode_cache)  # the measuring process and its workers inherit
+    if arguments.decode_cache is not None:  # the measuring processes and workers inherit it
+        set_decode_cache(arguments.decode_cache)
     if arguments.measure:
         print(json.dumps(measure(*arguments.measure, arguments.workers, arguments.seconds,
                                  arguments.augment)))
@@ -291,14 +292,15 @@ def main() -> None:
         f"### nnU-Net preprocessed data: blosc2 vs stores ({voxels / 1e6:.1f} Mvox in 2 "
         f"cases, patches {'x'.join(map(str, PATCH))}, batch 2, {arguments.workers} loader "
         f"workers{', nnU-Net augmentation' if arguments.augment else ''}, decode cache "
-        f"{arguments.decode_cache:g} MB per worker)", "",
+        f"{arguments.decode_cache or 0:g} MB per worker)", "",
         _common.table(["variant", "image MB", "of blosc2", "on disk MB", "files", "bits/voxel",
                        "max error (normalised)", "store PSNR dB (min)", "patches/s",
                        "of blosc2 rate", "Mvox/s", "Mvox/CPU-s", "of blosc2 per CPU-s",
                        "load 1 min before / after"], rows), "",
         _common.machine_markdown(document["machine"])])
     _common.save("nnunet_preprocessed" + ("_augment" if arguments.augment else "")
-                 + (f"_cache{arguments.decode_cache:g}" if arguments.decode_cache else ""),
+                 + ("" if arguments.decode_cache is None else
+                    f"_cache{arguments.decode_cache:g}"),
                  document, markdown)
 
 
