@@ -3,7 +3,7 @@
 Usage (writes bench/results/loader.{json,md}; stores are cached under bench/out/loader/):
     .venv/bin/python bench/loader.py [--seconds 10] [--workers 2] [--slices 200]
         [--only 'CT C x200'] [--codecs jpeg2k] [--variants 'full slice,level 1']
-        [--no-blosc2] [--profile 10] [--results loader]
+        [--no-blosc2] [--profile 10] [--results loader] [--decode-cache MB]
 
 Data flow: two real-looking CTs -> medlossy stores at x20 (``compress_volume``, the rate
 control of ``medlossy compress``), JPEG 2000 and HTJ2K, each written untiled and with
@@ -37,7 +37,7 @@ import numpy as np
 
 from medlossy.compression import Target, compress_volume
 from medlossy.io import read_volume
-from medlossy.loading import StorePatchDataset
+from medlossy.loading import StorePatchDataset, set_decode_cache
 from medlossy.loading.supply import measure_supply
 from medlossy.store import SliceStore
 
@@ -171,7 +171,10 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile N patches in-process for the decode share")
     parser.add_argument("--results", default="loader", help="bench/results/NAME.json")
+    parser.add_argument("--decode-cache", type=float, default=0.0, metavar="MB",
+                        help="each worker keeps up to MB of decoded slices/tiles")
     arguments = parser.parse_args()
+    set_decode_cache(arguments.decode_cache)  # the DataLoader's workers inherit it
     variants = [v for v in VARIANTS if arguments.variants is None or any(
         v[0].startswith(p.strip()) for p in arguments.variants.split(","))]
     OUT.mkdir(parents=True, exist_ok=True)
@@ -227,7 +230,8 @@ def main() -> None:
         "s per run after the first patch; ratio against 16-bit raw; Mvox/s wall clock and per "
         "CPU second (workers included); x2 cores = the CPU-time estimate for 2 idle cores; "
         "level-1 patches also in full-resolution voxels (x4); load = 1-minute load average "
-        "at the start / end of the run (2 cores); decode share (with --profile): CPU share "
+        f"at the start / end of the run (2 cores); decode cache {arguments.decode_cache:g} MB "
+        "per worker; decode share (with --profile): CPU share "
         "of in-process patch reads spent decoding slices / in the library's decode call, "
         "and CPU ms per patch.", "",
         _common.table(["volume", "codec", "variant", "ratio", "PSNR dB", "patch",

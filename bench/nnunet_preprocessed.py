@@ -1,7 +1,8 @@
 """nnU-Net's preprocessed training data: its blosc2 float32 vs 16-bit medlossy stores.
 
 Usage (writes bench/results/nnunet_preprocessed.{json,md}; data under bench/out/nnprep/):
-    .venv/bin/python bench/nnunet_preprocessed.py [--seconds 20] [--workers 2]
+    .venv/bin/python bench/nnunet_preprocessed.py [--seconds 20] [--workers 2] [--augment]
+        [--decode-cache MB]
 
 Data flow: two CTs (CT B, real, 1.5 mm isotropic; a 512x512x96 CT-like volume built from
 CT C's slices, 0.98 x 0.98 x 0.4 mm) -> nnU-Net's own preprocessing steps (CTNormalization
@@ -32,6 +33,8 @@ from pathlib import Path
 import _common
 import memory
 import numpy as np
+
+from medlossy.loading import set_decode_cache
 
 PATCH = (64, 160, 160)
 TARGET_SPACING = (1.0, 0.9765625, 0.9765625)
@@ -219,8 +222,13 @@ def main() -> None:
                              "nnunet_preprocessed_augment)")
     parser.add_argument("--only", nargs="+", default=None, metavar="VARIANT",
                         help="these store variants only, e.g. 'HTJ2K x20'")
+    parser.add_argument("--decode-cache", type=float, default=None, metavar="MB",
+                        help="each loader worker keeps up to MB of decoded slices/tiles "
+                             "(results: ..._cacheMB)")
     parser.add_argument("--measure", nargs=2, metavar=("FOLDER", "KIND"))
     arguments = parser.parse_args()
+    if arguments.decode_cache is not None:  # the measuring processes and workers inherit it
+        set_decode_cache(arguments.decode_cache)
     if arguments.measure:
         print(json.dumps(measure(*arguments.measure, arguments.workers, arguments.seconds,
                                  arguments.augment)))
@@ -237,7 +245,7 @@ def main() -> None:
         else preprocess(source)
     rows, document = [], {"machine": _common.machine(), "patch": PATCH, "batch": 2,
                           "workers": arguments.workers, "augment": arguments.augment,
-                          "variants": []}
+                          "decode_cache_mb": arguments.decode_cache, "variants": []}
     voxels = sum(int(np.prod(blosc2.open(str(p), mode="r").shape))
                  for p in source.glob("*.b2nd") if not p.name.endswith("_seg.b2nd"))
     blosc2_bytes = _image_bytes(source, "blosc2")
@@ -283,14 +291,17 @@ def main() -> None:
     markdown = "\n".join([
         f"### nnU-Net preprocessed data: blosc2 vs stores ({voxels / 1e6:.1f} Mvox in 2 "
         f"cases, patches {'x'.join(map(str, PATCH))}, batch 2, {arguments.workers} loader "
-        f"workers{', nnU-Net augmentation' if arguments.augment else ''})", "",
+        f"workers{', nnU-Net augmentation' if arguments.augment else ''}, decode cache "
+        f"{arguments.decode_cache or 0:g} MB per worker)", "",
         _common.table(["variant", "image MB", "of blosc2", "on disk MB", "files", "bits/voxel",
                        "max error (normalised)", "store PSNR dB (min)", "patches/s",
                        "of blosc2 rate", "Mvox/s", "Mvox/CPU-s", "of blosc2 per CPU-s",
                        "load 1 min before / after"], rows), "",
         _common.machine_markdown(document["machine"])])
-    _common.save("nnunet_preprocessed" + ("_augment" if arguments.augment else ""), document,
-                 markdown)
+    _common.save("nnunet_preprocessed" + ("_augment" if arguments.augment else "")
+                 + ("" if arguments.decode_cache is None else
+                    f"_cache{arguments.decode_cache:g}"),
+                 document, markdown)
 
 
 if __name__ == "__main__":

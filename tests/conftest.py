@@ -57,6 +57,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _no_decode_cache_after_the_test() -> Iterator[None]:
+    """Unset the loader's decode cache after each test: a CLI run in-process
+    (``--decode-cache``) sets it for its process, as a user's command does for its own."""
+    yield
+    os.environ.pop("MEDLOSSY_DECODE_CACHE_MB", None)
+
+
+@pytest.fixture(autouse=True)
 def _no_fork_from_threads(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test that forked while other threads were alive (use a subprocess, or
     multiprocessing's "spawn" or "forkserver" context)."""

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import pytest
 
 from medlossy.errors import MedlossyError
@@ -185,94 +183,6 @@ def test_backend_options_are_checked_before_any_work() -> None:
     recipe = backend.recipe(TrainRequest(epochs=7, iterations_per_epoch=3))
     assert (recipe["epochs"], recipe["iterations_per_epoch"]) == (7, 3)
     assert recipe["configuration"] == "3d_lowres" and recipe["trainer"] == "MedlossyTrainer"
-
-
-NNUNET_TRAIN = ["--backend", "nnunet", "--configuration", "3d_fullres", "--epochs", "2",
-                "--iterations", "2", "--validation-iterations", "1", "--folds", "3",
-                "--fold", "1", "--device", "cpu", "--quiet"]
-
-
-@pytest.mark.slow
-def test_cli_train_honours_epochs_iterations_and_the_study_folds(tmp_path: Path) -> None:
-    """Regression: `medlossy train --backend nnunet` ignored --epochs, --iterations and
-    --folds (nnU-Net's 1000-epoch trainer on its own 5-fold split). About a minute on two
-    cores."""
-    import torch
-
-    from medlossy.cli.main import main
-    from medlossy.datasets.nnunet_raw import open_raw_dataset
-    from medlossy.nnunet.run import checkpoint, read_model, study_splits
-
-    source = write_sphere_dataset(tmp_path / "Dataset990_Sphere", cases=6, size=24)
-    started = time.perf_counter()
-    assert main(["train", str(source), "--out", str(tmp_path / "model"), *NNUNET_TRAIN]) == 0
-    trained = time.perf_counter() - started
-    final = torch.load(checkpoint(tmp_path / "model"), map_location="cpu", weights_only=False)
-    assert final["current_epoch"] == 2 and final["trainer_name"] == "MedlossyTrainer"
-    assert len(final["logging"]["train_losses"]) == 2
-    # nnU-Net's recipe as the paper used it: SGD Nesterov 0.99, lr 1e-2, poly decay 0.9.
-    group = final["optimizer_state"]["param_groups"][0]
-    assert group["momentum"] == 0.99 and group["nesterov"] and group["weight_decay"] == 3e-5
-    assert final["logging"]["lrs"] == pytest.approx([1e-2, 1e-2 * 0.5 ** 0.9])
-    splits = json.loads((tmp_path / "model" / "nnunet" / "splits_final.json").read_text())
-    assert splits == study_splits(open_raw_dataset(source), 3, 1.0)
-    model = read_model(tmp_path / "model")
-    assert model["test_cases"] == splits[1]["val"] and model["training"]["epochs"] == 2
-
-    started = time.perf_counter()
-    assert main(["predict", str(tmp_path / "model"), str(source), "--out",
-                 str(tmp_path / "predictions"), "--device", "cpu", "--quiet"]) == 0
-    predicted = time.perf_counter() - started
-    written = sorted(p.name for p in (tmp_path / "predictions").glob("*.nii.gz"))
-    assert written == [f"{name}.nii.gz" for name in splits[1]["val"]]
-    labels = nib.load(tmp_path / "predictions" / written[0]).get_fdata()
-    assert labels.shape == (24, 24, 24) and set(np.unique(labels)) <= {0, 1}
-    print(f"\nnnU-Net CLI: train {trained:.0f} s, predict {predicted:.0f} s")
-
-    # The trained folder as a pretrained model: its agreement with itself on a sweep.
-    from medlossy.datasets.sweep import plan_sweep, run_sweep
-
-    # (slices of at least 32 x 32 for JPEG 2000: two more cases of the same kind)
-    other = write_sphere_dataset(tmp_path / "Dataset991_Sphere", cases=2, size=32, seed=1)
-    run_sweep(plan_sweep(open_raw_dataset(other), tmp_path / "sweep", [1, 5]), workers=1)
-    out = tmp_path / "agreement.csv"
-    assert main(["evaluate-pretrained", str(tmp_path / "model"), str(tmp_path / "sweep"),
-                 "--out", str(out), "--device", "cpu", "--quiet"]) == 0
-    agreement = pd.read_csv(out)
-    assert set(agreement["ratio"]) == {1.0, 5.0} and agreement["case"].nunique() == 2
-    assert set(agreement["reference"]) == {"x1", "labels"}
-    assert (agreement.loc[(agreement["ratio"] == 1) & (agreement["reference"] == "x1")
-                          & (agreement["class"] == "sphere"), "dice"].fillna(1) == 1).all()
-
-    # A rerun finds the fold finished and does nothing.
-    mtime = checkpoint(tmp_path / "model").stat().st_mtime_ns
-    assert main(["train", str(source), "--out", str(tmp_path / "model"), *NNUNET_TRAIN]) == 0
-    assert checkpoint(tmp_path / "model").stat().st_mtime_ns == mtime
-
-
-@pytest.mark.slow
-def test_x1_plans_control_preprocesses_a_ratio_with_the_uncompressed_plans(
-        tmp_path: Path) -> None:
-    """plans = "x1": the ratio's data are preprocessed with the plans nnU-Net made for the
-    uncompressed dataset (same configurations), where per-ratio planning plans it anew."""
-    from medlossy.datasets.nnunet_raw import open_raw_dataset
-    from medlossy.nnunet.run import prepare
-
-    x1 = open_raw_dataset(write_sphere_dataset(tmp_path / "Dataset990_Sphere", 4, 24))
-    r20 = open_raw_dataset(write_sphere_dataset(tmp_path / "Dataset991_Sphere_r20", 4, 20,
-                                                seed=1))
-    folders = prepare(r20, "3d_fullres", "x1", tmp_path / "prep", reference=x1, processes=1,
-                      quiet=True)
-    source = json.loads(folders.plans("Dataset990_Sphere").read_text())
-    moved = json.loads(folders.plans("Dataset991_Sphere_r20").read_text())
-    assert moved["dataset_name"] == "Dataset991_Sphere_r20"
-    assert moved["configurations"] == source["configurations"]
-    assert any((folders.preprocessed / "Dataset991_Sphere_r20").glob("nnUNetPlans_3d_fullres/*"))
-    own = prepare(r20, "3d_fullres", "per-ratio", tmp_path / "prep", processes=1, quiet=True)
-    planned = json.loads(own.plans("Dataset991_Sphere_r20").read_text())
-    # 20^3 images get their own, smaller patch when planned on their own.
-    assert planned["configurations"]["3d_fullres"]["patch_size"] != \
-        source["configurations"]["3d_fullres"]["patch_size"]
 
 
 def test_a_conversion_killed_midway_leaves_no_stores_behind_after_the_rerun(

@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -248,67 +246,6 @@ def test_storage_option_is_checked_and_enters_the_unit_key_only_when_used() -> N
             backend.recipe(TrainRequest(options=options))
     assert parse_storage("x20", "jpeg2k", 0).folder("nnUNetPlans_3d_fullres") == \
         "nnUNetPlans_3d_fullres_medlossy_jpeg2k_x20_t0"
-
-
-@pytest.mark.slow
-def test_cli_trains_two_epochs_from_lossless_stores_and_predicts(tmp_path: Path) -> None:
-    """`medlossy train --backend nnunet --preprocessed lossless`: nnU-Net preprocesses, the
-    cases become stores, MedlossyTrainer trains 2 epochs reading them through nnU-Net's
-    loader, and the model predicts. Several minutes on two busy cores (nnU-Net's planning
-    and prediction dominate)."""
-    import torch
-
-    from medlossy.cli.main import main
-    from medlossy.nnunet.run import checkpoint, read_model
-
-    source = write_ct_dataset(tmp_path / "Dataset992_Spheres")
-    model = tmp_path / "model"
-    arguments = ["train", str(source), "--out", str(model), "--backend", "nnunet",
-                 "--configuration", "3d_fullres", "--epochs", "2", "--iterations", "2",
-                 "--validation-iterations", "1", "--folds", "2", "--fold", "0",
-                 "--device", "cpu", "--preprocessed", "lossless", "--preprocessed-tile",
-                 "32", "--quiet"]
-    started = time.perf_counter()
-    assert main(arguments) == 0
-    trained = time.perf_counter() - started
-    description = read_model(model)
-    assert description["preprocessed_storage"] == {"storage": "lossless", "codec": "htj2k",
-                                                   "tile": 32}
-    assert description["training"]["preprocessed_folder"].endswith("_medlossy_htj2k_lossless_t32")
-    final = torch.load(checkpoint(model), map_location="cpu", weights_only=False)
-    assert final["current_epoch"] == 2 and len(final["logging"]["train_losses"]) == 2
-    logs = "".join(p.read_text() for p in (model / "nnunet").rglob("training_log_*.txt"))
-    assert "MedlossyStoreDataset" in logs
-    started = time.perf_counter()
-    assert main(["predict", str(model), str(source), "--out", str(tmp_path / "predictions"),
-                 "--device", "cpu", "--quiet"]) == 0
-    written = sorted(p.name for p in (tmp_path / "predictions").glob("*.nii.gz"))
-    assert written == [f"{name}.nii.gz" for name in description["test_cases"]]
-    # A rerun finds the fold finished and does nothing; another storage is another model.
-    mtime = checkpoint(model).stat().st_mtime_ns
-    assert main(arguments) == 0 and checkpoint(model).stat().st_mtime_ns == mtime
-    assert main([*arguments[:-5], "--preprocessed", "x10", "--quiet"]) == 2
-    print(f"\nnnU-Net from stores: train {trained:.0f} s, predict "
-          f"{time.perf_counter() - started:.0f} s")
-
-
-def write_ct_dataset(root: Path, cases: int = 4) -> Path:
-    """An nnU-Net raw dataset of the CT-like cases above (1 x 1 x 2 mm voxels)."""
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    affine = np.diag([1.0, 1.0, 2.0, 1.0])
-    for index in range(cases):
-        image, label = ct_case((20, 40, 40), index)
-        name = f"case_{index:03d}"
-        # nibabel's (i, j, k) with k the 2 mm axis: nnU-Net's axis 0 after its transpose
-        nib.save(nib.Nifti1Image(image.transpose(2, 1, 0), affine),
-                 root / "imagesTr" / f"{name}_0000.nii.gz")
-        nib.save(nib.Nifti1Image(label.transpose(2, 1, 0).astype(np.uint8), affine),
-                 root / "labelsTr" / f"{name}.nii.gz")
-    (root / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "CT"}, "labels": {"background": 0, "sphere": 1},
-        "numTraining": cases, "file_ending": ".nii.gz"}))
-    return root
 
 
 @pytest.fixture(scope="module")

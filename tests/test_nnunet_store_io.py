@@ -404,28 +404,68 @@ def test_registration_refuses_an_id_nnunet_keeps_plans_or_models_of_under_anothe
 
 
 @pytest.mark.slow
-def test_backend_trains_and_predicts_from_a_stores_dataset(stores_sweep,
-                                                           tmp_path: Path) -> None:
-    """medlossy's backend on the links: nnU-Net's own planning and preprocessing (the
-    processes it spawns find the reader by name), a tiny training, a prediction written as
-    NIfTI, and its evaluation against the NIfTI labels."""
-    from medlossy.nnunet.run import evaluate_nnunet, predict_nnunet, train_nnunet
+def test_a_stores_sweep_trains_from_compressed_preprocessed_data_and_predicts(
+        stores_sweep, tmp_path: Path) -> None:
+    """The chain issue 23 asks CI to run, as a user types it: a stores-only sweep registered
+    in a raw folder -> `medlossy train --backend nnunet --preprocessed lossless`: nnU-Net's
+    own planning and preprocessing (the processes it spawns find the reader by name), its
+    cases turned into 16-bit stores, 2 epochs of MedlossyTrainer reading them through
+    nnU-Net's loader (with a decode cache) -> `medlossy predict` (NIfTI), its evaluation
+    against the NIfTI labels -> nnUNetv2_predict through the launcher and nnU-Net's own
+    evaluation. Several minutes on two busy cores."""
+    import torch
 
-    model = train_nnunet(stores_sweep.r4, tmp_path / "model", configuration="3d_fullres",
-                         folds=3, epochs=1, iterations_per_epoch=2, validation_iterations=1,
-                         cache=tmp_path / "prep", processes=1, device="cpu", quiet=True)
+    from medlossy.nnunet.run import checkpoint, evaluate_nnunet, read_model, study_splits
+
+    model = tmp_path / "model"
+    arguments = ["train", stores_sweep.r4, "--out", model, "--backend", "nnunet",
+                 "--configuration", "3d_fullres", "--epochs", 2, "--iterations", 2,
+                 "--validation-iterations", 1, "--folds", 3, "--fold", 0, "--device", "cpu",
+                 "--preprocessed", "lossless", "--preprocessed-tile", 32, "--decode-cache", 16,
+                 "--quiet"]
+    assert _run(*arguments) == 0
+    description = read_model(model)
+    assert description["preprocessed_storage"] == {"storage": "lossless", "codec": "htj2k",
+                                                   "tile": 32}
+    assert description["training"]["preprocessed_folder"].endswith(
+        "_medlossy_htj2k_lossless_t32")
+    # --epochs, --iterations and --folds honoured (they were once ignored for nnU-Net's
+    # 1000-epoch trainer on its own 5-fold split), with nnU-Net's recipe as the paper used
+    # it: SGD Nesterov 0.99, lr 1e-2, poly decay 0.9
+    final = torch.load(checkpoint(model), map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 2 and final["trainer_name"] == "MedlossyTrainer"
+    assert len(final["logging"]["train_losses"]) == 2
+    group = final["optimizer_state"]["param_groups"][0]
+    assert group["momentum"] == 0.99 and group["nesterov"] and group["weight_decay"] == 3e-5
+    assert final["logging"]["lrs"] == pytest.approx([1e-2, 1e-2 * 0.5 ** 0.9])
+    splits = json.loads((model / "nnunet" / "splits_final.json").read_text())
+    assert splits == study_splits(open_raw_dataset(stores_sweep.r4), 3, 1.0)
+    assert description["test_cases"] == splits[0]["val"]
+    logs = "".join(p.read_text() for p in (model / "nnunet").rglob("training_log_*.txt"))
+    assert "MedlossyStoreDataset" in logs
     name = stores_sweep.r4.name
-    prepared = tmp_path / "prep" / f"{name}_3d_fullres_per-ratio" / "preprocessed" / name
+    prepared = Path(description["preprocessed"]) / "preprocessed" / name
     plans = json.loads((prepared / "nnUNetPlans.json").read_text())
     assert plans["image_reader_writer"] == NNUNET_READER
     assert plans["configurations"]["3d_fullres"]["spacing"] == pytest.approx([2.5, 0.9, 0.8])
-    predictions = predict_nnunet(model, stores_sweep.r4, tmp_path / "preds", device="cpu",
-                                 quiet=True)
-    held_out = json.loads((model / "medlossy-model.json").read_text())["test_cases"]
-    assert sorted(p.name for p in predictions.glob("case*")) == \
+    stored = json.loads((prepared / (description["training"]["preprocessed_folder"]
+                                     .rsplit("/", 1)[-1] + ".json")).read_text())
+    assert stored["cases"] == len(description["train_cases"]) + len(description["test_cases"])
+    assert {channel["stored_as"] for case in stored["stored"].values() for channel in case} \
+        == {"lossless"}
+
+    assert _run("predict", model, stores_sweep.r4, "--out", tmp_path / "preds", "--device",
+                "cpu", "--quiet") == 0
+    held_out = description["test_cases"]
+    assert sorted(p.name for p in (tmp_path / "preds").glob("case*")) == \
         [f"{case}.nii.gz" for case in held_out]
-    table = evaluate_nnunet(model, stores_sweep.r4, predictions)
+    table = evaluate_nnunet(model, stores_sweep.r4, tmp_path / "preds")
     assert set(table["case"]) == set(held_out)
+    # A rerun finds the fold finished and does nothing; another storage is another model.
+    mtime = checkpoint(model).stat().st_mtime_ns
+    assert _run(*arguments) == 0 and checkpoint(model).stat().st_mtime_ns == mtime
+    assert _run(*arguments[:-7], "--preprocessed", "x10", "--quiet") == 2
+
     # nnU-Net's own chain, as the docs type it: nnUNetv2_predict through the launcher finds
     # MedlossyTrainer (before: the lookup imported a variant that needs timm, and could not
     # find the trainer anyway), names its predictions with the dataset's ending, and its

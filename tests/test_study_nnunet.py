@@ -1,6 +1,6 @@
 """A study with ``backend = "nnunet"`` on a small phantom: two ratios, two epochs of two
-iterations, nnU-Net 3d_fullres on CPU. Its results table has Dice per ratio and its
-nnU-Net checkpoints ran exactly the configured epochs."""
+iterations, nnU-Net 3d_fullres on CPU with the x1 plans control. Its results table has Dice
+per ratio and its nnU-Net checkpoints ran exactly the configured epochs."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ synthetic = true
 [training]
 backend = "nnunet"
 configuration = "3d_fullres"
+plans = "x1"
 epochs = 2
 iterations_per_epoch = 2
 validation_iterations = 1
@@ -88,14 +89,48 @@ def test_checkpoints_ran_exactly_the_configured_epochs(study: tuple[Path, float]
         assert read_model(model)["test_cases"]  # the study's fold, not nnU-Net's split
 
 
-def test_each_ratio_is_planned_on_its_own(study: tuple[Path, float]) -> None:
+def test_the_ratio_is_preprocessed_with_the_plans_of_the_uncompressed_data(
+        study: tuple[Path, float]) -> None:
+    """plans = "x1" (the control of per-ratio planning): nnU-Net plans x1 and preprocesses
+    x5 with those plans (same configurations, the x5 dataset's name)."""
+    import json
+
     out, _ = study
-    prepared = sorted(p.parent.name for p in (out / "cache").glob("*/*/prepared.json"))
-    assert len(prepared) == 2 and all(name.endswith("_3d_fullres_per-ratio")
-                                      for name in prepared)
-    assert any("_r5_" in name for name in prepared)
+    prepared = sorted(p.parent for p in (out / "cache").glob("*/*/prepared.json"))
+    assert len(prepared) == 2 and all(p.name.endswith("_3d_fullres_x1") for p in prepared)
+    plans = {}
+    for folder in prepared:
+        name = folder.name.removesuffix("_3d_fullres_x1")
+        plans[name] = json.loads((folder / "preprocessed" / name / "nnUNetPlans.json")
+                                 .read_text())
+        assert plans[name]["dataset_name"] == name
+        assert any((folder / "preprocessed" / name).glob("nnUNetPlans_3d_fullres/*"))
+    x1, x5 = (next(v for k, v in plans.items() if k.endswith(suffix))
+              for suffix in ("_r1", "_r5"))
+    assert x5["configurations"] == x1["configurations"]
 
 
 def test_report_names_the_backend(study: tuple[Path, float]) -> None:
     out, _ = study
     assert "Backend nnunet" in (out / "report.md").read_text()
+
+
+def test_a_trained_model_serves_as_a_pretrained_model_over_the_sweep(
+        study: tuple[Path, float], tmp_path: Path) -> None:
+    """`medlossy evaluate-pretrained MODEL SWEEP` with a model the nnU-Net backend trained:
+    its agreement with its own x1 prediction and with the labels, at every ratio."""
+    from medlossy.cli.main import main
+    from medlossy.datasets.sweep import ratio_tag
+
+    out, _ = study
+    model = next(p.parent for p in sorted((out / "models").glob("*/*/medlossy-model.json"))
+                 if p.parent.name.startswith(f"{ratio_tag(1.0)}_"))
+    sweep = next((out / "sweeps").iterdir())
+    agreement_file = tmp_path / "agreement.csv"
+    assert main(["evaluate-pretrained", str(model), str(sweep), "--out", str(agreement_file),
+                 "--device", "cpu", "--quiet"]) == 0
+    agreement = pd.read_csv(agreement_file)
+    assert set(agreement["ratio"]) == {1.0, 5.0} and agreement["case"].nunique() == 4
+    assert set(agreement["reference"]) == {"x1", "labels"}
+    assert (agreement.loc[(agreement["ratio"] == 1) & (agreement["reference"] == "x1")
+                          & (agreement["class"] == "liver"), "dice"].fillna(1) == 1).all()

@@ -7,7 +7,8 @@
 (``medlossy.loading.torchio_reader``).
 """
 
+from medlossy.loading.cache import set_budget as set_decode_cache
 from medlossy.loading.dataset import StorePatchDataset, group_stores
 from medlossy.loading.volume import StoreVolume
 
-__all__ = ["StorePatchDataset", "StoreVolume", "group_stores"]
+__all__ = ["StorePatchDataset", "StoreVolume", "group_stores", "set_decode_cache"]

@@ -24,6 +24,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from medlossy.loading.cache import budget_from_environment
 from medlossy.loading.dataset import StorePatchDataset
 from medlossy.loading.workers import START_METHOD, items
 
@@ -69,6 +70,7 @@ def measure_supply(dataset: StorePatchDataset, *, workers: int, seconds: float,
         "level": dataset.level,
         "workers": workers,
         "threads_per_worker": dataset.threads,
+        "decode_cache_mb": round(budget_from_environment() / 2**20, 3),
         "patches": patches,
         "seconds": round(elapsed, 3),
         "patches_per_s": round(patches / elapsed, 3) if elapsed else None,

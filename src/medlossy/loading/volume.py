@@ -9,11 +9,18 @@ codecs decode the whole slice and crop it; in a tiled store (``compress --tile``
 tiles the y/x window touches are read and decoded (see BENCHMARKS.md, loader). Stores of 3D
 codecs hold blocks of slices: each block the box touches is decoded once, in full, and
 reduced levels are block means of the decoded slices.
+
+With a decode cache (``medlossy.loading.cache``, off by default), decoded slices and tiles
+are kept for later boxes: slices and tiles it holds are neither read nor decoded again.
+Untiled JPEG 2000 slices are then decoded whole and kept only while the cache finds that
+reads come back to them often enough to pay for it (``DecodeCache.revisits``); otherwise
+their windows are decoded as without a cache.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from functools import partial
 
@@ -21,7 +28,14 @@ import numpy as np
 
 from medlossy.codecs import get_codec
 from medlossy.errors import MedlossyError
-from medlossy.loading.decoders import block_mean, decode_slice, note_whole_slices
+from medlossy.loading.cache import DecodeCache, decode_cache
+from medlossy.loading.decoders import (
+    WINDOW_DECODERS,
+    Window,
+    block_mean,
+    decode_slice,
+    note_whole_slices,
+)
 from medlossy.store import SliceStore
 
 
@@ -87,10 +101,7 @@ class StoreVolume:
         tiles = grid.touched(rows, columns, self.level)
         chunks = [plane * grid.per_slice + tile
                   for plane in range(start[0], start[0] + size[0]) for tile in tiles]
-        # fetched together (at a URL, concurrent requests), then decoded
-        streams = self.store.codestreams(chunks)
-        decoded = map(self._tile, chunks, streams) if threads is None \
-            else threads.map(self._tile, chunks, streams)
+        decoded = self._decoded(chunks, self._tile, threads, decode_cache())
         # reduced levels decoded as block means (no reduced decoder) are not whole codes
         codes = np.empty(size, dtype=np.float32 if self.level else self.mapping.code_dtype)
         for chunk, part in zip(chunks, decoded, strict=True):
@@ -103,6 +114,45 @@ class StoreVolume:
                   first - columns.start : last - columns.start] = \
                 part[first_row - top : last_row - top, first - left : last - left]
         return codes
+
+    def _decoded(self, chunks: Sequence[int], decode: Callable[[int, bytes], np.ndarray],
+                 threads: Executor | None, cache: DecodeCache | None, *, keep: bool = True,
+                 window: Window | None = None) -> list[np.ndarray]:
+        """``decode(chunk, codestream)`` of each chunk, in order: those ``cache`` holds taken
+        from it, the others' codestreams fetched together (at a URL, concurrent requests),
+        decoded (by ``threads`` if given) and, with ``keep``, kept in the cache. Chunks are
+        cached whole: those from the cache, and with ``keep`` the decoded ones, come back
+        cropped to ``window`` where given (without ``keep``, ``decode`` gives the window)."""
+        found: dict[int, np.ndarray] = {}
+        if cache is not None:
+            for chunk in chunks:
+                held = cache.lookup((self.path, self.level, chunk))
+                if held is not None:
+                    found[chunk] = held if window is None else held[window]
+        missing = [chunk for chunk in chunks if chunk not in found]
+        streams = self.store.codestreams(missing) if missing else []
+        decoded = map(decode, missing, streams) if threads is None \
+            else threads.map(decode, missing, streams)
+        for chunk, codes in zip(missing, decoded, strict=True):
+            if keep and cache is not None:
+                codes = cache.keep((self.path, self.level, chunk), codes)
+                found[chunk] = codes if window is None else codes[window]
+            else:
+                found[chunk] = codes
+        return [found[chunk] for chunk in chunks]
+
+    def _keeps_slices(self, cache: DecodeCache, indices: range, window: Window) -> bool:
+        """Whether this box's slices are decoded whole and kept: always, unless a window of
+        them can be decoded alone (untiled JPEG 2000), which is cheaper until reads come back
+        to the same slices often enough (``DecodeCache.revisits``)."""
+        full = (slice(0, self.shape[1]), slice(0, self.shape[2]))
+        if self.codec.name not in WINDOW_DECODERS or window == full:
+            return True
+        size = self.shape[1] * self.shape[2] * np.dtype(self.mapping.code_dtype).itemsize
+        keep = False
+        for index in indices:
+            keep = cache.revisits((self.path, self.level, index), size)
+        return keep
 
     def _block(self, index: int, rows: slice, columns: slice) -> np.ndarray:
         """Every slice of block ``index`` (3D codecs), at the volume's level, cropped."""
@@ -125,14 +175,17 @@ class StoreVolume:
         depth = self.store.depth
         if depth > 1:  # decode each block the box touches once, keep its slices in the box
             indices = range(start[0] // depth, (start[0] + size[0] - 1) // depth + 1)
-        if depth == 1:  # fetched together (at a URL, concurrent requests), then decoded
-            arguments = (indices, self.store.codestreams(indices))
-            read = partial(self._slice, rows=rows, columns=columns)
+        cache = decode_cache()
+        if depth == 1:
+            window = (rows, columns)
+            keep = cache is not None and self._keeps_slices(cache, indices, window)
+            decode = partial(self._slice, rows=slice(0, self.shape[1]),
+                             columns=slice(0, self.shape[2])) if keep \
+                else partial(self._slice, rows=rows, columns=columns)
+            planes = self._decoded(indices, decode, threads, cache, keep=keep, window=window)
         else:
-            arguments = (indices,)
             read = partial(self._block, rows=rows, columns=columns)
-        planes = list(map(read, *arguments) if threads is None
-                      else threads.map(read, *arguments))
+            planes = list(map(read, indices) if threads is None else threads.map(read, indices))
         if depth == 1:
             codes = np.stack(planes)
         else:
