@@ -198,8 +198,9 @@ def test_a_bad_budget_in_the_environment_is_named_before_training(cli, tmp_path,
     dataset = write_sphere_dataset(tmp_path / "Dataset991_Sphere", cases=3, size=24)
     monkeypatch.setenv(cache.ENVIRONMENT, "lots")
     code, _, err = cli("train", str(dataset), "--out", str(tmp_path / "model"), "--backend",
-                       "nnunet", "--preprocessed", "x10", "--epochs", "1", "--iterations", "1",
-                       "--device", "cpu", "--quiet")
+                       "nnunet", "--configuration", "3d_fullres", "--preprocessed", "x10",
+                       "--epochs", "1", "--iterations", "1", "--validation-iterations", "1",
+                       "--folds", "2", "--device", "cpu", "--quiet")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"{cache.ENVIRONMENT}: must be a number of megabytes >= 0, got 'lots'" in err
     assert not (tmp_path / "model").exists()  # named before preprocessing, not by a worker
