@@ -24,6 +24,7 @@ import _common
 import numpy as np
 import torch
 
+from medlossy.codecs.ht_profile import gpu_profile_problem
 from medlossy.loading import StorePatchDataset
 from medlossy.loading.gpu import GpuSliceCodec, gpu_unavailable_reason
 from medlossy.store import SliceStore
@@ -77,9 +78,12 @@ def check_htj2k_encode(store_path: str) -> dict:
     seconds = time.perf_counter() - started
     back = np.stack([imagecodecs.jpeg2k_decode(s) for s in streams])
     reference = planes.cpu().numpy()
+    problems = {gpu_profile_problem(bytes(s)) for s in streams}
     return {"gpu_encode_mvox_per_s": round(reference.size / seconds / 1e6, 1),
             "ratio": round(reference.nbytes / sum(map(len, streams)), 2),
-            "psnr_db": round(_common.psnr(reference, back), 2)}
+            "psnr_db": round(_common.psnr(reference, back), 2),
+            # what GPU decoders need: HT code-blocks only, one HT set (CAP and COD markers)
+            "gpu_decodable_profile": sorted(p or "HT only, one HT set" for p in problems)}
 
 
 def check_training(store_path: str, seconds: float, workers: int) -> dict:

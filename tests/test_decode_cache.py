@@ -114,8 +114,8 @@ def test_the_budget_bounds_what_is_held(stores, budget) -> None:
     store.read((0, 0, 0), (24, 96, 80))
     held = cache.decode_cache()
     assert held.used == 5 * slice_bytes  # the 5 most recent slices
-    assert held.lookup((store.path, 0, 23)) is not None
-    assert held.lookup((store.path, 0, 0)) is None
+    assert held.lookup(store.cache_key(23)) is not None
+    assert held.lookup(store.cache_key(0)) is None
 
 
 def test_a_cached_array_cannot_be_changed_by_a_caller(budget) -> None:
@@ -175,3 +175,32 @@ def test_a_decode_cache_is_refused_where_it_cannot_serve(cli, tmp_path, argument
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "--decode-cache keeps decoded slices of preprocessed stores" in err
     assert not (tmp_path / "model").exists()
+
+
+def test_a_store_rewritten_at_the_same_path_is_not_read_from_the_cache(
+        ct_b_crop_image, ct_b_crop_array, budget, tmp_path) -> None:
+    budget(64)
+    image = Volume(ct_b_crop_array, ct_b_crop_image.affine, modality="CT")
+    path = tmp_path / "rewritten.zarr"
+    box = ((0, 0, 0), (4, 32, 32))
+    for ratio in (10.0, 3.0):  # a notebook comparing ratios in one folder
+        compress_volume(image, path, Target("ratio", ratio), codec_name="jpeg2k", workers=1,
+                        tile=32)
+        cached = StoreVolume(path).read(*box)
+    budget(0)
+    assert np.array_equal(cached, StoreVolume(path).read(*box))
+
+
+def test_a_bad_budget_in_the_environment_is_named_before_training(cli, tmp_path,
+                                                                  monkeypatch) -> None:
+    from test_nnunet import write_sphere_dataset
+
+    dataset = write_sphere_dataset(tmp_path / "Dataset991_Sphere", cases=3, size=24)
+    monkeypatch.setenv(cache.ENVIRONMENT, "lots")
+    code, _, err = cli("train", str(dataset), "--out", str(tmp_path / "model"), "--backend",
+                       "nnunet", "--configuration", "3d_fullres", "--preprocessed", "x10",
+                       "--epochs", "1", "--iterations", "1", "--validation-iterations", "1",
+                       "--folds", "2", "--device", "cpu", "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{cache.ENVIRONMENT}: must be a number of megabytes >= 0, got 'lots'" in err
+    assert not (tmp_path / "model").exists()  # named before preprocessing, not by a worker

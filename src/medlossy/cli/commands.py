@@ -730,14 +730,12 @@ def train(arguments: argparse.Namespace) -> None:
                            start_from=Path(arguments.start_from) if arguments.start_from
                            else None)
     backend.recipe(request)  # every option checked before any work
-    if arguments.decode_cache is not None:
-        if request.options.get("preprocessed", "blosc2") == "blosc2":
-            raise MedlossyError(None, "--decode-cache keeps decoded slices of preprocessed "
-                                      "stores: it needs --backend nnunet --preprocessed "
-                                      "lossless|xR")
-        from medlossy.loading import set_decode_cache
-
-        set_decode_cache(arguments.decode_cache)  # nnU-Net's workers inherit it
+    if arguments.decode_cache is not None \
+            and request.options.get("preprocessed", "blosc2") == "blosc2":
+        raise MedlossyError(None, "--decode-cache keeps decoded slices of preprocessed "
+                                  "stores: it needs --backend nnunet --preprocessed "
+                                  "lossless|xR")
+    _set_decode_cache(arguments.decode_cache)  # nnU-Net's workers inherit it
     folder = backend.train(Path(dataset), Path(arguments.out), request,
                            show_progress=not arguments.quiet)
     info = backend.describe(folder)
@@ -770,15 +768,26 @@ def _patch_size(text: str) -> tuple[int, int, int]:
     return size
 
 
+def _set_decode_cache(megabytes: float | None) -> None:
+    """Size the loader's decode cache (``--decode-cache``) where given, else keep the
+    environment's; either way a bad ``MEDLOSSY_DECODE_CACHE_MB`` is named here, before any
+    work, not by a loader worker after preprocessing."""
+    from medlossy.loading import set_decode_cache
+    from medlossy.loading.cache import budget_from_environment
+
+    if megabytes is not None:
+        set_decode_cache(megabytes)
+    budget_from_environment()
+
+
 def bench_loader(arguments: argparse.Namespace) -> None:
-    from medlossy.loading import StorePatchDataset, set_decode_cache
+    from medlossy.loading import StorePatchDataset
     from medlossy.loading.supply import measure_supply
 
     patch = _patch_size(arguments.patch)
     if arguments.workers < 0 or arguments.threads < 1 or arguments.level < 0:
         raise MedlossyError(None, "--workers must be >= 0, --threads >= 1, --level >= 0")
-    if arguments.decode_cache is not None:
-        set_decode_cache(arguments.decode_cache)  # the workers inherit it
+    _set_decode_cache(arguments.decode_cache)  # the workers inherit it
     dataset = StorePatchDataset(arguments.store, patch, arguments.labels, samples=10**9,
                                 level=arguments.level, threads=arguments.threads)
     result = measure_supply(dataset, workers=arguments.workers, seconds=arguments.seconds)

@@ -9,8 +9,8 @@ One cache per process, sized in megabytes of decoded codes by :func:`set_budget`
 processes started later (DataLoader workers, nnU-Net's augmentation workers, which inherit
 the environment), by ``MEDLOSSY_DECODE_CACHE_MB``; 0 (the default) keeps nothing. Every
 worker keeps its own: the memory used is up to workers x the budget. Keys name the store's
-path, the resolution level and the chunk, so stores rewritten in place during a run are
-not noticed (training never does that).
+path, the resolution level, the chunk and its CRC-32 (``StoreVolume.cache_key``), so that a
+store written again at the same path during a run is decoded anew.
 
 Where a slice's window alone can be decoded (untiled JPEG 2000: about half the cost of the
 whole slice), caching means decoding whole slices, which pays only if later patches come

@@ -115,6 +115,12 @@ class StoreVolume:
                 part[first_row - top : last_row - top, first - left : last - left]
         return codes
 
+    def cache_key(self, chunk: int) -> tuple:
+        """Chunk ``chunk``'s key in the decode cache: the store's path and the level, and
+        the chunk's CRC-32 (from the attributes, read at open), so that a store rewritten
+        at the same path in one process is decoded anew, not served its former content."""
+        return self.path, self.level, chunk, self.store.attributes["chunk_crc32"][chunk]
+
     def _decoded(self, chunks: Sequence[int], decode: Callable[[int, bytes], np.ndarray],
                  threads: Executor | None, cache: DecodeCache | None, *, keep: bool = True,
                  window: Window | None = None) -> list[np.ndarray]:
@@ -126,7 +132,7 @@ class StoreVolume:
         found: dict[int, np.ndarray] = {}
         if cache is not None:
             for chunk in chunks:
-                held = cache.lookup((self.path, self.level, chunk))
+                held = cache.lookup(self.cache_key(chunk))
                 if held is not None:
                     found[chunk] = held if window is None else held[window]
         missing = [chunk for chunk in chunks if chunk not in found]
@@ -135,7 +141,7 @@ class StoreVolume:
             else threads.map(decode, missing, streams)
         for chunk, codes in zip(missing, decoded, strict=True):
             if keep and cache is not None:
-                codes = cache.keep((self.path, self.level, chunk), codes)
+                codes = cache.keep(self.cache_key(chunk), codes)
                 found[chunk] = codes if window is None else codes[window]
             else:
                 found[chunk] = codes
@@ -151,7 +157,7 @@ class StoreVolume:
         size = self.shape[1] * self.shape[2] * np.dtype(self.mapping.code_dtype).itemsize
         keep = False
         for index in indices:
-            keep = cache.revisits((self.path, self.level, index), size)
+            keep = cache.revisits(self.cache_key(index), size)
         return keep
 
     def _block(self, index: int, rows: slice, columns: slice) -> np.ndarray:
