@@ -204,3 +204,14 @@ def test_a_bad_budget_in_the_environment_is_named_before_training(cli, tmp_path,
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"{cache.ENVIRONMENT}: must be a number of megabytes >= 0, got 'lots'" in err
     assert not (tmp_path / "model").exists()  # named before preprocessing, not by a worker
+
+
+@pytest.mark.parametrize("megabytes", [None, "lots", -1, float("inf"), 10**400])
+def test_set_decode_cache_refuses_what_is_no_budget(megabytes) -> None:
+    with pytest.raises(ValueError, match="megabytes >= 0"):
+        cache.set_budget(megabytes)
+
+
+def test_set_decode_cache_takes_a_number_written_as_text() -> None:
+    cache.set_budget("8")
+    assert cache.decode_cache().budget == 8 * 2**20

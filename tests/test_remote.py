@@ -63,6 +63,7 @@ http {{
     server {{
         listen 127.0.0.1:{self.port}; root {self.root}; autoindex on;
         location ~ ^/failing/.*/0/[0-9c] {{ return 503; }}  # metadata served, chunks not
+        location /norange/ {{ max_ranges 0; }}  # the whole file for any Range request
     }}
 }}
 """)
@@ -551,3 +552,14 @@ def test_a_patch_of_many_chunks_stays_within_the_servers_connections(server, sto
     start, size = (0, 0, 0), (20, 233, 167)
     local = StoreVolume(stores[name]).read(start, size)
     np.testing.assert_array_equal(StoreVolume(_url(server, name)).read(start, size), local)
+
+
+def test_a_server_ignoring_range_requests_is_named_not_the_store(server, stores, cli):
+    # Found by a tester: a Zarr 3 store served by `python -m http.server` (which ignores
+    # Range) failed as "shard 0 is corrupt (its index fails its CRC-32C)", blaming the data
+    ignoring = server.root / "norange"
+    ignoring.mkdir(exist_ok=True)
+    shutil.copytree(stores["v3_tiled"], ignoring / "v3.zarr", dirs_exist_ok=True)
+    code, _, err = cli("verify", f"{server.url}/norange/v3.zarr")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "ignores HTTP Range requests" in err and "corrupt" not in err

@@ -119,9 +119,13 @@ def budget_from_environment() -> int:
 def set_budget(megabytes: float) -> None:
     """Size this process's cache (and, through the environment, that of processes it starts
     from now on); 0 turns it off and empties it."""
-    if not (megabytes >= 0 and math.isfinite(megabytes)):
-        raise ValueError(f"the decode cache needs megabytes >= 0, got {megabytes}")
-    os.environ[ENVIRONMENT] = f"{megabytes:g}"
+    try:
+        number = float(megabytes)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not (number >= 0 and math.isfinite(number)):
+        raise ValueError(f"the decode cache needs megabytes >= 0, got {megabytes!r}")
+    os.environ[ENVIRONMENT] = f"{number:g}"
 
 
 def decode_cache() -> DecodeCache | None:

@@ -195,6 +195,19 @@ def _read_range(path: str, offset: int, length: int) -> bytes:
     return os.pread(opened.fd, max(wanted, 0), start)
 
 
+def _ranged(file: str | Path, offset: int, length: int, data: bytes) -> bytes:
+    """``data`` read for a range of ``file``, checked: a server that ignores HTTP Range
+    requests answers with the whole file (Python's ``http.server`` does), which would be
+    taken for the range and then fail its checksum as if the store were damaged."""
+    wanted = -offset if offset < 0 else length
+    if wanted >= 0 and len(data) > wanted:
+        raise Unreachable(file, f"the server sent {len(data)} bytes for a range of {wanted}: "
+                                "it ignores HTTP Range requests, which reading chunks and "
+                                "shards needs (serve the stores with one that honours them, "
+                                "e.g. nginx)")
+    return data
+
+
 class StoreFiles:
     """Byte access to the files of one store, relative to its root."""
 
@@ -251,8 +264,11 @@ class StoreFiles:
         start, end = self._bounds(offset, length)
         for retry in (False, True):  # a dropped connection is tried once more
             try:
-                return self._fs.cat_file(str(file), start=start, end=end)
+                return _ranged(file, offset, length,
+                               self._fs.cat_file(str(file), start=start, end=end))
             except FileNotFoundError:
+                raise
+            except Unreachable:
                 raise
             except Exception as error:  # aiohttp and fsspec raise their own types
                 if retry:
@@ -271,7 +287,8 @@ class StoreFiles:
             if _failed(data):  # a dropped connection is tried once more
                 raise Unreachable(reads[i][0], _problem(data))
             fetched[i] = data
-        return fetched
+        return [data if isinstance(data, FileNotFoundError) else _ranged(file, offset, length, data)
+                for (file, offset, length), data in zip(reads, fetched, strict=True)]
 
     def _cat_ranges(self, reads: Sequence[tuple[str | Path, int, int]],
                     ) -> list[bytes | Exception]:
