@@ -26,7 +26,7 @@ from medlossy.cli.entry import (
     Terminated,
     exit_on_sigterm,
 )
-from medlossy.cli.types import positive_int
+from medlossy.cli.types import megabytes, positive_int
 from medlossy.codecs import codec_names
 from medlossy.datasets.sweep import STUDY_RATIOS
 from medlossy.errors import CheckFailed, MedlossyError
@@ -39,17 +39,6 @@ EXIT_BAD_INPUT = 2
 #: --modality everywhere: "auto" is metrics.detect_modality's one rule.
 MODALITY_CHOICES = ("auto", "CT", "MR", "OTHER")
 _TEMPORARY = re.compile(r"(^|/)\.([^/]+?)\.partial-[0-9a-f]{8}[^/]*$")
-
-
-def _non_negative_float(text: str) -> float:
-    """A number >= 0, e.g. ``--decode-cache``."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -299,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="codec of those stores (default: htj2k)")
     nnunet.add_argument("--preprocessed-tile", type=int, default=None,
                         help="their tile side, 0 = whole slices (default: 128)")
-    nnunet.add_argument("--decode-cache", type=_non_negative_float, default=None,
+    nnunet.add_argument("--decode-cache", type=megabytes, default=None,
                         metavar="MB", help="each loader worker keeps up to MB of decoded "
                                            "slices/tiles of those stores for later patches "
                                            "(memory: workers x MB; default: "
@@ -454,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     loader.add_argument("--labels", default=None, help="folder of label volumes CASE.nii.gz")
     loader.add_argument("--seconds", type=_positive_float, default=10.0,
                         help="how long to measure, after the first patch")
-    loader.add_argument("--decode-cache", type=_non_negative_float, default=None, metavar="MB",
+    loader.add_argument("--decode-cache", type=megabytes, default=None, metavar="MB",
                         help="each worker keeps up to MB of decoded slices/tiles for later "
                              "patches (default: $MEDLOSSY_DECODE_CACHE_MB, else 0: none)")
     loader.add_argument("--json", action="store_true", help="print JSON")

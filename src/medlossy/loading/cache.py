@@ -102,30 +102,33 @@ _cache: DecodeCache | None = None
 _made_for: tuple[int, str] | None = None
 
 
+def megabytes(value: object) -> float:
+    """``value`` as a budget in megabytes: a finite number >= 0 (text taken), else NaN."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+    return number if number >= 0 and math.isfinite(number) else math.nan
+
+
 def budget_from_environment() -> int:
     """``MEDLOSSY_DECODE_CACHE_MB`` in bytes (0 where unset)."""
     text = os.environ.get(ENVIRONMENT, "").strip()
     if not text:
         return 0
-    try:
-        megabytes = float(text)
-    except ValueError:
-        megabytes = -1.0
-    if not (megabytes >= 0 and math.isfinite(megabytes)):
+    budget = megabytes(text)
+    if math.isnan(budget):
         raise MedlossyError(ENVIRONMENT, f"must be a number of megabytes >= 0, got {text!r}")
-    return int(megabytes * _MB)
+    return int(budget * _MB)
 
 
-def set_budget(megabytes: float) -> None:
+def set_budget(value: float) -> None:
     """Size this process's cache (and, through the environment, that of processes it starts
     from now on); 0 turns it off and empties it."""
-    try:
-        number = float(megabytes)
-    except (TypeError, ValueError, OverflowError):
-        number = math.nan
-    if not (number >= 0 and math.isfinite(number)):
-        raise ValueError(f"the decode cache needs megabytes >= 0, got {megabytes!r}")
-    os.environ[ENVIRONMENT] = f"{number:g}"
+    budget = megabytes(value)
+    if math.isnan(budget):
+        raise ValueError(f"the decode cache needs megabytes >= 0, got {value!r}")
+    os.environ[ENVIRONMENT] = f"{budget:g}"
 
 
 def decode_cache() -> DecodeCache | None:
